@@ -1,0 +1,510 @@
+// Package netlab builds small, disposable network labs for tests: Linux
+// network namespaces joined by veth pairs (and optionally bridges), with
+// addresses, routes and processes inside them.
+//
+// Everything is done with the iproute2 `ip` command. A Lab registers its own
+// teardown with t.Cleanup: processes it started are stopped, any other
+// process still living in one of its namespaces is killed, and the
+// namespaces (with every interface inside them) are deleted, whether the test
+// passed, failed or panicked in a subtest.
+//
+// Namespace names are unique per lab and carry the creating process's id
+// ("umx-<pid>-<random>-<label>"), so parallel test binaries never clash and a
+// later lab can remove namespaces left behind by a test binary that died
+// before its cleanup ran (see SweepStale).
+//
+// Only use addresses from 198.18.0.0/15 (RFC 2544 benchmarking range) and
+// private tunnel-internal ranges inside namespaces a lab created.
+package netlab
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Prefix starts the name of every namespace created by this package.
+const Prefix = "umx-"
+
+// netnsDir is where iproute2 keeps named network namespaces.
+const netnsDir = "/run/netns"
+
+// ipPath is the resolved path of the ip command, found by RequireRoot.
+var (
+	ipOnce sync.Once
+	ipPath string
+	ipErr  error
+)
+
+func lookupIP() (string, error) {
+	ipOnce.Do(func() {
+		ipPath, ipErr = exec.LookPath("ip")
+		if ipErr != nil {
+			for _, p := range []string{"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"} {
+				if st, err := os.Stat(p); err == nil && !st.IsDir() {
+					ipPath, ipErr = p, nil
+					break
+				}
+			}
+		}
+	})
+	return ipPath, ipErr
+}
+
+// RequireRoot skips the test unless it can build network namespaces: the
+// process must run as root and the iproute2 `ip` command must be installed.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	if _, err := lookupIP(); err != nil {
+		t.Skip("needs the iproute2 `ip` command (apt-get install iproute2): not found in PATH, /usr/sbin or /sbin")
+	}
+}
+
+// Lab is a set of network namespaces and processes owned by one test.
+// Create it with New; it is torn down automatically when the test ends.
+// Its methods fail the test (t.Fatalf) on error, so they must be called from
+// the test's goroutine, except Namespace.Command and CommandContext, which
+// are safe anywhere.
+type Lab struct {
+	t  testing.TB
+	id string // random part shared by all namespaces of this lab
+
+	mu    sync.Mutex
+	nss   []*Namespace
+	procs []*Process
+	seq   int
+}
+
+// New creates an empty lab and registers its teardown with t.Cleanup. It
+// calls RequireRoot first, so tests on machines without root or `ip` are
+// skipped. It also removes namespaces left by earlier test binaries that died
+// without cleaning up (SweepStale).
+func New(t testing.TB) *Lab {
+	t.Helper()
+	RequireRoot(t)
+	SweepStale()
+	l := &Lab{t: t, id: randomHex(3)}
+	t.Cleanup(l.close)
+	return l
+}
+
+// Namespace is one network namespace of a Lab.
+type Namespace struct {
+	lab   *Lab
+	name  string
+	label string
+	ifseq int
+}
+
+// Name returns the namespace's full name, as used by `ip netns`.
+func (n *Namespace) Name() string { return n.name }
+
+// Label returns the short label the namespace was created with.
+func (n *Namespace) Label() string { return n.label }
+
+// String returns the namespace's name.
+func (n *Namespace) String() string { return n.name }
+
+// namespaceName builds the full name of a namespace from its parts.
+func namespaceName(pid int, id, label string) string {
+	return fmt.Sprintf("%s%d-%s-%s", Prefix, pid, id, label)
+}
+
+// ownerPID extracts the creating process's id from a namespace name made by
+// namespaceName; ok is false for names this package did not make.
+func ownerPID(name string) (pid int, ok bool) {
+	rest, found := strings.CutPrefix(name, Prefix)
+	if !found {
+		return 0, false
+	}
+	digits, _, found := strings.Cut(rest, "-")
+	if !found {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(digits)
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, true
+}
+
+// validLabel reports whether label may be used in a namespace name.
+func validLabel(label string) bool {
+	if label == "" || len(label) > 32 {
+		return false
+	}
+	for _, c := range label {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// NewNamespace creates a network namespace with the loopback interface up.
+// label (letters, digits, underscore; at most 32) makes the name readable in
+// logs; it need not be unique.
+func (l *Lab) NewNamespace(label string) *Namespace {
+	l.t.Helper()
+	if !validLabel(label) {
+		l.t.Fatalf("netlab: invalid namespace label %q (use 1-32 letters, digits or _)", label)
+	}
+	l.mu.Lock()
+	l.seq++
+	name := namespaceName(os.Getpid(), l.id, fmt.Sprintf("%s%d", label, l.seq))
+	l.mu.Unlock()
+	if _, err := runIP("netns", "add", name); err != nil {
+		l.t.Fatalf("netlab: %v", err)
+	}
+	n := &Namespace{lab: l, name: name, label: label}
+	l.mu.Lock()
+	l.nss = append(l.nss, n)
+	l.mu.Unlock()
+	n.IP("link", "set", "lo", "up")
+	return n
+}
+
+// IP runs `ip -n NS ARGS...` and returns its standard output; it fails the
+// test on error.
+func (n *Namespace) IP(args ...string) string {
+	n.lab.t.Helper()
+	out, err := runIP(append([]string{"-n", n.name}, args...)...)
+	if err != nil {
+		n.lab.t.Fatalf("netlab: %v", err)
+	}
+	return out
+}
+
+// nextIfName returns a fresh interface name inside n ("veth0", "veth1", ...).
+func (n *Namespace) nextIfName() string {
+	n.lab.mu.Lock()
+	defer n.lab.mu.Unlock()
+	name := fmt.Sprintf("veth%d", n.ifseq)
+	n.ifseq++
+	return name
+}
+
+// Veth creates a veth pair with one end in a and the other in b, both down
+// and without addresses, and returns the interface names in a and in b.
+// The devices are created directly inside the namespaces, so their names
+// never clash with interfaces of the host or of other labs.
+func (l *Lab) Veth(a, b *Namespace) (aIf, bIf string) {
+	l.t.Helper()
+	aIf, bIf = a.nextIfName(), b.nextIfName()
+	if _, err := runIP("link", "add", aIf, "netns", a.name, "type", "veth", "peer", "name", bIf, "netns", b.name); err != nil {
+		l.t.Fatalf("netlab: %v", err)
+	}
+	return aIf, bIf
+}
+
+// Connect joins a and b with a veth pair, assigns aAddr to a's end and bAddr
+// to b's end (CIDR notation such as "198.18.0.1/24"; empty means no address)
+// and brings both ends up. It returns the interface names in a and in b.
+func (l *Lab) Connect(a *Namespace, aAddr string, b *Namespace, bAddr string) (aIf, bIf string) {
+	l.t.Helper()
+	aIf, bIf = l.Veth(a, b)
+	if aAddr != "" {
+		a.AddAddr(aIf, aAddr)
+	}
+	if bAddr != "" {
+		b.AddAddr(bIf, bAddr)
+	}
+	a.Up(aIf)
+	b.Up(bIf)
+	return aIf, bIf
+}
+
+// AddAddr assigns addr (CIDR notation) to the interface dev.
+func (n *Namespace) AddAddr(dev, addr string) {
+	n.lab.t.Helper()
+	n.IP("addr", "add", addr, "dev", dev)
+}
+
+// Up brings the interface dev up.
+func (n *Namespace) Up(dev string) {
+	n.lab.t.Helper()
+	n.IP("link", "set", dev, "up")
+}
+
+// AddBridge creates a bridge device named name, brings it up, and returns
+// its name. Attach interfaces to it with SetMaster.
+func (n *Namespace) AddBridge(name string) string {
+	n.lab.t.Helper()
+	n.IP("link", "add", name, "type", "bridge")
+	n.Up(name)
+	return name
+}
+
+// SetMaster attaches the interface dev to the bridge and brings dev up.
+func (n *Namespace) SetMaster(dev, bridge string) {
+	n.lab.t.Helper()
+	n.IP("link", "set", dev, "master", bridge)
+	n.Up(dev)
+}
+
+// AddRoute adds a route to dst (CIDR or "default") via the gateway address.
+func (n *Namespace) AddRoute(dst, via string) {
+	n.lab.t.Helper()
+	n.IP("route", "add", dst, "via", via)
+}
+
+// EnableForwarding turns on IPv4 forwarding inside the namespace (each
+// namespace has its own setting, off by default).
+func (n *Namespace) EnableForwarding() {
+	n.lab.t.Helper()
+	if out, err := n.Command("sysctl", "-q", "-w", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+		n.lab.t.Fatalf("netlab: enable forwarding in %s: %v: %s", n.name, err, out)
+	}
+}
+
+// Command returns a command that runs name with args inside the namespace
+// (`ip netns exec NS name args...`). The caller starts and waits for it as
+// with any *exec.Cmd; use Lab.Start for long-running processes so that
+// they are stopped at teardown.
+func (n *Namespace) Command(name string, args ...string) *exec.Cmd {
+	return n.CommandContext(context.Background(), name, args...)
+}
+
+// CommandContext is like Command but the process is killed when ctx is done.
+func (n *Namespace) CommandContext(ctx context.Context, name string, args ...string) *exec.Cmd {
+	ip, err := lookupIP()
+	if err != nil {
+		ip = "ip"
+	}
+	cmd := exec.CommandContext(ctx, ip, append([]string{"netns", "exec", n.name, name}, args...)...)
+	// `ip netns exec` execs the program in place, so the process started
+	// here is the program itself; its own group lets teardown signal any
+	// children it forks too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd
+}
+
+// Run runs name with args inside the namespace and returns its combined
+// output; it fails the test if the command fails.
+func (n *Namespace) Run(name string, args ...string) string {
+	n.lab.t.Helper()
+	out, err := n.Command(name, args...).CombinedOutput()
+	if err != nil {
+		n.lab.t.Fatalf("netlab: in %s: %s %s: %v\n%s", n.name, name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Process is a command started by Lab.Start. The lab waits for it in the
+// background; use Wait, Done or Stop rather than cmd.Wait.
+type Process struct {
+	// Cmd is the started command. Do not call its Wait method.
+	Cmd *exec.Cmd
+
+	done chan struct{}
+	err  error // Cmd.Wait's result, valid once done is closed
+}
+
+// Done returns a channel closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Exited reports whether the process has exited.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Wait waits for the process to exit and returns the result of Cmd.Wait.
+func (p *Process) Wait() error {
+	<-p.done
+	return p.err
+}
+
+// Stop sends SIGTERM to the process's group, waits up to grace for it to
+// exit, then sends SIGKILL, and returns the result of Cmd.Wait. Stopping an
+// exited process only returns that result.
+func (p *Process) Stop(grace time.Duration) error {
+	if p.Exited() {
+		return p.err
+	}
+	pid := p.Cmd.Process.Pid
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-p.done
+	}
+	return p.err
+}
+
+// Start starts cmd (usually from Namespace.Command) and registers it to be
+// stopped at teardown (see Process.Stop, with StopGrace). It fails the test
+// if the command cannot be started.
+func (l *Lab) Start(cmd *exec.Cmd) *Process {
+	l.t.Helper()
+	if cmd.WaitDelay == 0 {
+		// Bound Wait even if a child keeps the output pipes open.
+		cmd.WaitDelay = StopGrace
+	}
+	if err := cmd.Start(); err != nil {
+		l.t.Fatalf("netlab: start %s: %v", strings.Join(cmd.Args, " "), err)
+	}
+	p := &Process{Cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	return p
+}
+
+// StopGrace is how long teardown waits after SIGTERM before SIGKILL.
+const StopGrace = 3 * time.Second
+
+// close tears the lab down: processes, then namespaces. Errors are logged,
+// not fatal, so that one failure does not leave the rest behind.
+func (l *Lab) close() {
+	l.mu.Lock()
+	procs, nss := l.procs, l.nss
+	l.procs, l.nss = nil, nil
+	l.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Children that left the group die with their namespace below.
+			_ = p.Stop(StopGrace)
+		}()
+	}
+	wg.Wait()
+	for i := len(nss) - 1; i >= 0; i-- {
+		if err := removeNamespace(nss[i].name); err != nil {
+			l.t.Errorf("netlab: teardown: %v", err)
+		}
+	}
+}
+
+// removeNamespace kills every process still inside the namespace and
+// deletes it. A namespace that no longer exists is not an error.
+func removeNamespace(name string) error {
+	if _, err := os.Stat(filepath.Join(netnsDir, name)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if out, err := runIP("netns", "pids", name); err == nil {
+		for _, pid := range parsePIDs(out) {
+			if pid != os.Getpid() {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	var err error
+	for i := 0; i < 20; i++ {
+		if _, err = runIP("netns", "del", name); err == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return err
+}
+
+// parsePIDs parses the output of `ip netns pids`: one decimal id per line.
+func parsePIDs(out string) []int {
+	var pids []int
+	for _, f := range strings.Fields(out) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// SweepStale deletes namespaces created by this package in test processes
+// that no longer exist (a test binary killed by a timeout never runs its
+// cleanups), killing whatever still runs inside them. Namespaces of live
+// processes, including parallel test binaries, are left alone. It returns
+// the names it removed.
+func SweepStale() []string {
+	entries, err := os.ReadDir(netnsDir)
+	if err != nil {
+		return nil
+	}
+	var removed []string
+	for _, e := range entries {
+		pid, ok := ownerPID(e.Name())
+		if !ok || processAlive(pid) {
+			continue
+		}
+		if removeNamespace(e.Name()) == nil {
+			removed = append(removed, e.Name())
+		}
+	}
+	return removed
+}
+
+// processAlive reports whether a process with this id exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Namespaces lists the names of existing namespaces created by this package
+// (by any process). Tests use it to check that teardown left nothing behind.
+func Namespaces() []string {
+	entries, err := os.ReadDir(netnsDir)
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, e := range entries {
+		if _, ok := ownerPID(e.Name()); ok {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
+// runIP runs the ip command with args and returns its standard output, or an
+// error carrying the command line and its standard error.
+func runIP(args ...string) (string, error) {
+	ip, err := lookupIP()
+	if err != nil {
+		return "", fmt.Errorf("ip command not found: %w", err)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(ip, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// randomHex returns 2n random hex digits.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,171 @@
+package netlab
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNamespaceNameRoundTrip(t *testing.T) {
+	name := namespaceName(12345, "a1b2c3", "client7")
+	if !strings.HasPrefix(name, Prefix) {
+		t.Fatalf("name %q lacks prefix %q", name, Prefix)
+	}
+	pid, ok := ownerPID(name)
+	if !ok || pid != 12345 {
+		t.Fatalf("ownerPID(%q) = %d, %v; want 12345, true", name, pid, ok)
+	}
+}
+
+func TestOwnerPIDRejectsForeignNames(t *testing.T) {
+	for _, name := range []string{"", "umx", "umx-", "umx-abc-x", "umx--x", "umx-0-x", "umx-12", "foo-12-x", "cni-1234"} {
+		if pid, ok := ownerPID(name); ok {
+			t.Errorf("ownerPID(%q) = %d, true; want false", name, pid)
+		}
+	}
+}
+
+func TestValidLabel(t *testing.T) {
+	for _, l := range []string{"a", "client_1", "UDPMUX", strings.Repeat("x", 32)} {
+		if !validLabel(l) {
+			t.Errorf("validLabel(%q) = false; want true", l)
+		}
+	}
+	for _, l := range []string{"", "a-b", "a b", "a/b", "é", strings.Repeat("x", 33)} {
+		if validLabel(l) {
+			t.Errorf("validLabel(%q) = true; want false", l)
+		}
+	}
+}
+
+func TestParsePIDs(t *testing.T) {
+	got := parsePIDs("123\n456\n\nbogus\n-1\n0\n789\n")
+	if want := []int{123, 456, 789}; !slices.Equal(got, want) {
+		t.Fatalf("parsePIDs = %v; want %v", got, want)
+	}
+	if got := parsePIDs(""); len(got) != 0 {
+		t.Fatalf("parsePIDs(\"\") = %v; want none", got)
+	}
+}
+
+func TestRandomHexUnique(t *testing.T) {
+	a, b := randomHex(3), randomHex(3)
+	if len(a) != 6 || a == b {
+		t.Fatalf("randomHex: %q, %q", a, b)
+	}
+}
+
+func TestProcessAlive(t *testing.T) {
+	if !processAlive(os.Getpid()) {
+		t.Fatal("processAlive(self) = false")
+	}
+	// PIDs above the kernel's pid_max limit (at most 2^22) never exist.
+	if processAlive(1 << 30) {
+		t.Fatal("processAlive(1<<30) = true")
+	}
+}
+
+// TestLab builds two namespaces joined through a bridge in a third and
+// routed to a fourth, checks connectivity with ping, runs a long process and
+// checks that teardown removes everything.
+func TestLab(t *testing.T) {
+	RequireRoot(t)
+	var names []string
+	var proc *Process
+	t.Run("build", func(t *testing.T) {
+		lab := New(t)
+		a := lab.NewNamespace("a")
+		b := lab.NewNamespace("b")
+		sw := lab.NewNamespace("sw")
+		far := lab.NewNamespace("far")
+		for _, n := range []*Namespace{a, b, sw, far} {
+			names = append(names, n.Name())
+			if !strings.HasPrefix(n.Name(), Prefix) {
+				t.Fatalf("namespace name %q lacks prefix", n.Name())
+			}
+		}
+		br := sw.AddBridge("br0")
+		sw.AddAddr(br, "198.18.0.1/24")
+		_, swA := lab.Connect(a, "198.18.0.10/24", sw, "")
+		sw.SetMaster(swA, br)
+		_, swB := lab.Connect(b, "198.18.0.11/24", sw, "")
+		sw.SetMaster(swB, br)
+		lab.Connect(sw, "198.19.0.1/24", far, "198.19.0.2/24")
+		sw.EnableForwarding()
+		a.AddRoute("198.19.0.0/24", "198.18.0.1")
+		far.AddRoute("198.18.0.0/24", "198.19.0.1")
+
+		a.Run("ping", "-c", "1", "-W", "2", "198.18.0.11") // across the bridge
+		a.Run("ping", "-c", "1", "-W", "2", "198.19.0.2")  // routed
+		if out := b.Command("ping", "-c", "1", "-W", "1", "198.19.0.2").Run(); out == nil {
+			t.Fatal("b reached 198.19.0.2 without a route")
+		}
+		if !strings.Contains(far.IP("-4", "addr", "show"), "198.19.0.2/24") {
+			t.Fatal("far lacks its address")
+		}
+
+		// A process that ignores nothing: teardown must stop it.
+		proc = lab.Start(far.Command("sleep", "300"))
+		if proc.Exited() {
+			t.Fatal("sleep exited at once")
+		}
+		// A short process waited for through Process.
+		p := lab.Start(a.Command("true"))
+		if err := p.Wait(); err != nil {
+			t.Fatalf("true: %v", err)
+		}
+	})
+	if proc == nil {
+		t.Fatal("build did not get far enough")
+	}
+	select {
+	case <-proc.Done():
+	case <-time.After(time.Second):
+		t.Fatal("teardown left the long process running")
+	}
+	left := Namespaces()
+	for _, n := range names {
+		if slices.Contains(left, n) {
+			t.Errorf("namespace %s still exists after teardown", n)
+		}
+	}
+}
+
+// TestStopKillsStubbornProcess checks that Stop falls back to SIGKILL.
+func TestStopKillsStubbornProcess(t *testing.T) {
+	lab := New(t)
+	n := lab.NewNamespace("stub")
+	p := lab.Start(n.Command("sh", "-c", "trap '' TERM; echo ready; sleep 300 & wait"))
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	_ = p.Stop(300 * time.Millisecond)
+	if !p.Exited() {
+		t.Fatal("process still running after Stop")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Stop took %v", d)
+	}
+}
+
+// TestSweepStale checks that a namespace named for a dead owner is removed
+// and one named for a live owner is kept.
+func TestSweepStale(t *testing.T) {
+	RequireRoot(t)
+	dead := namespaceName(1<<30, randomHex(3), "stale")
+	live := namespaceName(os.Getpid(), randomHex(3), "live")
+	for _, n := range []string{dead, live} {
+		if _, err := runIP("netns", "add", n); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = removeNamespace(n) })
+	}
+	removed := SweepStale()
+	if !slices.Contains(removed, dead) {
+		t.Errorf("SweepStale did not remove %s (removed %v)", dead, removed)
+	}
+	if slices.Contains(removed, live) || !slices.Contains(Namespaces(), live) {
+		t.Errorf("SweepStale removed the live namespace %s", live)
+	}
+}
