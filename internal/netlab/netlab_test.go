@@ -1,6 +1,8 @@
 package netlab
 
 import (
+	"errors"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -167,5 +169,57 @@ func TestSweepStale(t *testing.T) {
 	}
 	if slices.Contains(removed, live) || !slices.Contains(Namespaces(), live) {
 		t.Errorf("SweepStale removed the live namespace %s", live)
+	}
+}
+
+// TestDo checks that sockets opened in Do live in the namespace: a listener
+// opened there is reachable from a peer namespace, and the test's own thread
+// does not see the namespace's address.
+func TestDo(t *testing.T) {
+	lab := New(t)
+	a := lab.NewNamespace("a")
+	b := lab.NewNamespace("b")
+	lab.Connect(a, "198.18.0.1/24", b, "198.18.0.2/24")
+
+	var srv *net.UDPConn
+	if err := b.Do(func() error {
+		var err error
+		srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 4000})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	// Outside the namespaces the address does not exist.
+	if c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 4000}); err == nil {
+		c.Close()
+		t.Fatal("198.18.0.2 is bindable outside the namespace: Do leaked its namespace")
+	}
+
+	var cli *net.UDPConn
+	if err := a.Do(func() error {
+		var err error
+		cli, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 4000})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	srv.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64)
+	nr, from, err := srv.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatalf("read in b: %v", err)
+	}
+	if string(buf[:nr]) != "hello" || !from.IP.Equal(net.IPv4(198, 18, 0, 1)) {
+		t.Fatalf("got %q from %v; want hello from 198.18.0.1", buf[:nr], from)
+	}
+
+	if err := a.Do(func() error { return errors.New("boom") }); err == nil || err.Error() != "boom" {
+		t.Fatalf("Do returned %v; want fn's error", err)
 	}
 }
