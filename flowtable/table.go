@@ -1,0 +1,315 @@
+// Package flowtable maps UDP flows, identified by 4-tuple or connection ID,
+// to the caller's per-flow state.
+//
+// A Table is built for the packet path: Lookup takes no lock and allocates
+// nothing, and Insert and Delete, which may run on any goroutine at once,
+// never block a Lookup. Its capacity is fixed when it is created, and idle
+// flows are removed by Sweep, which callers run over the shards in turn
+// instead of keeping a timer per flow.
+package flowtable
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Config sets the size of a Table.
+type Config struct {
+	// Capacity is the most entries the table holds. It must be positive.
+	Capacity int
+	// Shards is the number of independently locked parts of the table,
+	// rounded up to a power of two. Zero means DefaultShards.
+	Shards int
+}
+
+// DefaultShards is the number of shards of a Table whose Config leaves
+// Shards zero.
+const DefaultShards = 256
+
+// Limits on Config, well beyond any real table, that keep the bucket
+// arithmetic from overflowing.
+const (
+	maxCapacity = 1 << 30
+	maxShards   = 1 << 16
+)
+
+// ErrFull is returned by Insert when the table holds Capacity entries.
+var ErrFull = errors.New("flowtable: table full")
+
+// Stats is a snapshot of a Table's counters. Counters are read one at a
+// time while the table is in use, so they need not add up exactly.
+type Stats struct {
+	Len      int    // entries in the table
+	Capacity int    // most entries the table holds
+	Inserted uint64 // successful Inserts
+	Deleted  uint64 // entries removed by Delete
+	Expired  uint64 // entries removed by Sweep
+	Refused  uint64 // Inserts that failed with ErrFull
+}
+
+// Table is a fixed-capacity hash table of flows. Its methods are safe for
+// concurrent use.
+//
+// The table is split into shards, each owning a fixed, power-of-two range
+// of a bucket array sized for Capacity when the table is created, so the
+// table never resizes and a Lookup never has to retry. Each bucket is a
+// chain of entries. Writers lock the entry's shard and publish changes with
+// atomic stores in an order that keeps every chain walkable at all times:
+// Insert links the new entry to the chain before making it the head, and
+// Delete unlinks an entry without touching its own link, so a Lookup that
+// is standing on a removed entry still finds the rest of the chain. The
+// table never reuses an entry, so the garbage collector keeps any entry a
+// Lookup can still reach alive.
+type Table[V any] struct {
+	// Read by every Lookup; never written after New.
+	buckets    []atomic.Pointer[Entry[V]]
+	mask       uint64 // len(buckets) - 1
+	shardShift uint   // log2 of the buckets per shard
+	seed       uint64
+	capacity   int64
+	shards     []shard[V]
+
+	// Keep the counters every writer updates off the cache line that
+	// every reader needs.
+	_       [64]byte
+	n       atomic.Int64
+	refused atomic.Uint64
+}
+
+type shard[V any] struct {
+	// mu serializes the writers of the shard's buckets, and the counters
+	// below, which are atomic only so that Stats can read them unlocked.
+	mu                         sync.Mutex
+	inserted, deleted, expired atomic.Uint64
+
+	// sweepMu owns scratch, which holds the entries a Sweep removed until
+	// it has called back for them, and is kept between sweeps so that
+	// sweeping allocates nothing in the steady state.
+	sweepMu sync.Mutex
+	scratch []*Entry[V]
+}
+
+// New returns an empty Table for cfg.
+func New[V any](cfg Config) (*Table[V], error) {
+	if cfg.Capacity <= 0 || cfg.Capacity > maxCapacity {
+		return nil, errors.New("flowtable: capacity out of range")
+	}
+	if cfg.Shards < 0 || cfg.Shards > maxShards {
+		return nil, errors.New("flowtable: shard count out of range")
+	}
+	nshards := cfg.Shards
+	if nshards == 0 {
+		nshards = DefaultShards
+	}
+	nshards = 1 << bits.Len(uint(nshards-1))
+	// One bucket per entry on average keeps chains short without a resize.
+	perShard := (cfg.Capacity + nshards - 1) / nshards
+	shardShift := uint(bits.Len(uint(perShard - 1)))
+	nbuckets := nshards << shardShift
+
+	// The seed keeps the bucket of a flow unpredictable to peers, who pick
+	// their own addresses and connection IDs and could otherwise pile them
+	// into one chain.
+	var seed [8]byte
+	rand.Read(seed[:])
+	return &Table[V]{
+		buckets:    make([]atomic.Pointer[Entry[V]], nbuckets),
+		mask:       uint64(nbuckets - 1),
+		shardShift: shardShift,
+		seed:       binary.LittleEndian.Uint64(seed[:]),
+		capacity:   int64(cfg.Capacity),
+		shards:     make([]shard[V], nshards),
+	}, nil
+}
+
+// hash returns the seeded hash of k's memory, which is all significant:
+// Key has no padding and no pointers.
+func (t *Table[V]) hash(k *Key) uint64 {
+	var d xxhash.Digest
+	d.ResetWithSeed(t.seed)
+	d.Write(unsafe.Slice((*byte)(unsafe.Pointer(k)), unsafe.Sizeof(*k)))
+	return d.Sum64()
+}
+
+// locate returns the bucket of k and the shard that owns it.
+func (t *Table[V]) locate(k *Key) (*atomic.Pointer[Entry[V]], *shard[V]) {
+	i := t.hash(k) & t.mask
+	return &t.buckets[i], &t.shards[i>>t.shardShift]
+}
+
+// Lookup returns the entry with key k, or nil if there is none. It takes no
+// lock and allocates nothing. An entry inserted or deleted while Lookup
+// runs may or may not be found.
+func (t *Table[V]) Lookup(k Key) *Entry[V] {
+	i := t.hash(&k) & t.mask
+	for e := t.buckets[i].Load(); e != nil; e = e.next.Load() {
+		if e.key == k {
+			return e
+		}
+	}
+	return nil
+}
+
+// Insert adds e, which must have been set up with Init, and returns it. If
+// the table already holds an entry with e's key, Insert returns that entry
+// and leaves the table unchanged. If the table is full it returns ErrFull,
+// leaving the entries already in it alone. Insert allocates nothing.
+func (t *Table[V]) Insert(e *Entry[V]) (*Entry[V], error) {
+	b, s := t.locate(&e.key)
+	s.mu.Lock()
+	head := b.Load()
+	for x := head; x != nil; x = x.next.Load() {
+		if x.key == e.key {
+			s.mu.Unlock()
+			return x, nil
+		}
+	}
+	if !t.reserve() {
+		s.mu.Unlock()
+		t.refused.Add(1)
+		return nil, ErrFull
+	}
+	// Link e before publishing it, so that a Lookup that sees e can walk
+	// past it to the rest of the chain.
+	e.next.Store(head)
+	b.Store(e)
+	s.inserted.Add(1)
+	s.mu.Unlock()
+	return e, nil
+}
+
+// reserve counts one more entry unless the table is full. Compare-and-swap
+// rather than add-and-undo keeps Len from ever exceeding Capacity.
+func (t *Table[V]) reserve() bool {
+	for {
+		n := t.n.Load()
+		if n >= t.capacity {
+			return false
+		}
+		if t.n.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// Delete removes e from the table and reports whether it was there. Another
+// entry with the same key is left alone.
+func (t *Table[V]) Delete(e *Entry[V]) bool {
+	b, s := t.locate(&e.key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for link := b; ; {
+		x := link.Load()
+		if x == nil {
+			return false
+		}
+		if x == e {
+			// e.next stays as it is: a Lookup may be standing on e.
+			link.Store(e.next.Load())
+			t.n.Add(-1)
+			s.deleted.Add(1)
+			return true
+		}
+		link = &x.next
+	}
+}
+
+// Len returns the number of entries in the table.
+func (t *Table[V]) Len() int { return int(t.n.Load()) }
+
+// Capacity returns the most entries the table holds.
+func (t *Table[V]) Capacity() int { return int(t.capacity) }
+
+// Shards returns the number of shards, the range of the shard argument of
+// Sweep.
+func (t *Table[V]) Shards() int { return len(t.shards) }
+
+// Sweep removes every entry of the given shard, in [0, Shards()), whose
+// deadline is at or before now, then calls expired, if it is not nil, for
+// each removed entry, and returns how many it removed.
+//
+// Callers run Sweep over the shards in turn, a few at a time, which spreads
+// the work of expiry over time and lets inserts and deletes on the other
+// shards go on meanwhile. expired runs after the shard is unlocked, so it
+// may use the table, for instance to reinsert an entry that was touched
+// while it was being removed; it must not Sweep the same shard. Sweeping
+// allocates nothing once the shard's scratch space has grown to the
+// largest number of entries one sweep removed.
+func (t *Table[V]) Sweep(shard int, now int64, expired func(*Entry[V])) int {
+	s := &t.shards[shard]
+	s.sweepMu.Lock()
+	defer s.sweepMu.Unlock()
+	// Start empty even if an earlier expired callback panicked.
+	clear(s.scratch)
+	s.scratch = s.scratch[:0]
+
+	lo := shard << t.shardShift
+	buckets := t.buckets[lo : lo+1<<t.shardShift]
+	s.mu.Lock()
+	for i := range buckets {
+		for link := &buckets[i]; ; {
+			x := link.Load()
+			if x == nil {
+				break
+			}
+			if x.expires.Load() <= now {
+				link.Store(x.next.Load())
+				s.scratch = append(s.scratch, x)
+				continue
+			}
+			link = &x.next
+		}
+	}
+	n := len(s.scratch)
+	t.n.Add(int64(-n))
+	s.expired.Add(uint64(n))
+	s.mu.Unlock()
+
+	for i, x := range s.scratch {
+		// Drop the table's reference so a swept entry can be collected
+		// as soon as its owner lets go of it.
+		s.scratch[i] = nil
+		if expired != nil {
+			expired(x)
+		}
+	}
+	s.scratch = s.scratch[:0]
+	return n
+}
+
+// Range calls fn for each entry in the table until fn returns false. It
+// takes no lock, so fn may use the table. Range is weakly consistent: an
+// entry inserted or deleted during Range may or may not be visited, and one
+// deleted and reinserted may be visited twice.
+func (t *Table[V]) Range(fn func(*Entry[V]) bool) {
+	for i := range t.buckets {
+		for e := t.buckets[i].Load(); e != nil; e = e.next.Load() {
+			if !fn(e) {
+				return
+			}
+		}
+	}
+}
+
+// Stats returns the table's counters.
+func (t *Table[V]) Stats() Stats {
+	st := Stats{
+		Len:      t.Len(),
+		Capacity: t.Capacity(),
+		Refused:  t.refused.Load(),
+	}
+	for i := range t.shards {
+		s := &t.shards[i]
+		st.Inserted += s.inserted.Load()
+		st.Deleted += s.deleted.Load()
+		st.Expired += s.expired.Load()
+	}
+	return st
+}
