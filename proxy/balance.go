@@ -1,0 +1,262 @@
+package proxy
+
+import (
+	"fmt"
+	"math"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Balancing policy names accepted in BalancerConfig.Policy.
+const (
+	// PolicyMaglev sends each session key to a backend chosen by Maglev
+	// consistent hashing, so that every udpmux instance with the same
+	// backend list agrees and a health change only moves the sessions of the
+	// backend that changed. It is the default.
+	PolicyMaglev = "maglev"
+	// PolicyLeastSessions sends each new session to the healthy backend with
+	// the fewest live sessions, for backends whose sessions differ widely in
+	// lifetime. Instances do not coordinate.
+	PolicyLeastSessions = "least-sessions"
+	// PolicyRoundRobin cycles through the healthy backends.
+	PolicyRoundRobin = "round-robin"
+)
+
+type policy uint8
+
+const (
+	policyMaglev policy = iota
+	policyLeastSessions
+	policyRoundRobin
+)
+
+// BalancerConfig configures a Balancer.
+type BalancerConfig struct {
+	// Backends are the backend addresses ("host:port"). Their position in
+	// this list is the backend index used by every Balancer method; the
+	// string itself is the backend's identity for Maglev hashing.
+	Backends []string
+	// Policy is one of PolicyMaglev, PolicyLeastSessions or
+	// PolicyRoundRobin; empty means PolicyMaglev.
+	Policy string
+	// TableSize is the Maglev table size, a prime; 0 means DefaultTableSize.
+	// It is ignored by the other policies.
+	TableSize int
+	// Health configures how failing backends are excluded.
+	Health HealthConfig
+}
+
+// Balancer chooses the backend for each new session among the healthy
+// backends and keeps per-backend live-session counts.
+//
+// A Balancer is safe for concurrent use. Pick, Opened, Closed, MarkUp (in the
+// common already-healthy case) and Status take no lock: the set of healthy
+// backends, and for PolicyMaglev the lookup table, live in an immutable
+// snapshot that is replaced atomically when health changes, so that several
+// event loops can pick without contending.
+type Balancer struct {
+	policy policy
+	addrs  []string
+	size   int // Maglev table size
+	health HealthConfig
+	now    func() time.Time
+	epoch  time.Time // origin of the int64 clock used internally
+
+	backends []backendState
+	snap     atomic.Pointer[snapshot]
+	rr       atomic.Uint64
+
+	// mu serializes health transitions and snapshot rebuilds, which are
+	// rare; it is never taken on the Pick path except by TryLock.
+	mu sync.Mutex
+}
+
+// backendState is the mutable state of one backend. Fields written by health
+// transitions are atomics (written under Balancer.mu) so that the hot paths
+// can read them without the lock.
+type backendState struct {
+	sessions  atomic.Int64
+	down      atomic.Bool
+	failures  atomic.Int32 // consecutive failures since the last success
+	downUntil atomic.Int64 // end of the current back-off, Balancer clock
+	downs     atomic.Uint64
+	ups       atomic.Uint64
+	// Sessions counters of different backends are updated concurrently by
+	// different event loops; keep them on separate cache lines.
+	_ [64]byte
+}
+
+// snapshot is the immutable view Pick works from.
+type snapshot struct {
+	up      []int   // healthy backend indexes, ascending
+	table   *Maglev // PolicyMaglev only; nil when up is empty
+	retryAt int64   // earliest downUntil of a down backend, or noRetry
+}
+
+const noRetry = math.MaxInt64
+
+// NewBalancer returns a Balancer with every backend healthy and no sessions.
+func NewBalancer(cfg BalancerConfig) (*Balancer, error) {
+	if err := validateBackends(cfg.Backends); err != nil {
+		return nil, err
+	}
+	b := &Balancer{
+		addrs:    append([]string(nil), cfg.Backends...),
+		size:     cfg.TableSize,
+		backends: make([]backendState, len(cfg.Backends)),
+	}
+	switch cfg.Policy {
+	case "", PolicyMaglev:
+		b.policy = policyMaglev
+	case PolicyLeastSessions:
+		b.policy = policyLeastSessions
+	case PolicyRoundRobin:
+		b.policy = policyRoundRobin
+	default:
+		return nil, fmt.Errorf("proxy: unknown balancing policy %q (want %q, %q or %q)",
+			cfg.Policy, PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin)
+	}
+	if b.size == 0 {
+		b.size = DefaultTableSize
+	}
+	if b.policy == policyMaglev {
+		if b.size <= len(b.addrs) || b.size > maxTableSize || !isPrime(b.size) {
+			return nil, fmt.Errorf("proxy: maglev table size %d must be a prime in (%d, %d]",
+				b.size, len(b.addrs), maxTableSize)
+		}
+	}
+	h, err := cfg.Health.normalize()
+	if err != nil {
+		return nil, err
+	}
+	b.health = h
+	b.now = h.Now
+	if b.now == nil {
+		b.now = time.Now
+	}
+	b.epoch = b.now()
+	b.mu.Lock()
+	b.rebuildLocked(true)
+	b.mu.Unlock()
+	return b, nil
+}
+
+// Pick returns the backend for a new session whose key hashes to keyHash,
+// considering only healthy backends; ok is false when every backend is down.
+// keyHash is used only by PolicyMaglev (as the consistent-hash key) and
+// PolicyLeastSessions (to break ties without shared state). Pick does not
+// allocate; it reads the clock only while some backend is backing off, to
+// return it to service as soon as its back-off ends.
+func (b *Balancer) Pick(keyHash uint64) (backend int, ok bool) {
+	s := b.snap.Load()
+	if s.retryAt != noRetry && b.clock(b.now()) >= s.retryAt && b.mu.TryLock() {
+		// Whoever gets the lock does the (rare) rebuild; concurrent pickers
+		// carry on with the old snapshot rather than wait.
+		b.refreshLocked(b.now())
+		b.mu.Unlock()
+		s = b.snap.Load()
+	}
+	n := len(s.up)
+	if n == 0 {
+		return -1, false
+	}
+	switch b.policy {
+	case policyRoundRobin:
+		return s.up[(b.rr.Add(1)-1)%uint64(n)], true
+	case policyLeastSessions:
+		// Start the scan at a key-dependent position so that ties (common
+		// at start-up) spread over the backends.
+		start, _ := bits.Mul64(keyHash, uint64(n))
+		best, bestSessions := -1, int64(math.MaxInt64)
+		for j := range n {
+			i := s.up[(int(start)+j)%n]
+			if c := b.backends[i].sessions.Load(); c < bestSessions {
+				best, bestSessions = i, c
+			}
+		}
+		return best, true
+	default:
+		return s.table.Pick(keyHash), true
+	}
+}
+
+// Opened records that a session was assigned to backend; pair every call with
+// one Closed when the session ends. The counts drive PolicyLeastSessions and
+// are reported by Status for metrics.
+func (b *Balancer) Opened(backend int) {
+	b.backends[backend].sessions.Add(1)
+}
+
+// Closed records that a session of backend ended. It panics if backend has no
+// live session, since the counts would otherwise drift silently.
+func (b *Balancer) Closed(backend int) {
+	if b.backends[backend].sessions.Add(-1) < 0 {
+		panic("proxy: Balancer.Closed without matching Opened")
+	}
+}
+
+// Len returns the number of configured backends; valid backend indexes are
+// 0 through Len()-1.
+func (b *Balancer) Len() int { return len(b.addrs) }
+
+// BackendStatus is a point-in-time view of one backend, for metrics and
+// status pages.
+type BackendStatus struct {
+	Addr     string
+	Healthy  bool  // currently eligible for new sessions
+	Sessions int64 // live sessions (Opened minus Closed)
+	Failures int   // consecutive failures since the last success
+	Downs    uint64
+	Ups      uint64 // transitions back to healthy, after back-off or on success
+}
+
+// Status returns the current status of backend without taking a lock; the
+// fields are read individually and may be mutually inconsistent while a
+// transition is in progress.
+func (b *Balancer) Status(backend int) BackendStatus {
+	st := &b.backends[backend]
+	return BackendStatus{
+		Addr:     b.addrs[backend],
+		Healthy:  !st.down.Load(),
+		Sessions: st.sessions.Load(),
+		Failures: int(st.failures.Load()),
+		Downs:    st.downs.Load(),
+		Ups:      st.ups.Load(),
+	}
+}
+
+// clock converts t to the Balancer's internal monotonic nanosecond clock.
+func (b *Balancer) clock(t time.Time) int64 {
+	return int64(t.Sub(b.epoch))
+}
+
+// rebuildLocked publishes a new snapshot from the backends' down flags. If
+// upChanged is false the healthy set is known to be unchanged, so the Maglev
+// table (the costly part: about a millisecond for the default size) is reused.
+func (b *Balancer) rebuildLocked(upChanged bool) {
+	old := b.snap.Load()
+	s := &snapshot{retryAt: noRetry}
+	if !upChanged && old != nil {
+		s.up, s.table = old.up, old.table
+	} else {
+		s.up = make([]int, 0, len(b.backends))
+		for i := range b.backends {
+			if !b.backends[i].down.Load() {
+				s.up = append(s.up, i)
+			}
+		}
+		if b.policy == policyMaglev && len(s.up) > 0 {
+			// buildMaglev reorders its argument; s.up must stay ascending.
+			s.table = buildMaglev(b.addrs, append([]int(nil), s.up...), b.size)
+		}
+	}
+	for i := range b.backends {
+		st := &b.backends[i]
+		if st.down.Load() {
+			s.retryAt = min(s.retryAt, st.downUntil.Load())
+		}
+	}
+	b.snap.Store(s)
+}
