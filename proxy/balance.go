@@ -205,10 +205,10 @@ func (b *Balancer) Len() int { return len(b.addrs) }
 // status pages.
 type BackendStatus struct {
 	Addr     string
-	Healthy  bool  // currently eligible for new sessions
-	Sessions int64 // live sessions (Opened minus Closed)
-	Failures int   // consecutive failures since the last success
-	Downs    uint64
+	Healthy  bool   // currently eligible for new sessions
+	Sessions int64  // live sessions (Opened minus Closed)
+	Failures int    // consecutive failures since the last success
+	Downs    uint64 // transitions to down
 	Ups      uint64 // transitions back to healthy, after back-off or on success
 }
 

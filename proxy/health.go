@@ -43,8 +43,8 @@ type HealthConfig struct {
 
 // HealthEvent describes one health transition of a backend.
 type HealthEvent struct {
-	Backend int
-	Addr    string
+	Backend int    // index into BalancerConfig.Backends
+	Addr    string // the backend's configured address, for logs
 	// Up is true for a return to service, false for a backend going down.
 	Up bool
 	// Failures is the number of consecutive failures: including this one
