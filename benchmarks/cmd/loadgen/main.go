@@ -1,0 +1,364 @@
+// Command loadgen drives a UDP server with many flows and reports, as one JSON
+// object on standard output, how many datagrams it sent and got back, how many
+// came back on the wrong flow, and round-trip percentiles.
+//
+// Every flow is its own UDP socket with its own source address:port (ports
+// from -port-base upwards on the first -src address, then on the next, so
+// 100 000 flows fit on a few addresses), connected to -dst. One thread does
+// everything: it sends a burst of -burst datagrams on one flow with
+// sendmmsg(2), moves to the next flow, and between rounds collects replies
+// from all sockets with epoll and recvmmsg(2). Each datagram starts with the
+// header of package wire (flow id, sequence number, send time).
+//
+// With -rate 0 it sends as fast as it can (the generator's maximum); with
+// -rate N it paces to N datagrams per second, sleeping with nanosecond
+// timeouts (epoll_pwait2) between sends. In -mode sink it only sends. It runs
+// for -duration, then waits -drain for replies still in flight, and exits.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/benchmarks/internal/hist"
+	"github.com/udpmux/udpmux/benchmarks/internal/mmsg"
+	"github.com/udpmux/udpmux/benchmarks/internal/wire"
+)
+
+// config holds the command-line settings.
+type config struct {
+	dst          netip.AddrPort
+	srcs         []netip.Addr
+	portBase     int
+	portsPerAddr int
+	flows        int
+	size         int
+	duration     time.Duration
+	drain        time.Duration
+	rate         float64
+	echo         bool
+	burst        int
+	rcvbuf       int
+}
+
+// report is the JSON printed at the end of a run.
+type report struct {
+	Mode        string  `json:"mode"`
+	Flows       int     `json:"flows"`
+	Size        int     `json:"size"`
+	Rate        float64 `json:"rate"` // target datagrams/s, 0 = maximum
+	DurationS   float64 `json:"duration_s"`
+	Sent        uint64  `json:"sent"`
+	Received    uint64  `json:"received"` // replies on their own flow's socket
+	Lost        int64   `json:"lost"`     // sent - received (echo mode only)
+	LossPct     float64 `json:"loss_pct"`
+	Misrouted   uint64  `json:"misrouted"` // replies carrying another flow's id
+	Malformed   uint64  `json:"malformed"` // replies without our header
+	SendErrors  uint64  `json:"send_errors"`
+	SendBlocked uint64  `json:"send_blocked"` // sendmmsg calls refused with EAGAIN
+	RecvErrors  uint64  `json:"recv_errors"`
+	OfferedPPS  float64 `json:"offered_pps"`
+	ReplyPPS    float64 `json:"reply_pps"`
+	RTTP50us    float64 `json:"rtt_p50_us"`
+	RTTP99us    float64 `json:"rtt_p99_us"`
+	RTTP999us   float64 `json:"rtt_p999_us"`
+	RTTMaxus    float64 `json:"rtt_max_us"`
+}
+
+func main() {
+	cfg, err := parseFlags()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(2)
+	}
+	r, err := run(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+	enc := json.NewEncoder(os.Stdout)
+	if err := enc.Encode(r); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags() (config, error) {
+	var (
+		cfg  config
+		dst  = flag.String("dst", "198.18.0.2:9000", "server address:port")
+		srcs = flag.String("src", "198.18.0.1", "comma-separated source addresses; flows fill -ports-per-addr ports on each in turn")
+		mode = flag.String("mode", "echo", "echo (expect a reply per datagram) or sink (send only)")
+	)
+	flag.IntVar(&cfg.portBase, "port-base", 10000, "first source port of every source address")
+	flag.IntVar(&cfg.portsPerAddr, "ports-per-addr", 50000, "source ports used per source address")
+	flag.IntVar(&cfg.flows, "flows", 256, "number of flows (sockets, distinct source address:port)")
+	flag.IntVar(&cfg.size, "size", 64, fmt.Sprintf("UDP payload bytes (>= %d)", wire.HeaderLen))
+	flag.DurationVar(&cfg.duration, "duration", 3*time.Second, "how long to send")
+	flag.DurationVar(&cfg.drain, "drain", 300*time.Millisecond, "how long to wait for replies after sending stops")
+	flag.Float64Var(&cfg.rate, "rate", 0, "datagrams per second over all flows; 0 = as fast as possible")
+	flag.IntVar(&cfg.burst, "burst", 4, "datagrams sent per flow per sendmmsg call (1-64)")
+	flag.IntVar(&cfg.rcvbuf, "rcvbuf", 1<<18, "receive buffer bytes per flow socket (SO_RCVBUFFORCE)")
+	flag.Parse()
+
+	var err error
+	if cfg.dst, err = netip.ParseAddrPort(*dst); err != nil || !cfg.dst.Addr().Is4() {
+		return cfg, fmt.Errorf("-dst %q: want an IPv4 address:port", *dst)
+	}
+	for s := range strings.SplitSeq(*srcs, ",") {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil || !a.Is4() {
+			return cfg, fmt.Errorf("-src %q: want IPv4 addresses", s)
+		}
+		cfg.srcs = append(cfg.srcs, a)
+	}
+	switch *mode {
+	case "echo":
+		cfg.echo = true
+	case "sink":
+	default:
+		return cfg, fmt.Errorf("-mode %q: want echo or sink", *mode)
+	}
+	switch {
+	case cfg.flows < 1:
+		return cfg, errors.New("-flows must be >= 1")
+	case cfg.size < wire.HeaderLen || cfg.size > 65507:
+		return cfg, fmt.Errorf("-size must be in [%d, 65507]", wire.HeaderLen)
+	case cfg.burst < 1 || cfg.burst > 64:
+		return cfg, errors.New("-burst must be in [1, 64]")
+	case cfg.portsPerAddr < 1 || cfg.portBase < 1 || cfg.portBase+cfg.portsPerAddr > 65536:
+		return cfg, errors.New("-port-base and -ports-per-addr must describe ports within 1-65535")
+	case cfg.flows > len(cfg.srcs)*cfg.portsPerAddr:
+		return cfg, fmt.Errorf("%d flows need more than %d source addresses x %d ports", cfg.flows, len(cfg.srcs), cfg.portsPerAddr)
+	case cfg.duration <= 0 || cfg.rate < 0:
+		return cfg, errors.New("-duration must be > 0 and -rate >= 0")
+	}
+	return cfg, nil
+}
+
+// generator is the state of one run.
+type generator struct {
+	cfg   config
+	epfd  int
+	fds   []int    // socket of each flow
+	seqs  []uint64 // next sequence number of each flow
+	epoch time.Time
+
+	out    *mmsg.Batch
+	in     *mmsg.Batch
+	events []unix.EpollEvent
+	rtt    hist.Histogram
+	r      report
+}
+
+func run(cfg config) (*report, error) {
+	g := &generator{
+		cfg:    cfg,
+		fds:    make([]int, 0, cfg.flows),
+		seqs:   make([]uint64, cfg.flows),
+		out:    mmsg.NewBatch(cfg.burst, cfg.size, false),
+		in:     mmsg.NewBatch(64, max(cfg.size, 2048), false),
+		events: make([]unix.EpollEvent, 256),
+	}
+	defer g.close()
+	if err := g.open(); err != nil {
+		return nil, err
+	}
+	g.epoch = time.Now()
+	g.loop()
+	g.finish()
+	return &g.r, nil
+}
+
+// open raises the descriptor limit and creates, binds and connects one socket
+// per flow, registering each with epoll (its flow index as the event data).
+func (g *generator) open() error {
+	need := uint64(g.cfg.flows + 64)
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("getrlimit: %w", err)
+	}
+	if lim.Cur < need {
+		lim.Cur = need
+		lim.Max = max(lim.Max, need)
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return fmt.Errorf("raising open-file limit to %d for %d flows: %w", need, g.cfg.flows, err)
+		}
+	}
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll_create1: %w", err)
+	}
+	g.epfd = epfd
+	dst := mmsg.Sockaddr(g.cfg.dst)
+	for i := range g.cfg.flows {
+		src := netip.AddrPortFrom(g.cfg.srcs[i/g.cfg.portsPerAddr], uint16(g.cfg.portBase+i%g.cfg.portsPerAddr))
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("flow %d: socket: %w", i, err)
+		}
+		g.fds = append(g.fds, fd)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, g.cfg.rcvbuf); err != nil {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, g.cfg.rcvbuf); err != nil {
+				return fmt.Errorf("flow %d: SO_RCVBUF: %w", i, err)
+			}
+		}
+		if err := unix.Bind(fd, mmsg.Sockaddr(src)); err != nil {
+			return fmt.Errorf("flow %d: bind %v: %w", i, src, err)
+		}
+		if err := unix.Connect(fd, dst); err != nil {
+			return fmt.Errorf("flow %d: connect %v: %w", i, g.cfg.dst, err)
+		}
+		if g.cfg.echo {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(i)}
+			if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+				return fmt.Errorf("flow %d: epoll_ctl: %w", i, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (g *generator) close() {
+	for _, fd := range g.fds {
+		unix.Close(fd)
+	}
+	if g.epfd > 0 {
+		unix.Close(g.epfd)
+	}
+}
+
+// now returns nanoseconds since the start of the run (monotonic clock).
+func (g *generator) now() int64 { return int64(time.Since(g.epoch)) }
+
+// loop sends for the configured duration, collecting replies between sends,
+// then only collects replies until the drain time is over.
+func (g *generator) loop() {
+	const roundMax = 256 // datagrams sent between two looks at the replies
+	end := int64(g.cfg.duration)
+	flow := 0
+	var sent uint64
+	for {
+		now := g.now()
+		if now >= end {
+			break
+		}
+		budget := uint64(roundMax)
+		if g.cfg.rate > 0 {
+			due := uint64(g.cfg.rate * float64(now) / 1e9)
+			if due <= sent {
+				// Ahead of schedule: wait (for replies or time) until the next datagram is due.
+				next := int64(float64(sent+1) * 1e9 / g.cfg.rate)
+				g.poll(min(next, end) - now)
+				continue
+			}
+			budget = min(budget, due-sent)
+		}
+		for budget > 0 {
+			n := min(uint64(g.cfg.burst), budget)
+			budget -= n
+			sent += g.sendBurst(flow, int(n))
+			if flow++; flow == len(g.fds) {
+				flow = 0
+			}
+		}
+		g.poll(0)
+	}
+	g.r.DurationS = float64(g.now()) / 1e9
+	drainEnd := g.now() + int64(g.cfg.drain)
+	for now := g.now(); now < drainEnd; now = g.now() {
+		g.poll(drainEnd - now)
+	}
+}
+
+// sendBurst sends n datagrams on one flow and returns how many the kernel took.
+func (g *generator) sendBurst(flow, n int) uint64 {
+	ts := g.now()
+	seq := g.seqs[flow]
+	for k := range n {
+		wire.Put(g.out.Bufs[k], wire.Header{Flow: uint32(flow), Seq: seq + uint64(k), Sent: ts})
+	}
+	sent, err := g.out.Send(g.fds[flow], n, 0)
+	switch {
+	case err == unix.EAGAIN:
+		g.r.SendBlocked++
+	case err != nil:
+		g.r.SendErrors++ // e.g. ECONNREFUSED after an ICMP port unreachable
+	}
+	g.seqs[flow] += uint64(sent)
+	g.r.Sent += uint64(sent)
+	return uint64(sent)
+}
+
+// poll waits up to timeout nanoseconds (0: not at all) for readable sockets
+// and reads every reply they hold.
+func (g *generator) poll(timeout int64) {
+	ts := unix.NsecToTimespec(max(timeout, 0))
+	r, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(g.epfd), uintptr(unsafe.Pointer(&g.events[0])),
+		uintptr(len(g.events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	if e != 0 {
+		return // EINTR: the caller loops
+	}
+	for _, ev := range g.events[:r] {
+		g.readFlow(int(ev.Fd))
+	}
+}
+
+// readFlow drains one flow's socket.
+func (g *generator) readFlow(flow int) {
+	for {
+		n, err := g.in.Recv(g.fds[flow], unix.MSG_DONTWAIT)
+		if err != nil {
+			if err != unix.EAGAIN {
+				g.r.RecvErrors++
+			}
+			return
+		}
+		now := g.now()
+		for i := range n {
+			h, err := wire.Parse(g.in.Bufs[i][:g.in.Len(i)])
+			switch {
+			case err != nil:
+				g.r.Malformed++
+			case int(h.Flow) != flow:
+				g.r.Misrouted++
+			default:
+				g.r.Received++
+				g.rtt.Record(now - h.Sent)
+			}
+		}
+		if n < len(g.in.Hdrs) {
+			return
+		}
+	}
+}
+
+// finish fills in the derived figures of the report.
+func (g *generator) finish() {
+	r := &g.r
+	r.Flows, r.Size, r.Rate = g.cfg.flows, g.cfg.size, g.cfg.rate
+	r.Mode = "sink"
+	if g.cfg.echo {
+		r.Mode = "echo"
+		r.Lost = int64(r.Sent) - int64(r.Received)
+		if r.Sent > 0 {
+			r.LossPct = 100 * float64(r.Lost) / float64(r.Sent)
+		}
+		r.ReplyPPS = float64(r.Received) / r.DurationS
+	}
+	r.OfferedPPS = float64(r.Sent) / r.DurationS
+	us := func(ns int64) float64 { return float64(ns) / 1e3 }
+	r.RTTP50us = us(g.rtt.Quantile(0.50))
+	r.RTTP99us = us(g.rtt.Quantile(0.99))
+	r.RTTP999us = us(g.rtt.Quantile(0.999))
+	r.RTTMaxus = us(g.rtt.Max())
+}

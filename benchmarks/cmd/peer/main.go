@@ -1,0 +1,209 @@
+// Command peer runs one of the UDP servers that udpmux is measured against,
+// as an echo server (every datagram goes back to its sender) or a sink
+// (datagrams are read and dropped):
+//
+//	-kind bare   recvmmsg/sendmmsg loop, batch -batch, one thread per address:
+//	             the floor, nothing can do less work per datagram. Also the
+//	             backend echo server of the proxy runs (several -addr).
+//	-kind gonet  Go's net.UDPConn, ReadFromUDPAddrPort / WriteToUDPAddrPort.
+//	-kind gnet   gnet v2 UDP server with one event loop.
+//
+// On SIGINT or SIGTERM it prints {"received":N,"sent":M} and exits.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/benchmarks/internal/mmsg"
+)
+
+// counters are updated by the serving loops and printed at exit.
+type counters struct {
+	Received atomic.Uint64
+	Sent     atomic.Uint64
+}
+
+func main() {
+	var (
+		kind   = flag.String("kind", "bare", "bare, gonet or gnet")
+		mode   = flag.String("mode", "echo", "echo or sink")
+		addrs  = flag.String("addr", "198.18.0.2:9000", "listen address:port; bare accepts a comma-separated list")
+		batch  = flag.Int("batch", 64, "bare: datagrams per recvmmsg/sendmmsg")
+		rcvbuf = flag.Int("rcvbuf", 0, "socket receive buffer bytes; 0 = system default")
+	)
+	flag.Parse()
+	echo := *mode == "echo"
+	if !echo && *mode != "sink" {
+		fail(fmt.Errorf("-mode %q: want echo or sink", *mode))
+	}
+	var list []netip.AddrPort
+	for s := range strings.SplitSeq(*addrs, ",") {
+		ap, err := netip.ParseAddrPort(strings.TrimSpace(s))
+		if err != nil || !ap.Addr().Is4() {
+			fail(fmt.Errorf("-addr %q: want IPv4 address:port", s))
+		}
+		list = append(list, ap)
+	}
+	if *kind != "bare" && len(list) != 1 {
+		fail(fmt.Errorf("-kind %s serves exactly one -addr", *kind))
+	}
+	if *batch < 1 || *batch > 1024 {
+		fail(errors.New("-batch must be in [1, 1024]"))
+	}
+
+	var c counters
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	errc := make(chan error, len(list))
+	switch *kind {
+	case "bare":
+		for _, ap := range list {
+			fd, err := bareSocket(ap, *rcvbuf)
+			if err != nil {
+				fail(err)
+			}
+			go func() { errc <- serveBare(fd, *batch, echo, &c) }()
+		}
+	case "gonet":
+		go func() { errc <- serveGoNet(list[0], *rcvbuf, echo, &c) }()
+	case "gnet":
+		go func() { errc <- serveGnet(list[0], *rcvbuf, echo, &c) }()
+	default:
+		fail(fmt.Errorf("-kind %q: want bare, gonet or gnet", *kind))
+	}
+	select {
+	case <-sig:
+	case err := <-errc:
+		fail(err)
+	}
+	out, _ := json.Marshal(map[string]uint64{"received": c.Received.Load(), "sent": c.Sent.Load()})
+	fmt.Println(string(out))
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "peer:", err)
+	os.Exit(1)
+}
+
+// bareSocket returns a blocking UDP socket bound to ap.
+func bareSocket(ap netip.AddrPort, rcvbuf int) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if rcvbuf > 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
+			return -1, fmt.Errorf("SO_RCVBUFFORCE: %w", err)
+		}
+	}
+	if err := unix.Bind(fd, mmsg.Sockaddr(ap)); err != nil {
+		return -1, fmt.Errorf("bind %v: %w", ap, err)
+	}
+	return fd, nil
+}
+
+// serveBare is the reference loop: one blocking recvmmsg of up to batch
+// datagrams, then (echo) one sendmmsg that returns each to its sender.
+func serveBare(fd, batch int, echo bool, c *counters) error {
+	runtime.LockOSThread()
+	b := mmsg.NewBatch(batch, 65536, echo)
+	for {
+		n, err := b.Recv(fd, unix.MSG_WAITFORONE)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return fmt.Errorf("recvmmsg: %w", err)
+		}
+		c.Received.Add(uint64(n))
+		if !echo {
+			continue
+		}
+		b.EchoLens(n)
+		for done := 0; done < n; {
+			m, err := b.SendFrom(fd, done, n, 0)
+			if err != nil {
+				if err == unix.EINTR {
+					continue
+				}
+				// A reply that cannot be sent is dropped, as a real server would.
+				break
+			}
+			done += m
+		}
+		c.Sent.Add(uint64(n))
+	}
+}
+
+// serveGoNet serves with the standard library, one datagram per call.
+func serveGoNet(ap netip.AddrPort, rcvbuf int, echo bool, c *counters) error {
+	conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(ap))
+	if err != nil {
+		return err
+	}
+	if rcvbuf > 0 {
+		if err := conn.SetReadBuffer(rcvbuf); err != nil {
+			return err
+		}
+	}
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return err
+		}
+		c.Received.Add(1)
+		if echo {
+			if _, err := conn.WriteToUDPAddrPort(buf[:n], from); err == nil {
+				c.Sent.Add(1)
+			}
+		}
+	}
+}
+
+// gnetServer is the gnet event handler: it reads each datagram and, in echo
+// mode, writes it back on the same connection (gnet's UDP Conn replies to the
+// datagram's sender).
+type gnetServer struct {
+	gnet.BuiltinEventEngine
+	echo bool
+	c    *counters
+}
+
+// OnTraffic handles one datagram.
+func (s *gnetServer) OnTraffic(conn gnet.Conn) gnet.Action {
+	buf, err := conn.Next(-1)
+	if err != nil {
+		return gnet.Close
+	}
+	s.c.Received.Add(1)
+	if s.echo {
+		if _, err := conn.Write(buf); err == nil {
+			s.c.Sent.Add(1)
+		}
+	}
+	return gnet.None
+}
+
+// serveGnet serves with one gnet event loop.
+func serveGnet(ap netip.AddrPort, rcvbuf int, echo bool, c *counters) error {
+	opts := []gnet.Option{gnet.WithMulticore(false), gnet.WithNumEventLoop(1), gnet.WithLockOSThread(true)}
+	if rcvbuf > 0 {
+		opts = append(opts, gnet.WithSocketRecvBuffer(rcvbuf))
+	}
+	return gnet.Run(&gnetServer{echo: echo, c: c}, "udp4://"+ap.String(), opts...)
+}
