@@ -1,0 +1,144 @@
+package udpsys
+
+import (
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxDatagram is the largest UDP payload over IPv6 jumbo-less paths and the
+// default slot size: a smaller receive buffer would truncate legal datagrams.
+const MaxDatagram = 65535
+
+// Message is one datagram of a Batch.
+type Message struct {
+	// Buf is the slot's buffer, owned by the Batch. A received datagram is
+	// Buf[:N]; Send sends Buf[:N].
+	Buf []byte
+	N   int
+	// Addr is the peer: the source of a received datagram, the destination of
+	// one to send. Leave it zero to send on a connected socket.
+	Addr netip.AddrPort
+	// Local is the address a received datagram was sent to, when the socket
+	// reports packet info; on send, a valid Local picks the source address.
+	Local netip.Addr
+	// Truncated reports a received datagram larger than Buf (MSG_TRUNC): what
+	// is in Buf is not the whole datagram.
+	Truncated bool
+}
+
+// Batch is a reusable set of messages for one recvmmsg or sendmmsg call.
+// A Batch belongs to one goroutine at a time.
+type Batch struct {
+	// Msgs are the batch's slots; Recv fills a prefix of them, Send sends one.
+	Msgs []Message
+
+	family int
+	hdrs   []unix.Mmsghdr
+	iovs   []unix.Iovec
+	names  []sockaddr
+	oob    []byte
+
+	drops    uint32
+	hasDrops bool
+}
+
+// NewBatch returns a batch of n slots of bufSize bytes each for a socket of
+// the given address family (unix.AF_INET or unix.AF_INET6).
+func NewBatch(n, bufSize, family int) *Batch {
+	b := &Batch{
+		Msgs:   make([]Message, n),
+		family: family,
+		hdrs:   make([]unix.Mmsghdr, n),
+		iovs:   make([]unix.Iovec, n),
+		names:  make([]sockaddr, n),
+		oob:    make([]byte, n*controlSpace),
+	}
+	bufs := make([]byte, n*bufSize)
+	for i := range b.Msgs {
+		b.Msgs[i].Buf = bufs[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
+		h := &b.hdrs[i].Hdr
+		h.Iov = &b.iovs[i]
+		h.Iovlen = 1
+	}
+	return b
+}
+
+// Len returns the number of slots.
+func (b *Batch) Len() int { return len(b.Msgs) }
+
+// Recv reads up to len(b.Msgs) datagrams from the non-blocking socket fd and
+// returns how many arrived. It returns unix.EAGAIN when none is queued.
+func (b *Batch) Recv(fd int) (int, error) {
+	for i := range b.Msgs {
+		h := &b.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		h.Namelen = sizeofSockaddr
+		h.Control = &b.oob[i*controlSpace]
+		h.Controllen = controlSpace
+		h.Flags = 0
+		b.iovs[i].Base = &b.Msgs[i].Buf[0]
+		b.iovs[i].SetLen(len(b.Msgs[i].Buf))
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd),
+		uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	for i := 0; i < int(n); i++ {
+		m, h := &b.Msgs[i], &b.hdrs[i]
+		m.N = int(h.Len)
+		m.Truncated = h.Hdr.Flags&unix.MSG_TRUNC != 0
+		m.Addr = decodeSockaddr(&b.names[i])
+		c := parseControl(b.oob[i*controlSpace : i*controlSpace+int(h.Hdr.Controllen)])
+		m.Local = c.dst
+		if c.hasDrops {
+			b.drops, b.hasDrops = c.drops, true
+		}
+	}
+	return int(n), nil
+}
+
+// Drops returns the socket's cumulative receive-queue drop count as last
+// reported by SO_RXQ_OVFL, and whether any report has been seen. The counter
+// is 32 bits and wraps: callers take differences in uint32.
+func (b *Batch) Drops() (uint32, bool) { return b.drops, b.hasDrops }
+
+// Send sends Msgs[from:to] on the non-blocking socket fd with as few
+// sendmmsg calls as the kernel allows, and returns how many were sent. When
+// that is less than to-from, err is the error of the first message not sent
+// (unix.EAGAIN when the send buffer is full); the caller decides whether to
+// retry it or skip it.
+func (b *Batch) Send(fd, from, to int) (int, error) {
+	for i := from; i < to; i++ {
+		m, h := &b.Msgs[i], &b.hdrs[i].Hdr
+		if m.Addr.IsValid() {
+			h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+			h.Namelen = encodeSockaddr(&b.names[i], m.Addr, b.family)
+		} else {
+			h.Name, h.Namelen = nil, 0
+		}
+		oob := b.oob[i*controlSpace : (i+1)*controlSpace]
+		if cl := putSourceControl(oob, m.Local, b.family); cl > 0 {
+			h.Control, h.Controllen = &oob[0], uint64(cl)
+		} else {
+			h.Control, h.Controllen = nil, 0
+		}
+		b.iovs[i].Base = &m.Buf[0]
+		b.iovs[i].SetLen(m.N)
+	}
+	sent := 0
+	for from+sent < to {
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd),
+			uintptr(unsafe.Pointer(&b.hdrs[from+sent])), uintptr(to-from-sent), unix.MSG_DONTWAIT, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return sent, errno
+		}
+		sent += int(r)
+	}
+	return sent, nil
+}

@@ -1,0 +1,493 @@
+package mux
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
+)
+
+// Epoll registrations carry a kind and an index instead of a pointer, which
+// the kernel cannot hold for the Go collector.
+const (
+	tokenWake   int32 = iota // the loop's eventfd: inbox, control queue, stop
+	tokenSocket              // a listener socket; the index is the listener's
+)
+
+// readRounds bounds how many batches one socket may read before the loop
+// looks at its other sockets and inboxes; epoll is level-triggered, so what is
+// left is picked up on the next round.
+const readRounds = 8
+
+// sendRetries bounds how often a loop waits for a full send buffer to drain
+// before it drops the rest of a batch.
+const (
+	sendRetries   = 3
+	sendWaitMilli = 5
+)
+
+// ErrTooLarge is returned by a session's Write for more than a datagram holds.
+var ErrTooLarge = errors.New("datagram too large")
+
+// loop is one event loop: one OS thread pinned to one CPU, with its own socket
+// per listener in each listener's SO_REUSEPORT group.
+type loop struct {
+	id    int
+	cpu   int
+	srv   *Server
+	epfd  int
+	wake  int // eventfd
+	socks []*loopSocket
+	rx    *udpsys.Batch
+
+	events    []unix.EpollEvent
+	stateless []*session.Session
+
+	// inboxes[src] carries datagrams from loop src; created by the producer
+	// on first use.
+	inboxes  []atomic.Pointer[inbox]
+	toWake   []bool // loops this loop forwarded to during the current batch
+	wakeBuf  [8]byte
+	one      [8]byte // eventfd increment; written once, read by every signaller
+	stopping atomic.Bool
+
+	ctlMu sync.Mutex
+	ctl   []closeRequest // closes asked for from other goroutines and loops
+
+	now       int64
+	nextSweep int64
+	sweepPos  int
+	expired   func(*flowtable.Entry[*session.Session])
+	batchEnds []session.BatchHandler
+}
+
+// loopSocket is a loop's socket for one listener.
+type loopSocket struct {
+	sock  *udpsys.Socket
+	ln    *listener
+	tx    *udpsys.Batch
+	ntx   int
+	drops uint32
+	seen  bool // drops holds a first overflow report
+	stats socketStats
+}
+
+type closeRequest struct {
+	s *session.Session
+	r session.Reason
+}
+
+func newLoop(srv *Server, id, cpu int) (*loop, error) {
+	l := &loop{
+		id: id, cpu: cpu, srv: srv, epfd: -1, wake: -1,
+		events:  make([]unix.EpollEvent, 64),
+		inboxes: make([]atomic.Pointer[inbox], srv.cfg.Workers),
+		toWake:  make([]bool, srv.cfg.Workers),
+	}
+	l.expired = l.expire
+	l.one[0] = 1
+	var err error
+	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if l.wake, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		l.close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := l.watch(l.wake, tokenWake, 0); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *loop) watch(fd int, kind, index int32) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: kind, Pad: index}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl add: %w", err)
+	}
+	return nil
+}
+
+// addSocket gives the loop its socket for listener ln.
+func (l *loop) addSocket(ln *listener, sock *udpsys.Socket) error {
+	ls := &loopSocket{sock: sock, ln: ln, tx: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, sock.Family)}
+	if l.rx == nil {
+		l.rx = udpsys.NewBatch(l.srv.cfg.Batch, l.srv.cfg.MaxDatagram, unix.AF_INET6)
+	}
+	l.socks = append(l.socks, ls)
+	l.stateless = append(l.stateless, session.NewStateless(l, ln.handler, ln.scope))
+	if bh, ok := ln.handler.(session.BatchHandler); ok {
+		l.batchEnds = append(l.batchEnds, bh)
+	}
+	return l.watch(sock.FD, tokenSocket, int32(ln.scope))
+}
+
+// ID implements session.Loop.
+func (l *loop) ID() int { return l.id }
+
+// run serves until stop is called, then closes the loop's sessions.
+func (l *loop) run() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := pinThread(l.cpu); err != nil {
+		l.srv.log.Warn("cannot pin loop to its CPU", "loop", l.id, "cpu", l.cpu, "err", err)
+	}
+	l.now = session.Clock()
+	l.nextSweep = l.now
+	for !l.stopping.Load() {
+		n, err := unix.EpollWait(l.epfd, l.events, l.waitMillis())
+		if err != nil && err != unix.EINTR {
+			l.srv.log.Error("epoll_wait failed; loop stops", "loop", l.id, "err", err)
+			break
+		}
+		l.now = session.Clock()
+		for i := 0; i < n; i++ {
+			ev := &l.events[i]
+			switch ev.Fd {
+			case tokenWake:
+				l.onWake()
+			case tokenSocket:
+				l.readSocket(l.socks[ev.Pad])
+			}
+		}
+		if l.now >= l.nextSweep {
+			l.sweep()
+		}
+	}
+	l.shutdown()
+}
+
+// sweepInterval is how often each shard of the flow table is checked for
+// idle sessions: the resolution of idle timeouts.
+const sweepInterval = time.Second
+
+// sweepTicks divides a sweep of the loop's shards into steps, so that no
+// single step holds up the loop.
+const sweepTicks = 10
+
+func (l *loop) waitMillis() int {
+	ms := (l.nextSweep - l.now) / int64(time.Millisecond)
+	return int(max(ms, 1))
+}
+
+// sweep checks the next slice of this loop's share of the table's shards.
+// Loop i sweeps shards i, i+W, i+2W, ...
+func (l *loop) sweep() {
+	t, w := l.srv.table, l.srv.cfg.Workers
+	mine := (t.Shards() - l.id + w - 1) / w
+	step := max(mine/sweepTicks, 1)
+	for i := 0; i < step; i++ {
+		shard := l.id + l.sweepPos*w
+		if shard < t.Shards() {
+			t.Sweep(shard, l.now, l.expired)
+		}
+		if l.sweepPos++; l.sweepPos >= mine {
+			l.sweepPos = 0
+		}
+	}
+	l.nextSweep = l.now + int64(sweepInterval/sweepTicks)
+}
+
+// expire ends a session the sweep took out of the table; the owner does it.
+func (l *loop) expire(e *flowtable.Entry[*session.Session]) {
+	s := e.Value
+	owner := l.srv.loops[s.LoopID()]
+	if owner == l {
+		l.end(s, session.ReasonIdle)
+		return
+	}
+	owner.request(closeRequest{s, session.ReasonIdle})
+}
+
+// readSocket reads and dispatches batches from one listener socket until it
+// is empty or the round limit is reached.
+func (l *loop) readSocket(ls *loopSocket) {
+	for round := 0; round < readRounds; round++ {
+		n, err := l.rx.Recv(ls.sock.FD)
+		if err != nil {
+			if err != unix.EAGAIN && err != unix.EINTR {
+				l.srv.log.Warn("recvmmsg failed", "listener", ls.ln.name, "loop", l.id, "err", err)
+			}
+			return
+		}
+		l.now = session.Clock()
+		for i := 0; i < n; i++ {
+			l.dispatch(ls, &l.rx.Msgs[i])
+		}
+		l.countKernelDrops(ls)
+		l.endBatch()
+		if n < l.rx.Len() {
+			return
+		}
+	}
+}
+
+// countKernelDrops adds the growth of the socket's SO_RXQ_OVFL counter. The
+// counter is cumulative and 32 bits wide, so only the uint32 difference from
+// the previous report counts, and the first report sets the base.
+func (l *loop) countKernelDrops(ls *loopSocket) {
+	d, ok := l.rx.Drops()
+	if !ok {
+		return
+	}
+	if ls.seen {
+		ls.stats.kernelDrops.add(uint64(d - ls.drops))
+	}
+	ls.drops, ls.seen = d, true
+}
+
+// dispatch routes one received datagram: dissector, flow table, session.
+func (l *loop) dispatch(ls *loopSocket, m *udpsys.Message) {
+	st := &ls.stats
+	st.rxDatagrams.inc()
+	st.rxBytes.add(uint64(m.N))
+	if m.Truncated {
+		st.truncated.inc()
+		return
+	}
+	ln := ls.ln
+	local := ls.sock.Local
+	if ls.sock.Wildcard && m.Local.IsValid() {
+		local = netip.AddrPortFrom(m.Local, local.Port())
+	}
+	peer := netip.AddrPortFrom(m.Addr.Addr().Unmap(), m.Addr.Port())
+	p := m.Buf[:m.N]
+	key, verdict := ln.dissector.Dissect(p, local, peer, ln.scope)
+	switch verdict {
+	case session.Drop:
+		st.malformed.inc()
+		return
+	case session.Stateless:
+		sl := l.stateless[ln.scope]
+		sl.Reset(local, peer)
+		sl.Deliver(p, l.now)
+		return
+	}
+	var s *session.Session
+	if e := l.srv.table.Lookup(key); e != nil {
+		s = e.Value
+	} else if verdict == session.Lookup {
+		st.unknownFlow.inc()
+		return
+	} else if s = l.open(ls, key, local, peer); s == nil {
+		return
+	}
+	if owner := s.LoopID(); owner != l.id {
+		l.forward(ls, owner, s, peer, p)
+		return
+	}
+	l.deliver(s, peer, p)
+}
+
+// deliver hands p to s on its owning loop. A connection-ID session follows its
+// client to a new address; a 4-tuple session's peer is part of its key.
+func (l *loop) deliver(s *session.Session, peer netip.AddrPort, p []byte) {
+	if s.Closed() {
+		return
+	}
+	if s.Peer() != peer && s.Entry().Key().Kind() == flowtable.KindCID {
+		s.SetPeer(peer)
+	}
+	s.Deliver(p, l.now)
+}
+
+// open creates the session for a flow's first datagram. It returns nil when
+// the flow is refused, and another loop's session when that loop created the
+// same flow first.
+func (l *loop) open(ls *loopSocket, key flowtable.Key, local, peer netip.AddrPort) *session.Session {
+	ln := ls.ln
+	s := session.New(session.Config{
+		Key: key, Scope: ln.scope, Local: local, Peer: peer, Loop: l, Handler: ln.handler,
+		IdleTimeout: ln.idle, Now: l.now,
+	})
+	e, err := l.srv.table.Insert(s.Entry())
+	if err != nil {
+		ls.stats.refusedFull.inc()
+		l.srv.refusalLog(ln.name, err)
+		return nil
+	}
+	if e != s.Entry() {
+		return e.Value
+	}
+	if err := s.Open(); err != nil {
+		l.srv.table.Delete(s.Entry())
+		ls.stats.refusedOpen.inc()
+		return nil
+	}
+	ls.stats.opened.inc()
+	return s
+}
+
+// forward passes p to the loop that owns s.
+func (l *loop) forward(ls *loopSocket, owner int, s *session.Session, peer netip.AddrPort, p []byte) {
+	dst := l.srv.loops[owner]
+	q := dst.inboxes[l.id].Load()
+	if q == nil {
+		q = newInbox()
+		dst.inboxes[l.id].Store(q)
+	}
+	if !q.push(s, peer, p) {
+		ls.stats.forwardDrops.inc()
+		return
+	}
+	ls.stats.forwarded.inc()
+	l.toWake[owner] = true
+}
+
+// onWake serves what other goroutines and loops left for this loop.
+func (l *loop) onWake() {
+	unix.Read(l.wake, l.wakeBuf[:])
+	for i := range l.inboxes {
+		if q := l.inboxes[i].Load(); q != nil {
+			q.drain(l.deliver)
+		}
+	}
+	l.ctlMu.Lock()
+	reqs := l.ctl
+	l.ctl = nil
+	l.ctlMu.Unlock()
+	for _, r := range reqs {
+		l.end(r.s, r.r)
+	}
+	l.endBatch()
+}
+
+// request queues a close for this loop from any goroutine.
+func (l *loop) request(r closeRequest) {
+	l.ctlMu.Lock()
+	l.ctl = append(l.ctl, r)
+	l.ctlMu.Unlock()
+	l.signal()
+}
+
+func (l *loop) signal() {
+	unix.Write(l.wake, l.one[:])
+}
+
+// CloseSession implements session.Loop: the close runs on this loop.
+func (l *loop) CloseSession(s *session.Session, r session.Reason) {
+	l.request(closeRequest{s, r})
+}
+
+// end removes s from the table and tells its handler. Owning loop only.
+func (l *loop) end(s *session.Session, r session.Reason) {
+	l.srv.table.Delete(s.Entry())
+	if s.End(r) {
+		l.socks[s.Scope()].stats.closedFor(r).inc()
+	}
+}
+
+// endBatch sends what handlers wrote, lets batch handlers flush, and wakes the
+// loops this batch forwarded to.
+func (l *loop) endBatch() {
+	for _, bh := range l.batchEnds {
+		bh.EndBatch(l.id)
+	}
+	for _, ls := range l.socks {
+		if ls.ntx > 0 {
+			l.flush(ls)
+		}
+	}
+	for i, w := range l.toWake {
+		if w {
+			l.toWake[i] = false
+			l.srv.loops[i].signal()
+		}
+	}
+}
+
+// Send implements session.Loop: p joins the send batch of this loop's socket
+// for the session's listener.
+func (l *loop) Send(s *session.Session, p []byte) error {
+	ls := l.socks[s.Scope()]
+	if len(p) > udpsys.MaxDatagram {
+		ls.stats.tooLarge.inc()
+		return ErrTooLarge
+	}
+	if ls.ntx == ls.tx.Len() {
+		l.flush(ls)
+	}
+	m := &ls.tx.Msgs[ls.ntx]
+	m.N = copy(m.Buf, p)
+	m.Addr = s.Peer()
+	m.Local = netip.Addr{}
+	if ls.sock.Wildcard {
+		m.Local = s.LocalAddr().Addr()
+	}
+	ls.ntx++
+	s.Sent(len(p))
+	return nil
+}
+
+// flush sends the socket's batch. A message the kernel refuses is counted and
+// skipped; a full send buffer is waited on briefly, then the rest is dropped
+// and counted, so that one slow path cannot stall the loop.
+func (l *loop) flush(ls *loopSocket) {
+	from, waits := 0, 0
+	for from < ls.ntx {
+		sent, err := ls.tx.Send(ls.sock.FD, from, ls.ntx)
+		ls.stats.txDatagrams.add(uint64(sent))
+		for i := from; i < from+sent; i++ {
+			ls.stats.txBytes.add(uint64(ls.tx.Msgs[i].N))
+		}
+		from += sent
+		switch {
+		case err == nil:
+		case err == unix.EAGAIN && waits < sendRetries:
+			waits++
+			fds := []unix.PollFd{{Fd: int32(ls.sock.FD), Events: unix.POLLOUT}}
+			unix.Poll(fds, sendWaitMilli)
+		case err == unix.EAGAIN:
+			ls.stats.sendDrops.add(uint64(ls.ntx - from))
+			from = ls.ntx
+		default:
+			ls.stats.sendErrors.inc()
+			from++
+		}
+	}
+	ls.ntx = 0
+}
+
+// stop asks the loop to finish; it returns at once.
+func (l *loop) stop() {
+	l.stopping.Store(true)
+	l.signal()
+}
+
+// shutdown ends the loop's sessions and closes its descriptors.
+func (l *loop) shutdown() {
+	var mine []*session.Session
+	l.srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
+		if e.Value.LoopID() == l.id {
+			mine = append(mine, e.Value)
+		}
+		return true
+	})
+	for _, s := range mine {
+		l.end(s, session.ReasonShutdown)
+	}
+	l.endBatch()
+	l.close()
+}
+
+func (l *loop) close() {
+	for _, ls := range l.socks {
+		ls.sock.Close()
+	}
+	if l.wake >= 0 {
+		unix.Close(l.wake)
+	}
+	if l.epfd >= 0 {
+		unix.Close(l.epfd)
+	}
+}

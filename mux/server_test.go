@@ -1,0 +1,259 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/udpmux/udpmux/session"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// serve starts a server for the test and stops it, waiting for every loop,
+// when the test ends.
+func serve(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = quietLogger()
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return within 10s of cancel")
+		}
+	})
+	return srv
+}
+
+func echoConfig(addr string, workers int) Config {
+	return Config{
+		Workers: workers,
+		Listeners: []ListenerConfig{{
+			Name: "echo", Address: netip.MustParseAddrPort(addr), Handler: session.Echo{},
+		}},
+	}
+}
+
+// roundTrip sends p from c and waits for the echo.
+func roundTrip(t *testing.T, c *net.UDPConn, p []byte) {
+	t.Helper()
+	if _, err := c.Write(p); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	buf := make([]byte, 70000)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("read echo of %d bytes: %v", len(p), err)
+	}
+	if !bytes.Equal(buf[:n], p) {
+		t.Fatalf("echo of %d bytes came back as %d different bytes", len(p), n)
+	}
+}
+
+func dial(t *testing.T, network string, local, remote netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP(network, net.UDPAddrFromAddrPort(local), net.UDPAddrFromAddrPort(remote))
+	if err != nil {
+		t.Fatalf("dial %s: %v", remote, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestEchoAddressFamilies(t *testing.T) {
+	tests := []struct {
+		name, listen string
+		client       netip.Addr // where the client sends
+	}{
+		{"ipv4", "127.0.0.1:0", netip.MustParseAddr("127.0.0.1")},
+		{"ipv6", "[::1]:0", netip.MustParseAddr("::1")},
+		{"ipv4 wildcard", "0.0.0.0:0", netip.MustParseAddr("127.0.0.2")},
+		{"ipv6 wildcard", "[::]:0", netip.MustParseAddr("::1")},
+		{"ipv6 wildcard, ipv4 client", "[::]:0", netip.MustParseAddr("127.0.0.3")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := serve(t, echoConfig(tc.listen, 2))
+			dst := netip.AddrPortFrom(tc.client, srv.Addr(0).Port())
+			network := "udp4"
+			if tc.client.Is6() {
+				network = "udp6"
+			}
+			// A connected client socket accepts only replies from dst, so
+			// the echo proves the reply left from the address written to.
+			c := dial(t, network, netip.AddrPort{}, dst)
+			for _, size := range []int{0, 1, 1472, 9000} {
+				roundTrip(t, c, bytes.Repeat([]byte{byte(size)}, size))
+			}
+			// The loop counts a send after sendmmsg returns, which can be
+			// after the client already has the echo.
+			waitFor(t, 5*time.Second, "counters rx 4 tx 4 opened 1", func() bool {
+				st := srv.Stats().Listeners[0]
+				return st.RxDatagrams == 4 && st.TxDatagrams == 4 && st.SessionsOpened == 1
+			})
+		})
+	}
+}
+
+func TestLargestDatagramRoundTrips(t *testing.T) {
+	srv := serve(t, echoConfig("127.0.0.1:0", 1))
+	c := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	c.SetReadBuffer(1 << 20)
+	c.SetWriteBuffer(1 << 20)
+	p := make([]byte, 65507)
+	for i := range p {
+		p[i] = byte(i * 7)
+	}
+	roundTrip(t, c, p)
+}
+
+func TestOversizedDatagramCountedNotDelivered(t *testing.T) {
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.MaxDatagram = 1500
+	srv := serve(t, cfg)
+	c := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	if _, err := c.Write(make([]byte, 1501)); err != nil {
+		t.Fatal(err)
+	}
+	// The next datagram's echo proves the oversized one was read and not
+	// echoed: datagrams on one flow are handled in order.
+	roundTrip(t, c, []byte("after"))
+	waitFor(t, 5*time.Second, "truncated 1, sent 1", func() bool {
+		st := srv.Stats().Listeners[0]
+		return st.Truncated == 1 && st.TxDatagrams == 1
+	})
+}
+
+func TestTenThousandSessionsEchoAndExpire(t *testing.T) {
+	const n = 10_000
+	cfg := echoConfig("127.0.0.1:0", 2)
+	cfg.Listeners[0].IdleTimeout = 500 * time.Millisecond
+	cfg.MaxSessions = n
+	srv := serve(t, cfg)
+	clients := newRawClients(t, n, srv.Addr(0))
+	clients.sendAll(t, func(i int, b []byte) int { return copy(b, fmt.Sprintf("flow %d", i)) })
+	got := clients.receiveAll(t, 10*time.Second)
+	for i, p := range got {
+		if want := fmt.Sprintf("flow %d", i); string(p) != want {
+			t.Fatalf("client %d got %q, want %q", i, p, want)
+		}
+	}
+	st := srv.Stats()
+	if st.Listeners[0].SessionsOpened != n || st.Sessions != n {
+		t.Fatalf("opened %d, live %d; want %d", st.Listeners[0].SessionsOpened, st.Sessions, n)
+	}
+	waitFor(t, 10*time.Second, "all sessions to expire", func() bool {
+		st := srv.Stats()
+		return st.Sessions == 0 && st.Listeners[0].SessionsClosed["idle"] == n
+	})
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestTableFullRefusesNewSessionsOnly(t *testing.T) {
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.MaxSessions = 2
+	srv := serve(t, cfg)
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	roundTrip(t, a, []byte("a"))
+	roundTrip(t, b, []byte("b"))
+	c := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	c.Write([]byte("refused"))
+	roundTrip(t, a, []byte("a again")) // established sessions keep working
+	st := srv.Stats().Listeners[0]
+	if st.RefusedFull != 1 {
+		t.Errorf("RefusedFull = %d, want 1", st.RefusedFull)
+	}
+}
+
+func TestNoopDissectorIsStateless(t *testing.T) {
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Listeners[0].Dissector = session.Noop{}
+	srv := serve(t, cfg)
+	c := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	roundTrip(t, c, []byte("query"))
+	if st := srv.Stats(); st.Sessions != 0 || st.Listeners[0].SessionsOpened != 0 {
+		t.Errorf("noop created sessions: live %d opened %d", st.Sessions, st.Listeners[0].SessionsOpened)
+	}
+}
+
+func TestInvalidConfig(t *testing.T) {
+	ok := func() Config { return echoConfig("127.0.0.1:0", 1) }
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"no listeners", func(c *Config) { c.Listeners = nil }, "listeners: none configured"},
+		{"negative workers", func(c *Config) { c.Workers = -1 }, "workers: -1 is negative"},
+		{"batch too large", func(c *Config) { c.Batch = 5000 }, "batch: 5000 is not within 1..1024"},
+		{"no handler", func(c *Config) { c.Listeners[0].Handler = nil }, "listeners[0].handler: not set"},
+		{"no address", func(c *Config) { c.Listeners[0].Address = netip.AddrPort{} }, "listeners[0].address: not set"},
+		{"negative idle", func(c *Config) { c.Listeners[0].IdleTimeout = -time.Second }, "listeners[0].idle_timeout: -1s is negative"},
+		{"max datagram", func(c *Config) { c.MaxDatagram = 70000 }, "max_datagram: 70000 is not within 1..65535"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ok()
+			cfg.Logger = quietLogger()
+			tc.mutate(&cfg)
+			srv, err := New(cfg)
+			if err == nil {
+				srv.Close()
+				t.Fatal("New accepted an invalid config")
+			}
+			if err.Error() != tc.want {
+				t.Errorf("error %q, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPortInUseFailsBeforeServing(t *testing.T) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := echoConfig(c.LocalAddr().String(), 1)
+	cfg.Logger = quietLogger()
+	if srv, err := New(cfg); err == nil {
+		srv.Close()
+		t.Fatal("New bound a port another socket holds without SO_REUSEPORT")
+	}
+}

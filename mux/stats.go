@@ -1,0 +1,106 @@
+package mux
+
+import (
+	"sync/atomic"
+
+	"github.com/udpmux/udpmux/session"
+)
+
+// counter is a statistic with one writer, its loop: Store(Load()+n) is
+// race-free without a locked instruction on the packet path.
+type counter struct{ v atomic.Uint64 }
+
+func (c *counter) add(n uint64) { c.v.Store(c.v.Load() + n) }
+func (c *counter) inc()         { c.add(1) }
+func (c *counter) load() uint64 { return c.v.Load() }
+
+// socketStats are one loop's counters for one listener.
+type socketStats struct {
+	rxDatagrams, rxBytes, txDatagrams, txBytes counter
+	truncated, malformed, unknownFlow         counter
+	kernelDrops                               counter
+	opened, refusedFull, refusedOpen          counter
+	closed                                    [len(reasonIndex)]counter
+	forwarded, forwardDrops                   counter
+	sendErrors, sendDrops, tooLarge           counter
+}
+
+// reasonIndex sizes the per-reason close counters.
+var reasonIndex = [...]session.Reason{
+	session.ReasonIdle, session.ReasonClosed, session.ReasonShutdown,
+	session.ReasonRefused, session.ReasonError, session.ReasonHandoff,
+}
+
+// ListenerStats are a listener's counters summed over all loops.
+type ListenerStats struct {
+	Name    string
+	Address string
+	// RxDatagrams and RxBytes count datagrams read from the listener's
+	// sockets; TxDatagrams and TxBytes those sent to clients.
+	RxDatagrams, RxBytes, TxDatagrams, TxBytes uint64
+	// Truncated counts datagrams larger than the read buffer (MSG_TRUNC),
+	// dropped rather than delivered cut.
+	Truncated uint64
+	// Malformed counts datagrams the dissector rejected; UnknownFlow those it
+	// allowed only for an existing session that did not exist.
+	Malformed, UnknownFlow uint64
+	// KernelDrops is the growth of the sockets' receive-queue overflow
+	// counters (SO_RXQ_OVFL) while udpmux ran.
+	KernelDrops uint64
+	// SessionsOpened counts sessions created; RefusedFull the new flows
+	// refused because the session table was full; RefusedOpen those the
+	// handler's Open refused.
+	SessionsOpened, RefusedFull, RefusedOpen uint64
+	// SessionsClosed counts ended sessions by reason.
+	SessionsClosed map[string]uint64
+	// Forwarded counts datagrams passed to the loop owning their session;
+	// ForwardDrops those lost because that loop's inbox was full.
+	Forwarded, ForwardDrops uint64
+	// SendErrors counts datagrams the kernel refused to send; SendDrops those
+	// dropped after the send buffer stayed full; TooLarge writes larger than a
+	// datagram can be.
+	SendErrors, SendDrops, TooLarge uint64
+}
+
+func (st *socketStats) addTo(ls *ListenerStats) {
+	ls.RxDatagrams += st.rxDatagrams.load()
+	ls.RxBytes += st.rxBytes.load()
+	ls.TxDatagrams += st.txDatagrams.load()
+	ls.TxBytes += st.txBytes.load()
+	ls.Truncated += st.truncated.load()
+	ls.Malformed += st.malformed.load()
+	ls.UnknownFlow += st.unknownFlow.load()
+	ls.KernelDrops += st.kernelDrops.load()
+	ls.SessionsOpened += st.opened.load()
+	ls.RefusedFull += st.refusedFull.load()
+	ls.RefusedOpen += st.refusedOpen.load()
+	ls.Forwarded += st.forwarded.load()
+	ls.ForwardDrops += st.forwardDrops.load()
+	ls.SendErrors += st.sendErrors.load()
+	ls.SendDrops += st.sendDrops.load()
+	ls.TooLarge += st.tooLarge.load()
+	if ls.SessionsClosed == nil {
+		ls.SessionsClosed = make(map[string]uint64)
+	}
+	for i, r := range reasonIndex {
+		if n := st.closed[i].load(); n > 0 {
+			ls.SessionsClosed[r.String()] += n
+		}
+	}
+}
+
+func (st *socketStats) closedFor(r session.Reason) *counter {
+	for i, x := range reasonIndex {
+		if x == r {
+			return &st.closed[i]
+		}
+	}
+	return &st.closed[len(reasonIndex)-1]
+}
+
+// Stats is a snapshot of a Server's counters.
+type Stats struct {
+	Listeners []ListenerStats
+	// Sessions is the number of live sessions; Capacity the table's bound.
+	Sessions, Capacity int
+}

@@ -1,0 +1,49 @@
+package session
+
+// Handler serves sessions. The engine calls it on the loop that owns the
+// session; calls for one loop never overlap, calls for different loops do.
+type Handler interface {
+	// Open is called when a flow's first datagram creates s, before that
+	// datagram is delivered. An error refuses the session: the datagram is
+	// dropped and counted and Close is not called.
+	Open(s *Session) error
+	// Datagram is called for each datagram of s. p belongs to the loop and is
+	// valid only until Datagram returns; s.Write copies what it sends.
+	Datagram(s *Session, p []byte)
+	// Close is called once when s ends, with the reason.
+	Close(s *Session, r Reason)
+}
+
+// BatchHandler is a Handler that wants to know where a receive batch ends, to
+// flush output it batched itself (as a proxy batches writes to a backend).
+type BatchHandler interface {
+	Handler
+	// EndBatch is called on loop after the datagrams of one receive batch
+	// have been delivered and before the loop waits again.
+	EndBatch(loop int)
+}
+
+// Echo is a Handler that sends every datagram back to its peer.
+type Echo struct{}
+
+// Open accepts every session.
+func (Echo) Open(*Session) error { return nil }
+
+// Datagram writes p back to the session's peer.
+func (Echo) Datagram(s *Session, p []byte) { s.Write(p) }
+
+// Close does nothing: an echo session has no state.
+func (Echo) Close(*Session, Reason) {}
+
+// Discard is a Handler that drops every datagram: a sink, for measuring the
+// receive path alone.
+type Discard struct{}
+
+// Open accepts every session.
+func (Discard) Open(*Session) error { return nil }
+
+// Datagram drops p.
+func (Discard) Datagram(*Session, []byte) {}
+
+// Close does nothing.
+func (Discard) Close(*Session, Reason) {}

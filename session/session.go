@@ -1,0 +1,259 @@
+// Package session holds what a udpmux user implements and what the engine
+// hands them: the Session (one per peer flow), the Handler that serves it, and
+// the Dissector that maps a datagram to the flow it belongs to.
+//
+// Handlers run on the event loop that owns the session, one callback at a
+// time per loop, so a handler needs no lock for a session's own state. The
+// datagram passed to a handler belongs to the loop: it is valid only until the
+// callback returns, and a handler that keeps data copies it.
+package session
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/udpmux/udpmux/flowtable"
+)
+
+// Reason says why a session ended.
+type Reason uint8
+
+// The reasons a session ends.
+const (
+	// ReasonIdle: no datagram for longer than the listener's idle timeout.
+	ReasonIdle Reason = iota + 1
+	// ReasonClosed: the handler or the application closed it.
+	ReasonClosed
+	// ReasonShutdown: the server stopped.
+	ReasonShutdown
+	// ReasonRefused: the handler's Open returned an error, or a limit (such as
+	// a full table or a full accept queue) refused the session.
+	ReasonRefused
+	// ReasonError: the session's own socket failed (for a proxy, its upstream).
+	ReasonError
+	// ReasonHandoff: the session moved to a successor process.
+	ReasonHandoff
+)
+
+var reasonNames = [...]string{"", "idle", "closed", "shutdown", "refused", "error", "handoff"}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) && r != 0 {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// ErrClosed is returned by Write on a session that has ended.
+var ErrClosed = errors.New("session closed")
+
+// Loop is the engine side of a session: the event loop that owns it. The mux
+// package implements it; handlers never call it directly.
+type Loop interface {
+	// ID identifies the loop, for logs and listings.
+	ID() int
+	// Send queues p, copied, for the session's peer in the loop's send batch.
+	Send(s *Session, p []byte) error
+	// CloseSession ends s for reason r; safe from any goroutine.
+	CloseSession(s *Session, r Reason)
+}
+
+// Session is one flow: the datagrams of one peer (or one connection ID) on one
+// listener. The engine creates it on the flow's first datagram.
+type Session struct {
+	entry   flowtable.Entry[*Session]
+	local   netip.AddrPort
+	scope   uint16
+	created time.Time
+	idle    time.Duration
+	loop    Loop
+	handler Handler
+
+	// peer changes only on the owning loop (a connection-ID flow whose
+	// client moved); peerMu orders those changes with readers elsewhere.
+	peerMu sync.Mutex
+	peer   netip.AddrPort
+
+	// Counters have one writer, the owning loop, so Store(Load()+n) is
+	// enough and avoids a locked instruction per datagram.
+	rxPackets, rxBytes, txPackets, txBytes atomic.Uint64
+
+	closed atomic.Bool
+	state  any
+}
+
+// Config describes a new session.
+type Config struct {
+	Key flowtable.Key
+	// Scope is the index of the listener the session belongs to.
+	Scope       uint16
+	Local, Peer netip.AddrPort
+	Loop        Loop
+	Handler     Handler
+	IdleTimeout time.Duration
+	// Now is the engine's clock reading (see Clock) at creation.
+	Now int64
+}
+
+// New returns a session that is not yet open. Engine use.
+func New(c Config) *Session {
+	s := &Session{
+		local:   c.Local,
+		scope:   c.Scope,
+		peer:    c.Peer,
+		created: time.Now(),
+		idle:    c.IdleTimeout,
+		loop:    c.Loop,
+		handler: c.Handler,
+	}
+	s.entry.Init(c.Key, s)
+	s.entry.Touch(c.Now + int64(c.IdleTimeout))
+	return s
+}
+
+// Entry returns the session's flow-table entry. Engine use.
+func (s *Session) Entry() *flowtable.Entry[*Session] { return &s.entry }
+
+// Key returns the flow key the dissector gave the session.
+func (s *Session) Key() flowtable.Key { return s.entry.Key() }
+
+// LocalAddr returns the local address the peer sends to.
+func (s *Session) LocalAddr() netip.AddrPort { return s.local }
+
+// Scope returns the index of the session's listener in the server's
+// configuration.
+func (s *Session) Scope() uint16 { return s.scope }
+
+// PeerAddr returns the peer's current address. For a connection-ID flow it
+// follows the client when its address changes.
+func (s *Session) PeerAddr() netip.AddrPort {
+	s.peerMu.Lock()
+	defer s.peerMu.Unlock()
+	return s.peer
+}
+
+// Created returns when the session began.
+func (s *Session) Created() time.Time { return s.created }
+
+// IdleTimeout returns how long the session lives without a datagram.
+func (s *Session) IdleTimeout() time.Duration { return s.idle }
+
+// LastSeen returns when the session's peer was last heard from, to within
+// flowtable.TouchGranularity.
+func (s *Session) LastSeen() time.Time {
+	return ClockTime(s.entry.Expires() - int64(s.idle))
+}
+
+// LoopID returns the event loop that owns the session.
+func (s *Session) LoopID() int { return s.loop.ID() }
+
+// Stats is a snapshot of a session's counters.
+type Stats struct {
+	RxPackets, RxBytes, TxPackets, TxBytes uint64
+}
+
+// Stats returns the session's counters.
+func (s *Session) Stats() Stats {
+	return Stats{
+		RxPackets: s.rxPackets.Load(), RxBytes: s.rxBytes.Load(),
+		TxPackets: s.txPackets.Load(), TxBytes: s.txBytes.Load(),
+	}
+}
+
+// State returns the handler's value set with SetState.
+func (s *Session) State() any { return s.state }
+
+// SetState keeps a value of the handler's with the session. Like all of a
+// session's handler-side data it is meant for the owning loop's callbacks.
+func (s *Session) SetState(v any) { s.state = v }
+
+// Write sends p to the peer, from the address the peer wrote to. It copies p
+// into the owning loop's send batch, which goes out with sendmmsg at the end
+// of the current receive batch. Call it only from the session's handler
+// callbacks; other goroutines use the net.Conn of mux.Listener.
+func (s *Session) Write(p []byte) (int, error) {
+	if s.closed.Load() {
+		return 0, ErrClosed
+	}
+	if err := s.loop.Send(s, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Close ends the session; the handler's Close runs on the owning loop with
+// ReasonClosed. Close is safe from any goroutine and idempotent.
+func (s *Session) Close() error {
+	if !s.closed.Load() {
+		s.loop.CloseSession(s, ReasonClosed)
+	}
+	return nil
+}
+
+// Closed reports whether the session has ended.
+func (s *Session) Closed() bool { return s.closed.Load() }
+
+// Open runs the handler's Open. Engine use, on the owning loop.
+func (s *Session) Open() error { return s.handler.Open(s) }
+
+// Deliver counts p, renews the session's idle deadline and passes p to the
+// handler. Engine use, on the owning loop; now is a Clock reading.
+func (s *Session) Deliver(p []byte, now int64) {
+	s.rxPackets.Store(s.rxPackets.Load() + 1)
+	s.rxBytes.Store(s.rxBytes.Load() + uint64(len(p)))
+	s.entry.Touch(now + int64(s.idle))
+	s.handler.Datagram(s, p)
+}
+
+// Sent counts a datagram of n bytes sent to the peer. Engine use.
+func (s *Session) Sent(n int) {
+	s.txPackets.Store(s.txPackets.Load() + 1)
+	s.txBytes.Store(s.txBytes.Load() + uint64(n))
+}
+
+// Peer returns the peer address without locking. Engine use, on the owning
+// loop only (the loop is the only writer).
+func (s *Session) Peer() netip.AddrPort { return s.peer }
+
+// SetPeer moves the session to a new peer address (a connection-ID flow's
+// client changed address). Engine use, on the owning loop.
+func (s *Session) SetPeer(p netip.AddrPort) {
+	s.peerMu.Lock()
+	s.peer = p
+	s.peerMu.Unlock()
+}
+
+// End marks the session closed and tells the handler why. It reports false
+// if the session had already ended. Engine use, on the owning loop.
+func (s *Session) End(r Reason) bool {
+	if !s.closed.CompareAndSwap(false, true) {
+		return false
+	}
+	s.handler.Close(s, r)
+	return true
+}
+
+// Reset points a loop's scratch session at one stateless datagram's
+// addresses. Engine use: a stateless session is never in a table, never
+// opened or closed, and lives on one loop.
+func (s *Session) Reset(local, peer netip.AddrPort) {
+	s.local, s.peer = local, peer
+}
+
+// NewStateless returns a scratch session for datagrams handled without a
+// session (see Stateless). Engine use.
+func NewStateless(l Loop, h Handler, scope uint16) *Session {
+	return &Session{loop: l, handler: h, scope: scope, created: time.Now()}
+}
+
+var clockBase = time.Now()
+
+// Clock returns the engine's monotonic clock: nanoseconds since the process
+// started. Idle deadlines in the flow table use it.
+func Clock() int64 { return int64(time.Since(clockBase)) }
+
+// ClockTime converts a Clock reading to wall time.
+func ClockTime(c int64) time.Time { return clockBase.Add(time.Duration(c)) }
