@@ -1,0 +1,239 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/viper"
+
+	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/session"
+)
+
+// fileConfig is config.yaml as written: strings where udpmux parses the value
+// itself, so that an error can name the key and say what is wrong with it.
+type fileConfig struct {
+	Workers     int              `mapstructure:"workers"`
+	Batch       int              `mapstructure:"batch"`
+	MaxDatagram int              `mapstructure:"max_datagram"`
+	Socket      socketConfig     `mapstructure:"socket"`
+	Listeners   []listenerConfig `mapstructure:"listeners"`
+	Sessions    sessionsConfig   `mapstructure:"sessions"`
+	Log         logConfig        `mapstructure:"log"`
+}
+
+type socketConfig struct {
+	RecvBuffer int `mapstructure:"recv_buffer"`
+	SendBuffer int `mapstructure:"send_buffer"`
+}
+
+type listenerConfig struct {
+	Name        string   `mapstructure:"name"`
+	Address     string   `mapstructure:"address"`
+	Handler     string   `mapstructure:"handler"`
+	Dissector   string   `mapstructure:"dissector"`
+	IdleTimeout string   `mapstructure:"idle_timeout"`
+	Backends    []string `mapstructure:"backends"`
+	Balance     string   `mapstructure:"balance"`
+}
+
+type sessionsConfig struct {
+	Max          int `mapstructure:"max"`
+	MaxPerSource int `mapstructure:"max_per_source"`
+}
+
+type logConfig struct {
+	Level string `mapstructure:"level"`
+}
+
+// defaults are the values of keys a config file leaves out. Every scalar key
+// is listed so that viper knows it and a UDPMUX_ environment variable can
+// override it (UDPMUX_SESSIONS_MAX for sessions.max).
+var defaults = map[string]any{
+	"workers":                 0,
+	"batch":                   mux.DefaultBatch,
+	"max_datagram":            65535,
+	"socket.recv_buffer":      mux.DefaultSocketBuf,
+	"socket.send_buffer":      mux.DefaultSocketBuf,
+	"sessions.max":            mux.DefaultMaxSessions,
+	"sessions.max_per_source": 0,
+	"log.level":               "info",
+}
+
+// loadConfig reads path with UDPMUX_ environment overrides and checks it.
+func loadConfig(path string) (*config, error) {
+	v := viper.New()
+	v.SetConfigFile(path)
+	v.SetConfigType("yaml")
+	for k, val := range defaults {
+		v.SetDefault(k, val)
+	}
+	v.SetEnvPrefix("UDPMUX")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if err := v.ReadInConfig(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	var fc fileConfig
+	if err := v.UnmarshalExact(&fc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, cleanDecodeError(err))
+	}
+	return fc.check()
+}
+
+// cleanDecodeError turns mapstructure's report into "key: problem" lines.
+func cleanDecodeError(err error) error {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "decoding failed due to the following error(s):\n\n")
+	msg = strings.ReplaceAll(msg, "'", "")
+	return errors.New(msg)
+}
+
+// config is a checked configuration, ready for mux.
+type config struct {
+	mux      mux.Config
+	logLevel string
+	// backends and balance per listener, for handlers that need them.
+	listeners []listenerConfig
+}
+
+// check validates every key and builds the engine's configuration; the first
+// problem found is returned as "key: what is wrong".
+func (fc *fileConfig) check() (*config, error) {
+	c := &config{logLevel: fc.Log.Level, listeners: fc.Listeners}
+	switch fc.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return nil, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", fc.Log.Level)
+	}
+	if fc.Workers < 0 {
+		return nil, fmt.Errorf("workers: %d is negative (0 means one per CPU)", fc.Workers)
+	}
+	if fc.Batch < 1 || fc.Batch > mux.MaxBatch {
+		return nil, fmt.Errorf("batch: %d is not within 1..%d", fc.Batch, mux.MaxBatch)
+	}
+	if fc.MaxDatagram < 1 || fc.MaxDatagram > 65535 {
+		return nil, fmt.Errorf("max_datagram: %d is not within 1..65535", fc.MaxDatagram)
+	}
+	if fc.Socket.RecvBuffer < 0 {
+		return nil, fmt.Errorf("socket.recv_buffer: %d is negative", fc.Socket.RecvBuffer)
+	}
+	if fc.Socket.SendBuffer < 0 {
+		return nil, fmt.Errorf("socket.send_buffer: %d is negative", fc.Socket.SendBuffer)
+	}
+	if fc.Sessions.Max < 1 {
+		return nil, fmt.Errorf("sessions.max: %d must be at least 1", fc.Sessions.Max)
+	}
+	if fc.Sessions.MaxPerSource < 0 {
+		return nil, fmt.Errorf("sessions.max_per_source: %d is negative (0 means unlimited)", fc.Sessions.MaxPerSource)
+	}
+	if len(fc.Listeners) == 0 {
+		return nil, errors.New("listeners: none configured")
+	}
+	c.mux = mux.Config{
+		Workers: fc.Workers, Batch: fc.Batch, MaxDatagram: fc.MaxDatagram,
+		MaxSessions: fc.Sessions.Max,
+		RecvBuffer:  fc.Socket.RecvBuffer, SendBuffer: fc.Socket.SendBuffer,
+	}
+	names := map[string]int{}
+	addrs := map[netip.AddrPort]int{}
+	for i := range fc.Listeners {
+		lc, err := fc.Listeners[i].check(i)
+		if err != nil {
+			return nil, err
+		}
+		if j, dup := names[lc.Name]; dup {
+			return nil, fmt.Errorf("listeners[%d].name: %q is already the name of listeners[%d]", i, lc.Name, j)
+		}
+		names[lc.Name] = i
+		if j, dup := addrs[lc.Address]; dup {
+			return nil, fmt.Errorf("listeners[%d].address: %s is already the address of listeners[%d]", i, lc.Address, j)
+		}
+		addrs[lc.Address] = i
+		c.mux.Listeners = append(c.mux.Listeners, lc)
+	}
+	return c, nil
+}
+
+func (l *listenerConfig) check(i int) (mux.ListenerConfig, error) {
+	key := func(k string) string { return fmt.Sprintf("listeners[%d].%s", i, k) }
+	var lc mux.ListenerConfig
+	addr, err := parseAddress(l.Address)
+	if err != nil {
+		return lc, fmt.Errorf("%s: %w", key("address"), err)
+	}
+	lc.Address = addr
+	lc.Name = l.Name
+	if lc.Name == "" {
+		lc.Name = fmt.Sprintf("listener%d", i)
+	}
+	switch l.Handler {
+	case "echo":
+		lc.Handler = session.Echo{}
+	case "discard":
+		lc.Handler = session.Discard{}
+	case "":
+		return lc, fmt.Errorf("%s: missing (echo, discard)", key("handler"))
+	default:
+		return lc, fmt.Errorf("%s: %q is not one of echo, discard", key("handler"), l.Handler)
+	}
+	if len(l.Backends) > 0 {
+		return lc, fmt.Errorf("%s: only the proxy handler has backends", key("backends"))
+	}
+	if l.Balance != "" {
+		return lc, fmt.Errorf("%s: only the proxy handler balances", key("balance"))
+	}
+	switch l.Dissector {
+	case "flow", "":
+		lc.Dissector = session.Flow{}
+	case "noop":
+		lc.Dissector = session.Noop{}
+	default:
+		return lc, fmt.Errorf("%s: %q is not one of flow, noop", key("dissector"), l.Dissector)
+	}
+	lc.IdleTimeout = mux.DefaultIdleTimeout
+	if l.IdleTimeout != "" {
+		d, err := time.ParseDuration(l.IdleTimeout)
+		if err != nil {
+			return lc, fmt.Errorf("%s: %q is not a duration such as 60s or 5m", key("idle_timeout"), l.IdleTimeout)
+		}
+		if d < time.Second {
+			return lc, fmt.Errorf("%s: %s is shorter than the 1s sweep resolution", key("idle_timeout"), d)
+		}
+		lc.IdleTimeout = d
+	}
+	return lc, nil
+}
+
+// parseAddress reads "ip:port" or "[ipv6]:port"; names are refused, since a
+// listener binds one address and DNS has no place in that.
+func parseAddress(s string) (netip.AddrPort, error) {
+	if s == "" {
+		return netip.AddrPort{}, errors.New("missing")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return netip.AddrPort{}, errors.New(ae.Err)
+		}
+		return netip.AddrPort{}, err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address", host)
+	}
+	if ip.Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%q: zones are not supported", host)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("port %q is not a number within 0..65535", port)
+	}
+	return netip.AddrPortFrom(ip, uint16(n)), nil
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeConfig(t testing.TB, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const goodConfig = `
+workers: 2
+batch: 32
+listeners:
+  - name: echo
+    address: "127.0.0.1:9000"
+    handler: echo
+    dissector: flow
+    idle_timeout: 30s
+  - name: dns
+    address: "[::1]:5353"
+    handler: discard
+    dissector: noop
+sessions:
+  max: 5000
+`
+
+func TestLoadConfig(t *testing.T) {
+	cfg, err := loadConfig(writeConfig(t, goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.mux.Workers != 2 || cfg.mux.Batch != 32 || cfg.mux.MaxSessions != 5000 || len(cfg.mux.Listeners) != 2 {
+		t.Errorf("parsed %+v", cfg.mux)
+	}
+	if got := cfg.mux.Listeners[0].IdleTimeout.String(); got != "30s" {
+		t.Errorf("idle_timeout %s, want 30s", got)
+	}
+	if got := cfg.mux.Listeners[1].IdleTimeout.String(); got != "1m0s" {
+		t.Errorf("default idle_timeout %s, want 1m0s", got)
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	t.Setenv("UDPMUX_WORKERS", "1")
+	t.Setenv("UDPMUX_SESSIONS_MAX", "77")
+	cfg, err := loadConfig(writeConfig(t, goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.mux.Workers != 1 || cfg.mux.MaxSessions != 77 {
+		t.Errorf("workers %d sessions.max %d, want 1 and 77", cfg.mux.Workers, cfg.mux.MaxSessions)
+	}
+}
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	listener := func(fields string) string {
+		return "listeners:\n  - name: a\n    handler: echo\n" + fields
+	}
+	tests := []struct {
+		name, body, want string
+	}{
+		{"missing port", listener(`    address: "0.0.0.0"`), "listeners[0].address: missing port in address"},
+		{"name as host", listener(`    address: "localhost:9000"`), `listeners[0].address: "localhost" is not an IP address`},
+		{"bad port", listener(`    address: "127.0.0.1:70000"`), `listeners[0].address: port "70000" is not a number within 0..65535`},
+		{"no address", listener(""), "listeners[0].address: missing"},
+		{"bad handler", "listeners:\n  - address: \"127.0.0.1:1\"\n    handler: nope", `listeners[0].handler: "nope" is not one of echo, discard`},
+		{"bad dissector", listener("    address: \"127.0.0.1:1\"\n    dissector: quic"), `listeners[0].dissector: "quic" is not one of flow, noop`},
+		{"bad duration", listener("    address: \"127.0.0.1:1\"\n    idle_timeout: 6x"), `listeners[0].idle_timeout: "6x" is not a duration such as 60s or 5m`},
+		{"short idle", listener("    address: \"127.0.0.1:1\"\n    idle_timeout: 10ms"), "listeners[0].idle_timeout: 10ms is shorter than the 1s sweep resolution"},
+		{"no listeners", "workers: 1", "listeners: none configured"},
+		{"batch", "batch: 0\n" + listener(`    address: "127.0.0.1:1"`), "batch: 0 is not within 1..1024"},
+		{"negative workers", "workers: -3\n" + listener(`    address: "127.0.0.1:1"`), "workers: -3 is negative (0 means one per CPU)"},
+		{"sessions max", "sessions:\n  max: 0\n" + listener(`    address: "127.0.0.1:1"`), "sessions.max: 0 must be at least 1"},
+		{"unknown key", "wrokers: 2\n" + listener(`    address: "127.0.0.1:1"`), "wrokers"},
+		{"wrong type", "workers: many\n" + listener(`    address: "127.0.0.1:1"`), "workers"},
+		{"duplicate name", "listeners:\n  - {name: a, handler: echo, address: \"127.0.0.1:1\"}\n  - {name: a, handler: echo, address: \"127.0.0.1:2\"}", `listeners[1].name: "a" is already the name of listeners[0]`},
+		{"duplicate address", "listeners:\n  - {name: a, handler: echo, address: \"127.0.0.1:1\"}\n  - {name: b, handler: echo, address: \"127.0.0.1:1\"}", "listeners[1].address: 127.0.0.1:1 is already the address of listeners[0]"},
+		{"backends on echo", listener("    address: \"127.0.0.1:1\"\n    backends: [\"127.0.0.1:2\"]"), "listeners[0].backends: only the proxy handler has backends"},
+		{"log level", "log:\n  level: loud\n" + listener(`    address: "127.0.0.1:1"`), `log.level: "loud" is not one of debug, info, warn, error`},
+		{"not yaml", "listeners: [", "read"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadConfig(writeConfig(t, tc.body))
+			if err == nil {
+				t.Fatalf("accepted:\n%s", tc.body)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestValidateCommand(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"validate", "-c", writeConfig(t, goodConfig)}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	bad := writeConfig(t, "listeners:\n  - {name: a, handler: echo, address: \"0.0.0.0\"}")
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"validate", "-c", bad}, &out, &errOut); code != 1 {
+		t.Fatalf("exit %d for a bad config, want 1", code)
+	}
+	if !strings.Contains(errOut.String(), "listeners[0].address: missing port") {
+		t.Errorf("stderr %q", errOut.String())
+	}
+	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "udpmux") {
+		t.Errorf("version: exit %d, %q", code, out.String())
+	}
+	if code := run(nil, &out, &errOut); code != 2 {
+		t.Errorf("no -c: exit %d, want 2", code)
+	}
+}
+
+// FuzzConfig feeds arbitrary YAML to the loader: it must return a config or
+// an error, never panic, and a config it returns must be usable.
+func FuzzConfig(f *testing.F) {
+	f.Add(goodConfig)
+	f.Add("listeners:\n  - {name: a, handler: echo, address: \"[::]:0\", idle_timeout: 1h}")
+	f.Add("workers: 1\nbatch: 1024\nsessions: {max: 1}\nlisteners: [{handler: discard, address: \"1.2.3.4:5\", dissector: noop}]")
+	f.Fuzz(func(t *testing.T, body string) {
+		cfg, err := loadConfig(writeConfig(t, body))
+		if err != nil {
+			return
+		}
+		if len(cfg.mux.Listeners) == 0 || cfg.mux.Batch < 1 || cfg.mux.MaxSessions < 1 {
+			t.Fatalf("accepted an unusable config: %+v", cfg.mux)
+		}
+		for _, l := range cfg.mux.Listeners {
+			if !l.Address.IsValid() || l.Handler == nil || l.Dissector == nil {
+				t.Fatalf("accepted an unusable listener: %+v", l)
+			}
+		}
+	})
+}
