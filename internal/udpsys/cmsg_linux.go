@@ -82,3 +82,10 @@ func putSourceControl(b []byte, src netip.Addr, family int) int {
 	*pi = unix.Inet6Pktinfo{Addr: src.As16()}
 	return unix.CmsgSpace(unix.SizeofInet6Pktinfo)
 }
+
+// SourceControl returns a control message that makes a sendmsg leave from
+// src, for callers that send one datagram outside a Batch.
+func SourceControl(src netip.Addr, family int) []byte {
+	b := make([]byte, controlSpace)
+	return b[:putSourceControl(b, src, family)]
+}

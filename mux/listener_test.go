@@ -1,0 +1,171 @@
+package mux
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+)
+
+func listen(t *testing.T, cfg ListenConfig) *Listener {
+	t.Helper()
+	cfg.Logger = quietLogger()
+	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func accept(t *testing.T, ln *Listener) net.Conn {
+	t.Helper()
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.c
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept did not return within 5s")
+		return nil
+	}
+}
+
+func TestListenerAcceptReadWrite(t *testing.T) {
+	ln := listen(t, ListenConfig{Workers: 2})
+	client := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	client.Write([]byte("hello"))
+	c := accept(t, ln)
+	if c.RemoteAddr().String() != client.LocalAddr().String() {
+		t.Errorf("RemoteAddr %s, want %s", c.RemoteAddr(), client.LocalAddr())
+	}
+	buf := make([]byte, 64)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("Read: %q, %v", buf[:n], err)
+	}
+	if _, err := c.Write([]byte("world")); err != nil {
+		t.Fatal(err)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err = client.Read(buf)
+	if err != nil || string(buf[:n]) != "world" {
+		t.Fatalf("client Read: %q, %v", buf[:n], err)
+	}
+	// A second peer is a second Conn.
+	other := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	other.Write([]byte("x"))
+	if c2 := accept(t, ln); c2.RemoteAddr().String() == c.RemoteAddr().String() {
+		t.Error("second peer got the first peer's Conn")
+	}
+}
+
+func TestConnReadDeadline(t *testing.T) {
+	ln := listen(t, ListenConfig{})
+	client := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	client.Write([]byte("a"))
+	c := accept(t, ln)
+	c.Read(make([]byte, 8))
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read after deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	client.Write([]byte("b"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 8)); err != nil || n != 1 {
+		t.Fatalf("Read after clearing the deadline: %d, %v", n, err)
+	}
+}
+
+func TestConnQueueOverflowIsCounted(t *testing.T) {
+	ln := listen(t, ListenConfig{Workers: 1, ConnQueue: 4})
+	client := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	for i := 0; i < 10; i++ {
+		client.Write([]byte{byte(i)})
+	}
+	c := accept(t, ln)
+	waitFor(t, 5*time.Second, "10 datagrams handled", func() bool {
+		st, _ := ln.Stats()
+		return st.Listeners[0].RxDatagrams == 10
+	})
+	if _, drops := ln.Stats(); drops.QueueFull != 6 {
+		t.Errorf("QueueFull = %d, want 6", drops.QueueFull)
+	}
+	buf := make([]byte, 8)
+	for want := 0; want < 4; want++ {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(buf); err != nil || n != 1 || buf[0] != byte(want) {
+			t.Fatalf("datagram %d: %v %v", want, buf[:n], err)
+		}
+	}
+}
+
+func TestAcceptBacklogFullRefusesSession(t *testing.T) {
+	ln := listen(t, ListenConfig{Workers: 1, AcceptBacklog: 1})
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	dial(t, "udp4", netip.AddrPort{}, addr).Write([]byte("first"))
+	dial(t, "udp4", netip.AddrPort{}, addr).Write([]byte("second"))
+	waitFor(t, 5*time.Second, "one session refused", func() bool {
+		_, drops := ln.Stats()
+		return drops.BacklogFull == 1
+	})
+}
+
+func TestConnEndsWithEOFWhenIdle(t *testing.T) {
+	ln := listen(t, ListenConfig{IdleTimeout: time.Second})
+	client := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	client.Write([]byte("a"))
+	c := accept(t, ln)
+	c.Read(make([]byte, 8))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 8)); err != io.EOF {
+		t.Fatalf("Read of an idle session: %v, want io.EOF", err)
+	}
+}
+
+func TestListenerCloseUnblocksEverything(t *testing.T) {
+	ln := listen(t, ListenConfig{})
+	client := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	client.Write([]byte("a"))
+	c := accept(t, ln)
+	c.Read(make([]byte, 8))
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 8))
+		readErr <- err
+	}()
+	ln.Close()
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v", err)
+	}
+	select {
+	case err := <-readErr:
+		if err != io.EOF {
+			t.Errorf("Read after listener Close: %v, want io.EOF", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read still blocked 5s after the listener closed")
+	}
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Error("Write after the listener closed succeeded")
+	}
+	c.Close()
+	if _, err := c.Read(nil); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read after Close: %v", err)
+	}
+}
