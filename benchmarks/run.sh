@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# run.sh — build everything, bring the lab up, run every benchmark scenario
+# against every peer, tear the lab down, and write benchmarks/RESULTS.md.
+#
+#   sudo benchmarks/run.sh            # full matrix, about 15 minutes
+#   sudo QUICK=1 benchmarks/run.sh    # a subset, about 2 minutes
+#
+# Environment: RUNS (runs per figure, default 3; QUICK 1), DURATION (per run,
+# default 2s; QUICK 1s), RATE (fixed-rate runs, datagrams/s, default 50000),
+# FT_COUNT (flow-table benchmark -count, default 5; QUICK 1).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+main=$(cd "$here/.." && pwd)
+[[ $EUID -eq 0 ]] || { echo "run.sh: needs root (network namespaces)" >&2; exit 1; }
+
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+	RUNS=${RUNS:-1} DURATION=${DURATION:-1s} FT_COUNT=${FT_COUNT:-1}
+else
+	RUNS=${RUNS:-3} DURATION=${DURATION:-2s} FT_COUNT=${FT_COUNT:-5}
+fi
+RATE=${RATE:-50000}
+
+out=$(mktemp -d /tmp/udpmux-bench-bin.XXXXXX)
+cleanup() {
+	"$here/lab.sh" down || true
+	rm -rf "$out"
+}
+trap cleanup EXIT
+
+# Tools: nginx with the stream module (the proxy peer) and benchstat.
+if [[ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]]; then
+	echo "run.sh: installing nginx and libnginx-mod-stream" >&2
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null
+fi
+gobin=$(go env GOPATH)/bin
+export PATH=$PATH:$gobin
+if ! command -v benchstat >/dev/null; then
+	echo "run.sh: installing benchstat" >&2
+	GOFLAGS= go install golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+fi
+
+echo "run.sh: building into $out" >&2
+(cd "$here" && go build -o "$out/" ./cmd/loadgen ./cmd/peer ./cmd/bench)
+if (cd "$main" && go build -o "$out/udpmux" ./cmd/udpmux) 2>"$out/udpmux-build.log"; then
+	echo "run.sh: built the udpmux daemon" >&2
+else
+	echo "run.sh: udpmux daemon did not build; its rows will say so:" >&2
+	tail -5 "$out/udpmux-build.log" >&2
+	rm -f "$out/udpmux"
+fi
+
+"$here/lab.sh" up
+quick=()
+[[ $QUICK == 1 ]] && quick=(-quick)
+cd "$here"
+"$out/bench" -bin "$out" -main "$main" -out "$here/RESULTS.md" -raw "$here/results.json" \
+	-flowtable-out "$here/flowtable-bench.txt" -runs "$RUNS" -duration "$DURATION" -rate "$RATE" \
+	-flowtable-count "$FT_COUNT" "${quick[@]}"
