@@ -21,6 +21,7 @@ import (
 const (
 	tokenWake   int32 = iota // the loop's eventfd: inbox, control queue, stop
 	tokenSocket              // a listener socket; the index is the listener's
+	tokenUpstream            // a session's own socket; the index is its slot in loop.upstreams
 )
 
 // readRounds bounds how many batches one socket may read before the loop
@@ -62,6 +63,11 @@ type loop struct {
 
 	ctlMu sync.Mutex
 	ctl   []closeRequest // closes asked for from other goroutines and loops
+
+	// upstreams holds the sessions whose own sockets this loop watches,
+	// by slot; freeSlots lists the empty slots.
+	upstreams []*session.Session
+	freeSlots []int32
 
 	now       int64
 	nextSweep int64
@@ -158,8 +164,11 @@ func (l *loop) run() {
 				l.onWake()
 			case tokenSocket:
 				l.readSocket(l.socks[ev.Pad])
+			case tokenUpstream:
+				l.readUpstream(ev.Pad)
 			}
 		}
+		l.endBatch()
 		if l.now >= l.nextSweep {
 			l.sweep()
 		}
@@ -320,12 +329,88 @@ func (l *loop) open(ls *loopSocket, key flowtable.Key, local, peer netip.AddrPor
 		return e.Value
 	}
 	if err := s.Open(); err != nil {
+		l.detach(s)
 		l.srv.table.Delete(s.Entry())
 		ls.stats.refusedOpen.inc()
 		return nil
 	}
 	ls.stats.opened.inc()
 	return s
+}
+
+// Attach implements session.Loop: fd joins this loop's poller under a slot
+// that leads straight back to s.
+func (l *loop) Attach(s *session.Session, fd int) error {
+	if _, ok := s.Handler().(session.UpstreamHandler); !ok {
+		return fmt.Errorf("attach: handler %T does not implement session.UpstreamHandler", s.Handler())
+	}
+	if old, _ := s.Upstream(); old >= 0 {
+		return errors.New("attach: the session already has a socket")
+	}
+	var slot int32
+	if n := len(l.freeSlots); n > 0 {
+		slot, l.freeSlots = l.freeSlots[n-1], l.freeSlots[:n-1]
+	} else {
+		slot = int32(len(l.upstreams))
+		l.upstreams = append(l.upstreams, nil)
+	}
+	if err := l.watch(fd, tokenUpstream, slot); err != nil {
+		l.freeSlots = append(l.freeSlots, slot)
+		return err
+	}
+	l.upstreams[slot] = s
+	s.SetUpstream(fd, slot)
+	return nil
+}
+
+// detach stops watching s's own socket; the handler closes it.
+func (l *loop) detach(s *session.Session) {
+	fd, slot := s.Upstream()
+	if fd < 0 {
+		return
+	}
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	l.upstreams[slot] = nil
+	l.freeSlots = append(l.freeSlots, slot)
+	s.SetUpstream(-1, 0)
+}
+
+// readUpstream reads a session's own socket and passes its datagrams to the
+// handler. The event may be stale (the slot freed, or reused by another
+// session, earlier in the same wakeup); reading the slot's current socket is
+// harmless either way.
+func (l *loop) readUpstream(slot int32) {
+	s := l.upstreams[slot]
+	if s == nil {
+		return
+	}
+	h := s.Handler().(session.UpstreamHandler)
+	ls := l.socks[s.Scope()]
+	for round := 0; round < readRounds; round++ {
+		fd, _ := s.Upstream()
+		if fd < 0 {
+			return
+		}
+		n, err := l.rx.Recv(fd)
+		if err != nil {
+			if err != unix.EAGAIN && err != unix.EINTR {
+				h.UpstreamError(s, err)
+			}
+			return
+		}
+		for i := 0; i < n && !s.Closed(); i++ {
+			m := &l.rx.Msgs[i]
+			ls.stats.upstreamRx.inc()
+			if m.Truncated {
+				ls.stats.truncated.inc()
+				continue
+			}
+			h.Upstream(s, m.Buf[:m.N])
+		}
+		if n < l.rx.Len() {
+			return
+		}
+	}
 }
 
 // forward passes p to the loop that owns s.
@@ -382,6 +467,10 @@ func (l *loop) CloseSession(s *session.Session, r session.Reason) {
 // end removes s from the table and tells its handler. Owning loop only.
 func (l *loop) end(s *session.Session, r session.Reason) {
 	l.srv.table.Delete(s.Entry())
+	if s.Closed() {
+		return
+	}
+	l.detach(s)
 	if s.End(r) {
 		l.socks[s.Scope()].stats.closedFor(r).inc()
 	}

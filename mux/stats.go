@@ -23,6 +23,7 @@ type socketStats struct {
 	closed                                    [len(reasonIndex)]counter
 	forwarded, forwardDrops                   counter
 	sendErrors, sendDrops, tooLarge           counter
+	upstreamRx                                counter
 }
 
 // reasonIndex sizes the per-reason close counters.
@@ -60,6 +61,9 @@ type ListenerStats struct {
 	// dropped after the send buffer stayed full; TooLarge writes larger than a
 	// datagram can be.
 	SendErrors, SendDrops, TooLarge uint64
+	// UpstreamRx counts datagrams read from sessions' own sockets (a
+	// proxy's backend replies).
+	UpstreamRx uint64
 }
 
 func (st *socketStats) addTo(ls *ListenerStats) {
@@ -79,6 +83,7 @@ func (st *socketStats) addTo(ls *ListenerStats) {
 	ls.SendErrors += st.sendErrors.load()
 	ls.SendDrops += st.sendDrops.load()
 	ls.TooLarge += st.tooLarge.load()
+	ls.UpstreamRx += st.upstreamRx.load()
 	if ls.SessionsClosed == nil {
 		ls.SessionsClosed = make(map[string]uint64)
 	}

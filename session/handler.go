@@ -23,6 +23,18 @@ type BatchHandler interface {
 	EndBatch(loop int)
 }
 
+// UpstreamHandler is a Handler whose sessions own a socket each (see
+// Session.Attach). Both methods run on the session's loop.
+type UpstreamHandler interface {
+	Handler
+	// Upstream is called for each datagram read from s's attached socket; p
+	// belongs to the loop, as in Datagram.
+	Upstream(s *Session, p []byte)
+	// UpstreamError is called when reading the attached socket fails, such
+	// as with ECONNREFUSED after an ICMP port unreachable from a backend.
+	UpstreamError(s *Session, err error)
+}
+
 // Echo is a Handler that sends every datagram back to its peer.
 type Echo struct{}
 

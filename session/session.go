@@ -59,6 +59,9 @@ type Loop interface {
 	Send(s *Session, p []byte) error
 	// CloseSession ends s for reason r; safe from any goroutine.
 	CloseSession(s *Session, r Reason)
+	// Attach watches fd, a socket of s's own, for datagrams; see
+	// Session.Attach.
+	Attach(s *Session, fd int) error
 }
 
 // Session is one flow: the datagrams of one peer (or one connection ID) on one
@@ -83,6 +86,11 @@ type Session struct {
 
 	closed atomic.Bool
 	state  any
+
+	// upstream is the socket the handler attached, -1 for none, and
+	// upstreamSlot its place in the owning loop's poller.
+	upstream     int
+	upstreamSlot int32
 }
 
 // Config describes a new session.
@@ -106,8 +114,9 @@ func New(c Config) *Session {
 		peer:    c.Peer,
 		created: time.Now(),
 		idle:    c.IdleTimeout,
-		loop:    c.Loop,
-		handler: c.Handler,
+		loop:     c.Loop,
+		handler:  c.Handler,
+		upstream: -1,
 	}
 	s.entry.Init(c.Key, s)
 	s.entry.Touch(c.Now + int64(c.IdleTimeout))
@@ -193,6 +202,25 @@ func (s *Session) Close() error {
 	return nil
 }
 
+// Attach makes the owning loop watch fd, a non-blocking datagram socket of
+// the session's own (a proxy's socket connected to its backend): the loop
+// reads it in batches with the session's other work, with no lookup, and
+// passes each datagram to the handler's Upstream method, which the handler
+// must implement (UpstreamHandler). Call it from Open. The handler keeps
+// ownership of fd and closes it in Close; by then the loop has stopped
+// watching it.
+func (s *Session) Attach(fd int) error { return s.loop.Attach(s, fd) }
+
+// Handler returns the session's handler.
+func (s *Session) Handler() Handler { return s.handler }
+
+// Upstream returns the attached socket and its slot in the loop's poller, or
+// -1 when none is attached. Engine use.
+func (s *Session) Upstream() (fd int, slot int32) { return s.upstream, s.upstreamSlot }
+
+// SetUpstream records the attached socket. Engine use.
+func (s *Session) SetUpstream(fd int, slot int32) { s.upstream, s.upstreamSlot = fd, slot }
+
 // Closed reports whether the session has ended.
 func (s *Session) Closed() bool { return s.closed.Load() }
 
@@ -246,7 +274,7 @@ func (s *Session) Reset(local, peer netip.AddrPort) {
 // NewStateless returns a scratch session for datagrams handled without a
 // session (see Stateless). Engine use.
 func NewStateless(l Loop, h Handler, scope uint16) *Session {
-	return &Session{loop: l, handler: h, scope: scope, created: time.Now()}
+	return &Session{loop: l, handler: h, scope: scope, created: time.Now(), upstream: -1}
 }
 
 var clockBase = time.Now()

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -43,8 +44,9 @@ type listenerConfig struct {
 }
 
 type sessionsConfig struct {
-	Max          int `mapstructure:"max"`
-	MaxPerSource int `mapstructure:"max_per_source"`
+	Max                int `mapstructure:"max"`
+	MaxPerSource       int `mapstructure:"max_per_source"`
+	MaxUpstreamSockets int `mapstructure:"max_upstream_sockets"`
 }
 
 type logConfig struct {
@@ -55,14 +57,15 @@ type logConfig struct {
 // is listed so that viper knows it and a UDPMUX_ environment variable can
 // override it (UDPMUX_SESSIONS_MAX for sessions.max).
 var defaults = map[string]any{
-	"workers":                 0,
-	"batch":                   mux.DefaultBatch,
-	"max_datagram":            65535,
-	"socket.recv_buffer":      mux.DefaultSocketBuf,
-	"socket.send_buffer":      mux.DefaultSocketBuf,
-	"sessions.max":            mux.DefaultMaxSessions,
-	"sessions.max_per_source": 0,
-	"log.level":               "info",
+	"workers":                       0,
+	"batch":                         mux.DefaultBatch,
+	"max_datagram":                  65535,
+	"socket.recv_buffer":            mux.DefaultSocketBuf,
+	"socket.send_buffer":            mux.DefaultSocketBuf,
+	"sessions.max":                  mux.DefaultMaxSessions,
+	"sessions.max_per_source":       0,
+	"sessions.max_upstream_sockets": 0,
+	"log.level":                     "info",
 }
 
 // loadConfig reads path with UDPMUX_ environment overrides and checks it.
@@ -100,6 +103,13 @@ type config struct {
 	logLevel string
 	// backends and balance per listener, for handlers that need them.
 	listeners []listenerConfig
+	limits    proxyLimits
+}
+
+// proxyLimits are shared by every proxy listener: the bounds are per process.
+type proxyLimits struct {
+	sources *proxy.SourceLimiter
+	sockets *proxy.Budget
 }
 
 // check validates every key and builds the engine's configuration; the first
@@ -132,8 +142,19 @@ func (fc *fileConfig) check() (*config, error) {
 	if fc.Sessions.MaxPerSource < 0 {
 		return nil, fmt.Errorf("sessions.max_per_source: %d is negative (0 means unlimited)", fc.Sessions.MaxPerSource)
 	}
+	if fc.Sessions.MaxUpstreamSockets < 0 {
+		return nil, fmt.Errorf("sessions.max_upstream_sockets: %d is negative (0 means sessions.max)", fc.Sessions.MaxUpstreamSockets)
+	}
 	if len(fc.Listeners) == 0 {
 		return nil, errors.New("listeners: none configured")
+	}
+	sockets := fc.Sessions.MaxUpstreamSockets
+	if sockets == 0 {
+		sockets = fc.Sessions.Max
+	}
+	c.limits = proxyLimits{
+		sources: proxy.NewSourceLimiter(fc.Sessions.MaxPerSource),
+		sockets: proxy.NewBudget(sockets),
 	}
 	c.mux = mux.Config{
 		Workers: fc.Workers, Batch: fc.Batch, MaxDatagram: fc.MaxDatagram,
@@ -143,7 +164,7 @@ func (fc *fileConfig) check() (*config, error) {
 	names := map[string]int{}
 	addrs := map[netip.AddrPort]int{}
 	for i := range fc.Listeners {
-		lc, err := fc.Listeners[i].check(i)
+		lc, err := fc.Listeners[i].check(i, c.limits)
 		if err != nil {
 			return nil, err
 		}
@@ -160,7 +181,7 @@ func (fc *fileConfig) check() (*config, error) {
 	return c, nil
 }
 
-func (l *listenerConfig) check(i int) (mux.ListenerConfig, error) {
+func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, error) {
 	key := func(k string) string { return fmt.Sprintf("listeners[%d].%s", i, k) }
 	var lc mux.ListenerConfig
 	addr, err := parseAddress(l.Address)
@@ -177,15 +198,21 @@ func (l *listenerConfig) check(i int) (mux.ListenerConfig, error) {
 		lc.Handler = session.Echo{}
 	case "discard":
 		lc.Handler = session.Discard{}
+	case "proxy":
+		h, err := l.proxyHandler(key, limits)
+		if err != nil {
+			return lc, err
+		}
+		lc.Handler = h
 	case "":
-		return lc, fmt.Errorf("%s: missing (echo, discard)", key("handler"))
+		return lc, fmt.Errorf("%s: missing (echo, discard, proxy)", key("handler"))
 	default:
-		return lc, fmt.Errorf("%s: %q is not one of echo, discard", key("handler"), l.Handler)
+		return lc, fmt.Errorf("%s: %q is not one of echo, discard, proxy", key("handler"), l.Handler)
 	}
-	if len(l.Backends) > 0 {
+	if l.Handler != "proxy" && len(l.Backends) > 0 {
 		return lc, fmt.Errorf("%s: only the proxy handler has backends", key("backends"))
 	}
-	if l.Balance != "" {
+	if l.Handler != "proxy" && l.Balance != "" {
 		return lc, fmt.Errorf("%s: only the proxy handler balances", key("balance"))
 	}
 	switch l.Dissector {
@@ -236,4 +263,39 @@ func parseAddress(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("port %q is not a number within 0..65535", port)
 	}
 	return netip.AddrPortFrom(ip, uint16(n)), nil
+}
+
+// proxyHandler checks a proxy listener's backends and balance policy.
+func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimits) (*proxy.Handler, error) {
+	if len(l.Backends) == 0 {
+		return nil, fmt.Errorf("%s: a proxy needs at least one backend", key("backends"))
+	}
+	var backends []netip.AddrPort
+	seen := map[netip.AddrPort]int{}
+	for j, b := range l.Backends {
+		ap, err := parseAddress(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key(fmt.Sprintf("backends[%d]", j)), err)
+		}
+		if ap.Port() == 0 || ap.Addr().IsUnspecified() {
+			return nil, fmt.Errorf("%s: %s is not a backend address (needs a host and a port)", key(fmt.Sprintf("backends[%d]", j)), ap)
+		}
+		if k, dup := seen[ap]; dup {
+			return nil, fmt.Errorf("%s: %s is already backends[%d]", key(fmt.Sprintf("backends[%d]", j)), ap, k)
+		}
+		seen[ap] = j
+		backends = append(backends, ap)
+	}
+	switch l.Balance {
+	case "", proxy.PolicyMaglev, proxy.PolicyLeastSessions, proxy.PolicyRoundRobin:
+	default:
+		return nil, fmt.Errorf("%s: %q is not one of maglev, least-sessions, round-robin", key("balance"), l.Balance)
+	}
+	h, err := proxy.New(proxy.Config{
+		Backends: backends, Balance: l.Balance, Sources: limits.sources, Sockets: limits.sockets,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key("backends"), err)
+	}
+	return h, nil
 }

@@ -1,0 +1,247 @@
+// Package proxy is udpmux's session-sticky fan-out proxy: a session.Handler
+// that gives every client session its own socket connected to one backend,
+// chosen by Maglev consistent hashing (or least-sessions, round-robin), so
+// that the backend sees one stable source address per session and its
+// replies come back on that socket with no lookup.
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
+)
+
+// Config configures a Handler.
+type Config struct {
+	// Backends are the backend addresses.
+	Backends []netip.AddrPort
+	// Balance is PolicyMaglev (default), PolicyLeastSessions or
+	// PolicyRoundRobin.
+	Balance string
+	// Sources bounds sessions per client address; nil means unlimited. Share
+	// one among listeners for a process-wide bound.
+	Sources *SourceLimiter
+	// Sockets bounds the upstream sockets (file descriptors); nil means
+	// unlimited. Share one among listeners for a process-wide bound.
+	Sockets *Budget
+	// Health tunes how long a refusing backend is left out.
+	Health HealthConfig
+	// Logger receives health transitions; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Handler is the proxy. It is safe for use by every loop at once.
+type Handler struct {
+	backends []netip.AddrPort
+	bal      *Balancer
+	sources  *SourceLimiter
+	sockets  *Budget
+	log      *slog.Logger
+	stats    handlerStats
+}
+
+type handlerStats struct {
+	noBackend, dialErrors, upstreamDrops, upstreamErrors, refusedByBackend atomic.Uint64
+}
+
+// Stats are the proxy's own counters.
+type Stats struct {
+	// NoBackend counts new sessions refused because every backend was down.
+	NoBackend uint64
+	// SourceLimited counts new sessions refused by sessions.max_per_source;
+	// SocketLimited those refused by the upstream socket bound.
+	SourceLimited, SocketLimited uint64
+	// DialErrors counts upstream sockets that could not be opened.
+	DialErrors uint64
+	// UpstreamDrops counts client datagrams dropped because the upstream
+	// socket's send buffer was full; UpstreamErrors other send and receive
+	// failures; RefusedByBackend ICMP port-unreachable reports.
+	UpstreamDrops, UpstreamErrors, RefusedByBackend uint64
+	// UpstreamSockets is the number of upstream sockets open now.
+	UpstreamSockets int
+	// Backends is each backend's health and live sessions.
+	Backends []BackendStatus
+}
+
+// upstream is a session's proxy state.
+type upstream struct {
+	fd      int
+	backend int
+	source  netip.Addr
+}
+
+// Errors returned by Open; the engine counts them as refused sessions.
+var (
+	ErrNoBackend     = errors.New("proxy: every backend is down")
+	ErrSourceLimited = errors.New("proxy: too many sessions from this source")
+	ErrSocketLimited = errors.New("proxy: upstream socket limit reached")
+)
+
+// New returns a proxy handler for cfg.
+func New(cfg Config) (*Handler, error) {
+	if len(cfg.Backends) == 0 {
+		return nil, errors.New("proxy: no backends")
+	}
+	h := &Handler{backends: cfg.Backends, sources: cfg.Sources, sockets: cfg.Sockets, log: cfg.Logger}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	if h.sources == nil {
+		h.sources = NewSourceLimiter(0)
+	}
+	if h.sockets == nil {
+		h.sockets = NewBudget(0)
+	}
+	names := make([]string, len(cfg.Backends))
+	for i, b := range cfg.Backends {
+		names[i] = b.String()
+	}
+	health := cfg.Health
+	userChange := health.OnChange
+	health.OnChange = func(ev HealthEvent) {
+		if ev.Up {
+			h.log.Info("backend up", "backend", ev.Addr)
+		} else {
+			h.log.Warn("backend down: refused a datagram (ICMP port unreachable); no new sessions until back-off ends",
+				"backend", ev.Addr, "failures", ev.Failures, "backoff", ev.Backoff)
+		}
+		if userChange != nil {
+			userChange(ev)
+		}
+	}
+	bal, err := NewBalancer(BalancerConfig{Backends: names, Policy: cfg.Balance, Health: health})
+	if err != nil {
+		return nil, err
+	}
+	h.bal = bal
+	return h, nil
+}
+
+// sessionHash hashes a session key with a fixed seed, so that every udpmux
+// instance maps a client to the same backend (the flow table's own hash is
+// seeded per process and cannot serve for that).
+func sessionHash(k flowtable.Key) uint64 {
+	var buf [flowtable.KeySize]byte
+	b, _ := k.AppendBinary(buf[:0])
+	return xxhash.Sum64(b)
+}
+
+// Open picks the session's backend and opens its upstream socket.
+func (h *Handler) Open(s *session.Session) error {
+	src := s.PeerAddr().Addr()
+	if !h.sources.Acquire(src) {
+		return ErrSourceLimited
+	}
+	if !h.sockets.Acquire() {
+		h.sources.Release(src)
+		return ErrSocketLimited
+	}
+	u, err := h.dial(s)
+	if err != nil {
+		h.sockets.Release()
+		h.sources.Release(src)
+		return err
+	}
+	u.source = src
+	s.SetState(u)
+	h.bal.Opened(u.backend)
+	return nil
+}
+
+func (h *Handler) dial(s *session.Session) (*upstream, error) {
+	b, ok := h.bal.Pick(sessionHash(s.Key()))
+	if !ok {
+		h.stats.noBackend.Add(1)
+		return nil, ErrNoBackend
+	}
+	sock, err := udpsys.DialUDP(h.backends[b])
+	if err != nil {
+		h.stats.dialErrors.Add(1)
+		return nil, fmt.Errorf("proxy: backend %s: %w", h.backends[b], err)
+	}
+	if err := s.Attach(sock.FD); err != nil {
+		sock.Close()
+		h.stats.dialErrors.Add(1)
+		return nil, err
+	}
+	return &upstream{fd: sock.FD, backend: b}, nil
+}
+
+// Datagram sends a client datagram to the session's backend.
+func (h *Handler) Datagram(s *session.Session, p []byte) {
+	u := s.State().(*upstream)
+	for {
+		_, err := unix.Write(u.fd, p)
+		switch err {
+		case nil:
+			return
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			h.stats.upstreamDrops.Add(1)
+		default:
+			h.upstreamFailed(s, u, err)
+		}
+		return
+	}
+}
+
+// Upstream sends a backend reply to the session's own client.
+func (h *Handler) Upstream(s *session.Session, p []byte) {
+	h.bal.MarkUp(s.State().(*upstream).backend)
+	s.Write(p)
+}
+
+// UpstreamError handles a failed read of the upstream socket.
+func (h *Handler) UpstreamError(s *session.Session, err error) {
+	h.upstreamFailed(s, s.State().(*upstream), err)
+}
+
+// upstreamFailed marks a refusing backend down for new sessions and closes
+// the session, whose client will retry and land on a healthy backend.
+func (h *Handler) upstreamFailed(s *session.Session, u *upstream, err error) {
+	if err != unix.ECONNREFUSED {
+		h.stats.upstreamErrors.Add(1)
+		return
+	}
+	h.stats.refusedByBackend.Add(1)
+	h.bal.MarkDown(u.backend, time.Now())
+	s.Close()
+}
+
+// Close releases the session's upstream socket and its limits.
+func (h *Handler) Close(s *session.Session, _ session.Reason) {
+	u := s.State().(*upstream)
+	unix.Close(u.fd)
+	h.bal.Closed(u.backend)
+	h.sockets.Release()
+	h.sources.Release(u.source)
+}
+
+// Stats returns the proxy's counters.
+func (h *Handler) Stats() Stats {
+	st := Stats{
+		NoBackend:        h.stats.noBackend.Load(),
+		SourceLimited:    h.sources.Refused(),
+		SocketLimited:    h.sockets.Refused(),
+		DialErrors:       h.stats.dialErrors.Load(),
+		UpstreamDrops:    h.stats.upstreamDrops.Load(),
+		UpstreamErrors:   h.stats.upstreamErrors.Load(),
+		RefusedByBackend: h.stats.refusedByBackend.Load(),
+		UpstreamSockets:  h.sockets.InUse(),
+	}
+	for i := range h.backends {
+		st.Backends = append(st.Backends, h.bal.Status(i))
+	}
+	return st
+}
