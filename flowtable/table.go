@@ -59,17 +59,24 @@ type Stats struct {
 //
 // The table is split into shards, each owning a fixed, power-of-two range
 // of a bucket array sized for Capacity when the table is created, so the
-// table never resizes and a Lookup never has to retry. Each bucket is a
-// chain of entries. Writers lock the entry's shard and publish changes with
-// atomic stores in an order that keeps every chain walkable at all times:
-// Insert links the new entry to the chain before making it the head, and
-// Delete unlinks an entry without touching its own link, so a Lookup that
-// is standing on a removed entry still finds the rest of the chain. The
-// table never reuses an entry, so the garbage collector keeps any entry a
-// Lookup can still reach alive.
+// table never resizes and a Lookup never has to retry. A bucket is one
+// cache line: a few slots, each with a one-byte tag taken from the hash of
+// its entry's key, and a chain of overflow entries for when the slots are
+// full. A Lookup reads the tags, then only the entries whose tag matches,
+// so a hit normally costs one bucket and one entry, and its branches are
+// predictable enough for the processor to overlap the cache misses of
+// consecutive lookups.
+//
+// Writers lock the shard and publish changes with atomic stores in an order
+// that keeps every bucket readable at all times: a slot's entry is stored
+// before its tag, and its tag is cleared before the slot. Overflow entries
+// are linked before they become the head of the chain, and unlinked without
+// touching their own link, so a Lookup standing on a removed entry still
+// finds the rest of the chain. The table never reuses an entry, so the
+// garbage collector keeps any entry a Lookup can still reach alive.
 type Table[V any] struct {
 	// Read by every Lookup; never written after New.
-	buckets    []atomic.Pointer[Entry[V]]
+	buckets    []bucket[V]
 	mask       uint64 // len(buckets) - 1
 	shardShift uint   // log2 of the buckets per shard
 	seed       uint64
@@ -81,6 +88,91 @@ type Table[V any] struct {
 	_       [64]byte
 	n       atomic.Int64
 	refused atomic.Uint64
+}
+
+// A bucket fills a 64-byte cache line: an 8-byte tag word, the slots, and
+// the head of the overflow chain.
+const slotsPerBucket = 6
+
+// entriesPerBucket is the average number of entries per bucket in a full
+// table (between half and all of it, as bucket counts are powers of two).
+// With 6 slots, a few percent of entries overflow into the chain at most.
+const entriesPerBucket = 4
+
+type bucket[V any] struct {
+	// tags holds in byte i the tag of the entry in slots[i], or zero if
+	// the slot is free. Tags have their top bit set, so they are never
+	// zero.
+	tags     atomic.Uint64
+	slots    [slotsPerBucket]atomic.Pointer[Entry[V]]
+	overflow atomic.Pointer[Entry[V]]
+}
+
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+	// slotBytes covers the tag bytes of the slots.
+	slotBytes = 1<<(8*slotsPerBucket) - 1
+)
+
+// tagOf takes the tag from the top of the hash, bits the bucket index
+// never uses.
+func tagOf(h uint64) uint64 { return h>>57 | 0x80 }
+
+// matches returns a word with the top bit set in byte i for each byte of
+// tags that may equal tag. It can report false matches above a true one,
+// never miss a true one.
+func matches(tags, tag uint64) uint64 {
+	x := tags ^ tag*lsb
+	return (x - lsb) &^ x & msb
+}
+
+// find returns the entry with key k in b, or nil.
+func (b *bucket[V]) find(k *Key, tag uint64) *Entry[V] {
+	for m := matches(b.tags.Load(), tag); m != 0; m &= m - 1 {
+		e := b.slots[bits.TrailingZeros64(m)/8].Load()
+		// A slot whose tag was read before a concurrent Delete may be
+		// empty by now.
+		if e != nil && e.key.equal(k) {
+			return e
+		}
+	}
+	for e := b.overflow.Load(); e != nil; e = e.next.Load() {
+		if e.key.equal(k) {
+			return e
+		}
+	}
+	return nil
+}
+
+// remove unlinks e from b and reports whether it was there. The caller
+// holds the shard's lock.
+func (b *bucket[V]) remove(e *Entry[V]) bool {
+	for i := range b.slots {
+		if b.slots[i].Load() == e {
+			b.clearSlot(i)
+			return true
+		}
+	}
+	for link := &b.overflow; ; {
+		x := link.Load()
+		if x == nil {
+			return false
+		}
+		if x == e {
+			// e.next stays as it is: a Lookup may be standing on e.
+			link.Store(e.next.Load())
+			return true
+		}
+		link = &x.next
+	}
+}
+
+// clearSlot empties slot i, tag first, so that a Lookup that follows a tag
+// finds either the entry it was set for or nothing.
+func (b *bucket[V]) clearSlot(i int) {
+	b.tags.Store(b.tags.Load() &^ (0xff << (8 * i)))
+	b.slots[i].Store(nil)
 }
 
 type shard[V any] struct {
@@ -109,18 +201,17 @@ func New[V any](cfg Config) (*Table[V], error) {
 		nshards = DefaultShards
 	}
 	nshards = 1 << bits.Len(uint(nshards-1))
-	// One bucket per entry on average keeps chains short without a resize.
-	perShard := (cfg.Capacity + nshards - 1) / nshards
+	perShard := (cfg.Capacity + nshards*entriesPerBucket - 1) / (nshards * entriesPerBucket)
 	shardShift := uint(bits.Len(uint(perShard - 1)))
 	nbuckets := nshards << shardShift
 
 	// The seed keeps the bucket of a flow unpredictable to peers, who pick
 	// their own addresses and connection IDs and could otherwise pile them
-	// into one chain.
+	// into one bucket.
 	var seed [8]byte
 	rand.Read(seed[:])
 	return &Table[V]{
-		buckets:    make([]atomic.Pointer[Entry[V]], nbuckets),
+		buckets:    make([]bucket[V], nbuckets),
 		mask:       uint64(nbuckets - 1),
 		shardShift: shardShift,
 		seed:       binary.LittleEndian.Uint64(seed[:]),
@@ -129,32 +220,28 @@ func New[V any](cfg Config) (*Table[V], error) {
 	}, nil
 }
 
-// hash returns the seeded hash of k's memory, which is all significant:
-// Key has no padding and no pointers.
-func (t *Table[V]) hash(k *Key) uint64 {
+// hashKey returns the XXH64 hash, with the table's seed, of k's memory,
+// which is all significant: Key has no padding and no pointers.
+func hashKey(seed uint64, k *Key) uint64 {
 	var d xxhash.Digest
-	d.ResetWithSeed(t.seed)
+	d.ResetWithSeed(seed)
 	d.Write(unsafe.Slice((*byte)(unsafe.Pointer(k)), unsafe.Sizeof(*k)))
 	return d.Sum64()
 }
 
-// locate returns the bucket of k and the shard that owns it.
-func (t *Table[V]) locate(k *Key) (*atomic.Pointer[Entry[V]], *shard[V]) {
-	i := t.hash(k) & t.mask
-	return &t.buckets[i], &t.shards[i>>t.shardShift]
+// locate returns the bucket of k, the shard that owns it and k's tag.
+func (t *Table[V]) locate(k *Key) (*bucket[V], *shard[V], uint64) {
+	h := hashKey(t.seed, k)
+	i := h & t.mask
+	return &t.buckets[i], &t.shards[i>>t.shardShift], tagOf(h)
 }
 
 // Lookup returns the entry with key k, or nil if there is none. It takes no
 // lock and allocates nothing. An entry inserted or deleted while Lookup
 // runs may or may not be found.
 func (t *Table[V]) Lookup(k Key) *Entry[V] {
-	i := t.hash(&k) & t.mask
-	for e := t.buckets[i].Load(); e != nil; e = e.next.Load() {
-		if e.key == k {
-			return e
-		}
-	}
-	return nil
+	h := hashKey(t.seed, &k)
+	return t.buckets[h&t.mask].find(&k, tagOf(h))
 }
 
 // Insert adds e, which must have been set up with Init, and returns it. If
@@ -162,24 +249,30 @@ func (t *Table[V]) Lookup(k Key) *Entry[V] {
 // and leaves the table unchanged. If the table is full it returns ErrFull,
 // leaving the entries already in it alone. Insert allocates nothing.
 func (t *Table[V]) Insert(e *Entry[V]) (*Entry[V], error) {
-	b, s := t.locate(&e.key)
+	b, s, tag := t.locate(&e.key)
 	s.mu.Lock()
-	head := b.Load()
-	for x := head; x != nil; x = x.next.Load() {
-		if x.key == e.key {
-			s.mu.Unlock()
-			return x, nil
-		}
+	if x := b.find(&e.key, tag); x != nil {
+		s.mu.Unlock()
+		return x, nil
 	}
 	if !t.reserve() {
 		s.mu.Unlock()
 		t.refused.Add(1)
 		return nil, ErrFull
 	}
-	// Link e before publishing it, so that a Lookup that sees e can walk
-	// past it to the rest of the chain.
-	e.next.Store(head)
-	b.Store(e)
+	tags := b.tags.Load()
+	if free := matches(tags|^uint64(slotBytes), 0); free != 0 {
+		i := bits.TrailingZeros64(free) / 8
+		// The entry before its tag, so that a Lookup that sees the tag
+		// finds the entry.
+		b.slots[i].Store(e)
+		b.tags.Store(tags | tag<<(8*i))
+	} else {
+		// Linked before it is published, so that a Lookup that reaches e
+		// can walk past it.
+		e.next.Store(b.overflow.Load())
+		b.overflow.Store(e)
+	}
 	s.inserted.Add(1)
 	s.mu.Unlock()
 	return e, nil
@@ -202,23 +295,15 @@ func (t *Table[V]) reserve() bool {
 // Delete removes e from the table and reports whether it was there. Another
 // entry with the same key is left alone.
 func (t *Table[V]) Delete(e *Entry[V]) bool {
-	b, s := t.locate(&e.key)
+	b, s, _ := t.locate(&e.key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for link := b; ; {
-		x := link.Load()
-		if x == nil {
-			return false
-		}
-		if x == e {
-			// e.next stays as it is: a Lookup may be standing on e.
-			link.Store(e.next.Load())
-			t.n.Add(-1)
-			s.deleted.Add(1)
-			return true
-		}
-		link = &x.next
+	if !b.remove(e) {
+		return false
 	}
+	t.n.Add(-1)
+	s.deleted.Add(1)
+	return true
 }
 
 // Len returns the number of entries in the table.
@@ -254,7 +339,14 @@ func (t *Table[V]) Sweep(shard int, now int64, expired func(*Entry[V])) int {
 	buckets := t.buckets[lo : lo+1<<t.shardShift]
 	s.mu.Lock()
 	for i := range buckets {
-		for link := &buckets[i]; ; {
+		b := &buckets[i]
+		for j := range b.slots {
+			if x := b.slots[j].Load(); x != nil && x.expires.Load() <= now {
+				b.clearSlot(j)
+				s.scratch = append(s.scratch, x)
+			}
+		}
+		for link := &b.overflow; ; {
 			x := link.Load()
 			if x == nil {
 				break
@@ -290,7 +382,13 @@ func (t *Table[V]) Sweep(shard int, now int64, expired func(*Entry[V])) int {
 // deleted and reinserted may be visited twice.
 func (t *Table[V]) Range(fn func(*Entry[V]) bool) {
 	for i := range t.buckets {
-		for e := t.buckets[i].Load(); e != nil; e = e.next.Load() {
+		b := &t.buckets[i]
+		for j := range b.slots {
+			if e := b.slots[j].Load(); e != nil && !fn(e) {
+				return
+			}
+		}
+		for e := b.overflow.Load(); e != nil; e = e.next.Load() {
 			if !fn(e) {
 				return
 			}

@@ -10,18 +10,23 @@ import (
 	"testing"
 )
 
+var (
+	testLocal4 = netip.MustParseAddrPort("10.0.0.1:443")
+	testLocal6 = netip.MustParseAddrPort("[2001:db8::1]:443")
+)
+
 // testKey returns a distinct key for each i, alternating IPv4, IPv6 and
-// CID keys so that every kind shares the tables under test.
+// CID keys so that every kind shares the tables under test. It is cheap
+// enough to build benchmark tables of ten million keys.
 func testKey(i int) Key {
 	var a [16]byte
 	binary.BigEndian.PutUint64(a[8:], uint64(i))
 	switch i % 3 {
 	case 0:
-		return TupleKey(uint16(i), netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 1}), 443),
-			netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[12:])), uint16(i>>32)))
+		return TupleKey(uint16(i), testLocal4, netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[12:])), uint16(i>>32)))
 	case 1:
 		a[0] = 0x20
-		return TupleKey(0, netip.MustParseAddrPort("[2001:db8::1]:443"), netip.AddrPortFrom(netip.AddrFrom16(a), 9))
+		return TupleKey(0, testLocal6, netip.AddrPortFrom(netip.AddrFrom16(a), 9))
 	}
 	return must(CIDKey(1, a[8:]))
 }
@@ -72,7 +77,7 @@ func TestNew(t *testing.T) {
 		if tb.Shards() != tt.shards || tb.Capacity() != tt.cfg.Capacity || tb.Len() != 0 {
 			t.Errorf("New(%+v): shards %d capacity %d len %d", tt.cfg, tb.Shards(), tb.Capacity(), tb.Len())
 		}
-		if n := len(tb.buckets); n < tt.cfg.Capacity || n&(n-1) != 0 {
+		if n := len(tb.buckets); n*entriesPerBucket < tt.cfg.Capacity || n&(n-1) != 0 {
 			t.Errorf("New(%+v): %d buckets", tt.cfg, n)
 		}
 	}
@@ -136,13 +141,14 @@ func TestInsertLookupDelete(t *testing.T) {
 	}
 }
 
-// TestChains fills a table with one shard and few buckets, so that chains
-// are long, and deletes from their heads, middles and tails.
-func TestChains(t *testing.T) {
+// TestOverflow fills a table cut down to two buckets, so that most entries
+// overflow into chains, and deletes from slots and from the heads, middles
+// and tails of chains.
+func TestOverflow(t *testing.T) {
 	const n = 64
 	tb := mustNew[int](t, Config{Capacity: n, Shards: 1})
-	tb.buckets = tb.buckets[:4]
-	tb.mask = 3
+	tb.buckets = tb.buckets[:2]
+	tb.mask = 1
 	entries := make([]*Entry[int], n)
 	for i := range entries {
 		entries[i] = newEntry(i)
@@ -150,7 +156,7 @@ func TestChains(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, i := range []int{0, 63, 31, 1, 2, 62, 40} {
+	for _, i := range []int{0, 63, 31, 1, 2, 62, 40, 3, 4, 5, 6, 7} {
 		if !tb.Delete(entries[i]) {
 			t.Fatalf("Delete(%d) failed", i)
 		}
@@ -162,8 +168,31 @@ func TestChains(t *testing.T) {
 			}
 		}
 	}
-	if tb.Len() != n-7 {
-		t.Errorf("Len() = %d; want %d", tb.Len(), n-7)
+	if tb.Len() != n-12 {
+		t.Errorf("Len() = %d; want %d", tb.Len(), n-12)
+	}
+	for i := range 12 {
+		if _, err := tb.Insert(newEntry(n + i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Freed slots are used before the chain.
+	for i := range tb.buckets {
+		b := &tb.buckets[i]
+		full := true
+		for j := range b.slots {
+			full = full && b.slots[j].Load() != nil
+		}
+		for e := b.overflow.Load(); e != nil; e = e.next.Load() {
+			if e.Value >= n && !full {
+				t.Errorf("bucket %d: entry %d in the chain with a slot free", i, e.Value)
+			}
+		}
+	}
+	seen := 0
+	tb.Range(func(*Entry[int]) bool { seen++; return true })
+	if seen != tb.Len() {
+		t.Errorf("Range visited %d entries; Len() = %d", seen, tb.Len())
 	}
 }
 
