@@ -82,8 +82,7 @@ type loopSocket struct {
 	ln    *listener
 	tx    *udpsys.Batch
 	ntx   int
-	drops uint32
-	seen  bool // drops holds a first overflow report
+	drops uint32 // last SO_RXQ_OVFL value counted
 	stats socketStats
 }
 
@@ -243,16 +242,15 @@ func (l *loop) readSocket(ls *loopSocket) {
 
 // countKernelDrops adds the growth of the socket's SO_RXQ_OVFL counter. The
 // counter is cumulative and 32 bits wide, so only the uint32 difference from
-// the previous report counts, and the first report sets the base.
+// the previous report counts. The kernel reports it only once it is non-zero,
+// so the base of a socket udpmux opened is 0.
 func (l *loop) countKernelDrops(ls *loopSocket) {
 	d, ok := l.rx.Drops()
-	if !ok {
+	if !ok || d == ls.drops {
 		return
 	}
-	if ls.seen {
-		ls.stats.kernelDrops.add(uint64(d - ls.drops))
-	}
-	ls.drops, ls.seen = d, true
+	ls.stats.kernelDrops.add(uint64(d - ls.drops))
+	ls.drops = d
 }
 
 // dispatch routes one received datagram: dissector, flow table, session.

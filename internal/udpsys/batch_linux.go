@@ -101,8 +101,9 @@ func (b *Batch) Recv(fd int) (int, error) {
 }
 
 // Drops returns the socket's cumulative receive-queue drop count as last
-// reported by SO_RXQ_OVFL, and whether any report has been seen. The counter
-// is 32 bits and wraps: callers take differences in uint32.
+// reported by SO_RXQ_OVFL, and whether any report has been seen; the kernel
+// reports it only once it is non-zero. The counter is 32 bits and wraps:
+// callers take differences in uint32.
 func (b *Batch) Drops() (uint32, bool) { return b.drops, b.hasDrops }
 
 // Send sends Msgs[from:to] on the non-blocking socket fd with as few

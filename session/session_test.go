@@ -1,0 +1,58 @@
+package session
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/udpmux/udpmux/flowtable"
+)
+
+func TestDissectors(t *testing.T) {
+	local := netip.MustParseAddrPort("192.0.2.1:9000")
+	peer := netip.MustParseAddrPort("198.51.100.2:40000")
+	k, v := Flow{}.Dissect([]byte("x"), local, peer, 3)
+	if v != Create || k != flowtable.TupleKey(3, local, peer) {
+		t.Errorf("Flow: %v %v", k, v)
+	}
+	if k2, _ := (Flow{}).Dissect(nil, local, peer, 4); k2 == k {
+		t.Error("Flow keys of different listeners are equal")
+	}
+	if _, v := (Noop{}).Dissect([]byte("x"), local, peer, 0); v != Stateless {
+		t.Errorf("Noop verdict %v", v)
+	}
+}
+
+// FuzzFlowDissector: any datagram and addresses give a key that round-trips
+// through the handoff encoding.
+func FuzzFlowDissector(f *testing.F) {
+	f.Add([]byte("payload"), []byte{192, 0, 2, 1}, uint16(9000), []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, uint16(1), uint16(0))
+	f.Fuzz(func(t *testing.T, p, la []byte, lport uint16, pa []byte, pport, scope uint16) {
+		addr := func(b []byte) netip.Addr {
+			if a, ok := netip.AddrFromSlice(b); ok {
+				return a
+			}
+			return netip.IPv4Unspecified()
+		}
+		local, peer := netip.AddrPortFrom(addr(la), lport), netip.AddrPortFrom(addr(pa), pport)
+		k, v := Flow{}.Dissect(p, local, peer, scope)
+		if v != Create {
+			t.Fatalf("verdict %v", v)
+		}
+		b, err := k.AppendBinary(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back flowtable.Key
+		if err := back.UnmarshalBinary(b); err != nil || back != k {
+			t.Fatalf("key %v did not round-trip: %v", k, err)
+		}
+	})
+}
+
+func TestReasonString(t *testing.T) {
+	for r, want := range map[Reason]string{ReasonIdle: "idle", ReasonHandoff: "handoff", 0: "unknown", 99: "unknown"} {
+		if r.String() != want {
+			t.Errorf("Reason(%d) = %q, want %q", r, r, want)
+		}
+	}
+}
