@@ -58,6 +58,9 @@ type vpnLab struct {
 	logs    []string // files to print if the test fails
 }
 
+// newVPNLab builds the lab; its logs are printed if the test fails, or
+// always with UDPMUX_E2E_DUMP=1.
+//
 // newVPNLab builds the namespaces and starts both OpenVPN servers. With
 // direct set, the udpmux namespace routes between clients and backends (no
 // udpmux runs); otherwise it does not forward, so that clients can reach
@@ -68,13 +71,14 @@ func newVPNLab(t *testing.T, direct bool) *vpnLab {
 	lab := netlab.New(t)
 	v := &vpnLab{t: t, lab: lab, dir: t.TempDir(), direct: direct}
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("UDPMUX_E2E_DUMP") == "1" {
 			dumpLogs(t, v.logs...)
 		}
 	})
 	v.pki = newPKI(t, v.dir)
 	v.mux = lab.NewNamespace("mux")
 	v.backend = lab.NewNamespace("backend")
+	v.backend.DisableIPv6()
 	v.bridge = v.mux.AddBridge("br0")
 	v.mux.AddAddr(v.bridge, netip.PrefixFrom(muxFrontAddr, 24).String())
 	lab.Connect(v.mux, netip.PrefixFrom(muxBackAddr, 24).String(), v.backend, netip.PrefixFrom(backendAddr, 24).String())
@@ -107,6 +111,7 @@ func (v *vpnLab) addClients(n int, remote func(i int) netip.AddrPort) []*ovpnCli
 			v.t.Fatal("too many clients for 198.18.0.0/24")
 		}
 		ns := v.lab.NewNamespace(fmt.Sprintf("client%d", i))
+		ns.DisableIPv6()
 		addr := netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)})
 		_, muxIf := v.lab.Connect(ns, netip.PrefixFrom(addr, 24).String(), v.mux, "")
 		v.mux.SetMaster(muxIf, v.bridge)
@@ -175,8 +180,8 @@ func (v *vpnLab) waitUp(clients []*ovpnClient) []upResult {
 var pingRecvRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 
 // pingAll pings, from every client's namespace over its tun device, the
-// tunnel address of the backend it landed on: 3 echo requests, each waited
-// for up to 2 s, all of which must be answered.
+// tunnel address of the backend it landed on: `ping -c 3 -W 2`, all 3 of
+// which must be answered.
 func (v *vpnLab) pingAll(ups []upResult) {
 	v.t.Helper()
 	errs := make([]error, len(ups))
@@ -197,12 +202,17 @@ func (v *vpnLab) pingAll(ups []upResult) {
 		}()
 	}
 	wg.Wait()
-	for _, err := range errs {
+	failed := false
+	for i, err := range errs {
 		if err != nil {
-			v.t.Error(err)
+			stats, _ := ups[i].client.NS.Command("ip", "-s", "link", "show", "dev", clientDev).CombinedOutput()
+			v.t.Errorf("%v\n%s's %s counters:\n%s", err, ups[i].client.Name, clientDev, stats)
+			failed = true
 		}
 	}
-	if v.t.Failed() {
+	if failed {
+		stats, _ := v.backend.Command("ip", "-s", "link", "show").CombinedOutput()
+		v.t.Logf("backend interface counters:\n%s", stats)
 		v.t.FailNow()
 	}
 }
@@ -295,7 +305,7 @@ func TestOpenVPNDirect(t *testing.T) {
 	start := time.Now()
 	v := newVPNLab(t, true)
 	remote := func(i int) netip.AddrPort { return v.servers[i%2].Listen }
-	clients := v.addClients(4, remote)
+	clients := v.addClients(clientBatch, remote)
 	ups := v.waitUp(clients)
 	for i, u := range ups {
 		if want := v.servers[i%2]; u.server != want {

@@ -36,6 +36,15 @@ const (
 	statusTimeout   = 10 * time.Second // for the servers' status files to list every client
 )
 
+// ovpnVerb is OpenVPN's log level: 3, or UDPMUX_E2E_OVPN_VERB for debugging.
+// The tests parse lines logged at level 3.
+func ovpnVerb() string {
+	if v := os.Getenv("UDPMUX_E2E_OVPN_VERB"); v != "" {
+		return v
+	}
+	return "3"
+}
+
 // ovpnServer is one OpenVPN server process in TLS mode.
 type ovpnServer struct {
 	Name    string         // label used in file names and messages, e.g. "server1194"
@@ -80,7 +89,7 @@ func startServer(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, p *pki, di
 		"--keepalive", "10", "60",
 		"--status", s.Status, "1",
 		"--status-version", "2",
-		"--verb", "3",
+		"--verb", ovpnVerb(),
 		"--log", s.Log,
 	}
 	s.proc = lab.Start(ns.Command(openvpnPath, args...))
@@ -127,7 +136,7 @@ func startClient(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, p *pki, di
 		"--data-ciphers", "AES-256-GCM",
 		"--disable-dco",
 		"--connect-retry", "1", "2",
-		"--verb", "3",
+		"--verb", ovpnVerb(),
 		"--log", c.Log,
 	}
 	c.proc = lab.Start(ns.Command(openvpnPath, args...))

@@ -50,10 +50,19 @@ var missingPkgRE = regexp.MustCompile(`no required module provides package|canno
 
 // udpmuxBinary builds the daemon once per test binary and returns its path.
 // It skips the test if cmd/udpmux does not exist yet, and fails it if the
-// package exists but does not build. UDPMUX_E2E_RACE=1 builds with -race.
+// package exists but does not build. UDPMUX_E2E_RACE=1 builds with -race;
+// UDPMUX_E2E_BIN=/path/to/udpmux uses that binary instead of building one.
 func udpmuxBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		if bin := os.Getenv("UDPMUX_E2E_BIN"); bin != "" {
+			if _, err := os.Stat(bin); err != nil {
+				buildOut = fmt.Sprintf("UDPMUX_E2E_BIN: %v", err)
+				return
+			}
+			buildBin = bin
+			return
+		}
 		dir, err := os.MkdirTemp("", "udpmux-e2e-")
 		if err != nil {
 			buildOut = err.Error()

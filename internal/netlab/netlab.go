@@ -245,11 +245,26 @@ func (n *Namespace) Up(dev string) {
 
 // AddBridge creates a bridge device named name, brings it up, and returns
 // its name. Attach interfaces to it with SetMaster.
+//
+// The bridge gets a fixed random MAC address: a bridge without one takes the
+// lowest MAC of its ports and changes it whenever a port with a lower one is
+// attached, which silently breaks peers that resolved the bridge's address
+// earlier until their ARP entries expire (many seconds).
 func (n *Namespace) AddBridge(name string) string {
 	n.lab.t.Helper()
-	n.IP("link", "add", name, "type", "bridge")
+	n.IP("link", "add", name, "address", randomMAC(), "type", "bridge")
 	n.Up(name)
 	return name
+}
+
+// randomMAC returns a random unicast, locally administered MAC address.
+func randomMAC() string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	b[0] = b[0]&^0x01 | 0x02
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5])
 }
 
 // SetMaster attaches the interface dev to the bridge and brings dev up.
@@ -271,6 +286,17 @@ func (n *Namespace) EnableForwarding() {
 	n.lab.t.Helper()
 	if out, err := n.Command("sysctl", "-q", "-w", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
 		n.lab.t.Fatalf("netlab: enable forwarding in %s: %v: %s", n.name, err, out)
+	}
+}
+
+// DisableIPv6 turns IPv6 off for every interface of the namespace, present
+// and future (net.ipv6.conf.{all,default}.disable_ipv6=1), so that devices
+// created later, such as tun devices, send no router solicitations or
+// multicast listener reports into the test's traffic.
+func (n *Namespace) DisableIPv6() {
+	n.lab.t.Helper()
+	if out, err := n.Command("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1").CombinedOutput(); err != nil {
+		n.lab.t.Fatalf("netlab: disable IPv6 in %s: %v: %s", n.name, err, out)
 	}
 }
 

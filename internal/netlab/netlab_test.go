@@ -223,3 +223,41 @@ func TestDo(t *testing.T) {
 		t.Fatalf("Do returned %v; want fn's error", err)
 	}
 }
+
+func TestRandomMAC(t *testing.T) {
+	for range 100 {
+		m, err := net.ParseMAC(randomMAC())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m[0]&0x01 != 0 || m[0]&0x02 == 0 {
+			t.Fatalf("%v is not a unicast, locally administered address", m)
+		}
+	}
+}
+
+// TestBridgeKeepsMAC checks that attaching ports does not change the
+// bridge's MAC address (see AddBridge).
+func TestBridgeKeepsMAC(t *testing.T) {
+	lab := New(t)
+	sw := lab.NewNamespace("sw")
+	br := sw.AddBridge("br0")
+	before := sw.IP("-o", "link", "show", br)
+	for range 4 {
+		n := lab.NewNamespace("port")
+		_, swIf := lab.Connect(n, "", sw, "")
+		sw.SetMaster(swIf, br)
+	}
+	after := sw.IP("-o", "link", "show", br)
+	mac := func(s string) string {
+		_, rest, _ := strings.Cut(s, "link/ether ")
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			t.Fatalf("no MAC in %q", s)
+		}
+		return f[0]
+	}
+	if mac(before) != mac(after) {
+		t.Fatalf("bridge MAC changed from %s to %s when ports were attached", mac(before), mac(after))
+	}
+}
