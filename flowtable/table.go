@@ -168,6 +168,44 @@ func (b *bucket[V]) remove(e *Entry[V]) bool {
 	}
 }
 
+// anyExpired reports whether an entry in b has a deadline at or before now.
+func (b *bucket[V]) anyExpired(now int64) bool {
+	for i := range b.slots {
+		if x := b.slots[i].Load(); x != nil && x.expires.Load() <= now {
+			return true
+		}
+	}
+	for x := b.overflow.Load(); x != nil; x = x.next.Load() {
+		if x.expires.Load() <= now {
+			return true
+		}
+	}
+	return false
+}
+
+// removeExpired unlinks the entries of b with a deadline at or before now
+// and appends them to dst. The caller holds the shard's lock.
+func (b *bucket[V]) removeExpired(now int64, dst []*Entry[V]) []*Entry[V] {
+	for i := range b.slots {
+		if x := b.slots[i].Load(); x != nil && x.expires.Load() <= now {
+			b.clearSlot(i)
+			dst = append(dst, x)
+		}
+	}
+	for link := &b.overflow; ; {
+		x := link.Load()
+		if x == nil {
+			return dst
+		}
+		if x.expires.Load() <= now {
+			link.Store(x.next.Load())
+			dst = append(dst, x)
+			continue
+		}
+		link = &x.next
+	}
+}
+
 // clearSlot empties slot i, tag first, so that a Lookup that follows a tag
 // finds either the entry it was set for or nothing.
 func (b *bucket[V]) clearSlot(i int) {
@@ -321,12 +359,14 @@ func (t *Table[V]) Shards() int { return len(t.shards) }
 // each removed entry, and returns how many it removed.
 //
 // Callers run Sweep over the shards in turn, a few at a time, which spreads
-// the work of expiry over time and lets inserts and deletes on the other
-// shards go on meanwhile. expired runs after the shard is unlocked, so it
-// may use the table, for instance to reinsert an entry that was touched
-// while it was being removed; it must not Sweep the same shard. Sweeping
-// allocates nothing once the shard's scratch space has grown to the
-// largest number of entries one sweep removed.
+// the work of expiry over time. Sweep scans the shard without its lock and
+// takes the lock only to remove entries from a bucket, so inserts and
+// deletes, even on the same shard, go on meanwhile; an entry touched during
+// the sweep may still be removed. expired runs after the shard is unlocked,
+// so it may use the table, for instance to reinsert an entry whose deadline
+// has moved past now; it must not Sweep the same shard. Sweeping allocates
+// nothing once the shard's scratch space has grown to the largest number of
+// entries one sweep removed.
 func (t *Table[V]) Sweep(shard int, now int64, expired func(*Entry[V])) int {
 	s := &t.shards[shard]
 	s.sweepMu.Lock()
@@ -337,33 +377,23 @@ func (t *Table[V]) Sweep(shard int, now int64, expired func(*Entry[V])) int {
 
 	lo := shard << t.shardShift
 	buckets := t.buckets[lo : lo+1<<t.shardShift]
-	s.mu.Lock()
 	for i := range buckets {
 		b := &buckets[i]
-		for j := range b.slots {
-			if x := b.slots[j].Load(); x != nil && x.expires.Load() <= now {
-				b.clearSlot(j)
-				s.scratch = append(s.scratch, x)
-			}
+		// Look before locking, so that inserts into the shard wait for
+		// the buckets that have something to remove, not for the scan.
+		if !b.anyExpired(now) {
+			continue
 		}
-		for link := &b.overflow; ; {
-			x := link.Load()
-			if x == nil {
-				break
-			}
-			if x.expires.Load() <= now {
-				link.Store(x.next.Load())
-				s.scratch = append(s.scratch, x)
-				continue
-			}
-			link = &x.next
-		}
+		s.mu.Lock()
+		before := len(s.scratch)
+		s.scratch = b.removeExpired(now, s.scratch)
+		n := len(s.scratch) - before
+		t.n.Add(int64(-n))
+		s.expired.Add(uint64(n))
+		s.mu.Unlock()
 	}
-	n := len(s.scratch)
-	t.n.Add(int64(-n))
-	s.expired.Add(uint64(n))
-	s.mu.Unlock()
 
+	n := len(s.scratch)
 	for i, x := range s.scratch {
 		// Drop the table's reference so a swept entry can be collected
 		// as soon as its owner lets go of it.

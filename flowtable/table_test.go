@@ -314,7 +314,7 @@ func TestConcurrent(t *testing.T) {
 		perW    = 512
 		rounds  = 20
 	)
-	tb := mustNew[int](t, Config{Capacity: writers * perW, Shards: 4})
+	tb := mustNew[int](t, Config{Capacity: writers*perW + 64, Shards: 4})
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for r := range 2 {
@@ -334,6 +334,10 @@ func TestConcurrent(t *testing.T) {
 			}
 		})
 	}
+	// The sweeper inserts entries of its own, due at once, and sweeps them
+	// away while the writers work on the same shards. The writers' entries
+	// are never due.
+	sweeperKeys := writers * perW
 	wg.Go(func() {
 		for s := 0; ; s = (s + 1) % tb.Shards() {
 			select {
@@ -341,9 +345,14 @@ func TestConcurrent(t *testing.T) {
 				return
 			default:
 			}
-			// Nothing is ever due, but the sweep walks and locks shards
-			// while the writers work on them.
-			tb.Sweep(s, -1, nil)
+			for i := range 8 {
+				tb.Insert(newEntry(sweeperKeys + s*8 + i))
+			}
+			tb.Sweep(s, 0, func(e *Entry[int]) {
+				if e.Value < sweeperKeys {
+					t.Errorf("swept writer's entry %d", e.Value)
+				}
+			})
 		}
 	})
 	var writersWG sync.WaitGroup
@@ -355,6 +364,7 @@ func TestConcurrent(t *testing.T) {
 					i := w*perW + j
 					if entries[j] == nil {
 						entries[j] = newEntry(i)
+						entries[j].Touch(1 << 62)
 					}
 					if got, err := tb.Insert(entries[j]); got != entries[j] || err != nil {
 						t.Errorf("Insert(%d) = %p, %v", i, got, err)
@@ -384,7 +394,8 @@ func TestConcurrent(t *testing.T) {
 	writersWG.Wait()
 	close(stop)
 	wg.Wait()
-	if st := tb.Stats(); st.Len != 0 || st.Inserted != writers*perW*rounds || st.Deleted != st.Inserted {
+	st := tb.Stats()
+	if st.Deleted != writers*perW*rounds || st.Inserted != st.Deleted+st.Expired+uint64(st.Len) || st.Expired == 0 {
 		t.Errorf("Stats() = %+v", st)
 	}
 }
