@@ -77,6 +77,11 @@ sessions:
 	start := time.Now()
 	deadline := start.Add(echoTestBudget)
 	got := make([]int, echoFlows)
+	type slow struct {
+		rtt      time.Duration
+		flow, at int
+	}
+	slowest := make([]slow, echoFlows) // per flow, its slowest round trip
 	errs := make([]error, echoFlows)
 	var wg sync.WaitGroup
 	for f, c := range conns {
@@ -86,6 +91,7 @@ sessions:
 			buf := make([]byte, 2048)
 			for seq := range echoPerFlow {
 				msg := fmt.Appendf(nil, "udpmux-e2e flow=%02d seq=%02d local=%v", f, seq, c.LocalAddr())
+				sent := time.Now()
 				if _, err := c.Write(msg); err != nil {
 					errs[f] = fmt.Errorf("flow %d seq %d: send: %v", f, seq, err)
 					return
@@ -104,6 +110,9 @@ sessions:
 					errs[f] = fmt.Errorf("flow %d seq %d: reply %q; want %q", f, seq, buf[:n], msg)
 					return
 				}
+				if rtt := time.Since(sent); rtt > slowest[f].rtt {
+					slowest[f] = slow{rtt, f, seq}
+				}
 				got[f]++
 			}
 		}()
@@ -119,8 +128,14 @@ sessions:
 	if total != echoFlows*echoPerFlow {
 		t.Errorf("%d of %d datagrams came back", total, echoFlows*echoPerFlow)
 	}
-	if !d.Running() {
-		t.Errorf("udpmux exited during the test: %v", d.proc.Wait())
+	elapsed := time.Since(start)
+	d.Stop(t)
+	worst := slow{}
+	for _, s := range slowest {
+		if s.rtt > worst.rtt {
+			worst = s
+		}
 	}
-	t.Logf("echo: %d/%d datagrams over %d flows in %v", total, echoFlows*echoPerFlow, echoFlows, time.Since(start).Round(time.Millisecond))
+	t.Logf("echo: %d/%d datagrams over %d flows in %v; slowest round trip %v (flow %d, datagram %d)",
+		total, echoFlows*echoPerFlow, echoFlows, elapsed.Round(time.Millisecond), worst.rtt.Round(time.Microsecond), worst.flow, worst.at)
 }

@@ -373,9 +373,7 @@ sessions:
 		}
 		return nil
 	})
-	if !d.Running() {
-		t.Errorf("udpmux exited during the test: %v", d.proc.Wait())
-	}
+	d.Stop(t)
 	t.Logf("proxy: %d clients up, pinged and checked in %v", len(ups), time.Since(start).Round(time.Millisecond))
 }
 

@@ -50,7 +50,9 @@ var missingPkgRE = regexp.MustCompile(`no required module provides package|canno
 
 // udpmuxBinary builds the daemon once per test binary and returns its path.
 // It skips the test if cmd/udpmux does not exist yet, and fails it if the
-// package exists but does not build. UDPMUX_E2E_RACE=1 builds with -race;
+// package exists but does not build. The daemon is built with -race when
+// the tests are (or with UDPMUX_E2E_RACE=1), so that `go test -race` also
+// checks the daemon for data races under real traffic (see daemon.Stop);
 // UDPMUX_E2E_BIN=/path/to/udpmux uses that binary instead of building one.
 func udpmuxBinary(t testing.TB) string {
 	t.Helper()
@@ -71,7 +73,7 @@ func udpmuxBinary(t testing.TB) string {
 		buildDir = dir
 		bin := filepath.Join(dir, "udpmux")
 		args := []string{"build", "-o", bin}
-		if os.Getenv("UDPMUX_E2E_RACE") == "1" {
+		if raceEnabled || os.Getenv("UDPMUX_E2E_RACE") == "1" {
 			args = append(args, "-race")
 		}
 		args = append(args, daemonPkg)
@@ -102,7 +104,7 @@ type daemon struct {
 // handlerRejectedRE matches a daemon's complaint that it does not know a
 // handler; the tests skip (rather than fail) on it while the handler is
 // still being written.
-var handlerRejectedRE = regexp.MustCompile(`(?i)(unknown|unsupported|invalid|unrecognized|not supported|not implemented|not available|no such).{0,60}handler|handler.{0,60}(unknown|unsupported|invalid|unrecognized|not supported|not implemented|not available|no such)`)
+var handlerRejectedRE = regexp.MustCompile(`(?i)(unknown|unsupported|invalid|unrecognized|not supported|not implemented|not available|no such).{0,60}handler|handler.{0,60}(unknown|unsupported|invalid|unrecognized|not supported|not implemented|not available|no such|is not one of)`)
 
 // startDaemon writes config to a file and runs `udpmux -c FILE` inside ns,
 // then waits until a UDP socket is bound to port in ns. If the daemon exits
@@ -151,6 +153,38 @@ func startDaemon(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, confi
 
 // Running reports whether the daemon is still running.
 func (d *daemon) Running() bool { return !d.proc.Exited() }
+
+// daemonStopGrace bounds the daemon's shutdown after SIGTERM.
+const daemonStopGrace = 10 * time.Second
+
+// Stop sends SIGTERM and checks a clean shutdown: the daemon must have been
+// running until now, must exit with status 0 within daemonStopGrace, and
+// its output must show no panic and no data race report.
+func (d *daemon) Stop(t testing.TB) {
+	t.Helper()
+	if d.proc.Exited() {
+		out, _ := os.ReadFile(d.Log)
+		t.Errorf("udpmux exited during the test: %v\n%s", d.proc.Wait(), tail(string(out), 8000))
+		return
+	}
+	start := time.Now()
+	err := d.proc.Stop(daemonStopGrace)
+	out, _ := os.ReadFile(d.Log)
+	switch {
+	case time.Since(start) >= daemonStopGrace:
+		t.Errorf("udpmux did not exit within %v of SIGTERM (killed)", daemonStopGrace)
+	case err != nil:
+		t.Errorf("udpmux exited with %v after SIGTERM; want status 0", err)
+	}
+	for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
+		if strings.Contains(string(out), bad) {
+			t.Errorf("udpmux output contains %q", bad)
+		}
+	}
+	if t.Failed() {
+		t.Logf("udpmux output:\n%s", tail(string(out), 16000))
+	}
+}
 
 // udpPortBound reports whether any UDP socket in ns is bound to port, read
 // from the namespace's /proc/net/udp and udp6.
@@ -203,6 +237,7 @@ func TestHandlerRejectedRE(t *testing.T) {
 		`error: handler "proxy" not supported`,
 		`Error: listeners[0].handler: invalid value "proxy"`,
 		`unsupported handler proxy`,
+		`udpmux: config: listeners[0].handler: "proxy" is not one of echo, discard`,
 	} {
 		if !handlerRejectedRE.MatchString(s) {
 			t.Errorf("not recognised as a rejection: %q", s)
