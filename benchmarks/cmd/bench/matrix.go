@@ -26,6 +26,10 @@ const (
 	clientSrcs = "198.18.0.1,198.18.0.11,198.18.0.12,198.18.0.13,198.18.0.14"
 )
 
+// sockBuf is the receive and send buffer size, in bytes, that every server
+// under test asks for (udpmux's default), so that none wins by buffering more.
+const sockBuf = 4 << 20
+
 // backendAddrs are the bare echo servers behind the proxies.
 var backendAddrs = []string{"198.19.0.2:7000", "198.19.0.2:7001"}
 
@@ -50,6 +54,7 @@ type config struct {
 	Flows  int     `json:"flows"`
 	Size   int     `json:"size"`
 	Rate   float64 `json:"rate"`   // 0 = the generator's maximum
+	Burst  int     `json:"burst"`  // datagrams per flow per sendmmsg
 	Series string  `json:"series"` // "matrix" or "growth"
 }
 
@@ -58,7 +63,7 @@ func (c config) String() string {
 	if c.Rate > 0 {
 		rate = fmt.Sprintf("%gk/s", c.Rate/1000)
 	}
-	return fmt.Sprintf("%s %d flows %dB %s", c.Kind, c.Flows, c.Size, rate)
+	return fmt.Sprintf("%s %s %d flows %dB %s", c.Series, c.Kind, c.Flows, c.Size, rate)
 }
 
 // loadgenReport mirrors the JSON that loadgen prints.
@@ -87,6 +92,7 @@ type run struct {
 	CoreCPUs     float64       `json:"core_cpu_s"` // everything on CPU 1, softirq included
 	CorePerDgram float64       `json:"core_us_per_dgram"`
 	RcvbufErrors uint64        `json:"rcvbuf_errors"` // delta in the server namespace
+	BacklogDrops []uint64      `json:"backlog_drops"` // per CPU, /proc/net/softnet_stat delta
 	Noisy        bool          `json:"noisy"`         // other load was on the CPUs before the run
 }
 
@@ -117,16 +123,23 @@ func (h *harness) matrix(kind string) []config {
 	for _, f := range flows {
 		for _, s := range sizes {
 			for _, r := range rates {
-				out = append(out, config{Kind: kind, Flows: f, Size: s, Rate: r, Series: "matrix"})
+				out = append(out, config{Kind: kind, Flows: f, Size: s, Rate: r, Burst: 4, Series: "matrix"})
 			}
 		}
 	}
 	if kind == kindEcho && !h.opts.quick {
-		// How cost grows with concurrent flows: 256 and 10k are in the matrix.
-		out = append(out, config{Kind: kind, Flows: 100000, Size: 64, Series: "growth"})
+		// How cost grows with concurrent flows: at the fixed rate, one
+		// datagram per flow per send, so that at 100k flows every flow
+		// still sends once in each run.
+		for _, f := range growthFlows {
+			out = append(out, config{Kind: kind, Flows: f, Size: 64, Rate: h.opts.rate, Burst: 1, Series: "growth"})
+		}
 	}
 	return out
 }
+
+// growthFlows are the flow counts of the "how cost grows" series.
+var growthFlows = []int{256, 10000, 100000}
 
 // runMatrix measures every scenario kind against every peer.
 func (h *harness) runMatrix() {
@@ -173,7 +186,7 @@ func (h *harness) runPeer(kind, peer string) {
 			// Let the server see every flow once before measuring, so that
 			// runs measure established sessions, not their creation.
 			warm[c.Flows] = true
-			if _, err := h.loadgen(c, max(time.Second, time.Duration(c.Flows)*20*time.Microsecond)); err != nil {
+			if _, err := h.loadgen(c, warmup(c)); err != nil {
 				res.Err = "warm-up: " + err.Error()
 				continue
 			}
@@ -197,13 +210,24 @@ func (h *harness) runPeer(kind, peer string) {
 	}
 }
 
+// warmup returns how long to send before measuring c: long enough for every
+// flow to send at least once, at least a second, at most three.
+func warmup(c config) time.Duration {
+	d := time.Duration(c.Flows) * 20 * time.Microsecond // the generator's maximum is about 100-300k/s
+	if c.Rate > 0 {
+		d = time.Duration(float64(c.Flows) / c.Rate * float64(time.Second))
+	}
+	return min(max(d, time.Second), 3*time.Second)
+}
+
 // startServer launches the server of peer for a scenario kind in bs on
 // CPU 1 and waits until it listens.
 func (h *harness) startServer(kind, peer string) (*process, error) {
 	var args []string
 	switch peer {
 	case "bare", "gonet", "gnet":
-		args = []string{h.binary("peer"), "-kind", peer, "-mode", kind, "-addr", serverAddr}
+		args = []string{h.binary("peer"), "-kind", peer, "-mode", kind, "-addr", serverAddr,
+			"-rcvbuf", strconv.Itoa(sockBuf), "-sndbuf", strconv.Itoa(sockBuf)}
 	case "nginx":
 		conf, err := h.nginxConf()
 		if err != nil {
@@ -237,7 +261,8 @@ func (h *harness) startServer(kind, peer string) (*process, error) {
 // startBackends runs the bare echo peer on every backend address in bb.
 func (h *harness) startBackends() (*process, error) {
 	p, err := spawn(h.opts.work, "backends", nsBackend, cpuClient,
-		h.binary("peer"), "-kind", "bare", "-mode", "echo", "-addr", strings.Join(backendAddrs, ","))
+		h.binary("peer"), "-kind", "bare", "-mode", "echo", "-addr", strings.Join(backendAddrs, ","),
+		"-rcvbuf", strconv.Itoa(sockBuf), "-sndbuf", strconv.Itoa(sockBuf))
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +280,8 @@ func (h *harness) startBackends() (*process, error) {
 func (h *harness) udpmuxConf(kind string) (string, error) {
 	handler := map[string]string{kindSink: "discard", kindEcho: "echo", kindProxy: "proxy"}[kind]
 	var b strings.Builder
-	fmt.Fprintf(&b, "workers: 1\nbatch: 64\nlisteners:\n  - name: bench\n")
+	fmt.Fprintf(&b, "workers: 1\nbatch: 64\nsocket:\n  recv_buffer: %d\n  send_buffer: %d\n", sockBuf, sockBuf)
+	fmt.Fprintf(&b, "listeners:\n  - name: bench\n")
 	fmt.Fprintf(&b, "    address: %q\n    handler: %s\n    dissector: flow\n    idle_timeout: 60s\n", serverAddr, handler)
 	if kind == kindProxy {
 		fmt.Fprintf(&b, "    backends: [%q, %q]\n    balance: maglev\n", backendAddrs[0], backendAddrs[1])
@@ -291,14 +317,14 @@ stream {
     upstream backends {
 %[2]s    }
     server {
-        listen %[3]s udp reuseport;
+        listen %[3]s udp reuseport rcvbuf=%[4]d sndbuf=%[4]d;
         proxy_pass backends;
         # No proxy_responses limit: a session lives while its client sends
         # (proxy_timeout), with one upstream socket per client flow.
         proxy_timeout 60s;
     }
 }
-`, dir, ups.String(), serverAddr)
+`, dir, ups.String(), serverAddr, sockBuf)
 	path := filepath.Join(dir, "nginx.conf")
 	return path, os.WriteFile(path, []byte(conf), 0o644)
 }
@@ -319,6 +345,10 @@ func (h *harness) measure(srv *process, c config) (run, error) {
 	if err != nil {
 		return r, err
 	}
+	backlog0, err := backlogDrops()
+	if err != nil {
+		return r, err
+	}
 	gen, err := h.loadgen(c, h.opts.duration)
 	if err != nil {
 		return r, err
@@ -334,6 +364,13 @@ func (h *harness) measure(srv *process, c config) (run, error) {
 	in1, drops1, err := udpCounters(nsServer)
 	if err != nil {
 		return r, err
+	}
+	backlog1, err := backlogDrops()
+	if err != nil {
+		return r, err
+	}
+	for i := range backlog1 {
+		r.BacklogDrops = append(r.BacklogDrops, backlog1[i]-backlog0[i])
 	}
 	r.Gen = gen
 	r.RcvbufErrors = drops1 - drops0
@@ -367,7 +404,7 @@ func (h *harness) loadgen(c config, d time.Duration) (loadgenReport, error) {
 	args := []string{"netns", "exec", nsClient, "taskset", "-c", cpuClient, h.binary("loadgen"),
 		"-dst", serverAddr, "-src", clientSrcs, "-mode", mode,
 		"-flows", strconv.Itoa(c.Flows), "-size", strconv.Itoa(c.Size),
-		"-rate", strconv.FormatFloat(c.Rate, 'f', -1, 64), "-duration", d.String()}
+		"-rate", strconv.FormatFloat(c.Rate, 'f', -1, 64), "-burst", strconv.Itoa(c.Burst), "-duration", d.String()}
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

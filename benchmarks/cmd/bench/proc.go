@@ -231,3 +231,26 @@ func udpCounters(ns string) (in, rcvbufErrs uint64, err error) {
 	}
 	return 0, 0, fmt.Errorf("no Udp: lines in /proc/net/snmp of %s", ns)
 }
+
+// backlogDrops returns, per CPU, the packets dropped because the CPU's input
+// backlog (net.core.netdev_max_backlog) was full: the second column of
+// /proc/net/softnet_stat, which is global, not per namespace.
+func backlogDrops() ([]uint64, error) {
+	b, err := os.ReadFile("/proc/net/softnet_stat")
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			return nil, fmt.Errorf("unexpected /proc/net/softnet_stat line %q", line)
+		}
+		v, err := strconv.ParseUint(f[1], 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("/proc/net/softnet_stat: %w", err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}

@@ -14,15 +14,23 @@
 // -rate N it paces to N datagrams per second, sleeping with nanosecond
 // timeouts (epoll_pwait2) between sends. In -mode sink it only sends. It runs
 // for -duration, then waits -drain for replies still in flight, and exits.
+//
+// A process may not hold more descriptors than its hard RLIMIT_NOFILE (which
+// an unprivileged or capability-less root cannot raise), so when -flows
+// exceeds it, loadgen runs several copies of itself, each with its own range
+// of flows and its share of -rate, and merges their reports.
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -41,6 +49,8 @@ type config struct {
 	portBase     int
 	portsPerAddr int
 	flows        int
+	flowBase     int // id of the first flow: its source address and port
+	child        bool
 	size         int
 	duration     time.Duration
 	drain        time.Duration
@@ -72,6 +82,11 @@ type report struct {
 	RTTP99us    float64 `json:"rtt_p99_us"`
 	RTTP999us   float64 `json:"rtt_p999_us"`
 	RTTMaxus    float64 `json:"rtt_max_us"`
+	Procs       int     `json:"procs"` // generator processes
+
+	// Set by child processes only, for the parent to merge.
+	RTTHist  []hist.Bucket `json:"rtt_hist,omitempty"`
+	RTTMaxNs int64         `json:"rtt_max_ns,omitempty"`
 }
 
 func main() {
@@ -80,7 +95,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(2)
 	}
-	r, err := run(cfg)
+	perProc, err := flowsPerProcess()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+	var r *report
+	if cfg.flows > perProc && !cfg.child {
+		r, err = runSplit(cfg, perProc)
+	} else {
+		r, err = run(cfg)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
@@ -102,6 +127,8 @@ func parseFlags() (config, error) {
 	flag.IntVar(&cfg.portBase, "port-base", 10000, "first source port of every source address")
 	flag.IntVar(&cfg.portsPerAddr, "ports-per-addr", 50000, "source ports used per source address")
 	flag.IntVar(&cfg.flows, "flows", 256, "number of flows (sockets, distinct source address:port)")
+	flag.IntVar(&cfg.flowBase, "flow-base", 0, "id of the first flow (set for child processes)")
+	flag.BoolVar(&cfg.child, "child", false, "run as one of several generator processes (internal)")
 	flag.IntVar(&cfg.size, "size", 64, fmt.Sprintf("UDP payload bytes (>= %d)", wire.HeaderLen))
 	flag.DurationVar(&cfg.duration, "duration", 3*time.Second, "how long to send")
 	flag.DurationVar(&cfg.drain, "drain", 300*time.Millisecond, "how long to wait for replies after sending stops")
@@ -137,8 +164,8 @@ func parseFlags() (config, error) {
 		return cfg, errors.New("-burst must be in [1, 64]")
 	case cfg.portsPerAddr < 1 || cfg.portBase < 1 || cfg.portBase+cfg.portsPerAddr > 65536:
 		return cfg, errors.New("-port-base and -ports-per-addr must describe ports within 1-65535")
-	case cfg.flows > len(cfg.srcs)*cfg.portsPerAddr:
-		return cfg, fmt.Errorf("%d flows need more than %d source addresses x %d ports", cfg.flows, len(cfg.srcs), cfg.portsPerAddr)
+	case cfg.flowBase < 0 || cfg.flowBase+cfg.flows > len(cfg.srcs)*cfg.portsPerAddr:
+		return cfg, fmt.Errorf("%d flows need more than %d source addresses x %d ports", cfg.flowBase+cfg.flows, len(cfg.srcs), cfg.portsPerAddr)
 	case cfg.duration <= 0 || cfg.rate < 0:
 		return cfg, errors.New("-duration must be > 0 and -rate >= 0")
 	}
@@ -179,21 +206,81 @@ func run(cfg config) (*report, error) {
 	return &g.r, nil
 }
 
-// open raises the descriptor limit and creates, binds and connects one socket
-// per flow, registering each with epoll (its flow index as the event data).
-func (g *generator) open() error {
-	need := uint64(g.cfg.flows + 64)
+// spareFDs is the number of descriptors kept free for things other than flows.
+const spareFDs = 64
+
+// flowsPerProcess raises the soft descriptor limit to the hard one and
+// returns how many flows one process can hold.
+func flowsPerProcess() (int, error) {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("getrlimit: %w", err)
+		return 0, fmt.Errorf("getrlimit: %w", err)
 	}
-	if lim.Cur < need {
-		lim.Cur = need
-		lim.Max = max(lim.Max, need)
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
 		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			return fmt.Errorf("raising open-file limit to %d for %d flows: %w", need, g.cfg.flows, err)
+			return 0, fmt.Errorf("raising the open-file limit to %d: %w", lim.Max, err)
 		}
 	}
+	if lim.Cur <= spareFDs {
+		return 0, fmt.Errorf("open-file limit %d is too small", lim.Cur)
+	}
+	return int(min(lim.Cur, 1<<30)) - spareFDs, nil
+}
+
+// runSplit runs the flows in several child processes of at most perProc
+// flows each, every one with its share of the rate, and merges their reports.
+func runSplit(cfg config, perProc int) (*report, error) {
+	type child struct {
+		cmd *exec.Cmd
+		out bytes.Buffer
+	}
+	var children []*child
+	for base := 0; base < cfg.flows; base += perProc {
+		n := min(perProc, cfg.flows-base)
+		// Later flags override earlier ones.
+		args := append(append([]string(nil), os.Args[1:]...), "-child", "-flow-base", strconv.Itoa(cfg.flowBase+base),
+			"-flows", strconv.Itoa(n), "-rate", strconv.FormatFloat(cfg.rate*float64(n)/float64(cfg.flows), 'f', -1, 64))
+		c := &child{cmd: exec.Command("/proc/self/exe", args...)}
+		c.cmd.Stdout, c.cmd.Stderr = &c.out, os.Stderr
+		if err := c.cmd.Start(); err != nil {
+			return nil, fmt.Errorf("starting a generator process: %w", err)
+		}
+		children = append(children, c)
+	}
+	var errs []error
+	var rtt hist.Histogram
+	merged := &report{Procs: len(children)}
+	for _, c := range children {
+		if err := c.cmd.Wait(); err != nil {
+			errs = append(errs, fmt.Errorf("generator process: %w", err))
+			continue
+		}
+		var r report
+		if err := json.Unmarshal(c.out.Bytes(), &r); err != nil {
+			errs = append(errs, fmt.Errorf("generator process output: %w", err))
+			continue
+		}
+		merged.Sent += r.Sent
+		merged.Received += r.Received
+		merged.Misrouted += r.Misrouted
+		merged.Malformed += r.Malformed
+		merged.SendErrors += r.SendErrors
+		merged.SendBlocked += r.SendBlocked
+		merged.RecvErrors += r.RecvErrors
+		merged.DurationS = max(merged.DurationS, r.DurationS)
+		rtt.Add(r.RTTHist, r.RTTMaxNs)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	fillReport(merged, cfg, &rtt)
+	return merged, nil
+}
+
+// open creates, binds and connects one socket per flow, registering each
+// with epoll (its index in this process as the event data).
+func (g *generator) open() error {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("epoll_create1: %w", err)
@@ -201,7 +288,8 @@ func (g *generator) open() error {
 	g.epfd = epfd
 	dst := mmsg.Sockaddr(g.cfg.dst)
 	for i := range g.cfg.flows {
-		src := netip.AddrPortFrom(g.cfg.srcs[i/g.cfg.portsPerAddr], uint16(g.cfg.portBase+i%g.cfg.portsPerAddr))
+		id := g.cfg.flowBase + i
+		src := netip.AddrPortFrom(g.cfg.srcs[id/g.cfg.portsPerAddr], uint16(g.cfg.portBase+id%g.cfg.portsPerAddr))
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("flow %d: socket: %w", i, err)
@@ -285,7 +373,7 @@ func (g *generator) sendBurst(flow, n int) uint64 {
 	ts := g.now()
 	seq := g.seqs[flow]
 	for k := range n {
-		wire.Put(g.out.Bufs[k], wire.Header{Flow: uint32(flow), Seq: seq + uint64(k), Sent: ts})
+		wire.Put(g.out.Bufs[k], wire.Header{Flow: uint32(g.cfg.flowBase + flow), Seq: seq + uint64(k), Sent: ts})
 	}
 	sent, err := g.out.Send(g.fds[flow], n, 0)
 	switch {
@@ -329,7 +417,7 @@ func (g *generator) readFlow(flow int) {
 			switch {
 			case err != nil:
 				g.r.Malformed++
-			case int(h.Flow) != flow:
+			case int(h.Flow) != g.cfg.flowBase+flow:
 				g.r.Misrouted++
 			default:
 				g.r.Received++
@@ -344,10 +432,18 @@ func (g *generator) readFlow(flow int) {
 
 // finish fills in the derived figures of the report.
 func (g *generator) finish() {
-	r := &g.r
-	r.Flows, r.Size, r.Rate = g.cfg.flows, g.cfg.size, g.cfg.rate
+	g.r.Procs = 1
+	fillReport(&g.r, g.cfg, &g.rtt)
+	if g.cfg.child {
+		g.r.RTTHist, g.r.RTTMaxNs = g.rtt.Buckets(), g.rtt.Max()
+	}
+}
+
+// fillReport derives the totals, rates and percentiles of r from its counts.
+func fillReport(r *report, cfg config, rtt *hist.Histogram) {
+	r.Flows, r.Size, r.Rate = cfg.flows, cfg.size, cfg.rate
 	r.Mode = "sink"
-	if g.cfg.echo {
+	if cfg.echo {
 		r.Mode = "echo"
 		r.Lost = int64(r.Sent) - int64(r.Received)
 		if r.Sent > 0 {
@@ -357,8 +453,8 @@ func (g *generator) finish() {
 	}
 	r.OfferedPPS = float64(r.Sent) / r.DurationS
 	us := func(ns int64) float64 { return float64(ns) / 1e3 }
-	r.RTTP50us = us(g.rtt.Quantile(0.50))
-	r.RTTP99us = us(g.rtt.Quantile(0.99))
-	r.RTTP999us = us(g.rtt.Quantile(0.999))
-	r.RTTMaxus = us(g.rtt.Max())
+	r.RTTP50us = us(rtt.Quantile(0.50))
+	r.RTTP99us = us(rtt.Quantile(0.99))
+	r.RTTP999us = us(rtt.Quantile(0.999))
+	r.RTTMaxus = us(rtt.Max())
 }

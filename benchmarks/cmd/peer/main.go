@@ -44,6 +44,7 @@ func main() {
 		addrs  = flag.String("addr", "198.18.0.2:9000", "listen address:port; bare accepts a comma-separated list")
 		batch  = flag.Int("batch", 64, "bare: datagrams per recvmmsg/sendmmsg")
 		rcvbuf = flag.Int("rcvbuf", 0, "socket receive buffer bytes; 0 = system default")
+		sndbuf = flag.Int("sndbuf", 0, "socket send buffer bytes; 0 = system default")
 	)
 	flag.Parse()
 	echo := *mode == "echo"
@@ -72,16 +73,16 @@ func main() {
 	switch *kind {
 	case "bare":
 		for _, ap := range list {
-			fd, err := bareSocket(ap, *rcvbuf)
+			fd, err := bareSocket(ap, *rcvbuf, *sndbuf)
 			if err != nil {
 				fail(err)
 			}
 			go func() { errc <- serveBare(fd, *batch, echo, &c) }()
 		}
 	case "gonet":
-		go func() { errc <- serveGoNet(list[0], *rcvbuf, echo, &c) }()
+		go func() { errc <- serveGoNet(list[0], *rcvbuf, *sndbuf, echo, &c) }()
 	case "gnet":
-		go func() { errc <- serveGnet(list[0], *rcvbuf, echo, &c) }()
+		go func() { errc <- serveGnet(list[0], *rcvbuf, *sndbuf, echo, &c) }()
 	default:
 		fail(fmt.Errorf("-kind %q: want bare, gonet or gnet", *kind))
 	}
@@ -100,7 +101,7 @@ func fail(err error) {
 }
 
 // bareSocket returns a blocking UDP socket bound to ap.
-func bareSocket(ap netip.AddrPort, rcvbuf int) (int, error) {
+func bareSocket(ap netip.AddrPort, rcvbuf, sndbuf int) (int, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
@@ -108,6 +109,11 @@ func bareSocket(ap netip.AddrPort, rcvbuf int) (int, error) {
 	if rcvbuf > 0 {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
 			return -1, fmt.Errorf("SO_RCVBUFFORCE: %w", err)
+		}
+	}
+	if sndbuf > 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sndbuf); err != nil {
+			return -1, fmt.Errorf("SO_SNDBUFFORCE: %w", err)
 		}
 	}
 	if err := unix.Bind(fd, mmsg.Sockaddr(ap)); err != nil {
@@ -150,13 +156,18 @@ func serveBare(fd, batch int, echo bool, c *counters) error {
 }
 
 // serveGoNet serves with the standard library, one datagram per call.
-func serveGoNet(ap netip.AddrPort, rcvbuf int, echo bool, c *counters) error {
+func serveGoNet(ap netip.AddrPort, rcvbuf, sndbuf int, echo bool, c *counters) error {
 	conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(ap))
 	if err != nil {
 		return err
 	}
 	if rcvbuf > 0 {
 		if err := conn.SetReadBuffer(rcvbuf); err != nil {
+			return err
+		}
+	}
+	if sndbuf > 0 {
+		if err := conn.SetWriteBuffer(sndbuf); err != nil {
 			return err
 		}
 	}
@@ -200,10 +211,13 @@ func (s *gnetServer) OnTraffic(conn gnet.Conn) gnet.Action {
 }
 
 // serveGnet serves with one gnet event loop.
-func serveGnet(ap netip.AddrPort, rcvbuf int, echo bool, c *counters) error {
+func serveGnet(ap netip.AddrPort, rcvbuf, sndbuf int, echo bool, c *counters) error {
 	opts := []gnet.Option{gnet.WithMulticore(false), gnet.WithNumEventLoop(1), gnet.WithLockOSThread(true)}
 	if rcvbuf > 0 {
 		opts = append(opts, gnet.WithSocketRecvBuffer(rcvbuf))
+	}
+	if sndbuf > 0 {
+		opts = append(opts, gnet.WithSocketSendBuffer(sndbuf))
 	}
 	return gnet.Run(&gnetServer{echo: echo, c: c}, "udp4://"+ap.String(), opts...)
 }

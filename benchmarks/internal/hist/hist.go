@@ -77,3 +77,34 @@ func (h *Histogram) Quantile(q float64) int64 {
 	}
 	return h.max
 }
+
+// Bucket is one non-empty bucket, for moving a histogram between processes.
+type Bucket struct {
+	Index int    `json:"i"`
+	Count uint64 `json:"n"`
+}
+
+// Buckets returns the non-empty buckets.
+func (h *Histogram) Buckets() []Bucket {
+	var out []Bucket
+	for i, c := range h.counts {
+		if c > 0 {
+			out = append(out, Bucket{i, c})
+		}
+	}
+	return out
+}
+
+// Add merges buckets taken from another histogram whose largest value was
+// max; buckets with an index out of range are ignored.
+func (h *Histogram) Add(buckets []Bucket, max int64) {
+	for _, b := range buckets {
+		if b.Index >= 0 && b.Index < len(h.counts) {
+			h.counts[b.Index] += b.Count
+			h.total += b.Count
+		}
+	}
+	if max > h.max {
+		h.max = max
+	}
+}

@@ -34,3 +34,24 @@ func TestIndexMonotonic(t *testing.T) {
 		prev = i
 	}
 }
+
+func TestMerge(t *testing.T) {
+	var a, b, all Histogram
+	for v := int64(0); v < 5000; v++ {
+		all.Record(v * 3)
+		if v%2 == 0 {
+			a.Record(v * 3)
+		} else {
+			b.Record(v * 3)
+		}
+	}
+	a.Add(b.Buckets(), b.Max())
+	for _, q := range []float64{0.5, 0.99, 0.999} {
+		if a.Quantile(q) != all.Quantile(q) {
+			t.Errorf("merged Quantile(%v) = %d, want %d", q, a.Quantile(q), all.Quantile(q))
+		}
+	}
+	if a.Count() != all.Count() || a.Max() != all.Max() {
+		t.Errorf("merged Count, Max = %d, %d; want %d, %d", a.Count(), a.Max(), all.Count(), all.Max())
+	}
+}
