@@ -1,0 +1,187 @@
+// Package handoff is the wire protocol between a running udpmux and its
+// successor, and between udpmux and its control commands: messages over a
+// SOCK_SEQPACKET Unix socket, each one frame of type, payload and CRC-32C,
+// with file descriptors riding on the message they belong to (SCM_RIGHTS).
+// A sequenced-packet socket keeps message boundaries, so descriptors can
+// never be attached to the wrong bytes.
+package handoff
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Version is the handoff protocol version; a peer speaking another is refused.
+const Version = 1
+
+// MaxMessage bounds one message; session records are batched up to it.
+const MaxMessage = 64 << 10
+
+// MaxFDsPerMessage stays within the kernel's SCM_MAX_FD (253).
+const MaxFDsPerMessage = 250
+
+// Type says what a message carries.
+type Type uint8
+
+// Message types.
+const (
+	TypeHello     Type = iota + 1 // successor → owner: Hello
+	TypeAccept                    // owner → successor: the owner has stopped reading
+	TypeReject                    // owner → successor: reason text
+	TypeListeners                 // owner → successor: Listener records; descriptors attached
+	TypeFDs                       // owner → successor: upstream descriptors, in order
+	TypeSessions                  // owner → successor: Session records
+	TypeEnd                       // owner → successor: End
+	TypeConfirm                   // successor → owner: took over; exit
+	TypeAbort                     // successor → owner: failed; resume serving
+	TypeStatus                    // client → owner: request process status
+	TypeSessionList               // client → owner: request the session list
+	TypeText                      // owner → client: a chunk of a text reply
+	TypeTextEnd                   // owner → client: end of a text reply
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Conn frames messages over a SOCK_SEQPACKET Unix connection.
+type Conn struct {
+	uc  *net.UnixConn
+	buf []byte
+	oob []byte
+}
+
+// NewConn wraps a connected "unixpacket" socket.
+func NewConn(uc *net.UnixConn) *Conn {
+	return &Conn{
+		uc:  uc,
+		buf: make([]byte, MaxMessage+16),
+		oob: make([]byte, unix.CmsgSpace(MaxFDsPerMessage*4)),
+	}
+}
+
+// Dial connects to a control socket.
+func Dial(path string, timeout time.Duration) (*Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.Dial("unixpacket", path)
+	if err != nil {
+		return nil, err
+	}
+	return NewConn(c.(*net.UnixConn)), nil
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.uc.Close() }
+
+// UnixConn returns the underlying connection.
+func (c *Conn) UnixConn() *net.UnixConn { return c.uc }
+
+// SetDeadline bounds the following reads and writes.
+func (c *Conn) SetDeadline(t time.Time) error { return c.uc.SetDeadline(t) }
+
+// Send writes one message with optional descriptors.
+func (c *Conn) Send(t Type, payload []byte, fds []int) error {
+	if len(payload) > MaxMessage {
+		return fmt.Errorf("handoff: message of %d bytes exceeds %d", len(payload), MaxMessage)
+	}
+	if len(fds) > MaxFDsPerMessage {
+		return fmt.Errorf("handoff: %d descriptors in one message exceed %d", len(fds), MaxFDsPerMessage)
+	}
+	msg := c.buf[:0]
+	msg = append(msg, byte(t))
+	msg = append(msg, payload...)
+	msg = binary.LittleEndian.AppendUint32(msg, crc32.Checksum(msg, crcTable))
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	n, oobn, err := c.uc.WriteMsgUnix(msg, oob, nil)
+	if err != nil {
+		return fmt.Errorf("handoff: send: %w", err)
+	}
+	if n != len(msg) || oobn != len(oob) {
+		return fmt.Errorf("handoff: short send: %d of %d bytes", n, len(msg))
+	}
+	return nil
+}
+
+// Errors from Recv.
+var (
+	ErrCorrupt   = errors.New("handoff: corrupt message")
+	ErrTruncated = errors.New("handoff: truncated message")
+)
+
+// Recv reads one message. The payload is valid until the next Recv. The
+// caller owns the returned descriptors, also when an error is returned with
+// them.
+func (c *Conn) Recv() (Type, []byte, []int, error) {
+	n, oobn, flags, _, err := c.uc.ReadMsgUnix(c.buf, c.oob)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	var fds []int
+	if oobn > 0 {
+		fds, err = parseRights(c.oob[:oobn])
+		if err != nil {
+			return 0, nil, fds, err
+		}
+	}
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		return 0, nil, fds, ErrTruncated
+	}
+	if n == 0 {
+		return 0, nil, fds, errEOF
+	}
+	t, payload, err := Unframe(c.buf[:n])
+	return t, payload, fds, err
+}
+
+var errEOF = fmt.Errorf("handoff: peer closed the connection: %w", net.ErrClosed)
+
+// Unframe checks a frame's checksum and splits it into type and payload.
+func Unframe(msg []byte) (Type, []byte, error) {
+	if len(msg) < 5 {
+		return 0, nil, ErrTruncated
+	}
+	body, sum := msg[:len(msg)-4], binary.LittleEndian.Uint32(msg[len(msg)-4:])
+	if crc32.Checksum(body, crcTable) != sum {
+		return 0, nil, ErrCorrupt
+	}
+	return Type(body[0]), body[1:], nil
+}
+
+func parseRights(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: control message: %w", err)
+	}
+	var fds []int
+	for i := range msgs {
+		got, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			continue
+		}
+		fds = append(fds, got...)
+	}
+	return fds, nil
+}
+
+// PeerCredentials returns the connected peer's process credentials.
+func PeerCredentials(uc *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, serr
+}

@@ -1,0 +1,231 @@
+package handoff
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/flowtable"
+)
+
+func sampleSessions() []Session {
+	cid, _ := flowtable.CIDKey(1, []byte{1, 2, 3, 4, 5, 6, 7, 8})
+	return []Session{
+		{
+			Key:  flowtable.TupleKey(0, netip.MustParseAddrPort("192.0.2.1:1194"), netip.MustParseAddrPort("198.51.100.7:40001")),
+			Loop: 1, Peer: netip.MustParseAddrPort("198.51.100.7:40001"), Local: netip.MustParseAddrPort("192.0.2.1:1194"),
+			Created: 1700000000000000000, IdleLeft: 5e9, IdleTimeout: 60e9,
+			RxPackets: 10, RxBytes: 1000, TxPackets: 9, TxBytes: 900, Upstream: 3, State: []byte{0, 1},
+		},
+		{
+			Key: cid, Peer: netip.MustParseAddrPort("[2001:db8::5]:443"), IdleLeft: -1, IdleTimeout: 1e9, Upstream: -1,
+		},
+	}
+}
+
+func socketPair(t *testing.T) (*Conn, *Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) *Conn {
+		f := os.NewFile(uintptr(fd), "handoff")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return NewConn(c.(*net.UnixConn))
+	}
+	return conn(fds[0]), conn(fds[1])
+}
+
+func TestSessionsRoundTripOverASocketWithDescriptors(t *testing.T) {
+	a, b := socketPair(t)
+	w := NewSessionWriter(a)
+	want := sampleSessions()
+	for i := range want {
+		if err := w.Add(&want[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r, wr, _ := os.Pipe()
+	defer r.Close()
+	defer wr.Close()
+	if err := a.Send(TypeFDs, nil, []int{int(r.Fd())}); err != nil {
+		t.Fatal(err)
+	}
+	typ, p, fds, err := b.Recv()
+	if err != nil || typ != TypeSessions || len(fds) != 0 {
+		t.Fatalf("recv: %v %v %v", typ, fds, err)
+	}
+	got, err := DecodeSessions(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d sessions, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i].Key != want[i].Key || got[i].Peer != want[i].Peer || got[i].Local != want[i].Local ||
+			got[i].TxBytes != want[i].TxBytes || got[i].Upstream != want[i].Upstream || !bytes.Equal(got[i].State, want[i].State) {
+			t.Errorf("session %d: got %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	typ, _, fds, err = b.Recv()
+	if err != nil || typ != TypeFDs || len(fds) != 1 {
+		t.Fatalf("fds message: %v %v %v", typ, fds, err)
+	}
+	// The received descriptor is the same pipe: writing to it shows up.
+	unix.Close(fds[0])
+}
+
+func TestSessionWriterSplitsAtMaxMessage(t *testing.T) {
+	a, b := socketPair(t)
+	w := NewSessionWriter(a)
+	s := sampleSessions()[0]
+	s.State = make([]byte, MaxState)
+	const n = 40 // 40 × ~4.2 KB needs several 64 KB messages
+	go func() {
+		for i := 0; i < n; i++ {
+			w.Add(&s)
+		}
+		w.Flush()
+		a.Send(TypeEnd, AppendEnd(nil, End{Sessions: w.Total()}), nil)
+	}()
+	total, msgs := 0, 0
+	for {
+		typ, p, _, err := b.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if typ == TypeEnd {
+			break
+		}
+		got, err := DecodeSessions(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += len(got)
+		msgs++
+	}
+	if total != n || msgs < 3 {
+		t.Errorf("%d sessions in %d messages", total, msgs)
+	}
+}
+
+func TestCorruptAndTruncatedInputIsRefused(t *testing.T) {
+	var rec []byte
+	s := sampleSessions()[0]
+	rec = append(rec, 1, 0, 0, 0)
+	rec, _ = AppendSession(rec, &s)
+	frame := append([]byte{byte(TypeSessions)}, rec...)
+	tests := []struct {
+		name string
+		run  func() error
+		want error
+	}{
+		{"flipped bit", func() error {
+			f := append([]byte{}, frame...)
+			f = append(f, 0, 0, 0, 0)
+			f[10] ^= 1
+			_, _, err := Unframe(f)
+			return err
+		}, ErrCorrupt},
+		{"short frame", func() error { _, _, err := Unframe([]byte{1, 2}); return err }, ErrTruncated},
+		{"truncated record", func() error { _, err := DecodeSessions(rec[:len(rec)-3]); return err }, ErrTruncated},
+		{"trailing bytes", func() error { _, err := DecodeSessions(append(append([]byte{}, rec...), 9)); return err }, ErrCorrupt},
+		{"huge count", func() error { _, err := DecodeSessions([]byte{0xff, 0xff, 0xff, 0x7f}); return err }, ErrCorrupt},
+		{"bad address family", func() error {
+			r := append([]byte{}, rec...)
+			r[4+flowtable.KeySize+2] = 9
+			_, err := DecodeSessions(r)
+			return err
+		}, ErrCorrupt},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.run(); !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestHelloListenersEnd(t *testing.T) {
+	h, err := DecodeHello(AppendHello(nil, Hello{Version: Version, PID: 42, Config: []byte("workers: 1")}))
+	if err != nil || h.Version != Version || h.PID != 42 || string(h.Config) != "workers: 1" {
+		t.Errorf("hello: %+v %v", h, err)
+	}
+	ls := Listeners{Listeners: []Listener{{"vpn", netip.MustParseAddrPort("[::]:1194"), 2}}, Control: true}
+	got, err := DecodeListeners(AppendListeners(nil, ls))
+	if err != nil || len(got.Listeners) != 1 || got.Listeners[0] != ls.Listeners[0] || !got.Control {
+		t.Errorf("listeners: %+v %v", got, err)
+	}
+	if _, err := DecodeListeners(AppendListeners(nil, Listeners{Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 0}}})); err == nil {
+		t.Error("a listener with no sockets decoded")
+	}
+	e, err := DecodeEnd(AppendEnd(nil, End{Sessions: 7, FDs: 3}))
+	if err != nil || e.Sessions != 7 || e.FDs != 3 {
+		t.Errorf("end: %+v %v", e, err)
+	}
+}
+
+// FuzzDecodeSessions: no input panics, and what decodes re-encodes to the
+// same bytes.
+func FuzzDecodeSessions(f *testing.F) {
+	for _, s := range sampleSessions() {
+		b, _ := AppendSession([]byte{1, 0, 0, 0}, &s)
+		f.Add(b)
+	}
+	f.Add([]byte{0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		got, err := DecodeSessions(p)
+		if err != nil {
+			return
+		}
+		out := make([]byte, 4)
+		out[0], out[1], out[2], out[3] = byte(len(got)), byte(len(got)>>8), byte(len(got)>>16), byte(len(got)>>24)
+		for i := range got {
+			if out, err = AppendSession(out, &got[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(out, p) {
+			t.Fatalf("re-encoding differs:\n%x\n%x", p, out)
+		}
+	})
+}
+
+// FuzzDecodeFrame covers the frame check and every message decoder.
+func FuzzDecodeFrame(f *testing.F) {
+	f.Add([]byte{byte(TypeHello), 1, 0, 1, 0, 0, 0, 0, 0, 0, 0})
+	f.Add(AppendListeners([]byte{byte(TypeListeners)}, Listeners{Listeners: []Listener{{"a", netip.MustParseAddrPort("1.2.3.4:5"), 1}}}))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		Unframe(msg)
+		if len(msg) == 0 {
+			return
+		}
+		p := msg[1:]
+		switch Type(msg[0]) {
+		case TypeHello:
+			DecodeHello(p)
+		case TypeListeners:
+			DecodeListeners(p)
+		case TypeEnd:
+			DecodeEnd(p)
+		default:
+			DecodeSessions(p)
+		}
+	})
+}
