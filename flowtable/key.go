@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
-	"unsafe"
 )
 
 // Kind says which kind of flow a Key identifies.
@@ -23,7 +22,8 @@ const (
 // MaxCIDLen is the longest connection ID a Key can hold, in bytes.
 const MaxCIDLen = 20
 
-// KeySize is the length of a Key's binary encoding, in bytes.
+// KeySize is the length of a Key's binary encoding, and of a Key in
+// memory, in bytes.
 const KeySize = 40
 
 // Key identifies one flow within a listener: either the 4-tuple of a
@@ -34,16 +34,40 @@ const KeySize = 40
 // A Key is a fixed-size value without pointers, so that building one,
 // copying it and hashing it never allocate.
 type Key struct {
-	// The fields are laid out without padding so that all KeySize bytes of
-	// a Key are significant and can be hashed as they sit in memory.
-	kind   Kind
-	cidLen uint8
-	scope  uint16
-	lport  uint16
-	pport  uint16
-	// a and b hold the local and peer address (IPv4 in the first four
-	// bytes), or together the connection ID starting at a[0].
-	a, b [16]byte
+	// A Key is five machine words rather than byte arrays so that it is
+	// passed to functions in registers: a copy through memory would make
+	// the hash's loads wait for the caller's stores, and cost more than
+	// the rest of an in-cache lookup.
+
+	// hdr packs, from the low bits up: kind, CID length, scope, local port
+	// and peer port, 8, 8, 16, 16 and 16 bits.
+	hdr uint64
+	// a0 and a1 hold the local address and b0 and b1 the peer address,
+	// big-endian, an IPv4 address in the top half of the first word. A
+	// connection ID instead runs through all four, zero-padded. (Arrays
+	// would not be passed in registers.)
+	a0, a1, b0, b1 uint64
+}
+
+func (k Key) cidLen() int { return int(uint8(k.hdr >> 8)) }
+
+func (k Key) ports() (local, peer uint16) { return uint16(k.hdr >> 32), uint16(k.hdr >> 48) }
+
+func makeHdr(kind Kind, cidLen uint8, scope, lport, pport uint16) uint64 {
+	return uint64(kind) | uint64(cidLen)<<8 | uint64(scope)<<16 | uint64(lport)<<32 | uint64(pport)<<48
+}
+
+// words returns 16 bytes as two big-endian words.
+func words(b []byte) (hi, lo uint64) {
+	return binary.BigEndian.Uint64(b), binary.BigEndian.Uint64(b[8:])
+}
+
+// bytes16 is the inverse of words.
+func bytes16(hi, lo uint64) [16]byte {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:], hi)
+	binary.BigEndian.PutUint64(b[8:], lo)
+	return b
 }
 
 // TupleKey returns the key of the flow between local and peer in the given
@@ -55,18 +79,19 @@ type Key struct {
 // address in v4-mapped form. IPv6 zones are not part of the key, and an
 // invalid address is stored as the unspecified address ::.
 func TupleKey(scope uint16, local, peer netip.AddrPort) Key {
-	k := Key{scope: scope, lport: local.Port(), pport: peer.Port()}
 	la, pa := local.Addr().Unmap(), peer.Addr().Unmap()
 	if la.Is4() && pa.Is4() {
-		k.kind = KindTuple4
-		la4, pa4 := la.As4(), pa.As4()
-		copy(k.a[:], la4[:])
-		copy(k.b[:], pa4[:])
-		return k
+		l4, p4 := la.As4(), pa.As4()
+		return Key{
+			hdr: makeHdr(KindTuple4, 0, scope, local.Port(), peer.Port()),
+			a0:  uint64(binary.BigEndian.Uint32(l4[:])) << 32,
+			b0:  uint64(binary.BigEndian.Uint32(p4[:])) << 32,
+		}
 	}
-	k.kind = KindTuple6
-	k.a = la.As16()
-	k.b = pa.As16()
+	l16, p16 := la.As16(), pa.As16()
+	k := Key{hdr: makeHdr(KindTuple6, 0, scope, local.Port(), peer.Port())}
+	k.a0, k.a1 = words(l16[:])
+	k.b0, k.b1 = words(p16[:])
 	return k
 }
 
@@ -79,9 +104,11 @@ func CIDKey(scope uint16, cid []byte) (Key, error) {
 	if len(cid) > MaxCIDLen {
 		return Key{}, errCIDTooLong
 	}
-	k := Key{kind: KindCID, cidLen: uint8(len(cid)), scope: scope}
-	n := copy(k.a[:], cid)
-	copy(k.b[:], cid[n:])
+	var buf [32]byte
+	copy(buf[:], cid)
+	k := Key{hdr: makeHdr(KindCID, uint8(len(cid)), scope, 0, 0)}
+	k.a0, k.a1 = words(buf[:16])
+	k.b0, k.b1 = words(buf[16:])
 	return k, nil
 }
 
@@ -93,25 +120,33 @@ var (
 )
 
 // Kind returns the kind of flow k identifies.
-func (k Key) Kind() Kind { return k.kind }
+func (k Key) Kind() Kind { return Kind(k.hdr) }
 
 // Scope returns the scope k was built with.
-func (k Key) Scope() uint16 { return k.scope }
+func (k Key) Scope() uint16 { return uint16(k.hdr >> 16) }
 
 // Local returns the local address and port of a tuple key, and the zero
 // AddrPort for any other key.
-func (k Key) Local() netip.AddrPort { return k.addrPort(&k.a, k.lport) }
+func (k Key) Local() netip.AddrPort {
+	port, _ := k.ports()
+	return k.addrPort(k.a0, k.a1, port)
+}
 
 // Peer returns the peer address and port of a tuple key, and the zero
 // AddrPort for any other key.
-func (k Key) Peer() netip.AddrPort { return k.addrPort(&k.b, k.pport) }
+func (k Key) Peer() netip.AddrPort {
+	_, port := k.ports()
+	return k.addrPort(k.b0, k.b1, port)
+}
 
-func (k *Key) addrPort(a *[16]byte, port uint16) netip.AddrPort {
-	switch k.kind {
+func (k Key) addrPort(hi, lo uint64, port uint16) netip.AddrPort {
+	switch k.Kind() {
 	case KindTuple4:
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[:4])), port)
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], uint32(hi>>32))
+		return netip.AddrPortFrom(netip.AddrFrom4(a), port)
 	case KindTuple6:
-		return netip.AddrPortFrom(netip.AddrFrom16(*a), port)
+		return netip.AddrPortFrom(netip.AddrFrom16(bytes16(hi, lo)), port)
 	}
 	return netip.AddrPort{}
 }
@@ -119,39 +154,38 @@ func (k *Key) addrPort(a *[16]byte, port uint16) netip.AddrPort {
 // AppendCID appends the connection ID of a CID key to dst and returns the
 // extended slice. For any other key it returns dst unchanged.
 func (k Key) AppendCID(dst []byte) []byte {
-	if k.kind != KindCID {
+	if k.Kind() != KindCID {
 		return dst
 	}
-	x, y := k.cid()
-	return append(append(dst, x...), y...)
+	buf := k.cidArea()
+	return append(dst, buf[:k.cidLen()]...)
 }
 
-// cid returns the connection ID of a CID key in its two parts: the bytes
-// held in a, and the rest held in b.
-func (k *Key) cid() (x, y []byte) {
-	n := int(k.cidLen)
-	if n <= len(k.a) {
-		return k.a[:n], nil
-	}
-	return k.a[:], k.b[:n-len(k.a)]
+// cidArea returns the 32 bytes a connection ID is stored in.
+func (k Key) cidArea() [32]byte {
+	var buf [32]byte
+	a, b := bytes16(k.a0, k.a1), bytes16(k.b0, k.b1)
+	copy(buf[:], a[:])
+	copy(buf[16:], b[:])
+	return buf
 }
 
 // String returns a human-readable form of k: "scope/local-peer" for tuple
 // keys, "scope/cid:hex" for CID keys, and "none" for the zero Key.
 func (k Key) String() string {
 	var b []byte
-	switch k.kind {
+	switch k.Kind() {
 	case KindTuple4, KindTuple6:
-		b = strconv.AppendUint(b, uint64(k.scope), 10)
+		b = strconv.AppendUint(b, uint64(k.Scope()), 10)
 		b = append(b, '/')
 		b = k.Local().AppendTo(b)
 		b = append(b, '-')
 		b = k.Peer().AppendTo(b)
 	case KindCID:
-		b = strconv.AppendUint(b, uint64(k.scope), 10)
+		b = strconv.AppendUint(b, uint64(k.Scope()), 10)
 		b = append(b, "/cid:"...)
-		x, y := k.cid()
-		b = hex.AppendEncode(hex.AppendEncode(b, x), y)
+		buf := k.cidArea()
+		b = hex.AppendEncode(b, buf[:k.cidLen()])
 	default:
 		return "none"
 	}
@@ -160,16 +194,20 @@ func (k Key) String() string {
 
 // AppendBinary implements encoding.BinaryAppender. It appends exactly
 // KeySize bytes: kind, CID length, then scope, local port and peer port
-// big-endian, then the two 16-byte address (or CID) fields. The encoding is
-// meant for handing flows to another process of the same version, not for
-// storage. It never returns an error.
+// big-endian, then the 16-byte local and peer address fields (for a CID
+// key, the zero-padded connection ID in 32 bytes). The encoding is meant for
+// handing flows to another process of the same version, not for storage.
+// It never returns an error.
 func (k Key) AppendBinary(dst []byte) ([]byte, error) {
-	dst = append(dst, byte(k.kind), k.cidLen)
-	dst = binary.BigEndian.AppendUint16(dst, k.scope)
-	dst = binary.BigEndian.AppendUint16(dst, k.lport)
-	dst = binary.BigEndian.AppendUint16(dst, k.pport)
-	dst = append(dst, k.a[:]...)
-	return append(dst, k.b[:]...), nil
+	lport, pport := k.ports()
+	dst = append(dst, byte(k.Kind()), byte(k.cidLen()))
+	dst = binary.BigEndian.AppendUint16(dst, k.Scope())
+	dst = binary.BigEndian.AppendUint16(dst, lport)
+	dst = binary.BigEndian.AppendUint16(dst, pport)
+	for _, w := range [4]uint64{k.a0, k.a1, k.b0, k.b1} {
+		dst = binary.BigEndian.AppendUint64(dst, w)
+	}
+	return dst, nil
 }
 
 // UnmarshalBinary implements encoding.BinaryUnmarshaler for the encoding
@@ -181,16 +219,12 @@ func (k *Key) UnmarshalBinary(b []byte) error {
 	if len(b) != KeySize {
 		return errKeySize
 	}
-	var n Key
-	n.kind = Kind(b[0])
-	n.cidLen = b[1]
-	n.scope = binary.BigEndian.Uint16(b[2:])
-	n.lport = binary.BigEndian.Uint16(b[4:])
-	n.pport = binary.BigEndian.Uint16(b[6:])
-	n.a = [16]byte(b[8:24])
-	n.b = [16]byte(b[24:40])
-	if err := n.validate(); err != nil {
-		return err
+	n := Key{hdr: makeHdr(Kind(b[0]), b[1], binary.BigEndian.Uint16(b[2:]),
+		binary.BigEndian.Uint16(b[4:]), binary.BigEndian.Uint16(b[6:]))}
+	n.a0, n.a1 = words(b[8:24])
+	n.b0, n.b1 = words(b[24:40])
+	if !n.valid() {
+		return errBadKey
 	}
 	*k = n
 	return nil
@@ -201,45 +235,30 @@ var (
 	errBadKey  = errors.New("flowtable: invalid key encoding")
 )
 
-func (k *Key) validate() error {
-	switch k.kind {
+// valid reports whether k is a key TupleKey or CIDKey could have returned.
+func (k Key) valid() bool {
+	lport, pport := k.ports()
+	switch k.Kind() {
 	case KindTuple4:
-		if k.cidLen != 0 || !zero(k.a[4:]) || !zero(k.b[4:]) {
-			return errBadKey
-		}
+		const addr4 = 0xffffffff << 32
+		return k.cidLen() == 0 && k.a0&^addr4 == 0 && k.a1 == 0 && k.b0&^addr4 == 0 && k.b1 == 0
 	case KindTuple6:
 		// Two v4-mapped addresses would make a second key for a flow that
 		// TupleKey files under KindTuple4.
-		if k.cidLen != 0 || netip.AddrFrom16(k.a).Is4In6() && netip.AddrFrom16(k.b).Is4In6() {
-			return errBadKey
-		}
+		return k.cidLen() == 0 &&
+			!(netip.AddrFrom16(bytes16(k.a0, k.a1)).Is4In6() && netip.AddrFrom16(bytes16(k.b0, k.b1)).Is4In6())
 	case KindCID:
-		if k.cidLen == 0 || k.cidLen > MaxCIDLen || k.lport != 0 || k.pport != 0 {
-			return errBadKey
-		}
-		x, y := k.cid()
-		if !zero(k.a[len(x):]) || !zero(k.b[len(y):]) {
-			return errBadKey
-		}
-	default:
-		return errBadKey
-	}
-	return nil
-}
-
-// equal is k == *o in five word compares instead of a call to the
-// runtime's memequal, which matters on the lookup path.
-func (k *Key) equal(o *Key) bool {
-	x := (*[KeySize / 8]uint64)(unsafe.Pointer(k))
-	y := (*[KeySize / 8]uint64)(unsafe.Pointer(o))
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4]
-}
-
-func zero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
+		n := k.cidLen()
+		if n == 0 || n > MaxCIDLen || lport != 0 || pport != 0 {
 			return false
 		}
+		buf := k.cidArea()
+		for _, c := range buf[n:] {
+			if c != 0 {
+				return false
+			}
+		}
+		return true
 	}
-	return true
+	return false
 }

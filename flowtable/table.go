@@ -15,9 +15,6 @@ import (
 	"math/bits"
 	"sync"
 	"sync/atomic"
-	"unsafe"
-
-	"github.com/cespare/xxhash/v2"
 )
 
 // Config sets the size of a Table.
@@ -128,17 +125,17 @@ func matches(tags, tag uint64) uint64 {
 }
 
 // find returns the entry with key k in b, or nil.
-func (b *bucket[V]) find(k *Key, tag uint64) *Entry[V] {
+func (b *bucket[V]) find(k Key, tag uint64) *Entry[V] {
 	for m := matches(b.tags.Load(), tag); m != 0; m &= m - 1 {
 		e := b.slots[bits.TrailingZeros64(m)/8].Load()
 		// A slot whose tag was read before a concurrent Delete may be
 		// empty by now.
-		if e != nil && e.key.equal(k) {
+		if e != nil && e.key == k {
 			return e
 		}
 	}
 	for e := b.overflow.Load(); e != nil; e = e.next.Load() {
-		if e.key.equal(k) {
+		if e.key == k {
 			return e
 		}
 	}
@@ -258,17 +255,8 @@ func New[V any](cfg Config) (*Table[V], error) {
 	}, nil
 }
 
-// hashKey returns the XXH64 hash, with the table's seed, of k's memory,
-// which is all significant: Key has no padding and no pointers.
-func hashKey(seed uint64, k *Key) uint64 {
-	var d xxhash.Digest
-	d.ResetWithSeed(seed)
-	d.Write(unsafe.Slice((*byte)(unsafe.Pointer(k)), unsafe.Sizeof(*k)))
-	return d.Sum64()
-}
-
 // locate returns the bucket of k, the shard that owns it and k's tag.
-func (t *Table[V]) locate(k *Key) (*bucket[V], *shard[V], uint64) {
+func (t *Table[V]) locate(k Key) (*bucket[V], *shard[V], uint64) {
 	h := hashKey(t.seed, k)
 	i := h & t.mask
 	return &t.buckets[i], &t.shards[i>>t.shardShift], tagOf(h)
@@ -278,8 +266,8 @@ func (t *Table[V]) locate(k *Key) (*bucket[V], *shard[V], uint64) {
 // lock and allocates nothing. An entry inserted or deleted while Lookup
 // runs may or may not be found.
 func (t *Table[V]) Lookup(k Key) *Entry[V] {
-	h := hashKey(t.seed, &k)
-	return t.buckets[h&t.mask].find(&k, tagOf(h))
+	h := hashKey(t.seed, k)
+	return t.buckets[h&t.mask].find(k, tagOf(h))
 }
 
 // Insert adds e, which must have been set up with Init, and returns it. If
@@ -287,9 +275,9 @@ func (t *Table[V]) Lookup(k Key) *Entry[V] {
 // and leaves the table unchanged. If the table is full it returns ErrFull,
 // leaving the entries already in it alone. Insert allocates nothing.
 func (t *Table[V]) Insert(e *Entry[V]) (*Entry[V], error) {
-	b, s, tag := t.locate(&e.key)
+	b, s, tag := t.locate(e.key)
 	s.mu.Lock()
-	if x := b.find(&e.key, tag); x != nil {
+	if x := b.find(e.key, tag); x != nil {
 		s.mu.Unlock()
 		return x, nil
 	}
@@ -333,7 +321,7 @@ func (t *Table[V]) reserve() bool {
 // Delete removes e from the table and reports whether it was there. Another
 // entry with the same key is left alone.
 func (t *Table[V]) Delete(e *Entry[V]) bool {
-	b, s, _ := t.locate(&e.key)
+	b, s, _ := t.locate(e.key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !b.remove(e) {
