@@ -55,7 +55,13 @@ type vpnLab struct {
 	direct  bool // clients are routed straight to the backends, not through udpmux
 	servers []*ovpnServer
 	clients []*ovpnClient
-	logs    []string // files to print if the test fails
+	logs    []string  // files to print if the test fails
+	end     time.Time // the test's overall deadline (vpnBudget from its start)
+}
+
+// wait returns d, or less if the test's overall budget ends sooner.
+func (v *vpnLab) wait(d time.Duration) time.Duration {
+	return max(min(d, time.Until(v.end)), 0)
 }
 
 // newVPNLab builds the lab; its logs are printed if the test fails, or
@@ -69,7 +75,7 @@ func newVPNLab(t *testing.T, direct bool) *vpnLab {
 	t.Helper()
 	requireOpenVPN(t)
 	lab := netlab.New(t)
-	v := &vpnLab{t: t, lab: lab, dir: t.TempDir(), direct: direct}
+	v := &vpnLab{t: t, lab: lab, dir: t.TempDir(), direct: direct, end: time.Now().Add(vpnBudget)}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("UDPMUX_E2E_DUMP") == "1" {
 			dumpLogs(t, v.logs...)
@@ -92,7 +98,7 @@ func newVPNLab(t *testing.T, direct bool) *vpnLab {
 		v.logs = append(v.logs, s.Log, s.Status)
 	}
 	for _, s := range v.servers {
-		if err := waitLog(s.Log, initDone, s.proc, 15*time.Second); err != nil {
+		if err := waitLog(s.Log, initDone, s.proc, v.wait(serverUpTimeout)); err != nil {
 			t.Fatalf("OpenVPN %s did not start: %v", s.Name, err)
 		}
 	}
@@ -143,13 +149,14 @@ type upResult struct {
 func (v *vpnLab) waitUp(clients []*ovpnClient) []upResult {
 	v.t.Helper()
 	res := make([]upResult, len(clients))
+	timeout := v.wait(tunnelUpTimeout)
 	var wg sync.WaitGroup
 	for i, c := range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			r := upResult{client: c}
-			r.tunnel, r.err = c.WaitUp(tunnelUpTimeout)
+			r.tunnel, r.err = c.WaitUp(timeout)
 			if r.err == nil {
 				for _, s := range v.servers {
 					if s.Subnet.Contains(r.tunnel.Addr()) {
@@ -240,7 +247,7 @@ func (v *vpnLab) checkServers(ups []upResult, wantSource func(c *ovpnClient, src
 			client[u.client.Name] = u.client
 		}
 		sort.Strings(names)
-		rows, err := s.WaitClients(names, statusTimeout)
+		rows, err := s.WaitClients(names, v.wait(statusTimeout))
 		if err != nil {
 			v.t.Errorf("%v", err)
 			continue

@@ -30,9 +30,12 @@ func requireOpenVPN(t testing.TB) {
 	}
 }
 
-// Timeouts of the OpenVPN tests.
+// Timeouts of the OpenVPN tests. Each wait is also cut short by the test's
+// overall budget (vpnLab.wait), so that a test never runs past vpnBudget.
 const (
-	tunnelUpTimeout = 30 * time.Second // per client, from start to "Initialization Sequence Completed"
+	vpnBudget       = 75 * time.Second // whole test up to the last wait; pings, shutdown and teardown add at most ~12 s
+	serverUpTimeout = 10 * time.Second // OpenVPN server start
+	tunnelUpTimeout = 30 * time.Second // per batch of clients, from start to "Initialization Sequence Completed"
 	statusTimeout   = 10 * time.Second // for the servers' status files to list every client
 )
 

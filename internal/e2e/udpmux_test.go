@@ -155,7 +155,7 @@ func startDaemon(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, confi
 func (d *daemon) Running() bool { return !d.proc.Exited() }
 
 // daemonStopGrace bounds the daemon's shutdown after SIGTERM.
-const daemonStopGrace = 10 * time.Second
+const daemonStopGrace = 5 * time.Second
 
 // Stop sends SIGTERM and checks a clean shutdown: the daemon must have been
 // running until now, must exit with status 0 within daemonStopGrace, and
