@@ -3,6 +3,7 @@ package flowtable
 import (
 	"encoding/binary"
 	"testing"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -20,5 +21,18 @@ func TestHashKeyIsXXH64(t *testing.T) {
 		if got, want := hashKey(seed, k), d.Sum64(); got != want {
 			t.Fatalf("key %v, seed %#x: hash %#x; want %#x", k, seed, got, want)
 		}
+	}
+}
+
+// TestLayout pins the sizes the hash and the cache-line budget rely on.
+func TestLayout(t *testing.T) {
+	if n := unsafe.Sizeof(Key{}); n != KeySize {
+		t.Errorf("Key is %d bytes; want %d", n, KeySize)
+	}
+	if n := unsafe.Sizeof(bucket[int]{}); n != 64 {
+		t.Errorf("bucket is %d bytes; want 64", n)
+	}
+	if n := unsafe.Sizeof(Entry[*int]{}); n != 64 {
+		t.Errorf("Entry with a pointer Value is %d bytes; want 64", n)
 	}
 }
