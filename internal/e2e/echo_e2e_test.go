@@ -26,7 +26,7 @@ const (
 // flight per flow) all come back unchanged from the listener's address.
 func TestEchoThroughNetns(t *testing.T) {
 	netlab.RequireRoot(t)
-	udpmuxBinary(t) // skip early if the daemon does not exist yet
+	udpmuxBinary(t) // build (or fail) before building the lab
 	lab := netlab.New(t)
 	dir := t.TempDir()
 	mux := lab.NewNamespace("mux")

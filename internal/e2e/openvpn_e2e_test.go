@@ -341,7 +341,7 @@ func TestOpenVPNThroughProxy(t *testing.T) {
 	start := time.Now()
 	requireOpenVPN(t)
 	netlab.RequireRoot(t)
-	udpmuxBinary(t) // skip early if the daemon does not exist yet
+	udpmuxBinary(t) // build (or fail) before building the lab
 	v := newVPNLab(t, false)
 	var backends []string
 	for _, s := range v.servers {

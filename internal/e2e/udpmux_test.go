@@ -25,7 +25,6 @@ var (
 	buildDir  string // temporary directory holding the built daemon
 	buildBin  string // path of the built daemon, or "" if it did not build
 	buildOut  string // the go command's output when the build failed
-	buildSkip bool   // the daemon package does not exist yet
 )
 
 func TestMain(m *testing.M) {
@@ -44,13 +43,8 @@ func goTool() string {
 	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }
 
-// missingPkgRE matches the go command's complaints about a package that does
-// not exist (as opposed to one that fails to compile).
-var missingPkgRE = regexp.MustCompile(`no required module provides package|cannot find package|directory not found|matched no packages|is not in std|no Go files in|no non-test Go files in`)
-
-// udpmuxBinary builds the daemon once per test binary and returns its path.
-// It skips the test if cmd/udpmux does not exist yet, and fails it if the
-// package exists but does not build. The daemon is built with -race when
+// udpmuxBinary builds the daemon once per test binary and returns its path;
+// it fails the test if the daemon does not build. The daemon is built with -race when
 // the tests are (or with UDPMUX_E2E_RACE=1), so that `go test -race` also
 // checks the daemon for data races under real traffic (see daemon.Stop);
 // UDPMUX_E2E_BIN=/path/to/udpmux uses that binary instead of building one.
@@ -77,21 +71,33 @@ func udpmuxBinary(t testing.TB) string {
 			args = append(args, "-race")
 		}
 		args = append(args, daemonPkg)
-		out, err := exec.Command(goTool(), args...).CombinedOutput()
+		cmd := exec.Command(goTool(), args...)
+		cmd.Dir = sourceDir() // inside the module even if the test binary runs elsewhere
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildOut = fmt.Sprintf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-			buildSkip = missingPkgRE.Match(out)
 			return
 		}
 		buildBin = bin
 	})
 	if buildBin == "" {
-		if buildSkip {
-			t.Skipf("udpmux daemon (%s) not present yet:\n%s", daemonPkg, buildOut)
-		}
 		t.Fatalf("building the udpmux daemon failed:\n%s", buildOut)
 	}
 	return buildBin
+}
+
+// sourceDir returns the directory of this source file when it is known (an
+// absolute path, i.e. not built with -trimpath), else "" (the working
+// directory, which go test sets to the package's directory).
+func sourceDir() string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok || !filepath.IsAbs(file) {
+		return ""
+	}
+	if _, err := os.Stat(file); err != nil {
+		return ""
+	}
+	return filepath.Dir(file)
 }
 
 // daemon is a udpmux process running in a namespace.
@@ -106,16 +112,24 @@ type daemon struct {
 // still being written.
 var handlerRejectedRE = regexp.MustCompile(`(?i)(unknown|unsupported|invalid|unrecognized|not supported|not implemented|not available|no such).{0,60}handler|handler.{0,60}(unknown|unsupported|invalid|unrecognized|not supported|not implemented|not available|no such|is not one of)`)
 
-// startDaemon writes config to a file and runs `udpmux -c FILE` inside ns,
-// then waits until a UDP socket is bound to port in ns. If the daemon exits
-// first because it does not accept the handler named handler, the test is
-// skipped with the daemon's message; any other early exit fails the test.
+// startDaemon writes config to a file, checks it with `udpmux validate -c
+// FILE`, runs `udpmux -c FILE` inside ns, and waits until a UDP socket is
+// bound to port in ns. If the daemon rejects the config because it does not
+// know the handler named handler, the test is skipped with the daemon's
+// message (a handler still being written); any other rejection or early
+// exit fails the test.
 func startDaemon(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, config, handler string, port uint16) *daemon {
 	t.Helper()
 	bin := udpmuxBinary(t)
 	d := &daemon{Config: filepath.Join(dir, "udpmux.yaml"), Log: filepath.Join(dir, "udpmux.log")}
 	if err := os.WriteFile(d.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "validate", "-c", d.Config).CombinedOutput(); err != nil {
+		if strings.Contains(string(out), handler) && handlerRejectedRE.Match(out) {
+			t.Skipf("udpmux %s handler not available: `udpmux validate` rejected the config: %v\n%s", handler, err, out)
+		}
+		t.Fatalf("udpmux validate rejected the test's config: %v\nconfig:\n%s\noutput:\n%s", err, config, out)
 	}
 	logf, err := os.Create(d.Log)
 	if err != nil {
