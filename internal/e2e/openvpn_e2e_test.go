@@ -229,9 +229,10 @@ func (v *vpnLab) pingAll(ups []upResult) {
 // address the client got, and with a source address accepted by wantSource;
 // no two clients share a source address:port; and its log shows exactly one
 // source address:port per client over the whole run (no reconnects from a
-// new port, no floats).
-func (v *vpnLab) checkServers(ups []upResult, wantSource func(c *ovpnClient, src netip.AddrPort) error) {
+// new port, no floats). It returns each backend's status rows.
+func (v *vpnLab) checkServers(ups []upResult, wantSource func(c *ovpnClient, src netip.AddrPort) error) map[*ovpnServer][]statusClient {
 	v.t.Helper()
+	status := map[*ovpnServer][]statusClient{}
 	byServer := map[*ovpnServer][]upResult{}
 	for _, u := range ups {
 		byServer[u.server] = append(byServer[u.server], u)
@@ -252,6 +253,7 @@ func (v *vpnLab) checkServers(ups []upResult, wantSource func(c *ovpnClient, src
 			v.t.Errorf("%v", err)
 			continue
 		}
+		status[s] = rows
 		seen := map[netip.AddrPort]string{}
 		for _, r := range rows {
 			if other, dup := seen[r.Real]; dup {
@@ -282,6 +284,53 @@ func (v *vpnLab) checkServers(ups []upResult, wantSource func(c *ovpnClient, src
 			}
 		}
 		v.t.Logf("%s (%v): %d clients: %s", s.Name, s.Subnet, len(rows), describeRows(rows))
+	}
+	return status
+}
+
+// checkUpstreamSockets checks udpmux's side of the sessions: in the udpmux
+// namespace there is exactly one UDP socket connected to a backend per
+// session, and those sockets are exactly the source addresses the backends
+// list in their status files.
+func (v *vpnLab) checkUpstreamSockets(status map[*ovpnServer][]statusClient) {
+	v.t.Helper()
+	socks, err := udpSockets(v.mux)
+	if err != nil {
+		v.t.Error(err)
+		return
+	}
+	backends := map[netip.AddrPort]bool{}
+	for _, s := range v.servers {
+		backends[s.Listen] = true
+	}
+	type pair struct{ local, remote netip.AddrPort }
+	got := map[pair]int{}
+	for _, s := range socks {
+		if backends[s.Remote] {
+			got[pair{s.Local, s.Remote}]++
+		}
+	}
+	want := map[pair]int{}
+	for s, rows := range status {
+		for _, r := range rows {
+			want[pair{r.Real, s.Listen}]++
+		}
+	}
+	for p, n := range got {
+		if n != 1 {
+			v.t.Errorf("udpmux has %d sockets %v -> %v; want one per session", n, p.local, p.remote)
+		}
+		if want[p] == 0 {
+			v.t.Errorf("udpmux socket %v -> %v belongs to no session a backend lists", p.local, p.remote)
+		}
+	}
+	for p := range want {
+		if got[p] == 0 {
+			v.t.Errorf("backend %v lists a client at %v, but udpmux has no socket %v connected to it", p.remote, p.local, p.local)
+		}
+	}
+	if v.t.Failed() {
+		v.t.Logf("UDP sockets in the udpmux namespace: %v", socks)
 	}
 }
 
@@ -336,7 +385,9 @@ func TestOpenVPNDirect(t *testing.T) {
 // (see clientBatch for why this is robust), and that each backend sees every
 // client from exactly one source address:port, which is udpmux's
 // backend-side address: traffic really went through udpmux, over one
-// upstream socket per session.
+// upstream socket per session; and that udpmux holds exactly those
+// connected upstream sockets. Finally udpmux must shut down cleanly on
+// SIGTERM.
 func TestOpenVPNThroughProxy(t *testing.T) {
 	start := time.Now()
 	requireOpenVPN(t)
@@ -374,12 +425,13 @@ sessions:
 		t.Errorf("all %d sessions landed on %s: udpmux did not spread sessions over both backends", len(ups), ups[0].server.Name)
 	}
 	v.pingAll(ups)
-	v.checkServers(ups, func(c *ovpnClient, src netip.AddrPort) error {
+	status := v.checkServers(ups, func(c *ovpnClient, src netip.AddrPort) error {
 		if src.Addr() != muxBackAddr {
 			return fmt.Errorf("backend saw source %v; want udpmux's backend-side address %v (traffic did not go through udpmux?)", src, muxBackAddr)
 		}
 		return nil
 	})
+	v.checkUpstreamSockets(status)
 	d.Stop(t)
 	t.Logf("proxy: %d clients up, pinged and checked in %v", len(ups), time.Since(start).Round(time.Millisecond))
 }

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,48 +202,107 @@ func (d *daemon) Stop(t testing.TB) {
 	}
 }
 
-// udpPortBound reports whether any UDP socket in ns is bound to port, read
-// from the namespace's /proc/net/udp and udp6.
-func udpPortBound(ns *netlab.Namespace, port uint16) (bool, error) {
-	out, err := ns.Command("cat", "/proc/net/udp", "/proc/net/udp6").Output()
-	if err != nil {
-		return false, fmt.Errorf("read /proc/net/udp in %s: %v", ns, err)
-	}
-	return procNetUDPHasPort(string(out), port), nil
+// udpSocket is one row of /proc/net/udp or udp6.
+type udpSocket struct {
+	Local, Remote netip.AddrPort // Remote is 0.0.0.0:0 (or [::]:0) when unconnected
 }
 
-// procNetUDPHasPort parses /proc/net/udp{,6} text (local_address is
-// HEXADDR:HEXPORT in the second column) and reports whether port appears as
-// a local port.
-func procNetUDPHasPort(text string, port uint16) bool {
+// udpSockets lists the UDP sockets of ns, read from its /proc/net/udp and
+// udp6 (a process sees the files of its own network namespace).
+func udpSockets(ns *netlab.Namespace) ([]udpSocket, error) {
+	out, err := ns.Command("cat", "/proc/net/udp", "/proc/net/udp6").Output()
+	if err != nil {
+		return nil, fmt.Errorf("read /proc/net/udp in %s: %v", ns, err)
+	}
+	return parseProcNetUDP(string(out))
+}
+
+// udpPortBound reports whether any UDP socket in ns is bound to port.
+func udpPortBound(ns *netlab.Namespace, port uint16) (bool, error) {
+	socks, err := udpSockets(ns)
+	for _, s := range socks {
+		if s.Local.Port() == port {
+			return true, nil
+		}
+	}
+	return false, err
+}
+
+// parseProcNetUDP parses /proc/net/udp{,6} text: after a header line, the
+// second and third columns are local and remote addresses as HEXADDR:HEXPORT,
+// the address being the raw network-order bytes printed as native-endian
+// 32-bit words.
+func parseProcNetUDP(text string) ([]udpSocket, error) {
+	var out []udpSocket
 	sc := bufio.NewScanner(strings.NewReader(text))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 2 {
+		if len(f) < 3 || f[0] == "sl" {
 			continue
 		}
-		_, hexPort, ok := strings.Cut(f[1], ":")
-		if !ok {
-			continue
+		local, err := parseProcAddr(f[1])
+		if err != nil {
+			return out, err
 		}
-		p, err := strconv.ParseUint(hexPort, 16, 16)
-		if err == nil && uint16(p) == port {
-			return true
+		remote, err := parseProcAddr(f[2])
+		if err != nil {
+			return out, err
 		}
+		out = append(out, udpSocket{Local: local, Remote: remote})
 	}
-	return false
+	return out, sc.Err()
 }
 
-func TestProcNetUDPHasPort(t *testing.T) {
-	const text = `   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-  512: 020012C6:04AA 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12345 2 0000000000000000 0
-  513: 010013C6:9C41 020013C6:04AB 01 00000000:00000000 00:00000000 00000000     0        0 12346 2 0000000000000000 0
-`
-	// 04AB is a remote port only; 9C41 is 40001.
-	for port, want := range map[uint16]bool{1194: true, 40001: true, 1195: false} {
-		if got := procNetUDPHasPort(text, port); got != want {
-			t.Errorf("port %d: got %v want %v", port, got, want)
+func parseProcAddr(s string) (netip.AddrPort, error) {
+	hexAddr, hexPort, ok := strings.Cut(s, ":")
+	if !ok || (len(hexAddr) != 8 && len(hexAddr) != 32) {
+		return netip.AddrPort{}, fmt.Errorf("bad /proc/net/udp address %q", s)
+	}
+	port, err := strconv.ParseUint(hexPort, 16, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad /proc/net/udp port in %q: %v", s, err)
+	}
+	raw := make([]byte, 0, 16)
+	for i := 0; i < len(hexAddr); i += 8 {
+		w, err := strconv.ParseUint(hexAddr[i:i+8], 16, 32)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("bad /proc/net/udp address %q: %v", s, err)
 		}
+		raw = binary.NativeEndian.AppendUint32(raw, uint32(w))
+	}
+	addr, _ := netip.AddrFromSlice(raw)
+	return netip.AddrPortFrom(addr.Unmap(), uint16(port)), nil
+}
+
+func TestParseProcNetUDP(t *testing.T) {
+	// The same sockets as the kernel prints them on this machine's byte order.
+	word := func(a netip.Addr) string {
+		b := a.As4()
+		return fmt.Sprintf("%08X", binary.NativeEndian.Uint32(b[:]))
+	}
+	a1, a2 := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.19.0.2")
+	v6 := netip.MustParseAddr("::ffff:198.19.0.1").As16()
+	var v6hex string
+	for i := 0; i < 16; i += 4 {
+		v6hex += fmt.Sprintf("%08X", binary.NativeEndian.Uint32(v6[i:i+4]))
+	}
+	text := fmt.Sprintf(`   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  512: %s:04AA 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12345 2 0000000000000000 0
+  513: %s:9C41 %s:04AB 01 00000000:00000000 00:00000000 00000000     0        0 12346 2 0000000000000000 0
+   sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+   77: %s:9C42 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 0
+`, word(a1), word(a1), word(a2), v6hex)
+	got, err := parseProcNetUDP(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []udpSocket{
+		{netip.MustParseAddrPort("198.18.0.2:1194"), netip.MustParseAddrPort("0.0.0.0:0")},
+		{netip.MustParseAddrPort("198.18.0.2:40001"), netip.MustParseAddrPort("198.19.0.2:1195")},
+		{netip.MustParseAddrPort("198.19.0.1:40002"), netip.MustParseAddrPort("[::]:0")},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("parseProcNetUDP:\n got %v\nwant %v", got, want)
 	}
 }
 
