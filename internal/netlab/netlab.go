@@ -6,10 +6,11 @@
 // teardown with t.Cleanup: processes it started are stopped, any other
 // process still living in one of its namespaces is killed, and the
 // namespaces (with every interface inside them) are deleted, whether the test
-// passed, failed or panicked in a subtest.
+// passed or failed (t.Fatal and panics included). Only a test binary killed
+// outright (go test's -timeout) skips its cleanups; see SweepStale.
 //
 // Namespace names are unique per lab and carry the creating process's id
-// ("umx-<pid>-<random>-<label>"), so parallel test binaries never clash and a
+// ("umx-<pid>-<random>-<n>-<label>"), so parallel test binaries never clash and a
 // later lab can remove namespaces left behind by a test binary that died
 // before its cleanup ran (see SweepStale).
 //
@@ -41,13 +42,15 @@ const Prefix = "umx-"
 // netnsDir is where iproute2 keeps named network namespaces.
 const netnsDir = "/run/netns"
 
-// ipPath is the resolved path of the ip command, found by RequireRoot.
+// The ip command's path, looked up once by lookupIP.
 var (
 	ipOnce sync.Once
 	ipPath string
 	ipErr  error
 )
 
+// lookupIP finds the ip command in PATH or, since test environments often
+// lack /usr/sbin in PATH, in the usual system directories.
 func lookupIP() (string, error) {
 	ipOnce.Do(func() {
 		ipPath, ipErr = exec.LookPath("ip")
@@ -168,7 +171,7 @@ func (l *Lab) NewNamespace(label string) *Namespace {
 	}
 	l.mu.Lock()
 	l.seq++
-	name := namespaceName(os.Getpid(), l.id, fmt.Sprintf("%s%d", label, l.seq))
+	name := namespaceName(os.Getpid(), l.id, fmt.Sprintf("%d-%s", l.seq, label))
 	l.mu.Unlock()
 	if _, err := runIP("netns", "add", name); err != nil {
 		l.t.Fatalf("netlab: %v", err)
@@ -284,8 +287,17 @@ func (n *Namespace) AddRoute(dst, via string) {
 // namespace has its own setting, off by default).
 func (n *Namespace) EnableForwarding() {
 	n.lab.t.Helper()
-	if out, err := n.Command("sysctl", "-q", "-w", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
-		n.lab.t.Fatalf("netlab: enable forwarding in %s: %v: %s", n.name, err, out)
+	n.Sysctl("net/ipv4/ip_forward", "1")
+}
+
+// Sysctl sets a network sysctl of the namespace: key is its path under
+// /proc/sys, such as "net/ipv4/ip_forward". It needs no sysctl command:
+// /proc/sys/net shows the namespace of the thread that opens it.
+func (n *Namespace) Sysctl(key, value string) {
+	n.lab.t.Helper()
+	path := filepath.Join("/proc/sys", filepath.Clean("/"+key))
+	if err := n.Do(func() error { return os.WriteFile(path, []byte(value+"\n"), 0o644) }); err != nil {
+		n.lab.t.Fatalf("netlab: sysctl %s=%s in %s: %v", key, value, n.name, err)
 	}
 }
 
@@ -295,9 +307,8 @@ func (n *Namespace) EnableForwarding() {
 // multicast listener reports into the test's traffic.
 func (n *Namespace) DisableIPv6() {
 	n.lab.t.Helper()
-	if out, err := n.Command("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1").CombinedOutput(); err != nil {
-		n.lab.t.Fatalf("netlab: disable IPv6 in %s: %v: %s", n.name, err, out)
-	}
+	n.Sysctl("net/ipv6/conf/all/disable_ipv6", "1")
+	n.Sysctl("net/ipv6/conf/default/disable_ipv6", "1")
 }
 
 // Command returns a command that runs name with args inside the namespace

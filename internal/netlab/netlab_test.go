@@ -261,3 +261,26 @@ func TestBridgeKeepsMAC(t *testing.T) {
 		t.Fatalf("bridge MAC changed from %s to %s when ports were attached", mac(before), mac(after))
 	}
 }
+
+// TestSysctl checks that Sysctl changes the namespace's setting and not the
+// host's.
+func TestSysctl(t *testing.T) {
+	lab := New(t)
+	n := lab.NewNamespace("sys")
+	host, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.EnableForwarding()
+	if got := strings.TrimSpace(n.Run("cat", "/proc/sys/net/ipv4/ip_forward")); got != "1" {
+		t.Fatalf("ip_forward in the namespace = %q; want 1", got)
+	}
+	after, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if string(after) != string(host) {
+		t.Fatalf("host ip_forward changed from %q to %q", host, after)
+	}
+	n.DisableIPv6()
+	if got := strings.TrimSpace(n.Run("cat", "/proc/sys/net/ipv6/conf/default/disable_ipv6")); got != "1" {
+		t.Fatalf("disable_ipv6 in the namespace = %q; want 1", got)
+	}
+}
