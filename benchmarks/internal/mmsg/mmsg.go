@@ -54,24 +54,6 @@ func (b *Batch) Len(i int) int { return int(b.Hdrs[i].Len) }
 // SetLen sets how many bytes of slot i's buffer the next Send transmits.
 func (b *Batch) SetLen(i, n int) { b.iovs[i].SetLen(n) }
 
-// Addr returns the peer address Recv stored in slot i (IPv4 or IPv6), or the
-// zero AddrPort if the batch has no addresses or the family is unknown.
-func (b *Batch) Addr(i int) netip.AddrPort {
-	if b.names == nil {
-		return netip.AddrPort{}
-	}
-	sa := &b.names[i]
-	port := uint16(sa.Port>>8 | sa.Port<<8)
-	switch sa.Family {
-	case unix.AF_INET:
-		v4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		return netip.AddrPortFrom(netip.AddrFrom4(v4.Addr), port)
-	case unix.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port)
-	}
-	return netip.AddrPort{}
-}
-
 // Recv reads up to len(b.Hdrs) datagrams from fd with recvmmsg(2) and returns
 // how many arrived. flags are recvmmsg flags such as MSG_WAITFORONE or
 // MSG_DONTWAIT. Each slot's buffer length and address length are reset first,
