@@ -64,13 +64,12 @@ func (v *vpnLab) wait(d time.Duration) time.Duration {
 	return max(min(d, time.Until(v.end)), 0)
 }
 
-// newVPNLab builds the lab; its logs are printed if the test fails, or
-// always with UDPMUX_E2E_DUMP=1.
-//
 // newVPNLab builds the namespaces and starts both OpenVPN servers. With
 // direct set, the udpmux namespace routes between clients and backends (no
-// udpmux runs); otherwise it does not forward, so that clients can reach
-// the backends only through a process in it.
+// udpmux runs); otherwise it does not forward and the clients have no route
+// to the backends, so that they can reach them only through a process in
+// it. The lab's logs are printed if the test fails, or always with
+// UDPMUX_E2E_DUMP=1.
 func newVPNLab(t *testing.T, direct bool) *vpnLab {
 	t.Helper()
 	requireOpenVPN(t)
@@ -118,8 +117,7 @@ func (v *vpnLab) addClients(n int, remote func(i int) netip.AddrPort) []*ovpnCli
 		}
 		ns := v.lab.NewNamespace(fmt.Sprintf("client%d", i))
 		ns.DisableIPv6()
-		addr := netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)})
-		_, muxIf := v.lab.Connect(ns, netip.PrefixFrom(addr, 24).String(), v.mux, "")
+		_, muxIf := v.lab.Connect(ns, netip.PrefixFrom(clientAddr(i), 24).String(), v.mux, "")
 		v.mux.SetMaster(muxIf, v.bridge)
 		if v.direct {
 			ns.AddRoute("198.19.0.0/24", muxFrontAddr.String())
