@@ -48,9 +48,9 @@ func (e *Entry[V]) Expires() int64 { return e.expires.Load() }
 // Touch moves the deadline of e forward to deadline, but only if that moves
 // it by more than TouchGranularity: a flow is touched on every packet, and
 // skipping the store keeps the entry's cache line clean and shared between
-// the cores that look it up. Touch never moves a deadline backwards.
-// Concurrent Touch calls are safe; the deadline ends up within
-// TouchGranularity of the latest one.
+// the cores that look it up. Touch does not move a deadline backwards,
+// except that of two concurrent calls the one with the earlier deadline
+// may win.
 func (e *Entry[V]) Touch(deadline int64) {
 	if deadline-e.expires.Load() > TouchGranularity {
 		e.expires.Store(deadline)

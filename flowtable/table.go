@@ -91,9 +91,10 @@ type Table[V any] struct {
 // the head of the overflow chain.
 const slotsPerBucket = 6
 
-// entriesPerBucket is the average number of entries per bucket in a full
-// table (between half and all of it, as bucket counts are powers of two).
-// With 6 slots, a few percent of entries overflow into the chain at most.
+// entriesPerBucket is the most entries per bucket, on average, that a full
+// table holds; rounding bucket counts up to powers of two can halve it. At
+// this load about 5% of the entries of a full table overflow into chains,
+// and the buckets cost 16 to 32 bytes per entry.
 const entriesPerBucket = 4
 
 type bucket[V any] struct {
