@@ -499,10 +499,29 @@ func SweepStale() []string {
 	return removed
 }
 
-// processAlive reports whether a process with this id exists.
+// processAlive reports whether a process with this id exists and is not a
+// zombie (a killed test binary stays a zombie until its parent reaps it).
 func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	return !zombieStat(string(stat))
+}
+
+// zombieStat reports whether a /proc/PID/stat line shows a zombie or dead
+// process: the state is the first field after the command name, which is
+// parenthesised and may itself contain spaces and parentheses.
+func zombieStat(stat string) bool {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(stat[i+1:])
+	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
 }
 
 // Namespaces lists the names of existing namespaces created by this package

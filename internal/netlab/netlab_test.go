@@ -69,6 +69,20 @@ func TestProcessAlive(t *testing.T) {
 	}
 }
 
+func TestZombieStat(t *testing.T) {
+	for stat, want := range map[string]bool{
+		"1234 (e2e.test) Z 1 1234 1234 0 -1":     true,
+		"1234 (a) b) (c) X 1 1234":               true,
+		"1234 (openvpn) S 1 1234 1234 0 -1 4194": false,
+		"1234 (Z) R 1":                           false,
+		"garbage":                                false,
+	} {
+		if got := zombieStat(stat); got != want {
+			t.Errorf("zombieStat(%q) = %v; want %v", stat, got, want)
+		}
+	}
+}
+
 // TestLab builds two namespaces joined through a bridge in a third and
 // routed to a fourth, checks connectivity with ping, runs a long process and
 // checks that teardown removes everything.
