@@ -32,8 +32,8 @@ type forwarded struct {
 }
 
 const (
-	inboxSlots = 1024
-	inboxBytes = 1 << 20
+	inboxSlots = 2048
+	inboxBytes = 2 << 20
 )
 
 func newInbox() *inbox {

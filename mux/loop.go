@@ -57,12 +57,18 @@ type loop struct {
 	// on first use.
 	inboxes  []atomic.Pointer[inbox]
 	toWake   []bool // loops this loop forwarded to during the current batch
+	// deferred holds, in arrival order, datagrams for other loops whose
+	// inboxes were full; while it is not empty the loop reads no socket, so
+	// the backlog waits in the kernel's queues instead of being dropped.
+	deferred      []deferredForward
+	deferredBytes int
 	wakeBuf  [8]byte
 	one      [8]byte // eventfd increment; written once, read by every signaller
 	stopping atomic.Bool
 
 	ctlMu sync.Mutex
 	ctl   []closeRequest // closes asked for from other goroutines and loops
+	pause *pauseRequest  // a freeze asked for by Server.Freeze
 
 	// upstreams holds the sessions whose own sockets this loop watches,
 	// by slot; freeSlots lists the empty slots.
@@ -156,7 +162,10 @@ func (l *loop) run() {
 			break
 		}
 		l.now = session.Clock()
-		for i := 0; i < n; i++ {
+		if len(l.deferred) > 0 {
+			l.retryDeferred()
+		}
+		for i := 0; i < n && !l.stopping.Load(); i++ {
 			ev := &l.events[i]
 			switch ev.Fd {
 			case tokenWake:
@@ -184,6 +193,9 @@ const sweepInterval = time.Second
 const sweepTicks = 10
 
 func (l *loop) waitMillis() int {
+	if len(l.deferred) > 0 {
+		return 1 // retry soon: the other loop frees inbox room as it drains
+	}
 	ms := (l.nextSweep - l.now) / int64(time.Millisecond)
 	return int(max(ms, 1))
 }
@@ -220,6 +232,9 @@ func (l *loop) expire(e *flowtable.Entry[*session.Session]) {
 // readSocket reads and dispatches batches from one listener socket until it
 // is empty or the round limit is reached.
 func (l *loop) readSocket(ls *loopSocket) {
+	if len(l.deferred) > 0 && !l.retryDeferred() {
+		return // level-triggered: the socket is offered again next round
+	}
 	for round := 0; round < readRounds; round++ {
 		n, err := l.rx.Recv(ls.sock.FD)
 		if err != nil {
@@ -411,20 +426,62 @@ func (l *loop) readUpstream(slot int32) {
 	}
 }
 
-// forward passes p to the loop that owns s.
+// maxDeferredBytes bounds the datagrams a loop holds for full inboxes;
+// beyond it they are dropped and counted.
+const maxDeferredBytes = 32 << 20
+
+// deferredForward is a datagram waiting for room in another loop's inbox.
+type deferredForward struct {
+	owner int
+	s     *session.Session
+	peer  netip.AddrPort
+	p     []byte
+}
+
+// forward passes p to the loop that owns s. If that loop's inbox is full,
+// or earlier datagrams already wait, p waits too, copied, in order.
 func (l *loop) forward(ls *loopSocket, owner int, s *session.Session, peer netip.AddrPort, p []byte) {
+	ls.stats.forwarded.inc()
+	l.toWake[owner] = true
+	if len(l.deferred) == 0 && l.push(owner, s, peer, p) {
+		return
+	}
+	if l.deferredBytes+len(p) > maxDeferredBytes {
+		ls.stats.forwardDrops.inc()
+		return
+	}
+	l.deferred = append(l.deferred, deferredForward{owner: owner, s: s, peer: peer, p: append([]byte(nil), p...)})
+	l.deferredBytes += len(p)
+}
+
+// push puts p into owner's inbox from this loop.
+func (l *loop) push(owner int, s *session.Session, peer netip.AddrPort, p []byte) bool {
 	dst := l.srv.loops[owner]
 	q := dst.inboxes[l.id].Load()
 	if q == nil {
 		q = newInbox()
 		dst.inboxes[l.id].Store(q)
 	}
-	if !q.push(s, peer, p) {
-		ls.stats.forwardDrops.inc()
-		return
+	return q.push(s, peer, p)
+}
+
+// retryDeferred moves waiting datagrams into inboxes, oldest first, and
+// reports whether none is left.
+func (l *loop) retryDeferred() bool {
+	i := 0
+	for ; i < len(l.deferred); i++ {
+		f := &l.deferred[i]
+		if !l.push(f.owner, f.s, f.peer, f.p) {
+			l.toWake[f.owner] = true
+			break
+		}
+		l.toWake[f.owner] = true
+		l.deferredBytes -= len(f.p)
 	}
-	ls.stats.forwarded.inc()
-	l.toWake[owner] = true
+	n := copy(l.deferred, l.deferred[i:])
+	clear(l.deferred[n:])
+	l.deferred = l.deferred[:n]
+	return n == 0
 }
 
 // onWake serves what other goroutines and loops left for this loop.
@@ -436,13 +493,32 @@ func (l *loop) onWake() {
 		}
 	}
 	l.ctlMu.Lock()
-	reqs := l.ctl
-	l.ctl = nil
+	reqs, pause := l.ctl, l.pause
+	l.ctl, l.pause = nil, nil
 	l.ctlMu.Unlock()
 	for _, r := range reqs {
 		l.end(r.s, r.r)
 	}
 	l.endBatch()
+	if pause != nil {
+		// Paused between batches: nothing half-handled, every send flushed.
+		pause.paused <- struct{}{}
+		<-pause.resume
+		l.now = session.Clock()
+	}
+}
+
+// pauseRequest stops a loop: it acknowledges on paused and waits for resume.
+type pauseRequest struct {
+	paused chan<- struct{}
+	resume <-chan struct{}
+}
+
+func (l *loop) requestPause(p *pauseRequest) {
+	l.ctlMu.Lock()
+	l.pause = p
+	l.ctlMu.Unlock()
+	l.signal()
 }
 
 // request queues a close for this loop from any goroutine.
@@ -553,6 +629,7 @@ func (l *loop) stop() {
 
 // shutdown ends the loop's sessions and closes its descriptors.
 func (l *loop) shutdown() {
+	reason := session.Reason(l.srv.endReason.Load())
 	var mine []*session.Session
 	l.srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
 		if e.Value.LoopID() == l.id {
@@ -561,7 +638,7 @@ func (l *loop) shutdown() {
 		return true
 	})
 	for _, s := range mine {
-		l.end(s, session.ReasonShutdown)
+		l.end(s, reason)
 	}
 	l.endBatch()
 	l.close()

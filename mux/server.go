@@ -51,6 +51,10 @@ type Config struct {
 	Listeners []ListenerConfig
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Inherit, when set, is a predecessor's state to take over: its sockets
+	// replace the ones New would open (and fix the number of loops), and its
+	// sessions are restored.
+	Inherit *Inheritance
 }
 
 // ListenerConfig is one served address.
@@ -88,6 +92,14 @@ type Server struct {
 
 	serving      atomic.Bool
 	lastRefusalL atomic.Int64 // Clock reading of the last table-full log
+
+	// endReason is what sessions are told when the loops stop: shutdown,
+	// or handoff once a successor has taken them.
+	endReason atomic.Uint32
+	frozen    chan struct{} // closed to resume loops paused by Freeze
+	stopOnce  sync.Once
+	stopped   chan struct{} // closed when the server must stop serving
+	restored  RestoreStats
 }
 
 // New validates cfg and opens every socket, so that a bad address or a port
@@ -104,7 +116,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("flow table: %w", err)
 	}
-	srv := &Server{cfg: cfg, log: cfg.Logger, table: table}
+	srv := &Server{cfg: cfg, log: cfg.Logger, table: table, stopped: make(chan struct{})}
+	srv.endReason.Store(uint32(session.ReasonShutdown))
 	for i, lc := range cfg.Listeners {
 		srv.listeners = append(srv.listeners, &listener{
 			name: lc.Name, scope: uint16(i), addr: lc.Address,
@@ -115,13 +128,33 @@ func New(cfg Config) (*Server, error) {
 		srv.closeLoops()
 		return nil, err
 	}
+	if cfg.Inherit != nil {
+		if srv.restored, err = srv.restore(cfg.Inherit); err != nil {
+			srv.closeLoops()
+			return nil, fmt.Errorf("inherited sessions: %w", err)
+		}
+	}
 	srv.logFeatures()
 	return srv, nil
 }
 
+// Restored says what became of the sessions in Config.Inherit.
+func (srv *Server) Restored() RestoreStats { return srv.restored }
+
 func (c *Config) fill(ncpu int) error {
 	if c.Workers < 0 {
 		return fmt.Errorf("workers: %d is negative", c.Workers)
+	}
+	if c.Inherit != nil {
+		n, err := c.Inherit.workers()
+		if err != nil {
+			return err
+		}
+		if c.Workers != 0 && c.Workers != n && c.Logger != nil {
+			c.Logger.Warn("keeping the predecessor's number of loops: changing it would move flows between sockets",
+				"workers", n, "configured", c.Workers)
+		}
+		c.Workers = n
 	}
 	if c.Workers == 0 {
 		c.Workers = ncpu
@@ -193,13 +226,28 @@ func (srv *Server) openLoops(cpus []int) error {
 		}
 		srv.loops = append(srv.loops, l)
 	}
+	var used []bool
+	if inh := srv.cfg.Inherit; inh != nil {
+		used = make([]bool, len(inh.Listeners))
+		defer inh.closeUnused(used, srv.log.Warn)
+	}
 	for _, ln := range srv.listeners {
 		addr := ln.addr
-		for _, l := range srv.loops {
-			sock, err := udpsys.ListenUDP(addr, udpsys.ListenConfig{
+		var inherited []*udpsys.Socket
+		if inh := srv.cfg.Inherit; inh != nil {
+			var err error
+			if inherited, err = inh.adopt(addr, used); err != nil {
+				return fmt.Errorf("listener %s: %w", ln.name, err)
+			}
+		}
+		for i, l := range srv.loops {
+			var sock *udpsys.Socket
+			var err error
+			if inherited != nil {
+				sock = inherited[i]
+			} else if sock, err = udpsys.ListenUDP(addr, udpsys.ListenConfig{
 				IncomingCPU: l.cpu, RecvBuffer: srv.cfg.RecvBuffer, SendBuffer: srv.cfg.SendBuffer,
-			})
-			if err != nil {
+			}); err != nil {
 				return fmt.Errorf("listener %s: %w", ln.name, err)
 			}
 			if err := l.addSocket(ln, sock); err != nil {
@@ -249,6 +297,18 @@ func (srv *Server) refusalLog(listener string, err error) {
 		"sessions", srv.table.Len(), "max", srv.table.Capacity())
 }
 
+// Workers returns the number of event loops.
+func (srv *Server) Workers() int { return len(srv.loops) }
+
+// ListenerNames returns the listeners' names, indexed by Session.Scope.
+func (srv *Server) ListenerNames() []string {
+	names := make([]string, len(srv.listeners))
+	for i, ln := range srv.listeners {
+		names[i] = ln.name
+	}
+	return names
+}
+
 // Addr returns the bound address of the listener at index i.
 func (srv *Server) Addr(i int) netip.AddrPort { return srv.listeners[i].addr }
 
@@ -268,13 +328,19 @@ func (srv *Server) Serve(ctx context.Context) error {
 		}()
 	}
 	srv.log.Info("serving", "workers", len(srv.loops), "listeners", len(srv.listeners))
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-srv.stopped:
+	}
 	for _, l := range srv.loops {
 		l.stop()
 	}
 	wg.Wait()
 	return nil
 }
+
+// stop makes Serve return.
+func (srv *Server) stop() { srv.stopOnce.Do(func() { close(srv.stopped) }) }
 
 // closeLoops releases what New opened when it fails.
 func (srv *Server) closeLoops() {

@@ -245,3 +245,65 @@ func (h *Handler) Stats() Stats {
 	}
 	return st
 }
+
+// ExportSession returns the session's backend address, which the successor
+// maps to its own backend list.
+func (h *Handler) ExportSession(s *session.Session) ([]byte, error) {
+	u := s.State().(*upstream)
+	return h.backends[u.backend].MarshalBinary()
+}
+
+// ImportSession adopts a predecessor's session: its upstream socket is the
+// same kernel socket, so the backend sees the same source address:port. A
+// session whose backend the new configuration dropped, or that the new limits
+// refuse, is refused.
+func (h *Handler) ImportSession(s *session.Session, state []byte, fd int) error {
+	var addr netip.AddrPort
+	if err := addr.UnmarshalBinary(state); err != nil {
+		return fmt.Errorf("proxy: session state: %w", err)
+	}
+	backend := -1
+	for i, b := range h.backends {
+		if b == addr {
+			backend = i
+		}
+	}
+	if backend < 0 {
+		return fmt.Errorf("proxy: backend %s is no longer configured", addr)
+	}
+	if fd < 0 {
+		return errors.New("proxy: session arrived without its upstream socket")
+	}
+	if err := checkConnected(fd, addr); err != nil {
+		return err
+	}
+	src := s.PeerAddr().Addr()
+	if !h.sources.Acquire(src) {
+		return ErrSourceLimited
+	}
+	if !h.sockets.Acquire() {
+		h.sources.Release(src)
+		return ErrSocketLimited
+	}
+	if err := s.Attach(fd); err != nil {
+		h.sockets.Release()
+		h.sources.Release(src)
+		return err
+	}
+	s.SetState(&upstream{fd: fd, backend: backend, source: src})
+	h.bal.Opened(backend)
+	return nil
+}
+
+// checkConnected verifies that an inherited descriptor is a UDP socket
+// connected to the backend its record names.
+func checkConnected(fd int, backend netip.AddrPort) error {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return fmt.Errorf("proxy: upstream socket: %w", err)
+	}
+	if got := udpsys.AddrPortOf(sa); netip.AddrPortFrom(got.Addr().Unmap(), got.Port()) != backend {
+		return fmt.Errorf("proxy: upstream socket is connected to %s, not backend %s", got, backend)
+	}
+	return nil
+}

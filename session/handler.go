@@ -35,6 +35,20 @@ type UpstreamHandler interface {
 	UpstreamError(s *Session, err error)
 }
 
+// Migrator is a Handler whose sessions can move to a successor process
+// during a restart. A handler that is not a Migrator keeps its sessions in the
+// old process until they end.
+type Migrator interface {
+	Handler
+	// ExportSession returns s's state for the successor. It runs while every
+	// loop is paused, so it may read s's state without locks.
+	ExportSession(s *Session) ([]byte, error)
+	// ImportSession restores state in the successor before s serves. upstream
+	// is the socket s had attached in the old process (-1 for none), now a
+	// descriptor of this process; the handler attaches it again.
+	ImportSession(s *Session, state []byte, upstream int) error
+}
+
 // Echo is a Handler that sends every datagram back to its peer.
 type Echo struct{}
 
@@ -46,6 +60,12 @@ func (Echo) Datagram(s *Session, p []byte) { s.Write(p) }
 
 // Close does nothing: an echo session has no state.
 func (Echo) Close(*Session, Reason) {}
+
+// ExportSession returns no state: an echo session has none.
+func (Echo) ExportSession(*Session) ([]byte, error) { return nil, nil }
+
+// ImportSession restores nothing.
+func (Echo) ImportSession(*Session, []byte, int) error { return nil }
 
 // Discard is a Handler that drops every datagram: a sink, for measuring the
 // receive path alone.
@@ -59,3 +79,9 @@ func (Discard) Datagram(*Session, []byte) {}
 
 // Close does nothing.
 func (Discard) Close(*Session, Reason) {}
+
+// ExportSession returns no state.
+func (Discard) ExportSession(*Session) ([]byte, error) { return nil, nil }
+
+// ImportSession restores nothing.
+func (Discard) ImportSession(*Session, []byte, int) error { return nil }

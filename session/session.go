@@ -104,22 +104,38 @@ type Config struct {
 	IdleTimeout time.Duration
 	// Now is the engine's clock reading (see Clock) at creation.
 	Now int64
+	// A session restored from a predecessor process keeps its creation time,
+	// counters and remaining idle time; zero values mean a new session.
+	Created  time.Time
+	Stats    Stats
+	IdleLeft time.Duration
 }
 
 // New returns a session that is not yet open. Engine use.
 func New(c Config) *Session {
 	s := &Session{
-		local:   c.Local,
-		scope:   c.Scope,
-		peer:    c.Peer,
-		created: time.Now(),
-		idle:    c.IdleTimeout,
+		local:    c.Local,
+		scope:    c.Scope,
+		peer:     c.Peer,
+		created:  c.Created,
+		idle:     c.IdleTimeout,
 		loop:     c.Loop,
 		handler:  c.Handler,
 		upstream: -1,
 	}
+	if s.created.IsZero() {
+		s.created = time.Now()
+	}
+	s.rxPackets.Store(c.Stats.RxPackets)
+	s.rxBytes.Store(c.Stats.RxBytes)
+	s.txPackets.Store(c.Stats.TxPackets)
+	s.txBytes.Store(c.Stats.TxBytes)
+	left := c.IdleLeft
+	if left <= 0 || left > c.IdleTimeout {
+		left = c.IdleTimeout
+	}
 	s.entry.Init(c.Key, s)
-	s.entry.Touch(c.Now + int64(c.IdleTimeout))
+	s.entry.Touch(c.Now + int64(left))
 	return s
 }
 

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +29,12 @@ type fileConfig struct {
 	Listeners   []listenerConfig `mapstructure:"listeners"`
 	Sessions    sessionsConfig   `mapstructure:"sessions"`
 	Log         logConfig        `mapstructure:"log"`
+	Control     controlConfig    `mapstructure:"control"`
+}
+
+type controlConfig struct {
+	Socket         string `mapstructure:"socket"`
+	HandoffTimeout string `mapstructure:"handoff_timeout"`
 }
 
 type socketConfig struct {
@@ -66,12 +75,28 @@ var defaults = map[string]any{
 	"sessions.max_per_source":       0,
 	"sessions.max_upstream_sockets": 0,
 	"log.level":                     "info",
+	"control.socket":                defaultControlSocket,
+	"control.handoff_timeout":       "10s",
 }
 
 // loadConfig reads path with UDPMUX_ environment overrides and checks it.
 func loadConfig(path string) (*config, error) {
+	text, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	cfg, err := parseConfig(text)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// parseConfig reads a config file's text with UDPMUX_ environment overrides
+// and checks it. The text is kept: a successor process sends it to its
+// predecessor, which checks it before it stops reading.
+func parseConfig(text []byte) (*config, error) {
 	v := viper.New()
-	v.SetConfigFile(path)
 	v.SetConfigType("yaml")
 	for k, val := range defaults {
 		v.SetDefault(k, val)
@@ -79,14 +104,19 @@ func loadConfig(path string) (*config, error) {
 	v.SetEnvPrefix("UDPMUX")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
-	if err := v.ReadInConfig(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+	if err := v.ReadConfig(bytes.NewReader(text)); err != nil {
+		return nil, fmt.Errorf("read: %w", err)
 	}
 	var fc fileConfig
 	if err := v.UnmarshalExact(&fc); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, cleanDecodeError(err))
+		return nil, cleanDecodeError(err)
 	}
-	return fc.check()
+	cfg, err := fc.check()
+	if err != nil {
+		return nil, err
+	}
+	cfg.text = text
+	return cfg, nil
 }
 
 // cleanDecodeError turns mapstructure's report into "key: problem" lines.
@@ -104,6 +134,11 @@ type config struct {
 	// backends and balance per listener, for handlers that need them.
 	listeners []listenerConfig
 	limits    proxyLimits
+	// controlSocket is the control socket's path; handoffTimeout bounds how
+	// long a predecessor stays paused for its successor.
+	controlSocket  string
+	handoffTimeout time.Duration
+	text           []byte
 }
 
 // proxyLimits are shared by every proxy listener: the bounds are per process.
@@ -124,6 +159,18 @@ func (fc *fileConfig) check() (*config, error) {
 	if fc.Workers < 0 {
 		return nil, fmt.Errorf("workers: %d is negative (0 means one per CPU)", fc.Workers)
 	}
+	if fc.Control.Socket == "" || !filepath.IsAbs(fc.Control.Socket) {
+		return nil, fmt.Errorf("control.socket: %q is not an absolute path", fc.Control.Socket)
+	}
+	if len(fc.Control.Socket) > 107 {
+		return nil, fmt.Errorf("control.socket: %d bytes is longer than a Unix socket path may be (107)", len(fc.Control.Socket))
+	}
+	c.controlSocket = fc.Control.Socket
+	d, err := time.ParseDuration(fc.Control.HandoffTimeout)
+	if err != nil || d <= 0 {
+		return nil, fmt.Errorf("control.handoff_timeout: %q is not a positive duration such as 10s", fc.Control.HandoffTimeout)
+	}
+	c.handoffTimeout = d
 	if fc.Batch < 1 || fc.Batch > mux.MaxBatch {
 		return nil, fmt.Errorf("batch: %d is not within 1..%d", fc.Batch, mux.MaxBatch)
 	}

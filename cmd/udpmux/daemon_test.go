@@ -20,7 +20,8 @@ func TestDaemonServesAndStopsOnSIGTERM(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	cfg := writeConfig(t, "workers: 2\nlisteners:\n  - {name: echo, handler: echo, address: \"127.0.0.1:0\"}\n")
+	cfg := writeConfig(t, "workers: 2\ncontrol: {socket: "+filepath.Join(t.TempDir(), "ctl.sock")+"}\n"+
+		"listeners:\n  - {name: echo, handler: echo, address: \"127.0.0.1:0\"}\n")
 	cmd := exec.Command(bin, "-c", cfg)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -13,11 +13,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
 )
 
@@ -32,14 +39,19 @@ func main() {
 // run executes one command line and returns the process's exit code.
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "validate" || args[0] == "version") {
-		cmd, args = args[0], args[1:]
+	if len(args) > 0 {
+		switch args[0] {
+		case "validate", "version", "status", "sessions":
+			cmd, args = args[0], args[1:]
+		}
 	}
 	fs := flag.NewFlagSet("udpmux "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("c", "", "config file (YAML)")
+	sock := fs.String("s", "", "control socket (status, sessions); default: control.socket of -c, or "+defaultControlSocket)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage:\n  udpmux -c config.yaml\n  udpmux validate -c config.yaml\n  udpmux version\n")
+		fmt.Fprintf(stderr, "usage:\n  udpmux -c config.yaml\n  udpmux validate -c config.yaml\n"+
+			"  udpmux status [-c config.yaml | -s socket]\n  udpmux sessions [-c config.yaml | -s socket]\n  udpmux version\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -53,6 +65,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cmd == "version" {
 		fmt.Fprintln(stdout, "udpmux", buildVersion())
 		return 0
+	}
+	if cmd == "status" || cmd == "sessions" {
+		return query(cmd, *path, *sock, stdout, stderr)
 	}
 	if *path == "" {
 		fmt.Fprintln(stderr, "udpmux: -c config.yaml is required")
@@ -75,6 +90,32 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+const defaultControlSocket = "/run/udpmux/udpmux.sock"
+
+// query asks the running udpmux for its status or its sessions.
+func query(cmd, path, sock string, stdout, stderr io.Writer) int {
+	if sock == "" && path != "" {
+		cfg, err := loadConfig(path)
+		if err != nil {
+			fmt.Fprintf(stderr, "udpmux: config: %v\n", err)
+			return 1
+		}
+		sock = cfg.controlSocket
+	}
+	if sock == "" {
+		sock = defaultControlSocket
+	}
+	t := handoff.TypeStatus
+	if cmd == "sessions" {
+		t = handoff.TypeSessionList
+	}
+	if err := request(sock, t, stdout); err != nil {
+		fmt.Fprintf(stderr, "udpmux %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
 func buildVersion() string {
 	if version != "" {
 		return version
@@ -85,7 +126,9 @@ func buildVersion() string {
 	return "(devel)"
 }
 
-// serve runs the server until SIGTERM or SIGINT.
+// serve runs the server until SIGTERM or SIGINT, or until a successor has
+// taken over. If another udpmux answers on the control socket, this process
+// takes its sockets and sessions instead of opening new ones.
 func serve(cfg *config, stderr io.Writer) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
@@ -93,23 +136,110 @@ func serve(cfg *config, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	cfg.mux.Logger = log
-	srv, err := mux.New(cfg.mux)
+	// The binary as it is on disk now, for SIGUSR2: resolved before anyone
+	// replaces it.
+	exe, exeErr := os.Executable()
+
+	start := time.Now()
+	inh, err := takeOver(cfg)
 	if err != nil {
 		return err
 	}
+	if inh != nil {
+		cfg.mux.Inherit = inh.mux
+	}
+	srv, err := mux.New(cfg.mux)
+	if err != nil {
+		if inh != nil {
+			unix.Close(inh.control)
+			inh.abort(err)
+		}
+		return err
+	}
+	ln, err := openControl(cfg, inh, srv)
+	if err != nil {
+		return err
+	}
+	if inh != nil {
+		r := srv.Restored()
+		log.Info("took over from predecessor", "sessions_restored", r.Restored, "sessions_dropped", r.Dropped,
+			"took", time.Since(start))
+	}
+	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, finished: make(chan struct{})}
+	go ctl.serve()
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	upgrade := make(chan os.Signal, 1)
+	signal.Notify(upgrade, syscall.SIGUSR2)
+	defer signal.Stop(upgrade)
+	go func() {
+		for range upgrade {
+			if exeErr != nil {
+				log.Error("cannot upgrade: own executable unknown", "err", exeErr)
+				continue
+			}
+			startSuccessor(exe, log)
+		}
+	}()
 	for i, lc := range cfg.mux.Listeners {
 		log.Info("listening", "listener", lc.Name, "address", srv.Addr(i).String(),
 			"dissector", fmt.Sprintf("%T", lc.Dissector), "idle_timeout", lc.IdleTimeout)
 	}
+	daemon.SdNotify(false, fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
 	if err := srv.Serve(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
+	select {
+	case <-ctl.finished:
+		// The successor owns the control socket file now.
+	default:
+		ln.SetUnlinkOnClose(true)
+	}
+	ln.Close()
 	st := srv.Stats()
 	for _, ls := range st.Listeners {
 		log.Info("stopped", "listener", ls.Name, "rx", ls.RxDatagrams, "tx", ls.TxDatagrams,
-			"sessions_opened", ls.SessionsOpened, "kernel_drops", ls.KernelDrops, "truncated", ls.Truncated)
+			"sessions_opened", ls.SessionsOpened, "kernel_drops", ls.KernelDrops, "truncated", ls.Truncated,
+			"forward_drops", ls.ForwardDrops, "send_drops", ls.SendDrops, "send_errors", ls.SendErrors)
 	}
 	return nil
+}
+
+// openControl opens the control socket, or adopts the predecessor's and
+// confirms the takeover; after a failed confirmation this process must not
+// serve.
+func openControl(cfg *config, inh *inherited, srv *mux.Server) (*net.UnixListener, error) {
+	if inh == nil {
+		ln, err := listenControl(cfg.controlSocket)
+		if err != nil {
+			srv.Close()
+		}
+		return ln, err
+	}
+	ln, err := controlFromFD(inh.control)
+	if err != nil {
+		srv.Close()
+		inh.abort(err)
+		return nil, err
+	}
+	if err := inh.confirm(); err != nil {
+		srv.Close()
+		ln.Close()
+		return nil, fmt.Errorf("handoff: %w", err)
+	}
+	return ln, nil
+}
+
+// startSuccessor starts the binary with this process's arguments; the new
+// process finds this one on the control socket and takes over.
+func startSuccessor(exe string, log *slog.Logger) {
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		log.Error("cannot start successor", "exe", exe, "err", err)
+		return
+	}
+	log.Info("started successor", "pid", cmd.Process.Pid, "exe", exe)
+	go cmd.Wait()
 }

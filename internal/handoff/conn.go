@@ -44,6 +44,7 @@ const (
 	TypeSessionList               // client → owner: request the session list
 	TypeText                      // owner → client: a chunk of a text reply
 	TypeTextEnd                   // owner → client: end of a text reply
+	TypeDone                      // owner → successor: confirmed; the owner stops for good
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)

@@ -157,3 +157,33 @@ func DialUDP(remote netip.AddrPort) (*Socket, error) {
 	}
 	return &Socket{FD: fd, Family: family, Local: AddrPortOf(sa)}, nil
 }
+
+// SocketFromFD adopts fd, a UDP socket inherited from another process, and
+// reads back its family, address and buffer sizes.
+func SocketFromFD(fd int) (*Socket, error) {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
+	}
+	if typ != unix.SOCK_DGRAM {
+		return nil, fmt.Errorf("descriptor %d: socket type %d is not SOCK_DGRAM", fd, typ)
+	}
+	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, fmt.Errorf("descriptor %d: getsockname: %w", fd, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
+	}
+	unix.CloseOnExec(fd)
+	s := &Socket{FD: fd, Family: family, Local: AddrPortOf(sa)}
+	s.Wildcard = s.Local.Addr().IsUnspecified()
+	if err := s.sizeBuffers(0, 0); err != nil {
+		return nil, err
+	}
+	return s, nil
+}

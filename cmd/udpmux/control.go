@@ -1,0 +1,200 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/handoff"
+	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/session"
+)
+
+// control serves the control socket: status and session listings for the
+// udpmux commands, and the handoff of everything to a successor process.
+type control struct {
+	ln       *net.UnixListener
+	srv      *mux.Server
+	cfg      *config
+	log      *slog.Logger
+	started  time.Time
+	handing  atomic.Bool   // a handoff is under way; a second one is refused
+	finished chan struct{} // closed once a successor has taken over
+}
+
+// listenControl opens the control socket at path with mode 0600. A socket
+// file that nobody answers on is left over from a process that died, and is
+// replaced.
+func listenControl(path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if c, err := handoff.Dial(path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s: another udpmux answers on it", path)
+		}
+		os.Remove(path)
+	}
+	old := unix.Umask(0o177)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	// The successor inherits the socket; the file must outlive this process.
+	ln.SetUnlinkOnClose(false)
+	return ln, nil
+}
+
+// controlFromFD adopts the control socket a predecessor handed over.
+func controlFromFD(fd int) (*net.UnixListener, error) {
+	f := os.NewFile(uintptr(fd), "control")
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("inherited control socket: %w", err)
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("inherited control socket is a %T", l)
+	}
+	ul.SetUnlinkOnClose(false)
+	return ul, nil
+}
+
+// serve accepts control connections until the listener closes.
+func (c *control) serve() {
+	for {
+		uc, err := c.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		go c.handle(uc)
+	}
+}
+
+// handle serves one control connection from a permitted peer.
+func (c *control) handle(uc *net.UnixConn) {
+	defer uc.Close()
+	cred, err := handoff.PeerCredentials(uc)
+	if err != nil {
+		c.log.Warn("control connection refused: no peer credentials", "err", err)
+		return
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
+		c.log.Warn("control connection refused: peer is another user", "peer_uid", cred.Uid, "peer_pid", cred.Pid)
+		return
+	}
+	conn := handoff.NewConn(uc)
+	conn.SetDeadline(time.Now().Add(c.cfg.handoffTimeout))
+	typ, payload, fds, err := conn.Recv()
+	closeFDs(fds)
+	if err != nil {
+		c.log.Warn("control request unreadable", "peer_pid", cred.Pid, "err", err)
+		return
+	}
+	switch typ {
+	case handoff.TypeStatus:
+		c.reply(conn, c.status())
+	case handoff.TypeSessionList:
+		c.reply(conn, c.sessionList())
+	case handoff.TypeHello:
+		c.handoff(conn, payload, cred.Pid)
+	default:
+		c.log.Warn("unknown control request", "type", typ, "peer_pid", cred.Pid)
+	}
+}
+
+// reply sends text in message-sized chunks.
+func (c *control) reply(conn *handoff.Conn, text []byte) {
+	for len(text) > 0 {
+		n := min(len(text), handoff.MaxMessage)
+		if err := conn.Send(handoff.TypeText, text[:n], nil); err != nil {
+			return
+		}
+		text = text[n:]
+	}
+	conn.Send(handoff.TypeTextEnd, nil, nil)
+}
+
+// statusReport is what `udpmux status` prints.
+type statusReport struct {
+	PID      int       `json:"pid"`
+	Version  string    `json:"version"`
+	Started  time.Time `json:"started"`
+	Workers  int       `json:"workers"`
+	Restored int       `json:"sessions_restored"`
+	mux.Stats
+}
+
+func (c *control) status() []byte {
+	st := statusReport{
+		PID: os.Getpid(), Version: buildVersion(), Started: c.started,
+		Workers: c.srv.Workers(), Restored: c.srv.Restored().Restored, Stats: c.srv.Stats(),
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	return append(b, '\n')
+}
+
+func (c *control) sessionList() []byte {
+	var b []byte
+	b = fmt.Appendf(b, "%-12s %-45s %-45s %4s %-20s %10s %10s %10s %10s\n",
+		"LISTENER", "PEER", "LOCAL", "LOOP", "IDLE", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")
+	names := c.srv.ListenerNames()
+	now := time.Now()
+	c.srv.Sessions(func(s *session.Session) bool {
+		st := s.Stats()
+		b = fmt.Appendf(b, "%-12s %-45s %-45s %4d %-20s %10d %10d %10d %10d\n",
+			names[s.Scope()], s.PeerAddr(), s.LocalAddr(), s.LoopID(), now.Sub(s.LastSeen()).Truncate(time.Millisecond),
+			st.RxPackets, st.RxBytes, st.TxPackets, st.TxBytes)
+		return true
+	})
+	return b
+}
+
+// request sends one request to the control socket and copies the reply.
+func request(path string, t handoff.Type, out io.Writer) error {
+	conn, err := handoff.Dial(path, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := conn.Send(t, nil, nil); err != nil {
+		return err
+	}
+	for {
+		typ, p, fds, err := conn.Recv()
+		closeFDs(fds)
+		if err != nil {
+			return fmt.Errorf("control socket %s: %w", path, err)
+		}
+		if typ == handoff.TypeTextEnd {
+			return nil
+		}
+		out.Write(p)
+	}
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+var errHandoffBusy = errors.New("another handoff is under way")

@@ -1,0 +1,272 @@
+package mux
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/handoff"
+	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
+)
+
+// Inheritance is what a predecessor process handed over. New adopts its
+// sockets instead of opening new ones, so that the reuseport groups keep the
+// same members and no datagram waiting in them is lost, and restores its
+// sessions.
+type Inheritance struct {
+	// Listeners are the predecessor's listeners in its order (a session
+	// record's key scope indexes them), each with one socket per loop.
+	Listeners []InheritedListener
+	// Sessions are the predecessor's session records.
+	Sessions []handoff.Session
+	// Upstreams are the sessions' own sockets; a record's Upstream indexes
+	// them. New takes ownership of all of them.
+	Upstreams []int
+}
+
+// InheritedListener is one listener's sockets from the predecessor.
+type InheritedListener struct {
+	Name    string
+	Address netip.AddrPort
+	FDs     []int
+}
+
+// RestoreStats says what became of inherited sessions.
+type RestoreStats struct {
+	// Restored sessions serve on; Dropped ones belonged to a listener the new
+	// configuration no longer has, did not fit the table, or their handler
+	// refused them (a backend removed from the configuration).
+	Restored, Dropped int
+}
+
+// adopt wraps the inherited sockets of the listener at addr, if any, and
+// marks them used.
+func (inh *Inheritance) adopt(addr netip.AddrPort, used []bool) ([]*udpsys.Socket, error) {
+	for i, il := range inh.Listeners {
+		if il.Address != addr || used[i] {
+			continue
+		}
+		used[i] = true
+		var socks []*udpsys.Socket
+		for _, fd := range il.FDs {
+			s, err := udpsys.SocketFromFD(fd)
+			if err != nil {
+				return nil, fmt.Errorf("inherited socket of %s: %w", addr, err)
+			}
+			socks = append(socks, s)
+		}
+		return socks, nil
+	}
+	return nil, nil
+}
+
+// workers is the loop count the inherited sockets dictate: one loop per
+// socket, the same in every listener, so that the reuseport groups and the
+// kernel's flow-to-socket mapping stay as they were.
+func (inh *Inheritance) workers() (int, error) {
+	n := 0
+	for _, il := range inh.Listeners {
+		if n != 0 && len(il.FDs) != n {
+			return 0, fmt.Errorf("inherited listeners have %d and %d sockets", n, len(il.FDs))
+		}
+		n = len(il.FDs)
+	}
+	if n == 0 {
+		return 0, errors.New("inherited no listener sockets")
+	}
+	return n, nil
+}
+
+// closeUnused closes inherited descriptors New did not adopt.
+func (inh *Inheritance) closeUnused(used []bool, log func(string, ...any)) {
+	for i, il := range inh.Listeners {
+		if used[i] {
+			continue
+		}
+		log("listener removed by the new configuration; its sockets close", "listener", il.Name, "address", il.Address)
+		for _, fd := range il.FDs {
+			unix.Close(fd)
+		}
+	}
+}
+
+// restore recreates the inherited sessions on the loops they had.
+func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
+	var st RestoreStats
+	taken := make([]bool, len(inh.Upstreams))
+	now := session.Clock()
+	for i := range inh.Sessions {
+		rec := &inh.Sessions[i]
+		old := int(rec.Key.Scope())
+		if old >= len(inh.Listeners) {
+			return st, fmt.Errorf("session %d: listener %d of %d", i, old, len(inh.Listeners))
+		}
+		up := -1
+		if rec.Upstream >= 0 {
+			if int(rec.Upstream) >= len(inh.Upstreams) || taken[rec.Upstream] {
+				return st, fmt.Errorf("session %d: upstream descriptor %d of %d, or taken twice", i, rec.Upstream, len(inh.Upstreams))
+			}
+			taken[rec.Upstream] = true
+			up = inh.Upstreams[rec.Upstream]
+		}
+		if srv.restoreSession(rec, inh.Listeners[old].Address, up, now) {
+			st.Restored++
+		} else {
+			st.Dropped++
+			if up >= 0 {
+				unix.Close(up)
+			}
+		}
+	}
+	for i, fd := range inh.Upstreams {
+		if !taken[i] {
+			unix.Close(fd)
+		}
+	}
+	return st, nil
+}
+
+func (srv *Server) restoreSession(rec *handoff.Session, addr netip.AddrPort, upstream int, now int64) bool {
+	var ln *listener
+	for _, x := range srv.listeners {
+		if x.addr == addr {
+			ln = x
+		}
+	}
+	if ln == nil {
+		return false
+	}
+	m, ok := ln.handler.(session.Migrator)
+	if !ok {
+		return false
+	}
+	key := rec.Key
+	if key.Kind() == flowtable.KindCID {
+		key, _ = flowtable.CIDKey(ln.scope, key.AppendCID(nil))
+	} else {
+		key = flowtable.TupleKey(ln.scope, key.Local(), key.Peer())
+	}
+	s := session.New(session.Config{
+		Key: key, Scope: ln.scope, Local: rec.Local, Peer: rec.Peer,
+		Loop: srv.loops[int(rec.Loop)%len(srv.loops)], Handler: ln.handler,
+		IdleTimeout: ln.idle, Now: now,
+		Created:  time.Unix(0, rec.Created),
+		Stats:    session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes, TxPackets: rec.TxPackets, TxBytes: rec.TxBytes},
+		IdleLeft: time.Duration(rec.IdleLeft),
+	})
+	if e, err := srv.table.Insert(s.Entry()); err != nil || e != s.Entry() {
+		return false
+	}
+	if err := m.ImportSession(s, rec.State, upstream); err != nil {
+		srv.loops[int(rec.Loop)%len(srv.loops)].detach(s)
+		srv.table.Delete(s.Entry())
+		srv.log.Warn("inherited session dropped", "listener", ln.name, "peer", rec.Peer, "err", err)
+		return false
+	}
+	srv.loops[s.LoopID()].socks[ln.scope].stats.opened.inc()
+	return true
+}
+
+// Freeze pauses every loop between two batches: nothing is read, every
+// handled datagram's replies are sent, and datagrams one loop passed to
+// another are delivered. Datagrams arriving meanwhile wait in the kernel's
+// socket queues. Thaw resumes; Handover ends the server for a successor.
+func (srv *Server) Freeze() {
+	resume := make(chan struct{})
+	paused := make(chan struct{}, len(srv.loops))
+	for _, l := range srv.loops {
+		l.requestPause(&pauseRequest{paused: paused, resume: resume})
+	}
+	for range srv.loops {
+		<-paused
+	}
+	// Every loop now waits: their inboxes can only have been filled before
+	// the pause, and this goroutine may act for each paused loop in turn.
+	// Inboxes hold what was forwarded before any deferred datagram, so they
+	// go first.
+	for _, l := range srv.loops {
+		for i := range l.inboxes {
+			if q := l.inboxes[i].Load(); q != nil {
+				q.drain(l.deliver)
+			}
+		}
+	}
+	for _, l := range srv.loops {
+		for _, f := range l.deferred {
+			srv.loops[f.owner].deliver(f.s, f.peer, f.p)
+		}
+		clear(l.deferred)
+		l.deferred, l.deferredBytes = l.deferred[:0], 0
+	}
+	for _, l := range srv.loops {
+		l.endBatch()
+	}
+	srv.frozen = resume
+}
+
+// Thaw resumes loops paused by Freeze; they drain what queued meanwhile.
+func (srv *Server) Thaw() {
+	close(srv.frozen)
+}
+
+// Handover ends a frozen server whose state a successor has taken: the loops
+// stop without reading again, handlers are told ReasonHandoff, and Serve
+// returns. The successor holds its own copies of every socket.
+func (srv *Server) Handover() {
+	srv.endReason.Store(uint32(session.ReasonHandoff))
+	for _, l := range srv.loops {
+		l.stopping.Store(true)
+	}
+	close(srv.frozen)
+	srv.stop()
+}
+
+// HandoffListeners describes the listeners and returns their sockets, in
+// listener order and, within one, in loop order. The server must be frozen.
+func (srv *Server) HandoffListeners() ([]handoff.Listener, []int) {
+	var ls []handoff.Listener
+	var fds []int
+	for _, ln := range srv.listeners {
+		ls = append(ls, handoff.Listener{Name: ln.name, Address: ln.addr, Sockets: len(srv.loops)})
+		for _, l := range srv.loops {
+			fds = append(fds, l.socks[ln.scope].sock.FD)
+		}
+	}
+	return ls, fds
+}
+
+// ExportSessions calls fn with each session's record and its own socket
+// (-1 for none); the caller fills in rec.Upstream. Sessions whose handler is
+// not a session.Migrator are skipped and counted. The server must be frozen.
+func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) error) (skipped int, err error) {
+	now := session.Clock()
+	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
+		s := e.Value
+		m, ok := s.Handler().(session.Migrator)
+		if !ok || s.Closed() {
+			skipped++
+			return true
+		}
+		var state []byte
+		if state, err = m.ExportSession(s); err != nil {
+			err = fmt.Errorf("session %v: %w", s.Key(), err)
+			return false
+		}
+		st := s.Stats()
+		rec := handoff.Session{
+			Key: s.Key(), Loop: uint16(s.LoopID()), Peer: s.Peer(), Local: s.LocalAddr(),
+			Created: s.Created().UnixNano(), IdleLeft: e.Expires() - now, IdleTimeout: int64(s.IdleTimeout()),
+			RxPackets: st.RxPackets, RxBytes: st.RxBytes, TxPackets: st.TxPackets, TxBytes: st.TxBytes,
+			State: state,
+		}
+		fd, _ := s.Upstream()
+		err = fn(&rec, fd)
+		return err == nil
+	})
+	return skipped, err
+}
