@@ -19,9 +19,9 @@ import (
 // Epoll registrations carry a kind and an index instead of a pointer, which
 // the kernel cannot hold for the Go collector.
 const (
-	tokenWake   int32 = iota // the loop's eventfd: inbox, control queue, stop
-	tokenSocket              // a listener socket; the index is the listener's
-	tokenUpstream            // a session's own socket; the index is its slot in loop.upstreams
+	tokenWake     int32 = iota // the loop's eventfd: inbox, control queue, stop
+	tokenSocket                // a listener socket; the index is the listener's
+	tokenUpstream              // a session's own socket; the index is its slot in loop.upstreams
 )
 
 // readRounds bounds how many batches one socket may read before the loop
@@ -55,16 +55,16 @@ type loop struct {
 
 	// inboxes[src] carries datagrams from loop src; created by the producer
 	// on first use.
-	inboxes  []atomic.Pointer[inbox]
-	toWake   []bool // loops this loop forwarded to during the current batch
+	inboxes []atomic.Pointer[inbox]
+	toWake  []bool // loops this loop forwarded to during the current batch
 	// deferred holds, in arrival order, datagrams for other loops whose
 	// inboxes were full; while it is not empty the loop reads no socket, so
 	// the backlog waits in the kernel's queues instead of being dropped.
 	deferred      []deferredForward
 	deferredBytes int
-	wakeBuf  [8]byte
-	one      [8]byte // eventfd increment; written once, read by every signaller
-	stopping atomic.Bool
+	wakeBuf       [8]byte
+	one           [8]byte // eventfd increment; written once, read by every signaller
+	stopping      atomic.Bool
 
 	ctlMu sync.Mutex
 	ctl   []closeRequest // closes asked for from other goroutines and loops

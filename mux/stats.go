@@ -17,13 +17,13 @@ func (c *counter) load() uint64 { return c.v.Load() }
 // socketStats are one loop's counters for one listener.
 type socketStats struct {
 	rxDatagrams, rxBytes, txDatagrams, txBytes counter
-	truncated, malformed, unknownFlow         counter
-	kernelDrops                               counter
-	opened, refusedFull, refusedOpen          counter
-	closed                                    [len(reasonIndex)]counter
-	forwarded, forwardDrops                   counter
-	sendErrors, sendDrops, tooLarge           counter
-	upstreamRx                                counter
+	truncated, malformed, unknownFlow          counter
+	kernelDrops                                counter
+	opened, refusedFull, refusedOpen           counter
+	closed                                     [len(reasonIndex)]counter
+	forwarded, forwardDrops                    counter
+	sendErrors, sendDrops, tooLarge            counter
+	upstreamRx                                 counter
 }
 
 // reasonIndex sizes the per-reason close counters.

@@ -31,20 +31,20 @@ type Type uint8
 
 // Message types.
 const (
-	TypeHello     Type = iota + 1 // successor → owner: Hello
-	TypeAccept                    // owner → successor: the owner has stopped reading
-	TypeReject                    // owner → successor: reason text
-	TypeListeners                 // owner → successor: Listener records; descriptors attached
-	TypeFDs                       // owner → successor: upstream descriptors, in order
-	TypeSessions                  // owner → successor: Session records
-	TypeEnd                       // owner → successor: End
-	TypeConfirm                   // successor → owner: took over; exit
-	TypeAbort                     // successor → owner: failed; resume serving
-	TypeStatus                    // client → owner: request process status
-	TypeSessionList               // client → owner: request the session list
-	TypeText                      // owner → client: a chunk of a text reply
-	TypeTextEnd                   // owner → client: end of a text reply
-	TypeDone                      // owner → successor: confirmed; the owner stops for good
+	TypeHello       Type = iota + 1 // successor → owner: Hello
+	TypeAccept                      // owner → successor: the owner has stopped reading
+	TypeReject                      // owner → successor: reason text
+	TypeListeners                   // owner → successor: Listener records; descriptors attached
+	TypeFDs                         // owner → successor: upstream descriptors, in order
+	TypeSessions                    // owner → successor: Session records
+	TypeEnd                         // owner → successor: End
+	TypeConfirm                     // successor → owner: took over; exit
+	TypeAbort                       // successor → owner: failed; resume serving
+	TypeStatus                      // client → owner: request process status
+	TypeSessionList                 // client → owner: request the session list
+	TypeText                        // owner → client: a chunk of a text reply
+	TypeTextEnd                     // owner → client: end of a text reply
+	TypeDone                        // owner → successor: confirmed; the owner stops for good
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
