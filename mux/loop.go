@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -156,7 +157,7 @@ func (l *loop) run() {
 	l.now = session.Clock()
 	l.nextSweep = l.now
 	for !l.stopping.Load() {
-		n, err := unix.EpollWait(l.epfd, l.events, l.waitMillis())
+		n, err := l.wait()
 		if err != nil && err != unix.EINTR {
 			l.srv.log.Error("epoll_wait failed; loop stops", "loop", l.id, "err", err)
 			break
@@ -191,6 +192,19 @@ const sweepInterval = time.Second
 // sweepTicks divides a sweep of the loop's shards into steps, so that no
 // single step holds up the loop.
 const sweepTicks = 10
+
+// wait returns ready events. Under load some are almost always ready, and a
+// non-blocking epoll_pwait through RawSyscall finds them without handing the
+// thread's P to the scheduler and taking it back; only an idle loop blocks,
+// through the scheduler-aware call.
+func (l *loop) wait() (int, error) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd),
+		uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
+	if errno == 0 && n > 0 {
+		return int(n), nil
+	}
+	return unix.EpollWait(l.epfd, l.events, l.waitMillis())
+}
 
 func (l *loop) waitMillis() int {
 	if len(l.deferred) > 0 {

@@ -149,3 +149,14 @@ func FuzzConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestShippedConfigIsValid keeps configs/udpmux.yaml loadable.
+func TestShippedConfigIsValid(t *testing.T) {
+	cfg, err := loadConfig("../../configs/udpmux.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.controlSocket != defaultControlSocket || cfg.mux.Batch != 64 {
+		t.Errorf("shipped config: control socket %q, batch %d", cfg.controlSocket, cfg.mux.Batch)
+	}
+}
