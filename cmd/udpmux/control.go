@@ -16,6 +16,7 @@ import (
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -140,12 +141,23 @@ type statusReport struct {
 	Workers  int       `json:"workers"`
 	Restored int       `json:"sessions_restored"`
 	mux.Stats
+	// Proxies are the proxy listeners' own counters and backend health, by
+	// listener name.
+	Proxies map[string]proxy.Stats `json:",omitempty"`
 }
 
 func (c *control) status() []byte {
 	st := statusReport{
 		PID: os.Getpid(), Version: buildVersion(), Started: c.started,
 		Workers: c.srv.Workers(), Restored: c.srv.Restored().Restored, Stats: c.srv.Stats(),
+	}
+	for _, lc := range c.cfg.mux.Listeners {
+		if h, ok := lc.Handler.(*proxy.Handler); ok {
+			if st.Proxies == nil {
+				st.Proxies = map[string]proxy.Stats{}
+			}
+			st.Proxies[lc.Name] = h.Stats()
+		}
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	return append(b, '\n')

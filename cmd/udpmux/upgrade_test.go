@@ -220,6 +220,10 @@ listeners:
 		if st.Restored != clients {
 			t.Errorf("upgrade %d: successor restored %d sessions, want %d", u+1, st.Restored, clients)
 		}
+		if p := st.Proxies["vpn"]; p.UpstreamSockets != clients || len(p.Backends) != 2 {
+			t.Errorf("upgrade %d: successor's proxy holds %d upstream sockets and %d backends, want %d and 2",
+				u+1, p.UpstreamSockets, len(p.Backends), clients)
+		}
 		waitExit(t, pid)
 		pid = st.PID
 		time.Sleep(700 * time.Millisecond)
