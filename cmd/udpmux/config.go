@@ -30,6 +30,11 @@ type fileConfig struct {
 	Sessions    sessionsConfig   `mapstructure:"sessions"`
 	Log         logConfig        `mapstructure:"log"`
 	Control     controlConfig    `mapstructure:"control"`
+	Metrics     metricsConfig    `mapstructure:"metrics"`
+}
+
+type metricsConfig struct {
+	Address string `mapstructure:"address"`
 }
 
 type controlConfig struct {
@@ -77,6 +82,7 @@ var defaults = map[string]any{
 	"log.level":                     "info",
 	"control.socket":                defaultControlSocket,
 	"control.handoff_timeout":       "10s",
+	"metrics.address":               "",
 }
 
 // loadConfig reads path with UDPMUX_ environment overrides and checks it.
@@ -138,6 +144,7 @@ type config struct {
 	// long a predecessor stays paused for its successor.
 	controlSocket  string
 	handoffTimeout time.Duration
+	metricsAddress string
 	text           []byte
 }
 
@@ -171,6 +178,12 @@ func (fc *fileConfig) check() (*config, error) {
 		return nil, fmt.Errorf("control.handoff_timeout: %q is not a positive duration such as 10s", fc.Control.HandoffTimeout)
 	}
 	c.handoffTimeout = d
+	if fc.Metrics.Address != "" {
+		if _, err := parseAddress(fc.Metrics.Address); err != nil {
+			return nil, fmt.Errorf("metrics.address: %w", err)
+		}
+	}
+	c.metricsAddress = fc.Metrics.Address
 	if fc.Batch < 1 || fc.Batch > mux.MaxBatch {
 		return nil, fmt.Errorf("batch: %d is not within 1..%d", fc.Batch, mux.MaxBatch)
 	}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ func TestDaemonServesAndStopsOnSIGTERM(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	cfg := writeConfig(t, "workers: 2\ncontrol: {socket: "+filepath.Join(t.TempDir(), "ctl.sock")+"}\n"+
+		"metrics: {address: \"127.0.0.1:0\"}\n"+
 		"listeners:\n  - {name: echo, handler: echo, address: \"127.0.0.1:0\"}\n")
 	cmd := exec.Command(bin, "-c", cfg)
 	stderr, err := cmd.StderrPipe()
@@ -33,14 +36,18 @@ func TestDaemonServesAndStopsOnSIGTERM(t *testing.T) {
 	defer cmd.Process.Kill()
 	logs := bufio.NewScanner(stderr)
 	addrRE := regexp.MustCompile(`msg=listening listener=echo address=(\S+)`)
-	var addr string
-	for addr == "" && logs.Scan() {
+	metricsRE := regexp.MustCompile(`msg=metrics address=(\S+)`)
+	var addr, metricsAddr string
+	for (addr == "" || metricsAddr == "") && logs.Scan() {
 		if m := addrRE.FindStringSubmatch(logs.Text()); m != nil {
 			addr = m[1]
 		}
+		if m := metricsRE.FindStringSubmatch(logs.Text()); m != nil {
+			metricsAddr = m[1]
+		}
 	}
-	if addr == "" {
-		t.Fatal("daemon never logged its listening address")
+	if addr == "" || metricsAddr == "" {
+		t.Fatal("daemon never logged its listening and metrics addresses")
 	}
 	c, err := net.Dial("udp", addr)
 	if err != nil {
@@ -52,6 +59,21 @@ func TestDaemonServesAndStopsOnSIGTERM(t *testing.T) {
 	buf := make([]byte, 16)
 	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "ping" {
 		t.Fatalf("echo: %q, %v", buf[:n], err)
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`udpmux_datagrams_received_total{listener="echo"} 1`,
+		`udpmux_sessions_opened_total{listener="echo"} 1`,
+		`udpmux_sessions_capacity 1e+06`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	var rest strings.Builder

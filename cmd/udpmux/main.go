@@ -170,6 +170,11 @@ func serve(cfg *config, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if cfg.metricsAddress != "" {
+		if err := serveMetrics(ctx, cfg.metricsAddress, cfg, srv, log); err != nil {
+			log.Error("metrics disabled", "err", err)
+		}
+	}
 	upgrade := make(chan os.Signal, 1)
 	signal.Notify(upgrade, syscall.SIGUSR2)
 	defer signal.Stop(upgrade)

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
+)
+
+// collector exposes the engine's and the proxies' counters, read at scrape
+// time: the packet path keeps its own counters and knows nothing of this.
+type collector struct {
+	srv     *mux.Server
+	proxies map[string]*proxy.Handler
+}
+
+var (
+	descRx        = prometheus.NewDesc("udpmux_datagrams_received_total", "Datagrams read from a listener's sockets.", []string{"listener"}, nil)
+	descTx        = prometheus.NewDesc("udpmux_datagrams_sent_total", "Datagrams sent to clients.", []string{"listener"}, nil)
+	descRxBytes   = prometheus.NewDesc("udpmux_received_bytes_total", "Payload bytes read from a listener's sockets.", []string{"listener"}, nil)
+	descTxBytes   = prometheus.NewDesc("udpmux_sent_bytes_total", "Payload bytes sent to clients.", []string{"listener"}, nil)
+	descDropped   = prometheus.NewDesc("udpmux_datagrams_dropped_total", "Datagrams dropped, by reason.", []string{"listener", "reason"}, nil)
+	descOpened    = prometheus.NewDesc("udpmux_sessions_opened_total", "Sessions created.", []string{"listener"}, nil)
+	descRefused   = prometheus.NewDesc("udpmux_sessions_refused_total", "New sessions refused, by reason.", []string{"listener", "reason"}, nil)
+	descClosed    = prometheus.NewDesc("udpmux_sessions_closed_total", "Sessions ended, by reason.", []string{"listener", "reason"}, nil)
+	descForwarded = prometheus.NewDesc("udpmux_datagrams_forwarded_total", "Datagrams passed to the loop owning their session.", []string{"listener"}, nil)
+	descSessions  = prometheus.NewDesc("udpmux_sessions", "Live sessions.", nil, nil)
+	descCapacity  = prometheus.NewDesc("udpmux_sessions_capacity", "The session table's bound (sessions.max).", nil, nil)
+	descBackendUp = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off.", []string{"listener", "backend"}, nil)
+	descBackendS  = prometheus.NewDesc("udpmux_proxy_backend_sessions", "Live sessions on the backend.", []string{"listener", "backend"}, nil)
+	descBackendD  = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
+	descUpstreams = prometheus.NewDesc("udpmux_proxy_upstream_sockets", "Open upstream sockets.", []string{"listener"}, nil)
+	descProxyErr  = prometheus.NewDesc("udpmux_proxy_upstream_errors_total", "Upstream failures, by kind.", []string{"listener", "kind"}, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	st := c.srv.Stats()
+	gauge(descSessions, float64(st.Sessions))
+	gauge(descCapacity, float64(st.Capacity))
+	for _, l := range st.Listeners {
+		n := l.Name
+		counter(descRx, l.RxDatagrams, n)
+		counter(descTx, l.TxDatagrams, n)
+		counter(descRxBytes, l.RxBytes, n)
+		counter(descTxBytes, l.TxBytes, n)
+		counter(descOpened, l.SessionsOpened, n)
+		counter(descForwarded, l.Forwarded, n)
+		for reason, v := range map[string]uint64{
+			"truncated": l.Truncated, "malformed": l.Malformed, "unknown_flow": l.UnknownFlow,
+			"kernel_queue_full": l.KernelDrops, "loop_inbox_full": l.ForwardDrops,
+			"send_buffer_full": l.SendDrops, "send_error": l.SendErrors, "too_large": l.TooLarge,
+		} {
+			counter(descDropped, v, n, reason)
+		}
+		counter(descRefused, l.RefusedFull, n, "table_full")
+		counter(descRefused, l.RefusedOpen, n, "handler")
+		for reason, v := range l.SessionsClosed {
+			counter(descClosed, v, n, reason)
+		}
+	}
+	for name, h := range c.proxies {
+		ps := h.Stats()
+		gauge(descUpstreams, float64(ps.UpstreamSockets), name)
+		counter(descProxyErr, ps.NoBackend, name, "no_backend")
+		counter(descProxyErr, ps.SourceLimited, name, "source_limited")
+		counter(descProxyErr, ps.SocketLimited, name, "socket_limited")
+		counter(descProxyErr, ps.DialErrors, name, "dial")
+		counter(descProxyErr, ps.UpstreamDrops, name, "send_buffer_full")
+		counter(descProxyErr, ps.UpstreamErrors, name, "io")
+		counter(descProxyErr, ps.RefusedByBackend, name, "port_unreachable")
+		for _, b := range ps.Backends {
+			up := 0.0
+			if b.Healthy {
+				up = 1
+			}
+			gauge(descBackendUp, up, name, b.Addr)
+			gauge(descBackendS, float64(b.Sessions), name, b.Addr)
+			counter(descBackendD, b.Downs, name, b.Addr)
+		}
+	}
+}
+
+// serveMetrics serves /metrics on addr until ctx ends. The socket has
+// SO_REUSEPORT so that a successor can bind it while this process still
+// does during a handoff.
+func serveMetrics(ctx context.Context, addr string, cfg *config, srv *mux.Server, log *slog.Logger) error {
+	c := &collector{srv: srv, proxies: map[string]*proxy.Handler{}}
+	for _, lc := range cfg.mux.Listeners {
+		if h, ok := lc.Handler.(*proxy.Handler); ok {
+			c.proxies[lc.Name] = h
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return serr
+	}}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics.address: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		hs.Close()
+	}()
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("metrics", "address", ln.Addr().String())
+	return nil
+}
