@@ -139,17 +139,12 @@ func sessionHash(k flowtable.Key) uint64 {
 // Open picks the session's backend and opens its upstream socket.
 func (h *Handler) Open(s *session.Session) error {
 	src := s.PeerAddr().Addr()
-	if !h.sources.Acquire(src) {
-		return ErrSourceLimited
-	}
-	if !h.sockets.Acquire() {
-		h.sources.Release(src)
-		return ErrSocketLimited
+	if err := h.acquire(src); err != nil {
+		return err
 	}
 	u, err := h.dial(s)
 	if err != nil {
-		h.sockets.Release()
-		h.sources.Release(src)
+		h.release(src)
 		return err
 	}
 	u.source = src
@@ -224,8 +219,25 @@ func (h *Handler) Close(s *session.Session, _ session.Reason) {
 	u := s.State().(*upstream)
 	unix.Close(u.fd)
 	h.bal.Closed(u.backend)
+	h.release(u.source)
+}
+
+// acquire takes a session's share of the per-source and socket limits.
+func (h *Handler) acquire(src netip.Addr) error {
+	if !h.sources.Acquire(src) {
+		return ErrSourceLimited
+	}
+	if !h.sockets.Acquire() {
+		h.sources.Release(src)
+		return ErrSocketLimited
+	}
+	return nil
+}
+
+// release returns what acquire took.
+func (h *Handler) release(src netip.Addr) {
 	h.sockets.Release()
-	h.sources.Release(u.source)
+	h.sources.Release(src)
 }
 
 // Stats returns the proxy's counters.
@@ -278,16 +290,11 @@ func (h *Handler) ImportSession(s *session.Session, state []byte, fd int) error 
 		return err
 	}
 	src := s.PeerAddr().Addr()
-	if !h.sources.Acquire(src) {
-		return ErrSourceLimited
-	}
-	if !h.sockets.Acquire() {
-		h.sources.Release(src)
-		return ErrSocketLimited
+	if err := h.acquire(src); err != nil {
+		return err
 	}
 	if err := s.Attach(fd); err != nil {
-		h.sockets.Release()
-		h.sources.Release(src)
+		h.release(src)
 		return err
 	}
 	s.SetState(&upstream{fd: fd, backend: backend, source: src})
