@@ -77,6 +77,54 @@ func BenchmarkLookupParallel(b *testing.B) {
 	}
 }
 
+// BenchmarkLookupBatchParallel is BenchmarkLookupParallel with LookupBatch,
+// in batches of batchSize keys, the most one receive call of the engine
+// returns. An op is one key, not one batch, so ns/op compares directly
+// with BenchmarkLookupParallel; ns/key reports the same figure.
+func BenchmarkLookupBatchParallel(b *testing.B) {
+	const batchSize = 64
+	for _, size := range []struct {
+		name string
+		n    int
+	}{{"1k", 1 << 10}, {"1M", 1 << 20}, {"10M", 10_000_000}} {
+		b.Run(size.name, func(b *testing.B) {
+			if size.n > 1<<20 && testing.Short() {
+				b.Skip("skipping the 10M-entry table in short mode")
+			}
+			f := getLookupFixture(b, size.n)
+			var goroutines atomic.Int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				var out [batchSize]*Entry[*int]
+				n := len(f.probe)
+				i := int(goroutines.Add(1)) * 7919 * 1021 % n
+				for {
+					// Each key is one pb.Next, so b.N counts keys.
+					m := 0
+					for m < batchSize && pb.Next() {
+						m++
+					}
+					if m == 0 {
+						return
+					}
+					if i+m > n {
+						i = 0
+					}
+					f.tb.LookupBatch(f.probe[i:i+m], out[:m])
+					for _, e := range out[:m] {
+						if e == nil {
+							panic("key missing")
+						}
+					}
+					i += m
+				}
+			})
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/key")
+		})
+	}
+}
+
 // churnTable returns a table holding base entries with room for churn more,
 // and churn entries not yet inserted.
 func churnTable(b *testing.B) (*Table[*int], []*Entry[*int]) {
