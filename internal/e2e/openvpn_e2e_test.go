@@ -388,6 +388,20 @@ func TestOpenVPNDirect(t *testing.T) {
 // SIGTERM.
 func TestOpenVPNThroughProxy(t *testing.T) {
 	start := time.Now()
+	v, d, ups := startProxyLab(t, "")
+	status := v.checkServers(ups, viaProxy)
+	v.checkUpstreamSockets(status)
+	d.Stop(t)
+	t.Logf("proxy: %d clients up, pinged and checked in %v", len(ups), time.Since(start).Round(time.Millisecond))
+}
+
+// startProxyLab builds the VPN lab, runs udpmux's proxy handler between the
+// clients and both backends (its config gets extra appended, e.g. a control
+// section), starts clientBatch clients through it (a second batch if the
+// first all landed on one backend), checks that sessions are spread over
+// both backends, and pings every tunnel (pingAll).
+func startProxyLab(t *testing.T, extra string) (*vpnLab, *daemon, []upResult) {
+	t.Helper()
 	requireOpenVPN(t)
 	netlab.RequireRoot(t)
 	udpmuxBinary(t) // build (or fail) before building the lab
@@ -409,7 +423,7 @@ listeners:
 sessions:
   max: 10000
   max_per_source: 0
-`, muxListen.String(), strings.Join(backends, ", "))
+`, muxListen.String(), strings.Join(backends, ", ")) + extra
 	d := startDaemon(t, v.lab, v.mux, v.dir, config, "proxy", muxListen.Port())
 	v.logs = append(v.logs, d.Config, d.Log)
 
@@ -423,15 +437,17 @@ sessions:
 		t.Errorf("all %d sessions landed on %s: udpmux did not spread sessions over both backends", len(ups), ups[0].server.Name)
 	}
 	v.pingAll(ups)
-	status := v.checkServers(ups, func(c *ovpnClient, src netip.AddrPort) error {
-		if src.Addr() != muxBackAddr {
-			return fmt.Errorf("backend saw source %v; want udpmux's backend-side address %v (traffic did not go through udpmux?)", src, muxBackAddr)
-		}
-		return nil
-	})
-	v.checkUpstreamSockets(status)
-	d.Stop(t)
-	t.Logf("proxy: %d clients up, pinged and checked in %v", len(ups), time.Since(start).Round(time.Millisecond))
+	return v, d, ups
+}
+
+// viaProxy accepts a backend's view of a client's source address when it
+// is udpmux's backend-side address (checkServers' wantSource for proxied
+// clients).
+func viaProxy(c *ovpnClient, src netip.AddrPort) error {
+	if src.Addr() != muxBackAddr {
+		return fmt.Errorf("backend saw source %v; want udpmux's backend-side address %v (traffic did not go through udpmux?)", src, muxBackAddr)
+	}
+	return nil
 }
 
 // readFile returns a file's contents as a string.

@@ -3,6 +3,8 @@ package e2e
 import (
 	"bufio"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -13,9 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
 )
 
@@ -107,6 +113,20 @@ type daemon struct {
 	Config string // path of its configuration file
 	Log    string // path of its combined stdout and stderr
 	proc   *netlab.Process
+
+	// pid is the serving process once the daemon has been upgraded (see
+	// Upgrade), 0 while the process started here serves. Every
+	// generation stays in the first one's process group, which the lab
+	// stops at teardown.
+	pid int
+}
+
+// PID returns the id of the process serving now.
+func (d *daemon) PID() int {
+	if d.pid != 0 {
+		return d.pid
+	}
+	return d.proc.Cmd.Process.Pid
 }
 
 // handlerRejected reports whether a daemon's output says that it does not
@@ -178,30 +198,53 @@ func startDaemon(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, confi
 }
 
 // Running reports whether the daemon is still running.
-func (d *daemon) Running() bool { return !d.proc.Exited() }
+func (d *daemon) Running() bool {
+	if d.pid != 0 {
+		return processAlive(d.pid)
+	}
+	return !d.proc.Exited()
+}
 
 // daemonStopGrace bounds the daemon's shutdown after SIGTERM.
 const daemonStopGrace = 5 * time.Second
 
 // Stop sends SIGTERM and checks a clean shutdown: the daemon must have been
-// running until now, must exit with status 0 within daemonStopGrace, and
-// its output must show no panic and no data race report.
+// running until now, must exit (with status 0, where this process can see
+// it) within daemonStopGrace, and its output must show no panic and no data
+// race report. After upgrades, the first generation must have exited with
+// status 0 and the serving one, which is not this process's child, gets the
+// SIGTERM.
 func (d *daemon) Stop(t testing.TB) {
 	t.Helper()
-	if d.proc.Exited() {
+	if !d.Running() {
 		out, _ := os.ReadFile(d.Log)
-		t.Errorf("udpmux exited during the test: %v\n%s", d.proc.Wait(), tail(string(out), 8000))
+		t.Errorf("udpmux (pid %d) exited during the test: %v\n%s", d.PID(), d.exitStatus(), tail(string(out), 8000))
 		return
 	}
 	start := time.Now()
-	err := d.proc.Stop(daemonStopGrace)
-	out, _ := os.ReadFile(d.Log)
-	switch {
-	case time.Since(start) >= daemonStopGrace:
-		t.Errorf("udpmux did not exit within %v of SIGTERM (killed)", daemonStopGrace)
-	case err != nil:
-		t.Errorf("udpmux exited with %v after SIGTERM; want status 0", err)
+	if d.pid == 0 {
+		err := d.proc.Stop(daemonStopGrace)
+		switch {
+		case time.Since(start) >= daemonStopGrace:
+			t.Errorf("udpmux did not exit within %v of SIGTERM (killed)", daemonStopGrace)
+		case err != nil:
+			t.Errorf("udpmux exited with %v after SIGTERM; want status 0", err)
+		}
+	} else {
+		if err := d.proc.Wait(); err != nil {
+			t.Errorf("udpmux's first generation (pid %d) exited with %v after handing over; want status 0", d.proc.Cmd.Process.Pid, err)
+		}
+		syscall.Kill(d.pid, syscall.SIGTERM)
+		for processAlive(d.pid) {
+			if time.Since(start) >= daemonStopGrace {
+				t.Errorf("udpmux (pid %d) did not exit within %v of SIGTERM (killing its group)", d.pid, daemonStopGrace)
+				d.proc.Stop(0)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
+	out, _ := os.ReadFile(d.Log)
 	for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
 		if strings.Contains(string(out), bad) {
 			t.Errorf("udpmux output contains %q", bad)
@@ -210,6 +253,132 @@ func (d *daemon) Stop(t testing.TB) {
 	if t.Failed() {
 		t.Logf("udpmux output:\n%s", tail(string(out), 16000))
 	}
+}
+
+// exitStatus describes how the serving process ended, as far as this
+// process can know.
+func (d *daemon) exitStatus() string {
+	if d.pid == 0 {
+		return fmt.Sprint(d.proc.Wait())
+	}
+	return "status unknown: not a child of the test"
+}
+
+// controlStatus is the part of `udpmux status` the tests use.
+type controlStatus struct {
+	PID      int `json:"pid"`
+	Restored int `json:"sessions_restored"`
+}
+
+// controlRequest sends one request to the daemon's control socket and
+// returns the reply's text (what `udpmux status` or `udpmux sessions -s`
+// print).
+func controlRequest(sock string, typ handoff.Type) ([]byte, error) {
+	conn, err := handoff.Dial(sock, time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", sock, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := conn.Send(typ, nil, nil); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", sock, err)
+	}
+	var out []byte
+	for {
+		t, p, fds, err := conn.Recv()
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		if err != nil {
+			return out, fmt.Errorf("control socket %s: %w", sock, err)
+		}
+		if t == handoff.TypeTextEnd {
+			return out, nil
+		}
+		out = append(out, p...)
+	}
+}
+
+// daemonStatus asks the daemon on its control socket sock for its status.
+func daemonStatus(sock string) (controlStatus, error) {
+	var st controlStatus
+	out, err := controlRequest(sock, handoff.TypeStatus)
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return st, fmt.Errorf("control socket %s: status %q: %v", sock, out, err)
+	}
+	return st, nil
+}
+
+// upgrade is what Upgrade saw of one upgrade.
+type upgrade struct {
+	From, To int           // process ids
+	Restored int           // sessions the successor reported restored
+	Took     time.Duration // from SIGUSR2 until the predecessor had exited
+}
+
+// Upgrade sends SIGUSR2 to the serving process, whose control socket is
+// sock, and waits (up to timeout) until a successor with another pid
+// answers there reporting that it restored sessions sessions, and the
+// predecessor has exited. It fails the test otherwise.
+func (d *daemon) Upgrade(t testing.TB, sock string, sessions int, timeout time.Duration) upgrade {
+	t.Helper()
+	from := d.PID()
+	u := upgrade{From: from}
+	start := time.Now()
+	deadline := start.Add(timeout)
+	if err := syscall.Kill(from, syscall.SIGUSR2); err != nil {
+		t.Fatalf("upgrade: SIGUSR2 to udpmux pid %d: %v", from, err)
+	}
+	var last controlStatus
+	var lastErr error
+	for {
+		st, err := daemonStatus(sock)
+		if err == nil {
+			last = st
+		}
+		lastErr = err
+		if err == nil && st.PID != from {
+			u.To, u.Restored = st.PID, st.Restored
+			break
+		}
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(d.Log)
+			t.Fatalf("upgrade of udpmux pid %d: no successor answered on %s within %v (last status %+v, last error %v)\nudpmux output:\n%s",
+				from, sock, timeout, last, lastErr, tail(string(out), 8000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.pid = u.To
+	if u.Restored != sessions {
+		t.Errorf("upgrade %d -> %d: successor restored %d sessions; want %d", from, u.To, u.Restored, sessions)
+	}
+	for processAlive(from) {
+		if time.Now().After(deadline) {
+			t.Fatalf("upgrade %d -> %d: predecessor still running %v after SIGUSR2", from, u.To, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	u.Took = time.Since(start)
+	return u
+}
+
+// processAlive reports whether pid exists and is not a zombie (a process
+// that is not this one's child may stay a zombie until its new parent
+// reaps it).
+func processAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	f := strings.Fields(string(stat[i+1:]))
+	return len(f) == 0 || (f[0] != "Z" && f[0] != "X")
 }
 
 // udpSocket is one row of /proc/net/udp or udp6.

@@ -374,21 +374,89 @@ func (p *Process) Wait() error {
 }
 
 // Stop sends SIGTERM to the process's group, waits up to grace for it to
-// exit, then sends SIGKILL, and returns the result of Cmd.Wait. Stopping an
-// exited process only returns that result.
+// exit, then sends SIGKILL, and returns the result of Cmd.Wait.
+//
+// When the process runs in a group of its own (Namespace.Command sets that
+// up), Stop also waits, within the same grace, for the rest of the group:
+// a daemon that re-executes itself for an upgrade leaves its successors in
+// its group after it exits, and they are stopped here too, SIGKILL
+// included. Stopping an exited process whose group is empty only returns
+// the result of Cmd.Wait.
 func (p *Process) Stop(grace time.Duration) error {
-	if p.Exited() {
+	pid := p.Cmd.Process.Pid
+	grouped := p.ownGroup()
+	if p.Exited() && (!grouped || !groupAlive(pid)) {
 		return p.err
 	}
-	pid := p.Cmd.Process.Pid
 	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	deadline := time.Now().Add(grace)
 	select {
 	case <-p.done:
 	case <-time.After(grace):
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		<-p.done
 	}
+	if grouped {
+		killed := false
+		for groupAlive(pid) {
+			if time.Now().After(deadline) {
+				if killed {
+					break // unkillable (e.g. in uninterruptible sleep): give up
+				}
+				_ = syscall.Kill(-pid, syscall.SIGKILL)
+				killed = true
+				deadline = time.Now().Add(grace)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	return p.err
+}
+
+// ownGroup reports whether the process was started as the leader of a new
+// process group, whose id is then its pid.
+func (p *Process) ownGroup() bool {
+	a := p.Cmd.SysProcAttr
+	return a != nil && a.Setpgid && a.Pgid == 0
+}
+
+// groupAlive reports whether any process of group pgid is alive (zombies
+// do not count: they wait only to be reaped, perhaps by a parent that never
+// will). The kernel keeps a group's id from being reused while the group
+// has members, so this sees only the group the lab started.
+func groupAlive(pgid int) bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if g, ok := statPgrp(string(stat)); ok && g == pgid && !zombieStat(string(stat)) {
+			return true
+		}
+	}
+	return false
+}
+
+// statPgrp returns the process group of a /proc/PID/stat line: the third
+// field after the parenthesised command name (state, ppid, pgrp).
+func statPgrp(stat string) (int, bool) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 3 {
+		return 0, false
+	}
+	g, err := strconv.Atoi(f[2])
+	return g, err == nil
 }
 
 // Start starts cmd (usually from Namespace.Command) and registers it to be
@@ -430,7 +498,9 @@ func (l *Lab) close() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Children that left the group die with their namespace below.
+			// Stop covers the process's whole group, including any
+			// successors it started before exiting; children that left
+			// the group die with their namespace below.
 			_ = p.Stop(StopGrace)
 		}()
 	}

@@ -165,6 +165,48 @@ func TestStopKillsStubbornProcess(t *testing.T) {
 	}
 }
 
+// TestStopStopsOrphanedGroup checks that Stop reaches the rest of a
+// process's group after the process itself has exited, as a daemon that
+// re-executes itself for an upgrade leaves its successor behind.
+func TestStopStopsOrphanedGroup(t *testing.T) {
+	lab := New(t)
+	n := lab.NewNamespace("orphan")
+	p := lab.Start(n.Command("sh", "-c", "sleep 300 & echo $!"))
+	select {
+	case <-p.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("leader did not exit")
+	}
+	pgid := p.Cmd.Process.Pid
+	if !groupAlive(pgid) {
+		t.Fatal("groupAlive = false with the orphaned sleep still running")
+	}
+	start := time.Now()
+	if err := p.Stop(2 * time.Second); err != nil {
+		t.Fatalf("Stop = %v; want the leader's status 0", err)
+	}
+	if groupAlive(pgid) {
+		t.Fatal("the orphaned sleep survived Stop")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Stop took %v; SIGTERM should have ended the sleep at once", d)
+	}
+}
+
+func TestStatPgrp(t *testing.T) {
+	for stat, want := range map[string]int{
+		"1234 (udpmux) S 1 1200 1200 0 -1": 1200,
+		"1234 (a) b) R 77 88 99":           88,
+	} {
+		if g, ok := statPgrp(stat); !ok || g != want {
+			t.Errorf("statPgrp(%q) = %d, %v; want %d", stat, g, ok, want)
+		}
+	}
+	if _, ok := statPgrp("1234 (x) S 1"); ok {
+		t.Error("statPgrp accepted a short line")
+	}
+}
+
 // TestSweepStale checks that a namespace named for a dead owner is removed
 // and one named for a live owner is kept.
 func TestSweepStale(t *testing.T) {
