@@ -154,6 +154,11 @@ func startDaemon(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, confi
 	t.Helper()
 	bin := udpmuxBinary(t)
 	d := &daemon{Config: filepath.Join(dir, "udpmux.yaml"), Log: filepath.Join(dir, "udpmux.log")}
+	if !strings.Contains(config, "\ncontrol:") {
+		// A control socket of the test's own: the default path is shared by
+		// every udpmux on the machine, and a second one would take over.
+		config += fmt.Sprintf("control:\n  socket: %q\n", filepath.Join(dir, "ctl.sock"))
+	}
 	if err := os.WriteFile(d.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
