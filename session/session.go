@@ -40,6 +40,7 @@ const (
 
 var reasonNames = [...]string{"", "idle", "closed", "shutdown", "refused", "error", "handoff"}
 
+// String returns the reason as logs and metrics name it.
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) && r != 0 {
 		return reasonNames[r]
