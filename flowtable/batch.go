@@ -4,8 +4,11 @@ import "math/bits"
 
 // batchChunk is how many keys LookupBatch works on at a time. Its loops
 // over a chunk are short enough for the processor to have all the chunk's
-// loads in flight at once.
-const batchChunk = 16
+// loads in flight at once. In a table of a million entries, chunks of 32
+// and 64 keys were as fast as each other and a fifth faster than chunks of
+// 16; a pipeline that loaded one chunk's buckets while it compared the keys
+// of the one before was no faster.
+const batchChunk = 32
 
 // LookupBatch sets out[i] to the entry with key keys[i], or to nil if there
 // is none, for each i in [0, len(keys)). It panics if out is shorter than
@@ -47,8 +50,8 @@ func (t *Table[V]) lookupChunk(keys []Key, out []*Entry[V]) {
 	// Hashing touches no memory but the keys, so this loop runs without
 	// stalls, and the next one, a few instructions per key, issues every
 	// bucket's load before the first one returns.
-	for i, k := range keys {
-		hashes[i] = hashKey(seed, k)
+	for i := range keys {
+		hashes[i] = hashKey(seed, keys[i])
 	}
 	for i := range keys {
 		tags[i] = buckets[hashes[i]&mask].tags.Load()
@@ -75,12 +78,13 @@ func (t *Table[V]) lookupChunk(keys []Key, out []*Entry[V]) {
 	// chain head was read, as the entry a Lookup finds is. Any other key
 	// gets a full lookup, which finds its bucket and usually its entries
 	// in the cache by now.
-	for i, k := range keys {
-		if e := cands[i]; e != nil && hdrs[i] == k.hdr && e.key == k {
+	for i := range keys {
+		k := &keys[i]
+		if e := cands[i]; e != nil && hdrs[i] == k.hdr && equal(&e.key, k) {
 			out[i] = e
 			continue
 		}
 		h := hashes[i]
-		out[i] = buckets[h&mask].find(k, tagOf(h))
+		out[i] = buckets[h&mask].find(*k, tagOf(h))
 	}
 }

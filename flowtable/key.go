@@ -48,6 +48,15 @@ type Key struct {
 	a0, a1, b0, b1 uint64
 }
 
+// equal reports whether *a == *b. It is written out because the compiler
+// compares a struct of more than four fields with a call to
+// runtime.memequal; this is five loads from each side and no branches,
+// which suits a lookup, where the words of each key are on one cache line
+// and the answer is almost always yes.
+func equal(a, b *Key) bool {
+	return (a.hdr^b.hdr)|(a.a0^b.a0)|(a.a1^b.a1)|(a.b0^b.b0)|(a.b1^b.b1) == 0
+}
+
 func (k Key) cidLen() int { return int(uint8(k.hdr >> 8)) }
 
 func (k Key) ports() (local, peer uint16) { return uint16(k.hdr >> 32), uint16(k.hdr >> 48) }

@@ -131,12 +131,12 @@ func (b *bucket[V]) find(k Key, tag uint64) *Entry[V] {
 		e := b.slots[bits.TrailingZeros64(m)/8].Load()
 		// A slot whose tag was read before a concurrent Delete may be
 		// empty by now.
-		if e != nil && e.key == k {
+		if e != nil && equal(&e.key, &k) {
 			return e
 		}
 	}
 	for e := b.overflow.Load(); e != nil; e = e.next.Load() {
-		if e.key == k {
+		if equal(&e.key, &k) {
 			return e
 		}
 	}
