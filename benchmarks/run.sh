@@ -7,7 +7,9 @@
 #
 # Environment: RUNS (runs per figure, default 3; QUICK 1), DURATION (per run,
 # default 2s; QUICK 1s), RATE (fixed-rate runs, datagrams/s, default 50000),
-# FT_COUNT (flow-table benchmark -count, default 5; QUICK 1).
+# FT_COUNT (flow-table benchmark -count, default 3; QUICK 1), FT_SHORT=1
+# (skip the flow-table benchmarks' 10M-entry tables; the default, and QUICK),
+# FT_SHORT=0 to include them (they take several more minutes).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,8 +20,9 @@ QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
 	RUNS=${RUNS:-1} DURATION=${DURATION:-1s} FT_COUNT=${FT_COUNT:-1}
 else
-	RUNS=${RUNS:-3} DURATION=${DURATION:-2s} FT_COUNT=${FT_COUNT:-5}
+	RUNS=${RUNS:-3} DURATION=${DURATION:-2s} FT_COUNT=${FT_COUNT:-3}
 fi
+FT_SHORT=${FT_SHORT:-1}
 RATE=${RATE:-50000}
 
 out=$(mktemp -d /tmp/udpmux-bench-bin.XXXXXX)
@@ -68,9 +71,10 @@ else
 fi
 
 "$here/lab.sh" up
-quick=()
-[[ $QUICK == 1 ]] && quick=(-quick)
+opts=()
+[[ $QUICK == 1 ]] && opts=(-quick)
+[[ $FT_SHORT == 1 ]] && opts+=(-flowtable-short)
 cd "$here"
 "$out/bench" -bin "$out" -main "$main" -out "$here/RESULTS.md" -raw "$here/results.json" \
 	-flowtable-out "$here/flowtable-bench.txt" -runs "$RUNS" -duration "$DURATION" -rate "$RATE" \
-	-flowtable-count "$FT_COUNT" "${quick[@]}"
+	-flowtable-count "$FT_COUNT" "${opts[@]}"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,14 +14,18 @@ import (
 
 // flowtableResult is the outcome of the flow-table microbenchmarks.
 type flowtableResult struct {
-	Err       string
-	Benchstat string  // benchstat's summary (or comparison with the previous output)
-	Compared  bool    // Benchstat compares with the previous run's output
-	LookupNs  float64 // median ns/op of the 1M-entry lookup benchmark, -1 if absent
-	LookupMin float64
-	LookupMax float64
-	Allocs    float64 // largest allocs/op seen in it
-	Name      string  // the benchmark the goal was read from
+	Err       string       `json:"error,omitempty"`
+	Benchstat string       `json:"benchstat"` // benchstat's summary, or its comparison with the previous output
+	Compared  bool         `json:"compared"`  // Benchstat compares with the previous run's output
+	Lookups   []lookupStat `json:"lookups"`   // the lookup benchmarks on a 1M-entry table
+}
+
+// lookupStat summarises one lookup benchmark on a table of 1M entries.
+type lookupStat struct {
+	Name          string  `json:"name"`
+	Ns, Min, Max  float64 // ns/op over the counts: median, min, max
+	Allocs        float64 // largest allocs/op
+	nsPerOpValues []float64
 }
 
 // runFlowtable compiles the main module's flowtable tests, runs their
@@ -28,7 +33,7 @@ type flowtableResult struct {
 // -count N ./flowtable/` does, without compiling on the measured core), and
 // summarises them with benchstat, against the previous output if there is one.
 func runFlowtable(h *harness) flowtableResult {
-	res := flowtableResult{LookupNs: -1}
+	var res flowtableResult
 	test := filepath.Join(h.opts.work, "flowtable.test")
 	build := exec.Command("go", "test", "-c", "-o", test, "./flowtable/")
 	build.Dir = h.opts.mainDir
@@ -39,11 +44,17 @@ func runFlowtable(h *harness) flowtableResult {
 	count := h.opts.ftCount
 	args := []string{"-c", cpuServer, test, "-test.run", "XXX", "-test.bench", ".", "-test.benchmem",
 		"-test.count", strconv.Itoa(count)}
-	if h.opts.quick {
+	if h.opts.ftShort {
 		args = append(args, "-test.short")
 	}
 	h.logf("flowtable benchmarks: taskset %s", strings.Join(args, " "))
-	out, err := exec.Command("taskset", args...).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), h.opts.ftTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "taskset", args...).CombinedOutput()
+	if ctx.Err() != nil {
+		res.Err = fmt.Sprintf("flowtable benchmarks did not finish within %v", h.opts.ftTimeout)
+		return res
+	}
 	if err != nil {
 		res.Err = fmt.Sprintf("flowtable benchmarks failed: %v: %s", err, lastLines(string(out), 5))
 		return res
@@ -75,24 +86,33 @@ func runFlowtable(h *harness) flowtableResult {
 	return res
 }
 
-// parseLookup finds the single-goroutine lookup benchmark on a table of about
-// a million entries and records its median ns/op and largest allocs/op.
+// parseLookup finds the lookup benchmarks on a table of 1M entries (names
+// BenchmarkLookup…/1M, GOMAXPROCS suffix removed) and records, per
+// benchmark, the median, min and max ns/op and the largest allocs/op. Their
+// ns/op is per key: the batched benchmark counts keys, not batches.
 func parseLookup(out string, res *flowtableResult) {
-	var ns []float64
+	byName := map[string]*lookupStat{}
+	var order []string
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") || !strings.Contains(f[0], "Lookup") {
+		if len(f) < 4 || !strings.HasPrefix(f[0], "BenchmarkLookup") {
 			continue
 		}
 		name := f[0]
-		if i := strings.LastIndexByte(name, '-'); i > 0 { // GOMAXPROCS suffix
+		if i := strings.LastIndexByte(name, '-'); i > 0 {
 			if _, err := strconv.Atoi(name[i+1:]); err == nil {
 				name = name[:i]
 			}
 		}
 		if !strings.HasSuffix(name, "/1M") {
 			continue
+		}
+		st := byName[name]
+		if st == nil {
+			st = &lookupStat{Name: name}
+			byName[name] = st
+			order = append(order, name)
 		}
 		for i := 2; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
@@ -101,22 +121,26 @@ func parseLookup(out string, res *flowtableResult) {
 			}
 			switch f[i+1] {
 			case "ns/op":
-				ns = append(ns, v)
+				st.nsPerOpValues = append(st.nsPerOpValues, v)
 			case "allocs/op":
-				res.Allocs = max(res.Allocs, v)
+				st.Allocs = max(st.Allocs, v)
 			}
 		}
-		res.Name = name
 	}
-	if len(ns) == 0 {
-		return
+	for _, name := range order {
+		st := byName[name]
+		ns := st.nsPerOpValues
+		if len(ns) == 0 {
+			continue
+		}
+		slices.Sort(ns)
+		st.Ns = ns[len(ns)/2]
+		if len(ns)%2 == 0 {
+			st.Ns = (ns[len(ns)/2-1] + ns[len(ns)/2]) / 2
+		}
+		st.Min, st.Max = ns[0], ns[len(ns)-1]
+		res.Lookups = append(res.Lookups, *st)
 	}
-	slices.Sort(ns)
-	res.LookupNs = ns[len(ns)/2]
-	if len(ns)%2 == 0 {
-		res.LookupNs = (ns[len(ns)/2-1] + ns[len(ns)/2]) / 2
-	}
-	res.LookupMin, res.LookupMax = ns[0], ns[len(ns)-1]
 }
 
 // lastLines returns the last n lines of s.

@@ -19,17 +19,20 @@ import (
 
 // options are the command-line settings.
 type options struct {
-	bin      string        // directory with loadgen, peer and (optionally) udpmux
-	mainDir  string        // the main module, for the flow-table benchmarks
-	out      string        // RESULTS.md to write
-	raw      string        // JSON file for every run's raw figures
-	work     string        // scratch directory (configs, logs)
-	runs     int           // repetitions per configuration
-	duration time.Duration // sending time per run
-	rate     float64       // the fixed rate, datagrams/s
-	quick    bool          // a small subset of the matrix
-	ftCount  int           // -count of the flow-table benchmarks
-	ftBench  string        // flow-table benchmark output, kept for the next comparison
+	bin       string        // directory with loadgen, peer and (optionally) udpmux
+	mainDir   string        // the main module, for the flow-table benchmarks
+	out       string        // RESULTS.md to write
+	raw       string        // JSON file for every run's raw figures
+	work      string        // scratch directory (configs, logs)
+	runs      int           // repetitions per configuration
+	duration  time.Duration // sending time per run
+	rate      float64       // the fixed rate, datagrams/s
+	quick     bool          // a small subset of the matrix
+	ftCount   int           // -count of the flow-table benchmarks
+	ftBench   string        // flow-table benchmark output, kept for the next comparison
+	ftShort   bool          // pass -test.short (skips the 10M-entry tables)
+	ftTimeout time.Duration // limit for the flow-table benchmarks
+	report    bool          // only write RESULTS.md again from the raw file
 }
 
 func main() {
@@ -44,7 +47,16 @@ func main() {
 	flag.Float64Var(&o.rate, "rate", 50000, "fixed offered rate, datagrams/s")
 	flag.BoolVar(&o.quick, "quick", false, "run a small subset (about two minutes)")
 	flag.IntVar(&o.ftCount, "flowtable-count", 5, "-count for the flow-table benchmarks")
+	flag.BoolVar(&o.ftShort, "flowtable-short", false, "run the flow-table benchmarks with -test.short (no 10M-entry tables)")
+	flag.DurationVar(&o.ftTimeout, "flowtable-timeout", 10*time.Minute, "give up on the flow-table benchmarks after this long")
+	flag.BoolVar(&o.report, "report-only", false, "measure nothing: write -out again from the -raw file of an earlier session")
 	flag.Parse()
+	if o.report {
+		if err := rewriteReport(o); err != nil {
+			fatal(err)
+		}
+		return
+	}
 	if o.bin == "" || o.runs < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -bin is required and -runs must be >= 1")
 		os.Exit(2)
@@ -56,10 +68,11 @@ func main() {
 	defer os.RemoveAll(o.work)
 
 	h := &harness{opts: o, started: time.Now()}
+	h.rec = record{Machine: machine(h), Runs: o.runs, Duration: o.duration, Rate: o.rate, Quick: o.quick, FTCount: o.ftCount}
 	h.logf("work directory %s", o.work)
 	h.runMatrix()
-	h.ft = runFlowtable(h)
-	if err := writeRaw(o.raw, h.results); err != nil {
+	h.rec.Flowtable = runFlowtable(h)
+	if err := writeRaw(o.raw, &h.rec); err != nil {
 		fatal(err)
 	}
 	if err := writeResults(h); err != nil {
@@ -73,13 +86,28 @@ func fatal(err error) {
 	os.Exit(1)
 }
 
-// writeRaw saves every run's figures as JSON.
-func writeRaw(path string, results []*result) error {
-	b, err := json.MarshalIndent(results, "", " ")
+// writeRaw saves the session's record as JSON.
+func writeRaw(path string, rec *record) error {
+	b, err := json.MarshalIndent(rec, "", " ")
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// rewriteReport writes RESULTS.md again from a saved record, with the
+// settings the session ran with.
+func rewriteReport(o options) error {
+	b, err := os.ReadFile(o.raw)
+	if err != nil {
+		return err
+	}
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("%s: %w", o.raw, err)
+	}
+	o.runs, o.duration, o.rate, o.quick, o.ftCount = rec.Runs, rec.Duration, rec.Rate, rec.Quick, rec.FTCount
+	return writeResults(&harness{opts: o, rec: rec})
 }
 
 // binary returns the path of a built program.

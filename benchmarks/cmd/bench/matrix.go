@@ -108,9 +108,21 @@ type result struct {
 type harness struct {
 	opts    options
 	started time.Time
-	results []*result
-	ft      flowtableResult
-	noisy   int // runs that started while other load was on the CPUs
+	rec     record
+}
+
+// record is everything a session measured, saved as results.json so that
+// RESULTS.md can be written again from it (bench -report-only).
+type record struct {
+	Machine   [][2]string     `json:"machine"`
+	Runs      int             `json:"runs"`
+	Duration  time.Duration   `json:"duration_ns"`
+	Rate      float64         `json:"rate"`
+	Quick     bool            `json:"quick"`
+	FTCount   int             `json:"flowtable_count"`
+	Noisy     int             `json:"noisy_runs"` // runs that started while other load was on the CPUs
+	Results   []*result       `json:"results"`
+	Flowtable flowtableResult `json:"flowtable"`
 }
 
 // matrix returns the configurations of one scenario kind.
@@ -151,7 +163,7 @@ func (h *harness) runMatrix() {
 				h.logf("proxy backends: %v", err)
 				for _, peer := range peersOf[kind] {
 					for _, c := range h.matrix(kind) {
-						h.results = append(h.results, &result{Config: c, Peer: peer, Err: "backends did not start: " + err.Error()})
+						h.rec.Results = append(h.rec.Results, &result{Config: c, Peer: peer, Err: "backends did not start: " + err.Error()})
 					}
 				}
 				continue
@@ -173,7 +185,7 @@ func (h *harness) runPeer(kind, peer string) {
 	if err != nil {
 		h.logf("%s %s: %v", kind, peer, err)
 		for _, c := range cfgs {
-			h.results = append(h.results, &result{Config: c, Peer: peer, Err: err.Error()})
+			h.rec.Results = append(h.rec.Results, &result{Config: c, Peer: peer, Err: err.Error()})
 		}
 		return
 	}
@@ -181,7 +193,7 @@ func (h *harness) runPeer(kind, peer string) {
 	warm := map[int]bool{}
 	for _, c := range cfgs {
 		res := &result{Config: c, Peer: peer}
-		h.results = append(h.results, res)
+		h.rec.Results = append(h.rec.Results, res)
 		if !warm[c.Flows] {
 			// Let the server see every flow once before measuring, so that
 			// runs measure established sessions, not their creation.
@@ -390,7 +402,7 @@ func (h *harness) measure(srv *process, c config) (run, error) {
 		r.CorePerDgram = r.CoreCPUs * 1e6 / float64(r.Delivered)
 	}
 	if r.Noisy {
-		h.noisy++
+		h.rec.Noisy++
 	}
 	return r, nil
 }

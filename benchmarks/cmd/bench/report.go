@@ -52,7 +52,7 @@ func cell(res *result, m metric) string {
 
 // find returns the result of a peer at a configuration, or nil.
 func (h *harness) find(c config, peer string) *result {
-	for _, r := range h.results {
+	for _, r := range h.rec.Results {
 		if r.Config == c && r.Peer == peer {
 			return r
 		}
@@ -88,14 +88,14 @@ func writeResults(h *harness) error {
 		w("**QUICK=1 subset**: 64-byte datagrams only, no 100k-flow series, one flow-table benchmark count.\n\n")
 	}
 	w("## Machine\n\n| | |\n|---|---|\n")
-	for _, kv := range machine(h) {
+	for _, kv := range h.rec.Machine {
 		w("| %s | %s |\n", kv[0], kv[1])
 	}
 	w("\nLab: namespaces bc (client, load generator on CPU 0), bs (server under test on CPU 1), bb (proxy backends on CPU 0), ")
 	w("joined by veth pairs, receive processing steered with RPS (client and backend rx on CPU 0, server rx on CPU 1). ")
 	w("Fixed-rate runs offer %.0f datagrams/s; \"max\" runs offer what one generator core can send.\n\n", o.rate)
-	if h.noisy > 0 {
-		w("**Warning:** %d run(s) started while other work kept a CPU more than 15 %% busy for 10 s; their figures are less reliable (see results.json, \"noisy\").\n\n", h.noisy)
+	if h.rec.Noisy > 0 {
+		w("**Warning:** %d run(s) started while other work kept a CPU more than 15 %% busy for 10 s; their figures are less reliable (see results.json, \"noisy\").\n\n", h.rec.Noisy)
 	}
 
 	h.writeGoals(w)
@@ -129,7 +129,7 @@ func writeResults(h *harness) error {
 	}
 
 	w("\n## Flow table microbenchmarks\n\n")
-	ft := h.ft
+	ft := h.rec.Flowtable
 	if ft.Err != "" {
 		w("Not measured: %s\n", ft.Err)
 	} else {
@@ -198,19 +198,25 @@ func (h *harness) writeGoals(w func(string, ...any)) {
 	}
 	measured, status := h.proxyGoal()
 	w("| proxy: delivered ≥ %.1f× nginx's, loss < %.0f %% at the generator's maximum | %s | %s |\n", goalProxyRatio, goalLossPct, measured, status)
-	ft := h.ft
+	ft := h.rec.Flowtable
+	const ftGoal = "flow table: lookup < 50 ns at 1M sessions, 0 allocations"
 	switch {
 	case ft.Err != "":
-		w("| flow table: lookup < %.0f ns at 1M sessions, 0 allocations | %s | not measured |\n", goalLookupNs, short(ft.Err))
-	case ft.LookupNs < 0:
-		w("| flow table: lookup < %.0f ns at 1M sessions, 0 allocations | no Lookup…/1M benchmark in ./flowtable | not measured |\n", goalLookupNs)
+		w("| %s | %s | not measured |\n", ftGoal, short(ft.Err))
+	case len(ft.Lookups) == 0:
+		w("| %s | no Lookup…/1M benchmark in ./flowtable | not measured |\n", ftGoal)
 	default:
-		st := "met"
-		if ft.LookupNs >= goalLookupNs || ft.Allocs > 0 {
-			st = "missed"
+		// Every lookup benchmark at 1M is shown; the goal is met if one
+		// way of looking up (single or batched) meets it.
+		var parts []string
+		st := "missed"
+		for _, l := range ft.Lookups {
+			parts = append(parts, fmt.Sprintf("%s: %.1f ns per lookup (%.1f–%.1f), %.0f allocs/op", l.Name, l.Ns, l.Min, l.Max, l.Allocs))
+			if l.Ns < goalLookupNs && l.Allocs == 0 {
+				st = "met"
+			}
 		}
-		w("| flow table: lookup < %.0f ns at 1M sessions, 0 allocations | %s: %.1f ns/op (%.1f–%.1f), %.0f allocs/op | %s |\n",
-			goalLookupNs, ft.Name, ft.LookupNs, ft.LookupMin, ft.LookupMax, ft.Allocs, st)
+		w("| %s | %s | %s |\n", ftGoal, strings.Join(parts, "; "), st)
 	}
 	w("\n")
 }
@@ -279,6 +285,7 @@ func (h *harness) proxyGoal() (measured, status string) {
 
 // machine describes the host, the software and the source revision.
 func machine(h *harness) [][2]string {
+	o := h.opts
 	cmd := func(name string, args ...string) string {
 		c := exec.Command(name, args...)
 		c.Dir = h.opts.mainDir
@@ -310,7 +317,7 @@ func machine(h *harness) [][2]string {
 		{"go", cmd("go", "version")},
 		{"commit", commit},
 		{"nginx", strings.TrimPrefix(cmd("nginx", "-v"), "nginx version: ")},
-		{"runs per figure", fmt.Sprint(h.opts.runs)},
-		{"duration per run", h.opts.duration.String()},
+		{"runs per figure", fmt.Sprint(o.runs)},
+		{"duration per run", o.duration.String()},
 	}
 }
