@@ -27,6 +27,9 @@ type Inheritance struct {
 	// Upstreams are the sessions' own sockets; a record's Upstream indexes
 	// them. New takes ownership of all of them.
 	Upstreams []int
+	// Relays are the sockets to the predecessor, one per loop, when it
+	// retained sessions (see Server.HandoffRelays); New takes ownership.
+	Relays []int
 }
 
 // InheritedListener is one listener's sockets from the predecessor.
@@ -42,6 +45,9 @@ type RestoreStats struct {
 	// configuration no longer has, did not fit the table, or their handler
 	// refused them (a backend removed from the configuration).
 	Restored, Dropped int
+	// Relayed sessions stayed with the predecessor, which serves them
+	// until they end; their datagrams are relayed to it.
+	Relayed int
 }
 
 // adopt wraps the inherited sockets of the listener at addr, if any, and
@@ -98,6 +104,11 @@ func (inh *Inheritance) closeUnused(used []bool, log func(string, ...any)) {
 // restore recreates the inherited sessions on the loops they had.
 func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
 	var st RestoreStats
+	if len(inh.Relays) > 0 {
+		if err := srv.adoptRelays(inh.Relays); err != nil {
+			return st, fmt.Errorf("relay: %w", err)
+		}
+	}
 	taken := make([]bool, len(inh.Upstreams))
 	now := session.Clock()
 	for i := range inh.Sessions {
@@ -105,6 +116,9 @@ func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
 		old := int(rec.Key.Scope())
 		if old >= len(inh.Listeners) {
 			return st, fmt.Errorf("session %d: listener %d of %d", i, old, len(inh.Listeners))
+		}
+		if rec.Retained && srv.relay == nil {
+			return st, fmt.Errorf("session %d: retained by the predecessor, which sent no relay sockets", i)
 		}
 		up := -1
 		if rec.Upstream >= 0 {
@@ -115,7 +129,11 @@ func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
 			up = inh.Upstreams[rec.Upstream]
 		}
 		if srv.restoreSession(rec, inh.Listeners[old].Address, up, now) {
-			st.Restored++
+			if rec.Retained {
+				st.Relayed++
+			} else {
+				st.Restored++
+			}
 		} else {
 			st.Dropped++
 			if up >= 0 {
@@ -127,6 +145,9 @@ func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
 		if !taken[i] {
 			unix.Close(fd)
 		}
+	}
+	if srv.relay != nil && srv.relay.live.Load() == 0 {
+		srv.relay.close() // nothing to relay: the predecessor's sessions all went
 	}
 	return st, nil
 }
@@ -141,15 +162,18 @@ func (srv *Server) restoreSession(rec *handoff.Session, addr netip.AddrPort, ups
 	if ln == nil {
 		return false
 	}
-	m, ok := ln.handler.(session.Migrator)
-	if !ok {
-		return false
-	}
 	key := rec.Key
 	if key.Kind() == flowtable.KindCID {
 		key, _ = flowtable.CIDKey(ln.scope, key.AppendCID(nil))
 	} else {
 		key = flowtable.TupleKey(ln.scope, key.Local(), key.Peer())
+	}
+	if rec.Retained {
+		return srv.restoreRelay(rec, ln, key, now)
+	}
+	m, ok := ln.handler.(session.Migrator)
+	if !ok {
+		return false
 	}
 	s := session.New(session.Config{
 		Key: key, Scope: ln.scope, Local: rec.Local, Peer: rec.Peer,
@@ -210,7 +234,9 @@ func (srv *Server) Freeze() {
 }
 
 // Thaw resumes loops paused by Freeze; they drain what queued meanwhile.
+// A relay HandoffRelays prepared is closed.
 func (srv *Server) Thaw() {
+	srv.discardDrain()
 	close(srv.frozen)
 }
 
@@ -218,6 +244,7 @@ func (srv *Server) Thaw() {
 // stop without reading again, handlers are told ReasonHandoff, and Serve
 // returns. The successor holds its own copies of every socket.
 func (srv *Server) Handover() {
+	srv.discardDrain()
 	srv.endReason.Store(uint32(session.ReasonHandoff))
 	for _, l := range srv.loops {
 		l.stopping.Store(true)
@@ -240,33 +267,57 @@ func (srv *Server) HandoffListeners() ([]handoff.Listener, []int) {
 	return ls, fds
 }
 
+// ExportStats counts what ExportSessions described.
+type ExportStats struct {
+	// Migrated sessions move to the successor with their state; Retained
+	// ones stay here and are relayed (see HandoffRelays); Skipped ones end
+	// with this process, since no relay was prepared for them.
+	Migrated, Retained, Skipped int
+}
+
 // ExportSessions calls fn with each session's record and its own socket
 // (-1 for none); the caller fills in rec.Upstream. Sessions whose handler is
-// not a session.Migrator are skipped and counted. The server must be frozen.
-func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) error) (skipped int, err error) {
+// not a session.Migrator are described as retained (rec.Retained, no state,
+// no socket) when HandoffRelays prepared a relay, and skipped otherwise. The
+// server must be frozen.
+func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) error) (ExportStats, error) {
+	var es ExportStats
+	var err error
 	now := session.Clock()
 	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
 		s := e.Value
+		if s.Closed() {
+			es.Skipped++
+			return true
+		}
 		m, ok := s.Handler().(session.Migrator)
-		if !ok || s.Closed() {
-			skipped++
+		if !ok && srv.drain == nil {
+			es.Skipped++
 			return true
 		}
 		var state []byte
-		if state, err = m.ExportSession(s); err != nil {
-			err = fmt.Errorf("session %v: %w", s.Key(), err)
-			return false
+		if ok {
+			if state, err = m.ExportSession(s); err != nil {
+				err = fmt.Errorf("session %v: %w", s.Key(), err)
+				return false
+			}
 		}
 		st := s.Stats()
 		rec := handoff.Session{
 			Key: s.Key(), Loop: uint16(s.LoopID()), Peer: s.Peer(), Local: s.LocalAddr(),
 			Created: s.Created().UnixNano(), IdleLeft: e.Expires() - now, IdleTimeout: int64(s.IdleTimeout()),
 			RxPackets: st.RxPackets, RxBytes: st.RxBytes, TxPackets: st.TxPackets, TxBytes: st.TxBytes,
-			State: state,
+			State: state, Retained: !ok,
 		}
-		fd, _ := s.Upstream()
+		fd := -1
+		if ok {
+			fd, _ = s.Upstream()
+			es.Migrated++
+		} else {
+			es.Retained++
+		}
 		err = fn(&rec, fd)
 		return err == nil
 	})
-	return skipped, err
+	return es, err
 }

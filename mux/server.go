@@ -100,6 +100,12 @@ type Server struct {
 	stopOnce  sync.Once
 	stopped   chan struct{} // closed when the server must stop serving
 	restored  RestoreStats
+
+	// drain is the relay a handoff that retained sessions needs on this
+	// side (HandoffRelays, Drain); relay the successor's side, serving the
+	// sessions a predecessor retained. Both are in relay.go.
+	drain *drain
+	relay *relayHandler
 }
 
 // New validates cfg and opens every socket, so that a bad address or a port
@@ -327,15 +333,18 @@ func (srv *Server) Serve(ctx context.Context) error {
 			l.run()
 		}()
 	}
+	srv.relay.start()
 	srv.log.Info("serving", "workers", len(srv.loops), "listeners", len(srv.listeners))
 	select {
 	case <-ctx.Done():
 	case <-srv.stopped:
 	}
+	srv.relay.stopReaders()
 	for _, l := range srv.loops {
 		l.stop()
 	}
 	wg.Wait()
+	srv.closeRelays()
 	return nil
 }
 
@@ -344,6 +353,7 @@ func (srv *Server) stop() { srv.stopOnce.Do(func() { close(srv.stopped) }) }
 
 // closeLoops releases what New opened when it fails.
 func (srv *Server) closeLoops() {
+	srv.closeRelays()
 	for _, l := range srv.loops {
 		l.close()
 	}

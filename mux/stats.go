@@ -24,6 +24,7 @@ type socketStats struct {
 	forwarded, forwardDrops                    counter
 	sendErrors, sendDrops, tooLarge            counter
 	upstreamRx                                 counter
+	relayed, relayDrops                        counter
 }
 
 // reasonIndex sizes the per-reason close counters.
@@ -64,6 +65,13 @@ type ListenerStats struct {
 	// UpstreamRx counts datagrams read from sessions' own sockets (a
 	// proxy's backend replies).
 	UpstreamRx uint64
+	// Relayed counts datagrams of sessions a predecessor kept across a
+	// restart (see Server.Drain): in the successor, those passed to the
+	// predecessor; in the draining predecessor, those received from the
+	// successor. RelayDrops counts such datagrams lost: the relay socket
+	// was full or the predecessor gone (successor), or the session had
+	// already ended (predecessor).
+	Relayed, RelayDrops uint64
 }
 
 func (st *socketStats) addTo(ls *ListenerStats) {
@@ -84,6 +92,8 @@ func (st *socketStats) addTo(ls *ListenerStats) {
 	ls.SendDrops += st.sendDrops.load()
 	ls.TooLarge += st.tooLarge.load()
 	ls.UpstreamRx += st.upstreamRx.load()
+	ls.Relayed += st.relayed.load()
+	ls.RelayDrops += st.relayDrops.load()
 	if ls.SessionsClosed == nil {
 		ls.SessionsClosed = make(map[string]uint64)
 	}

@@ -40,6 +40,7 @@ type metricsConfig struct {
 type controlConfig struct {
 	Socket         string `mapstructure:"socket"`
 	HandoffTimeout string `mapstructure:"handoff_timeout"`
+	DrainTimeout   string `mapstructure:"drain_timeout"`
 }
 
 type socketConfig struct {
@@ -82,6 +83,7 @@ var defaults = map[string]any{
 	"log.level":                     "info",
 	"control.socket":                defaultControlSocket,
 	"control.handoff_timeout":       "10s",
+	"control.drain_timeout":         "5m",
 	"metrics.address":               "",
 }
 
@@ -144,6 +146,9 @@ type config struct {
 	// long a predecessor stays paused for its successor.
 	controlSocket  string
 	handoffTimeout time.Duration
+	// drainTimeout bounds how long a predecessor keeps the sessions it
+	// could not hand over.
+	drainTimeout   time.Duration
 	metricsAddress string
 	text           []byte
 }
@@ -178,6 +183,11 @@ func (fc *fileConfig) check() (*config, error) {
 		return nil, fmt.Errorf("control.handoff_timeout: %q is not a positive duration such as 10s", fc.Control.HandoffTimeout)
 	}
 	c.handoffTimeout = d
+	d, err = time.ParseDuration(fc.Control.DrainTimeout)
+	if err != nil || d <= 0 {
+		return nil, fmt.Errorf("control.drain_timeout: %q is not a positive duration such as 5m", fc.Control.DrainTimeout)
+	}
+	c.drainTimeout = d
 	if fc.Metrics.Address != "" {
 		if _, err := parseAddress(fc.Metrics.Address); err != nil {
 			return nil, fmt.Errorf("metrics.address: %w", err)

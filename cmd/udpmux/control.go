@@ -29,6 +29,7 @@ type control struct {
 	log      *slog.Logger
 	started  time.Time
 	handing  atomic.Bool   // a handoff is under way; a second one is refused
+	drained  atomic.Bool   // handed over, keeping sessions the successor could not take
 	finished chan struct{} // closed once a successor has taken over
 }
 
@@ -140,6 +141,7 @@ type statusReport struct {
 	Started  time.Time `json:"started"`
 	Workers  int       `json:"workers"`
 	Restored int       `json:"sessions_restored"`
+	Relayed  int       `json:"sessions_relayed"`
 	mux.Stats
 	// Proxies are the proxy listeners' own counters and backend health, by
 	// listener name.
@@ -149,7 +151,8 @@ type statusReport struct {
 func (c *control) status() []byte {
 	st := statusReport{
 		PID: os.Getpid(), Version: buildVersion(), Started: c.started,
-		Workers: c.srv.Workers(), Restored: c.srv.Restored().Restored, Stats: c.srv.Stats(),
+		Workers: c.srv.Workers(), Restored: c.srv.Restored().Restored, Relayed: c.srv.Restored().Relayed,
+		Stats: c.srv.Stats(),
 	}
 	for _, lc := range c.cfg.mux.Listeners {
 		if h, ok := lc.Handler.(*proxy.Handler); ok {

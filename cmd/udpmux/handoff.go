@@ -51,19 +51,32 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 		log.Warn("handoff failed; serving on", "err", err, "paused", time.Since(frozen))
 		return
 	}
-	c.srv.Handover()
-	log.Info("handed over to successor", "sessions", st.Sessions, "descriptors", st.FDs,
-		"skipped", st.skipped, "paused", time.Since(frozen))
+	// Before the server stops: serve must find the successor in charge of
+	// the control socket's file when Serve returns, or it removes the file.
 	close(c.finished)
+	if st.Retained > 0 {
+		// The successor answers on the control socket now; this process
+		// serves the sessions it kept until they end, then exits.
+		c.drained.Store(true)
+		c.ln.Close()
+		c.srv.Drain(c.cfg.drainTimeout)
+		log.Info("handed over to successor; draining the sessions it could not take", "sessions", st.Migrated,
+			"retained", st.Retained, "descriptors", st.FDs, "paused", time.Since(frozen), "drain_timeout", c.cfg.drainTimeout)
+	} else {
+		c.srv.Handover()
+		log.Info("handed over to successor", "sessions", st.Sessions, "descriptors", st.FDs,
+			"skipped", st.Skipped, "paused", time.Since(frozen))
+	}
 }
 
 type sentState struct {
 	handoff.End
-	skipped int
+	mux.ExportStats
 }
 
-// sendState streams the frozen server's state: listeners, their sockets and
-// the control socket, then sessions with their own sockets, then totals.
+// sendState streams the frozen server's state: listeners, their sockets, the
+// control socket and the relay sockets if sessions stay here, then sessions
+// with their own sockets, then totals.
 func (c *control) sendState(conn *handoff.Conn) (sentState, error) {
 	var st sentState
 	if err := conn.Send(handoff.TypeAccept, nil, nil); err != nil {
@@ -78,7 +91,13 @@ func (c *control) sendState(conn *handoff.Conn) (sentState, error) {
 		return st, fmt.Errorf("control socket: %w", err)
 	}
 	raw.Control(func(fd uintptr) { fds = append(fds, int(fd)) })
-	msg := handoff.AppendListeners(nil, handoff.Listeners{Listeners: listeners, Control: true})
+	// Only when some handler cannot export its sessions: a relay for them.
+	relays, err := c.srv.HandoffRelays()
+	if err != nil {
+		return st, err
+	}
+	fds = append(fds, relays...)
+	msg := handoff.AppendListeners(nil, handoff.Listeners{Listeners: listeners, Control: true, Relays: len(relays)})
 	if err := conn.Send(handoff.TypeListeners, msg, nil); err != nil {
 		return st, err
 	}
@@ -89,7 +108,7 @@ func (c *control) sendState(conn *handoff.Conn) (sentState, error) {
 		}
 	}
 	sw := handoff.NewSessionWriter(conn)
-	st.skipped, err = c.srv.ExportSessions(func(rec *handoff.Session, upstream int) error {
+	st.ExportStats, err = c.srv.ExportSessions(func(rec *handoff.Session, upstream int) error {
 		rec.Upstream = -1
 		if upstream >= 0 {
 			rec.Upstream = int32(fdw.total - len(fds))
@@ -249,7 +268,12 @@ func receiveState(conn *handoff.Conn) (*inherited, error) {
 		return fail(fmt.Errorf("no control socket descriptor"))
 	}
 	inh.control = fds[next]
-	inh.mux.Upstreams = fds[next+1:]
+	rest := fds[next+1:]
+	if listeners.Relays > len(rest) {
+		return fail(fmt.Errorf("%d relay sockets, %d descriptors left", listeners.Relays, len(rest)))
+	}
+	inh.mux.Relays = rest[:listeners.Relays]
+	inh.mux.Upstreams = rest[listeners.Relays:]
 	return inh, nil
 }
 

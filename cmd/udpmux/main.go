@@ -163,7 +163,7 @@ func serve(cfg *config, stderr io.Writer) error {
 	if inh != nil {
 		r := srv.Restored()
 		log.Info("took over from predecessor", "sessions_restored", r.Restored, "sessions_dropped", r.Dropped,
-			"took", time.Since(start))
+			"sessions_relayed", r.Relayed, "took", time.Since(start))
 	}
 	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, finished: make(chan struct{})}
 	go ctl.serve()
@@ -180,6 +180,10 @@ func serve(cfg *config, stderr io.Writer) error {
 	defer signal.Stop(upgrade)
 	go func() {
 		for range upgrade {
+			if ctl.drained.Load() {
+				log.Warn("SIGUSR2 ignored: this process has handed over and only drains; signal its successor")
+				continue
+			}
 			if exeErr != nil {
 				log.Error("cannot upgrade: own executable unknown", "err", exeErr)
 				continue
@@ -206,7 +210,11 @@ func serve(cfg *config, stderr io.Writer) error {
 	for _, ls := range st.Listeners {
 		log.Info("stopped", "listener", ls.Name, "rx", ls.RxDatagrams, "tx", ls.TxDatagrams,
 			"sessions_opened", ls.SessionsOpened, "kernel_drops", ls.KernelDrops, "truncated", ls.Truncated,
-			"forward_drops", ls.ForwardDrops, "send_drops", ls.SendDrops, "send_errors", ls.SendErrors)
+			"forward_drops", ls.ForwardDrops, "send_drops", ls.SendDrops, "send_errors", ls.SendErrors,
+			"relayed", ls.Relayed, "relay_drops", ls.RelayDrops)
+	}
+	if ctl.drained.Load() {
+		log.Info("drained: no session left for this process; exiting")
 	}
 	return nil
 }

@@ -18,7 +18,8 @@ import (
 )
 
 // Version is the handoff protocol version; a peer speaking another is refused.
-const Version = 1
+// Version 2 added retained sessions and relay sockets.
+const Version = 2
 
 // MaxMessage bounds one message; session records are batched up to it.
 const MaxMessage = 64 << 10

@@ -25,6 +25,11 @@ func sampleSessions() []Session {
 		{
 			Key: cid, Peer: netip.MustParseAddrPort("[2001:db8::5]:443"), IdleLeft: -1, IdleTimeout: 1e9, Upstream: -1,
 		},
+		{
+			Key:  flowtable.TupleKey(0, netip.MustParseAddrPort("192.0.2.1:1194"), netip.MustParseAddrPort("198.51.100.8:40002")),
+			Loop: 2, Peer: netip.MustParseAddrPort("198.51.100.8:40002"), Local: netip.MustParseAddrPort("192.0.2.1:1194"),
+			IdleLeft: 3e9, IdleTimeout: 60e9, RxPackets: 4, Upstream: -1, Retained: true,
+		},
 	}
 }
 
@@ -78,7 +83,8 @@ func TestSessionsRoundTripOverASocketWithDescriptors(t *testing.T) {
 	}
 	for i := range want {
 		if got[i].Key != want[i].Key || got[i].Peer != want[i].Peer || got[i].Local != want[i].Local ||
-			got[i].TxBytes != want[i].TxBytes || got[i].Upstream != want[i].Upstream || !bytes.Equal(got[i].State, want[i].State) {
+			got[i].TxBytes != want[i].TxBytes || got[i].Upstream != want[i].Upstream || got[i].Retained != want[i].Retained ||
+			!bytes.Equal(got[i].State, want[i].State) {
 			t.Errorf("session %d: got %+v, want %+v", i, got[i], want[i])
 		}
 	}
@@ -152,6 +158,36 @@ func TestCorruptAndTruncatedInputIsRefused(t *testing.T) {
 			_, err := DecodeSessions(r)
 			return err
 		}, ErrCorrupt},
+		{"unknown session flag", func() error {
+			r := append([]byte{}, rec...)
+			r[flagsOffset(s)] = 2
+			_, err := DecodeSessions(r)
+			return err
+		}, ErrCorrupt},
+		{"truncated relay", func() error { _, _, _, err := DecodeRelay(make([]byte, RelayHeaderSize-1)); return err }, ErrTruncated},
+		{"relay with a zero key", func() error { _, _, _, err := DecodeRelay(make([]byte, RelayHeaderSize)); return err }, ErrCorrupt},
+		{"relay without a peer", func() error {
+			r := AppendRelay(nil, s.Key, netip.AddrPort{}, []byte("x"))
+			_, _, _, err := DecodeRelay(r)
+			return err
+		}, ErrCorrupt},
+		{"long ended notice", func() error { _, err := DecodeEnded(append(AppendEnded(nil, s.Key), 0)); return err }, ErrCorrupt},
+		{"relays without control socket", func() error {
+			_, err := DecodeListeners(AppendListeners(nil, Listeners{
+				Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Relays: 2}))
+			return err
+		}, ErrCorrupt},
+		{"relays for another loop count", func() error {
+			_, err := DecodeListeners(AppendListeners(nil, Listeners{
+				Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Control: true, Relays: 3}))
+			return err
+		}, ErrCorrupt},
+		{"control flag not 0 or 1", func() error {
+			b := AppendListeners(nil, Listeners{Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}})
+			b[len(b)-3] = 2
+			_, err := DecodeListeners(b)
+			return err
+		}, ErrCorrupt},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -159,6 +195,72 @@ func TestCorruptAndTruncatedInputIsRefused(t *testing.T) {
 				t.Errorf("got %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// flagsOffset is where a record's flags byte lies in a Sessions message
+// holding only that record.
+func flagsOffset(s Session) int {
+	return 4 + flowtable.KeySize + 2 + 2*addrPortSize + 7*8 + 4
+}
+
+func TestRetainedSessionRoundTrip(t *testing.T) {
+	want := sampleSessions()[2]
+	b, err := AppendSession([]byte{1, 0, 0, 0}, &want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[flagsOffset(want)] != flagRetained {
+		t.Fatalf("flags byte %#x, want %#x", b[flagsOffset(want)], flagRetained)
+	}
+	got, err := DecodeSessions(b)
+	if err != nil || len(got) != 1 || !got[0].Retained || got[0].Key != want.Key || got[0].Upstream != -1 || got[0].Loop != 2 {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+	// A retained record carries neither state nor a socket of its own.
+	for name, mutate := range map[string]func(*Session){
+		"with state":    func(s *Session) { s.State = []byte{1} },
+		"with upstream": func(s *Session) { s.Upstream = 0 },
+	} {
+		s := want
+		mutate(&s)
+		b, _ := AppendSession([]byte{1, 0, 0, 0}, &s)
+		if _, err := DecodeSessions(b); err == nil {
+			t.Errorf("a retained record %s decoded", name)
+		}
+	}
+	// Migrated records keep the flag clear.
+	m := sampleSessions()[0]
+	b, _ = AppendSession([]byte{1, 0, 0, 0}, &m)
+	if b[flagsOffset(m)] != 0 {
+		t.Errorf("migrated record's flags byte %#x", b[flagsOffset(m)])
+	}
+}
+
+func TestRelayFraming(t *testing.T) {
+	s := sampleSessions()[1]
+	peer := netip.MustParseAddrPort("[2001:db8::9]:4433")
+	b := AppendRelay(make([]byte, 0, 128), s.Key, peer, []byte("payload"))
+	if len(b) != RelayHeaderSize+len("payload") {
+		t.Fatalf("relayed datagram of %d bytes", len(b))
+	}
+	key, p, payload, err := DecodeRelay(b)
+	if err != nil || key != s.Key || p != peer || string(payload) != "payload" {
+		t.Fatalf("decoded %v %v %q %v", key, p, payload, err)
+	}
+	if _, _, payload, err := DecodeRelay(AppendRelay(nil, s.Key, peer, nil)); err != nil || len(payload) != 0 {
+		t.Fatalf("empty payload: %q %v", payload, err)
+	}
+	k, err := DecodeEnded(AppendEnded(nil, s.Key))
+	if err != nil || k != s.Key {
+		t.Fatalf("ended: %v %v", k, err)
+	}
+	buf := make([]byte, 0, 128)
+	if n := testing.AllocsPerRun(100, func() {
+		buf = AppendRelay(buf[:0], s.Key, peer, []byte("payload"))
+		DecodeRelay(buf)
+	}); n != 0 {
+		t.Errorf("relay framing allocates %v times per datagram", n)
 	}
 }
 
@@ -171,6 +273,11 @@ func TestHelloListenersEnd(t *testing.T) {
 	got, err := DecodeListeners(AppendListeners(nil, ls))
 	if err != nil || len(got.Listeners) != 1 || got.Listeners[0] != ls.Listeners[0] || !got.Control {
 		t.Errorf("listeners: %+v %v", got, err)
+	}
+	ls.Relays = 2
+	ls.Listeners[0].Sockets = 2
+	if got, err := DecodeListeners(AppendListeners(nil, ls)); err != nil || got.Relays != 2 {
+		t.Errorf("listeners with relays: %+v %v", got, err)
 	}
 	if _, err := DecodeListeners(AppendListeners(nil, Listeners{Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 0}}})); err == nil {
 		t.Error("a listener with no sockets decoded")
@@ -189,6 +296,11 @@ func FuzzDecodeSessions(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte{0, 0, 0, 0})
+	all, _ := AppendSession([]byte{3, 0, 0, 0}, &sampleSessions()[0])
+	for _, s := range sampleSessions()[1:] {
+		all, _ = AppendSession(all, &s)
+	}
+	f.Add(all)
 	f.Fuzz(func(t *testing.T, p []byte) {
 		got, err := DecodeSessions(p)
 		if err != nil {
@@ -207,10 +319,22 @@ func FuzzDecodeSessions(f *testing.F) {
 	})
 }
 
+// Relayed datagrams and ended notices travel unframed on their own sockets;
+// the frame fuzzer reaches their decoders through type bytes no message uses.
+const (
+	relayFuzzType Type = 0xf0
+	endedFuzzType Type = 0xf1
+)
+
 // FuzzDecodeFrame covers the frame check and every message decoder.
 func FuzzDecodeFrame(f *testing.F) {
 	f.Add([]byte{byte(TypeHello), 1, 0, 1, 0, 0, 0, 0, 0, 0, 0})
 	f.Add(AppendListeners([]byte{byte(TypeListeners)}, Listeners{Listeners: []Listener{{"a", netip.MustParseAddrPort("1.2.3.4:5"), 1}}}))
+	f.Add(AppendListeners([]byte{byte(TypeListeners)}, Listeners{
+		Listeners: []Listener{{"a", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Control: true, Relays: 2}))
+	rec := sampleSessions()[2]
+	f.Add(AppendRelay([]byte{byte(relayFuzzType)}, rec.Key, rec.Peer, []byte("hello")))
+	f.Add(AppendEnded([]byte{byte(endedFuzzType)}, rec.Key))
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		Unframe(msg)
 		if len(msg) == 0 {
@@ -224,6 +348,16 @@ func FuzzDecodeFrame(f *testing.F) {
 			DecodeListeners(p)
 		case TypeEnd:
 			DecodeEnd(p)
+		case relayFuzzType:
+			if key, peer, payload, err := DecodeRelay(p); err == nil {
+				if out := AppendRelay(nil, key, peer, payload); !bytes.Equal(out, p) {
+					t.Fatalf("relay re-encoding differs:\n%x\n%x", p, out)
+				}
+			}
+		case endedFuzzType:
+			if key, err := DecodeEnded(p); err == nil && !bytes.Equal(AppendEnded(nil, key), p) {
+				t.Fatalf("ended notice re-encoding differs")
+			}
 		default:
 			DecodeSessions(p)
 		}

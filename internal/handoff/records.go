@@ -44,11 +44,14 @@ type Listener struct {
 	Sockets int
 }
 
-// Listeners is the first state message: every listener and whether the
-// control socket's descriptor follows the listeners' ones.
+// Listeners is the first state message: every listener, whether the control
+// socket's descriptor follows the listeners' ones, and how many relay sockets
+// follow that: one per event loop when the owner keeps sessions it cannot
+// hand over (Session.Retained), none otherwise.
 type Listeners struct {
 	Listeners []Listener
 	Control   bool
+	Relays    int
 }
 
 // AppendListeners encodes ls.
@@ -59,7 +62,8 @@ func AppendListeners(b []byte, ls Listeners) []byte {
 		b = appendAddrPort(b, l.Address)
 		b = binary.LittleEndian.AppendUint16(b, uint16(l.Sockets))
 	}
-	return append(b, boolByte(ls.Control))
+	b = append(b, boolByte(ls.Control))
+	return binary.LittleEndian.AppendUint16(b, uint16(ls.Relays))
 }
 
 // DecodeListeners decodes and checks a Listeners message.
@@ -74,7 +78,25 @@ func DecodeListeners(p []byte) (Listeners, error) {
 		}
 		ls.Listeners = append(ls.Listeners, l)
 	}
-	ls.Control = d.u8() == 1
+	switch c := d.u8(); c {
+	case 0, 1:
+		ls.Control = c == 1
+	default:
+		d.fail(fmt.Errorf("control flag %d: %w", c, ErrCorrupt))
+	}
+	ls.Relays = int(d.u16())
+	if d.err == nil && ls.Relays != 0 {
+		// A relay socket pairs one loop of each process: as many as each
+		// listener has sockets, and only with the control socket.
+		if !ls.Control || len(ls.Listeners) == 0 {
+			d.fail(fmt.Errorf("%d relay sockets without listeners or control socket: %w", ls.Relays, ErrCorrupt))
+		}
+		for _, l := range ls.Listeners {
+			if l.Sockets != ls.Relays && d.err == nil {
+				d.fail(fmt.Errorf("%d relay sockets for %d loops: %w", ls.Relays, l.Sockets, ErrCorrupt))
+			}
+		}
+	}
 	return ls, d.finish("listeners")
 }
 
@@ -93,9 +115,19 @@ type Session struct {
 	// Upstream is the index, among the descriptors of the TypeFDs messages,
 	// of the session's own socket; -1 for none.
 	Upstream int32
+	// Retained marks a session whose handler cannot hand its state over:
+	// the owner keeps serving it, and the successor relays its datagrams
+	// to the owner. A retained record has no State and no Upstream.
+	Retained bool
 	// State is the handler's serialized state.
 	State []byte
 }
+
+// Session flags, one byte in the encoding; other bits are refused.
+const (
+	flagRetained = 1 << iota
+	knownFlags   = flagRetained
+)
 
 // MaxState bounds a handler's serialized state per session.
 const MaxState = 4096
@@ -117,6 +149,11 @@ func AppendSession(b []byte, s *Session) ([]byte, error) {
 		b = binary.LittleEndian.AppendUint64(b, v)
 	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(s.Upstream))
+	var flags byte
+	if s.Retained {
+		flags |= flagRetained
+	}
+	b = append(b, flags)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(s.State)))
 	return append(b, s.State...), nil
 }
@@ -140,7 +177,12 @@ func DecodeSessions(p []byte) ([]Session, error) {
 		s.Created, s.IdleLeft, s.IdleTimeout = int64(d.u64()), int64(d.u64()), int64(d.u64())
 		s.RxPackets, s.RxBytes, s.TxPackets, s.TxBytes = d.u64(), d.u64(), d.u64(), d.u64()
 		s.Upstream = int32(d.u32())
+		flags := d.u8()
+		s.Retained = flags&flagRetained != 0
 		s.State = append([]byte(nil), d.bytes(int(d.u16()))...)
+		if d.err == nil && flags&^knownFlags != 0 {
+			d.fail(fmt.Errorf("session %d: unknown flags %#x: %w", i, flags, ErrCorrupt))
+		}
 		if d.err == nil {
 			if err := s.check(); err != nil {
 				d.fail(fmt.Errorf("session %d: %w", i, err))
@@ -154,7 +196,7 @@ func DecodeSessions(p []byte) ([]Session, error) {
 	return out, nil
 }
 
-const minSessionSize = flowtable.KeySize + 2 + 2*addrPortSize + 7*8 + 4 + 2
+const minSessionSize = flowtable.KeySize + 2 + 2*addrPortSize + 7*8 + 4 + 1 + 2
 
 func (s *Session) check() error {
 	switch {
@@ -168,6 +210,8 @@ func (s *Session) check() error {
 		return fmt.Errorf("upstream index %d", s.Upstream)
 	case len(s.State) > MaxState:
 		return fmt.Errorf("state of %d bytes", len(s.State))
+	case s.Retained && (s.Upstream != -1 || len(s.State) > 0):
+		return fmt.Errorf("retained session with upstream %d and %d bytes of state", s.Upstream, len(s.State))
 	}
 	return nil
 }

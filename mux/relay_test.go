@@ -1,0 +1,327 @@
+package mux
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/handoff"
+	"github.com/udpmux/udpmux/session"
+)
+
+// countingHandler answers each datagram with its name and how many
+// datagrams the session has had. The count lives in the handler, not the
+// session, and the handler is no session.Migrator: its sessions cannot move
+// to another process.
+type countingHandler struct {
+	name   string
+	mu     sync.Mutex
+	counts map[*session.Session]int
+}
+
+func newCountingHandler(name string) *countingHandler {
+	return &countingHandler{name: name, counts: map[*session.Session]int{}}
+}
+
+func (h *countingHandler) Open(s *session.Session) error {
+	h.mu.Lock()
+	h.counts[s] = 0
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *countingHandler) Datagram(s *session.Session, p []byte) {
+	h.mu.Lock()
+	h.counts[s]++
+	n := h.counts[s]
+	h.mu.Unlock()
+	s.Write(fmt.Appendf(nil, "%s %d", h.name, n))
+}
+
+func (h *countingHandler) Close(s *session.Session, _ session.Reason) {
+	h.mu.Lock()
+	delete(h.counts, s)
+	h.mu.Unlock()
+}
+
+func countingConfig(h session.Handler, addr netip.AddrPort, idle time.Duration) Config {
+	return Config{
+		Workers: 2, Logger: quietLogger(),
+		Listeners: []ListenerConfig{{Name: "count", Address: addr, Handler: h, IdleTimeout: idle}},
+	}
+}
+
+// startServer serves srv until the test ends; the channel closes when Serve
+// returns.
+func startServer(t *testing.T, srv *Server) <-chan struct{} {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return within 10s of cancel")
+		}
+	})
+	return done
+}
+
+// ask sends msg from c and returns the reply.
+func ask(t *testing.T, c *net.UDPConn, msg string) string {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	buf := make([]byte, 256)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("reply to %q: %v", msg, err)
+	}
+	return string(buf[:n])
+}
+
+func expectReply(t *testing.T, c *net.UDPConn, want string) {
+	t.Helper()
+	if got := ask(t, c, "x"); got != want {
+		t.Fatalf("client %v: reply %q, want %q", c.LocalAddr(), got, want)
+	}
+}
+
+func dupFD(t *testing.T, fd int) int {
+	t.Helper()
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// handOver does in one process what cmd/udpmux does across two: freeze the
+// owner, describe its listeners, relay and sessions (through the wire
+// encoding), give a successor copies of the descriptors, build it, and let
+// the owner drain.
+func handOver(t *testing.T, owner *Server, cfg Config, drainTimeout time.Duration) *Server {
+	t.Helper()
+	owner.Freeze()
+	ls, fds := owner.HandoffListeners()
+	relays, err := owner.HandoffRelays()
+	if err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	w := []byte{0, 0, 0, 0}
+	n := 0
+	es, err := owner.ExportSessions(func(rec *handoff.Session, upstream int) error {
+		if upstream >= 0 {
+			return fmt.Errorf("session %v has a socket of its own", rec.Key)
+		}
+		rec.Upstream = -1
+		n++
+		w, err = handoff.AppendSession(w, rec)
+		return err
+	})
+	if err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	w[0], w[1] = byte(n), byte(n>>8)
+	recs, err := handoff.DecodeSessions(w)
+	if err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	if es.Retained != n || es.Migrated != 0 || len(relays) != owner.Workers() {
+		owner.Thaw()
+		t.Fatalf("export: %+v of %d records, %d relay sockets", es, n, len(relays))
+	}
+	inh := &Inheritance{Sessions: recs}
+	next := 0
+	for _, l := range ls {
+		il := InheritedListener{Name: l.Name, Address: l.Address}
+		for _, fd := range fds[next : next+l.Sockets] {
+			il.FDs = append(il.FDs, dupFD(t, fd))
+		}
+		next += l.Sockets
+		inh.Listeners = append(inh.Listeners, il)
+	}
+	for _, fd := range relays {
+		inh.Relays = append(inh.Relays, dupFD(t, fd))
+	}
+	cfg.Inherit = inh
+	succ, err := New(cfg)
+	if err != nil {
+		owner.Thaw()
+		t.Fatalf("successor: %v", err)
+	}
+	if r := succ.Restored(); r.Relayed != n || r.Restored != 0 || r.Dropped != 0 {
+		t.Errorf("successor restored %+v, want %d relayed", r, n)
+	}
+	owner.Drain(drainTimeout)
+	return succ
+}
+
+// TestRetainedSessionsStayWithTheOwner hands a server whose handler cannot
+// export its sessions to a successor: those sessions go on being served by
+// the owner's handler, relayed by the successor, until the drain timeout or
+// their idle timeout ends them; then the owner stops, and the clients' next
+// datagrams open sessions in the successor. New clients are the successor's
+// from the start.
+func TestRetainedSessionsStayWithTheOwner(t *testing.T) {
+	tests := []struct {
+		name                string
+		ownerIdle, drain    time.Duration
+		endedBy, endsInSucc string // close reasons in the owner and the successor
+	}{
+		{"drain timeout", time.Minute, 1500 * time.Millisecond, "shutdown", "closed"},
+		{"idle timeout", time.Second, time.Minute, "idle", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ownerH := newCountingHandler("owner")
+			owner, err := New(countingConfig(ownerH, netip.MustParseAddrPort("127.0.0.1:0"), tc.ownerIdle))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ownerDone := startServer(t, owner)
+			addr := owner.Addr(0)
+			a := dial(t, "udp4", netip.AddrPort{}, addr)
+			b := dial(t, "udp4", netip.AddrPort{}, addr)
+			expectReply(t, a, "owner 1")
+			expectReply(t, b, "owner 1")
+			expectReply(t, a, "owner 2")
+
+			succH := newCountingHandler("succ")
+			succ := handOver(t, owner, countingConfig(succH, addr, time.Minute), tc.drain)
+			startServer(t, succ)
+			handedOver := time.Now()
+
+			// The owner's handler still counts the retained sessions.
+			expectReply(t, a, "owner 3")
+			expectReply(t, b, "owner 2")
+			// A new client is the successor's.
+			c := dial(t, "udp4", netip.AddrPort{}, addr)
+			expectReply(t, c, "succ 1")
+			expectReply(t, a, "owner 4")
+			// A loop counts after its syscall returns, which can be after
+			// the client has its reply.
+			waitFor(t, 5*time.Second, "successor counters: 3 relayed, 3 sessions (2 relay sessions, 1 new)", func() bool {
+				st := succ.Stats().Listeners[0]
+				return st.Relayed == 3 && st.RelayDrops == 0 && st.SessionsOpened == 3
+			})
+			waitFor(t, 5*time.Second, "owner counters: 3 relayed, 6 sent", func() bool {
+				st := owner.Stats().Listeners[0]
+				return st.Relayed == 3 && st.TxDatagrams == 3+3
+			})
+
+			select {
+			case <-ownerDone:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("owner still serving 10s after the handoff: %d sessions", owner.Stats().Sessions)
+			}
+			t.Logf("owner stopped %s after the handoff", time.Since(handedOver).Round(time.Millisecond))
+			if st := owner.Stats().Listeners[0]; st.SessionsClosed[tc.endedBy] != 2 {
+				t.Errorf("owner closed sessions %v, want 2 %s", st.SessionsClosed, tc.endedBy)
+			}
+			// The owner's notices end the relay sessions (unless they
+			// expired in the successor at the same time).
+			// A loop counts a close after the session has left the table.
+			waitFor(t, 5*time.Second, "the relay sessions to end", func() bool {
+				st := succ.Stats()
+				return st.Sessions == 1 && (tc.endsInSucc == "" || st.Listeners[0].SessionsClosed[tc.endsInSucc] == 2)
+			})
+			// The retained clients start afresh in the successor.
+			expectReply(t, a, "succ 1")
+			expectReply(t, b, "succ 1")
+			expectReply(t, c, "succ 2")
+			succ.relay.mu.Lock()
+			closed := succ.relay.closed
+			succ.relay.mu.Unlock()
+			if !closed {
+				t.Error("the successor's relay is still open with no relay session left")
+			}
+		})
+	}
+}
+
+// TestRelayNotPreparedWithoutRetainedSessions: a handoff in which every
+// session can move needs no relay, and Drain is Handover.
+func TestRelayNotPreparedWithoutRetainedSessions(t *testing.T) {
+	owner, err := New(Config{Workers: 2, Logger: quietLogger(), Listeners: []ListenerConfig{{
+		Name: "echo", Address: netip.MustParseAddrPort("127.0.0.1:0"), Handler: session.Echo{},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := startServer(t, owner)
+	a := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
+	roundTrip(t, a, []byte("x"))
+	owner.Freeze()
+	relays, err := owner.HandoffRelays()
+	if err != nil || relays != nil {
+		owner.Thaw()
+		t.Fatalf("relays %v, %v; want none", relays, err)
+	}
+	es, err := owner.ExportSessions(func(rec *handoff.Session, _ int) error {
+		if rec.Retained {
+			return fmt.Errorf("echo session %v retained", rec.Key)
+		}
+		return nil
+	})
+	if err != nil || es.Migrated != 1 || es.Retained != 0 {
+		owner.Thaw()
+		t.Fatalf("export %+v, %v", es, err)
+	}
+	owner.Drain(time.Minute)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drain without retained sessions did not stop the server")
+	}
+	if st := owner.Stats().Listeners[0]; st.SessionsClosed["handoff"] != 1 {
+		t.Errorf("closed %v, want 1 handoff", st.SessionsClosed)
+	}
+}
+
+// TestThawClosesThePreparedRelay: a handoff that fails after the relay was
+// made leaves the owner serving its sessions as before.
+func TestThawClosesThePreparedRelay(t *testing.T) {
+	h := newCountingHandler("owner")
+	owner, err := New(countingConfig(h, netip.MustParseAddrPort("127.0.0.1:0"), time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, owner)
+	a := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
+	expectReply(t, a, "owner 1")
+	owner.Freeze()
+	relays, err := owner.HandoffRelays()
+	if err != nil || len(relays) != 2 {
+		owner.Thaw()
+		t.Fatalf("relays %v, %v", relays, err)
+	}
+	owner.Thaw()
+	if owner.drain != nil {
+		t.Error("Thaw kept the relay")
+	}
+	for _, fd := range relays {
+		// Closed: the number is free again (or reused, which a test
+		// running alone does not do between two lines).
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+			t.Errorf("relay descriptor %d still open after Thaw: %v", fd, err)
+		}
+	}
+	expectReply(t, a, "owner 2")
+}
