@@ -26,6 +26,11 @@ const batchChunk = 32
 // that the loads of each step are independent of each other and issued
 // together.
 func (t *Table[V]) LookupBatch(keys []Key, out []*Entry[V]) {
+	if len(out) < len(keys) {
+		// out[:len(keys)] alone would let a short out with spare
+		// capacity through.
+		panic("flowtable: LookupBatch with out shorter than keys")
+	}
 	out = out[:len(keys)]
 	for len(keys) > 0 {
 		n := min(len(keys), batchChunk)

@@ -86,6 +86,14 @@ func TestLookupBatch(t *testing.T) {
 		}()
 		tb.LookupBatch(make([]Key, 3), make([]*Entry[int], 2))
 	})
+	t.Run("short out with room", func(t *testing.T) {
+		defer func() {
+			if recover() == nil {
+				t.Error("LookupBatch with out shorter than keys but long enough in capacity did not panic")
+			}
+		}()
+		tb.LookupBatch(make([]Key, 3), make([]*Entry[int], 2, 3))
+	})
 	t.Run("nil out", func(t *testing.T) {
 		tb.LookupBatch(nil, nil)
 	})
