@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/session"
 )
@@ -324,4 +325,108 @@ func TestThawClosesThePreparedRelay(t *testing.T) {
 		}
 	}
 	expectReply(t, a, "owner 2")
+}
+
+// cidDissector keys a datagram by its first 8 bytes, a connection ID.
+type cidDissector struct{}
+
+func (cidDissector) Dissect(p []byte, _, _ netip.AddrPort, scope uint16) (flowtable.Key, session.Verdict) {
+	if len(p) < 8 {
+		return flowtable.Key{}, session.Drop
+	}
+	k, err := flowtable.CIDKey(scope, p[:8])
+	if err != nil {
+		return flowtable.Key{}, session.Drop
+	}
+	return k, session.Create
+}
+
+// TestRelayFollowsAMovingClient: a retained connection-ID session whose
+// client moves to another address is answered at the new one; the relay
+// carries the address the successor saw.
+func TestRelayFollowsAMovingClient(t *testing.T) {
+	cfg := func(h session.Handler, addr netip.AddrPort) Config {
+		c := countingConfig(h, addr, time.Minute)
+		c.Listeners[0].Dissector = cidDissector{}
+		return c
+	}
+	owner, err := New(cfg(newCountingHandler("owner"), netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownerDone := startServer(t, owner)
+	addr := owner.Addr(0)
+	before := dial(t, "udp4", netip.AddrPort{}, addr)
+	if got := ask(t, before, "conn-id1"); got != "owner 1" {
+		t.Fatalf("reply %q", got)
+	}
+	succ := handOver(t, owner, cfg(newCountingHandler("succ"), addr), 500*time.Millisecond)
+	startServer(t, succ)
+	after := dial(t, "udp4", netip.AddrPort{}, addr) // the client, from a new port
+	if got := ask(t, after, "conn-id1"); got != "owner 2" {
+		t.Fatalf("moved client: reply %q, want %q", got, "owner 2")
+	}
+	if got := ask(t, after, "conn-id2"); got != "succ 1" {
+		t.Fatalf("new connection: reply %q, want %q", got, "succ 1")
+	}
+	select {
+	case <-ownerDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("owner still serving")
+	}
+	waitFor(t, 5*time.Second, "the relay session to end", func() bool { return succ.Stats().Sessions == 1 })
+	if got := ask(t, after, "conn-id1"); got != "succ 1" {
+		t.Fatalf("after the drain: reply %q, want %q", got, "succ 1")
+	}
+}
+
+// TestRetainedSessionsSurviveTwoRestarts: a successor that still relays
+// sessions to its predecessor hands over again. Its relay sessions are
+// retained in turn: the newest process relays to the middle one, which
+// relays to the first; each end travels back the same way.
+func TestRetainedSessionsSurviveTwoRestarts(t *testing.T) {
+	first, err := New(countingConfig(newCountingHandler("first"), netip.MustParseAddrPort("127.0.0.1:0"), time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstDone := startServer(t, first)
+	addr := first.Addr(0)
+	a := dial(t, "udp4", netip.AddrPort{}, addr)
+	expectReply(t, a, "first 1")
+
+	second := handOver(t, first, countingConfig(newCountingHandler("second"), addr, time.Minute), 2*time.Second)
+	secondDone := startServer(t, second)
+	expectReply(t, a, "first 2")
+	b := dial(t, "udp4", netip.AddrPort{}, addr)
+	expectReply(t, b, "second 1")
+
+	// The second's sessions, its own (b) and its relay session (a), are
+	// all retained.
+	third := handOver(t, second, countingConfig(newCountingHandler("third"), addr, time.Minute), 4*time.Second)
+	startServer(t, third)
+	expectReply(t, a, "first 3")
+	expectReply(t, b, "second 2")
+	c := dial(t, "udp4", netip.AddrPort{}, addr)
+	expectReply(t, c, "third 1")
+
+	// The first's drain timeout ends a: the notice goes first → second →
+	// third, and a starts afresh in the third.
+	select {
+	case <-firstDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("first still serving")
+	}
+	waitFor(t, 5*time.Second, "a's relay sessions to end", func() bool {
+		return second.Stats().Sessions == 1 && third.Stats().Sessions == 2
+	})
+	expectReply(t, a, "third 1")
+	expectReply(t, b, "second 3")
+	select {
+	case <-secondDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("second still serving")
+	}
+	waitFor(t, 5*time.Second, "b's relay session to end", func() bool { return third.Stats().Sessions == 2 })
+	expectReply(t, b, "third 1")
+	expectReply(t, c, "third 2")
 }
