@@ -48,9 +48,10 @@ const relayBuffer = 4 << 20
 // HandoffRelays; Drain keeps pairs[i][0] for loop i and closes pairs[i][1],
 // which the successor has its own copy of.
 type drain struct {
-	pairs [][2]int
-	left  atomic.Int64 // retained sessions not yet ended
-	timer *time.Timer
+	pairs  [][2]int
+	active bool         // Drain has begun: the loops use pairs[i][0]
+	left   atomic.Int64 // retained sessions not yet ended
+	timer  *time.Timer
 }
 
 func (d *drain) closeTheirs() {
@@ -100,6 +101,9 @@ func retains(s *session.Session) bool {
 // ownership of every descriptor: Drain uses its own ends, and Drain,
 // Handover and Thaw close the rest.
 func (srv *Server) HandoffRelays() ([]int, error) {
+	if srv.drain != nil && srv.drain.active {
+		return nil, errDraining
+	}
 	srv.discardDrain()
 	if !srv.mayRetain() {
 		return nil, nil
@@ -121,9 +125,12 @@ func (srv *Server) HandoffRelays() ([]int, error) {
 			return nil, fmt.Errorf("relay socket pair: %w", err)
 		}
 		for _, fd := range fds {
-			// Best effort: the kernel caps these at wmem_max and rmem_max.
-			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, relayBuffer)
-			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, relayBuffer)
+			// A Unix datagram's sender is limited by its send buffer alone.
+			// Best effort, as for listener sockets: past wmem_max only with
+			// CAP_NET_ADMIN.
+			if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, relayBuffer) != nil {
+				unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, relayBuffer)
+			}
 		}
 		d.pairs = append(d.pairs, [2]int{fds[0], fds[1]})
 		theirs = append(theirs, fds[1])
@@ -145,9 +152,10 @@ func (srv *Server) mayRetain() bool {
 }
 
 // discardDrain closes a relay HandoffRelays prepared for a handoff that did
-// not happen. The server must be frozen.
+// not happen. The server must be frozen. A drain under way stays: a server
+// that drains may still be frozen and thawed.
 func (srv *Server) discardDrain() {
-	if srv.drain != nil {
+	if srv.drain != nil && !srv.drain.active {
 		srv.drain.close()
 		srv.drain = nil
 	}
@@ -167,6 +175,11 @@ func (srv *Server) Drain(timeout time.Duration) {
 		srv.Handover()
 		return
 	}
+	if d.active {
+		close(srv.frozen) // draining already: resume
+		return
+	}
+	d.active = true
 	if timeout <= 0 {
 		timeout = DefaultDrainTimeout
 	}
@@ -390,6 +403,8 @@ func (srv *Server) restoreRelay(rec *handoff.Session, ln *listener, key flowtabl
 	return true
 }
 
+var errDraining = errors.New("mux: the server drains for a successor already")
+
 var errRelayOpen = errors.New("relay sessions are only restored")
 
 // Open refuses: relay sessions come only from a predecessor's records.
@@ -531,5 +546,7 @@ func (h *relayHandler) close() {
 func (srv *Server) closeRelays() {
 	srv.relay.stopReaders()
 	srv.relay.close()
-	srv.discardDrain()
+	if srv.drain != nil {
+		srv.drain.close()
+	}
 }

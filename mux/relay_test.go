@@ -430,3 +430,58 @@ func TestRetainedSessionsSurviveTwoRestarts(t *testing.T) {
 	expectReply(t, b, "third 1")
 	expectReply(t, c, "third 2")
 }
+
+// TestFullRelayDropsWithoutBlocking: while the owner reads nothing (frozen),
+// the successor relays until the socket is full, then drops and counts, and
+// its loops go on serving everyone else.
+func TestFullRelayDropsWithoutBlocking(t *testing.T) {
+	owner, err := New(countingConfig(newCountingHandler("owner"), netip.MustParseAddrPort("127.0.0.1:0"), time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, owner)
+	addr := owner.Addr(0)
+	a := dial(t, "udp4", netip.AddrPort{}, addr)
+	a.SetReadBuffer(8 << 20)
+	expectReply(t, a, "owner 1")
+	succ := handOver(t, owner, countingConfig(newCountingHandler("succ"), addr, time.Minute), time.Minute)
+	startServer(t, succ)
+	expectReply(t, a, "owner 2")
+
+	owner.Freeze()
+	big := make([]byte, 60000)
+	var relayed, dropped uint64
+	for i := 0; i < 400 && dropped == 0; i++ {
+		a.Write(big)
+		if i%20 == 19 {
+			time.Sleep(5 * time.Millisecond) // let the successor keep up with the client
+			st := succ.Stats().Listeners[0]
+			relayed, dropped = st.Relayed, st.RelayDrops
+		}
+	}
+	waitFor(t, 5*time.Second, "relay drops", func() bool { return succ.Stats().Listeners[0].RelayDrops > 0 })
+	c := dial(t, "udp4", netip.AddrPort{}, addr)
+	expectReply(t, c, "succ 1")
+	owner.Thaw()
+	t.Logf("relayed %d, dropped %d before the check", relayed, dropped)
+
+	// The owner answers what reached it, then the next datagram.
+	deadline := time.Now().Add(10 * time.Second)
+	for owner.Stats().Listeners[0].Relayed != succ.Stats().Listeners[0].Relayed {
+		if time.Now().After(deadline) {
+			t.Fatalf("owner %+v\nsuccessor %+v", owner.Stats().Listeners[0], succ.Stats().Listeners[0])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	buf := make([]byte, 256)
+	for {
+		a.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := a.Read(buf); err != nil {
+			break
+		}
+	}
+	// The owner's handler had one datagram before the handoff and every
+	// relayed one since; the next is one more.
+	want := fmt.Sprintf("owner %d", 1+owner.Stats().Listeners[0].Relayed+1)
+	expectReply(t, a, want)
+}
