@@ -101,55 +101,85 @@ func (inh *Inheritance) closeUnused(used []bool, log func(string, ...any)) {
 	}
 }
 
-// restore recreates the inherited sessions on the loops they had.
+// restore adopts the relay to the predecessor and recreates the sessions
+// that came with the Inheritance itself.
 func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
-	var st RestoreStats
+	srv.inherit = inh
 	if len(inh.Relays) > 0 {
 		if err := srv.adoptRelays(inh.Relays); err != nil {
-			return st, fmt.Errorf("relay: %w", err)
+			return RestoreStats{}, fmt.Errorf("relay: %w", err)
 		}
 	}
-	taken := make([]bool, len(inh.Upstreams))
+	if len(inh.Sessions) == 0 && len(inh.Upstreams) == 0 {
+		return RestoreStats{}, nil // they come later, through Restore
+	}
+	if err := srv.Restore(inh.Sessions, inh.Upstreams); err != nil {
+		return srv.restored, err
+	}
+	srv.FinishRestore(inh.Upstreams)
+	inh.Sessions = nil // restored: the records need not live on
+	return srv.restored, nil
+}
+
+// Restore recreates a batch of the predecessor's sessions on the loops they
+// had, before Serve. A successor calls it for each batch as it arrives, so
+// that restoring overlaps the predecessor's sending. upstreams are all the
+// session sockets received so far: a record's Upstream indexes them, and
+// Restore takes ownership of those it uses. The server must have been
+// created with Config.Inherit and not be serving yet.
+func (srv *Server) Restore(records []handoff.Session, upstreams []int) error {
+	inh := srv.inherit
+	if inh == nil {
+		return errors.New("restore: the server inherited nothing")
+	}
+	if n := len(upstreams); n > len(srv.upstreamTaken) {
+		srv.upstreamTaken = append(srv.upstreamTaken, make([]bool, n-len(srv.upstreamTaken))...)
+	}
 	now := session.Clock()
-	for i := range inh.Sessions {
-		rec := &inh.Sessions[i]
+	for i := range records {
+		rec := &records[i]
 		old := int(rec.Key.Scope())
 		if old >= len(inh.Listeners) {
-			return st, fmt.Errorf("session %d: listener %d of %d", i, old, len(inh.Listeners))
+			return fmt.Errorf("session %d: listener %d of %d", i, old, len(inh.Listeners))
 		}
 		if rec.Retained && srv.relay == nil {
-			return st, fmt.Errorf("session %d: retained by the predecessor, which sent no relay sockets", i)
+			return fmt.Errorf("session %d: retained by the predecessor, which sent no relay sockets", i)
 		}
 		up := -1
 		if rec.Upstream >= 0 {
-			if int(rec.Upstream) >= len(inh.Upstreams) || taken[rec.Upstream] {
-				return st, fmt.Errorf("session %d: upstream descriptor %d of %d, or taken twice", i, rec.Upstream, len(inh.Upstreams))
+			if int(rec.Upstream) >= len(upstreams) || srv.upstreamTaken[rec.Upstream] {
+				return fmt.Errorf("session %d: upstream descriptor %d of %d, or taken twice", i, rec.Upstream, len(upstreams))
 			}
-			taken[rec.Upstream] = true
-			up = inh.Upstreams[rec.Upstream]
+			srv.upstreamTaken[rec.Upstream] = true
+			up = upstreams[rec.Upstream]
 		}
-		if srv.restoreSession(rec, inh.Listeners[old].Address, up, now) {
-			if rec.Retained {
-				st.Relayed++
-			} else {
-				st.Restored++
-			}
-		} else {
-			st.Dropped++
+		switch {
+		case !srv.restoreSession(rec, inh.Listeners[old].Address, up, now):
+			srv.restored.Dropped++
 			if up >= 0 {
 				unix.Close(up)
 			}
+		case rec.Retained:
+			srv.restored.Relayed++
+		default:
+			srv.restored.Restored++
 		}
 	}
-	for i, fd := range inh.Upstreams {
-		if !taken[i] {
+	return nil
+}
+
+// FinishRestore closes the inherited session sockets no record claimed and
+// the relay if no session stayed with the predecessor.
+func (srv *Server) FinishRestore(upstreams []int) {
+	for i, fd := range upstreams {
+		if i >= len(srv.upstreamTaken) || !srv.upstreamTaken[i] {
 			unix.Close(fd)
 		}
 	}
+	srv.upstreamTaken = nil
 	if srv.relay != nil && srv.relay.live.Load() == 0 {
 		srv.relay.close() // nothing to relay: the predecessor's sessions all went
 	}
-	return st, nil
 }
 
 func (srv *Server) restoreSession(rec *handoff.Session, addr netip.AddrPort, upstream int, now int64) bool {

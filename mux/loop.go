@@ -55,6 +55,13 @@ type loop struct {
 	events    []unix.EpollEvent
 	stateless []*session.Session
 
+	// Per-batch slots filled by classify and used by route.
+	keys     []flowtable.Key
+	verdicts []session.Verdict
+	locals   []netip.AddrPort
+	peers    []netip.AddrPort
+	found    []*flowtable.Entry[*session.Session]
+
 	// inboxes[src] carries datagrams from loop src; created by the producer
 	// on first use.
 	inboxes []atomic.Pointer[inbox]
@@ -108,6 +115,12 @@ func newLoop(srv *Server, id, cpu int) (*loop, error) {
 		events:  make([]unix.EpollEvent, 64),
 		inboxes: make([]atomic.Pointer[inbox], srv.cfg.Workers),
 		toWake:  make([]bool, srv.cfg.Workers),
+
+		keys:     make([]flowtable.Key, srv.cfg.Batch),
+		verdicts: make([]session.Verdict, srv.cfg.Batch),
+		locals:   make([]netip.AddrPort, srv.cfg.Batch),
+		peers:    make([]netip.AddrPort, srv.cfg.Batch),
+		found:    make([]*flowtable.Entry[*session.Session], srv.cfg.Batch),
 	}
 	l.expired = l.expire
 	l.one[0] = 1
@@ -264,8 +277,14 @@ func (l *loop) readSocket(ls *loopSocket) {
 			return
 		}
 		l.now = session.Clock()
+		// Dissect the whole batch, look its flows up together (overlapping
+		// the table's cache misses), then route each datagram in order.
 		for i := 0; i < n; i++ {
-			l.dispatch(ls, &l.rx.Msgs[i])
+			l.classify(ls, &l.rx.Msgs[i], i)
+		}
+		l.srv.table.LookupBatch(l.keys[:n], l.found[:n])
+		for i := 0; i < n; i++ {
+			l.route(ls, &l.rx.Msgs[i], i, l.found[i])
 		}
 		l.countKernelDrops(ls)
 		l.endBatch()
@@ -289,10 +308,24 @@ func (l *loop) countKernelDrops(ls *loopSocket) {
 }
 
 // dispatch routes one received datagram: dissector, flow table, session.
+// readSocket does the same for a whole batch in phases.
 func (l *loop) dispatch(ls *loopSocket, m *udpsys.Message) {
+	l.classify(ls, m, 0)
+	l.route(ls, m, 0, l.srv.table.Lookup(l.keys[0]))
+}
+
+// handled marks a batch slot that classify dealt with entirely.
+const handled = session.Verdict(255)
+
+// classify counts datagram i of a batch and runs the dissector on it,
+// leaving its key, verdict and addresses in the loop's per-batch slots.
+// Datagrams that need no session are dealt with here.
+func (l *loop) classify(ls *loopSocket, m *udpsys.Message, i int) {
 	st := &ls.stats
 	st.rxDatagrams.inc()
 	st.rxBytes.add(uint64(m.N))
+	l.keys[i] = flowtable.Key{}
+	l.verdicts[i] = handled
 	if m.Truncated {
 		st.truncated.inc()
 		return
@@ -315,13 +348,27 @@ func (l *loop) dispatch(ls *loopSocket, m *udpsys.Message) {
 		sl.Deliver(p, l.now)
 		return
 	}
+	l.keys[i], l.verdicts[i], l.locals[i], l.peers[i] = key, verdict, local, peer
+}
+
+// route passes datagram i of a batch to its session, e the flow table's
+// entry for its key: opening the session if needed, or handing the datagram
+// to the loop that owns it.
+func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *flowtable.Entry[*session.Session]) {
+	verdict := l.verdicts[i]
+	if verdict == handled {
+		return
+	}
+	peer, p := l.peers[i], m.Buf[:m.N]
 	var s *session.Session
-	if e := l.srv.table.Lookup(key); e != nil {
+	if e != nil {
 		s = e.Value
 	} else if verdict == session.Lookup {
-		st.unknownFlow.inc()
+		ls.stats.unknownFlow.inc()
 		return
-	} else if s = l.open(ls, key, local, peer); s == nil {
+	} else if s = l.open(ls, l.keys[i], l.locals[i], peer); s == nil {
+		// Refused. (A flow whose session an earlier datagram of this batch
+		// opened is not refused: open's insert finds and returns it.)
 		return
 	}
 	if owner := s.LoopID(); owner != l.id {

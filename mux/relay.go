@@ -93,27 +93,22 @@ func retains(s *session.Session) bool {
 	return !ok && !s.Closed()
 }
 
-// HandoffRelays prepares the relay for a handoff: when the frozen server has
-// sessions whose handler is not a session.Migrator, it makes one socket pair
-// per loop and returns the successor's ends in loop order, and ExportSessions
-// then describes those sessions as retained. It returns nil when no session
-// would be retained; the handoff is then a plain one. The server keeps
-// ownership of every descriptor: Drain uses its own ends, and Drain,
-// Handover and Thaw close the rest.
+// HandoffRelays prepares the relay for a handoff: when some session could
+// stay with this server — a listener's handler is not a session.Migrator, or
+// sessions relayed from an earlier handoff still live — it makes one socket
+// pair per loop and returns the successor's ends in loop order, and
+// ExportSessions then describes such sessions as retained. It returns nil
+// when no session can be retained; the handoff is then a plain one. It
+// decides by handlers, not by the sessions there are now, so that it may run
+// before the server is frozen: a session opened meanwhile is still covered.
+// The server keeps ownership of every descriptor: Drain uses its own ends,
+// and Drain, Handover and Thaw close the rest.
 func (srv *Server) HandoffRelays() ([]int, error) {
 	if srv.drain != nil && srv.drain.active {
 		return nil, errDraining
 	}
 	srv.discardDrain()
 	if !srv.mayRetain() {
-		return nil, nil
-	}
-	retained := false
-	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
-		retained = retains(e.Value)
-		return !retained
-	})
-	if !retained {
 		return nil, nil
 	}
 	d := &drain{}

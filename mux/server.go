@@ -100,6 +100,10 @@ type Server struct {
 	stopOnce  sync.Once
 	stopped   chan struct{} // closed when the server must stop serving
 	restored  RestoreStats
+	// inherit is the predecessor's state while sessions are restored;
+	// upstreamTaken marks the session sockets a record has claimed.
+	inherit       *Inheritance
+	upstreamTaken []bool
 
 	// drain is the relay a handoff that retained sessions needs on this
 	// side (HandoffRelays, Drain); relay the successor's side, serving the
@@ -144,7 +148,7 @@ func New(cfg Config) (*Server, error) {
 	return srv, nil
 }
 
-// Restored says what became of the sessions in Config.Inherit.
+// Restored says what became of the predecessor's sessions.
 func (srv *Server) Restored() RestoreStats { return srv.restored }
 
 func (c *Config) fill(ncpu int) error {
@@ -325,6 +329,7 @@ func (srv *Server) Serve(ctx context.Context) error {
 	if !srv.serving.CompareAndSwap(false, true) {
 		return errors.New("mux: Serve called twice")
 	}
+	srv.inherit = nil // Restore is over
 	var wg sync.WaitGroup
 	for _, l := range srv.loops {
 		wg.Add(1)

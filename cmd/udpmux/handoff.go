@@ -9,11 +9,14 @@ import (
 	"github.com/udpmux/udpmux/mux"
 )
 
-// handoff gives everything to a successor: it stops the loops between two
-// batches, sends the sockets and the session table, and, once the successor
-// confirms, stops for good. Any failure before that — the successor dies,
-// times out, speaks another version, brings an invalid config or refuses
-// what it got — resumes serving as if nothing happened.
+// handoff gives everything to a successor. While this process still serves,
+// the successor receives the listening sockets and builds its server from
+// them; only then are the loops paused between two batches, for as long as
+// it takes to stream the sessions, which the successor restores as they
+// arrive. Once it confirms, this process stops for good. Any failure before
+// that — the successor dies, times out, speaks another version, brings an
+// invalid config or refuses what it got — resumes serving as if nothing
+// happened.
 func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	hello, err := handoff.DecodeHello(payload)
 	if err != nil {
@@ -40,9 +43,20 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	defer c.handing.Store(false)
 
 	conn.SetDeadline(time.Now().Add(c.cfg.handoffTimeout))
+	fixed, err := c.sendListeners(conn)
+	if err == nil {
+		err = awaitReady(conn)
+	}
+	if err != nil {
+		// Nothing paused yet; Freeze and Thaw discard a prepared relay.
+		c.srv.Freeze()
+		c.srv.Thaw()
+		log.Warn("handoff failed before pausing; serving on", "err", err)
+		return
+	}
 	c.srv.Freeze()
 	frozen := time.Now()
-	st, err := c.sendState(conn)
+	st, err := c.sendSessions(conn, fixed)
 	if err == nil {
 		err = c.awaitConfirm(conn)
 	}
@@ -74,44 +88,69 @@ type sentState struct {
 	mux.ExportStats
 }
 
-// sendState streams the frozen server's state: listeners, their sockets, the
-// control socket and the relay sockets if sessions stay here, then sessions
-// with their own sockets, then totals.
-func (c *control) sendState(conn *handoff.Conn) (sentState, error) {
-	var st sentState
-	if err := conn.Send(handoff.TypeAccept, nil, nil); err != nil {
-		return st, err
-	}
+// sendListeners sends what does not change while this process serves: the
+// listeners and their sockets, the control socket, and the relay sockets if
+// some handler's sessions cannot move. It returns how many descriptors that
+// was; session sockets are numbered after them.
+func (c *control) sendListeners(conn *handoff.Conn) (int, error) {
 	listeners, fds := c.srv.HandoffListeners()
 	// The raw descriptor, not a File: File.Fd would switch the shared file
 	// description to blocking mode and strand this process's accept loop in
 	// a blocking accept. SCM_RIGHTS makes the successor's copy.
 	raw, err := c.ln.SyscallConn()
 	if err != nil {
-		return st, fmt.Errorf("control socket: %w", err)
+		return 0, fmt.Errorf("control socket: %w", err)
 	}
 	raw.Control(func(fd uintptr) { fds = append(fds, int(fd)) })
-	// Only when some handler cannot export its sessions: a relay for them.
 	relays, err := c.srv.HandoffRelays()
 	if err != nil {
-		return st, err
+		return 0, err
 	}
 	fds = append(fds, relays...)
 	msg := handoff.AppendListeners(nil, handoff.Listeners{Listeners: listeners, Control: true, Relays: len(relays)})
 	if err := conn.Send(handoff.TypeListeners, msg, nil); err != nil {
-		return st, err
+		return 0, err
 	}
 	fdw := fdWriter{conn: conn}
 	for _, fd := range fds {
 		if err := fdw.add(fd); err != nil {
-			return st, err
+			return 0, err
 		}
 	}
+	return len(fds), fdw.flush()
+}
+
+// awaitReady waits until the successor has built its server.
+func awaitReady(conn *handoff.Conn) error {
+	typ, p, fds, err := conn.Recv()
+	closeFDs(fds)
+	if err != nil {
+		return fmt.Errorf("waiting for the successor to build: %w", err)
+	}
+	switch typ {
+	case handoff.TypeReady:
+		return nil
+	case handoff.TypeAbort:
+		return fmt.Errorf("successor aborted: %s", p)
+	}
+	return fmt.Errorf("successor sent message type %d instead of Ready", typ)
+}
+
+// sendSessions streams the frozen server's sessions, each message of
+// records after the descriptors they name, then the totals.
+func (c *control) sendSessions(conn *handoff.Conn, fixed int) (sentState, error) {
+	var st sentState
+	if err := conn.Send(handoff.TypeAccept, nil, nil); err != nil {
+		return st, err
+	}
+	fdw := fdWriter{conn: conn, total: fixed}
 	sw := handoff.NewSessionWriter(conn)
+	sw.BeforeFlush = fdw.flush
+	var err error
 	st.ExportStats, err = c.srv.ExportSessions(func(rec *handoff.Session, upstream int) error {
 		rec.Upstream = -1
 		if upstream >= 0 {
-			rec.Upstream = int32(fdw.total - len(fds))
+			rec.Upstream = int32(fdw.total - fixed)
 			if err := fdw.add(upstream); err != nil {
 				return err
 			}
@@ -174,15 +213,30 @@ func (c *control) awaitConfirm(conn *handoff.Conn) error {
 	return fmt.Errorf("successor sent message type %d instead of a confirmation", typ)
 }
 
-// inherited is what a successor received.
+// inherited is what a successor receives: first the listeners, then,
+// once its server is built, the sessions.
 type inherited struct {
 	conn    *handoff.Conn
 	mux     *mux.Inheritance
 	control int
+	fixed   int // descriptors before the session sockets
+	// received counts what came over the control socket, for the
+	// handoff benchmark: frames, their bytes, and descriptors.
+	received struct{ messages, bytes, fds int }
 }
 
-// takeOver asks the udpmux answering on path for its state. It returns nil
-// and no error when nobody answers: then this process starts cold.
+// recv reads one message and counts it.
+func (inh *inherited) recv() (handoff.Type, []byte, []int, error) {
+	typ, p, fds, err := inh.conn.Recv()
+	inh.received.messages++
+	inh.received.bytes += len(p) + 5
+	inh.received.fds += len(fds)
+	return typ, p, fds, err
+}
+
+// takeOver asks the udpmux answering on the control socket for its
+// listeners. It returns nil and no error when nobody answers: then this
+// process starts cold.
 func takeOver(cfg *config) (*inherited, error) {
 	conn, err := handoff.Dial(cfg.controlSocket, time.Second)
 	if err != nil {
@@ -194,7 +248,7 @@ func takeOver(cfg *config) (*inherited, error) {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
-	inh, err := receiveState(conn)
+	inh, err := receiveListeners(conn)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: %w", err)
@@ -202,79 +256,108 @@ func takeOver(cfg *config) (*inherited, error) {
 	return inh, nil
 }
 
-// receiveState reads and checks the predecessor's whole state.
-func receiveState(conn *handoff.Conn) (*inherited, error) {
-	var (
-		fds       []int
-		listeners handoff.Listeners
-		sessions  []handoff.Session
-		end       *handoff.End
-		gotLs     bool
-	)
+// receiveListeners reads the listeners and the descriptors that come with
+// them: listener sockets, the control socket, relay sockets.
+func receiveListeners(conn *handoff.Conn) (*inherited, error) {
+	var fds []int
 	fail := func(err error) (*inherited, error) {
 		closeFDs(fds)
 		return nil, err
 	}
-	for end == nil {
-		typ, p, got, err := conn.Recv()
+	inh := &inherited{conn: conn, mux: &mux.Inheritance{}}
+	typ, p, got, err := inh.recv()
+	fds = append(fds, got...)
+	if err != nil {
+		return fail(err)
+	}
+	switch typ {
+	case handoff.TypeListeners:
+	case handoff.TypeReject:
+		return fail(fmt.Errorf("the running udpmux refused: %s", p))
+	default:
+		return fail(fmt.Errorf("message type %d instead of the listeners", typ))
+	}
+	listeners, err := handoff.DecodeListeners(p)
+	if err != nil {
+		return fail(err)
+	}
+	if !listeners.Control {
+		return fail(fmt.Errorf("no control socket in the state"))
+	}
+	want := 1 + listeners.Relays
+	for _, l := range listeners.Listeners {
+		want += l.Sockets
+	}
+	for len(fds) < want {
+		typ, _, got, err := inh.recv()
 		fds = append(fds, got...)
 		if err != nil {
 			return fail(err)
 		}
-		switch typ {
-		case handoff.TypeReject:
-			return fail(fmt.Errorf("the running udpmux refused: %s", p))
-		case handoff.TypeAccept, handoff.TypeFDs:
-		case handoff.TypeListeners:
-			if listeners, err = handoff.DecodeListeners(p); err != nil {
-				return fail(err)
-			}
-			gotLs = true
-		case handoff.TypeSessions:
-			batch, err := handoff.DecodeSessions(p)
-			if err != nil {
-				return fail(err)
-			}
-			sessions = append(sessions, batch...)
-		case handoff.TypeEnd:
-			e, err := handoff.DecodeEnd(p)
-			if err != nil {
-				return fail(err)
-			}
-			end = &e
-		default:
-			return fail(fmt.Errorf("unexpected message type %d", typ))
+		if typ != handoff.TypeFDs {
+			return fail(fmt.Errorf("message type %d among the listeners' descriptors", typ))
 		}
 	}
-	if !gotLs || !listeners.Control {
-		return fail(fmt.Errorf("no listeners or control socket in the state"))
+	if len(fds) != want {
+		return fail(fmt.Errorf("%d descriptors for the listeners, want %d", len(fds), want))
 	}
-	if uint64(len(sessions)) != end.Sessions || uint64(len(fds)) != end.FDs {
-		return fail(fmt.Errorf("received %d sessions and %d descriptors, the predecessor sent %d and %d",
-			len(sessions), len(fds), end.Sessions, end.FDs))
-	}
-	inh := &inherited{conn: conn, mux: &mux.Inheritance{Sessions: sessions}}
+	inh.fixed = want
 	next := 0
 	for _, l := range listeners.Listeners {
-		if next+l.Sockets > len(fds) {
-			return fail(fmt.Errorf("listener %s: %d sockets, %d descriptors left", l.Name, l.Sockets, len(fds)-next))
-		}
 		inh.mux.Listeners = append(inh.mux.Listeners, mux.InheritedListener{
 			Name: l.Name, Address: l.Address, FDs: fds[next : next+l.Sockets],
 		})
 		next += l.Sockets
 	}
-	if next >= len(fds) {
-		return fail(fmt.Errorf("no control socket descriptor"))
-	}
 	inh.control = fds[next]
-	rest := fds[next+1:]
-	if listeners.Relays > len(rest) {
-		return fail(fmt.Errorf("%d relay sockets, %d descriptors left", listeners.Relays, len(rest)))
-	}
-	inh.mux.Relays = rest[:listeners.Relays]
-	inh.mux.Upstreams = rest[listeners.Relays:]
+	inh.mux.Relays = fds[next+1:]
 	return inh, nil
+}
+
+// restore tells the predecessor that srv is built, then restores each batch
+// of sessions as it arrives and checks the totals. On error the caller
+// aborts; descriptors not yet handed to srv are closed here.
+func (inh *inherited) restore(srv *mux.Server) error {
+	if err := inh.conn.Send(handoff.TypeReady, nil, nil); err != nil {
+		return err
+	}
+	var upstreams []int
+	sessions := uint64(0)
+	for {
+		typ, p, got, err := inh.recv()
+		upstreams = append(upstreams, got...)
+		if err != nil {
+			srv.FinishRestore(upstreams)
+			return err
+		}
+		switch typ {
+		case handoff.TypeAccept, handoff.TypeFDs:
+		case handoff.TypeSessions:
+			batch, err := handoff.DecodeSessions(p)
+			if err == nil {
+				err = srv.Restore(batch, upstreams)
+			}
+			if err != nil {
+				srv.FinishRestore(upstreams)
+				return err
+			}
+			sessions += uint64(len(batch))
+		case handoff.TypeEnd:
+			srv.FinishRestore(upstreams)
+			end, err := handoff.DecodeEnd(p)
+			if err != nil {
+				return err
+			}
+			if sessions != end.Sessions || uint64(inh.fixed+len(upstreams)) != end.FDs {
+				return fmt.Errorf("received %d sessions and %d descriptors, the predecessor sent %d and %d",
+					sessions, inh.fixed+len(upstreams), end.Sessions, end.FDs)
+			}
+			return nil
+		default:
+			srv.FinishRestore(upstreams)
+			return fmt.Errorf("unexpected message type %d", typ)
+		}
+	}
 }
 
 // confirm tells the predecessor this process has taken over and waits for

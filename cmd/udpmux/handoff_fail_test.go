@@ -103,7 +103,7 @@ func TestFailedHandoffChangesNothing(t *testing.T) {
 		{"invalid config", func(t *testing.T, d *runningDaemon) {
 			expectReject(t, d.sock, hello(handoff.Version, []byte("workers: -1\n")), "successor's config: workers: -1 is negative")
 		}, "handoff refused"},
-		{"killed with SIGKILL mid-transfer", func(t *testing.T, d *runningDaemon) {
+		{"killed with SIGKILL while the owner is paused", func(t *testing.T, d *runningDaemon) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperSuccessorKilledMidTransfer$")
 			cmd.Env = append(os.Environ(), "UDPMUX_HELPER_SOCKET="+d.sock)
 			err := cmd.Run()
@@ -111,20 +111,44 @@ func TestFailedHandoffChangesNothing(t *testing.T) {
 				t.Fatalf("helper successor did not die by SIGKILL: %v", err)
 			}
 		}, "handoff failed; serving on"},
-		{"silent past the timeout", func(t *testing.T, d *runningDaemon) {
+		{"silent before it is ready", func(t *testing.T, d *runningDaemon) {
 			conn := mustDial(t, d.sock)
 			conn.Send(handoff.TypeHello, hello(handoff.Version, goodConfig), nil)
-			waitLog(t, d, "handoff failed; serving on") // the 1s handoff_timeout
+			waitLog(t, d, "handoff failed before pausing; serving on") // the 1s handoff_timeout
+			conn.Close()
+		}, "handoff failed before pausing; serving on"},
+		{"silent while the owner is paused", func(t *testing.T, d *runningDaemon) {
+			conn := mustDial(t, d.sock)
+			conn.Send(handoff.TypeHello, hello(handoff.Version, goodConfig), nil)
+			inh, err := receiveListeners(conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
+			conn.Send(handoff.TypeReady, nil, nil)
+			waitLog(t, d, "handoff failed; serving on") // paused, then the 1s handoff_timeout
 			conn.Close()
 		}, "handoff failed; serving on"},
 		{"aborts after the state arrived", func(t *testing.T, d *runningDaemon) {
 			conn := mustDial(t, d.sock)
 			conn.Send(handoff.TypeHello, hello(handoff.Version, goodConfig), nil)
-			inh, err := receiveState(conn)
+			inh, err := receiveListeners(conn)
 			if err != nil {
 				t.Fatal(err)
 			}
-			closeFDs(append(append([]int{inh.control}, inh.mux.Upstreams...), inh.mux.Listeners[0].FDs...))
+			closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
+			// Ready, then read the whole session stream without restoring.
+			conn.Send(handoff.TypeReady, nil, nil)
+			for {
+				typ, _, fds, err := conn.Recv()
+				closeFDs(fds)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if typ == handoff.TypeEnd {
+					break
+				}
+			}
 			inh.abort(errTestAbort)
 		}, "successor aborted: test abort"},
 	}
@@ -197,7 +221,8 @@ func waitLog(t *testing.T, d *runningDaemon, want string) {
 
 // TestHelperSuccessorKilledMidTransfer is not a test: run by
 // TestFailedHandoffChangesNothing as a separate process, it starts a handoff,
-// reads part of the state and kills itself with SIGKILL.
+// says it is ready, so that the owner pauses, and kills itself with SIGKILL
+// as the sessions start to arrive.
 func TestHelperSuccessorKilledMidTransfer(t *testing.T) {
 	sock := os.Getenv("UDPMUX_HELPER_SOCKET")
 	if sock == "" {
@@ -209,10 +234,13 @@ func TestHelperSuccessorKilledMidTransfer(t *testing.T) {
 	}
 	text, _ := os.ReadFile(writeConfig(t, goodConfig))
 	conn.Send(handoff.TypeHello, handoff.AppendHello(nil, handoff.Hello{Version: handoff.Version, PID: int32(os.Getpid()), Config: text}), nil)
-	for i := 0; i < 2; i++ {
-		if _, _, _, err := conn.Recv(); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := receiveListeners(conn); err != nil {
+		t.Fatal(err)
+	}
+	// Ready pauses the owner; die as its sessions start to arrive.
+	conn.Send(handoff.TypeReady, nil, nil)
+	if _, _, _, err := conn.Recv(); err != nil {
+		t.Fatal(err)
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {}

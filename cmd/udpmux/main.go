@@ -145,8 +145,12 @@ func serve(cfg *config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	gcPercent := 0
 	if inh != nil {
 		cfg.mux.Inherit = inh.mux
+		// Building and restoring allocate a session at a time while the
+		// predecessor is paused; a collection meanwhile only adds pause.
+		gcPercent = debug.SetGCPercent(-1)
 	}
 	srv, err := mux.New(cfg.mux)
 	if err != nil {
@@ -157,6 +161,9 @@ func serve(cfg *config, stderr io.Writer) error {
 		return err
 	}
 	ln, err := openControl(cfg, inh, srv)
+	if inh != nil {
+		debug.SetGCPercent(gcPercent)
+	}
 	if err != nil {
 		return err
 	}
@@ -235,6 +242,12 @@ func openControl(cfg *config, inh *inherited, srv *mux.Server) (*net.UnixListene
 		srv.Close()
 		inh.abort(err)
 		return nil, err
+	}
+	if err := inh.restore(srv); err != nil {
+		srv.Close()
+		ln.Close()
+		inh.abort(err)
+		return nil, fmt.Errorf("handoff: %w", err)
 	}
 	if err := inh.confirm(); err != nil {
 		srv.Close()

@@ -19,7 +19,7 @@ import (
 
 // Version is the handoff protocol version; a peer speaking another is refused.
 // Version 2 added retained sessions and relay sockets.
-const Version = 2
+const Version = 3
 
 // MaxMessage bounds one message; session records are batched up to it.
 const MaxMessage = 64 << 10
@@ -35,8 +35,8 @@ const (
 	TypeHello       Type = iota + 1 // successor → owner: Hello
 	TypeAccept                      // owner → successor: the owner has stopped reading
 	TypeReject                      // owner → successor: reason text
-	TypeListeners                   // owner → successor: Listener records; descriptors attached
-	TypeFDs                         // owner → successor: upstream descriptors, in order
+	TypeListeners                   // owner → successor, before freezing: Listener records
+	TypeFDs                         // owner → successor: descriptors, in order, each before the records naming it
 	TypeSessions                    // owner → successor: Session records
 	TypeEnd                         // owner → successor: End
 	TypeConfirm                     // successor → owner: took over; exit
@@ -46,6 +46,7 @@ const (
 	TypeText                        // owner → client: a chunk of a text reply
 	TypeTextEnd                     // owner → client: end of a text reply
 	TypeDone                        // owner → successor: confirmed; the owner stops for good
+	TypeReady                       // successor → owner: built from the listeners; freeze and send the sessions
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)

@@ -362,6 +362,10 @@ func (d *decoder) finish(what string) error {
 // SessionWriter batches session records into Sessions messages of at most
 // MaxMessage bytes.
 type SessionWriter struct {
+	// BeforeFlush, when set, runs before each message is sent: the owner
+	// sends the descriptors its records name first.
+	BeforeFlush func() error
+
 	c     *Conn
 	buf   []byte
 	rec   []byte
@@ -395,6 +399,11 @@ func (w *SessionWriter) Add(s *Session) error {
 func (w *SessionWriter) Flush() error {
 	if w.count == 0 {
 		return nil
+	}
+	if w.BeforeFlush != nil {
+		if err := w.BeforeFlush(); err != nil {
+			return err
+		}
 	}
 	binary.LittleEndian.PutUint32(w.buf, w.count)
 	if err := w.c.Send(TypeSessions, w.buf, nil); err != nil {
