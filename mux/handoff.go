@@ -314,6 +314,8 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 	var es ExportStats
 	var err error
 	now := session.Clock()
+	// One record for all: the callback encodes it before the next.
+	var rec handoff.Session
 	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
 		s := e.Value
 		if s.Closed() {
@@ -333,7 +335,7 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 			}
 		}
 		st := s.Stats()
-		rec := handoff.Session{
+		rec = handoff.Session{
 			Key: s.Key(), Loop: uint16(s.LoopID()), Peer: s.Peer(), Local: s.LocalAddr(),
 			Created: s.Created().UnixNano(), IdleLeft: e.Expires() - now, IdleTimeout: int64(s.IdleTimeout()),
 			RxPackets: st.RxPackets, RxBytes: st.RxBytes, TxPackets: st.TxPackets, TxBytes: st.TxBytes,

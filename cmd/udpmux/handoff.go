@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/udpmux/udpmux/internal/handoff"
@@ -318,6 +319,9 @@ func receiveListeners(conn *handoff.Conn) (*inherited, error) {
 // of sessions as it arrives and checks the totals. On error the caller
 // aborts; descriptors not yet handed to srv are closed here.
 func (inh *inherited) restore(srv *mux.Server) error {
+	// The predecessor is paused from Ready on, and restoring allocates a
+	// session at a time: a collection meanwhile would only add to the pause.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	if err := inh.conn.Send(handoff.TypeReady, nil, nil); err != nil {
 		return err
 	}

@@ -145,12 +145,8 @@ func serve(cfg *config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	gcPercent := 0
 	if inh != nil {
 		cfg.mux.Inherit = inh.mux
-		// Building and restoring allocate a session at a time while the
-		// predecessor is paused; a collection meanwhile only adds pause.
-		gcPercent = debug.SetGCPercent(-1)
 	}
 	srv, err := mux.New(cfg.mux)
 	if err != nil {
@@ -161,9 +157,6 @@ func serve(cfg *config, stderr io.Writer) error {
 		return err
 	}
 	ln, err := openControl(cfg, inh, srv)
-	if inh != nil {
-		debug.SetGCPercent(gcPercent)
-	}
 	if err != nil {
 		return err
 	}

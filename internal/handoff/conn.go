@@ -58,8 +58,14 @@ type Conn struct {
 	oob []byte
 }
 
+// socketBuffer lets the sender run ahead of the receiver by a few dozen
+// messages, so that a handoff's two ends work in parallel.
+const socketBuffer = 4 << 20
+
 // NewConn wraps a connected "unixpacket" socket.
 func NewConn(uc *net.UnixConn) *Conn {
+	uc.SetWriteBuffer(socketBuffer)
+	uc.SetReadBuffer(socketBuffer)
 	return &Conn{
 		uc:  uc,
 		buf: make([]byte, MaxMessage+16),
