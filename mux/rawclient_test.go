@@ -36,6 +36,20 @@ func newRawClients(t *testing.T, n int, server netip.AddrPort) *rawClients {
 	return rc
 }
 
+// exchange sends one datagram from each client, filled by fill, and returns
+// every reply. It works in chunks, so that a slow server's receive buffer is
+// never asked to hold more than one chunk.
+func (rc *rawClients) exchange(t *testing.T, chunk int, limit time.Duration, fill func(i int, b []byte) int) [][]byte {
+	t.Helper()
+	var got [][]byte
+	for from := 0; from < len(rc.fds); from += chunk {
+		part := &rawClients{fds: rc.fds[from:min(from+chunk, len(rc.fds))], send: rc.send, recv: rc.recv}
+		part.sendAll(t, func(i int, b []byte) int { return fill(from+i, b) })
+		got = append(got, part.receiveAll(t, limit)...)
+	}
+	return got
+}
+
 // sendAll sends one datagram from each client, filled by fill.
 func (rc *rawClients) sendAll(t *testing.T, fill func(i int, b []byte) int) {
 	t.Helper()

@@ -151,22 +151,22 @@ func TestOversizedDatagramCountedNotDelivered(t *testing.T) {
 func TestTenThousandSessionsEchoAndExpire(t *testing.T) {
 	const n = 10_000
 	cfg := echoConfig("127.0.0.1:0", 2)
-	cfg.Listeners[0].IdleTimeout = 500 * time.Millisecond
+	// Long enough that no session expires before all have been created
+	// on a slow run (the race detector, other packages' tests in parallel).
+	cfg.Listeners[0].IdleTimeout = 3 * time.Second
 	cfg.MaxSessions = n
 	srv := serve(t, cfg)
 	clients := newRawClients(t, n, srv.Addr(0))
-	clients.sendAll(t, func(i int, b []byte) int { return copy(b, fmt.Sprintf("flow %d", i)) })
-	got := clients.receiveAll(t, 10*time.Second)
+	got := clients.exchange(t, 1000, 20*time.Second, func(i int, b []byte) int { return copy(b, fmt.Sprintf("flow %d", i)) })
 	for i, p := range got {
 		if want := fmt.Sprintf("flow %d", i); string(p) != want {
 			t.Fatalf("client %d got %q, want %q", i, p, want)
 		}
 	}
-	st := srv.Stats()
-	if st.Listeners[0].SessionsOpened != n || st.Sessions != n {
-		t.Fatalf("opened %d, live %d; want %d", st.Listeners[0].SessionsOpened, st.Sessions, n)
+	if st := srv.Stats(); st.Listeners[0].SessionsOpened != n {
+		t.Fatalf("opened %d sessions, want %d", st.Listeners[0].SessionsOpened, n)
 	}
-	waitFor(t, 10*time.Second, "all sessions to expire", func() bool {
+	waitFor(t, 30*time.Second, "all sessions to expire", func() bool {
 		st := srv.Stats()
 		return st.Sessions == 0 && st.Listeners[0].SessionsClosed["idle"] == n
 	})
