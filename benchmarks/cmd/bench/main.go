@@ -21,6 +21,7 @@ import (
 type options struct {
 	bin       string        // directory with loadgen, peer and (optionally) udpmux
 	mainDir   string        // the main module, for the flow-table benchmarks
+	ftOnly    bool          // rerun the flow-table benchmarks into an earlier session
 	out       string        // RESULTS.md to write
 	raw       string        // JSON file for every run's raw figures
 	work      string        // scratch directory (configs, logs)
@@ -50,8 +51,9 @@ func main() {
 	flag.BoolVar(&o.ftShort, "flowtable-short", false, "run the flow-table benchmarks with -test.short (no 10M-entry tables)")
 	flag.DurationVar(&o.ftTimeout, "flowtable-timeout", 10*time.Minute, "give up on the flow-table benchmarks after this long")
 	flag.BoolVar(&o.report, "report-only", false, "measure nothing: write -out again from the -raw file of an earlier session")
+	flag.BoolVar(&o.ftOnly, "flowtable-only", false, "run only the flow-table benchmarks and replace them in the -raw session, then write -out")
 	flag.Parse()
-	if o.report {
+	if o.report || o.ftOnly {
 		if err := rewriteReport(o); err != nil {
 			fatal(err)
 		}
@@ -106,8 +108,21 @@ func rewriteReport(o options) error {
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return fmt.Errorf("%s: %w", o.raw, err)
 	}
-	o.runs, o.duration, o.rate, o.quick, o.ftCount = rec.Runs, rec.Duration, rec.Rate, rec.Quick, rec.FTCount
-	return writeResults(&harness{opts: o, rec: rec})
+	h := &harness{opts: o, rec: rec, started: time.Now()}
+	if o.ftOnly {
+		if o.work, err = os.MkdirTemp("", "udpmux-bench-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(o.work)
+		h.opts.work = o.work
+		h.rec.Flowtable = runFlowtable(h)
+		h.rec.FTCount = o.ftCount
+		if err := writeRaw(o.raw, &h.rec); err != nil {
+			return err
+		}
+	}
+	h.opts.runs, h.opts.duration, h.opts.rate, h.opts.quick, h.opts.ftCount = rec.Runs, rec.Duration, rec.Rate, rec.Quick, h.rec.FTCount
+	return writeResults(h)
 }
 
 // binary returns the path of a built program.

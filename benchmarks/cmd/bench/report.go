@@ -133,7 +133,7 @@ func writeResults(h *harness) error {
 	if ft.Err != "" {
 		w("Not measured: %s\n", ft.Err)
 	} else {
-		w("`go test -run XXX -bench . -benchmem -count %d ./flowtable/` (compiled, run with `taskset -c 1`)", o.ftCount)
+		w("`go test -run XXX -bench . -benchmem -cpu 2 -count %d ./flowtable/` (compiled first, run with both CPUs and the lab down)", o.ftCount)
 		if ft.Compared {
 			w(", compared by benchstat with the previous run's output (flowtable-bench.txt)")
 		}
