@@ -118,27 +118,13 @@ func TestFailedHandoffChangesNothing(t *testing.T) {
 			conn.Close()
 		}, "handoff failed before pausing; serving on"},
 		{"silent while the owner is paused", func(t *testing.T, d *runningDaemon) {
-			conn := mustDial(t, d.sock)
-			conn.Send(handoff.TypeHello, hello(handoff.Version, goodConfig), nil)
-			inh, err := receiveListeners(conn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
-			conn.Send(handoff.TypeReady, nil, nil)
+			conn, _ := readySuccessor(t, d, hello(handoff.Version, goodConfig))
 			waitLog(t, d, "handoff failed; serving on") // paused, then the 1s handoff_timeout
 			conn.Close()
 		}, "handoff failed; serving on"},
 		{"aborts after the state arrived", func(t *testing.T, d *runningDaemon) {
-			conn := mustDial(t, d.sock)
-			conn.Send(handoff.TypeHello, hello(handoff.Version, goodConfig), nil)
-			inh, err := receiveListeners(conn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
-			// Ready, then read the whole session stream without restoring.
-			conn.Send(handoff.TypeReady, nil, nil)
+			conn, inh := readySuccessor(t, d, hello(handoff.Version, goodConfig))
+			// Read the whole session stream without restoring it.
 			for {
 				typ, _, fds, err := conn.Recv()
 				closeFDs(fds)
@@ -185,6 +171,21 @@ type testError string
 func (e testError) Error() string { return string(e) }
 
 const errTestAbort = testError("test abort")
+
+// readySuccessor plays a successor up to Ready: the owner pauses then. The
+// descriptors it received are closed.
+func readySuccessor(t *testing.T, d *runningDaemon, hello []byte) (*handoff.Conn, *inherited) {
+	t.Helper()
+	conn := mustDial(t, d.sock)
+	conn.Send(handoff.TypeHello, hello, nil)
+	inh, err := receiveListeners(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
+	conn.Send(handoff.TypeReady, nil, nil)
+	return conn, inh
+}
 
 func mustDial(t *testing.T, sock string) *handoff.Conn {
 	t.Helper()
