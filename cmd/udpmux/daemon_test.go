@@ -95,3 +95,61 @@ func TestDaemonServesAndStopsOnSIGTERM(t *testing.T) {
 	}
 	_ = os.Remove(bin)
 }
+
+// TestDaemonServesWithoutControlSocket runs the binary as an unprivileged
+// user with the shipped control socket path, which it may not create: it
+// must still serve, and say what is off and which key fixes it.
+func TestDaemonServesWithoutControlSocket(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root: runs the daemon as user nobody")
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755) // the test's own temporary root
+	bin := filepath.Join(dir, "udpmux")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	locked := filepath.Join(dir, "locked") // root's, like /run: nobody may not create in it
+	os.Mkdir(locked, 0o755)
+	cfg := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfg, []byte("workers: 1\ncontrol: {socket: "+filepath.Join(locked, "ctl.sock")+"}\n"+
+		"listeners:\n  - {name: echo, handler: echo, address: \"127.0.0.1:0\"}\n"), 0o644)
+	cmd := exec.Command(bin, "-c", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	logs := bufio.NewScanner(stderr)
+	var warned bool
+	var addr string
+	var seen strings.Builder
+	for addr == "" && logs.Scan() {
+		seen.WriteString(logs.Text() + "\n")
+		warned = warned || strings.Contains(logs.Text(), "control socket unavailable") && strings.Contains(logs.Text(), "control.socket")
+		if m := regexp.MustCompile(`msg=listening listener=echo address=(\S+)`).FindStringSubmatch(logs.Text()); m != nil {
+			addr = m[1]
+		}
+	}
+	if !warned || addr == "" {
+		t.Fatalf("warned %v, listening on %q; log:\n%s", warned, addr, seen.String())
+	}
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("x"))
+	if n, err := c.Read(make([]byte, 8)); err != nil || n != 1 {
+		t.Fatalf("echo without a control socket: %d, %v", n, err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	for logs.Scan() {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}

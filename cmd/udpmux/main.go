@@ -157,7 +157,15 @@ func serve(cfg *config, stderr io.Writer) error {
 		return err
 	}
 	ln, err := openControl(cfg, inh, srv)
+	if err != nil && inh == nil && errors.Is(err, os.ErrPermission) {
+		// Serving comes first: a user who may not create the control
+		// socket still gets the listeners, told what is missing and why.
+		log.Warn("control socket unavailable; udpmux status, udpmux sessions and upgrades are off — set control.socket to a path this user may create",
+			"err", err)
+		ln, err = nil, nil
+	}
 	if err != nil {
+		srv.Close()
 		return err
 	}
 	if inh != nil {
@@ -166,7 +174,9 @@ func serve(cfg *config, stderr io.Writer) error {
 			"sessions_relayed", r.Relayed, "took", time.Since(start))
 	}
 	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, finished: make(chan struct{})}
-	go ctl.serve()
+	if ln != nil {
+		go ctl.serve()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -188,6 +198,12 @@ func serve(cfg *config, stderr io.Writer) error {
 				log.Error("cannot upgrade: own executable unknown", "err", exeErr)
 				continue
 			}
+			if ln == nil {
+				// A successor would find no one to take over from and
+				// start a second server beside this one.
+				log.Error("SIGUSR2 ignored: upgrades need the control socket (control.socket)")
+				continue
+			}
 			startSuccessor(exe, log)
 		}
 	}()
@@ -199,13 +215,15 @@ func serve(cfg *config, stderr io.Writer) error {
 	if err := srv.Serve(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	select {
-	case <-ctl.finished:
-		// The successor owns the control socket file now.
-	default:
-		ln.SetUnlinkOnClose(true)
+	if ln != nil {
+		select {
+		case <-ctl.finished:
+			// The successor owns the control socket file now.
+		default:
+			ln.SetUnlinkOnClose(true)
+		}
+		ln.Close()
 	}
-	ln.Close()
 	st := srv.Stats()
 	for _, ls := range st.Listeners {
 		log.Info("stopped", "listener", ls.Name, "rx", ls.RxDatagrams, "tx", ls.TxDatagrams,
@@ -224,11 +242,7 @@ func serve(cfg *config, stderr io.Writer) error {
 // serve.
 func openControl(cfg *config, inh *inherited, srv *mux.Server) (*net.UnixListener, error) {
 	if inh == nil {
-		ln, err := listenControl(cfg.controlSocket)
-		if err != nil {
-			srv.Close()
-		}
-		return ln, err
+		return listenControl(cfg.controlSocket) // the caller decides whether that is fatal
 	}
 	ln, err := controlFromFD(inh.control)
 	if err != nil {
