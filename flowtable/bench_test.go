@@ -47,34 +47,23 @@ func getLookupFixture(b *testing.B, n int) *lookupFixture {
 // BenchmarkLookupParallel looks up every key of a full table in a random
 // order, from GOMAXPROCS goroutines (set it with -cpu).
 func BenchmarkLookupParallel(b *testing.B) {
-	for _, size := range []struct {
-		name string
-		n    int
-	}{{"1k", 1 << 10}, {"1M", 1 << 20}, {"10M", 10_000_000}} {
-		b.Run(size.name, func(b *testing.B) {
-			if size.n > 1<<20 && testing.Short() {
-				b.Skip("skipping the 10M-entry table in short mode")
-			}
-			f := getLookupFixture(b, size.n)
-			var goroutines atomic.Int64
-			b.ReportAllocs()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				n := len(f.probe)
-				// Start each goroutine at a different place so they do not
-				// share cache misses.
-				i := int(goroutines.Add(1)) * 7919 * 1021 % n
-				for pb.Next() {
-					if f.tb.Lookup(f.probe[i]) == nil {
-						panic("key missing")
-					}
-					if i++; i == n {
-						i = 0
-					}
+	forEachLookupSize(b, func(b *testing.B, f *lookupFixture) {
+		var goroutines atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			n := len(f.probe)
+			// Start each goroutine at a different place so they do not
+			// share cache misses.
+			i := int(goroutines.Add(1)) * 7919 * 1021 % n
+			for pb.Next() {
+				if f.tb.Lookup(f.probe[i]) == nil {
+					panic("key missing")
 				}
-			})
+				if i++; i == n {
+					i = 0
+				}
+			}
 		})
-	}
+	})
 }
 
 // BenchmarkLookupBatchParallel is BenchmarkLookupParallel with LookupBatch,
@@ -83,6 +72,40 @@ func BenchmarkLookupParallel(b *testing.B) {
 // with BenchmarkLookupParallel; ns/key reports the same figure.
 func BenchmarkLookupBatchParallel(b *testing.B) {
 	const batchSize = 64
+	forEachLookupSize(b, func(b *testing.B, f *lookupFixture) {
+		var goroutines atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			var out [batchSize]*Entry[*int]
+			n := len(f.probe)
+			i := int(goroutines.Add(1)) * 7919 * 1021 % n
+			for {
+				// Each key is one pb.Next, so b.N counts keys.
+				m := 0
+				for m < batchSize && pb.Next() {
+					m++
+				}
+				if m == 0 {
+					return
+				}
+				if i+m > n {
+					i = 0
+				}
+				f.tb.LookupBatch(f.probe[i:i+m], out[:m])
+				for _, e := range out[:m] {
+					if e == nil {
+						panic("key missing")
+					}
+				}
+				i += m
+			}
+		})
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/key")
+	})
+}
+
+// forEachLookupSize runs bench as a sub-benchmark on a full table of 1k, 1M
+// and 10M entries (10M skipped in short mode), timing only bench.
+func forEachLookupSize(b *testing.B, bench func(*testing.B, *lookupFixture)) {
 	for _, size := range []struct {
 		name string
 		n    int
@@ -92,35 +115,9 @@ func BenchmarkLookupBatchParallel(b *testing.B) {
 				b.Skip("skipping the 10M-entry table in short mode")
 			}
 			f := getLookupFixture(b, size.n)
-			var goroutines atomic.Int64
 			b.ReportAllocs()
 			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				var out [batchSize]*Entry[*int]
-				n := len(f.probe)
-				i := int(goroutines.Add(1)) * 7919 * 1021 % n
-				for {
-					// Each key is one pb.Next, so b.N counts keys.
-					m := 0
-					for m < batchSize && pb.Next() {
-						m++
-					}
-					if m == 0 {
-						return
-					}
-					if i+m > n {
-						i = 0
-					}
-					f.tb.LookupBatch(f.probe[i:i+m], out[:m])
-					for _, e := range out[:m] {
-						if e == nil {
-							panic("key missing")
-						}
-					}
-					i += m
-				}
-			})
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/key")
+			bench(b, f)
 		})
 	}
 }
