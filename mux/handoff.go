@@ -48,6 +48,10 @@ type RestoreStats struct {
 	// Relayed sessions stayed with the predecessor, which serves them
 	// until they end; their datagrams are relayed to it.
 	Relayed int
+	// Of the sessions the predecessor copied early, Updated ones were
+	// brought up to date and Ended ones had ended there meanwhile (they
+	// are not among Restored).
+	Updated, Ended int
 }
 
 // adopt wraps the inherited sockets of the listener at addr, if any, and
@@ -125,8 +129,10 @@ func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
 // had, before Serve. A successor calls it for each batch as it arrives, so
 // that restoring overlaps the predecessor's sending. upstreams are all the
 // session sockets received so far: a record's Upstream indexes them, and
-// Restore takes ownership of those it uses. The server must have been
-// created with Config.Inherit and not be serving yet.
+// Restore takes ownership of those it uses. Records that update or end a
+// session restored earlier (handoff.ChangeUpdate, ChangeGone) apply to it.
+// The server must have been created with Config.Inherit and not be serving
+// yet.
 func (srv *Server) Restore(records []handoff.Session, upstreams []int) error {
 	inh := srv.inherit
 	if inh == nil {
@@ -145,6 +151,11 @@ func (srv *Server) Restore(records []handoff.Session, upstreams []int) error {
 		if rec.Retained && srv.relay == nil {
 			return fmt.Errorf("session %d: retained by the predecessor, which sent no relay sockets", i)
 		}
+		ln, key := srv.inheritedKey(rec, inh.Listeners[old].Address)
+		if rec.Change != handoff.ChangeNew {
+			srv.applyChange(rec, ln, key, now)
+			continue
+		}
 		up := -1
 		if rec.Upstream >= 0 {
 			if int(rec.Upstream) >= len(upstreams) || srv.upstreamTaken[rec.Upstream] {
@@ -154,7 +165,7 @@ func (srv *Server) Restore(records []handoff.Session, upstreams []int) error {
 			up = upstreams[rec.Upstream]
 		}
 		switch {
-		case !srv.restoreSession(rec, inh.Listeners[old].Address, up, now):
+		case ln == nil || !srv.restoreSession(rec, ln, key, up, now):
 			srv.restored.Dropped++
 			if up >= 0 {
 				unix.Close(up)
@@ -182,7 +193,10 @@ func (srv *Server) FinishRestore(upstreams []int) {
 	}
 }
 
-func (srv *Server) restoreSession(rec *handoff.Session, addr netip.AddrPort, upstream int, now int64) bool {
+// inheritedKey finds the listener at the predecessor's listener address and
+// the record's key in it: the new configuration may order listeners
+// differently. ln is nil when the listener is gone.
+func (srv *Server) inheritedKey(rec *handoff.Session, addr netip.AddrPort) (*listener, flowtable.Key) {
 	var ln *listener
 	for _, x := range srv.listeners {
 		if x.addr == addr {
@@ -190,7 +204,7 @@ func (srv *Server) restoreSession(rec *handoff.Session, addr netip.AddrPort, ups
 		}
 	}
 	if ln == nil {
-		return false
+		return nil, flowtable.Key{}
 	}
 	key := rec.Key
 	if key.Kind() == flowtable.KindCID {
@@ -198,11 +212,37 @@ func (srv *Server) restoreSession(rec *handoff.Session, addr netip.AddrPort, ups
 	} else {
 		key = flowtable.TupleKey(ln.scope, key.Local(), key.Peer())
 	}
+	return ln, key
+}
+
+// applyChange updates or ends a session restored from an early copy. The
+// session is known by key and creation time together; a record for a
+// session this server dropped, or never had, changes nothing.
+func (srv *Server) applyChange(rec *handoff.Session, ln *listener, key flowtable.Key, now int64) {
+	if ln == nil {
+		return
+	}
+	e := srv.table.Lookup(key)
+	if e == nil || e.Value.Created().UnixNano() != rec.Created || e.Value.Closed() {
+		return
+	}
+	s := e.Value
+	if rec.Change == handoff.ChangeGone {
+		srv.loops[s.LoopID()].end(s, session.ReasonHandoff)
+		srv.restored.Restored--
+		srv.restored.Ended++
+		return
+	}
+	s.Refresh(rec.Peer, session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes,
+		TxPackets: rec.TxPackets, TxBytes: rec.TxBytes}, now+rec.IdleLeft)
+	srv.restored.Updated++
+}
+
+func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, key flowtable.Key, upstream int, now int64) bool {
 	if rec.Retained {
 		return srv.restoreRelay(rec, ln, key, now)
 	}
-	m, ok := ln.handler.(session.Migrator)
-	if !ok {
+	if _, ok := ln.handler.(session.Migrator); !ok {
 		return false
 	}
 	s := session.New(session.Config{
@@ -216,7 +256,7 @@ func (srv *Server) restoreSession(rec *handoff.Session, addr netip.AddrPort, ups
 	if e, err := srv.table.Insert(s.Entry()); err != nil || e != s.Entry() {
 		return false
 	}
-	if err := m.ImportSession(s, rec.State, upstream); err != nil {
+	if err := s.Import(rec.State, upstream); err != nil {
 		srv.loops[int(rec.Loop)%len(srv.loops)].detach(s)
 		srv.table.Delete(s.Entry())
 		srv.log.Warn("inherited session dropped", "listener", ln.name, "peer", rec.Peer, "err", err)
@@ -267,6 +307,7 @@ func (srv *Server) Freeze() {
 // A relay HandoffRelays prepared is closed.
 func (srv *Server) Thaw() {
 	srv.discardDrain()
+	srv.stopTracking()
 	close(srv.frozen)
 }
 
@@ -297,27 +338,44 @@ func (srv *Server) HandoffListeners() ([]handoff.Listener, []int) {
 	return ls, fds
 }
 
-// ExportStats counts what ExportSessions described.
+// ExportStats counts what Precopy and ExportSessions described.
 type ExportStats struct {
 	// Migrated sessions move to the successor with their state; Retained
 	// ones stay here and are relayed (see HandoffRelays); Skipped ones end
 	// with this process, since no relay was prepared for them.
 	Migrated, Retained, Skipped int
+	// Early counts the Migrated sessions Precopy sent. Of those, while the
+	// server was frozen, Updated ones were sent again because they handled
+	// datagrams, and Gone ones had ended.
+	Early, Updated, Gone int
 }
 
 // ExportSessions calls fn with each session's record and its own socket
 // (-1 for none); the caller fills in rec.Upstream. Sessions whose handler is
 // not a session.Migrator are described as retained (rec.Retained, no state,
-// no socket) when HandoffRelays prepared a relay, and skipped otherwise. The
-// server must be frozen.
+// no socket) when HandoffRelays prepared a relay, and skipped otherwise.
+// After Precopy, only what changed since is described for the listeners it
+// copied. The server must be frozen.
 func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) error) (ExportStats, error) {
 	var es ExportStats
+	copied := srv.copying
+	if copied {
+		if err := srv.exportChanges(fn, &es); err != nil {
+			return es, err
+		}
+		if !srv.walkNeeded() {
+			return es, nil
+		}
+	}
 	var err error
 	now := session.Clock()
 	// One record for all: the callback encodes it before the next.
 	var rec handoff.Session
-	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
+	srv.table.Range(func(e *entry) bool {
 		s := e.Value
+		if copied && srv.listeners[s.Scope()].precopies() {
+			return true
+		}
 		if s.Closed() {
 			es.Skipped++
 			return true
@@ -334,13 +392,8 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 				return false
 			}
 		}
-		st := s.Stats()
-		rec = handoff.Session{
-			Key: s.Key(), Loop: uint16(s.LoopID()), Peer: s.Peer(), Local: s.LocalAddr(),
-			Created: s.Created().UnixNano(), IdleLeft: e.Expires() - now, IdleTimeout: int64(s.IdleTimeout()),
-			RxPackets: st.RxPackets, RxBytes: st.RxBytes, TxPackets: st.TxPackets, TxBytes: st.TxBytes,
-			State: state, Retained: !ok,
-		}
+		exportRecord(&rec, e, now, state, handoff.ChangeNew)
+		rec.Retained = !ok
 		fd := -1
 		if ok {
 			fd, _ = s.Upstream()
@@ -352,4 +405,15 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 		return err == nil
 	})
 	return es, err
+}
+
+// walkNeeded reports whether some listener's sessions were not copied
+// early, so that ExportSessions must walk the table for them.
+func (srv *Server) walkNeeded() bool {
+	for _, ln := range srv.listeners {
+		if !ln.precopies() {
+			return true
+		}
+	}
+	return false
 }

@@ -78,6 +78,13 @@ type loop struct {
 	ctlMu sync.Mutex
 	ctl   []closeRequest // closes asked for from other goroutines and loops
 	pause *pauseRequest  // a freeze asked for by Server.Freeze
+	track *trackRequest  // a handoff's early copy asked for by Server.Precopy
+
+	// trackGen is the generation of the handoff copying sessions early (see
+	// Server.Precopy), 0 when none is; changed lists, once each, the
+	// sessions this loop saw open, end or handle a datagram since.
+	trackGen uint32
+	changed  []*session.Session
 
 	// relay is set while the loop drains for a successor (relay.go).
 	relay *ownerRelay
@@ -388,6 +395,16 @@ func (l *loop) deliver(s *session.Session, peer netip.AddrPort, p []byte) {
 		s.SetPeer(peer)
 	}
 	s.Deliver(p, l.now)
+	if l.trackGen != 0 {
+		l.noteChange(s)
+	}
+}
+
+// noteChange lists s for the handoff copying sessions early, once.
+func (l *loop) noteChange(s *session.Session) {
+	if s.MarkChanged(l.trackGen) {
+		l.changed = append(l.changed, s)
+	}
 }
 
 // open creates the session for a flow's first datagram. It returns nil when
@@ -415,6 +432,9 @@ func (l *loop) open(ls *loopSocket, key flowtable.Key, local, peer netip.AddrPor
 		return nil
 	}
 	ls.stats.opened.inc()
+	if l.trackGen != 0 {
+		l.noteChange(s)
+	}
 	return s
 }
 
@@ -466,6 +486,9 @@ func (l *loop) readUpstream(slot int32) {
 	}
 	h := s.Handler().(session.UpstreamHandler)
 	ls := l.socks[s.Scope()]
+	if l.trackGen != 0 {
+		l.noteChange(s) // its replies count as the session's traffic
+	}
 	for round := 0; round < readRounds; round++ {
 		fd, _ := s.Upstream()
 		if fd < 0 {
@@ -560,11 +583,15 @@ func (l *loop) onWake() {
 		}
 	}
 	l.ctlMu.Lock()
-	reqs, pause := l.ctl, l.pause
-	l.ctl, l.pause = nil, nil
+	reqs, pause, track := l.ctl, l.pause, l.track
+	l.ctl, l.pause, l.track = nil, nil, nil
 	l.ctlMu.Unlock()
 	for _, r := range reqs {
 		l.end(r.s, r.r)
+	}
+	if track != nil {
+		l.trackGen = track.gen
+		track.started <- struct{}{}
 	}
 	l.endBatch()
 	if pause != nil {
@@ -613,6 +640,9 @@ func (l *loop) end(s *session.Session, r session.Reason) {
 	}
 	l.detach(s)
 	if s.End(r) {
+		if l.trackGen != 0 {
+			l.noteChange(s)
+		}
 		l.socks[s.Scope()].stats.closedFor(r).inc()
 		if l.relay != nil {
 			l.relayEnded(s)

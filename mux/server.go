@@ -105,6 +105,12 @@ type Server struct {
 	inherit       *Inheritance
 	upstreamTaken []bool
 
+	// copyGen numbers the handoffs that copied sessions early (Precopy);
+	// copying is set while the loops note changes for the latest one.
+	// Both belong to the goroutine running a handoff.
+	copyGen uint32
+	copying bool
+
 	// drain is the relay a handoff that retained sessions needs on this
 	// side (HandoffRelays, Drain); relay the successor's side, serving the
 	// sessions a predecessor retained. Both are in relay.go.

@@ -265,6 +265,10 @@ func (h *Handler) ExportSession(s *session.Session) ([]byte, error) {
 	return h.backends[u.backend].MarshalBinary()
 }
 
+// StateFixed reports true: a session keeps the backend Open chose, so a
+// restart may copy it before pausing (session.Precopier).
+func (h *Handler) StateFixed() bool { return true }
+
 // ImportSession adopts a predecessor's session: its upstream socket is the
 // same kernel socket, so the backend sees the same source address:port. A
 // session whose backend the new configuration dropped, or that the new limits

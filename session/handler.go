@@ -49,6 +49,21 @@ type Migrator interface {
 	ImportSession(s *Session, state []byte, upstream int) error
 }
 
+// Precopier is a Migrator whose exported state is fixed once the session
+// is accepted, such as a proxy's choice of backend. A restart copies such
+// sessions to the successor while the server still serves, and sends again,
+// while it is paused, only the sessions that opened, ended or saw a datagram
+// meanwhile: the pause then lasts as long as the changes take to send, not
+// the whole table. For that early copy ExportSession runs on a goroutine
+// other than the session's loop, at the same time as the session's
+// callbacks, so it must read only what Open or ImportSession set.
+type Precopier interface {
+	Migrator
+	// StateFixed reports whether the handler's sessions keep the exported
+	// state Open gave them; it lets a wrapping handler say what it wraps.
+	StateFixed() bool
+}
+
 // Echo is a Handler that sends every datagram back to its peer.
 type Echo struct{}
 
@@ -66,6 +81,9 @@ func (Echo) ExportSession(*Session) ([]byte, error) { return nil, nil }
 
 // ImportSession restores nothing.
 func (Echo) ImportSession(*Session, []byte, int) error { return nil }
+
+// StateFixed reports true: there is no state to change.
+func (Echo) StateFixed() bool { return true }
 
 // Discard is a Handler that drops every datagram: a sink, for measuring the
 // receive path alone.
@@ -85,3 +103,6 @@ func (Discard) ExportSession(*Session) ([]byte, error) { return nil, nil }
 
 // ImportSession restores nothing.
 func (Discard) ImportSession(*Session, []byte, int) error { return nil }
+
+// StateFixed reports true: there is no state to change.
+func (Discard) StateFixed() bool { return true }

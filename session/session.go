@@ -85,14 +85,26 @@ type Session struct {
 	// enough and avoids a locked instruction per datagram.
 	rxPackets, rxBytes, txPackets, txBytes atomic.Uint64
 
-	closed atomic.Bool
-	state  any
+	// opened is set once the handler has accepted the session, closed once
+	// it has ended. A restart's early copy reads sessions from another
+	// goroutine and takes only those in between.
+	opened, closed atomic.Bool
+	state          any
 
-	// upstream is the socket the handler attached, -1 for none, and
-	// upstreamSlot its place in the owning loop's poller.
-	upstream     int
-	upstreamSlot int32
+	// upstream packs the socket the handler attached (the low 32 bits, all
+	// ones for none) and its slot in the owning loop's poller (the high 32
+	// bits). It is atomic because a restart's early copy reads it while the
+	// loop may detach it.
+	upstream atomic.Uint64
+
+	// changedIn is the handoff generation in which the owning loop last
+	// noted a change to the session (see MarkChanged), copiedIn the one
+	// that copied it early (see MarkCopied).
+	changedIn, copiedIn uint32
 }
+
+// noUpstream is the packed upstream of a session without its own socket.
+const noUpstream = uint64(0xffffffff)
 
 // Config describes a new session.
 type Config struct {
@@ -122,8 +134,8 @@ func New(c Config) *Session {
 		idle:     c.IdleTimeout,
 		loop:     c.Loop,
 		handler:  c.Handler,
-		upstream: -1,
 	}
+	s.upstream.Store(noUpstream)
 	if s.created.IsZero() {
 		s.created = time.Now()
 	}
@@ -232,17 +244,82 @@ func (s *Session) Attach(fd int) error { return s.loop.Attach(s, fd) }
 func (s *Session) Handler() Handler { return s.handler }
 
 // Upstream returns the attached socket and its slot in the loop's poller, or
-// -1 when none is attached. Engine use.
-func (s *Session) Upstream() (fd int, slot int32) { return s.upstream, s.upstreamSlot }
+// -1 when none is attached. Engine use; safe from any goroutine.
+func (s *Session) Upstream() (fd int, slot int32) {
+	u := s.upstream.Load()
+	return int(int32(uint32(u))), int32(u >> 32)
+}
 
-// SetUpstream records the attached socket. Engine use.
-func (s *Session) SetUpstream(fd int, slot int32) { s.upstream, s.upstreamSlot = fd, slot }
+// SetUpstream records the attached socket. Engine use, on the owning loop.
+func (s *Session) SetUpstream(fd int, slot int32) {
+	s.upstream.Store(uint64(uint32(int32(fd))) | uint64(uint32(slot))<<32)
+}
 
 // Closed reports whether the session has ended.
 func (s *Session) Closed() bool { return s.closed.Load() }
 
+// Live reports whether the handler has accepted the session, by Open or
+// ImportSession, and it has not ended. Safe from any goroutine: what the
+// handler set up before accepting is visible to a caller that saw true.
+func (s *Session) Live() bool { return s.opened.Load() && !s.closed.Load() }
+
 // Open runs the handler's Open. Engine use, on the owning loop.
-func (s *Session) Open() error { return s.handler.Open(s) }
+func (s *Session) Open() error {
+	if err := s.handler.Open(s); err != nil {
+		return err
+	}
+	s.opened.Store(true)
+	return nil
+}
+
+// Import runs the handler's ImportSession on a session restored from a
+// predecessor process, in place of Open. Engine use, before the session
+// serves.
+func (s *Session) Import(state []byte, upstream int) error {
+	m, ok := s.handler.(Migrator)
+	if !ok {
+		return errors.New("handler cannot import sessions")
+	}
+	if err := m.ImportSession(s, state, upstream); err != nil {
+		return err
+	}
+	s.opened.Store(true)
+	return nil
+}
+
+// MarkChanged notes that the session changed during handoff generation gen
+// (a datagram, a new peer, its end) and reports whether this is the first
+// note in gen. The owning loop keeps a list of what it noted, so that a
+// restart that copied the session early sends it again. Engine use, on the
+// owning loop; gen is never 0.
+func (s *Session) MarkChanged(gen uint32) bool {
+	if s.changedIn == gen {
+		return false
+	}
+	s.changedIn = gen
+	return true
+}
+
+// MarkCopied notes that handoff generation gen copied the session to the
+// successor early, and Copied reports whether gen did. Engine use, by the
+// goroutine running that handoff.
+func (s *Session) MarkCopied(gen uint32) { s.copiedIn = gen }
+
+// Copied reports whether handoff generation gen copied the session early.
+// Engine use; see MarkCopied.
+func (s *Session) Copied(gen uint32) bool { return s.copiedIn == gen }
+
+// Refresh brings a session copied early from a predecessor up to date: its
+// peer, counters and idle deadline (which only moves forward). Engine use,
+// before the session serves.
+func (s *Session) Refresh(peer netip.AddrPort, st Stats, deadline int64) {
+	s.SetPeer(peer)
+	s.rxPackets.Store(st.RxPackets)
+	s.rxBytes.Store(st.RxBytes)
+	s.txPackets.Store(st.TxPackets)
+	s.txBytes.Store(st.TxBytes)
+	s.entry.Touch(deadline)
+}
 
 // Deliver counts p, renews the session's idle deadline and passes p to the
 // handler. Engine use, on the owning loop; now is a Clock reading.
@@ -291,7 +368,9 @@ func (s *Session) Reset(local, peer netip.AddrPort) {
 // NewStateless returns a scratch session for datagrams handled without a
 // session (see Stateless). Engine use.
 func NewStateless(l Loop, h Handler, scope uint16) *Session {
-	return &Session{loop: l, handler: h, scope: scope, created: time.Now(), upstream: -1}
+	s := &Session{loop: l, handler: h, scope: scope, created: time.Now()}
+	s.upstream.Store(noUpstream)
+	return s
 }
 
 var clockBase = time.Now()

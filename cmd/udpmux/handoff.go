@@ -12,9 +12,11 @@ import (
 
 // handoff gives everything to a successor. While this process still serves,
 // the successor receives the listening sockets and builds its server from
-// them; only then are the loops paused between two batches, for as long as
-// it takes to stream the sessions, which the successor restores as they
-// arrive. Once it confirms, this process stops for good. Any failure before
+// them, then a copy of the sessions whose handlers allow it (all of the
+// daemon's), which it restores as they arrive. Only then are the loops
+// paused between two batches, for as long as it takes to send what changed
+// since the copy and the sessions that could not be copied early. Once the
+// successor confirms, this process stops for good. Any failure before
 // that — the successor dies, times out, speaks another version, brings an
 // invalid config or refuses what it got — resumes serving as if nothing
 // happened.
@@ -48,6 +50,12 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	if err == nil {
 		err = awaitReady(conn)
 	}
+	stream := newSessionStream(conn, fixed)
+	defer stream.fdw.discard()
+	var early mux.ExportStats
+	if err == nil {
+		early, err = stream.precopy(c.srv)
+	}
 	if err != nil {
 		// Nothing paused yet; Freeze and Thaw discard a prepared relay.
 		c.srv.Freeze()
@@ -57,7 +65,7 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	}
 	c.srv.Freeze()
 	frozen := time.Now()
-	st, err := c.sendSessions(conn, fixed)
+	st, err := stream.finish(c.srv, early)
 	if err == nil {
 		err = c.awaitConfirm(conn)
 	}
@@ -79,11 +87,14 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 			"retained", st.Retained, "descriptors", st.FDs, "paused", time.Since(frozen), "drain_timeout", c.cfg.drainTimeout)
 	} else {
 		c.srv.Handover()
-		log.Info("handed over to successor", "sessions", st.Sessions, "descriptors", st.FDs,
+		log.Info("handed over to successor", "sessions", st.Migrated, "copied_early", st.Early,
+			"updated", st.Updated, "ended", st.Gone, "records", st.Sessions, "descriptors", st.FDs,
 			"skipped", st.Skipped, "paused", time.Since(frozen))
 	}
 }
 
+// sentState sums up a handoff's session stream: the End totals, and what
+// became of the sessions, early copy included.
 type sentState struct {
 	handoff.End
 	mux.ExportStats
@@ -114,7 +125,7 @@ func (c *control) sendListeners(conn *handoff.Conn) (int, error) {
 	}
 	fdw := fdWriter{conn: conn}
 	for _, fd := range fds {
-		if err := fdw.add(fd); err != nil {
+		if err := fdw.add(fd, false); err != nil {
 			return 0, err
 		}
 	}
@@ -137,38 +148,74 @@ func awaitReady(conn *handoff.Conn) error {
 	return fmt.Errorf("successor sent message type %d instead of Ready", typ)
 }
 
-// sendSessions streams the frozen server's sessions, each message of
-// records after the descriptors they name, then the totals.
-func (c *control) sendSessions(conn *handoff.Conn, fixed int) (sentState, error) {
-	var st sentState
-	if err := conn.Send(handoff.TypeAccept, nil, nil); err != nil {
-		return st, err
-	}
-	fdw := fdWriter{conn: conn, total: fixed}
-	sw := handoff.NewSessionWriter(conn)
-	sw.BeforeFlush = fdw.flush
-	var err error
-	st.ExportStats, err = c.srv.ExportSessions(func(rec *handoff.Session, upstream int) error {
-		rec.Upstream = -1
-		if upstream >= 0 {
-			rec.Upstream = int32(fdw.total - fixed)
-			if err := fdw.add(upstream); err != nil {
-				return err
-			}
+// sessionStream sends session records, each message of them after the
+// descriptors they name, from the early copy through the pause.
+type sessionStream struct {
+	conn  *handoff.Conn
+	fdw   fdWriter
+	sw    *handoff.SessionWriter
+	fixed int // descriptors sent before the session sockets
+}
+
+func newSessionStream(conn *handoff.Conn, fixed int) *sessionStream {
+	st := &sessionStream{conn: conn, fdw: fdWriter{conn: conn, total: fixed}, sw: handoff.NewSessionWriter(conn), fixed: fixed}
+	st.sw.BeforeFlush = st.fdw.flush
+	return st
+}
+
+// add queues rec with its socket, numbering the socket among the session
+// sockets. A duplicate (owned) is closed once sent.
+func (st *sessionStream) add(rec *handoff.Session, upstream int, owned bool) error {
+	rec.Upstream = -1
+	if upstream >= 0 {
+		rec.Upstream = int32(st.fdw.total - st.fixed)
+		if err := st.fdw.add(upstream, owned); err != nil {
+			return err
 		}
-		return sw.Add(rec)
+	}
+	return st.sw.Add(rec)
+}
+
+// precopy sends the sessions that can be copied while this process serves.
+func (st *sessionStream) precopy(srv *mux.Server) (mux.ExportStats, error) {
+	if err := st.conn.Send(handoff.TypeAccept, nil, nil); err != nil {
+		return mux.ExportStats{}, err
+	}
+	es, err := srv.Precopy(func(rec *handoff.Session, upstream int) error {
+		return st.add(rec, upstream, true)
 	})
+	if err == nil {
+		err = st.flush()
+	}
+	return es, err
+}
+
+// finish sends, from the frozen server, what changed since the early copy
+// and the sessions it could not include, then the totals.
+func (st *sessionStream) finish(srv *mux.Server, early mux.ExportStats) (sentState, error) {
+	var sent sentState
+	es, err := srv.ExportSessions(func(rec *handoff.Session, upstream int) error {
+		return st.add(rec, upstream, false)
+	})
+	if err == nil {
+		err = st.flush()
+	}
 	if err != nil {
-		return st, err
+		return sent, err
 	}
-	if err := sw.Flush(); err != nil {
-		return st, err
+	sent.ExportStats = es
+	sent.Migrated += early.Migrated - es.Gone
+	sent.Early = early.Early
+	sent.End = handoff.End{Sessions: st.sw.Total(), FDs: uint64(st.fdw.total)}
+	return sent, st.conn.Send(handoff.TypeEnd, handoff.AppendEnd(nil, sent.End), nil)
+}
+
+// flush sends the queued records and any descriptors not yet sent.
+func (st *sessionStream) flush() error {
+	if err := st.sw.Flush(); err != nil {
+		return err
 	}
-	if err := fdw.flush(); err != nil {
-		return st, err
-	}
-	st.End = handoff.End{Sessions: sw.Total(), FDs: uint64(fdw.total)}
-	return st, conn.Send(handoff.TypeEnd, handoff.AppendEnd(nil, st.End), nil)
+	return st.fdw.flush()
 }
 
 // fdWriter sends descriptors in TypeFDs messages of at most the kernel's
@@ -176,11 +223,17 @@ func (c *control) sendSessions(conn *handoff.Conn, fixed int) (sentState, error)
 type fdWriter struct {
 	conn    *handoff.Conn
 	pending []int
-	total   int
+	// owned are the pending descriptors this process duplicated to send;
+	// they are closed once sent, or discarded.
+	owned []int
+	total int
 }
 
-func (w *fdWriter) add(fd int) error {
+func (w *fdWriter) add(fd int, owned bool) error {
 	w.pending = append(w.pending, fd)
+	if owned {
+		w.owned = append(w.owned, fd)
+	}
 	w.total++
 	if len(w.pending) == handoff.MaxFDsPerMessage {
 		return w.flush()
@@ -194,7 +247,15 @@ func (w *fdWriter) flush() error {
 	}
 	err := w.conn.Send(handoff.TypeFDs, nil, w.pending)
 	w.pending = w.pending[:0]
+	w.discard()
 	return err
+}
+
+// discard closes the duplicates not yet closed; the receiver holds its own
+// copies of those it got.
+func (w *fdWriter) discard() {
+	closeFDs(w.owned)
+	w.owned = w.owned[:0]
 }
 
 // awaitConfirm waits for the successor's verdict and acknowledges a Confirm

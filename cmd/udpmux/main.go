@@ -171,7 +171,7 @@ func serve(cfg *config, stderr io.Writer) error {
 	if inh != nil {
 		r := srv.Restored()
 		log.Info("took over from predecessor", "sessions_restored", r.Restored, "sessions_dropped", r.Dropped,
-			"sessions_relayed", r.Relayed, "took", time.Since(start))
+			"sessions_relayed", r.Relayed, "sessions_updated", r.Updated, "sessions_ended", r.Ended, "took", time.Since(start))
 	}
 	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, finished: make(chan struct{})}
 	if ln != nil {

@@ -18,8 +18,9 @@ import (
 )
 
 // Version is the handoff protocol version; a peer speaking another is refused.
-// Version 2 added retained sessions and relay sockets.
-const Version = 3
+// Version 2 added retained sessions and relay sockets, 3 the Ready step, 4
+// session records' Change (sessions copied before the owner pauses).
+const Version = 4
 
 // MaxMessage bounds one message; session records are batched up to it.
 const MaxMessage = 64 << 10
@@ -33,7 +34,7 @@ type Type uint8
 // Message types.
 const (
 	TypeHello       Type = iota + 1 // successor → owner: Hello
-	TypeAccept                      // owner → successor: the owner has stopped reading
+	TypeAccept                      // owner → successor: the sessions follow
 	TypeReject                      // owner → successor: reason text
 	TypeListeners                   // owner → successor, before freezing: Listener records
 	TypeFDs                         // owner → successor: descriptors, in order, each before the records naming it

@@ -160,7 +160,7 @@ func TestCorruptAndTruncatedInputIsRefused(t *testing.T) {
 		}, ErrCorrupt},
 		{"unknown session flag", func() error {
 			r := append([]byte{}, rec...)
-			r[flagsOffset()] = 2
+			r[flagsOffset()] = 8
 			_, err := DecodeSessions(r)
 			return err
 		}, ErrCorrupt},
@@ -234,6 +234,51 @@ func TestRetainedSessionRoundTrip(t *testing.T) {
 	b, _ = AppendSession([]byte{1, 0, 0, 0}, &m)
 	if b[flagsOffset()] != 0 {
 		t.Errorf("migrated record's flags byte %#x", b[flagsOffset()])
+	}
+}
+
+func TestChangeRecords(t *testing.T) {
+	base := sampleSessions()[0]
+	base.Upstream, base.State = -1, nil
+	tests := []struct {
+		name   string
+		change Change
+		mutate func(*Session)
+		flags  byte // what the flags byte must become; 0xff: refused
+	}{
+		{"new", ChangeNew, nil, 0},
+		{"update", ChangeUpdate, nil, flagUpdate},
+		{"gone", ChangeGone, nil, flagGone},
+		{"update with a socket", ChangeUpdate, func(s *Session) { s.Upstream = 0 }, 0xff},
+		{"gone with state", ChangeGone, func(s *Session) { s.State = []byte{1} }, 0xff},
+		{"retained update", ChangeUpdate, func(s *Session) { s.Retained = true }, 0xff},
+		{"update and gone", ChangeUpdate | ChangeGone, nil, 0xff},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := base
+			s.Change = tc.change
+			if tc.mutate != nil {
+				tc.mutate(&s)
+			}
+			b, err := AppendSession([]byte{1, 0, 0, 0}, &s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := DecodeSessions(b)
+			if tc.flags == 0xff {
+				if err == nil {
+					t.Fatalf("decoded %+v", got)
+				}
+				return
+			}
+			if b[flagsOffset()] != tc.flags {
+				t.Errorf("flags byte %#x, want %#x", b[flagsOffset()], tc.flags)
+			}
+			if err != nil || len(got) != 1 || got[0].Change != tc.change || got[0].Created != s.Created {
+				t.Fatalf("got %+v, %v", got, err)
+			}
+		})
 	}
 }
 

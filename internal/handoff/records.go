@@ -119,14 +119,38 @@ type Session struct {
 	// the owner keeps serving it, and the successor relays its datagrams
 	// to the owner. A retained record has no State and no Upstream.
 	Retained bool
+	// Change says what the record does to the successor's copy of the
+	// session: the owner copies sessions early, while it still serves, and
+	// then, paused, sends only what changed since.
+	Change Change
 	// State is the handler's serialized state.
 	State []byte
 }
 
-// Session flags, one byte in the encoding; other bits are refused.
+// Change is what a Session record does in the successor. A session is
+// known by its Key and Created together: a key may be reused by a new
+// session once the old one ended.
+type Change uint8
+
+// The kinds of Change.
+const (
+	// ChangeNew: a session the successor does not have yet.
+	ChangeNew Change = iota
+	// ChangeUpdate: a session copied earlier saw datagrams or moved; its
+	// peer, counters and idle time replace the copy's. No State or Upstream.
+	ChangeUpdate
+	// ChangeGone: a session copied earlier ended; the successor drops its
+	// copy. No State or Upstream.
+	ChangeGone
+)
+
+// Session flags, one byte in the encoding; other bits are refused. The
+// change takes two bits, and 3 is not a change.
 const (
 	flagRetained = 1 << iota
-	knownFlags   = flagRetained
+	flagUpdate
+	flagGone
+	knownFlags = flagRetained | flagUpdate | flagGone
 )
 
 // MaxState bounds a handler's serialized state per session.
@@ -153,7 +177,7 @@ func AppendSession(b []byte, s *Session) ([]byte, error) {
 	if s.Retained {
 		flags |= flagRetained
 	}
-	b = append(b, flags)
+	b = append(b, flags|byte(s.Change)<<1)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(s.State)))
 	return append(b, s.State...), nil
 }
@@ -179,6 +203,7 @@ func DecodeSessions(p []byte) ([]Session, error) {
 		s.Upstream = int32(d.u32())
 		flags := d.u8()
 		s.Retained = flags&flagRetained != 0
+		s.Change = Change(flags&(flagUpdate|flagGone)) >> 1
 		s.State = append([]byte(nil), d.bytes(int(d.u16()))...)
 		if d.err == nil && flags&^knownFlags != 0 {
 			d.fail(fmt.Errorf("session %d: unknown flags %#x: %w", i, flags, ErrCorrupt))
@@ -212,6 +237,10 @@ func (s *Session) check() error {
 		return fmt.Errorf("state of %d bytes", len(s.State))
 	case s.Retained && (s.Upstream != -1 || len(s.State) > 0):
 		return fmt.Errorf("retained session with upstream %d and %d bytes of state", s.Upstream, len(s.State))
+	case s.Change > ChangeGone:
+		return errors.New("both update and gone")
+	case s.Change != ChangeNew && (s.Retained || s.Upstream != -1 || len(s.State) > 0):
+		return fmt.Errorf("change %d with retained %v, upstream %d and %d bytes of state", s.Change, s.Retained, s.Upstream, len(s.State))
 	}
 	return nil
 }
