@@ -127,13 +127,13 @@ type Config struct {
 // New returns a session that is not yet open. Engine use.
 func New(c Config) *Session {
 	s := &Session{
-		local:    c.Local,
-		scope:    c.Scope,
-		peer:     c.Peer,
-		created:  c.Created,
-		idle:     c.IdleTimeout,
-		loop:     c.Loop,
-		handler:  c.Handler,
+		local:   c.Local,
+		scope:   c.Scope,
+		peer:    c.Peer,
+		created: c.Created,
+		idle:    c.IdleTimeout,
+		loop:    c.Loop,
+		handler: c.Handler,
 	}
 	s.upstream.Store(noUpstream)
 	if s.created.IsZero() {
