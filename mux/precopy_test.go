@@ -1,0 +1,255 @@
+package mux
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/udpmux/udpmux/internal/handoff"
+	"github.com/udpmux/udpmux/session"
+)
+
+// encodeRecords passes records through the wire encoding, as the daemon's
+// handoff does.
+type encodeRecords struct {
+	t   *testing.T
+	buf []byte
+	n   uint32
+}
+
+func (w *encodeRecords) add(rec *handoff.Session, upstream int) error {
+	if upstream >= 0 {
+		w.t.Errorf("session %v has a socket of its own", rec.Key)
+	}
+	if w.buf == nil {
+		w.buf = make([]byte, 4)
+	}
+	var err error
+	w.buf, err = handoff.AppendSession(w.buf, rec)
+	w.n++
+	return err
+}
+
+func (w *encodeRecords) records() []handoff.Session {
+	w.t.Helper()
+	if w.buf == nil {
+		return nil
+	}
+	binary.LittleEndian.PutUint32(w.buf, w.n)
+	recs, err := handoff.DecodeSessions(w.buf)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return recs
+}
+
+// sessionOf returns the server's session for client c.
+func sessionOf(t *testing.T, srv *Server, c *net.UDPConn) *session.Session {
+	t.Helper()
+	peer := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	var found *session.Session
+	srv.table.Range(func(e *entry) bool {
+		if s := e.Value; s.PeerAddr() == peer && !s.Closed() {
+			found = s
+		}
+		return found == nil
+	})
+	if found == nil {
+		t.Fatalf("no session for %v", peer)
+	}
+	return found
+}
+
+func closeAndWait(t *testing.T, s *session.Session) {
+	t.Helper()
+	s.Close()
+	for deadline := time.Now().Add(5 * time.Second); !s.Closed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("session %v did not close", s.Key())
+		}
+	}
+}
+
+// TestPrecopySendsOnlyWhatChanged copies five sessions early, then, before
+// the pause, one sees a datagram, one ends, one ends and its client comes
+// back (the same key, a new session), and a new client arrives. The pause
+// must describe exactly those changes, ended copies first, and the
+// successor, fed the copy and then the changes, must hold what the owner
+// holds.
+func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
+	addr := netip.MustParseAddrPort("127.0.0.1:0")
+	cfg := Config{Workers: 2, Logger: quietLogger(),
+		Listeners: []ListenerConfig{{Name: "echo", Address: addr, Handler: session.Echo{}, IdleTimeout: time.Minute}}}
+	owner, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, owner)
+	clients := map[string]*net.UDPConn{}
+	for _, name := range []string{"active", "quiet", "ended", "back", "quiet2", "new"} {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(owner.Addr(0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients[name] = c
+		if name != "new" {
+			expectReply(t, c, "x")
+		}
+	}
+	backOld := sessionOf(t, owner, clients["back"])
+
+	var early encodeRecords
+	early.t = t
+	es, err := owner.Precopy(early.add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if es.Early != 5 || es.Migrated != 5 {
+		t.Fatalf("early copy: %+v, want 5 sessions", es)
+	}
+
+	expectReply(t, clients["active"], "x")
+	closeAndWait(t, sessionOf(t, owner, clients["ended"]))
+	closeAndWait(t, backOld)
+	expectReply(t, clients["back"], "x")
+	expectReply(t, clients["new"], "x")
+
+	owner.Freeze()
+	var delta encodeRecords
+	delta.t = t
+	es, err = owner.ExportSessions(delta.add)
+	if err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	recs := delta.records()
+	var kinds []handoff.Change
+	for _, r := range recs {
+		kinds = append(kinds, r.Change)
+	}
+	// Two ended copies, then the update, then two new sessions, each in the
+	// order its loop noted it.
+	if len(recs) != 5 || kinds[0] != handoff.ChangeGone || kinds[1] != handoff.ChangeGone ||
+		es.Gone != 2 || es.Updated != 1 || es.Migrated != 2 {
+		owner.Thaw()
+		t.Fatalf("changes %v, stats %+v", kinds, es)
+	}
+	for _, r := range recs {
+		if r.Change == handoff.ChangeUpdate && (r.Peer != clients["active"].LocalAddr().(*net.UDPAddr).AddrPort() || r.RxPackets != 2) {
+			t.Errorf("update %+v, want the active client's with 2 datagrams", r)
+		}
+	}
+
+	ls, fds := owner.HandoffListeners()
+	inh := &Inheritance{}
+	for _, l := range ls {
+		il := InheritedListener{Name: l.Name, Address: l.Address}
+		for _, fd := range fds {
+			il.FDs = append(il.FDs, dupFD(t, fd))
+		}
+		inh.Listeners = append(inh.Listeners, il)
+	}
+	cfg.Inherit = inh
+	cfg.Listeners[0].Address = owner.Addr(0)
+	succ, err := New(cfg)
+	if err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	for _, batch := range [][]handoff.Session{early.records(), recs} {
+		if err := succ.Restore(batch, nil); err != nil {
+			owner.Thaw()
+			t.Fatal(err)
+		}
+	}
+	succ.FinishRestore(nil)
+	if r := succ.Restored(); r.Restored != 5 || r.Updated != 1 || r.Ended != 2 || r.Dropped != 0 {
+		t.Errorf("successor restored %+v, want 5 sessions, 1 update, 2 ended", r)
+	}
+	// The successor holds the owner's live sessions, each with the same
+	// creation time: the client that came back has its new session.
+	want := map[netip.AddrPort]int64{}
+	owner.table.Range(func(e *entry) bool {
+		if s := e.Value; !s.Closed() {
+			want[s.PeerAddr()] = s.Created().UnixNano()
+		}
+		return true
+	})
+	got := map[netip.AddrPort]int64{}
+	succ.table.Range(func(e *entry) bool {
+		got[e.Value.PeerAddr()] = e.Value.Created().UnixNano()
+		return true
+	})
+	if len(got) != 5 || len(want) != 5 {
+		t.Fatalf("successor has %d sessions, owner %d; want 5", len(got), len(want))
+	}
+	for peer, created := range want {
+		if got[peer] != created {
+			t.Errorf("session of %v created %d in the successor, %d in the owner", peer, got[peer], created)
+		}
+	}
+	if got[backOld.PeerAddr()] == backOld.Created().UnixNano() {
+		t.Error("the successor kept the ended session of the client that came back")
+	}
+
+	owner.Handover()
+	startServer(t, succ)
+	for name, c := range clients {
+		if name != "ended" {
+			expectReply(t, c, "x")
+		}
+	}
+	if r := sessionOf(t, succ, clients["active"]).Stats().RxPackets; r != 3 {
+		t.Errorf("active session has %d datagrams in the successor, want 3", r)
+	}
+}
+
+// TestThawForgetsTheEarlyCopy abandons a handoff after Precopy: the loops
+// stop noting changes, and a later handoff copies afresh.
+func TestThawForgetsTheEarlyCopy(t *testing.T) {
+	cfg := Config{Workers: 2, Logger: quietLogger(),
+		Listeners: []ListenerConfig{{Name: "echo", Address: netip.MustParseAddrPort("127.0.0.1:0"),
+			Handler: session.Echo{}, IdleTimeout: time.Minute}}}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, srv)
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv.Addr(0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	expectReply(t, c, "x")
+	for round := 0; round < 2; round++ {
+		var w encodeRecords
+		w.t = t
+		if es, err := srv.Precopy(w.add); err != nil || es.Early != 1 {
+			t.Fatalf("round %d: early copy %+v, %v", round, es, err)
+		}
+		expectReply(t, c, "x")
+		srv.Freeze()
+		for _, l := range srv.loops {
+			if l.trackGen == 0 {
+				t.Errorf("round %d: loop %d does not note changes during the handoff", round, l.id)
+			}
+		}
+		srv.Thaw()
+	}
+	srv.Freeze()
+	defer srv.Thaw()
+	for _, l := range srv.loops {
+		if l.trackGen != 0 || len(l.changed) != 0 {
+			t.Errorf("loop %d still notes changes (generation %d, %d listed) after Thaw", l.id, l.trackGen, len(l.changed))
+		}
+	}
+	var w encodeRecords
+	w.t = t
+	es, err := srv.ExportSessions(w.add)
+	if err != nil || es.Migrated != 1 || es.Early != 0 || len(w.records()) != 1 {
+		t.Errorf("export after an abandoned copy: %+v, %v; want the whole session", es, err)
+	}
+}
