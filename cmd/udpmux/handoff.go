@@ -56,6 +56,13 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	if err == nil {
 		early, err = stream.precopy(c.srv)
 	}
+	if err == nil {
+		// Pausing while the successor still restores the copy would make
+		// the pause wait for it.
+		if err = conn.Send(handoff.TypeCopied, nil, nil); err == nil {
+			err = awaitReady(conn)
+		}
+	}
 	if err != nil {
 		// Nothing paused yet; Freeze and Thaw discard a prepared relay.
 		c.srv.Freeze()
@@ -132,7 +139,8 @@ func (c *control) sendListeners(conn *handoff.Conn) (int, error) {
 	return len(fds), fdw.flush()
 }
 
-// awaitReady waits until the successor has built its server.
+// awaitReady waits until the successor has built its server, or restored
+// the sessions copied early.
 func awaitReady(conn *handoff.Conn) error {
 	typ, p, fds, err := conn.Recv()
 	closeFDs(fds)
@@ -397,6 +405,11 @@ func (inh *inherited) restore(srv *mux.Server) error {
 		}
 		switch typ {
 		case handoff.TypeAccept, handoff.TypeFDs:
+		case handoff.TypeCopied:
+			if err := inh.conn.Send(handoff.TypeReady, nil, nil); err != nil {
+				srv.FinishRestore(upstreams)
+				return err
+			}
 		case handoff.TypeSessions:
 			batch, err := handoff.DecodeSessions(p)
 			if err == nil {

@@ -47,7 +47,8 @@ const (
 	TypeText                        // owner → client: a chunk of a text reply
 	TypeTextEnd                     // owner → client: end of a text reply
 	TypeDone                        // owner → successor: confirmed; the owner stops for good
-	TypeReady                       // successor → owner: built from the listeners; freeze and send the sessions
+	TypeReady                       // successor → owner: built from the listeners, or restored the early copy; go on
+	TypeCopied                      // owner → successor: the early copy of the sessions is complete; answer Ready once restored
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
