@@ -590,8 +590,9 @@ func (l *loop) onWake() {
 		l.end(r.s, r.r)
 	}
 	if track != nil {
+		track.changed <- l.changed
+		l.changed = nil
 		l.trackGen = track.gen
-		track.started <- struct{}{}
 	}
 	l.endBatch()
 	if pause != nil {

@@ -11,18 +11,30 @@ import (
 	"github.com/udpmux/udpmux/session"
 )
 
-// A handoff that copies sessions early works in generations: each Precopy
-// takes the next number, the loops mark the sessions that change with it,
-// and the handoff marks the sessions it copied. Numbers are never reused
-// while a process lives (wrapping past 2^32 handoffs aside), so marks left by
-// an abandoned handoff never count for a later one.
-
 type entry = flowtable.Entry[*session.Session]
 
-// trackRequest asks a loop to note changed sessions from now on.
+// A handoff that copies sessions early works in rounds, each with a
+// generation number: the loops mark the sessions that change with the
+// current one and list them, and each round takes the lists and starts the
+// next generation. Sessions the handoff copied carry its first generation.
+// Numbers are never reused while a process lives (wrapping past 2^32 rounds
+// aside), so marks left by an abandoned handoff never count for a later one.
+
+// Early copy rounds: after the table, rounds send what changed during the
+// previous one while the server serves, each shorter than the last, until
+// few enough changes are left for the pause, or they stop shrinking.
+const (
+	maxCopyRounds = 6
+	// settledChanges is few enough to send while paused: well under a
+	// millisecond's work.
+	settledChanges = 256
+)
+
+// trackRequest asks a loop to hand over the sessions it listed and to list
+// changes under a new generation.
 type trackRequest struct {
 	gen     uint32
-	started chan<- struct{}
+	changed chan<- []*session.Session
 }
 
 // precopies reports whether ln's sessions may be copied before the pause.
@@ -35,33 +47,20 @@ func (ln *listener) precopies() bool {
 // sessions of the listeners whose handler is a session.Precopier, calling fn
 // with each one's record and a duplicate of its own socket (-1 for none),
 // which fn must close. From the moment Precopy begins, each loop notes the
-// sessions that open, end or handle a datagram; ExportSessions, once the
-// server is frozen, sends only those for these listeners, so the pause
-// lasts as long as the changes take, not the table. Thaw forgets the copy.
+// sessions that open, end or handle a datagram, and Precopy sends those
+// changes in rounds until few are left. ExportSessions, once the server is
+// frozen, sends only what changed since for these listeners, so the pause
+// lasts as long as the last changes take, not the table. Thaw forgets the
+// copy.
 //
 // Precopy reads sessions on the calling goroutine while their loops serve
 // them: only their fixed fields, atomic counters and what a Precopier's
 // ExportSession reads.
 func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error) (ExportStats, error) {
 	var es ExportStats
-	srv.copyGen++
-	if srv.copyGen == 0 {
-		srv.copyGen++
-	}
-	gen := srv.copyGen
-	started := make(chan struct{}, len(srv.loops))
-	for _, l := range srv.loops {
-		l.ctlMu.Lock()
-		l.track = &trackRequest{gen: gen, started: started}
-		l.ctlMu.Unlock()
-		l.signal()
-	}
-	for range srv.loops {
-		select {
-		case <-started:
-		case <-srv.stopped:
-			return es, errors.New("server stopped")
-		}
+	srv.copyGen = srv.nextGeneration()
+	if _, err := srv.takeChanges(srv.copyGen); err != nil {
+		return es, err
 	}
 	srv.copying = true
 
@@ -70,86 +69,145 @@ func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error) (E
 	now := session.Clock()
 	srv.table.Range(func(e *entry) bool {
 		s := e.Value
-		if !srv.listeners[s.Scope()].precopies() || !s.Live() {
-			return true
+		if srv.listeners[s.Scope()].precopies() && s.Live() {
+			err = srv.copySession(s, fn, &rec, now, true, &es)
 		}
-		var state []byte
-		if state, err = s.Handler().(session.Migrator).ExportSession(s); err != nil {
-			err = fmt.Errorf("session %v: %w", s.Key(), err)
-			return false
-		}
-		fd := -1
-		if up, _ := s.Upstream(); up >= 0 {
-			// The loop may end the session and close its socket meanwhile,
-			// and the number may then name another socket. A duplicate taken
-			// while the session still held up is its socket for good.
-			if fd, err = unix.FcntlInt(uintptr(up), unix.F_DUPFD_CLOEXEC, 0); err != nil {
-				err = fmt.Errorf("session %v: duplicating its socket: %w", s.Key(), err)
-				return false
-			}
-			if again, _ := s.Upstream(); again != up {
-				unix.Close(fd)
-				return true // ended: not copied, so nothing to take back
-			}
-		}
-		exportRecord(&rec, e, now, state, handoff.ChangeNew)
-		if err = fn(&rec, fd); err != nil {
-			return false
-		}
-		s.MarkCopied(gen)
-		es.Migrated++
-		es.Early++
-		return true
+		return err == nil
 	})
+	prev := 0
+	for round := 0; round < maxCopyRounds && err == nil; round++ {
+		var lists [][]*session.Session
+		if lists, err = srv.takeChanges(srv.nextGeneration()); err != nil {
+			break
+		}
+		n := 0
+		for _, l := range lists {
+			n += len(l)
+		}
+		if err = srv.sendChanges(lists, fn, &es, true); err != nil || n <= settledChanges || (round > 0 && n > prev/2) {
+			break
+		}
+		prev = n
+	}
 	return es, err
 }
 
-// exportChanges sends, while the server is frozen, what changed since
-// Precopy: first the copied sessions that ended, whose keys new sessions
-// may have taken, then the copied sessions that saw datagrams, then the
-// sessions opened since. It ends the tracking.
-func (srv *Server) exportChanges(fn func(rec *handoff.Session, upstream int) error, es *ExportStats) error {
-	gen := srv.copyGen
-	defer srv.stopTracking()
+// nextGeneration returns a generation number not used before; never 0,
+// which means no tracking.
+func (srv *Server) nextGeneration() uint32 {
+	if srv.lastGen++; srv.lastGen == 0 {
+		srv.lastGen++
+	}
+	return srv.lastGen
+}
+
+// takeChanges has every loop start generation gen and returns the sessions
+// each listed under the previous one.
+func (srv *Server) takeChanges(gen uint32) ([][]*session.Session, error) {
+	reply := make(chan []*session.Session, len(srv.loops))
+	for _, l := range srv.loops {
+		l.ctlMu.Lock()
+		l.track = &trackRequest{gen: gen, changed: reply}
+		l.ctlMu.Unlock()
+		l.signal()
+	}
+	lists := make([][]*session.Session, 0, len(srv.loops))
+	for range srv.loops {
+		select {
+		case l := <-reply:
+			lists = append(lists, l)
+		case <-srv.stopped:
+			return nil, errors.New("server stopped")
+		}
+	}
+	return lists, nil
+}
+
+// copySession describes s, which the successor does not have, with its
+// state and socket, and marks it copied. live is set while s's loop serves
+// it: then its socket is duplicated, and skipped if s ends meanwhile.
+func (srv *Server) copySession(s *session.Session, fn func(*handoff.Session, int) error, rec *handoff.Session, now int64, live bool, es *ExportStats) error {
+	state, err := s.Handler().(session.Migrator).ExportSession(s)
+	if err != nil {
+		return fmt.Errorf("session %v: %w", s.Key(), err)
+	}
+	fd, _ := s.Upstream()
+	if fd >= 0 && live {
+		// The loop may end the session and close its socket meanwhile, and
+		// the number may then name another socket. A duplicate taken while
+		// the session still held the number is its socket for good.
+		up := fd
+		if fd, err = unix.FcntlInt(uintptr(up), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("session %v: duplicating its socket: %w", s.Key(), err)
+		}
+		if again, _ := s.Upstream(); again != up {
+			unix.Close(fd)
+			return nil // ended: not copied, so nothing to take back
+		}
+	}
+	exportRecord(rec, s.Entry(), now, state, handoff.ChangeNew)
+	if err := fn(rec, fd); err != nil {
+		return err
+	}
+	s.MarkCopied(srv.copyGen)
+	es.Migrated++
+	if live {
+		es.Early++
+	}
+	return nil
+}
+
+// sendChanges describes the sessions the loops listed: first the copied
+// ones that ended, whose keys new sessions may have taken, then updates of
+// the copied ones that handled datagrams, and the new ones whole. live is
+// set while the loops serve.
+func (srv *Server) sendChanges(lists [][]*session.Session, fn func(*handoff.Session, int) error, es *ExportStats, live bool) error {
+	id := srv.copyGen
 	now := session.Clock()
 	var rec handoff.Session
-	for _, l := range srv.loops {
-		for _, s := range l.changed {
-			if s.Closed() && s.Copied(gen) {
+	for _, list := range lists {
+		for _, s := range list {
+			if s.Closed() && s.Copied(id) {
 				exportRecord(&rec, s.Entry(), now, nil, handoff.ChangeGone)
 				if err := fn(&rec, -1); err != nil {
 					return err
 				}
+				s.MarkCopied(0) // its end is told; a later round may list it again
 				es.Gone++
 			}
 		}
 	}
-	for _, l := range srv.loops {
-		for _, s := range l.changed {
-			if s.Closed() || !srv.listeners[s.Scope()].precopies() {
-				continue // ended, or left to ExportSessions' walk
-			}
-			if s.Copied(gen) {
+	for _, list := range lists {
+		for _, s := range list {
+			switch {
+			case s.Closed() || !srv.listeners[s.Scope()].precopies():
+				// Ended (told above or in a later round), or left to the walk
+				// of ExportSessions.
+			case s.Copied(id):
 				exportRecord(&rec, s.Entry(), now, nil, handoff.ChangeUpdate)
 				if err := fn(&rec, -1); err != nil {
 					return err
 				}
 				es.Updated++
-				continue
+			default:
+				if err := srv.copySession(s, fn, &rec, now, live, es); err != nil {
+					return err
+				}
 			}
-			state, err := s.Handler().(session.Migrator).ExportSession(s)
-			if err != nil {
-				return fmt.Errorf("session %v: %w", s.Key(), err)
-			}
-			exportRecord(&rec, s.Entry(), now, state, handoff.ChangeNew)
-			fd, _ := s.Upstream()
-			if err := fn(&rec, fd); err != nil {
-				return err
-			}
-			es.Migrated++
 		}
 	}
 	return nil
+}
+
+// exportChanges sends, while the server is frozen, what changed since
+// the last round of Precopy, and ends the tracking.
+func (srv *Server) exportChanges(fn func(rec *handoff.Session, upstream int) error, es *ExportStats) error {
+	defer srv.stopTracking()
+	lists := make([][]*session.Session, 0, len(srv.loops))
+	for _, l := range srv.loops {
+		lists = append(lists, l.changed)
+	}
+	return srv.sendChanges(lists, fn, es, false)
 }
 
 // stopTracking ends a handoff's early copy on every loop. The server must

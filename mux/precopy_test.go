@@ -253,3 +253,123 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 		t.Errorf("export after an abandoned copy: %+v, %v; want the whole session", es, err)
 	}
 }
+
+// TestPrecopyUnderTrafficMatchesTheOwner copies sessions early while
+// clients send as fast as they can and new ones keep arriving. Fed the
+// copy, its rounds and the changes sent while paused, the successor must
+// hold exactly the owner's sessions at the pause, with the same counters.
+func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
+	cfg := Config{Workers: 2, Logger: quietLogger(),
+		Listeners: []ListenerConfig{{Name: "echo", Address: netip.MustParseAddrPort("127.0.0.1:0"),
+			Handler: session.Echo{}, IdleTimeout: time.Minute}}}
+	owner, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, owner)
+	dial := func() *net.UDPConn {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(owner.Addr(0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var clients []*net.UDPConn
+	for range 200 {
+		c := dial()
+		expectReply(t, c, "x")
+		clients = append(clients, c)
+	}
+	var latecomers []*net.UDPConn
+	for range 100 {
+		latecomers = append(latecomers, dial())
+	}
+	stop := make(chan struct{})
+	sent := make(chan int)
+	go func() {
+		n := 0
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				sent <- n
+				return
+			default:
+			}
+			clients[i%len(clients)].Write([]byte("x"))
+			if i%20 == 0 && i/20 < len(latecomers) {
+				latecomers[i/20].Write([]byte("x"))
+			}
+			n++
+		}
+	}()
+	var early encodeRecords
+	early.t = t
+	es, err := owner.Precopy(early.add)
+	if err != nil {
+		close(stop)
+		t.Fatal(err)
+	}
+	close(stop)
+	if n := <-sent; n == 0 {
+		t.Fatal("no traffic during the copy")
+	}
+	owner.Freeze()
+	var delta encodeRecords
+	delta.t = t
+	paused, err := owner.ExportSessions(delta.add)
+	if err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	t.Logf("early: %+v; paused: %+v", es, paused)
+	if es.Early < len(clients) {
+		t.Errorf("copied %d sessions early, want at least the %d there before", es.Early, len(clients))
+	}
+
+	ls, fds := owner.HandoffListeners()
+	inh := &Inheritance{Listeners: []InheritedListener{{Name: ls[0].Name, Address: ls[0].Address}}}
+	for _, fd := range fds {
+		inh.Listeners[0].FDs = append(inh.Listeners[0].FDs, dupFD(t, fd))
+	}
+	cfg.Inherit = inh
+	cfg.Listeners[0].Address = owner.Addr(0)
+	succ, err := New(cfg)
+	if err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	defer succ.Close()
+	for _, batch := range [][]handoff.Session{early.records(), delta.records()} {
+		if err := succ.Restore(batch, nil); err != nil {
+			owner.Thaw()
+			t.Fatal(err)
+		}
+	}
+	succ.FinishRestore(nil)
+
+	type view struct {
+		created int64
+		st      session.Stats
+	}
+	table := func(srv *Server) map[netip.AddrPort]view {
+		m := map[netip.AddrPort]view{}
+		srv.table.Range(func(e *entry) bool {
+			if s := e.Value; !s.Closed() {
+				m[s.PeerAddr()] = view{s.Created().UnixNano(), s.Stats()}
+			}
+			return true
+		})
+		return m
+	}
+	want, got := table(owner), table(succ)
+	owner.Handover()
+	if len(got) != len(want) {
+		t.Errorf("successor has %d sessions, the owner %d", len(got), len(want))
+	}
+	for peer, w := range want {
+		if g, ok := got[peer]; !ok || g != w {
+			t.Errorf("session of %v: successor %+v, owner %+v", peer, g, w)
+		}
+	}
+}

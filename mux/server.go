@@ -105,11 +105,13 @@ type Server struct {
 	inherit       *Inheritance
 	upstreamTaken []bool
 
-	// copyGen numbers the handoffs that copied sessions early (Precopy);
-	// copying is set while the loops note changes for the latest one.
-	// Both belong to the goroutine running a handoff.
-	copyGen uint32
-	copying bool
+	// lastGen is the last generation of changes the loops were asked to
+	// note (precopy.go), copyGen the first generation of the latest handoff
+	// that copied sessions early, which marks the sessions it copied, and
+	// copying is set while the loops note changes for it. All belong to
+	// the goroutine running a handoff.
+	lastGen, copyGen uint32
+	copying          bool
 
 	// drain is the relay a handoff that retained sessions needs on this
 	// side (HandoffRelays, Drain); relay the successor's side, serving the

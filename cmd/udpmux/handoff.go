@@ -84,27 +84,32 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	// Before the server stops: serve must find the successor in charge of
 	// the control socket's file when Serve returns, or it removes the file.
 	close(c.finished)
-	if st.Retained > 0 {
+	if st.paused.Retained > 0 {
 		// The successor answers on the control socket now; this process
 		// serves the sessions it kept until they end, then exits.
 		c.drained.Store(true)
 		c.ln.Close()
 		c.srv.Drain(c.cfg.drainTimeout)
-		log.Info("handed over to successor; draining the sessions it could not take", "sessions", st.Migrated,
-			"retained", st.Retained, "descriptors", st.FDs, "paused", time.Since(frozen), "drain_timeout", c.cfg.drainTimeout)
+		log.Info("handed over to successor; draining the sessions it could not take", "sessions", st.migrated(),
+			"retained", st.paused.Retained, "descriptors", st.FDs, "paused", time.Since(frozen), "drain_timeout", c.cfg.drainTimeout)
 	} else {
 		c.srv.Handover()
-		log.Info("handed over to successor", "sessions", st.Migrated, "copied_early", st.Early,
-			"updated", st.Updated, "ended", st.Gone, "records", st.Sessions, "descriptors", st.FDs,
-			"skipped", st.Skipped, "paused", time.Since(frozen))
+		log.Info("handed over to successor", "sessions", st.migrated(), "copied_early", st.early.Migrated,
+			"updated_early", st.early.Updated, "updated", st.paused.Updated, "new", st.paused.Migrated,
+			"records", st.Sessions, "descriptors", st.FDs, "skipped", st.paused.Skipped, "paused", time.Since(frozen))
 	}
 }
 
-// sentState sums up a handoff's session stream: the End totals, and what
-// became of the sessions, early copy included.
+// sentState sums up a handoff's session stream: the End totals, what was
+// sent before the pause and what during it.
 type sentState struct {
 	handoff.End
-	mux.ExportStats
+	early, paused mux.ExportStats
+}
+
+// migrated counts the sessions the successor took.
+func (st *sentState) migrated() int {
+	return st.early.Migrated - st.early.Gone + st.paused.Migrated - st.paused.Gone
 }
 
 // sendListeners sends what does not change while this process serves: the
@@ -211,9 +216,7 @@ func (st *sessionStream) finish(srv *mux.Server, early mux.ExportStats) (sentSta
 	if err != nil {
 		return sent, err
 	}
-	sent.ExportStats = es
-	sent.Migrated += early.Migrated - es.Gone
-	sent.Early = early.Early
+	sent.early, sent.paused = early, es
 	sent.End = handoff.End{Sessions: st.sw.Total(), FDs: uint64(st.fdw.total)}
 	return sent, st.conn.Send(handoff.TypeEnd, handoff.AppendEnd(nil, sent.End), nil)
 }

@@ -62,30 +62,99 @@ func BenchmarkHandoffPause(b *testing.B) {
 		name     string
 		sessions int
 		proxy    bool
+		traffic  benchTraffic
 	}{
-		{"echo/sessions=10k", 10_000, false},
-		{"echo/sessions=100k", 100_000, false},
-		{"echo/sessions=1M", 1_000_000, false},
-		{"proxy/sessions=10k", 10_000, true},
+		{"echo/sessions=10k", 10_000, false, benchTraffic{}},
+		{"echo/sessions=100k", 100_000, false, benchTraffic{}},
+		{"echo/sessions=1M", 1_000_000, false, benchTraffic{}},
+		{"proxy/sessions=10k", 10_000, true, benchTraffic{}},
+		// Sessions that handle datagrams while the owner copies the table
+		// are sent again during the pause: real clients, each with a session
+		// of its own, send throughout the handoff.
+		{"echo/sessions=100k/active=10k", 100_000, false, benchTraffic{clients: 10_000, rate: 50_000}},
+		{"echo/sessions=100k/active=2k", 100_000, false, benchTraffic{clients: 2_000, rate: 20_000}},
 	}
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
 			if tc.sessions >= 1_000_000 && testing.Short() {
 				b.Skip("1M sessions skipped with -short")
 			}
+			// The proxy's owner holds every upstream socket, the successor
+			// the copies SCM_RIGHTS made; the traffic's clients are sockets
+			// of the owner's process too.
+			fds := tc.traffic.clients
 			if tc.proxy {
-				// Each side holds every upstream socket once: the owner its
-				// own, the successor the copies SCM_RIGHTS made.
-				var rl unix.Rlimit
-				if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-					b.Fatal(err)
+				fds += tc.sessions
+			}
+			var rl unix.Rlimit
+			if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+				b.Fatal(err)
+			}
+			if need := uint64(fds + 1024); rl.Cur < need {
+				b.Skipf("RLIMIT_NOFILE %d is below the %d descriptors this case needs", rl.Cur, need)
+			}
+			runHandoffBench(b, tc.sessions, tc.proxy, tc.traffic)
+		})
+	}
+}
+
+// benchTraffic is datagrams sent to the owner during a handoff: rate per
+// second in all, round-robin over clients, each a socket of its own and so
+// a session of its own besides the synthetic ones.
+type benchTraffic struct {
+	clients, rate int
+}
+
+// start opens the clients, makes sure each has its session (an echo came
+// back), then sends until the returned function is called; that function
+// returns how many datagrams went out.
+func (bt benchTraffic) start(b *testing.B, to netip.AddrPort) func() int {
+	if bt.clients == 0 {
+		return func() int { return 0 }
+	}
+	conns := make([]*net.UDPConn, bt.clients)
+	for i := range conns {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns[i] = c
+	}
+	buf := make([]byte, 64)
+	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.Write(buf)
+		if _, err := c.Read(buf); err != nil {
+			b.Fatalf("client %d got no echo: %v", i, err)
+		}
+	}
+	stop, done := make(chan struct{}), make(chan int)
+	go func() {
+		// Bursts each millisecond: a ticker per datagram would cost more
+		// than the datagram.
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		sent, next := 0, 0
+		start := time.Now()
+		for {
+			select {
+			case <-stop:
+				for _, c := range conns {
+					c.Close()
 				}
-				if need := uint64(tc.sessions + 1024); rl.Cur < need {
-					b.Skipf("RLIMIT_NOFILE %d is below the %d descriptors %d upstream sockets need", rl.Cur, need, tc.sessions)
+				done <- sent
+				return
+			case now := <-tick.C:
+				for due := int(now.Sub(start).Seconds() * float64(bt.rate)); sent < due; sent++ {
+					conns[next].Write(buf)
+					next = (next + 1) % len(conns)
 				}
 			}
-			runHandoffBench(b, tc.sessions, tc.proxy)
-		})
+		}
+	}()
+	return func() int {
+		close(stop)
+		return <-done
 	}
 }
 
@@ -106,8 +175,9 @@ type successorReport struct {
 	Messages                      int
 }
 
-func runHandoffBench(b *testing.B, n int, proxy bool) {
+func runHandoffBench(b *testing.B, n int, proxy bool, traffic benchTraffic) {
 	var (
+		updated, sent    int
 		pauses           []time.Duration
 		ownerAlloc       uint64
 		succ             successorReport
@@ -121,13 +191,17 @@ func runHandoffBench(b *testing.B, n int, proxy bool) {
 	for i := 0; i < b.N; i++ {
 		runtime.GC()
 		o := startBenchOwner(b, n, proxy)
+		stopTraffic := traffic.start(b, o.srv.Addr(0))
 		b.StartTimer()
-		r, pause, alloc := o.handOff(b)
+		r, ev := o.handOff(b)
 		b.StopTimer()
+		sent += stopTraffic()
 		o.stop(b)
-		if r.Restored != n || r.Dropped != 0 {
-			b.Fatalf("successor restored %d and dropped %d of %d sessions", r.Restored, r.Dropped, n)
+		if r.Restored != n+traffic.clients || r.Dropped != 0 {
+			b.Fatalf("successor restored %d and dropped %d of %d sessions", r.Restored, r.Dropped, n+traffic.clients)
 		}
+		pause, alloc := ev.paused, ev.alloc
+		updated += ev.updated
 		pauses = append(pauses, pause)
 		ownerAlloc += alloc
 		recv += r.RecvNs
@@ -160,6 +234,10 @@ func runHandoffBench(b *testing.B, n int, proxy bool) {
 	wire := float64(succ.WireBytes + succ.ControlBytes)
 	b.ReportMetric(wire/1e6, "wire-MB/transfer")
 	b.ReportMetric(wire/float64(n), "wire-B/session")
+	if traffic.clients > 0 {
+		b.ReportMetric(float64(updated)/N, "updated/pause")
+		b.ReportMetric(float64(sent)/N, "sent/handoff")
+	}
 }
 
 // benchOwner is a running udpmux with n sessions and its control socket.
@@ -176,10 +254,11 @@ type benchOwner struct {
 
 // ownerEvent is the owner's verdict on a handoff, taken from its log.
 type ownerEvent struct {
-	msg    string
-	paused time.Duration
-	alloc  uint64 // TotalAlloc when it was logged
-	err    string
+	msg     string
+	paused  time.Duration
+	updated int    // sessions sent again because they changed during the copy
+	alloc   uint64 // TotalAlloc during the handoff
+	err     string
 }
 
 // eventLog catches the owner's handoff log records: their "paused" attribute
@@ -205,6 +284,8 @@ func (h *eventLog) Handle(_ context.Context, r slog.Record) error {
 		switch a.Key {
 		case "paused":
 			ev.paused = a.Value.Duration()
+		case "updated":
+			ev.updated = int(a.Value.Int64())
 		case "err", "reason":
 			ev.err = a.Value.String()
 		}
@@ -329,9 +410,9 @@ func benchSessions(n int, local, backend netip.AddrPort, proxy bool) []handoff.S
 	return recs
 }
 
-// handOff runs a successor process and returns its report, the owner's
-// logged pause and the owner's allocations during the handoff.
-func (o *benchOwner) handOff(b *testing.B) (successorReport, time.Duration, uint64) {
+// handOff runs a successor process and returns its report and the owner's
+// verdict: its logged pause and its allocations during the handoff.
+func (o *benchOwner) handOff(b *testing.B) (successorReport, ownerEvent) {
 	var r successorReport
 	result := filepath.Join(o.dir, "result.json")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHandoffBenchSuccessor$", "-test.count=1")
@@ -359,7 +440,8 @@ func (o *benchOwner) handOff(b *testing.B) (successorReport, time.Duration, uint
 	if err := json.Unmarshal(data, &r); err != nil {
 		b.Fatal(err)
 	}
-	return r, ev.paused, ev.alloc - m.TotalAlloc
+	ev.alloc -= m.TotalAlloc
+	return r, ev
 }
 
 // stop waits for the owner's loops to end after Handover and releases the

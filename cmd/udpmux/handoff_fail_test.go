@@ -117,6 +117,18 @@ func TestFailedHandoffChangesNothing(t *testing.T) {
 			waitLog(t, d, "handoff failed before pausing; serving on") // the 1s handoff_timeout
 			conn.Close()
 		}, "handoff failed before pausing; serving on"},
+		{"silent during the early copy", func(t *testing.T, d *runningDaemon) {
+			conn := mustDial(t, d.sock)
+			conn.Send(handoff.TypeHello, hello(handoff.Version, goodConfig), nil)
+			inh, err := receiveListeners(conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
+			conn.Send(handoff.TypeReady, nil, nil)
+			waitLog(t, d, "handoff failed before pausing; serving on") // no second Ready
+			conn.Close()
+		}, "handoff failed before pausing; serving on"},
 		{"silent while the owner is paused", func(t *testing.T, d *runningDaemon) {
 			conn, _ := readySuccessor(t, d, hello(handoff.Version, goodConfig))
 			waitLog(t, d, "handoff failed; serving on") // paused, then the 1s handoff_timeout
@@ -172,8 +184,8 @@ func (e testError) Error() string { return string(e) }
 
 const errTestAbort = testError("test abort")
 
-// readySuccessor plays a successor up to Ready: the owner pauses then. The
-// descriptors it received are closed.
+// readySuccessor plays a successor up to the second Ready: the owner pauses
+// then. The descriptors it received are closed.
 func readySuccessor(t *testing.T, d *runningDaemon, hello []byte) (*handoff.Conn, *inherited) {
 	t.Helper()
 	conn := mustDial(t, d.sock)
@@ -183,8 +195,28 @@ func readySuccessor(t *testing.T, d *runningDaemon, hello []byte) (*handoff.Conn
 		t.Fatal(err)
 	}
 	closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
-	conn.Send(handoff.TypeReady, nil, nil)
+	if err := readyToPause(conn); err != nil {
+		t.Fatal(err)
+	}
 	return conn, inh
+}
+
+// readyToPause says Ready once built, takes the early copy without
+// restoring it, and says Ready again, which pauses the owner.
+func readyToPause(conn *handoff.Conn) error {
+	if err := conn.Send(handoff.TypeReady, nil, nil); err != nil {
+		return err
+	}
+	for {
+		typ, _, fds, err := conn.Recv()
+		closeFDs(fds)
+		if err != nil {
+			return err
+		}
+		if typ == handoff.TypeCopied {
+			return conn.Send(handoff.TypeReady, nil, nil)
+		}
+	}
 }
 
 func mustDial(t *testing.T, sock string) *handoff.Conn {
@@ -238,8 +270,10 @@ func TestHelperSuccessorKilledMidTransfer(t *testing.T) {
 	if _, err := receiveListeners(conn); err != nil {
 		t.Fatal(err)
 	}
-	// Ready pauses the owner; die as its sessions start to arrive.
-	conn.Send(handoff.TypeReady, nil, nil)
+	// The second Ready pauses the owner; die as its changes start to arrive.
+	if err := readyToPause(conn); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, _, err := conn.Recv(); err != nil {
 		t.Fatal(err)
 	}
