@@ -348,6 +348,8 @@ type ExportStats struct {
 	// server was frozen, Updated ones were sent again because they handled
 	// datagrams, and Gone ones had ended.
 	Early, Updated, Gone int
+	// Rounds counts Precopy's rounds of changes after the table.
+	Rounds int
 }
 
 // ExportSessions calls fn with each session's record and its own socket

@@ -21,8 +21,9 @@ type entry = flowtable.Entry[*session.Session]
 // aside), so marks left by an abandoned handoff never count for a later one.
 
 // Early copy rounds: after the table, rounds send what changed during the
-// previous one while the server serves, each shorter than the last, until
-// few enough changes are left for the pause, or they stop shrinking.
+// previous one while the server serves, each shorter than the last, until a
+// round finds few enough changes that the next is left for the pause, or
+// they stop shrinking.
 const (
 	maxCopyRounds = 6
 	// settledChanges is few enough to send while paused: well under a
@@ -48,15 +49,17 @@ func (ln *listener) precopies() bool {
 // with each one's record and a duplicate of its own socket (-1 for none),
 // which fn must close. From the moment Precopy begins, each loop notes the
 // sessions that open, end or handle a datagram, and Precopy sends those
-// changes in rounds until few are left. ExportSessions, once the server is
-// frozen, sends only what changed since for these listeners, so the pause
-// lasts as long as the last changes take, not the table. Thaw forgets the
-// copy.
+// changes in rounds until few are left. After the table and after each
+// round it calls settle, which returns once the successor has applied what
+// was sent, so that each round covers the successor's time too.
+// ExportSessions, once the server is frozen, sends only what changed since
+// for these listeners, so the pause lasts as long as the last changes take,
+// not the table. Thaw forgets the copy.
 //
 // Precopy reads sessions on the calling goroutine while their loops serve
 // them: only their fixed fields, atomic counters and what a Precopier's
 // ExportSession reads.
-func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error) (ExportStats, error) {
+func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error, settle func() error) (ExportStats, error) {
 	var es ExportStats
 	srv.copyGen = srv.nextGeneration()
 	if _, err := srv.takeChanges(srv.copyGen); err != nil {
@@ -74,8 +77,12 @@ func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error) (E
 		}
 		return err == nil
 	})
+	if err == nil {
+		err = settle()
+	}
 	prev := 0
 	for round := 0; round < maxCopyRounds && err == nil; round++ {
+		es.Rounds++
 		var lists [][]*session.Session
 		if lists, err = srv.takeChanges(srv.nextGeneration()); err != nil {
 			break
@@ -84,7 +91,10 @@ func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error) (E
 		for _, l := range lists {
 			n += len(l)
 		}
-		if err = srv.sendChanges(lists, fn, &es, true); err != nil || n <= settledChanges || (round > 0 && n > prev/2) {
+		if err = srv.sendChanges(lists, fn, &es, true); err == nil {
+			err = settle()
+		}
+		if n <= settledChanges || (round > 0 && n > prev/2) {
 			break
 		}
 		prev = n

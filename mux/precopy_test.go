@@ -45,6 +45,9 @@ func (w *encodeRecords) records() []handoff.Session {
 	return recs
 }
 
+// noSettle is Precopy's settle for a successor restoring after the fact.
+func noSettle() error { return nil }
+
 // sessionOf returns the server's session for client c.
 func sessionOf(t *testing.T, srv *Server, c *net.UDPConn) *session.Session {
 	t.Helper()
@@ -103,7 +106,7 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 
 	var early encodeRecords
 	early.t = t
-	es, err := owner.Precopy(early.add)
+	es, err := owner.Precopy(early.add, noSettle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +230,7 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 	for round := 0; round < 2; round++ {
 		var w encodeRecords
 		w.t = t
-		if es, err := srv.Precopy(w.add); err != nil || es.Early != 1 {
+		if es, err := srv.Precopy(w.add, noSettle); err != nil || es.Early != 1 {
 			t.Fatalf("round %d: early copy %+v, %v", round, es, err)
 		}
 		expectReply(t, c, "x")
@@ -305,7 +308,7 @@ func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
 	}()
 	var early encodeRecords
 	early.t = t
-	es, err := owner.Precopy(early.add)
+	es, err := owner.Precopy(early.add, noSettle)
 	if err != nil {
 		close(stop)
 		t.Fatal(err)

@@ -56,13 +56,6 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	if err == nil {
 		early, err = stream.precopy(c.srv)
 	}
-	if err == nil {
-		// Pausing while the successor still restores the copy would make
-		// the pause wait for it.
-		if err = conn.Send(handoff.TypeCopied, nil, nil); err == nil {
-			err = awaitReady(conn)
-		}
-	}
 	if err != nil {
 		// Nothing paused yet; Freeze and Thaw discard a prepared relay.
 		c.srv.Freeze()
@@ -95,7 +88,7 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	} else {
 		c.srv.Handover()
 		log.Info("handed over to successor", "sessions", st.migrated(), "copied_early", st.early.Migrated,
-			"updated_early", st.early.Updated, "updated", st.paused.Updated, "new", st.paused.Migrated,
+			"updated_early", st.early.Updated, "rounds", st.early.Rounds, "updated", st.paused.Updated, "new", st.paused.Migrated,
 			"records", st.Sessions, "descriptors", st.FDs, "skipped", st.paused.Skipped, "paused", time.Since(frozen))
 	}
 }
@@ -190,23 +183,29 @@ func (st *sessionStream) add(rec *handoff.Session, upstream int, owned bool) err
 }
 
 // precopy sends the sessions that can be copied while this process serves.
+// After each round it waits until the successor has restored what came:
+// otherwise the next round, and in the end the pause, would wait for it.
 func (st *sessionStream) precopy(srv *mux.Server) (mux.ExportStats, error) {
-	if err := st.conn.Send(handoff.TypeAccept, nil, nil); err != nil {
-		return mux.ExportStats{}, err
-	}
-	es, err := srv.Precopy(func(rec *handoff.Session, upstream int) error {
+	return srv.Precopy(func(rec *handoff.Session, upstream int) error {
 		return st.add(rec, upstream, true)
+	}, func() error {
+		if err := st.flush(); err != nil {
+			return err
+		}
+		if err := st.conn.Send(handoff.TypeCopied, nil, nil); err != nil {
+			return err
+		}
+		return awaitReady(st.conn)
 	})
-	if err == nil {
-		err = st.flush()
-	}
-	return es, err
 }
 
 // finish sends, from the frozen server, what changed since the early copy
 // and the sessions it could not include, then the totals.
 func (st *sessionStream) finish(srv *mux.Server, early mux.ExportStats) (sentState, error) {
 	var sent sentState
+	if err := st.conn.Send(handoff.TypeAccept, nil, nil); err != nil {
+		return sent, err
+	}
 	es, err := srv.ExportSessions(func(rec *handoff.Session, upstream int) error {
 		return st.add(rec, upstream, false)
 	})

@@ -184,8 +184,8 @@ func (e testError) Error() string { return string(e) }
 
 const errTestAbort = testError("test abort")
 
-// readySuccessor plays a successor up to the second Ready: the owner pauses
-// then. The descriptors it received are closed.
+// readySuccessor plays a successor until the owner has paused. The
+// descriptors it received are closed.
 func readySuccessor(t *testing.T, d *runningDaemon, hello []byte) (*handoff.Conn, *inherited) {
 	t.Helper()
 	conn := mustDial(t, d.sock)
@@ -202,7 +202,8 @@ func readySuccessor(t *testing.T, d *runningDaemon, hello []byte) (*handoff.Conn
 }
 
 // readyToPause says Ready once built, takes the early copy without
-// restoring it, and says Ready again, which pauses the owner.
+// restoring it, answering each of its rounds with Ready, and returns when
+// the owner says it has paused.
 func readyToPause(conn *handoff.Conn) error {
 	if err := conn.Send(handoff.TypeReady, nil, nil); err != nil {
 		return err
@@ -213,8 +214,13 @@ func readyToPause(conn *handoff.Conn) error {
 		if err != nil {
 			return err
 		}
-		if typ == handoff.TypeCopied {
-			return conn.Send(handoff.TypeReady, nil, nil)
+		switch typ {
+		case handoff.TypeCopied:
+			if err := conn.Send(handoff.TypeReady, nil, nil); err != nil {
+				return err
+			}
+		case handoff.TypeAccept:
+			return nil
 		}
 	}
 }
@@ -270,11 +276,8 @@ func TestHelperSuccessorKilledMidTransfer(t *testing.T) {
 	if _, err := receiveListeners(conn); err != nil {
 		t.Fatal(err)
 	}
-	// The second Ready pauses the owner; die as its changes start to arrive.
+	// Die as soon as the owner has paused.
 	if err := readyToPause(conn); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, _, err := conn.Recv(); err != nil {
 		t.Fatal(err)
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)

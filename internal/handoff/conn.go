@@ -34,7 +34,7 @@ type Type uint8
 // Message types.
 const (
 	TypeHello       Type = iota + 1 // successor → owner: Hello
-	TypeAccept                      // owner → successor: the sessions follow
+	TypeAccept                      // owner → successor: the owner has stopped reading; the last changes follow
 	TypeReject                      // owner → successor: reason text
 	TypeListeners                   // owner → successor, before freezing: Listener records
 	TypeFDs                         // owner → successor: descriptors, in order, each before the records naming it
