@@ -65,6 +65,59 @@ func sessionOf(t *testing.T, srv *Server, c *net.UDPConn) *session.Session {
 	return found
 }
 
+// startEcho serves echo sessions on two loops until the test ends.
+func startEcho(t *testing.T) (*Server, Config) {
+	t.Helper()
+	cfg := Config{Workers: 2, Logger: quietLogger(),
+		Listeners: []ListenerConfig{{Name: "echo", Address: netip.MustParseAddrPort("127.0.0.1:0"),
+			Handler: session.Echo{}, IdleTimeout: time.Minute}}}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, srv)
+	cfg.Listeners[0].Address = srv.Addr(0)
+	return srv, cfg
+}
+
+// dialServer returns a client of srv's listener, closed when the test ends.
+func dialServer(t *testing.T, srv *Server) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv.Addr(0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// successorOf builds, from copies of the frozen owner's listening sockets,
+// the server a successor would, and restores the batches of records in
+// order. On failure the owner is thawed.
+func successorOf(t *testing.T, owner *Server, cfg Config, batches ...[]handoff.Session) *Server {
+	t.Helper()
+	ls, fds := owner.HandoffListeners()
+	inh := &Inheritance{Listeners: []InheritedListener{{Name: ls[0].Name, Address: ls[0].Address}}}
+	for _, fd := range fds {
+		inh.Listeners[0].FDs = append(inh.Listeners[0].FDs, dupFD(t, fd))
+	}
+	cfg.Inherit = inh
+	succ, err := New(cfg)
+	if err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	for _, batch := range batches {
+		if err := succ.Restore(batch, nil); err != nil {
+			owner.Thaw()
+			succ.Close()
+			t.Fatal(err)
+		}
+	}
+	succ.FinishRestore(nil)
+	return succ
+}
+
 func closeAndWait(t *testing.T, s *session.Session) {
 	t.Helper()
 	s.Close()
@@ -82,21 +135,10 @@ func closeAndWait(t *testing.T, s *session.Session) {
 // successor, fed the copy and then the changes, must hold what the owner
 // holds.
 func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
-	addr := netip.MustParseAddrPort("127.0.0.1:0")
-	cfg := Config{Workers: 2, Logger: quietLogger(),
-		Listeners: []ListenerConfig{{Name: "echo", Address: addr, Handler: session.Echo{}, IdleTimeout: time.Minute}}}
-	owner, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	startServer(t, owner)
+	owner, cfg := startEcho(t)
 	clients := map[string]*net.UDPConn{}
 	for _, name := range []string{"active", "quiet", "ended", "back", "quiet2", "new"} {
-		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(owner.Addr(0)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialServer(t, owner)
 		clients[name] = c
 		if name != "new" {
 			expectReply(t, c, "x")
@@ -146,29 +188,7 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 		}
 	}
 
-	ls, fds := owner.HandoffListeners()
-	inh := &Inheritance{}
-	for _, l := range ls {
-		il := InheritedListener{Name: l.Name, Address: l.Address}
-		for _, fd := range fds {
-			il.FDs = append(il.FDs, dupFD(t, fd))
-		}
-		inh.Listeners = append(inh.Listeners, il)
-	}
-	cfg.Inherit = inh
-	cfg.Listeners[0].Address = owner.Addr(0)
-	succ, err := New(cfg)
-	if err != nil {
-		owner.Thaw()
-		t.Fatal(err)
-	}
-	for _, batch := range [][]handoff.Session{early.records(), recs} {
-		if err := succ.Restore(batch, nil); err != nil {
-			owner.Thaw()
-			t.Fatal(err)
-		}
-	}
-	succ.FinishRestore(nil)
+	succ := successorOf(t, owner, cfg, early.records(), recs)
 	if r := succ.Restored(); r.Restored != 5 || r.Updated != 1 || r.Ended != 2 || r.Dropped != 0 {
 		t.Errorf("successor restored %+v, want 5 sessions, 1 update, 2 ended", r)
 	}
@@ -213,19 +233,8 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 // TestThawForgetsTheEarlyCopy abandons a handoff after Precopy: the loops
 // stop noting changes, and a later handoff copies afresh.
 func TestThawForgetsTheEarlyCopy(t *testing.T) {
-	cfg := Config{Workers: 2, Logger: quietLogger(),
-		Listeners: []ListenerConfig{{Name: "echo", Address: netip.MustParseAddrPort("127.0.0.1:0"),
-			Handler: session.Echo{}, IdleTimeout: time.Minute}}}
-	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	startServer(t, srv)
-	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv.Addr(0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	srv, _ := startEcho(t)
+	c := dialServer(t, srv)
 	expectReply(t, c, "x")
 	for round := 0; round < 2; round++ {
 		var w encodeRecords
@@ -262,31 +271,16 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 // copy, its rounds and the changes sent while paused, the successor must
 // hold exactly the owner's sessions at the pause, with the same counters.
 func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
-	cfg := Config{Workers: 2, Logger: quietLogger(),
-		Listeners: []ListenerConfig{{Name: "echo", Address: netip.MustParseAddrPort("127.0.0.1:0"),
-			Handler: session.Echo{}, IdleTimeout: time.Minute}}}
-	owner, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	startServer(t, owner)
-	dial := func() *net.UDPConn {
-		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(owner.Addr(0)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	owner, cfg := startEcho(t)
 	var clients []*net.UDPConn
 	for range 200 {
-		c := dial()
+		c := dialServer(t, owner)
 		expectReply(t, c, "x")
 		clients = append(clients, c)
 	}
 	var latecomers []*net.UDPConn
 	for range 100 {
-		latecomers = append(latecomers, dial())
+		latecomers = append(latecomers, dialServer(t, owner))
 	}
 	stop := make(chan struct{})
 	sent := make(chan int)
@@ -330,26 +324,8 @@ func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
 		t.Errorf("copied %d sessions early, want at least the %d there before", es.Early, len(clients))
 	}
 
-	ls, fds := owner.HandoffListeners()
-	inh := &Inheritance{Listeners: []InheritedListener{{Name: ls[0].Name, Address: ls[0].Address}}}
-	for _, fd := range fds {
-		inh.Listeners[0].FDs = append(inh.Listeners[0].FDs, dupFD(t, fd))
-	}
-	cfg.Inherit = inh
-	cfg.Listeners[0].Address = owner.Addr(0)
-	succ, err := New(cfg)
-	if err != nil {
-		owner.Thaw()
-		t.Fatal(err)
-	}
+	succ := successorOf(t, owner, cfg, early.records(), delta.records())
 	defer succ.Close()
-	for _, batch := range [][]handoff.Session{early.records(), delta.records()} {
-		if err := succ.Restore(batch, nil); err != nil {
-			owner.Thaw()
-			t.Fatal(err)
-		}
-	}
-	succ.FinishRestore(nil)
 
 	type view struct {
 		created int64
