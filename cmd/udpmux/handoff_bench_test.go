@@ -26,8 +26,8 @@ import (
 )
 
 // BenchmarkHandoffPause measures what a restart costs the running process:
-// how long its loops stay paused (from Freeze until the successor has built
-// its mux.Server, confirmed and got Done — the "paused" figure the owner
+// how long its loops stay paused (from Freeze, after the early copy, until
+// the successor has confirmed and got Done — the "paused" figure the owner
 // logs), and how much memory the transfer takes on each side and on the
 // control socket.
 //
@@ -41,8 +41,11 @@ import (
 //
 // Metrics per handoff (averages over b.N): ms/pause is the owner's logged
 // pause, max-ms/pause the longest; succ-recv-ms, succ-new-ms and
-// succ-confirm-ms split the successor's side (receive covers the owner's
-// sendState, which streams concurrently); owner-MB/transfer and
+// succ-confirm-ms split the successor's side (receiving the listeners,
+// building the server, then restoring the early copy as it streams, the
+// pause and the confirmation); with traffic, updated/pause is the sessions
+// sent again while paused, updated-early/handoff and rounds/handoff what the
+// rounds before the pause sent; owner-MB/transfer and
 // succ-MB/transfer are TotalAlloc deltas: the owner's from before the
 // successor starts until the owner has handed over (its check of the
 // successor's config included), the successor's from before it dials until
@@ -178,6 +181,7 @@ type successorReport struct {
 func runHandoffBench(b *testing.B, n int, proxy bool, traffic benchTraffic) {
 	var (
 		updated, sent    int
+		early, rounds    int
 		pauses           []time.Duration
 		ownerAlloc       uint64
 		succ             successorReport
@@ -202,6 +206,8 @@ func runHandoffBench(b *testing.B, n int, proxy bool, traffic benchTraffic) {
 		}
 		pause, alloc := ev.paused, ev.alloc
 		updated += ev.updated
+		early += ev.early
+		rounds += ev.rounds
 		pauses = append(pauses, pause)
 		ownerAlloc += alloc
 		recv += r.RecvNs
@@ -236,6 +242,8 @@ func runHandoffBench(b *testing.B, n int, proxy bool, traffic benchTraffic) {
 	b.ReportMetric(wire/float64(n), "wire-B/session")
 	if traffic.clients > 0 {
 		b.ReportMetric(float64(updated)/N, "updated/pause")
+		b.ReportMetric(float64(early)/N, "updated-early/handoff")
+		b.ReportMetric(float64(rounds)/N, "rounds/handoff")
 		b.ReportMetric(float64(sent)/N, "sent/handoff")
 	}
 }
@@ -256,7 +264,9 @@ type benchOwner struct {
 type ownerEvent struct {
 	msg     string
 	paused  time.Duration
-	updated int    // sessions sent again because they changed during the copy
+	updated int    // sessions sent again while paused: they changed in the last round
+	early   int    // updates sent in the rounds before the pause
+	rounds  int    // rounds of changes before the pause
 	alloc   uint64 // TotalAlloc during the handoff
 	err     string
 }
@@ -286,6 +296,10 @@ func (h *eventLog) Handle(_ context.Context, r slog.Record) error {
 			ev.paused = a.Value.Duration()
 		case "updated":
 			ev.updated = int(a.Value.Int64())
+		case "updated_early":
+			ev.early = int(a.Value.Int64())
+		case "rounds":
+			ev.rounds = int(a.Value.Int64())
 		case "err", "reason":
 			ev.err = a.Value.String()
 		}
