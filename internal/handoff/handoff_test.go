@@ -340,6 +340,12 @@ func FuzzDecodeSessions(f *testing.F) {
 		b, _ := AppendSession([]byte{1, 0, 0, 0}, &s)
 		f.Add(b)
 	}
+	for _, c := range []Change{ChangeUpdate, ChangeGone} {
+		s := sampleSessions()[1]
+		s.Change = c
+		b, _ := AppendSession([]byte{1, 0, 0, 0}, &s)
+		f.Add(b)
+	}
 	f.Add([]byte{0, 0, 0, 0})
 	all, _ := AppendSession([]byte{3, 0, 0, 0}, &sampleSessions()[0])
 	for _, s := range sampleSessions()[1:] {
