@@ -352,3 +352,58 @@ func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
 		}
 	}
 }
+
+// TestPrecopyLeavesOtherHandlersToThePause: with one listener whose handler
+// copies early and one whose sessions cannot move, Precopy copies only the
+// first, and the pause sends the second's sessions as retained beside the
+// first's changes.
+func TestPrecopyLeavesOtherHandlersToThePause(t *testing.T) {
+	loopback := netip.MustParseAddrPort("127.0.0.1:0")
+	cfg := Config{Workers: 2, Logger: quietLogger(), Listeners: []ListenerConfig{
+		{Name: "echo", Address: loopback, Handler: session.Echo{}, IdleTimeout: time.Minute},
+		{Name: "count", Address: loopback, Handler: newCountingHandler("owner"), IdleTimeout: time.Minute},
+	}}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, srv)
+	echo1, echo2 := dialServer(t, srv), dialServer(t, srv)
+	expectReply(t, echo1, "x")
+	expectReply(t, echo2, "x")
+	counted := dial(t, "udp4", netip.AddrPort{}, srv.Addr(1))
+	expectReply(t, counted, "owner 1")
+	if _, err := srv.HandoffRelays(); err != nil {
+		t.Fatal(err)
+	}
+
+	var early encodeRecords
+	early.t = t
+	es, err := srv.Precopy(early.add, noSettle)
+	if err != nil || es.Early != 2 || len(early.records()) != 2 {
+		t.Fatalf("early copy %+v, %v; want the 2 echo sessions", es, err)
+	}
+	expectReply(t, echo1, "x")
+	expectReply(t, counted, "owner 2")
+
+	srv.Freeze()
+	defer srv.Thaw()
+	var paused encodeRecords
+	paused.t = t
+	es, err = srv.ExportSessions(paused.add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := paused.records()
+	if es.Updated != 1 || es.Retained != 1 || es.Migrated != 0 || len(recs) != 2 {
+		t.Fatalf("paused export %+v with %d records; want one update and one retained session", es, len(recs))
+	}
+	for _, r := range recs {
+		switch {
+		case r.Change == handoff.ChangeUpdate && r.Peer == echo1.LocalAddr().(*net.UDPAddr).AddrPort():
+		case r.Retained && r.Change == handoff.ChangeNew && r.Peer == counted.LocalAddr().(*net.UDPAddr).AddrPort():
+		default:
+			t.Errorf("unexpected record %+v", r)
+		}
+	}
+}
