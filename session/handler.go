@@ -40,8 +40,9 @@ type UpstreamHandler interface {
 // old process until they end.
 type Migrator interface {
 	Handler
-	// ExportSession returns s's state for the successor. It runs while every
-	// loop is paused, so it may read s's state without locks.
+	// ExportSession returns s's state for the successor. Unless the handler
+	// is a Precopier, it runs while every loop is paused, so it may read s's
+	// state without locks.
 	ExportSession(s *Session) ([]byte, error)
 	// ImportSession restores state in the successor before s serves. upstream
 	// is the socket s had attached in the old process (-1 for none), now a
