@@ -233,8 +233,10 @@ func (srv *Server) applyChange(rec *handoff.Session, ln *listener, key flowtable
 		srv.restored.Ended++
 		return
 	}
+	// As when restored: no longer idle than this configuration allows.
+	left := min(rec.IdleLeft, int64(ln.idle))
 	s.Refresh(rec.Peer, session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes,
-		TxPackets: rec.TxPackets, TxBytes: rec.TxBytes}, now+rec.IdleLeft)
+		TxPackets: rec.TxPackets, TxBytes: rec.TxBytes}, now+left)
 	srv.restored.Updated++
 }
 
