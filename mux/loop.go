@@ -157,6 +157,9 @@ func (l *loop) watch(fd int, kind, index int32) error {
 // addSocket gives the loop its socket for listener ln.
 func (l *loop) addSocket(ln *listener, sock *udpsys.Socket) error {
 	ls := &loopSocket{sock: sock, ln: ln, tx: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, sock.Family)}
+	if sock.GSO {
+		ls.tx.EnableGSO() // replies in a burst to one peer cross the stack once
+	}
 	if l.rx == nil {
 		l.rx = udpsys.NewBatch(l.srv.cfg.Batch, l.srv.cfg.MaxDatagram, unix.AF_INET6)
 	}

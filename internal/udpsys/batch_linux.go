@@ -42,6 +42,12 @@ type Batch struct {
 
 	drops    uint32
 	hasDrops bool
+
+	// gso is set by EnableGSO; segHdrs and segCount are then Send's
+	// headers for runs of datagrams and how many datagrams each carries.
+	gso      bool
+	segHdrs  []unix.Mmsghdr
+	segCount []int
 }
 
 // NewBatch returns a batch of n slots of bufSize bytes each for a socket of
@@ -106,12 +112,33 @@ func (b *Batch) Recv(fd int) (int, error) {
 // callers take differences in uint32.
 func (b *Batch) Drops() (uint32, bool) { return b.drops, b.hasDrops }
 
+// EnableGSO makes Send coalesce runs of datagrams to one destination into
+// segmented messages (UDP_SEGMENT), for a socket whose Socket.GSO is set. A
+// route that refuses segmentation gets the datagrams one by one; one that
+// cannot do it at all (EIO) turns it off for the batch.
+func (b *Batch) EnableGSO() {
+	b.gso = true
+	if b.segHdrs == nil {
+		b.segHdrs = make([]unix.Mmsghdr, len(b.Msgs))
+		b.segCount = make([]int, len(b.Msgs))
+	}
+}
+
 // Send sends Msgs[from:to] on the non-blocking socket fd with as few
 // sendmmsg calls as the kernel allows, and returns how many were sent. When
 // that is less than to-from, err is the error of the first message not sent
 // (unix.EAGAIN when the send buffer is full); the caller decides whether to
 // retry it or skip it.
 func (b *Batch) Send(fd, from, to int) (int, error) {
+	b.prepareSend(from, to)
+	if b.gso {
+		return b.sendSegmented(fd, from, to)
+	}
+	return b.sendEach(fd, from, to)
+}
+
+// prepareSend fills the headers of Msgs[from:to], one datagram each.
+func (b *Batch) prepareSend(from, to int) {
 	for i := from; i < to; i++ {
 		m, h := &b.Msgs[i], &b.hdrs[i].Hdr
 		if m.Addr.IsValid() {
@@ -129,6 +156,10 @@ func (b *Batch) Send(fd, from, to int) (int, error) {
 		b.iovs[i].Base = &m.Buf[0]
 		b.iovs[i].SetLen(m.N)
 	}
+}
+
+// sendEach sends prepared Msgs[from:to], one datagram per header.
+func (b *Batch) sendEach(fd, from, to int) (int, error) {
 	sent := 0
 	for from+sent < to {
 		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd),
@@ -140,6 +171,50 @@ func (b *Batch) Send(fd, from, to int) (int, error) {
 			return sent, errno
 		}
 		sent += int(r)
+	}
+	return sent, nil
+}
+
+// sendSegmented sends prepared Msgs[from:to], each run segmentRun allows as
+// one header whose iovecs are the run's buffers.
+func (b *Batch) sendSegmented(fd, from, to int) (int, error) {
+	k := 0
+	for i := from; i < to; {
+		g := segmentRun(b.Msgs[i:to])
+		h := b.hdrs[i]
+		h.Hdr.Iovlen = uint64(g)
+		if g > 1 {
+			oob := b.oob[i*controlSpace : (i+1)*controlSpace]
+			cl := int(h.Hdr.Controllen)
+			cl += putSegmentControl(oob[cl:], b.Msgs[i].N)
+			h.Hdr.Control, h.Hdr.Controllen = &oob[0], uint64(cl)
+		}
+		b.segHdrs[k], b.segCount[k] = h, g
+		k++
+		i += g
+	}
+	sent := 0
+	for hdr := 0; hdr < k; {
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd),
+			uintptr(unsafe.Pointer(&b.segHdrs[hdr])), uintptr(k-hdr), unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno != 0 && b.segCount[hdr] > 1 && errno != unix.EAGAIN:
+			// The route would not segment: EIO without checksum offload,
+			// EINVAL when a segment exceeds its MTU. The rest goes one by one.
+			if errno == unix.EIO {
+				b.gso = false
+			}
+			n, err := b.sendEach(fd, from+sent, to)
+			return sent + n, err
+		case errno != 0:
+			return sent, errno
+		}
+		for _, c := range b.segCount[hdr : hdr+int(r)] {
+			sent += c
+		}
+		hdr += int(r)
 	}
 	return sent, nil
 }

@@ -28,6 +28,9 @@ type Socket struct {
 	Wildcard bool
 	// RecvBuffer and SendBuffer are the sizes the kernel granted, read back.
 	RecvBuffer, SendBuffer int
+	// GSO reports that the kernel segments UDP on this socket
+	// (UDP_SEGMENT), so a Batch sending on it may use Batch.EnableGSO.
+	GSO bool
 }
 
 // Close closes the socket.
@@ -50,7 +53,7 @@ func ListenUDP(addr netip.AddrPort, cfg ListenConfig) (*Socket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
-	s := &Socket{FD: fd, Family: family, Wildcard: addr.Addr().IsUnspecified()}
+	s := &Socket{FD: fd, Family: family, Wildcard: addr.Addr().IsUnspecified(), GSO: probeGSO(fd)}
 	if err := s.setup(addr, cfg); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -155,7 +158,7 @@ func DialUDP(remote netip.AddrPort) (*Socket, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("getsockname: %w", err)
 	}
-	return &Socket{FD: fd, Family: family, Local: AddrPortOf(sa)}, nil
+	return &Socket{FD: fd, Family: family, Local: AddrPortOf(sa), GSO: probeGSO(fd)}, nil
 }
 
 // SocketFromFD adopts fd, a UDP socket inherited from another process, and
@@ -180,7 +183,7 @@ func SocketFromFD(fd int) (*Socket, error) {
 		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
 	}
 	unix.CloseOnExec(fd)
-	s := &Socket{FD: fd, Family: family, Local: AddrPortOf(sa)}
+	s := &Socket{FD: fd, Family: family, Local: AddrPortOf(sa), GSO: probeGSO(fd)}
 	s.Wildcard = s.Local.Addr().IsUnspecified()
 	if err := s.sizeBuffers(0, 0); err != nil {
 		return nil, err
