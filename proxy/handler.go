@@ -48,6 +48,7 @@ type Handler struct {
 	sockets  *Budget
 	log      *slog.Logger
 	stats    handlerStats
+	sends    loopSendTable
 }
 
 type handlerStats struct {
@@ -78,6 +79,7 @@ type upstream struct {
 	fd      int
 	backend int
 	source  netip.Addr
+	gso     bool // the kernel segments UDP on fd
 }
 
 // Errors returned by Open; the engine counts them as refused sessions.
@@ -169,26 +171,13 @@ func (h *Handler) dial(s *session.Session) (*upstream, error) {
 		h.stats.dialErrors.Add(1)
 		return nil, err
 	}
-	return &upstream{fd: sock.FD, backend: b}, nil
+	return &upstream{fd: sock.FD, backend: b, gso: sock.GSO}, nil
 }
 
-// Datagram sends a client datagram to the session's backend.
+// Datagram queues a client datagram for the session's backend; EndBatch
+// sends it (send.go).
 func (h *Handler) Datagram(s *session.Session, p []byte) {
-	u := s.State().(*upstream)
-	for {
-		_, err := unix.Write(u.fd, p)
-		switch err {
-		case nil:
-			return
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			h.stats.upstreamDrops.Add(1)
-		default:
-			h.upstreamFailed(s, u, err)
-		}
-		return
-	}
+	h.queue(s, s.State().(*upstream), p)
 }
 
 // Upstream sends a backend reply to the session's own client.
@@ -214,9 +203,13 @@ func (h *Handler) upstreamFailed(s *session.Session, u *upstream, err error) {
 	s.Close()
 }
 
-// Close releases the session's upstream socket and its limits.
+// Close releases the session's upstream socket and its limits. Datagrams
+// queued for it go first: the socket's number may name another socket soon.
 func (h *Handler) Close(s *session.Session, _ session.Reason) {
 	u := s.State().(*upstream)
+	if ls := h.sends.peek(s.LoopID()); ls != nil && ls.n > 0 {
+		h.flushSends(ls)
+	}
 	unix.Close(u.fd)
 	h.bal.Closed(u.backend)
 	h.release(u.source)
@@ -301,7 +294,7 @@ func (h *Handler) ImportSession(s *session.Session, state []byte, fd int) error 
 		h.release(src)
 		return err
 	}
-	s.SetState(&upstream{fd: fd, backend: backend, source: src})
+	s.SetState(&upstream{fd: fd, backend: backend, source: src, gso: udpsys.SocketGSO(fd)})
 	h.bal.Opened(backend)
 	return nil
 }

@@ -65,3 +65,7 @@ func segmentRun(msgs []Message) int {
 	}
 	return n
 }
+
+// SocketGSO reports whether the kernel segments UDP on socket fd, for a
+// socket this process did not open through this package.
+func SocketGSO(fd int) bool { return probeGSO(fd) }
