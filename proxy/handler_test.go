@@ -271,3 +271,43 @@ func TestProxyIdleSessionReleasesUpstream(t *testing.T) {
 		t.Errorf("backend saw %d sources, want 2 (one per session)", n)
 	}
 }
+
+// TestProxyBurstArrivesWholeAndInOrder sends a burst of equal datagrams and
+// a shorter last one, which the proxy gathers and sends on together
+// (segmented where the kernel allows): the backend and then the client get
+// each one whole and in order.
+func TestProxyBurstArrivesWholeAndInOrder(t *testing.T) {
+	b := startBackend(t, "b")
+	srv, _ := startProxy(t, Config{Backends: []netip.AddrPort{b.addr()}}, time.Minute, 0)
+	c := client(t, srv.Addr(0))
+	if got := exchange(c, "open", 5*time.Second); got != "b|open" {
+		t.Fatalf("first reply %q", got)
+	}
+	var want []string
+	for i := range 50 {
+		size := 300
+		if i == 49 {
+			size = 40
+		}
+		p := make([]byte, size)
+		for j := range p {
+			p[j] = byte('a' + i%26)
+		}
+		p[0] = byte(i)
+		want = append(want, "b|"+string(p))
+		if _, err := c.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 2048)
+	for i, w := range want {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if string(buf[:n]) != w {
+			t.Fatalf("reply %d: %d bytes starting %q, want %d bytes starting %q", i, n, buf[:3], len(w), w[:3])
+		}
+	}
+}
