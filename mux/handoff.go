@@ -377,7 +377,7 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 	var rec handoff.Session
 	srv.table.Range(func(e *entry) bool {
 		s := e.Value
-		if copied && srv.listeners[s.Scope()].precopies() {
+		if copied && precopies(s.Handler()) {
 			return true
 		}
 		if s.Closed() {
@@ -411,11 +411,15 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 	return es, err
 }
 
-// walkNeeded reports whether some listener's sessions were not copied
-// early, so that ExportSessions must walk the table for them.
+// walkNeeded reports whether some sessions may not have been copied early
+// (a listener's handler is no Precopier, or sessions are relayed for a
+// predecessor), so that ExportSessions must walk the table for them.
 func (srv *Server) walkNeeded() bool {
+	if srv.relay != nil && srv.relay.live.Load() > 0 {
+		return true
+	}
 	for _, ln := range srv.listeners {
-		if !ln.precopies() {
+		if !precopies(ln.handler) {
 			return true
 		}
 	}

@@ -38,9 +38,11 @@ type trackRequest struct {
 	changed chan<- []*session.Session
 }
 
-// precopies reports whether ln's sessions may be copied before the pause.
-func (ln *listener) precopies() bool {
-	p, ok := ln.handler.(session.Precopier)
+// precopies reports whether handler h's sessions may be copied before the
+// pause. It goes by each session's own handler: a session relayed for a
+// predecessor has the relay's, whatever its listener's is.
+func precopies(h session.Handler) bool {
+	p, ok := h.(session.Precopier)
 	return ok && p.StateFixed()
 }
 
@@ -72,7 +74,7 @@ func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error, se
 	now := session.Clock()
 	srv.table.Range(func(e *entry) bool {
 		s := e.Value
-		if srv.listeners[s.Scope()].precopies() && s.Live() {
+		if precopies(s.Handler()) && s.Live() {
 			err = srv.copySession(s, fn, &rec, now, true, &es)
 		}
 		return err == nil
@@ -190,7 +192,7 @@ func (srv *Server) sendChanges(lists [][]*session.Session, fn func(*handoff.Sess
 	for _, list := range lists {
 		for _, s := range list {
 			switch {
-			case s.Closed() || !srv.listeners[s.Scope()].precopies():
+			case s.Closed() || !precopies(s.Handler()):
 				// Ended (told above or in a later round), or left to the walk
 				// of ExportSessions.
 			case s.Copied(id):

@@ -407,3 +407,41 @@ func TestPrecopyLeavesOtherHandlersToThePause(t *testing.T) {
 		}
 	}
 }
+
+// TestPrecopySkipsRelayedSessions: a successor relaying a predecessor's
+// sessions, under a listener whose own handler copies early, hands off
+// again. The relayed sessions have the relay's handler, not the listener's:
+// Precopy leaves them, and the pause describes them as retained.
+func TestPrecopySkipsRelayedSessions(t *testing.T) {
+	owner, err := New(countingConfig(newCountingHandler("owner"), netip.MustParseAddrPort("127.0.0.1:0"), time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, owner)
+	addr := owner.Addr(0)
+	a := dial(t, "udp4", netip.AddrPort{}, addr)
+	b := dial(t, "udp4", netip.AddrPort{}, addr)
+	expectReply(t, a, "owner 1")
+	expectReply(t, b, "owner 1")
+	succ := handOver(t, owner, countingConfig(session.Echo{}, addr, time.Minute), time.Minute)
+	startServer(t, succ)
+	expectReply(t, a, "owner 2") // relayed to the owner
+
+	if _, err := succ.HandoffRelays(); err != nil {
+		t.Fatal(err)
+	}
+	var early encodeRecords
+	early.t = t
+	es, err := succ.Precopy(early.add, noSettle)
+	if err != nil || es.Early != 0 {
+		t.Fatalf("early copy %+v, %v; want nothing: both sessions are relayed", es, err)
+	}
+	succ.Freeze()
+	defer succ.Thaw()
+	var paused encodeRecords
+	paused.t = t
+	es, err = succ.ExportSessions(paused.add)
+	if err != nil || es.Retained != 2 || es.Migrated != 0 {
+		t.Fatalf("paused export %+v, %v; want the 2 relayed sessions retained", es, err)
+	}
+}
