@@ -70,6 +70,8 @@ func TestDaemonServesAndStopsOnSIGTERM(t *testing.T) {
 		`udpmux_datagrams_received_total{listener="echo"} 1`,
 		`udpmux_sessions_opened_total{listener="echo"} 1`,
 		`udpmux_sessions_capacity 1e+06`,
+		`udpmux_datagrams_relayed_total{listener="echo"} 0`,
+		`udpmux_datagrams_dropped_total{listener="echo",reason="relay_full"} 0`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)

@@ -35,6 +35,7 @@ var (
 	descRefused   = prometheus.NewDesc("udpmux_sessions_refused_total", "New sessions refused, by reason.", []string{"listener", "reason"}, nil)
 	descClosed    = prometheus.NewDesc("udpmux_sessions_closed_total", "Sessions ended, by reason.", []string{"listener", "reason"}, nil)
 	descForwarded = prometheus.NewDesc("udpmux_datagrams_forwarded_total", "Datagrams passed to the loop owning their session.", []string{"listener"}, nil)
+	descRelayed   = prometheus.NewDesc("udpmux_datagrams_relayed_total", "Datagrams of sessions a predecessor kept, relayed to it after a restart.", []string{"listener"}, nil)
 	descSessions  = prometheus.NewDesc("udpmux_sessions", "Live sessions.", nil, nil)
 	descCapacity  = prometheus.NewDesc("udpmux_sessions_capacity", "The session table's bound (sessions.max).", nil, nil)
 	descBackendUp = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off.", []string{"listener", "backend"}, nil)
@@ -64,10 +65,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descTxBytes, l.TxBytes, n)
 		counter(descOpened, l.SessionsOpened, n)
 		counter(descForwarded, l.Forwarded, n)
+		counter(descRelayed, l.Relayed, n)
 		for reason, v := range map[string]uint64{
 			"truncated": l.Truncated, "malformed": l.Malformed, "unknown_flow": l.UnknownFlow,
 			"kernel_queue_full": l.KernelDrops, "loop_inbox_full": l.ForwardDrops,
 			"send_buffer_full": l.SendDrops, "send_error": l.SendErrors, "too_large": l.TooLarge,
+			"relay_full": l.RelayDrops,
 		} {
 			counter(descDropped, v, n, reason)
 		}
