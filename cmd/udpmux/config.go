@@ -143,7 +143,8 @@ type config struct {
 	listeners []listenerConfig
 	limits    proxyLimits
 	// controlSocket is the control socket's path; handoffTimeout bounds how
-	// long a predecessor stays paused for its successor.
+	// long either side of a handoff waits for the other's next step, and
+	// how long a predecessor stays paused for its successor.
 	controlSocket  string
 	handoffTimeout time.Duration
 	// drainTimeout bounds how long a predecessor keeps the sessions it

@@ -45,7 +45,10 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	}
 	defer c.handing.Store(false)
 
-	conn.SetDeadline(time.Now().Add(c.cfg.handoffTimeout))
+	// Until the pause, the successor may take as long as it keeps answering:
+	// copying a large table takes seconds. The pause itself is bounded.
+	conn.SetDeadline(time.Time{})
+	conn.SetIdleTimeout(c.cfg.handoffTimeout)
 	fixed, err := c.sendListeners(conn)
 	if err == nil {
 		err = awaitReady(conn)
@@ -65,6 +68,7 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	}
 	c.srv.Freeze()
 	frozen := time.Now()
+	conn.SetDeadline(frozen.Add(c.cfg.handoffTimeout))
 	st, err := stream.finish(c.srv, early)
 	if err == nil {
 		err = c.awaitConfirm(conn)
@@ -314,7 +318,9 @@ func takeOver(cfg *config) (*inherited, error) {
 	if err != nil {
 		return nil, nil
 	}
-	conn.SetDeadline(time.Now().Add(cfg.handoffTimeout))
+	// Bounded per step, not in all: the predecessor's copy of a large table
+	// takes seconds, all of them spent sending.
+	conn.SetIdleTimeout(cfg.handoffTimeout)
 	hello := handoff.AppendHello(nil, handoff.Hello{Version: handoff.Version, PID: int32(os.Getpid()), Config: cfg.text})
 	if err := conn.Send(handoff.TypeHello, hello, nil); err != nil {
 		conn.Close()

@@ -58,6 +58,10 @@ type Conn struct {
 	uc  *net.UnixConn
 	buf []byte
 	oob []byte
+	// idle bounds each Send and Recv, deadline all of them (zero: none);
+	// see SetIdleTimeout and SetDeadline.
+	idle     time.Duration
+	deadline time.Time
 }
 
 // socketBuffer lets the sender run ahead of the receiver by a few dozen
@@ -91,8 +95,32 @@ func (c *Conn) Close() error { return c.uc.Close() }
 // UnixConn returns the underlying connection.
 func (c *Conn) UnixConn() *net.UnixConn { return c.uc }
 
-// SetDeadline bounds the following reads and writes.
-func (c *Conn) SetDeadline(t time.Time) error { return c.uc.SetDeadline(t) }
+// SetDeadline bounds the following reads and writes, together: none may
+// end after t. The zero time removes the bound.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.deadline = t
+	return c.arm()
+}
+
+// SetIdleTimeout bounds each following read and write on its own, so that a
+// long exchange that keeps making progress is not cut short, while a peer
+// that stops answering is given up on after d. Zero removes the bound. A
+// deadline set with SetDeadline still holds.
+func (c *Conn) SetIdleTimeout(d time.Duration) error {
+	c.idle = d
+	return c.arm()
+}
+
+// arm sets the socket's deadline for the next read or write.
+func (c *Conn) arm() error {
+	t := c.deadline
+	if c.idle > 0 {
+		if next := time.Now().Add(c.idle); t.IsZero() || next.Before(t) {
+			t = next
+		}
+	}
+	return c.uc.SetDeadline(t)
+}
 
 // Send writes one message with optional descriptors.
 func (c *Conn) Send(t Type, payload []byte, fds []int) error {
@@ -109,6 +137,9 @@ func (c *Conn) Send(t Type, payload []byte, fds []int) error {
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
+	}
+	if c.idle > 0 {
+		c.arm()
 	}
 	n, oobn, err := c.uc.WriteMsgUnix(msg, oob, nil)
 	if err != nil {
@@ -130,6 +161,9 @@ var (
 // caller owns the returned descriptors, also when an error is returned with
 // them.
 func (c *Conn) Recv() (Type, []byte, []int, error) {
+	if c.idle > 0 {
+		c.arm()
+	}
 	n, oobn, flags, _, err := c.uc.ReadMsgUnix(c.buf, c.oob)
 	if err != nil {
 		return 0, nil, nil, err

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -413,4 +414,35 @@ func FuzzDecodeFrame(f *testing.F) {
 			DecodeSessions(p)
 		}
 	})
+}
+
+// TestIdleTimeoutBoundsEachStep: with an idle timeout, an exchange longer
+// than the timeout lasts as long as messages keep coming; silence ends it,
+// and a deadline set on top still bounds the whole.
+func TestIdleTimeoutBoundsEachStep(t *testing.T) {
+	a, b := socketPair(t)
+	b.SetIdleTimeout(time.Second)
+	go func() {
+		for range 15 { // 1.5 s in all, 100 ms apart
+			a.Send(TypeFDs, nil, nil)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	for i := range 15 {
+		if _, _, _, err := b.Recv(); err != nil {
+			t.Fatalf("message %d of a steady stream: %v", i, err)
+		}
+	}
+	start := time.Now()
+	if _, _, _, err := b.Recv(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("silence: %v, want a deadline error", err)
+	}
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Errorf("silence ended after %v, before the idle timeout", d)
+	}
+	b.SetDeadline(time.Now().Add(100 * time.Millisecond))
+	start = time.Now()
+	if _, _, _, err := b.Recv(); !errors.Is(err, os.ErrDeadlineExceeded) || time.Since(start) > 900*time.Millisecond {
+		t.Errorf("with a deadline before the idle timeout: %v after %v", err, time.Since(start))
+	}
 }
