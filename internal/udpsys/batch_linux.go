@@ -124,6 +124,10 @@ func (b *Batch) EnableGSO() {
 	}
 }
 
+// GSO reports whether Send still segments: EnableGSO was called and no
+// route has refused segmentation outright since.
+func (b *Batch) GSO() bool { return b.gso }
+
 // Send sends Msgs[from:to] on the non-blocking socket fd with as few
 // sendmmsg calls as the kernel allows, and returns how many were sent. When
 // that is less than to-from, err is the error of the first message not sent
