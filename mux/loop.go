@@ -701,14 +701,7 @@ func (l *loop) Send(s *session.Session, p []byte) error {
 // and counted, so that one slow path cannot stall the loop.
 func (l *loop) flush(ls *loopSocket) {
 	from, waits := 0, 0
-	if gso := ls.tx.GSO(); gso {
-		defer func() {
-			if !ls.tx.GSO() {
-				l.srv.log.Warn("the route refused UDP segmentation offload (EIO); replies go one datagram at a time",
-					"listener", ls.ln.name, "loop", l.id)
-			}
-		}()
-	}
+	gso := ls.tx.GSO()
 	for from < ls.ntx {
 		sent, err := ls.tx.Send(ls.sock.FD, from, ls.ntx)
 		ls.stats.txDatagrams.add(uint64(sent))
@@ -731,6 +724,10 @@ func (l *loop) flush(ls *loopSocket) {
 		}
 	}
 	ls.ntx = 0
+	if gso && !ls.tx.GSO() {
+		l.srv.log.Warn("the route refused UDP segmentation offload (EIO); replies go one datagram at a time",
+			"listener", ls.ln.name, "loop", l.id)
+	}
 }
 
 // stop asks the loop to finish; it returns at once.

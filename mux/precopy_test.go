@@ -413,11 +413,7 @@ func TestPrecopyLeavesOtherHandlersToThePause(t *testing.T) {
 // again. The relayed sessions have the relay's handler, not the listener's:
 // Precopy leaves them, and the pause describes them as retained.
 func TestPrecopySkipsRelayedSessions(t *testing.T) {
-	owner, err := New(countingConfig(newCountingHandler("owner"), netip.MustParseAddrPort("127.0.0.1:0"), time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	startServer(t, owner)
+	owner, _ := startCounting(t, newCountingHandler("owner"), time.Minute)
 	addr := owner.Addr(0)
 	a := dial(t, "udp4", netip.AddrPort{}, addr)
 	b := dial(t, "udp4", netip.AddrPort{}, addr)

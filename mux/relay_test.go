@@ -58,6 +58,17 @@ func countingConfig(h session.Handler, addr netip.AddrPort, idle time.Duration) 
 	}
 }
 
+// startCounting serves a server with handler h on a loopback port until
+// the test ends. The channel closes when Serve returns.
+func startCounting(t *testing.T, h session.Handler, idle time.Duration) (*Server, <-chan struct{}) {
+	t.Helper()
+	srv, err := New(countingConfig(h, netip.MustParseAddrPort("127.0.0.1:0"), idle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, startServer(t, srv)
+}
+
 // startServer serves srv until the test ends; the channel closes when Serve
 // returns.
 func startServer(t *testing.T, srv *Server) <-chan struct{} {
@@ -192,11 +203,7 @@ func TestRetainedSessionsStayWithTheOwner(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ownerH := newCountingHandler("owner")
-			owner, err := New(countingConfig(ownerH, netip.MustParseAddrPort("127.0.0.1:0"), tc.ownerIdle))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ownerDone := startServer(t, owner)
+			owner, ownerDone := startCounting(t, ownerH, tc.ownerIdle)
 			addr := owner.Addr(0)
 			a := dial(t, "udp4", netip.AddrPort{}, addr)
 			b := dial(t, "udp4", netip.AddrPort{}, addr)
@@ -299,12 +306,7 @@ func TestRelayNotPreparedWithoutRetainedSessions(t *testing.T) {
 // TestThawClosesThePreparedRelay: a handoff that fails after the relay was
 // made leaves the owner serving its sessions as before.
 func TestThawClosesThePreparedRelay(t *testing.T) {
-	h := newCountingHandler("owner")
-	owner, err := New(countingConfig(h, netip.MustParseAddrPort("127.0.0.1:0"), time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	startServer(t, owner)
+	owner, _ := startCounting(t, newCountingHandler("owner"), time.Minute)
 	a := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
 	expectReply(t, a, "owner 1")
 	owner.Freeze()
@@ -385,11 +387,7 @@ func TestRelayFollowsAMovingClient(t *testing.T) {
 // retained in turn: the newest process relays to the middle one, which
 // relays to the first; each end travels back the same way.
 func TestRetainedSessionsSurviveTwoRestarts(t *testing.T) {
-	first, err := New(countingConfig(newCountingHandler("first"), netip.MustParseAddrPort("127.0.0.1:0"), time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	firstDone := startServer(t, first)
+	first, firstDone := startCounting(t, newCountingHandler("first"), time.Minute)
 	addr := first.Addr(0)
 	a := dial(t, "udp4", netip.AddrPort{}, addr)
 	expectReply(t, a, "first 1")
@@ -435,11 +433,7 @@ func TestRetainedSessionsSurviveTwoRestarts(t *testing.T) {
 // the successor relays until the socket is full, then drops and counts, and
 // its loops go on serving everyone else.
 func TestFullRelayDropsWithoutBlocking(t *testing.T) {
-	owner, err := New(countingConfig(newCountingHandler("owner"), netip.MustParseAddrPort("127.0.0.1:0"), time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	startServer(t, owner)
+	owner, _ := startCounting(t, newCountingHandler("owner"), time.Minute)
 	addr := owner.Addr(0)
 	a := dial(t, "udp4", netip.AddrPort{}, addr)
 	a.SetReadBuffer(8 << 20)

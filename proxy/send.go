@@ -94,13 +94,7 @@ func (h *Handler) EndBatch(loop int) {
 // run; a refusal (ICMP port unreachable) marks the backend down and closes
 // the session; any other error drops the one datagram.
 func (h *Handler) flushSends(ls *loopSends) {
-	if ls.batch.GSO() {
-		defer func() {
-			if !ls.batch.GSO() {
-				h.log.Warn("a backend's route refused UDP segmentation offload (EIO); this loop sends to backends one datagram at a time")
-			}
-		}()
-	}
+	gso := ls.batch.GSO()
 	for i := 0; i < ls.n; {
 		s := ls.sessions[i]
 		end := i + 1
@@ -127,4 +121,7 @@ func (h *Handler) flushSends(ls *loopSends) {
 	}
 	clear(ls.sessions[:ls.n])
 	ls.n = 0
+	if gso && !ls.batch.GSO() {
+		h.log.Warn("a backend's route refused UDP segmentation offload (EIO); this loop sends to backends one datagram at a time")
+	}
 }

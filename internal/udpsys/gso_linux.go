@@ -26,8 +26,9 @@ const (
 // segmentControlSpace is the room a UDP_SEGMENT control message takes.
 var segmentControlSpace = unix.CmsgSpace(2)
 
-// probeGSO reports whether the kernel knows UDP_SEGMENT on socket fd.
-func probeGSO(fd int) bool {
+// SocketGSO reports whether the kernel segments UDP (UDP_SEGMENT) on
+// socket fd, as Socket.GSO does for the sockets this package opens.
+func SocketGSO(fd int) bool {
 	_, err := unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_SEGMENT)
 	return err == nil
 }
@@ -65,7 +66,3 @@ func segmentRun(msgs []Message) int {
 	}
 	return n
 }
-
-// SocketGSO reports whether the kernel segments UDP on socket fd, for a
-// socket this process did not open through this package.
-func SocketGSO(fd int) bool { return probeGSO(fd) }

@@ -53,7 +53,7 @@ func ListenUDP(addr netip.AddrPort, cfg ListenConfig) (*Socket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
-	s := &Socket{FD: fd, Family: family, Wildcard: addr.Addr().IsUnspecified(), GSO: probeGSO(fd)}
+	s := &Socket{FD: fd, Family: family, Wildcard: addr.Addr().IsUnspecified(), GSO: SocketGSO(fd)}
 	if err := s.setup(addr, cfg); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -158,7 +158,7 @@ func DialUDP(remote netip.AddrPort) (*Socket, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("getsockname: %w", err)
 	}
-	return &Socket{FD: fd, Family: family, Local: AddrPortOf(sa), GSO: probeGSO(fd)}, nil
+	return &Socket{FD: fd, Family: family, Local: AddrPortOf(sa), GSO: SocketGSO(fd)}, nil
 }
 
 // SocketFromFD adopts fd, a UDP socket inherited from another process, and
@@ -183,7 +183,7 @@ func SocketFromFD(fd int) (*Socket, error) {
 		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
 	}
 	unix.CloseOnExec(fd)
-	s := &Socket{FD: fd, Family: family, Local: AddrPortOf(sa), GSO: probeGSO(fd)}
+	s := &Socket{FD: fd, Family: family, Local: AddrPortOf(sa), GSO: SocketGSO(fd)}
 	s.Wildcard = s.Local.Addr().IsUnspecified()
 	if err := s.sizeBuffers(0, 0); err != nil {
 		return nil, err
