@@ -9,7 +9,11 @@
 # default 2s; QUICK 1s), RATE (fixed-rate runs, datagrams/s, default 50000),
 # FT_COUNT (flow-table benchmark -count, default 3; QUICK 1), FT_SHORT=1
 # (skip the flow-table benchmarks' 10M-entry tables; the default, and QUICK),
-# FT_SHORT=0 to include them (they take several more minutes).
+# FT_SHORT=0 to include them (they take several more minutes), ONLY (a
+# comma-separated subset of sink,echo,proxy,flowtable; default all), OUT (the
+# directory for RESULTS.md, results.json and flowtable-bench.txt; default this
+# one, but a temporary one with ONLY, so that a partial session never replaces
+# the committed results).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,6 +28,13 @@ else
 fi
 FT_SHORT=${FT_SHORT:-1}
 RATE=${RATE:-50000}
+ONLY=${ONLY:-}
+if [[ -n $ONLY ]]; then
+	OUT=${OUT:-$(mktemp -d /tmp/udpmux-bench-results.XXXXXX)}
+else
+	OUT=${OUT:-$here}
+fi
+mkdir -p "$OUT"
 
 out=$(mktemp -d /tmp/udpmux-bench-bin.XXXXXX)
 # The per-CPU input backlog that RPS fills (net.core.netdev_max_backlog, a
@@ -74,7 +85,8 @@ fi
 opts=()
 [[ $QUICK == 1 ]] && opts=(-quick)
 [[ $FT_SHORT == 1 ]] && opts+=(-flowtable-short)
+[[ -n $ONLY ]] && opts+=(-only "$ONLY")
 cd "$here"
-"$out/bench" -bin "$out" -main "$main" -out "$here/RESULTS.md" -raw "$here/results.json" \
-	-flowtable-out "$here/flowtable-bench.txt" -runs "$RUNS" -duration "$DURATION" -rate "$RATE" \
+"$out/bench" -bin "$out" -main "$main" -out "$OUT/RESULTS.md" -raw "$OUT/results.json" \
+	-flowtable-out "$OUT/flowtable-bench.txt" -runs "$RUNS" -duration "$DURATION" -rate "$RATE" \
 	-flowtable-count "$FT_COUNT" "${opts[@]}"

@@ -14,26 +14,50 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 )
 
 // options are the command-line settings.
 type options struct {
-	bin       string        // directory with loadgen, peer and (optionally) udpmux
-	mainDir   string        // the main module, for the flow-table benchmarks
-	ftOnly    bool          // rerun the flow-table benchmarks into an earlier session
-	out       string        // RESULTS.md to write
-	raw       string        // JSON file for every run's raw figures
-	work      string        // scratch directory (configs, logs)
-	runs      int           // repetitions per configuration
-	duration  time.Duration // sending time per run
-	rate      float64       // the fixed rate, datagrams/s
-	quick     bool          // a small subset of the matrix
-	ftCount   int           // -count of the flow-table benchmarks
-	ftBench   string        // flow-table benchmark output, kept for the next comparison
-	ftShort   bool          // pass -test.short (skips the 10M-entry tables)
-	ftTimeout time.Duration // limit for the flow-table benchmarks
-	report    bool          // only write RESULTS.md again from the raw file
+	bin       string          // directory with loadgen, peer and (optionally) udpmux
+	mainDir   string          // the main module, for the flow-table benchmarks
+	ftOnly    bool            // rerun the flow-table benchmarks into an earlier session
+	out       string          // RESULTS.md to write
+	raw       string          // JSON file for every run's raw figures
+	work      string          // scratch directory (configs, logs)
+	runs      int             // repetitions per configuration
+	duration  time.Duration   // sending time per run
+	rate      float64         // the fixed rate, datagrams/s
+	quick     bool            // a small subset of the matrix
+	ftCount   int             // -count of the flow-table benchmarks
+	ftBench   string          // flow-table benchmark output, kept for the next comparison
+	ftShort   bool            // pass -test.short (skips the 10M-entry tables)
+	ftTimeout time.Duration   // limit for the flow-table benchmarks
+	report    bool            // only write RESULTS.md again from the raw file
+	only      map[string]bool // the parts to run (scenario kinds, "flowtable"); all when empty
+}
+
+// parts are what -only may name.
+var parts = []string{kindSink, kindEcho, kindProxy, "flowtable"}
+
+// includes reports whether part is to be measured in this session.
+func (o options) includes(part string) bool { return len(o.only) == 0 || o.only[part] }
+
+// parseOnly turns -only's comma-separated list into a set.
+func parseOnly(list string) (map[string]bool, error) {
+	if list == "" {
+		return nil, nil
+	}
+	set := map[string]bool{}
+	for _, p := range strings.Split(list, ",") {
+		if !slices.Contains(parts, p) {
+			return nil, fmt.Errorf("-only: unknown part %q (want some of %s)", p, strings.Join(parts, ","))
+		}
+		set[p] = true
+	}
+	return set, nil
 }
 
 func main() {
@@ -52,7 +76,13 @@ func main() {
 	flag.DurationVar(&o.ftTimeout, "flowtable-timeout", 10*time.Minute, "give up on the flow-table benchmarks after this long")
 	flag.BoolVar(&o.report, "report-only", false, "measure nothing: write -out again from the -raw file of an earlier session")
 	flag.BoolVar(&o.ftOnly, "flowtable-only", false, "run only the flow-table benchmarks and replace them in the -raw session, then write -out")
+	only := flag.String("only", "", "comma-separated parts to run, of "+strings.Join(parts, ",")+" (default all)")
 	flag.Parse()
+	var err error
+	if o.only, err = parseOnly(*only); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 	if o.report || o.ftOnly {
 		if err := rewriteReport(o); err != nil {
 			fatal(err)
@@ -63,17 +93,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: -bin is required and -runs must be >= 1")
 		os.Exit(2)
 	}
-	var err error
 	if o.work, err = os.MkdirTemp("", "udpmux-bench-"); err != nil {
 		fatal(err)
 	}
 	defer os.RemoveAll(o.work)
 
 	h := &harness{opts: o, started: time.Now()}
-	h.rec = record{Machine: machine(h), Runs: o.runs, Duration: o.duration, Rate: o.rate, Quick: o.quick, FTCount: o.ftCount}
+	h.rec = record{Machine: machine(h), Runs: o.runs, Duration: o.duration, Rate: o.rate, Quick: o.quick, FTCount: o.ftCount, Only: *only}
 	h.logf("work directory %s", o.work)
 	h.runMatrix()
-	h.rec.Flowtable = runFlowtable(h)
+	if o.includes("flowtable") {
+		h.rec.Flowtable = runFlowtable(h)
+	} else {
+		h.rec.Flowtable.Err = "not run (-only " + *only + ")"
+	}
 	if err := writeRaw(o.raw, &h.rec); err != nil {
 		fatal(err)
 	}

@@ -119,6 +119,7 @@ type record struct {
 	Duration  time.Duration   `json:"duration_ns"`
 	Rate      float64         `json:"rate"`
 	Quick     bool            `json:"quick"`
+	Only      string          `json:"only,omitempty"` // the parts measured, when not all
 	FTCount   int             `json:"flowtable_count"`
 	Noisy     int             `json:"noisy_runs"` // runs that started while other load was on the CPUs
 	Results   []*result       `json:"results"`
@@ -156,6 +157,9 @@ var growthFlows = []int{256, 10000, 100000}
 // runMatrix measures every scenario kind against every peer.
 func (h *harness) runMatrix() {
 	for _, kind := range []string{kindSink, kindEcho, kindProxy} {
+		if !h.opts.includes(kind) {
+			continue
+		}
 		var backends *process
 		if kind == kindProxy {
 			var err error
