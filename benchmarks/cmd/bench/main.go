@@ -40,7 +40,10 @@ type options struct {
 }
 
 // parts are what -only may name.
-var parts = []string{kindSink, kindEcho, kindProxy, "flowtable"}
+var parts = []string{kindSink, kindEcho, kindProxy, partFlowtable}
+
+// partFlowtable names the flow-table microbenchmarks among the parts.
+const partFlowtable = "flowtable"
 
 // includes reports whether part is to be measured in this session.
 func (o options) includes(part string) bool { return len(o.only) == 0 || o.only[part] }
@@ -102,7 +105,7 @@ func main() {
 	h.rec = record{Machine: machine(h), Runs: o.runs, Duration: o.duration, Rate: o.rate, Quick: o.quick, FTCount: o.ftCount, Only: *only}
 	h.logf("work directory %s", o.work)
 	h.runMatrix()
-	if o.includes("flowtable") {
+	if o.includes(partFlowtable) {
 		h.rec.Flowtable = runFlowtable(h)
 	} else {
 		h.rec.Flowtable.Err = "not run (-only " + *only + ")"

@@ -122,7 +122,7 @@ func writeResults(h *harness) error {
 	if o.includes(kindEcho) {
 		h.writeGrowth(w)
 	}
-	if o.includes("flowtable") {
+	if o.includes(partFlowtable) {
 		h.writeFlowtable(w)
 	}
 	return os.WriteFile(o.out, []byte(b.String()), 0o644)
@@ -189,7 +189,7 @@ func (h *harness) writeGoals(w func(string, ...any)) {
 		measured, status := h.proxyGoal()
 		w("| proxy: delivered ≥ %.1f× nginx's, loss < %.0f %% at the generator's maximum | %s | %s |\n", goalProxyRatio, goalLossPct, measured, status)
 	}
-	if h.opts.includes("flowtable") {
+	if h.opts.includes(partFlowtable) {
 		h.writeFlowtableGoal(w)
 	}
 	w("\n")
