@@ -17,6 +17,7 @@ const (
 	KindTuple4      // IPv4 4-tuple, including v4-mapped IPv6 addresses
 	KindTuple6      // IPv6 4-tuple
 	KindCID         // connection ID
+	KindID          // identifier that several flows may hold (see IDKey)
 )
 
 // MaxCIDLen is the longest connection ID a Key can hold, in bytes.
@@ -26,10 +27,10 @@ const MaxCIDLen = 20
 // memory, in bytes.
 const KeySize = 40
 
-// Key identifies one flow within a listener: either the 4-tuple of a
-// datagram (local and peer address and port) or a connection ID. Keys are
-// comparable with == and compare equal exactly when they identify the same
-// flow of the same scope.
+// Key identifies one flow within a listener: the 4-tuple of a datagram
+// (local and peer address and port), a connection ID, or an identifier of a
+// class that flows hold in common (IDKey). Keys are comparable with == and
+// compare equal exactly when they identify the same flow of the same scope.
 //
 // A Key is a fixed-size value without pointers, so that building one,
 // copying it and hashing it never allocate.
@@ -40,7 +41,8 @@ type Key struct {
 	// again, and one in a table of a million entries about twice as long.
 
 	// hdr packs, from the low bits up: kind, CID length, scope, local port
-	// and peer port, 8, 8, 16, 16 and 16 bits.
+	// and peer port, 8, 8, 16, 16 and 16 bits. An ID key keeps its class
+	// where a tuple key has its local port.
 	hdr uint64
 	// a0 and a1 hold the local address and b0 and b1 the peer address,
 	// big-endian, an IPv4 address in the top half of the first word. A
@@ -120,6 +122,22 @@ func CIDKey(scope uint16, cid []byte) (Key, error) {
 	return k, nil
 }
 
+// IDKey returns the key of identifier id of the given class in the given
+// scope: a value a protocol carries in its datagrams that need not be unique
+// to one flow, such as an index a backend chose (two backends may choose the
+// same one). A Table holds any number of entries with one ID key, where it
+// holds at most one per key of every other kind (see Table.Insert); the
+// class tells identifiers of different meaning apart. It fails if id is
+// empty or longer than MaxCIDLen.
+func IDKey(scope, class uint16, id []byte) (Key, error) {
+	k, err := CIDKey(scope, id)
+	if err != nil {
+		return k, err
+	}
+	k.hdr = makeHdr(KindID, uint8(len(id)), scope, class, 0)
+	return k, nil
+}
+
 // Peers choose connection IDs, so rejecting one must be cheap: the errors
 // are made once.
 var (
@@ -132,6 +150,29 @@ func (k Key) Kind() Kind { return Kind(k.hdr) }
 
 // Scope returns the scope k was built with.
 func (k Key) Scope() uint16 { return uint16(k.hdr >> 16) }
+
+// Class returns the class of an ID key, and 0 for any other key.
+func (k Key) Class() uint16 {
+	if k.Kind() != KindID {
+		return 0
+	}
+	local, _ := k.ports()
+	return local
+}
+
+// WithScope returns k in another scope: the key of the same flow on the
+// listener with that index.
+func (k Key) WithScope(scope uint16) Key {
+	if k.Kind() == KindNone {
+		return k
+	}
+	k.hdr = k.hdr&^(0xffff<<16) | uint64(scope)<<16
+	return k
+}
+
+// Shared reports whether several entries of a Table may hold k: it is an
+// ID key.
+func (k Key) Shared() bool { return k.Kind() == KindID }
 
 // Local returns the local address and port of a tuple key, and the zero
 // AddrPort for any other key.
@@ -159,10 +200,11 @@ func (k Key) addrPort(hi, lo uint64, port uint16) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// AppendCID appends the connection ID of a CID key to dst and returns the
-// extended slice. For any other key it returns dst unchanged.
+// AppendCID appends the connection ID of a CID key, or the identifier of
+// an ID key, to dst and returns the extended slice. For any other key it
+// returns dst unchanged.
 func (k Key) AppendCID(dst []byte) []byte {
-	if k.Kind() != KindCID {
+	if k.Kind() != KindCID && k.Kind() != KindID {
 		return dst
 	}
 	buf := k.cidArea()
@@ -179,7 +221,8 @@ func (k Key) cidArea() [32]byte {
 }
 
 // String returns a human-readable form of k: "scope/local-peer" for tuple
-// keys, "scope/cid:hex" for CID keys, and "none" for the zero Key.
+// keys, "scope/cid:hex" for CID keys, "scope/id:class:hex" for ID keys, and
+// "none" for the zero Key.
 func (k Key) String() string {
 	var b []byte
 	switch k.Kind() {
@@ -194,6 +237,13 @@ func (k Key) String() string {
 		b = append(b, "/cid:"...)
 		buf := k.cidArea()
 		b = hex.AppendEncode(b, buf[:k.cidLen()])
+	case KindID:
+		b = strconv.AppendUint(b, uint64(k.Scope()), 10)
+		b = append(b, "/id:"...)
+		b = strconv.AppendUint(b, uint64(k.Class()), 10)
+		b = append(b, ':')
+		buf := k.cidArea()
+		b = hex.AppendEncode(b, buf[:k.cidLen()])
 	default:
 		return "none"
 	}
@@ -201,9 +251,9 @@ func (k Key) String() string {
 }
 
 // AppendBinary implements encoding.BinaryAppender. It appends exactly
-// KeySize bytes: kind, CID length, then scope, local port and peer port
-// big-endian, then the 16-byte local and peer address fields (for a CID
-// key, the zero-padded connection ID in 32 bytes). The encoding is meant for
+// KeySize bytes: kind, CID length, then scope, local port (an ID key's
+// class) and peer port big-endian, then the 16-byte local and peer address
+// fields (for a CID or ID key, the zero-padded identifier in 32 bytes). The encoding is meant for
 // handing flows to another process of the same version, not for storage.
 // It never returns an error.
 func (k Key) AppendBinary(dst []byte) ([]byte, error) {
@@ -220,7 +270,7 @@ func (k Key) AppendBinary(dst []byte) ([]byte, error) {
 
 // UnmarshalBinary implements encoding.BinaryUnmarshaler for the encoding
 // written by AppendBinary. It accepts only the canonical encoding of a key
-// that TupleKey or CIDKey could have returned, so a decoded key compares
+// that TupleKey, CIDKey or IDKey could have returned, so a decoded key compares
 // equal to the key the sender had; the zero Key is rejected. On error k is
 // left unchanged.
 func (k *Key) UnmarshalBinary(b []byte) error {
@@ -243,7 +293,8 @@ var (
 	errBadKey  = errors.New("flowtable: invalid key encoding")
 )
 
-// valid reports whether k is a key TupleKey or CIDKey could have returned.
+// valid reports whether k is a key TupleKey, CIDKey or IDKey could have
+// returned.
 func (k Key) valid() bool {
 	lport, pport := k.ports()
 	switch k.Kind() {
@@ -255,9 +306,9 @@ func (k Key) valid() bool {
 		// TupleKey files under KindTuple4.
 		return k.cidLen() == 0 &&
 			!(netip.AddrFrom16(bytes16(k.a0, k.a1)).Is4In6() && netip.AddrFrom16(bytes16(k.b0, k.b1)).Is4In6())
-	case KindCID:
+	case KindCID, KindID:
 		n := k.cidLen()
-		if n == 0 || n > MaxCIDLen || lport != 0 || pport != 0 {
+		if n == 0 || n > MaxCIDLen || (lport != 0 && k.Kind() == KindCID) || pport != 0 {
 			return false
 		}
 		buf := k.cidArea()

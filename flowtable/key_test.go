@@ -96,6 +96,51 @@ func TestCIDKey(t *testing.T) {
 	}
 }
 
+func TestIDKey(t *testing.T) {
+	k, err := IDKey(3, 7, []byte{0xde, 0xad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cid, _ := CIDKey(3, []byte{0xde, 0xad})
+	other, _ := IDKey(3, 8, []byte{0xde, 0xad})
+	tests := []struct {
+		name string
+		got  any
+		want any
+	}{
+		{"kind", k.Kind(), KindID},
+		{"class", k.Class(), uint16(7)},
+		{"scope", k.Scope(), uint16(3)},
+		{"shared", k.Shared(), true},
+		{"cid not shared", cid.Shared(), false},
+		{"cid class", cid.Class(), uint16(0)},
+		{"string", k.String(), "3/id:7:dead"},
+		{"id", string(k.AppendCID(nil)), "\xde\xad"},
+		{"differs from the cid", k == cid, false},
+		{"class is part of the key", k == other, false},
+		{"rescoped", k.WithScope(9).Scope(), uint16(9)},
+		{"rescoped keeps the rest", k.WithScope(9).WithScope(3) == k, true},
+		{"zero key rescoped", Key{}.WithScope(9), Key{}},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %v; want %v", tt.name, tt.got, tt.want)
+		}
+	}
+	if _, err := IDKey(1, 1, nil); err == nil {
+		t.Error("IDKey accepted an empty identifier")
+	}
+	if _, err := IDKey(1, 1, make([]byte, MaxCIDLen+1)); err == nil {
+		t.Error("IDKey accepted a long identifier")
+	}
+	testBinaryRoundTrip(t, k)
+	ap := netip.MustParseAddrPort
+	tk := TupleKey(1, ap("192.0.2.1:1"), ap("192.0.2.2:2"))
+	if r := tk.WithScope(4); r != TupleKey(4, tk.Local(), tk.Peer()) {
+		t.Errorf("tuple key rescoped to %v", r)
+	}
+}
+
 func testBinaryRoundTrip(t *testing.T, k Key) {
 	t.Helper()
 	b, err := k.AppendBinary([]byte("prefix"))
@@ -150,6 +195,8 @@ func TestUnmarshalBinaryRejects(t *testing.T) {
 		{"cid with peer port", with(c, 6, 1)},
 		{"cid padding", with(c, 8+5, 1)},
 		{"cid padding in second half", with(c, 39, 1)},
+		{"id with peer port", with(valid(must(IDKey(1, 2, []byte("abc")))), 6, 1)},
+		{"id padding", with(valid(must(IDKey(1, 2, []byte("abc")))), 8+3, 1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,6 +217,7 @@ func FuzzKeyUnmarshal(f *testing.F) {
 		TupleKey(1, ap("192.0.2.1:1"), ap("192.0.2.2:2")),
 		TupleKey(2, ap("[2001:db8::1]:1"), ap("[::ffff:192.0.2.2]:2")),
 		must(CIDKey(3, []byte("0123456789abcdefghij"))),
+		must(IDKey(4, 9, []byte{1, 2, 3, 4})),
 	} {
 		b, _ := k.AppendBinary(nil)
 		f.Add(b)
@@ -186,9 +234,12 @@ func FuzzKeyUnmarshal(f *testing.F) {
 		}
 		// A decoded key must be one the constructors could have built.
 		var rebuilt Key
-		if k.Kind() == KindCID {
+		switch k.Kind() {
+		case KindCID:
 			rebuilt = must(CIDKey(k.Scope(), k.AppendCID(nil)))
-		} else {
+		case KindID:
+			rebuilt = must(IDKey(k.Scope(), k.Class(), k.AppendCID(nil)))
+		default:
 			rebuilt = TupleKey(k.Scope(), k.Local(), k.Peer())
 		}
 		if rebuilt != k {

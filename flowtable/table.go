@@ -143,6 +143,21 @@ func (b *bucket[V]) find(k Key, tag uint64) *Entry[V] {
 	return nil
 }
 
+// holds reports whether e is in b. The caller holds the shard's lock.
+func (b *bucket[V]) holds(e *Entry[V]) bool {
+	for i := range b.slots {
+		if b.slots[i].Load() == e {
+			return true
+		}
+	}
+	for x := b.overflow.Load(); x != nil; x = x.next.Load() {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
 // remove unlinks e from b and reports whether it was there. The caller
 // holds the shard's lock.
 func (b *bucket[V]) remove(e *Entry[V]) bool {
@@ -263,22 +278,49 @@ func (t *Table[V]) locate(k Key) (*bucket[V], *shard[V], uint64) {
 	return &t.buckets[i], &t.shards[i>>t.shardShift], tagOf(h)
 }
 
-// Lookup returns the entry with key k, or nil if there is none. It takes no
-// lock and allocates nothing. An entry inserted or deleted while Lookup
-// runs may or may not be found.
+// Lookup returns the entry with key k, or nil if there is none; for a
+// shared key, one of the entries that hold it. It takes no lock and
+// allocates nothing. An entry inserted or deleted while Lookup runs may or
+// may not be found.
 func (t *Table[V]) Lookup(k Key) *Entry[V] {
 	h := hashKey(t.seed, k)
 	return t.buckets[h&t.mask].find(k, tagOf(h))
 }
 
+// LookupEach calls fn for each entry with key k until fn returns false:
+// every entry that holds a shared key, or the one entry of any other key.
+// It takes no lock and allocates nothing; fn must not insert or delete
+// entries with key k. Like Lookup it is weakly consistent.
+func (t *Table[V]) LookupEach(k Key, fn func(*Entry[V]) bool) {
+	h := hashKey(t.seed, k)
+	b, tag := &t.buckets[h&t.mask], tagOf(h)
+	for m := matches(b.tags.Load(), tag); m != 0; m &= m - 1 {
+		if e := b.slots[bits.TrailingZeros64(m)/8].Load(); e != nil && equal(&e.key, &k) && !fn(e) {
+			return
+		}
+	}
+	for e := b.overflow.Load(); e != nil; e = e.next.Load() {
+		if equal(&e.key, &k) && !fn(e) {
+			return
+		}
+	}
+}
+
 // Insert adds e, which must have been set up with Init, and returns it. If
 // the table already holds an entry with e's key, Insert returns that entry
-// and leaves the table unchanged. If the table is full it returns ErrFull,
-// leaving the entries already in it alone. Insert allocates nothing.
+// and leaves the table unchanged, unless the key is shared (an ID key, see
+// IDKey): then e joins the entries that hold it. If the table is full it
+// returns ErrFull, leaving the entries already in it alone. Insert allocates
+// nothing.
 func (t *Table[V]) Insert(e *Entry[V]) (*Entry[V], error) {
 	b, s, tag := t.locate(e.key)
 	s.mu.Lock()
-	if x := b.find(e.key, tag); x != nil {
+	if e.key.Shared() {
+		if b.holds(e) {
+			s.mu.Unlock()
+			return e, nil
+		}
+	} else if x := b.find(e.key, tag); x != nil {
 		s.mu.Unlock()
 		return x, nil
 	}

@@ -141,6 +141,61 @@ func TestInsertLookupDelete(t *testing.T) {
 	}
 }
 
+// TestSharedKeys: entries with one ID key live side by side, each found by
+// LookupEach and removed alone; other keys stay unique. Run with a table of
+// one bucket, so that some entries sit in slots and others in the chain.
+func TestSharedKeys(t *testing.T) {
+	tb := mustNew[int](t, Config{Capacity: 16, Shards: 1})
+	id := must(IDKey(1, 5, []byte{9, 9, 9}))
+	var shared []*Entry[int]
+	for i := range 10 {
+		e := new(Entry[int])
+		e.Init(id, i)
+		if got, err := tb.Insert(e); got != e || err != nil {
+			t.Fatalf("Insert(shared %d) = %p, %v; want %p", i, got, err, e)
+		}
+		shared = append(shared, e)
+	}
+	if got, err := tb.Insert(shared[3]); got != shared[3] || err != nil || tb.Len() != 10 {
+		t.Fatalf("inserting an entry twice: %p, %v, len %d", got, err, tb.Len())
+	}
+	other := must(IDKey(1, 6, []byte{9, 9, 9}))
+	each := func(k Key) []int {
+		var vs []int
+		tb.LookupEach(k, func(e *Entry[int]) bool { vs = append(vs, e.Value); return true })
+		slices.Sort(vs)
+		return vs
+	}
+	if got := each(id); !slices.Equal(got, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}) {
+		t.Fatalf("LookupEach = %v", got)
+	}
+	if got := each(other); len(got) != 0 {
+		t.Fatalf("LookupEach of another class = %v", got)
+	}
+	for _, i := range []int{0, 7, 9} {
+		if !tb.Delete(shared[i]) {
+			t.Fatalf("Delete(shared %d) failed", i)
+		}
+	}
+	if got := each(id); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6, 8}) {
+		t.Fatalf("after deletes, LookupEach = %v", got)
+	}
+	n := 0
+	tb.LookupEach(id, func(*Entry[int]) bool { n++; return n < 2 })
+	if n != 2 {
+		t.Errorf("LookupEach went on after fn returned false: %d calls", n)
+	}
+	cid := newEntry(2) // a CID key stays unique
+	dup := newEntry(2)
+	tb.Insert(cid)
+	if got, _ := tb.Insert(dup); got != cid {
+		t.Errorf("a second entry with a CID key was inserted")
+	}
+	if got := tb.Lookup(cid.Key()); got != cid {
+		t.Errorf("Lookup(cid) = %p", got)
+	}
+}
+
 // TestOverflow fills a table cut down to two buckets, so that most entries
 // overflow into chains, and deletes from slots and from the heads, middles
 // and tails of chains.

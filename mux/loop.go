@@ -347,7 +347,8 @@ func (l *loop) classify(ls *loopSocket, m *udpsys.Message, i int) {
 	}
 	peer := netip.AddrPortFrom(m.Addr.Addr().Unmap(), m.Addr.Port())
 	p := m.Buf[:m.N]
-	key, verdict := ln.dissector.Dissect(p, local, peer, ln.scope)
+	d := ln.dissector.Dissect(p, local, peer, ln.scope)
+	key, verdict := d.Key, d.Verdict
 	switch verdict {
 	case session.Drop:
 		st.malformed.inc()

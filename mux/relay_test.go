@@ -332,15 +332,15 @@ func TestThawClosesThePreparedRelay(t *testing.T) {
 // cidDissector keys a datagram by its first 8 bytes, a connection ID.
 type cidDissector struct{}
 
-func (cidDissector) Dissect(p []byte, _, _ netip.AddrPort, scope uint16) (flowtable.Key, session.Verdict) {
+func (cidDissector) Dissect(p []byte, _, _ netip.AddrPort, scope uint16) session.Dissection {
 	if len(p) < 8 {
-		return flowtable.Key{}, session.Drop
+		return session.Dissection{Verdict: session.Drop}
 	}
 	k, err := flowtable.CIDKey(scope, p[:8])
 	if err != nil {
-		return flowtable.Key{}, session.Drop
+		return session.Dissection{Verdict: session.Drop}
 	}
-	return k, session.Create
+	return session.Dissection{Key: k, Verdict: session.Create}
 }
 
 // TestRelayFollowsAMovingClient: a retained connection-ID session whose

@@ -10,15 +10,15 @@ import (
 func TestDissectors(t *testing.T) {
 	local := netip.MustParseAddrPort("192.0.2.1:9000")
 	peer := netip.MustParseAddrPort("198.51.100.2:40000")
-	k, v := Flow{}.Dissect([]byte("x"), local, peer, 3)
-	if v != Create || k != flowtable.TupleKey(3, local, peer) {
-		t.Errorf("Flow: %v %v", k, v)
+	d := Flow{}.Dissect([]byte("x"), local, peer, 3)
+	if d.Verdict != Create || d.Key != flowtable.TupleKey(3, local, peer) || d.ID != (flowtable.Key{}) {
+		t.Errorf("Flow: %+v", d)
 	}
-	if k2, _ := (Flow{}).Dissect(nil, local, peer, 4); k2 == k {
+	if d2 := (Flow{}).Dissect(nil, local, peer, 4); d2.Key == d.Key {
 		t.Error("Flow keys of different listeners are equal")
 	}
-	if _, v := (Noop{}).Dissect([]byte("x"), local, peer, 0); v != Stateless {
-		t.Errorf("Noop verdict %v", v)
+	if d := (Noop{}).Dissect([]byte("x"), local, peer, 0); d.Verdict != Stateless {
+		t.Errorf("Noop verdict %v", d.Verdict)
 	}
 }
 
@@ -34,9 +34,10 @@ func FuzzFlowDissector(f *testing.F) {
 			return netip.IPv4Unspecified()
 		}
 		local, peer := netip.AddrPortFrom(addr(la), lport), netip.AddrPortFrom(addr(pa), pport)
-		k, v := Flow{}.Dissect(p, local, peer, scope)
-		if v != Create {
-			t.Fatalf("verdict %v", v)
+		d := Flow{}.Dissect(p, local, peer, scope)
+		k := d.Key
+		if d.Verdict != Create {
+			t.Fatalf("verdict %v", d.Verdict)
 		}
 		b, err := k.AppendBinary(nil)
 		if err != nil {
