@@ -12,9 +12,11 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/bits"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // Config sets the size of a Table.
@@ -30,10 +32,10 @@ type Config struct {
 // Shards zero.
 const DefaultShards = 256
 
-// Limits on Config, well beyond any real table, that keep the bucket
-// arithmetic from overflowing.
+// MaxCapacity is the largest Config.Capacity; it and the bound on shards,
+// well beyond any real table, keep the bucket arithmetic from overflowing.
 const (
-	maxCapacity = 1 << 30
+	MaxCapacity = 1 << 30
 	maxShards   = 1 << 16
 )
 
@@ -239,21 +241,42 @@ type shard[V any] struct {
 	scratch []*Entry[V]
 }
 
-// New returns an empty Table for cfg.
-func New[V any](cfg Config) (*Table[V], error) {
-	if cfg.Capacity <= 0 || cfg.Capacity > maxCapacity {
-		return nil, errors.New("flowtable: capacity out of range")
+// geometry returns the shard count and log2 of the buckets per shard of a
+// table for cfg.
+func (cfg Config) geometry() (nshards int, shardShift uint, err error) {
+	if cfg.Capacity <= 0 || cfg.Capacity > MaxCapacity {
+		return 0, 0, fmt.Errorf("flowtable: capacity %d is not within 1..%d", cfg.Capacity, MaxCapacity)
 	}
 	if cfg.Shards < 0 || cfg.Shards > maxShards {
-		return nil, errors.New("flowtable: shard count out of range")
+		return 0, 0, fmt.Errorf("flowtable: shard count %d is not within 0..%d", cfg.Shards, maxShards)
 	}
-	nshards := cfg.Shards
+	nshards = cfg.Shards
 	if nshards == 0 {
 		nshards = DefaultShards
 	}
 	nshards = 1 << bits.Len(uint(nshards-1))
 	perShard := (cfg.Capacity + nshards*entriesPerBucket - 1) / (nshards * entriesPerBucket)
-	shardShift := uint(bits.Len(uint(perShard - 1)))
+	return nshards, uint(bits.Len(uint(perShard - 1))), nil
+}
+
+// Footprint returns the bytes a Table for cfg allocates when it is created,
+// before any entry is inserted (entries are the caller's), or an error if
+// cfg is out of range.
+func (cfg Config) Footprint() (int64, error) {
+	nshards, shardShift, err := cfg.geometry()
+	if err != nil {
+		return 0, err
+	}
+	return int64(nshards<<shardShift)*int64(unsafe.Sizeof(bucket[any]{})) +
+		int64(nshards)*int64(unsafe.Sizeof(shard[any]{})), nil
+}
+
+// New returns an empty Table for cfg.
+func New[V any](cfg Config) (*Table[V], error) {
+	nshards, shardShift, err := cfg.geometry()
+	if err != nil {
+		return nil, err
+	}
 	nbuckets := nshards << shardShift
 
 	// The seed keeps the bucket of a flow unpredictable to peers, who pick

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"unsafe"
 )
 
 var (
@@ -58,7 +59,7 @@ func TestNew(t *testing.T) {
 		{Config{Capacity: 1000, Shards: 64}, 64, false},
 		{Config{Capacity: 0}, 0, true},
 		{Config{Capacity: -1}, 0, true},
-		{Config{Capacity: maxCapacity + 1}, 0, true},
+		{Config{Capacity: MaxCapacity + 1}, 0, true},
 		{Config{Capacity: 10, Shards: -1}, 0, true},
 		{Config{Capacity: 10, Shards: maxShards + 1}, 0, true},
 	}
@@ -80,6 +81,13 @@ func TestNew(t *testing.T) {
 		if n := len(tb.buckets); n*entriesPerBucket < tt.cfg.Capacity || n&(n-1) != 0 {
 			t.Errorf("New(%+v): %d buckets", tt.cfg, n)
 		}
+		fp, err := tt.cfg.Footprint()
+		if want := int64(len(tb.buckets))*64 + int64(len(tb.shards))*int64(unsafe.Sizeof(tb.shards[0])); err != nil || fp != want {
+			t.Errorf("Footprint(%+v) = %d, %v; want %d", tt.cfg, fp, err, want)
+		}
+	}
+	if _, err := (Config{Capacity: 0}).Footprint(); err == nil {
+		t.Error("Footprint of capacity 0 succeeded")
 	}
 }
 

@@ -3,6 +3,7 @@ package mux
 import (
 	"context"
 	"net/netip"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -53,14 +54,14 @@ func TestDatagramsForAnotherLoopsSessionArriveInOrder(t *testing.T) {
 	l0, l1 := srv.loops[0], srv.loops[1]
 	peer := netip.MustParseAddrPort("127.0.0.9:4000")
 	msg := func(i int) *udpsys.Message {
-		b := make([]byte, 1500) // 2000 × 1500 bytes is more than an inbox's bytes
+		b := make([]byte, 1500) // 5000 × 1200 bytes is more than an outbox holds
 		n := copy(b, []byte{byte(i >> 8), byte(i)})
 		return &udpsys.Message{Buf: b, N: max(n, 1200), Addr: peer}
 	}
 	// The first datagram arrives at loop 0, which creates the session.
 	l0.now = session.Clock()
 	l0.dispatch(l0.socks[0], msg(0))
-	const n = 2000
+	const n = 5000
 	l1.now = session.Clock()
 	for i := 1; i < n; i++ {
 		l1.dispatch(l1.socks[0], msg(i))
@@ -101,18 +102,19 @@ func TestDatagramsForAnotherLoopsSessionArriveInOrder(t *testing.T) {
 }
 
 func TestInboxWrapsAndRefusesWhenFull(t *testing.T) {
-	q := newInbox()
+	q, o := newInbox(), newOutbox()
+	var inflight *outRecord
 	s := &session.Session{}
 	big := make([]byte, 60000)
 	pushed := 0
-	for q.push(s, netip.AddrPort{}, big) {
+	for o.send(q, s, netip.AddrPort{}, big) {
 		pushed++
 	}
-	if want := inboxBytes / len(big); pushed != want {
-		t.Fatalf("pushed %d datagrams of %d bytes into %d bytes, want %d", pushed, len(big), inboxBytes, want)
+	if want := outboxBytes / len(big); pushed != want {
+		t.Fatalf("pushed %d datagrams of %d bytes into %d bytes, want %d", pushed, len(big), outboxBytes, want)
 	}
 	drained := 0
-	q.drain(func(_ *session.Session, _ netip.AddrPort, p []byte) { drained++ })
+	q.drain(func(_ *session.Session, _ netip.AddrPort, p []byte) { drained++ }, &inflight)
 	if drained != pushed {
 		t.Fatalf("drained %d of %d", drained, pushed)
 	}
@@ -122,7 +124,7 @@ func TestInboxWrapsAndRefusesWhenFull(t *testing.T) {
 		for i := 0; i < 50; i++ {
 			p := make([]byte, size)
 			p[0], p[size-1] = byte(round), byte(i)
-			if !q.push(s, netip.AddrPort{}, p) {
+			if !o.send(q, s, netip.AddrPort{}, p) {
 				t.Fatalf("round %d: push %d of %d bytes refused into an empty ring", round, i, size)
 			}
 		}
@@ -132,9 +134,71 @@ func TestInboxWrapsAndRefusesWhenFull(t *testing.T) {
 				t.Fatalf("round %d datagram %d corrupted", round, i)
 			}
 			i++
-		})
+		}, &inflight)
 		if i != 50 {
 			t.Fatalf("round %d: drained %d of 50", round, i)
+		}
+	}
+	// The descriptor queue fills before a ring of small datagrams does.
+	q2 := newInbox()
+	n := 0
+	for o.send(q2, s, netip.AddrPort{}, []byte{1}) {
+		n++
+	}
+	if n != min(inboxSlots, outboxRecord) {
+		t.Fatalf("queued %d one-byte datagrams; want %d", n, min(inboxSlots, outboxRecord))
+	}
+}
+
+// TestInboxManyProducers: loops forward to one loop at once, and the bytes
+// of each stay theirs until that loop released them, in whatever order
+// the loops' datagrams reach it.
+func TestInboxManyProducers(t *testing.T) {
+	const producers, each = 4, 20000
+	q := newInbox()
+	var wg sync.WaitGroup
+	for id := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := newOutbox()
+			s := &session.Session{}
+			for i := 0; i < each; {
+				p := make([]byte, 2+i%1500)
+				p[0], p[len(p)-1] = byte(id), byte(i)
+				if o.send(q, s, netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(id)), p) {
+					i++
+				} else {
+					runtime.Gosched() // full: the consumer catches up
+				}
+			}
+		}()
+	}
+	next := make([]int, producers)
+	var inflight *outRecord
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	check := func(_ *session.Session, peer netip.AddrPort, p []byte) {
+		id := int(peer.Port())
+		i := next[id]
+		if len(p) != 2+i%1500 || p[0] != byte(id) || p[len(p)-1] != byte(i) {
+			t.Fatalf("producer %d datagram %d: %d bytes, corrupted or out of order", id, i, len(p))
+		}
+		next[id]++
+	}
+	for {
+		q.drain(check, &inflight)
+		select {
+		case <-done:
+			q.drain(check, &inflight)
+			for id, n := range next {
+				if n != each {
+					t.Errorf("producer %d: %d of %d datagrams arrived", id, n, each)
+				}
+			}
+			return
+		default:
+			runtime.Gosched()
 		}
 	}
 }

@@ -7,72 +7,179 @@ import (
 	"github.com/udpmux/udpmux/session"
 )
 
-// inbox carries datagrams from one loop to another: the receiving loop found
-// the datagram's session owned by a different loop, and only the owner may
-// run the session's handler. It is a single-producer single-consumer ring, so
-// neither side takes a lock: descriptors go in a ring of slots and the bytes
-// in a ring of their own, both published by atomic positions.
-type inbox struct {
-	slots []forwarded
-	data  []byte
-
-	tail atomic.Uint64 // next slot to fill; written by the producer
-	wr   uint64        // producer's byte position, virtual (never wraps)
-	_    [48]byte      // keep the producer's and consumer's positions on separate cache lines
-
-	head atomic.Uint64 // next slot to read; written by the consumer
-	rd   atomic.Uint64 // bytes the consumer has released, virtual
-}
-
-type forwarded struct {
-	s     *session.Session
-	peer  netip.AddrPort
-	start uint64
-	n     int
-}
+// A datagram whose session another loop owns crosses to that loop, since only
+// the owner may run the session's handler. Two lock-free structures carry it,
+// so that memory grows linearly with the number of loops however they
+// forward to each other:
+//
+//   - each loop has one inbox, a bounded queue of descriptors that every
+//     other loop may push to (a multi-producer, single-consumer ring with a
+//     sequence number per slot, after Dmitry Vyukov's bounded queue);
+//   - each loop has one outbox, a ring of its own for the bytes of the
+//     datagrams it forwards, which consumers release out of order: a record
+//     per datagram says where its bytes end and whether its consumer is done
+//     with them, and the producer reclaims space in order, up to the first
+//     record still in use.
 
 const (
-	inboxSlots = 2048
-	inboxBytes = 2 << 20
+	inboxSlots   = 4096    // descriptors waiting for one loop
+	outboxBytes  = 4 << 20 // bytes one loop has in flight to all others
+	outboxRecord = 4096    // datagrams one loop has in flight to all others
 )
 
-func newInbox() *inbox {
-	return &inbox{slots: make([]forwarded, inboxSlots), data: make([]byte, inboxBytes)}
+// inbox is one loop's queue of datagrams from other loops.
+type inbox struct {
+	slots []inboxSlot
+	mask  uint64
+	tail  atomic.Uint64 // next position to claim; producers
+	_     [56]byte      // keep producers' and the consumer's positions apart
+	head  uint64        // next position to read; the consumer
 }
 
-// push copies p for s into the ring; false means the ring is full and the
-// datagram must be dropped (and counted) by the caller. Producer only.
-func (q *inbox) push(s *session.Session, peer netip.AddrPort, p []byte) bool {
-	t := q.tail.Load()
-	if t-q.head.Load() == uint64(len(q.slots)) {
+type inboxSlot struct {
+	// seq is the position the slot is free for (producers) or, one more,
+	// the position it holds a descriptor for (the consumer).
+	seq atomic.Uint64
+	f   forwarded
+}
+
+// forwarded describes one datagram in an inbox: the session and client
+// address, and where its bytes are in the producer's outbox.
+type forwarded struct {
+	s    *session.Session
+	peer netip.AddrPort
+	p    []byte
+	rec  *outRecord
+}
+
+func newInbox() *inbox {
+	q := &inbox{slots: make([]inboxSlot, inboxSlots), mask: inboxSlots - 1}
+	for i := range q.slots {
+		q.slots[i].seq.Store(uint64(i))
+	}
+	return q
+}
+
+// push adds f and reports false if the inbox is full. Any goroutine.
+func (q *inbox) push(f forwarded) bool {
+	for {
+		pos := q.tail.Load()
+		slot := &q.slots[pos&q.mask]
+		switch d := int64(slot.seq.Load() - pos); {
+		case d == 0:
+			if q.tail.CompareAndSwap(pos, pos+1) {
+				slot.f = f
+				slot.seq.Store(pos + 1) // publishes f
+				return true
+			}
+		case d < 0:
+			return false // the consumer has not freed this slot yet
+		}
+		// Another producer claimed pos first.
+	}
+}
+
+// peek returns the oldest descriptor, or nil when the inbox is empty.
+// Consumer only.
+func (q *inbox) peek() *forwarded {
+	slot := &q.slots[q.head&q.mask]
+	if slot.seq.Load() != q.head+1 {
+		return nil
+	}
+	return &slot.f
+}
+
+// pop frees the slot peek returned. Consumer only.
+func (q *inbox) pop() {
+	slot := &q.slots[q.head&q.mask]
+	slot.f = forwarded{}
+	slot.seq.Store(q.head + uint64(len(q.slots)))
+	q.head++
+}
+
+// drain passes every queued datagram to deliver, oldest first, releasing
+// each once deliver returns. Consumer only; *inflight names the datagram
+// being delivered, so that a loop that recovers from a panic in deliver can
+// still release it (see loop.recovered).
+func (q *inbox) drain(deliver func(s *session.Session, peer netip.AddrPort, p []byte), inflight **outRecord) {
+	for f := q.peek(); f != nil; f = q.peek() {
+		s, peer, p, rec := f.s, f.peer, f.p, f.rec
+		q.pop()
+		*inflight = rec
+		deliver(s, peer, p)
+		rec.done.Store(true)
+		*inflight = nil
+	}
+}
+
+// outbox is one loop's ring for the bytes of the datagrams it forwards.
+// Only the loop itself writes data, wr, reclaimed and the records' end; the
+// consumers set a record's done.
+type outbox struct {
+	data      []byte
+	wr        uint64 // next byte to write, virtual (never wraps)
+	reclaimed uint64 // every byte before it is free, virtual
+	recs      []outRecord
+	recHead   uint64 // oldest record in use
+	recTail   uint64 // next record to use
+}
+
+type outRecord struct {
+	end  uint64 // virtual position just past the datagram's bytes
+	done atomic.Bool
+}
+
+func newOutbox() *outbox {
+	return &outbox{data: make([]byte, outboxBytes), recs: make([]outRecord, outboxRecord)}
+}
+
+// send copies p into the ring and its descriptor into q, and reports false
+// when either is full. Producer only.
+func (o *outbox) send(q *inbox, s *session.Session, peer netip.AddrPort, p []byte) bool {
+	b, rec, ok := o.reserve(p)
+	if !ok || !q.push(forwarded{s: s, peer: peer, p: b, rec: rec}) {
 		return false
 	}
-	size := uint64(len(q.data))
-	start := q.wr
+	o.commit(rec)
+	return true
+}
+
+// reserve copies p into the ring and returns its copy and record, or false
+// when the ring has no room: the consumers have not yet released enough.
+// The reservation takes effect with commit; until then the next reserve
+// reuses the same space.
+func (o *outbox) reserve(p []byte) ([]byte, *outRecord, bool) {
+	for o.recHead < o.recTail {
+		r := &o.recs[o.recHead%uint64(len(o.recs))]
+		if !r.done.Load() {
+			break
+		}
+		r.done.Store(false)
+		o.reclaimed = r.end
+		o.recHead++
+	}
+	if o.recTail-o.recHead == uint64(len(o.recs)) {
+		return nil, nil, false
+	}
+	size := uint64(len(o.data))
+	start := o.wr
 	if off := start % size; off+uint64(len(p)) > size {
 		start += size - off // a datagram never wraps: skip the ring's tail end
 	}
 	end := start + uint64(len(p))
-	if end-q.rd.Load() > size {
-		return false
+	if end-o.reclaimed > size {
+		return nil, nil, false
 	}
-	copy(q.data[start%size:], p)
-	q.slots[t%uint64(len(q.slots))] = forwarded{s: s, peer: peer, start: start, n: len(p)}
-	q.wr = end
-	q.tail.Store(t + 1)
-	return true
+	off := start % size
+	b := o.data[off : off+uint64(len(p)) : off+uint64(len(p))]
+	copy(b, p)
+	r := &o.recs[o.recTail%uint64(len(o.recs))]
+	r.end = end
+	return b, r, true
 }
 
-// drain passes every queued datagram to fn, oldest first, and releases it
-// after fn returns. Consumer only.
-func (q *inbox) drain(fn func(s *session.Session, peer netip.AddrPort, p []byte)) {
-	size := uint64(len(q.data))
-	for h, t := q.head.Load(), q.tail.Load(); h < t; h++ {
-		f := &q.slots[h%uint64(len(q.slots))]
-		off := f.start % size
-		fn(f.s, f.peer, q.data[off:off+uint64(f.n)])
-		q.rd.Store(f.start + uint64(f.n))
-		*f = forwarded{}
-		q.head.Store(h + 1)
-	}
+// commit makes the last reservation final.
+func (o *outbox) commit(r *outRecord) {
+	o.wr = r.end
+	o.recTail++
 }

@@ -264,7 +264,15 @@ func (c *Conn) Write(b []byte) (int, error) {
 		oob = udpsys.SourceControl(c.s.LocalAddr().Addr(), ls.sock.Family)
 	}
 	to := udpsys.SockaddrFor(c.s.PeerAddr(), ls.sock.Family)
-	if _, err := unix.SendmsgN(ls.sock.FD, b, oob, to, 0); err != nil {
+	// The loop closes its socket when the server stops; the guard keeps
+	// this send from reaching whatever file reuses the number.
+	ls.guard.RLock()
+	err := net.ErrClosed
+	if !ls.closed {
+		_, err = unix.SendmsgN(ls.sock.FD, b, oob, to, 0)
+	}
+	ls.guard.RUnlock()
+	if err != nil {
 		return 0, &net.OpError{Op: "write", Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	}
 	return len(b), nil

@@ -31,13 +31,6 @@ const (
 // left is picked up on the next round.
 const readRounds = 8
 
-// sendRetries bounds how often a loop waits for a full send buffer to drain
-// before it drops the rest of a batch.
-const (
-	sendRetries   = 3
-	sendWaitMilli = 5
-)
-
 // ErrTooLarge is returned by a session's Write for more than a datagram holds.
 var ErrTooLarge = errors.New("datagram too large")
 
@@ -52,8 +45,13 @@ type loop struct {
 	socks []*loopSocket
 	rx    *udpsys.Batch
 
-	events    []unix.EpollEvent
+	events []unix.EpollEvent
+	// stateless[scope] answers the listener's stateless datagrams, nil when
+	// its handler serves sessions only.
 	stateless []*session.Session
+	// current is the session whose handler runs, if any: a handler that
+	// panics loses that session (see recovered).
+	current *session.Session
 
 	// Per-batch slots filled by classify and used by route.
 	keys     []flowtable.Key
@@ -62,10 +60,16 @@ type loop struct {
 	peers    []netip.AddrPort
 	found    []*flowtable.Entry[*session.Session]
 
-	// inboxes[src] carries datagrams from loop src; created by the producer
-	// on first use.
-	inboxes []atomic.Pointer[inbox]
-	toWake  []bool // loops this loop forwarded to during the current batch
+	// in carries datagrams other loops read for this loop's sessions; out
+	// holds the bytes of those this loop passes on, made on first use.
+	in  *inbox
+	out *outbox
+	// inflight is the forwarded datagram being delivered, if any.
+	inflight *outRecord
+	// toWake lists the loops this loop forwarded to during the current
+	// batch, once each (marked in woken, a bit per loop).
+	toWake []int
+	woken  []uint64
 	// deferred holds, in arrival order, datagrams for other loops whose
 	// inboxes were full; while it is not empty the loop reads no socket, so
 	// the backlog waits in the kernel's queues instead of being dropped.
@@ -73,7 +77,13 @@ type loop struct {
 	deferredBytes int
 	wakeBuf       [8]byte
 	one           [8]byte // eventfd increment; written once, read by every signaller
-	stopping      atomic.Bool
+	// wakeMu guards wake against its close: other goroutines signal the
+	// loop at any time, and a closed number may name another file by then.
+	wakeMu     sync.RWMutex
+	wakeClosed bool
+	stopping   atomic.Bool
+	// done is closed when run has returned.
+	done chan struct{}
 
 	ctlMu sync.Mutex
 	ctl   []closeRequest // closes asked for from other goroutines and loops
@@ -103,12 +113,21 @@ type loop struct {
 
 // loopSocket is a loop's socket for one listener.
 type loopSocket struct {
-	sock  *udpsys.Socket
-	ln    *listener
-	tx    *udpsys.Batch
-	ntx   int
-	drops uint32 // last SO_RXQ_OVFL value counted
-	stats socketStats
+	sock *udpsys.Socket
+	ln   *listener
+	tx   *udpsys.Batch
+	ntx  int
+	// blocked is set while the kernel's send buffer is full: the loop waits
+	// for EPOLLOUT too, and sends queue in tx until it is full. reading is
+	// cleared while the loop drains for a successor and reads the socket no
+	// more.
+	blocked, reading bool
+	drops            uint32 // last SO_RXQ_OVFL value counted
+	stats            socketStats
+	// guard orders the sends of other goroutines (Conn.Write) with the
+	// socket's close.
+	guard  sync.RWMutex
+	closed bool
 }
 
 type closeRequest struct {
@@ -118,10 +137,10 @@ type closeRequest struct {
 
 func newLoop(srv *Server, id, cpu int) (*loop, error) {
 	l := &loop{
-		id: id, cpu: cpu, srv: srv, epfd: -1, wake: -1,
-		events:  make([]unix.EpollEvent, 64),
-		inboxes: make([]atomic.Pointer[inbox], srv.cfg.Workers),
-		toWake:  make([]bool, srv.cfg.Workers),
+		id: id, cpu: cpu, srv: srv, epfd: -1, wake: -1, done: make(chan struct{}),
+		events: make([]unix.EpollEvent, 64),
+		in:     newInbox(),
+		woken:  make([]uint64, (srv.cfg.Workers+63)/64),
 
 		keys:     make([]flowtable.Key, srv.cfg.Batch),
 		verdicts: make([]session.Verdict, srv.cfg.Batch),
@@ -154,9 +173,26 @@ func (l *loop) watch(fd int, kind, index int32) error {
 	return nil
 }
 
+// watchSocket sets what the loop waits for on a listener socket: datagrams
+// while it reads it, room in its send buffer while sends wait.
+func (l *loop) watchSocket(ls *loopSocket) error {
+	var events uint32
+	if ls.reading {
+		events |= unix.EPOLLIN
+	}
+	if ls.blocked {
+		events |= unix.EPOLLOUT
+	}
+	ev := unix.EpollEvent{Events: events, Fd: tokenSocket, Pad: int32(ls.ln.scope)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, ls.sock.FD, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl mod: %w", err)
+	}
+	return nil
+}
+
 // addSocket gives the loop its socket for listener ln.
 func (l *loop) addSocket(ln *listener, sock *udpsys.Socket) error {
-	ls := &loopSocket{sock: sock, ln: ln, tx: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, sock.Family)}
+	ls := &loopSocket{sock: sock, ln: ln, reading: true, tx: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, sock.Family)}
 	if sock.GSO {
 		ls.tx.EnableGSO() // replies in a burst to one peer cross the stack once
 	}
@@ -164,7 +200,11 @@ func (l *loop) addSocket(ln *listener, sock *udpsys.Socket) error {
 		l.rx = udpsys.NewBatch(l.srv.cfg.Batch, l.srv.cfg.MaxDatagram, unix.AF_INET6)
 	}
 	l.socks = append(l.socks, ls)
-	l.stateless = append(l.stateless, session.NewStateless(l, ln.handler, ln.scope))
+	var sl *session.Session
+	if _, ok := ln.handler.(session.StatelessHandler); ok {
+		sl = session.NewStateless(l, ln.handler, ln.scope)
+	}
+	l.stateless = append(l.stateless, sl)
 	if bh, ok := ln.handler.(session.BatchHandler); ok {
 		l.batchEnds = append(l.batchEnds, bh)
 	}
@@ -174,8 +214,10 @@ func (l *loop) addSocket(ln *listener, sock *udpsys.Socket) error {
 // ID implements session.Loop.
 func (l *loop) ID() int { return l.id }
 
-// run serves until stop is called, then closes the loop's sessions.
+// run serves until stop is called, then closes the loop's sessions. A loop
+// that cannot wait for events any more stops the server with the error.
 func (l *loop) run() {
+	defer close(l.done)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if err := pinThread(l.cpu); err != nil {
@@ -184,34 +226,85 @@ func (l *loop) run() {
 	l.now = session.Clock()
 	l.nextSweep = l.now
 	for !l.stopping.Load() {
-		n, err := l.wait()
-		if err != nil && err != unix.EINTR {
-			l.srv.log.Error("epoll_wait failed; loop stops", "loop", l.id, "err", err)
+		if err := l.serveEvents(); err != nil {
+			l.srv.fail(fmt.Errorf("loop %d: epoll_wait: %w", l.id, err))
 			break
-		}
-		l.now = session.Clock()
-		if len(l.deferred) > 0 {
-			l.retryDeferred()
-		}
-		for i := 0; i < n && !l.stopping.Load(); i++ {
-			ev := &l.events[i]
-			switch ev.Fd {
-			case tokenWake:
-				l.onWake()
-			case tokenSocket:
-				l.readSocket(l.socks[ev.Pad])
-			case tokenUpstream:
-				l.readUpstream(ev.Pad)
-			case tokenRelay:
-				l.readRelay()
-			}
-		}
-		l.endBatch()
-		if l.now >= l.nextSweep {
-			l.sweep()
 		}
 	}
 	l.shutdown()
+}
+
+// serveEvents waits for events once and serves them. A handler's panic ends
+// the round early (see recovered); what is left is served in the next.
+func (l *loop) serveEvents() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r)
+		}
+	}()
+	n, err := l.wait()
+	if err != nil {
+		if err == unix.EINTR {
+			return nil
+		}
+		return err
+	}
+	l.now = session.Clock()
+	if len(l.deferred) > 0 {
+		l.retryDeferred()
+	}
+	for i := 0; i < n && !l.stopping.Load(); i++ {
+		ev := &l.events[i]
+		switch ev.Fd {
+		case tokenWake:
+			l.onWake()
+		case tokenSocket:
+			ls := l.socks[ev.Pad]
+			if ev.Events&unix.EPOLLOUT != 0 && ls.blocked {
+				l.flush(ls)
+			}
+			if ev.Events&unix.EPOLLIN != 0 && ls.reading {
+				l.readSocket(ls)
+			}
+		case tokenUpstream:
+			l.readUpstream(ev.Pad)
+		case tokenRelay:
+			l.readRelay()
+		}
+	}
+	l.endBatch()
+	if l.now >= l.nextSweep {
+		l.sweep()
+	}
+	return nil
+}
+
+// recovered deals with a handler's panic: the session it was serving ends
+// (ReasonError), a forwarded datagram it was handed is released, and the
+// loop signals itself to serve whatever the panic cut short. The server
+// counts the panic and logs it, with its stack the first time.
+func (l *loop) recovered(r any) {
+	s := l.current
+	l.current = nil
+	if l.inflight != nil {
+		l.inflight.done.Store(true)
+		l.inflight = nil
+	}
+	l.srv.handlerPanicked(l.id, s, r)
+	if s != nil && !s.Closed() {
+		l.protect(func() { l.end(s, session.ReasonError) })
+	}
+	l.signal()
+}
+
+// protect runs fn, recovering from a handler's panic in it.
+func (l *loop) protect(fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r)
+		}
+	}()
+	fn()
 }
 
 // sweepInterval is how often each shard of the flow table is checked for
@@ -293,8 +386,8 @@ func (l *loop) readSocket(ls *loopSocket) {
 			l.classify(ls, &l.rx.Msgs[i], i)
 		}
 		l.srv.table.LookupBatch(l.keys[:n], l.found[:n])
-		for i := 0; i < n; i++ {
-			l.route(ls, &l.rx.Msgs[i], i, l.found[i])
+		for i := 0; i < n; {
+			i = l.routeFrom(ls, i, n)
 		}
 		l.countKernelDrops(ls)
 		l.endBatch()
@@ -315,6 +408,22 @@ func (l *loop) countKernelDrops(ls *loopSocket) {
 	}
 	ls.stats.kernelDrops.add(uint64(d - ls.drops))
 	ls.drops = d
+}
+
+// routeFrom routes datagrams i to n-1 of the receive batch and returns where
+// it stopped: n, or the datagram after one whose handler panicked, which is
+// lost with its session.
+func (l *loop) routeFrom(ls *loopSocket, i, n int) (next int) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r)
+			next = i + 1
+		}
+	}()
+	for ; i < n; i++ {
+		l.route(ls, &l.rx.Msgs[i], i, l.found[i])
+	}
+	return n
 }
 
 // dispatch routes one received datagram: dissector, flow table, session.
@@ -349,14 +458,8 @@ func (l *loop) classify(ls *loopSocket, m *udpsys.Message, i int) {
 	p := m.Buf[:m.N]
 	d := ln.dissector.Dissect(p, local, peer, ln.scope)
 	key, verdict := d.Key, d.Verdict
-	switch verdict {
-	case session.Drop:
+	if verdict == session.Drop {
 		st.malformed.inc()
-		return
-	case session.Stateless:
-		sl := l.stateless[ln.scope]
-		sl.Reset(local, peer)
-		sl.Deliver(p, l.now)
 		return
 	}
 	l.keys[i], l.verdicts[i], l.locals[i], l.peers[i] = key, verdict, local, peer
@@ -367,7 +470,11 @@ func (l *loop) classify(ls *loopSocket, m *udpsys.Message, i int) {
 // to the loop that owns it.
 func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *flowtable.Entry[*session.Session]) {
 	verdict := l.verdicts[i]
-	if verdict == handled {
+	switch verdict {
+	case handled:
+		return
+	case session.Stateless:
+		l.serveStateless(ls, l.locals[i], l.peers[i], m.Buf[:m.N])
 		return
 	}
 	peer, p := l.peers[i], m.Buf[:m.N]
@@ -389,6 +496,18 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *flowtable.Entr
 	l.deliver(s, peer, p)
 }
 
+// serveStateless hands a datagram without a session to the listener's
+// StatelessHandler; a handler that serves sessions only never sees it.
+func (l *loop) serveStateless(ls *loopSocket, local, peer netip.AddrPort, p []byte) {
+	sl := l.stateless[ls.ln.scope]
+	if sl == nil {
+		ls.stats.statelessDrops.inc()
+		return
+	}
+	sl.Reset(local, peer)
+	sl.Handler().(session.StatelessHandler).Stateless(sl, p)
+}
+
 // deliver hands p to s on its owning loop. A connection-ID session follows its
 // client to a new address; a 4-tuple session's peer is part of its key.
 func (l *loop) deliver(s *session.Session, peer netip.AddrPort, p []byte) {
@@ -398,7 +517,9 @@ func (l *loop) deliver(s *session.Session, peer netip.AddrPort, p []byte) {
 	if s.Peer() != peer && s.Entry().Key().Kind() == flowtable.KindCID {
 		s.SetPeer(peer)
 	}
+	l.current = s
 	s.Deliver(p, l.now)
+	l.current = nil
 	if l.trackGen != 0 {
 		l.noteChange(s)
 	}
@@ -429,7 +550,10 @@ func (l *loop) open(ls *loopSocket, key flowtable.Key, local, peer netip.AddrPor
 	if e != s.Entry() {
 		return e.Value
 	}
-	if err := s.Open(); err != nil {
+	l.current = s
+	err = s.Open()
+	l.current = nil
+	if err != nil {
 		l.detach(s)
 		l.srv.table.Delete(s.Entry())
 		ls.stats.refusedOpen.inc()
@@ -493,6 +617,8 @@ func (l *loop) readUpstream(slot int32) {
 	if l.trackGen != 0 {
 		l.noteChange(s) // its replies count as the session's traffic
 	}
+	l.current = s
+	defer func() { l.current = nil }()
 	for round := 0; round < readRounds; round++ {
 		fd, _ := s.Upstream()
 		if fd < 0 {
@@ -536,7 +662,7 @@ type deferredForward struct {
 // or earlier datagrams already wait, p waits too, copied, in order.
 func (l *loop) forward(ls *loopSocket, owner int, s *session.Session, peer netip.AddrPort, p []byte) {
 	ls.stats.forwarded.inc()
-	l.toWake[owner] = true
+	l.markWake(owner)
 	if len(l.deferred) == 0 && l.push(owner, s, peer, p) {
 		return
 	}
@@ -550,13 +676,18 @@ func (l *loop) forward(ls *loopSocket, owner int, s *session.Session, peer netip
 
 // push puts p into owner's inbox from this loop.
 func (l *loop) push(owner int, s *session.Session, peer netip.AddrPort, p []byte) bool {
-	dst := l.srv.loops[owner]
-	q := dst.inboxes[l.id].Load()
-	if q == nil {
-		q = newInbox()
-		dst.inboxes[l.id].Store(q)
+	if l.out == nil {
+		l.out = newOutbox()
 	}
-	return q.push(s, peer, p)
+	return l.out.send(l.srv.loops[owner].in, s, peer, p)
+}
+
+// markWake notes that loop id must be woken when the batch ends.
+func (l *loop) markWake(id int) {
+	if w, bit := &l.woken[id/64], uint64(1)<<(id%64); *w&bit == 0 {
+		*w |= bit
+		l.toWake = append(l.toWake, id)
+	}
 }
 
 // retryDeferred moves waiting datagrams into inboxes, oldest first, and
@@ -565,11 +696,10 @@ func (l *loop) retryDeferred() bool {
 	i := 0
 	for ; i < len(l.deferred); i++ {
 		f := &l.deferred[i]
+		l.markWake(f.owner)
 		if !l.push(f.owner, f.s, f.peer, f.p) {
-			l.toWake[f.owner] = true
 			break
 		}
-		l.toWake[f.owner] = true
 		l.deferredBytes -= len(f.p)
 	}
 	n := copy(l.deferred, l.deferred[i:])
@@ -581,11 +711,7 @@ func (l *loop) retryDeferred() bool {
 // onWake serves what other goroutines and loops left for this loop.
 func (l *loop) onWake() {
 	unix.Read(l.wake, l.wakeBuf[:])
-	for i := range l.inboxes {
-		if q := l.inboxes[i].Load(); q != nil {
-			q.drain(l.deliver)
-		}
-	}
+	l.in.drain(l.deliver, &l.inflight)
 	l.ctlMu.Lock()
 	reqs, pause, track := l.ctl, l.pause, l.track
 	l.ctl, l.pause, l.track = nil, nil, nil
@@ -629,7 +755,11 @@ func (l *loop) request(r closeRequest) {
 }
 
 func (l *loop) signal() {
-	unix.Write(l.wake, l.one[:])
+	l.wakeMu.RLock()
+	if !l.wakeClosed {
+		unix.Write(l.wake, l.one[:])
+	}
+	l.wakeMu.RUnlock()
 }
 
 // CloseSession implements session.Loop: the close runs on this loop.
@@ -644,7 +774,10 @@ func (l *loop) end(s *session.Session, r session.Reason) {
 		return
 	}
 	l.detach(s)
-	if s.End(r) {
+	l.current = s
+	ended := s.End(r)
+	l.current = nil
+	if ended {
 		if l.trackGen != 0 {
 			l.noteChange(s)
 		}
@@ -666,16 +799,16 @@ func (l *loop) endBatch() {
 			l.flush(ls)
 		}
 	}
-	for i, w := range l.toWake {
-		if w {
-			l.toWake[i] = false
-			l.srv.loops[i].signal()
-		}
+	for _, id := range l.toWake {
+		l.woken[id/64] = 0
+		l.srv.loops[id].signal()
 	}
+	l.toWake = l.toWake[:0]
 }
 
 // Send implements session.Loop: p joins the send batch of this loop's socket
-// for the session's listener.
+// for the session's listener. While the socket's send buffer stays full and
+// the batch has no room, p is dropped and counted.
 func (l *loop) Send(s *session.Session, p []byte) error {
 	ls := l.socks[s.Scope()]
 	if len(p) > udpsys.MaxDatagram {
@@ -684,6 +817,10 @@ func (l *loop) Send(s *session.Session, p []byte) error {
 	}
 	if ls.ntx == ls.tx.Len() {
 		l.flush(ls)
+		if ls.ntx == ls.tx.Len() {
+			ls.stats.sendDrops.inc()
+			return nil
+		}
 	}
 	m := &ls.tx.Msgs[ls.ntx]
 	m.N = copy(m.Buf, p)
@@ -698,10 +835,11 @@ func (l *loop) Send(s *session.Session, p []byte) error {
 }
 
 // flush sends the socket's batch. A message the kernel refuses is counted and
-// skipped; a full send buffer is waited on briefly, then the rest is dropped
-// and counted, so that one slow path cannot stall the loop.
+// skipped. When the send buffer is full, what is left waits in the batch
+// for EPOLLOUT on the socket, and later replies join it while it has room:
+// the loop never blocks on one socket.
 func (l *loop) flush(ls *loopSocket) {
-	from, waits := 0, 0
+	from := 0
 	gso := ls.tx.GSO()
 	for from < ls.ntx {
 		sent, err := ls.tx.Send(ls.sock.FD, from, ls.ntx)
@@ -712,22 +850,35 @@ func (l *loop) flush(ls *loopSocket) {
 		from += sent
 		switch {
 		case err == nil:
-		case err == unix.EAGAIN && waits < sendRetries:
-			waits++
-			fds := []unix.PollFd{{Fd: int32(ls.sock.FD), Events: unix.POLLOUT}}
-			unix.Poll(fds, sendWaitMilli)
 		case err == unix.EAGAIN:
-			ls.stats.sendDrops.add(uint64(ls.ntx - from))
-			from = ls.ntx
+			ls.ntx = ls.tx.Shift(from, ls.ntx)
+			l.block(ls, true)
+			return
 		default:
 			ls.stats.sendErrors.inc()
 			from++
 		}
 	}
 	ls.ntx = 0
+	l.block(ls, false)
 	if gso && !ls.tx.GSO() {
 		l.srv.log.Warn("the route refused UDP segmentation offload (EIO); replies go one datagram at a time",
 			"listener", ls.ln.name, "loop", l.id)
+	}
+}
+
+// block switches the loop between waiting for datagrams on ls and waiting
+// for room in its send buffer.
+func (l *loop) block(ls *loopSocket, blocked bool) {
+	if ls.blocked == blocked {
+		return
+	}
+	ls.blocked = blocked
+	if err := l.watchSocket(ls); err != nil {
+		// The loop would wait for the wrong event forever: send as
+		// before, dropping what does not fit.
+		ls.blocked = false
+		l.srv.log.Error("cannot wait for room in a socket's send buffer", "listener", ls.ln.name, "loop", l.id, "err", err)
 	}
 }
 
@@ -756,11 +907,17 @@ func (l *loop) shutdown() {
 
 func (l *loop) close() {
 	for _, ls := range l.socks {
+		ls.guard.Lock()
+		ls.closed = true
 		ls.sock.Close()
+		ls.guard.Unlock()
 	}
-	if l.wake >= 0 {
+	l.wakeMu.Lock()
+	if l.wake >= 0 && !l.wakeClosed {
 		unix.Close(l.wake)
 	}
+	l.wakeClosed = true
+	l.wakeMu.Unlock()
 	if l.epfd >= 0 {
 		unix.Close(l.epfd)
 	}

@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -162,7 +163,9 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 	expectReply(t, clients["back"], "x")
 	expectReply(t, clients["new"], "x")
 
-	owner.Freeze()
+	if err := owner.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	var delta encodeRecords
 	delta.t = t
 	es, err = owner.ExportSessions(delta.add)
@@ -243,7 +246,9 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 			t.Fatalf("round %d: early copy %+v, %v", round, es, err)
 		}
 		expectReply(t, c, "x")
-		srv.Freeze()
+		if err := srv.Freeze(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		for _, l := range srv.loops {
 			if l.trackGen == 0 {
 				t.Errorf("round %d: loop %d does not note changes during the handoff", round, l.id)
@@ -251,7 +256,9 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 		}
 		srv.Thaw()
 	}
-	srv.Freeze()
+	if err := srv.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	defer srv.Thaw()
 	for _, l := range srv.loops {
 		if l.trackGen != 0 || len(l.changed) != 0 {
@@ -311,7 +318,9 @@ func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
 	if n := <-sent; n == 0 {
 		t.Fatal("no traffic during the copy")
 	}
-	owner.Freeze()
+	if err := owner.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	var delta encodeRecords
 	delta.t = t
 	paused, err := owner.ExportSessions(delta.add)
@@ -386,7 +395,9 @@ func TestPrecopyLeavesOtherHandlersToThePause(t *testing.T) {
 	expectReply(t, echo1, "x")
 	expectReply(t, counted, "owner 2")
 
-	srv.Freeze()
+	if err := srv.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	defer srv.Thaw()
 	var paused encodeRecords
 	paused.t = t
@@ -432,7 +443,9 @@ func TestPrecopySkipsRelayedSessions(t *testing.T) {
 	if err != nil || es.Early != 0 {
 		t.Fatalf("early copy %+v, %v; want nothing: both sessions are relayed", es, err)
 	}
-	succ.Freeze()
+	if err := succ.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	defer succ.Thaw()
 	var paused encodeRecords
 	paused.t = t

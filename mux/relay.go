@@ -33,10 +33,6 @@ import (
 // when Drain is given no timeout.
 const DefaultDrainTimeout = 5 * time.Minute
 
-// tokenStale marks an epoll event a draining loop must skip: no case of the
-// loop's dispatch matches it.
-const tokenStale int32 = -1
-
 // relayBatch is the number of relayed datagrams a draining loop reads per
 // recvmmsg call; its slots are as large as any datagram plus the header.
 const relayBatch = 16
@@ -201,14 +197,12 @@ func (srv *Server) Drain(timeout time.Duration) {
 	retained := 0
 	for i, l := range srv.loops {
 		// The loop paused in the middle of a wakeup's events; those of the
-		// listener sockets are the successor's to act on now.
-		for j := range l.events {
-			if l.events[j].Fd == tokenSocket {
-				l.events[j].Fd = tokenStale
-			}
-		}
+		// listener sockets are the successor's to act on now (reading is
+		// cleared below), except room to send.
 		for _, ls := range l.socks {
-			if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ls.sock.FD, nil); err != nil {
+			// Still watched while sends wait for room in its buffer.
+			ls.reading = false
+			if err := l.watchSocket(ls); err != nil {
 				srv.log.Error("draining loop cannot stop reading its listener socket", "loop", l.id, "listener", ls.ln.name, "err", err)
 			}
 		}

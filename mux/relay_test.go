@@ -127,7 +127,9 @@ func dupFD(t *testing.T, fd int) int {
 // the owner drain.
 func handOver(t *testing.T, owner *Server, cfg Config, drainTimeout time.Duration) *Server {
 	t.Helper()
-	owner.Freeze()
+	if err := owner.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	ls, fds := owner.HandoffListeners()
 	relays, err := owner.HandoffRelays()
 	if err != nil {
@@ -276,7 +278,9 @@ func TestRelayNotPreparedWithoutRetainedSessions(t *testing.T) {
 	done := startServer(t, owner)
 	a := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
 	roundTrip(t, a, []byte("x"))
-	owner.Freeze()
+	if err := owner.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	relays, err := owner.HandoffRelays()
 	if err != nil || relays != nil {
 		owner.Thaw()
@@ -309,7 +313,9 @@ func TestThawClosesThePreparedRelay(t *testing.T) {
 	owner, _ := startCounting(t, newCountingHandler("owner"), time.Minute)
 	a := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
 	expectReply(t, a, "owner 1")
-	owner.Freeze()
+	if err := owner.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	relays, err := owner.HandoffRelays()
 	if err != nil || len(relays) != 2 {
 		owner.Thaw()
@@ -442,7 +448,9 @@ func TestFullRelayDropsWithoutBlocking(t *testing.T) {
 	startServer(t, succ)
 	expectReply(t, a, "owner 2")
 
-	owner.Freeze()
+	if err := owner.Freeze(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	big := make([]byte, 60000)
 	var relayed, dropped uint64
 	for i := 0; i < 400 && dropped == 0; i++ {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,59 +19,6 @@ import (
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
-
-// Defaults for zero Config fields.
-const (
-	DefaultBatch       = 64
-	DefaultMaxSessions = 1_000_000
-	DefaultIdleTimeout = 60 * time.Second
-	DefaultSocketBuf   = 4 << 20
-)
-
-// MaxBatch is the kernel's limit on messages per recvmmsg/sendmmsg call
-// (UIO_MAXIOV); udpmux uses at most this many.
-const MaxBatch = 1024
-
-// Config configures a Server.
-type Config struct {
-	// Workers is the number of event loops; 0 means one per CPU the process
-	// may run on.
-	Workers int
-	// Batch is the number of datagrams per recvmmsg and sendmmsg call.
-	Batch int
-	// MaxSessions bounds the flow table; a new flow beyond it is refused
-	// and counted.
-	MaxSessions int
-	// MaxDatagram is the read buffer per datagram; a larger datagram is
-	// counted as truncated and dropped, never delivered cut. 0 means 65535,
-	// which no UDP datagram exceeds.
-	MaxDatagram int
-	// RecvBuffer and SendBuffer size each socket's kernel buffers, in bytes.
-	RecvBuffer, SendBuffer int
-	// Listeners are the addresses to serve; at least one.
-	Listeners []ListenerConfig
-	// Logger receives the server's logs; nil means slog.Default().
-	Logger *slog.Logger
-	// Inherit, when set, is a predecessor's state to take over: its sockets
-	// replace the ones New would open (and fix the number of loops), and its
-	// sessions are restored.
-	Inherit *Inheritance
-}
-
-// ListenerConfig is one served address.
-type ListenerConfig struct {
-	// Name identifies the listener in logs and statistics.
-	Name string
-	// Address is the local address; port 0 picks a free port, which Server.Addr reports.
-	Address netip.AddrPort
-	// Handler serves the listener's sessions.
-	Handler session.Handler
-	// Dissector maps datagrams to flows; nil means session.Flow.
-	Dissector session.Dissector
-	// IdleTimeout ends a session that has received nothing for this long;
-	// 0 means DefaultIdleTimeout.
-	IdleTimeout time.Duration
-}
 
 // listener is a validated ListenerConfig with its place in the table's keys.
 type listener struct {
@@ -92,6 +40,16 @@ type Server struct {
 
 	serving      atomic.Bool
 	lastRefusalL atomic.Int64 // Clock reading of the last table-full log
+
+	// panics counts handler panics; lastPanicLog is the Clock reading of
+	// the last one logged.
+	panics       atomic.Uint64
+	lastPanicLog atomic.Int64
+
+	// failed holds the first error that stopped the server (a loop that
+	// could not go on), for Serve to return.
+	failMu sync.Mutex
+	failed error
 
 	// endReason is what sessions are told when the loops stop: shutdown,
 	// or handoff once a successor has taken them.
@@ -158,81 +116,6 @@ func New(cfg Config) (*Server, error) {
 
 // Restored says what became of the predecessor's sessions.
 func (srv *Server) Restored() RestoreStats { return srv.restored }
-
-func (c *Config) fill(ncpu int) error {
-	if c.Workers < 0 {
-		return fmt.Errorf("workers: %d is negative", c.Workers)
-	}
-	if c.Inherit != nil {
-		n, err := c.Inherit.workers()
-		if err != nil {
-			return err
-		}
-		if c.Workers != 0 && c.Workers != n && c.Logger != nil {
-			c.Logger.Warn("keeping the predecessor's number of loops: changing it would move flows between sockets",
-				"workers", n, "configured", c.Workers)
-		}
-		c.Workers = n
-	}
-	if c.Workers == 0 {
-		c.Workers = ncpu
-	}
-	if c.Batch == 0 {
-		c.Batch = DefaultBatch
-	}
-	if c.Batch < 1 || c.Batch > MaxBatch {
-		return fmt.Errorf("batch: %d is not within 1..%d", c.Batch, MaxBatch)
-	}
-	if c.MaxDatagram == 0 {
-		c.MaxDatagram = udpsys.MaxDatagram
-	}
-	if c.MaxDatagram < 1 || c.MaxDatagram > udpsys.MaxDatagram {
-		return fmt.Errorf("max_datagram: %d is not within 1..%d", c.MaxDatagram, udpsys.MaxDatagram)
-	}
-	if c.MaxSessions == 0 {
-		c.MaxSessions = DefaultMaxSessions
-	}
-	if c.MaxSessions < 0 {
-		return fmt.Errorf("sessions.max: %d is negative", c.MaxSessions)
-	}
-	if c.RecvBuffer == 0 {
-		c.RecvBuffer = DefaultSocketBuf
-	}
-	if c.SendBuffer == 0 {
-		c.SendBuffer = DefaultSocketBuf
-	}
-	if len(c.Listeners) == 0 {
-		return errors.New("listeners: none configured")
-	}
-	if len(c.Listeners) > 1<<16 {
-		return fmt.Errorf("listeners: %d is more than %d", len(c.Listeners), 1<<16)
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	for i := range c.Listeners {
-		lc := &c.Listeners[i]
-		if !lc.Address.IsValid() {
-			return fmt.Errorf("listeners[%d].address: not set", i)
-		}
-		if lc.Handler == nil {
-			return fmt.Errorf("listeners[%d].handler: not set", i)
-		}
-		if lc.Dissector == nil {
-			lc.Dissector = session.Flow{}
-		}
-		if lc.IdleTimeout == 0 {
-			lc.IdleTimeout = DefaultIdleTimeout
-		}
-		if lc.IdleTimeout < 0 {
-			return fmt.Errorf("listeners[%d].idle_timeout: %s is negative", i, lc.IdleTimeout)
-		}
-		if lc.Name == "" {
-			lc.Name = lc.Address.String()
-		}
-	}
-	return nil
-}
 
 // openLoops creates the loops and, for every listener, one socket per loop.
 // Sockets after the first bind the port the first one got, so port 0 works.
@@ -332,7 +215,8 @@ func (srv *Server) Addr(i int) netip.AddrPort { return srv.listeners[i].addr }
 
 // Serve runs the event loops until ctx is done, then ends every session
 // (handlers are told ReasonShutdown), closes the sockets and returns once no
-// loop is left. A Server serves once.
+// loop is left. It returns nil when ctx or a handoff ended it, and the error
+// when a loop could not go on (which stops every loop). A Server serves once.
 func (srv *Server) Serve(ctx context.Context) error {
 	if !srv.serving.CompareAndSwap(false, true) {
 		return errors.New("mux: Serve called twice")
@@ -358,11 +242,54 @@ func (srv *Server) Serve(ctx context.Context) error {
 	}
 	wg.Wait()
 	srv.closeRelays()
-	return nil
+	return srv.err()
 }
 
 // stop makes Serve return.
 func (srv *Server) stop() { srv.stopOnce.Do(func() { close(srv.stopped) }) }
+
+// fail stops the server with err, which Serve returns; only the first error
+// is kept.
+func (srv *Server) fail(err error) {
+	srv.failMu.Lock()
+	if srv.failed == nil {
+		srv.failed = err
+		srv.log.Error("server stops", "err", err)
+	}
+	srv.failMu.Unlock()
+	srv.stop()
+}
+
+// err returns the error fail recorded, if any.
+func (srv *Server) err() error {
+	srv.failMu.Lock()
+	defer srv.failMu.Unlock()
+	return srv.failed
+}
+
+// panicLogInterval is how often, at most, handler panics after the first
+// are logged; the count goes into Stats.HandlerPanics either way.
+const panicLogInterval = time.Minute
+
+// handlerPanicked counts a handler's panic on loop and logs it: the first
+// with its stack, later ones at most once per panicLogInterval.
+func (srv *Server) handlerPanicked(loop int, s *session.Session, r any) {
+	n := srv.panics.Add(1)
+	now := session.Clock()
+	last := srv.lastPanicLog.Load()
+	if n > 1 && (now-last < int64(panicLogInterval) || !srv.lastPanicLog.CompareAndSwap(last, now)) {
+		return
+	}
+	srv.lastPanicLog.Store(now)
+	attrs := []any{"loop", loop, "panic", fmt.Sprint(r), "panics", n}
+	if s != nil {
+		attrs = append(attrs, "listener", srv.listeners[s.Scope()].name, "session", s.Key().String())
+	}
+	if n == 1 {
+		attrs = append(attrs, "stack", string(debug.Stack()))
+	}
+	srv.log.Error("handler panicked; its session ends, the server goes on", attrs...)
+}
 
 // closeLoops releases what New opened when it fails.
 func (srv *Server) closeLoops() {
@@ -382,7 +309,7 @@ func (srv *Server) Close() error {
 
 // Stats returns a snapshot of the server's counters.
 func (srv *Server) Stats() Stats {
-	st := Stats{Sessions: srv.table.Len(), Capacity: srv.table.Capacity()}
+	st := Stats{Sessions: srv.table.Len(), Capacity: srv.table.Capacity(), HandlerPanics: srv.panics.Load()}
 	for _, ln := range srv.listeners {
 		ls := ListenerStats{Name: ln.name, Address: ln.addr.String()}
 		for _, l := range srv.loops {

@@ -206,7 +206,22 @@ func TestInvalidConfig(t *testing.T) {
 		want   string
 	}{
 		{"no listeners", func(c *Config) { c.Listeners = nil }, "listeners: none configured"},
-		{"negative workers", func(c *Config) { c.Workers = -1 }, "workers: -1 is negative"},
+		{"negative workers", func(c *Config) { c.Workers = -1 }, "workers: -1 is negative (0 means one per CPU)"},
+		{"workers beyond the machine", func(c *Config) { c.Workers = 1 << 40 }, fmt.Sprintf("workers: %d is more than %d, 4 per CPU this process may run on (%d)", 1<<40, 4*cpuCount(t), cpuCount(t))},
+		{"sessions.max huge", func(c *Config) { c.MaxSessions = 1e12 }, "sessions.max: 1000000000000 is not within 1..1073741824"},
+		{"buffer huge", func(c *Config) { c.RecvBuffer = 1 << 40 }, "socket.recv_buffer: 1099511627776 is not within 0..2147483647"},
+		{"stateful handler, noop dissector", func(c *Config) {
+			c.Listeners[0].Handler, c.Listeners[0].Dissector = &acceptHandler{}, session.Noop{}
+		}, "listeners[0].dissector: noop hands every datagram over without a session, and the handler (*mux.acceptHandler) serves sessions only"},
+		{"v4-mapped twin", func(c *Config) {
+			c.Listeners = append(c.Listeners, c.Listeners[0])
+			c.Listeners[0].Address = netip.MustParseAddrPort("127.0.0.1:7")
+			c.Listeners[1].Address = netip.MustParseAddrPort("[::ffff:127.0.0.1]:7")
+			c.Listeners[1].Name = "twin"
+		}, "listeners[1].address: 127.0.0.1:7 overlaps listeners[0].address 127.0.0.1:7, which receives the same datagrams"},
+		{"same name", func(c *Config) {
+			c.Listeners = append(c.Listeners, c.Listeners[0])
+		}, `listeners[1].name: "echo" is already the name of listeners[0]`},
 		{"batch too large", func(c *Config) { c.Batch = 5000 }, "batch: 5000 is not within 1..1024"},
 		{"no handler", func(c *Config) { c.Listeners[0].Handler = nil }, "listeners[0].handler: not set"},
 		{"no address", func(c *Config) { c.Listeners[0].Address = netip.AddrPort{} }, "listeners[0].address: not set"},
@@ -227,6 +242,60 @@ func TestInvalidConfig(t *testing.T) {
 				t.Errorf("error %q, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func cpuCount(t *testing.T) int {
+	cpus, err := allowedCPUs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(cpus)
+}
+
+func TestOverlap(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"127.0.0.1:7", "127.0.0.1:7", true},
+		{"127.0.0.1:7", "127.0.0.1:8", false},
+		{"127.0.0.1:7", "127.0.0.2:7", false},
+		{"0.0.0.0:7", "127.0.0.1:7", true},
+		{"127.0.0.1:7", "0.0.0.0:7", true},
+		{"0.0.0.0:7", "[::1]:7", false},
+		{"[::]:7", "127.0.0.1:7", true},
+		{"[::]:7", "[::1]:7", true},
+		{"[::1]:7", "127.0.0.1:7", false},
+		{"0.0.0.0:0", "0.0.0.0:0", false}, // port 0: each gets a free port
+	}
+	for _, tt := range tests {
+		if got := overlap(ap(tt.a), ap(tt.b)); got != tt.want {
+			t.Errorf("overlap(%s, %s) = %v; want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestCheckTableSize(t *testing.T) {
+	const gib = 1 << 30
+	tests := []struct {
+		n     int
+		total uint64
+		want  string // "" for no error
+	}{
+		{1000, 24 * gib, ""},
+		{1_000_000, 24 * gib, ""},
+		{1_000_000, 0, ""}, // memory unknown
+		{0, 24 * gib, "sessions.max: 0 is not within 1..1073741824"},
+		{1 << 30, 24 * gib, "sessions.max: 1073741824 needs 16384 MiB for the session table alone, more than half of this machine's 24576 MiB"},
+		{1 << 20, 24 << 20, "sessions.max: 1048576 needs 16 MiB for the session table alone, more than half of this machine's 24 MiB"},
+	}
+	for _, tt := range tests {
+		err := checkTableSize(tt.n, tt.total)
+		if got := fmt.Sprint(err); (tt.want == "" && err != nil) || (tt.want != "" && got != tt.want) {
+			t.Errorf("checkTableSize(%d, %d) = %v; want %q", tt.n, tt.total, err, tt.want)
+		}
 	}
 }
 

@@ -18,12 +18,13 @@ func (c *counter) load() uint64 { return c.v.Load() }
 type socketStats struct {
 	rxDatagrams, rxBytes, txDatagrams, txBytes counter
 	truncated, malformed, unknownFlow          counter
+	statelessDrops                             counter
 	kernelDrops                                counter
 	opened, refusedFull, refusedOpen           counter
 	closed                                     [len(reasonIndex)]counter
 	forwarded, forwardDrops                    counter
 	sendErrors, sendDrops, tooLarge            counter
-	upstreamRx                                 counter
+	upstreamRx, upstreamKernelDrops            counter
 	relayed, relayDrops                        counter
 }
 
@@ -44,8 +45,10 @@ type ListenerStats struct {
 	// dropped rather than delivered cut.
 	Truncated uint64
 	// Malformed counts datagrams the dissector rejected; UnknownFlow those it
-	// allowed only for an existing session that did not exist.
-	Malformed, UnknownFlow uint64
+	// allowed only for an existing session that did not exist;
+	// StatelessDrops those it handed over without a session to a handler
+	// that serves sessions only.
+	Malformed, UnknownFlow, StatelessDrops uint64
 	// KernelDrops is the growth of the sockets' receive-queue overflow
 	// counters (SO_RXQ_OVFL) while udpmux ran.
 	KernelDrops uint64
@@ -63,8 +66,9 @@ type ListenerStats struct {
 	// datagram can be.
 	SendErrors, SendDrops, TooLarge uint64
 	// UpstreamRx counts datagrams read from sessions' own sockets (a
-	// proxy's backend replies).
-	UpstreamRx uint64
+	// proxy's backend replies); UpstreamKernelDrops those the kernel dropped
+	// because such a socket's receive queue was full (SO_RXQ_OVFL).
+	UpstreamRx, UpstreamKernelDrops uint64
 	// Relayed counts datagrams of sessions a predecessor kept across a
 	// restart (see Server.Drain): in the successor, those passed to the
 	// predecessor; in the draining predecessor, those received from the
@@ -82,6 +86,7 @@ func (st *socketStats) addTo(ls *ListenerStats) {
 	ls.Truncated += st.truncated.load()
 	ls.Malformed += st.malformed.load()
 	ls.UnknownFlow += st.unknownFlow.load()
+	ls.StatelessDrops += st.statelessDrops.load()
 	ls.KernelDrops += st.kernelDrops.load()
 	ls.SessionsOpened += st.opened.load()
 	ls.RefusedFull += st.refusedFull.load()
@@ -92,6 +97,7 @@ func (st *socketStats) addTo(ls *ListenerStats) {
 	ls.SendDrops += st.sendDrops.load()
 	ls.TooLarge += st.tooLarge.load()
 	ls.UpstreamRx += st.upstreamRx.load()
+	ls.UpstreamKernelDrops += st.upstreamKernelDrops.load()
 	ls.Relayed += st.relayed.load()
 	ls.RelayDrops += st.relayDrops.load()
 	if ls.SessionsClosed == nil {
@@ -118,4 +124,7 @@ type Stats struct {
 	Listeners []ListenerStats
 	// Sessions is the number of live sessions; Capacity the table's bound.
 	Sessions, Capacity int
+	// HandlerPanics counts handler callbacks that panicked; each ended the
+	// session it served.
+	HandlerPanics uint64
 }

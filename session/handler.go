@@ -14,6 +14,20 @@ type Handler interface {
 	Close(s *Session, r Reason)
 }
 
+// StatelessHandler serves the datagrams a Dissector hands over without a
+// session (Verdict Stateless), such as the queries of a DNS-like service. A
+// listener's handler must be one for such datagrams to be served; for any
+// other handler the engine drops and counts them, and refuses a listener
+// whose dissector is Noop.
+type StatelessHandler interface {
+	// Stateless is called for each such datagram, on the loop that read it.
+	// r stands for the datagram's sender only for the call: it is in no
+	// table, has no state, keys or counters of its own, and r.Write answers
+	// the sender from the address it wrote to. p belongs to the loop, as in
+	// Datagram.
+	Stateless(r *Session, p []byte)
+}
+
 // BatchHandler is a Handler that wants to know where a receive batch ends, to
 // flush output it batched itself (as a proxy batches writes to a backend).
 type BatchHandler interface {
@@ -77,6 +91,9 @@ func (Echo) Datagram(s *Session, p []byte) { s.Write(p) }
 // Close does nothing: an echo session has no state.
 func (Echo) Close(*Session, Reason) {}
 
+// Stateless writes p back to its sender.
+func (Echo) Stateless(r *Session, p []byte) { r.Write(p) }
+
 // ExportSession returns no state: an echo session has none.
 func (Echo) ExportSession(*Session) ([]byte, error) { return nil, nil }
 
@@ -98,6 +115,9 @@ func (Discard) Datagram(*Session, []byte) {}
 
 // Close does nothing.
 func (Discard) Close(*Session, Reason) {}
+
+// Stateless drops p.
+func (Discard) Stateless(*Session, []byte) {}
 
 // ExportSession returns no state.
 func (Discard) ExportSession(*Session) ([]byte, error) { return nil, nil }

@@ -169,9 +169,6 @@ func (fc *fileConfig) check() (*config, error) {
 	default:
 		return nil, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", fc.Log.Level)
 	}
-	if fc.Workers < 0 {
-		return nil, fmt.Errorf("workers: %d is negative (0 means one per CPU)", fc.Workers)
-	}
 	if fc.Control.Socket == "" || !filepath.IsAbs(fc.Control.Socket) {
 		return nil, fmt.Errorf("control.socket: %q is not an absolute path", fc.Control.Socket)
 	}
@@ -195,18 +192,6 @@ func (fc *fileConfig) check() (*config, error) {
 		}
 	}
 	c.metricsAddress = fc.Metrics.Address
-	if fc.Batch < 1 || fc.Batch > mux.MaxBatch {
-		return nil, fmt.Errorf("batch: %d is not within 1..%d", fc.Batch, mux.MaxBatch)
-	}
-	if fc.MaxDatagram < 1 || fc.MaxDatagram > 65535 {
-		return nil, fmt.Errorf("max_datagram: %d is not within 1..65535", fc.MaxDatagram)
-	}
-	if fc.Socket.RecvBuffer < 0 {
-		return nil, fmt.Errorf("socket.recv_buffer: %d is negative", fc.Socket.RecvBuffer)
-	}
-	if fc.Socket.SendBuffer < 0 {
-		return nil, fmt.Errorf("socket.send_buffer: %d is negative", fc.Socket.SendBuffer)
-	}
 	if fc.Sessions.Max < 1 {
 		return nil, fmt.Errorf("sessions.max: %d must be at least 1", fc.Sessions.Max)
 	}
@@ -232,22 +217,18 @@ func (fc *fileConfig) check() (*config, error) {
 		MaxSessions: fc.Sessions.Max,
 		RecvBuffer:  fc.Socket.RecvBuffer, SendBuffer: fc.Socket.SendBuffer,
 	}
-	names := map[string]int{}
-	addrs := map[netip.AddrPort]int{}
 	for i := range fc.Listeners {
 		lc, err := fc.Listeners[i].check(i, c.limits)
 		if err != nil {
 			return nil, err
 		}
-		if j, dup := names[lc.Name]; dup {
-			return nil, fmt.Errorf("listeners[%d].name: %q is already the name of listeners[%d]", i, lc.Name, j)
-		}
-		names[lc.Name] = i
-		if j, dup := addrs[lc.Address]; dup {
-			return nil, fmt.Errorf("listeners[%d].address: %s is already the address of listeners[%d]", i, lc.Address, j)
-		}
-		addrs[lc.Address] = i
 		c.mux.Listeners = append(c.mux.Listeners, lc)
+	}
+	// The engine's own rules: bounds that depend on the machine, listeners
+	// that would share datagrams, handlers and dissectors that cannot work
+	// together.
+	if err := c.mux.Validate(); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -333,7 +314,9 @@ func parseAddress(s string) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("port %q is not a number within 0..65535", port)
 	}
-	return netip.AddrPortFrom(ip, uint16(n)), nil
+	// One address, one spelling: an IPv4-mapped IPv6 address is the IPv4
+	// address it maps, on which the socket binds anyway.
+	return netip.AddrPortFrom(ip.Unmap(), uint16(n)), nil
 }
 
 // proxyHandler checks a proxy listener's backends and balance policy.

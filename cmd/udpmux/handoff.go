@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -61,12 +62,16 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 	}
 	if err != nil {
 		// Nothing paused yet; Freeze and Thaw discard a prepared relay.
-		c.srv.Freeze()
-		c.srv.Thaw()
+		if c.freeze() == nil {
+			c.srv.Thaw()
+		}
 		log.Warn("handoff failed before pausing; serving on", "err", err)
 		return
 	}
-	c.srv.Freeze()
+	if err := c.freeze(); err != nil {
+		log.Warn("handoff failed: cannot pause the server; serving on", "err", err)
+		return
+	}
 	frozen := time.Now()
 	conn.SetDeadline(frozen.Add(c.cfg.handoffTimeout))
 	st, err := stream.finish(c.srv, early)
@@ -95,6 +100,13 @@ func (c *control) handoff(conn *handoff.Conn, payload []byte, peerPID int32) {
 			"updated_early", st.early.Updated, "rounds", st.early.Rounds, "updated", st.paused.Updated, "new", st.paused.Migrated,
 			"records", st.Sessions, "descriptors", st.FDs, "skipped", st.paused.Skipped, "paused", time.Since(frozen))
 	}
+}
+
+// freeze pauses the server for a handoff, waiting at most handoff_timeout.
+func (c *control) freeze() error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.handoffTimeout)
+	defer cancel()
+	return c.srv.Freeze(ctx)
 }
 
 // sentState sums up a handoff's session stream: the End totals, what was

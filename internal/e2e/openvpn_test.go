@@ -19,9 +19,11 @@ import (
 // openvpnPath is where Debian's openvpn package installs the binary.
 const openvpnPath = "/usr/sbin/openvpn"
 
-// requireOpenVPN skips the test unless OpenVPN is installed.
+// requireOpenVPN skips the test unless OpenVPN is installed, and ping,
+// which the tests send through the tunnels.
 func requireOpenVPN(t testing.TB) {
 	t.Helper()
+	netlab.RequireTool(t, "ping", "iputils-ping")
 	if _, err := os.Stat(openvpnPath); err != nil {
 		t.Skipf("needs OpenVPN at %s (apt-get install -y openvpn): %v", openvpnPath, err)
 	}

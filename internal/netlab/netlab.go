@@ -49,21 +49,26 @@ var (
 	ipErr  error
 )
 
-// lookupIP finds the ip command in PATH or, since test environments often
-// lack /usr/sbin in PATH, in the usual system directories.
+// lookupIP finds the ip command (see LookPath).
 func lookupIP() (string, error) {
-	ipOnce.Do(func() {
-		ipPath, ipErr = exec.LookPath("ip")
-		if ipErr != nil {
-			for _, p := range []string{"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"} {
-				if st, err := os.Stat(p); err == nil && !st.IsDir() {
-					ipPath, ipErr = p, nil
-					break
-				}
-			}
-		}
-	})
+	ipOnce.Do(func() { ipPath, ipErr = LookPath("ip") })
 	return ipPath, ipErr
+}
+
+// LookPath finds the command name in PATH or, since test environments often
+// lack /usr/sbin in PATH, in the usual system directories.
+func LookPath(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", err
 }
 
 // RequireRoot skips the test unless it can build network namespaces: the
@@ -73,8 +78,15 @@ func RequireRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
 	}
-	if _, err := lookupIP(); err != nil {
-		t.Skip("needs the iproute2 `ip` command (apt-get install iproute2): not found in PATH, /usr/sbin or /sbin")
+	RequireTool(t, "ip", "iproute2")
+}
+
+// RequireTool skips the test unless the command name is installed (see
+// LookPath), naming the Debian package that brings it.
+func RequireTool(t testing.TB, name, debianPackage string) {
+	t.Helper()
+	if _, err := LookPath(name); err != nil {
+		t.Skipf("needs the %s command (apt-get install %s): not found in PATH, /usr/sbin, /sbin, /usr/bin or /bin", name, debianPackage)
 	}
 }
 

@@ -87,6 +87,7 @@ func (b *Batch) Recv(fd int) (int, error) {
 		b.iovs[i].Base = &b.Msgs[i].Buf[0]
 		b.iovs[i].SetLen(len(b.Msgs[i].Buf))
 	}
+	b.hasDrops = false
 	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd),
 		uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 	if errno != 0 {
@@ -106,10 +107,11 @@ func (b *Batch) Recv(fd int) (int, error) {
 	return int(n), nil
 }
 
-// Drops returns the socket's cumulative receive-queue drop count as last
-// reported by SO_RXQ_OVFL, and whether any report has been seen; the kernel
-// reports it only once it is non-zero. The counter is 32 bits and wraps:
-// callers take differences in uint32.
+// Drops returns the cumulative receive-queue drop count (SO_RXQ_OVFL) of
+// the socket the last Recv read, and whether that Recv saw a report; the
+// kernel reports it only once it is non-zero, and a Batch may read several
+// sockets, so each caller keeps its socket's last value. The counter is 32
+// bits and wraps: callers take differences in uint32.
 func (b *Batch) Drops() (uint32, bool) { return b.drops, b.hasDrops }
 
 // EnableGSO makes Send coalesce runs of datagrams to one destination into
@@ -127,6 +129,18 @@ func (b *Batch) EnableGSO() {
 // GSO reports whether Send still segments: EnableGSO was called and no
 // route has refused segmentation outright since.
 func (b *Batch) GSO() bool { return b.gso }
+
+// Shift moves Msgs[from:to] to the front, in order, and returns how many
+// that is: the messages a Send left unsent, to be sent again later. The
+// slots keep their buffers, so no two share one.
+func (b *Batch) Shift(from, to int) int {
+	if from > 0 {
+		for i := from; i < to; i++ {
+			b.Msgs[i-from], b.Msgs[i] = b.Msgs[i], b.Msgs[i-from]
+		}
+	}
+	return to - from
+}
 
 // Send sends Msgs[from:to] on the non-blocking socket fd with as few
 // sendmmsg calls as the kernel allows, and returns how many were sent. When

@@ -1,0 +1,334 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
+)
+
+// panickyHandler echoes, but panics on "boom" in Datagram and, for a session
+// whose first datagram was "boom-close", in Close too.
+type panickyHandler struct {
+	mu     sync.Mutex
+	closed map[netip.AddrPort]session.Reason
+}
+
+func (h *panickyHandler) Open(s *session.Session) error { return nil }
+func (h *panickyHandler) Datagram(s *session.Session, p []byte) {
+	switch string(p) {
+	case "boom":
+		panic("boom")
+	case "boom-close":
+		s.SetState("panic in close")
+		panic("boom")
+	}
+	s.Write(p)
+}
+func (h *panickyHandler) Close(s *session.Session, r session.Reason) {
+	h.mu.Lock()
+	h.closed[s.PeerAddr()] = r
+	h.mu.Unlock()
+	if s.State() != nil {
+		panic("close")
+	}
+}
+
+// syncBuffer is a log sink the test reads while the server writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestHandlerPanicEndsOnlyItsSession: a handler that panics loses the
+// session it served (ReasonError), is counted and logged with its stack
+// once, and every other session, and the rest of the receive batch, goes on.
+func TestHandlerPanicEndsOnlyItsSession(t *testing.T) {
+	h := &panickyHandler{closed: map[netip.AddrPort]session.Reason{}}
+	var logs syncBuffer
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Listeners[0].Handler = h
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	srv := serve(t, cfg)
+	good := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	bad := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	worse := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	roundTrip(t, good, []byte("before"))
+	roundTrip(t, bad, []byte("before"))
+	badAddr := netip.MustParseAddrPort(bad.LocalAddr().String())
+	worseAddr := netip.MustParseAddrPort(worse.LocalAddr().String())
+	bad.Write([]byte("boom"))
+	worse.Write([]byte("boom-close"))
+	roundTrip(t, good, []byte("after")) // same loop, later batch
+	waitFor(t, 5*time.Second, "both panicking sessions closed", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.closed[badAddr] == session.ReasonError && h.closed[worseAddr] == session.ReasonError
+	})
+	if n := srv.Stats().HandlerPanics; n != 3 {
+		t.Errorf("HandlerPanics = %d; want 3 (two in Datagram, one in Close)", n)
+	}
+	roundTrip(t, bad, []byte("again")) // a new session for the same client
+	out := logs.String()
+	if strings.Count(out, "handler panicked") != 1 || !strings.Contains(out, "stack=") {
+		t.Errorf("want the first panic logged once, with its stack; logs:\n%s", out)
+	}
+}
+
+// sometimesStateless hands datagrams that start with "s" over without a
+// session.
+type sometimesStateless struct{}
+
+func (sometimesStateless) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) session.Dissection {
+	if len(p) > 0 && p[0] == 's' {
+		return session.Dissection{Verdict: session.Stateless}
+	}
+	return session.Flow{}.Dissect(p, local, peer, scope)
+}
+
+// statefulEcho echoes through its session's state, which a stateless
+// datagram would not have.
+type statefulEcho struct{}
+
+func (statefulEcho) Open(s *session.Session) error        { s.SetState(s); return nil }
+func (statefulEcho) Datagram(s *session.Session, p []byte) { s.State().(*session.Session).Write(p) }
+func (statefulEcho) Close(*session.Session, session.Reason) {}
+
+// TestStatelessDatagramsNeverReachASessionHandler: a dissector's stateless
+// verdict for a handler that serves sessions only drops and counts the
+// datagram; the engine never hands it to the handler without a session.
+func TestStatelessDatagramsNeverReachASessionHandler(t *testing.T) {
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Listeners[0].Handler = statefulEcho{}
+	cfg.Listeners[0].Dissector = sometimesStateless{}
+	srv := serve(t, cfg)
+	c := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	c.Write([]byte("stateless"))
+	roundTrip(t, c, []byte("x"))
+	st := srv.Stats()
+	if st.Listeners[0].StatelessDrops != 1 || st.HandlerPanics != 0 {
+		t.Errorf("StatelessDrops %d, HandlerPanics %d; want 1 and 0", st.Listeners[0].StatelessDrops, st.HandlerPanics)
+	}
+}
+
+func TestListenRefusesNoop(t *testing.T) {
+	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{Dissector: session.Noop{}, Logger: quietLogger()})
+	if err == nil {
+		ln.Close()
+		t.Fatal("Listen with a stateless dissector succeeded: its Conns need sessions")
+	}
+	if !strings.Contains(err.Error(), "noop hands every datagram over without a session") {
+		t.Errorf("error %q does not say why", err)
+	}
+}
+
+// TestDeadLoopStopsTheServer: a loop whose epoll descriptor fails stops the
+// whole server, and Serve returns the error.
+func TestDeadLoopStopsTheServer(t *testing.T) {
+	cfg := echoConfig("127.0.0.1:0", 2)
+	cfg.Logger = quietLogger()
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(context.Background()) }()
+	unix.Close(srv.loops[1].epfd) // its next epoll_wait fails
+	select {
+	case err := <-served:
+		if err == nil || !strings.Contains(err.Error(), "loop 1: epoll_wait") {
+			t.Fatalf("Serve returned %v; want loop 1's epoll_wait error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after a loop died")
+	}
+	if err := srv.Freeze(context.Background()); err == nil {
+		t.Error("Freeze of a stopped server succeeded")
+	}
+}
+
+// blockingHandler blocks in Datagram until release is closed.
+type blockingHandler struct {
+	session.Echo
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *blockingHandler) Datagram(s *session.Session, p []byte) {
+	if string(p) == "block" {
+		close(h.entered)
+		<-h.release
+	}
+	s.Write(p)
+}
+
+// TestFreezeIsBounded: Freeze gives up on a loop that does not pause in
+// time and leaves the server serving.
+func TestFreezeIsBounded(t *testing.T) {
+	h := &blockingHandler{entered: make(chan struct{}), release: make(chan struct{})}
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Listeners[0].Handler = h
+	srv := serve(t, cfg)
+	c := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	c.Write([]byte("block"))
+	<-h.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := srv.Freeze(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Freeze = %v; want a deadline error", err)
+	}
+	close(h.release)
+	buf := make([]byte, 16)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "block" {
+		t.Fatalf("reply to the blocked datagram: %q, %v", buf[:n], err)
+	}
+	roundTrip(t, c, []byte("serving on"))
+}
+
+// TestSignalAfterCloseWritesNothing: a loop's wake descriptor number, once
+// closed, may name another file; signalling the loop then must not write to
+// it.
+func TestSignalAfterCloseWritesNothing(t *testing.T) {
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Logger = quietLogger()
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := srv.loops[0]
+	wake := l.wake
+	srv.Close()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	if p[0] != wake && p[1] != wake {
+		t.Skipf("the pipe got descriptors %v, not the closed wake descriptor %d", p, wake)
+	}
+	l.signal()
+	buf := make([]byte, 16)
+	if n, _ := unix.Read(p[0], buf); n > 0 {
+		t.Fatalf("signal wrote %d bytes into the file that reused the wake descriptor", n)
+	}
+}
+
+// TestConnWriteAfterCloseFails: a Conn whose server has stopped refuses to
+// write, rather than send on a socket number the process may reuse.
+func TestConnWriteAfterCloseFails(t *testing.T) {
+	ln := listen(t, ListenConfig{Workers: 1})
+	c := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	c.Write([]byte("hi"))
+	conn := accept(t, ln)
+	ln.Close()
+	if _, err := conn.Write([]byte("late")); err == nil {
+		t.Fatal("Write after the listener closed succeeded")
+	}
+	ls := ln.srv.loops[0].socks[0]
+	ls.guard.RLock()
+	closed := ls.closed
+	ls.guard.RUnlock()
+	if !closed {
+		t.Error("the listener's socket is not marked closed")
+	}
+}
+
+// TestFullSendBufferWaitsForEPOLLOUT: a listener socket whose send buffer is
+// full keeps its replies and sends them when the kernel reports room, and
+// the loop never waits for it. The socket here is a Unix datagram pair,
+// whose send blocks while its peer's queue is full, standing in for a UDP
+// socket behind a slow link.
+func TestFullSendBufferWaitsForEPOLLOUT(t *testing.T) {
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Logger = quietLogger()
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	l := srv.loops[0]
+	ls := l.socks[0]
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ls.sock.FD, nil)
+	unix.Close(ls.sock.FD)
+	ls.sock.FD, ls.sock.Wildcard = fds[0], false
+	if err := l.watch(ls.sock.FD, tokenSocket, 0); err != nil {
+		t.Fatal(err)
+	}
+	ls.tx = udpsys.NewBatch(8, 2048, unix.AF_INET) // small, and no UDP segmentation on a Unix socket
+	filler := 0
+	for unix.Send(fds[0], []byte("filler"), 0) == nil {
+		filler++
+	}
+	key := flowtable.TupleKey(0, netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("127.0.0.1:2"))
+	s := session.New(session.Config{Key: key, Loop: l, Handler: session.Echo{}, IdleTimeout: time.Minute})
+	s.SetPeer(netip.AddrPort{}) // a connected pair takes no address
+	for _, p := range []string{"one", "two", "three"} {
+		s.Write([]byte(p))
+	}
+	l.flush(ls)
+	if !ls.blocked || ls.ntx != 3 {
+		t.Fatalf("after a full send buffer: blocked %v, %d waiting; want true, 3", ls.blocked, ls.ntx)
+	}
+	for i := 0; i < 20; i++ {
+		s.Write([]byte("more"))
+	}
+	if ls.ntx != len(ls.tx.Msgs) || ls.stats.sendDrops.load() != uint64(23-len(ls.tx.Msgs)) {
+		t.Fatalf("%d waiting, %d dropped; want a full batch waiting and the rest dropped", ls.ntx, ls.stats.sendDrops.load())
+	}
+	buf := make([]byte, 64)
+	for range filler {
+		unix.Read(fds[1], buf)
+	}
+	l.now = session.Clock()
+	if err := l.serveEvents(); err != nil {
+		t.Fatal(err)
+	}
+	if ls.blocked || ls.ntx != 0 {
+		t.Fatalf("after EPOLLOUT: blocked %v, %d waiting", ls.blocked, ls.ntx)
+	}
+	var got []string
+	for {
+		n, err := unix.Read(fds[1], buf)
+		if err != nil {
+			break
+		}
+		got = append(got, string(buf[:n]))
+	}
+	if len(got) != len(ls.tx.Msgs) || got[0] != "one" || got[1] != "two" || got[2] != "three" {
+		t.Fatalf("sent after EPOLLOUT: %q", got)
+	}
+}
+
+var _ net.Conn = (*Conn)(nil)
