@@ -101,7 +101,7 @@ func TestFailedHandoffChangesNothing(t *testing.T) {
 			expectReject(t, d.sock, hello(99, goodConfig), "protocol version 99")
 		}, "handoff refused"},
 		{"invalid config", func(t *testing.T, d *runningDaemon) {
-			expectReject(t, d.sock, hello(handoff.Version, []byte("workers: -1\n")), "successor's config: workers: -1 is negative")
+			expectReject(t, d.sock, hello(handoff.Version, []byte("workers: -1\nlisteners:\n  - {handler: echo, address: \"127.0.0.1:1\"}\n")), "successor's config: workers: -1 is negative")
 		}, "handoff refused"},
 		{"killed with SIGKILL while the owner is paused", func(t *testing.T, d *runningDaemon) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperSuccessorKilledMidTransfer$")
