@@ -28,7 +28,7 @@ func TestSteadyStatePathAllocatesNothing(t *testing.T) {
 
 	var clients []int
 	for i := 0; i < flows; i++ {
-		s, err := udpsys.DialUDP(srv.Addr(0))
+		s, err := udpsys.DialUDP(srv.Addr(0), udpsys.ListenConfig{})
 		if err != nil {
 			t.Fatal(err)
 		}

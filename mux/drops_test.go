@@ -23,7 +23,7 @@ func TestKernelDropsAreCounted(t *testing.T) {
 	}
 	defer srv.Close()
 	l := srv.loops[0]
-	client, err := udpsys.DialUDP(srv.Addr(0))
+	client, err := udpsys.DialUDP(srv.Addr(0), udpsys.ListenConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

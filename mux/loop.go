@@ -99,9 +99,9 @@ type loop struct {
 	// relay is set while the loop drains for a successor (relay.go).
 	relay *ownerRelay
 
-	// upstreams holds the sessions whose own sockets this loop watches,
-	// by slot; freeSlots lists the empty slots.
-	upstreams []*session.Session
+	// upstreams holds the sessions' own sockets this loop watches, by
+	// slot; freeSlots lists the empty slots.
+	upstreams []upstreamSlot
 	freeSlots []int32
 
 	now       int64
@@ -122,12 +122,40 @@ type loopSocket struct {
 	// cleared while the loop drains for a successor and reads the socket no
 	// more.
 	blocked, reading bool
-	drops            uint32 // last SO_RXQ_OVFL value counted
+	drops            dropCounter
 	stats            socketStats
 	// guard orders the sends of other goroutines (Conn.Write) with the
 	// socket's close.
 	guard  sync.RWMutex
 	closed bool
+}
+
+// upstreamSlot is a session's own socket in a loop's poller.
+type upstreamSlot struct {
+	s     *session.Session
+	drops dropCounter
+}
+
+// dropCounter follows one socket's cumulative SO_RXQ_OVFL counter, which
+// is 32 bits wide and wraps: only the uint32 difference from the previous
+// report counts. The kernel reports it only once it is non-zero, so the
+// base of a socket this process opened is 0; one inherited from a
+// predecessor has an unknown base, which its first report sets (drops before
+// that were the predecessor's to count).
+type dropCounter struct {
+	last  uint32
+	known bool
+}
+
+// growth returns by how much the counter grew since the last report.
+func (d *dropCounter) growth(v uint32) uint64 {
+	if !d.known {
+		d.last, d.known = v, true
+		return 0
+	}
+	g := uint64(v - d.last)
+	d.last = v
+	return g
 }
 
 type closeRequest struct {
@@ -190,9 +218,11 @@ func (l *loop) watchSocket(ls *loopSocket) error {
 	return nil
 }
 
-// addSocket gives the loop its socket for listener ln.
-func (l *loop) addSocket(ln *listener, sock *udpsys.Socket) error {
-	ls := &loopSocket{sock: sock, ln: ln, reading: true, tx: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, sock.Family)}
+// addSocket gives the loop its socket for listener ln, one of its own or
+// one inherited from a predecessor.
+func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, inherited bool) error {
+	ls := &loopSocket{sock: sock, ln: ln, reading: true, drops: dropCounter{known: !inherited},
+		tx: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, sock.Family)}
 	if sock.GSO {
 		ls.tx.EnableGSO() // replies in a burst to one peer cross the stack once
 	}
@@ -389,7 +419,7 @@ func (l *loop) readSocket(ls *loopSocket) {
 		for i := 0; i < n; {
 			i = l.routeFrom(ls, i, n)
 		}
-		l.countKernelDrops(ls)
+		l.countKernelDrops(&ls.drops, &ls.stats.kernelDrops)
 		l.endBatch()
 		if n < l.rx.Len() {
 			return
@@ -397,17 +427,14 @@ func (l *loop) readSocket(ls *loopSocket) {
 	}
 }
 
-// countKernelDrops adds the growth of the socket's SO_RXQ_OVFL counter. The
-// counter is cumulative and 32 bits wide, so only the uint32 difference from
-// the previous report counts. The kernel reports it only once it is non-zero,
-// so the base of a socket udpmux opened is 0.
-func (l *loop) countKernelDrops(ls *loopSocket) {
-	d, ok := l.rx.Drops()
-	if !ok || d == ls.drops {
-		return
+// countKernelDrops adds the growth of the kernel's drop counter of the socket
+// the last receive read to c.
+func (l *loop) countKernelDrops(d *dropCounter, c *counter) {
+	if v, ok := l.rx.Drops(); ok {
+		if g := d.growth(v); g > 0 {
+			c.add(g)
+		}
 	}
-	ls.stats.kernelDrops.add(uint64(d - ls.drops))
-	ls.drops = d
 }
 
 // routeFrom routes datagrams i to n-1 of the receive batch and returns where
@@ -580,13 +607,14 @@ func (l *loop) Attach(s *session.Session, fd int) error {
 		slot, l.freeSlots = l.freeSlots[n-1], l.freeSlots[:n-1]
 	} else {
 		slot = int32(len(l.upstreams))
-		l.upstreams = append(l.upstreams, nil)
+		l.upstreams = append(l.upstreams, upstreamSlot{})
 	}
 	if err := l.watch(fd, tokenUpstream, slot); err != nil {
 		l.freeSlots = append(l.freeSlots, slot)
 		return err
 	}
-	l.upstreams[slot] = s
+	// A socket attached while sessions are restored is the predecessor's.
+	l.upstreams[slot] = upstreamSlot{s: s, drops: dropCounter{known: l.srv.inherit == nil}}
 	s.SetUpstream(fd, slot)
 	return nil
 }
@@ -598,7 +626,7 @@ func (l *loop) detach(s *session.Session) {
 		return
 	}
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
-	l.upstreams[slot] = nil
+	l.upstreams[slot] = upstreamSlot{}
 	l.freeSlots = append(l.freeSlots, slot)
 	s.SetUpstream(-1, 0)
 }
@@ -608,7 +636,7 @@ func (l *loop) detach(s *session.Session) {
 // session, earlier in the same wakeup); reading the slot's current socket is
 // harmless either way.
 func (l *loop) readUpstream(slot int32) {
-	s := l.upstreams[slot]
+	s := l.upstreams[slot].s
 	if s == nil {
 		return
 	}
@@ -620,7 +648,9 @@ func (l *loop) readUpstream(slot int32) {
 	l.current = s
 	defer func() { l.current = nil }()
 	for round := 0; round < readRounds; round++ {
-		fd, _ := s.Upstream()
+		// The handler may have detached the socket, or attached another,
+		// in the round before.
+		fd, slot := s.Upstream()
 		if fd < 0 {
 			return
 		}
@@ -631,6 +661,7 @@ func (l *loop) readUpstream(slot int32) {
 			}
 			return
 		}
+		l.countKernelDrops(&l.upstreams[slot].drops, &ls.stats.upstreamKernelDrops)
 		for i := 0; i < n && !s.Closed(); i++ {
 			m := &l.rx.Msgs[i]
 			ls.stats.upstreamRx.inc()

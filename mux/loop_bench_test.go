@@ -26,7 +26,7 @@ func benchmarkLoop(b *testing.B, h session.Handler, flows int) {
 	perFlow := max(64/flows, 1)
 	var clients []int
 	for i := 0; i < flows; i++ {
-		s, err := udpsys.DialUDP(srv.Addr(0))
+		s, err := udpsys.DialUDP(srv.Addr(0), udpsys.ListenConfig{})
 		if err != nil {
 			b.Fatal(err)
 		}

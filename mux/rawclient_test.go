@@ -27,7 +27,7 @@ func newRawClients(t *testing.T, n int, server netip.AddrPort) *rawClients {
 		}
 	})
 	for i := 0; i < n; i++ {
-		s, err := udpsys.DialUDP(server)
+		s, err := udpsys.DialUDP(server, udpsys.ListenConfig{})
 		if err != nil {
 			t.Fatalf("client %d: %v", i, err)
 		}

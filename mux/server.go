@@ -141,6 +141,12 @@ func (srv *Server) openLoops(cpus []int) error {
 				return fmt.Errorf("listener %s: %w", ln.name, err)
 			}
 		}
+		if inherited == nil {
+			if err := checkForeign(ln, addr, nil); err != nil {
+				return err
+			}
+		}
+		ours := map[uint64]bool{}
 		for i, l := range srv.loops {
 			var sock *udpsys.Socket
 			var err error
@@ -151,14 +157,22 @@ func (srv *Server) openLoops(cpus []int) error {
 			}); err != nil {
 				return fmt.Errorf("listener %s: %w", ln.name, err)
 			}
-			if err := l.addSocket(ln, sock); err != nil {
+			if err := l.addSocket(ln, sock, inherited != nil); err != nil {
 				sock.Close()
 				return fmt.Errorf("listener %s: %w", ln.name, err)
 			}
 			addr = sock.Local
 			srv.checkBuffers(ln, sock)
+			if ino, err := udpsys.Inode(sock.FD); err == nil {
+				ours[ino] = true
+			}
 		}
 		ln.addr = addr
+		if inherited == nil {
+			if err := checkForeign(ln, addr, ours); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

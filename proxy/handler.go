@@ -36,6 +36,11 @@ type Config struct {
 	Sockets *Budget
 	// Health tunes how long a refusing backend is left out.
 	Health HealthConfig
+	// RecvBuffer and SendBuffer size each upstream socket's kernel buffers,
+	// in bytes; 0 keeps the kernel's default. A burst of replies larger
+	// than the receive buffer is dropped by the kernel (and counted, as
+	// UpstreamKernelDrops of mux's listener statistics).
+	RecvBuffer, SendBuffer int
 	// Logger receives health transitions; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -43,6 +48,7 @@ type Config struct {
 // Handler is the proxy. It is safe for use by every loop at once.
 type Handler struct {
 	backends []netip.AddrPort
+	buffers  udpsys.ListenConfig
 	bal      *Balancer
 	sources  *SourceLimiter
 	sockets  *Budget
@@ -94,7 +100,8 @@ func New(cfg Config) (*Handler, error) {
 	if len(cfg.Backends) == 0 {
 		return nil, errors.New("proxy: no backends")
 	}
-	h := &Handler{backends: cfg.Backends, sources: cfg.Sources, sockets: cfg.Sockets, log: cfg.Logger}
+	h := &Handler{backends: cfg.Backends, sources: cfg.Sources, sockets: cfg.Sockets, log: cfg.Logger,
+		buffers: udpsys.ListenConfig{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -161,7 +168,7 @@ func (h *Handler) dial(s *session.Session) (*upstream, error) {
 		h.stats.noBackend.Add(1)
 		return nil, ErrNoBackend
 	}
-	sock, err := udpsys.DialUDP(h.backends[b])
+	sock, err := udpsys.DialUDP(h.backends[b], h.buffers)
 	if err != nil {
 		h.stats.dialErrors.Add(1)
 		return nil, fmt.Errorf("proxy: backend %s: %w", h.backends[b], err)

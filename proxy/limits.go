@@ -125,7 +125,7 @@ func (l *SourceLimiter) shard(ip netip.Addr) *sourceShard {
 // sessions is refused before the process runs out of descriptors. It is
 // lock-free and safe for concurrent use.
 type Budget struct {
-	max     int64
+	max     atomic.Int64
 	used    atomic.Int64
 	refused atomic.Uint64
 }
@@ -133,13 +133,23 @@ type Budget struct {
 // NewBudget returns a Budget of max units; max ≤ 0 means unlimited (units
 // are still counted, for metrics).
 func NewBudget(max int) *Budget {
-	return &Budget{max: int64(max)}
+	b := &Budget{}
+	b.max.Store(int64(max))
+	return b
 }
+
+// SetMax changes the bound to max (≤ 0: unlimited). Units already taken
+// beyond a lowered bound stay taken until released.
+func (b *Budget) SetMax(max int) { b.max.Store(int64(max)) }
+
+// Max returns the bound, ≤ 0 when unlimited.
+func (b *Budget) Max() int { return int(b.max.Load()) }
 
 // Acquire takes one unit and reports whether one was available; a refusal
 // is counted. Every successful Acquire must be paired with one Release.
 func (b *Budget) Acquire() bool {
-	if b.max <= 0 {
+	max := b.max.Load()
+	if max <= 0 {
 		b.used.Add(1)
 		return true
 	}
@@ -148,7 +158,7 @@ func (b *Budget) Acquire() bool {
 	// refusing even though a unit is free.
 	for {
 		u := b.used.Load()
-		if u >= b.max {
+		if u >= max {
 			b.refused.Add(1)
 			return false
 		}

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -46,6 +48,9 @@ type controlConfig struct {
 type socketConfig struct {
 	RecvBuffer int `mapstructure:"recv_buffer"`
 	SendBuffer int `mapstructure:"send_buffer"`
+	// The proxy's upstream sockets; 0 means as recv_buffer and send_buffer.
+	UpstreamRecvBuffer int `mapstructure:"upstream_recv_buffer"`
+	UpstreamSendBuffer int `mapstructure:"upstream_send_buffer"`
 }
 
 type listenerConfig struct {
@@ -77,6 +82,8 @@ var defaults = map[string]any{
 	"max_datagram":                  65535,
 	"socket.recv_buffer":            mux.DefaultSocketBuf,
 	"socket.send_buffer":            mux.DefaultSocketBuf,
+	"socket.upstream_recv_buffer":   0,
+	"socket.upstream_send_buffer":   0,
 	"sessions.max":                  mux.DefaultMaxSessions,
 	"sessions.max_per_source":       0,
 	"sessions.max_upstream_sockets": 0,
@@ -142,6 +149,9 @@ type config struct {
 	// backends and balance per listener, for handlers that need them.
 	listeners []listenerConfig
 	limits    proxyLimits
+	// upstreamSockets is sessions.max_upstream_sockets as configured: 0
+	// leaves the bound to what the descriptor limit allows.
+	upstreamSockets int
 	// controlSocket is the control socket's path; handoffTimeout bounds how
 	// long either side of a handoff waits for the other's next step, and
 	// how long a predecessor stays paused for its successor.
@@ -154,10 +164,12 @@ type config struct {
 	text           []byte
 }
 
-// proxyLimits are shared by every proxy listener: the bounds are per process.
+// proxyLimits are shared by every proxy listener: the bounds are per
+// process, and so are the upstream sockets' buffer sizes.
 type proxyLimits struct {
-	sources *proxy.SourceLimiter
-	sockets *proxy.Budget
+	sources                *proxy.SourceLimiter
+	sockets                *proxy.Budget
+	recvBuffer, sendBuffer int
 }
 
 // check validates every key and builds the engine's configuration; the first
@@ -199,18 +211,29 @@ func (fc *fileConfig) check() (*config, error) {
 		return nil, fmt.Errorf("sessions.max_per_source: %d is negative (0 means unlimited)", fc.Sessions.MaxPerSource)
 	}
 	if fc.Sessions.MaxUpstreamSockets < 0 {
-		return nil, fmt.Errorf("sessions.max_upstream_sockets: %d is negative (0 means sessions.max)", fc.Sessions.MaxUpstreamSockets)
+		return nil, fmt.Errorf("sessions.max_upstream_sockets: %d is negative (0 means as many as the descriptor limit leaves, at most sessions.max)", fc.Sessions.MaxUpstreamSockets)
 	}
 	if len(fc.Listeners) == 0 {
 		return nil, errors.New("listeners: none configured")
 	}
 	sockets := fc.Sessions.MaxUpstreamSockets
 	if sockets == 0 {
-		sockets = fc.Sessions.Max
+		sockets = fc.Sessions.Max // until serve knows the descriptor limit
 	}
+	c.upstreamSockets = fc.Sessions.MaxUpstreamSockets
 	c.limits = proxyLimits{
-		sources: proxy.NewSourceLimiter(fc.Sessions.MaxPerSource),
-		sockets: proxy.NewBudget(sockets),
+		sources:    proxy.NewSourceLimiter(fc.Sessions.MaxPerSource),
+		sockets:    proxy.NewBudget(sockets),
+		recvBuffer: cmp.Or(fc.Socket.UpstreamRecvBuffer, fc.Socket.RecvBuffer),
+		sendBuffer: cmp.Or(fc.Socket.UpstreamSendBuffer, fc.Socket.SendBuffer),
+	}
+	for _, b := range []struct {
+		key string
+		n   int
+	}{{"socket.upstream_recv_buffer", fc.Socket.UpstreamRecvBuffer}, {"socket.upstream_send_buffer", fc.Socket.UpstreamSendBuffer}} {
+		if b.n < 0 || b.n > math.MaxInt32 {
+			return nil, fmt.Errorf("%s: %d is not within 0..%d (0 means as the listeners' buffers)", b.key, b.n, math.MaxInt32)
+		}
 	}
 	c.mux = mux.Config{
 		Workers: fc.Workers, Batch: fc.Batch, MaxDatagram: fc.MaxDatagram,
@@ -347,6 +370,7 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 	}
 	h, err := proxy.New(proxy.Config{
 		Backends: backends, Balance: l.Balance, Sources: limits.sources, Sockets: limits.sockets,
+		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", key("backends"), err)

@@ -35,17 +35,23 @@ type control struct {
 
 // listenControl opens the control socket at path with mode 0600. A socket
 // file that nobody answers on is left over from a process that died, and is
-// replaced.
+// replaced; anything else at path is an operator's file and is left alone.
 func listenControl(path string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
-	if _, err := os.Stat(path); err == nil {
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("control socket %s: the path exists and is not a socket (%s); move it away or set control.socket to another path",
+				path, describeMode(st.Mode()))
+		}
 		if c, err := handoff.Dial(path, time.Second); err == nil {
 			c.Close()
 			return nil, fmt.Errorf("control socket %s: another udpmux answers on it", path)
 		}
-		os.Remove(path)
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("control socket %s: removing the stale socket: %w", path, err)
+		}
 	}
 	old := unix.Umask(0o177)
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
@@ -60,6 +66,21 @@ func listenControl(path string) (*net.UnixListener, error) {
 	// The successor inherits the socket; the file must outlive this process.
 	ln.SetUnlinkOnClose(false)
 	return ln, nil
+}
+
+// describeMode names the kind of file a mode is, for errors.
+func describeMode(m os.FileMode) string {
+	switch m.Type() {
+	case 0:
+		return "a regular file"
+	case os.ModeSymlink:
+		return "a symbolic link"
+	case os.ModeDir:
+		return "a directory"
+	case os.ModeNamedPipe:
+		return "a named pipe"
+	}
+	return "a " + m.Type().String() + " file"
 }
 
 // controlFromFD adopts the control socket a predecessor handed over.
@@ -80,13 +101,34 @@ func controlFromFD(fd int) (*net.UnixListener, error) {
 }
 
 // serve accepts control connections until the listener closes.
-func (c *control) serve() {
+func (c *control) serve() { serveAccepts(c.ln.AcceptUnix, c.handle, c.log) }
+
+// Back-off bounds after a failed accept, as net/http's Server uses.
+const (
+	minAcceptRetry = 5 * time.Millisecond
+	maxAcceptRetry = time.Second
+)
+
+// serveAccepts runs handle for each connection accept returns until accept
+// fails for good (the listener closed). Any other failure, such as EMFILE
+// when descriptors run out for a moment, is logged and retried with back-off:
+// the control socket must outlive it, or status, sessions and upgrades would
+// be gone for the rest of the process's life.
+func serveAccepts(accept func() (*net.UnixConn, error), handle func(*net.UnixConn), log *slog.Logger) {
+	var delay time.Duration
 	for {
-		uc, err := c.ln.AcceptUnix()
-		if err != nil {
+		uc, err := accept()
+		if err == nil {
+			delay = 0
+			go handle(uc)
+			continue
+		}
+		if errors.Is(err, net.ErrClosed) {
 			return
 		}
-		go c.handle(uc)
+		delay = min(max(2*delay, minAcceptRetry), maxAcceptRetry)
+		log.Warn("control socket: accept failed; retrying", "err", err, "retry_in", delay)
+		time.Sleep(delay)
 	}
 }
 

@@ -345,7 +345,7 @@ func startBenchOwner(b *testing.B, n int, proxy bool) *benchOwner {
 		handler, backends = "proxy", fmt.Sprintf("\n    backends: [%q]", backend)
 		upstreams = make([]int, 0, n)
 		for range n {
-			s, err := udpsys.DialUDP(backend)
+			s, err := udpsys.DialUDP(backend, udpsys.ListenConfig{})
 			if err != nil {
 				closeFDs(upstreams)
 				fail(fmt.Errorf("upstream socket %d: %w", len(upstreams), err))

@@ -32,10 +32,16 @@ func (d *runningDaemon) logText() string {
 }
 
 func startDaemon(t *testing.T, bin string) *runningDaemon {
+	return startDaemonAt(t, bin, "127.0.0.1:0", "")
+}
+
+// startDaemonAt starts the daemon with an echo listener named echo at addr
+// and its own control socket; extra is appended to its config.
+func startDaemonAt(t *testing.T, bin, addr, extra string) *runningDaemon {
 	t.Helper()
 	d := &runningDaemon{sock: filepath.Join(t.TempDir(), "ctl.sock")}
 	cfg := writeConfig(t, "workers: 2\ncontrol: {socket: "+d.sock+", handoff_timeout: 1s}\n"+
-		"listeners:\n  - {name: echo, handler: echo, address: \"127.0.0.1:0\"}\n")
+		"listeners:\n  - {name: echo, handler: echo, address: \""+addr+"\"}\n"+extra)
 	d.cmd = exec.Command(bin, "-c", cfg)
 	stderr, _ := d.cmd.StderrPipe()
 	if err := d.cmd.Start(); err != nil {

@@ -156,6 +156,14 @@ func serve(cfg *config, stderr io.Writer) error {
 		}
 		return err
 	}
+	if err := reserveDescriptors(cfg, srv.Workers(), log); err != nil {
+		srv.Close()
+		if inh != nil {
+			unix.Close(inh.control)
+			inh.abort(err)
+		}
+		return err
+	}
 	ln, err := openControl(cfg, inh, srv)
 	if err != nil && inh == nil && errors.Is(err, os.ErrPermission) {
 		// Serving comes first: a user who may not create the control

@@ -38,6 +38,7 @@ var (
 	descRelayed   = prometheus.NewDesc("udpmux_datagrams_relayed_total", "Datagrams of sessions a predecessor kept, relayed to it after a restart.", []string{"listener"}, nil)
 	descSessions  = prometheus.NewDesc("udpmux_sessions", "Live sessions.", nil, nil)
 	descCapacity  = prometheus.NewDesc("udpmux_sessions_capacity", "The session table's bound (sessions.max).", nil, nil)
+	descPanics    = prometheus.NewDesc("udpmux_handler_panics_total", "Handler callbacks that panicked; each ended its session.", nil, nil)
 	descBackendUp = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off.", []string{"listener", "backend"}, nil)
 	descBackendS  = prometheus.NewDesc("udpmux_proxy_backend_sessions", "Live sessions on the backend.", []string{"listener", "backend"}, nil)
 	descBackendD  = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
@@ -57,6 +58,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.srv.Stats()
 	gauge(descSessions, float64(st.Sessions))
 	gauge(descCapacity, float64(st.Capacity))
+	counter(descPanics, st.HandlerPanics)
 	for _, l := range st.Listeners {
 		n := l.Name
 		counter(descRx, l.RxDatagrams, n)
@@ -70,7 +72,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			"truncated": l.Truncated, "malformed": l.Malformed, "unknown_flow": l.UnknownFlow,
 			"kernel_queue_full": l.KernelDrops, "loop_inbox_full": l.ForwardDrops,
 			"send_buffer_full": l.SendDrops, "send_error": l.SendErrors, "too_large": l.TooLarge,
-			"relay_full": l.RelayDrops,
+			"relay_full": l.RelayDrops, "stateless_unserved": l.StatelessDrops,
+			"upstream_kernel_queue_full": l.UpstreamKernelDrops,
 		} {
 			counter(descDropped, v, n, reason)
 		}

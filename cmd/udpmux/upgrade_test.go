@@ -22,14 +22,40 @@ import (
 	"github.com/udpmux/udpmux/internal/netlab"
 )
 
-// buildDaemon builds the udpmux binary once per test.
+
+var (
+	daemonOnce sync.Once
+	daemonBin  string
+	daemonErr  error
+)
+
+// buildDaemon builds the daemon once per test binary, into a directory
+// removed when the tests end (TestMain).
 func buildDaemon(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "udpmux")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	daemonOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "udpmux-test-")
+		if err != nil {
+			daemonErr = err
+			return
+		}
+		daemonBin = filepath.Join(dir, "udpmux")
+		if out, err := exec.Command("go", "build", "-o", daemonBin, ".").CombinedOutput(); err != nil {
+			daemonErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if daemonErr != nil {
+		t.Fatal(daemonErr)
 	}
-	return bin
+	return daemonBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if daemonBin != "" {
+		os.RemoveAll(filepath.Dir(daemonBin))
+	}
+	os.Exit(code)
 }
 
 // recordingBackend echoes datagrams and remembers, per client id (the first

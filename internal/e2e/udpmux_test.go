@@ -1,18 +1,14 @@
 package e2e
 
 import (
-	"bufio"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,6 +19,7 @@ import (
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
+	"github.com/udpmux/udpmux/internal/udpsys"
 )
 
 // daemonPkg is the import path of the udpmux daemon.
@@ -386,19 +383,14 @@ func processAlive(pid int) bool {
 	return len(f) == 0 || (f[0] != "Z" && f[0] != "X")
 }
 
-// udpSocket is one row of /proc/net/udp or udp6.
-type udpSocket struct {
-	Local, Remote netip.AddrPort // Remote is 0.0.0.0:0 (or [::]:0) when unconnected
-}
-
 // udpSockets lists the UDP sockets of ns, read from its /proc/net/udp and
 // udp6 (a process sees the files of its own network namespace).
-func udpSockets(ns *netlab.Namespace) ([]udpSocket, error) {
+func udpSockets(ns *netlab.Namespace) ([]udpsys.BoundSocket, error) {
 	out, err := ns.Command("cat", "/proc/net/udp", "/proc/net/udp6").Output()
 	if err != nil {
 		return nil, fmt.Errorf("read /proc/net/udp in %s: %v", ns, err)
 	}
-	return parseProcNetUDP(string(out))
+	return udpsys.ParseProcNetUDP(string(out))
 }
 
 // udpPortBound reports whether any UDP socket in ns is bound to port.
@@ -410,84 +402,6 @@ func udpPortBound(ns *netlab.Namespace, port uint16) (bool, error) {
 		}
 	}
 	return false, err
-}
-
-// parseProcNetUDP parses /proc/net/udp{,6} text: after a header line, the
-// second and third columns are local and remote addresses as HEXADDR:HEXPORT,
-// the address being the raw network-order bytes printed as native-endian
-// 32-bit words.
-func parseProcNetUDP(text string) ([]udpSocket, error) {
-	var out []udpSocket
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 3 || f[0] == "sl" {
-			continue
-		}
-		local, err := parseProcAddr(f[1])
-		if err != nil {
-			return out, err
-		}
-		remote, err := parseProcAddr(f[2])
-		if err != nil {
-			return out, err
-		}
-		out = append(out, udpSocket{Local: local, Remote: remote})
-	}
-	return out, sc.Err()
-}
-
-func parseProcAddr(s string) (netip.AddrPort, error) {
-	hexAddr, hexPort, ok := strings.Cut(s, ":")
-	if !ok || (len(hexAddr) != 8 && len(hexAddr) != 32) {
-		return netip.AddrPort{}, fmt.Errorf("bad /proc/net/udp address %q", s)
-	}
-	port, err := strconv.ParseUint(hexPort, 16, 16)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("bad /proc/net/udp port in %q: %v", s, err)
-	}
-	raw := make([]byte, 0, 16)
-	for i := 0; i < len(hexAddr); i += 8 {
-		w, err := strconv.ParseUint(hexAddr[i:i+8], 16, 32)
-		if err != nil {
-			return netip.AddrPort{}, fmt.Errorf("bad /proc/net/udp address %q: %v", s, err)
-		}
-		raw = binary.NativeEndian.AppendUint32(raw, uint32(w))
-	}
-	addr, _ := netip.AddrFromSlice(raw)
-	return netip.AddrPortFrom(addr.Unmap(), uint16(port)), nil
-}
-
-func TestParseProcNetUDP(t *testing.T) {
-	// The same sockets as the kernel prints them on this machine's byte order.
-	word := func(a netip.Addr) string {
-		b := a.As4()
-		return fmt.Sprintf("%08X", binary.NativeEndian.Uint32(b[:]))
-	}
-	a1, a2 := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.19.0.2")
-	v6 := netip.MustParseAddr("::ffff:198.19.0.1").As16()
-	var v6hex string
-	for i := 0; i < 16; i += 4 {
-		v6hex += fmt.Sprintf("%08X", binary.NativeEndian.Uint32(v6[i:i+4]))
-	}
-	text := fmt.Sprintf(`   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-  512: %s:04AA 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12345 2 0000000000000000 0
-  513: %s:9C41 %s:04AB 01 00000000:00000000 00:00000000 00000000     0        0 12346 2 0000000000000000 0
-   sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-   77: %s:9C42 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 0
-`, word(a1), word(a1), word(a2), v6hex)
-	got, err := parseProcNetUDP(text)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []udpSocket{
-		{netip.MustParseAddrPort("198.18.0.2:1194"), netip.MustParseAddrPort("0.0.0.0:0")},
-		{netip.MustParseAddrPort("198.18.0.2:40001"), netip.MustParseAddrPort("198.19.0.2:1195")},
-		{netip.MustParseAddrPort("198.19.0.1:40002"), netip.MustParseAddrPort("[::]:0")},
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("parseProcNetUDP:\n got %v\nwant %v", got, want)
-	}
 }
 
 func TestHandlerRejected(t *testing.T) {

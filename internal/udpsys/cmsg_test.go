@@ -156,7 +156,7 @@ func TestBatchOverLoopback(t *testing.T) {
 	if !srv.Wildcard || srv.RecvBuffer < 1<<20 {
 		t.Errorf("wildcard %v, recv buffer %d", srv.Wildcard, srv.RecvBuffer)
 	}
-	cl, err := DialUDP(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), srv.Local.Port()))
+	cl, err := DialUDP(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), srv.Local.Port()), ListenConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,7 +67,6 @@ func (s *Socket) setup(addr netip.AddrPort, cfg ListenConfig) error {
 		name            string
 	}
 	opts := []sockopt{
-		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"},
 		{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT"},
 		{unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1, "SO_RXQ_OVFL"},
 	}
@@ -141,24 +140,40 @@ func (s *Socket) sizeBuffers(recv, send int) error {
 
 // DialUDP opens a non-blocking socket connected to remote, for a session's own
 // upstream path: the kernel then filters datagrams to that peer and reports
-// ICMP errors from it (ECONNREFUSED) on the socket.
-func DialUDP(remote netip.AddrPort) (*Socket, error) {
+// ICMP errors from it (ECONNREFUSED) on the socket. Its buffers are sized as
+// cfg says (IncomingCPU is ignored) and it reports its receive-queue drops
+// (SO_RXQ_OVFL), as a listening socket does.
+func DialUDP(remote netip.AddrPort, cfg ListenConfig) (*Socket, error) {
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	family := familyOf(remote.Addr())
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
-	if err := unix.Connect(fd, SockaddrFor(remote, family)); err != nil {
+	s := &Socket{FD: fd, Family: family, GSO: SocketGSO(fd)}
+	if err := s.connect(remote, cfg); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("connect %s: %w", remote, err)
+		return nil, err
 	}
-	sa, err := unix.Getsockname(fd)
+	return s, nil
+}
+
+func (s *Socket) connect(remote netip.AddrPort, cfg ListenConfig) error {
+	if err := unix.SetsockoptInt(s.FD, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1); err != nil {
+		return fmt.Errorf("setsockopt SO_RXQ_OVFL: %w", err)
+	}
+	if err := s.sizeBuffers(cfg.RecvBuffer, cfg.SendBuffer); err != nil {
+		return err
+	}
+	if err := unix.Connect(s.FD, SockaddrFor(remote, s.Family)); err != nil {
+		return fmt.Errorf("connect %s: %w", remote, err)
+	}
+	sa, err := unix.Getsockname(s.FD)
 	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("getsockname: %w", err)
+		return fmt.Errorf("getsockname: %w", err)
 	}
-	return &Socket{FD: fd, Family: family, Local: AddrPortOf(sa), GSO: SocketGSO(fd)}, nil
+	s.Local = AddrPortOf(sa)
+	return nil
 }
 
 // SocketFromFD adopts fd, a UDP socket inherited from another process, and
