@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,7 +56,11 @@ type BalancerConfig struct {
 // common already-healthy case) and Status take no lock: the set of healthy
 // backends, and for PolicyMaglev the lookup table, live in an immutable
 // snapshot that is replaced atomically when health changes, so that several
-// event loops can pick without contending.
+// event loops can pick without contending. A health change never rebuilds
+// the Maglev table on the caller's goroutine (an event loop): the healthy
+// set changes at once, and a goroutine of its own builds the table and swaps
+// it in; until it has, a key whose slot names a backend that is down goes
+// to another healthy backend by the same hash.
 type Balancer struct {
 	policy policy
 	addrs  []string
@@ -68,9 +73,13 @@ type Balancer struct {
 	snap     atomic.Pointer[snapshot]
 	rr       atomic.Uint64
 
-	// mu serializes health transitions and snapshot rebuilds, which are
-	// rare; it is never taken on the Pick path except by TryLock.
+	// mu serializes health transitions and snapshot changes, which are
+	// rare and quick; it is never taken on the Pick path except by TryLock.
 	mu sync.Mutex
+	// tableWanted is set when the healthy set changed after the Maglev
+	// table was built; building is set while a goroutine builds tables.
+	tableWanted, building atomic.Bool
+	ignored               atomic.Uint64 // refusal reports that marked nothing down
 }
 
 // backendState is the mutable state of one backend. Fields written by health
@@ -83,6 +92,11 @@ type backendState struct {
 	downUntil atomic.Int64 // end of the current back-off, Balancer clock
 	downs     atomic.Uint64
 	ups       atomic.Uint64
+	// heard is set by every sign of life and cleared by a refusal report;
+	// quietSince is when the reports counted in refusals began.
+	heard      atomic.Bool
+	quietSince atomic.Int64
+	refusals   atomic.Int32
 	// Sessions counters of different backends are updated concurrently by
 	// different event loops; keep them on separate cache lines.
 	_ [64]byte
@@ -90,9 +104,13 @@ type backendState struct {
 
 // snapshot is the immutable view Pick works from.
 type snapshot struct {
-	up      []int   // healthy backend indexes, ascending
-	table   *Maglev // PolicyMaglev only; nil when up is empty
-	retryAt int64   // earliest downUntil of a down backend, or noRetry
+	up []int // healthy backend indexes, ascending
+	// table is the Maglev table (PolicyMaglev only), built for the healthy
+	// set tableUp, which lags behind up while a new table is being built;
+	// nil before any table was built.
+	table   *Maglev
+	tableUp []int
+	retryAt int64 // earliest downUntil of a down backend, or noRetry
 }
 
 const noRetry = math.MaxInt64
@@ -137,9 +155,16 @@ func NewBalancer(cfg BalancerConfig) (*Balancer, error) {
 		b.now = time.Now
 	}
 	b.epoch = b.now()
+	for i := range b.backends {
+		// Never heard from: quiet since long before any report.
+		b.backends[i].quietSince.Store(-int64(b.health.RefusalWindow))
+	}
 	b.mu.Lock()
 	b.rebuildLocked(true)
 	b.mu.Unlock()
+	if b.policy == policyMaglev {
+		b.installTable(b.snap.Load().up) // the first table before the first Pick
+	}
 	return b, nil
 }
 
@@ -178,7 +203,15 @@ func (b *Balancer) Pick(keyHash uint64) (backend int, ok bool) {
 		}
 		return best, true
 	default:
-		return s.table.Pick(keyHash), true
+		if s.table != nil {
+			if be := s.table.Pick(keyHash); !b.backends[be].down.Load() {
+				return be, true
+			}
+		}
+		// The table is being rebuilt without this backend: the key goes
+		// where a hash over the healthy set puts it meanwhile.
+		i, _ := bits.Mul64(keyHash, uint64(n))
+		return s.up[i], true
 	}
 }
 
@@ -233,23 +266,21 @@ func (b *Balancer) clock(t time.Time) int64 {
 }
 
 // rebuildLocked publishes a new snapshot from the backends' down flags. If
-// upChanged is false the healthy set is known to be unchanged, so the Maglev
-// table (the costly part: about a millisecond for the default size) is reused.
+// upChanged is false the healthy set is known to be unchanged. The Maglev
+// table (the costly part: about a millisecond for the default size) is kept,
+// and a new one is built on another goroutine when the healthy set changed.
 func (b *Balancer) rebuildLocked(upChanged bool) {
 	old := b.snap.Load()
 	s := &snapshot{retryAt: noRetry}
-	if !upChanged && old != nil {
-		s.up, s.table = old.up, old.table
-	} else {
+	if old != nil {
+		s.up, s.table, s.tableUp = old.up, old.table, old.tableUp
+	}
+	if upChanged || old == nil {
 		s.up = make([]int, 0, len(b.backends))
 		for i := range b.backends {
 			if !b.backends[i].down.Load() {
 				s.up = append(s.up, i)
 			}
-		}
-		if b.policy == policyMaglev && len(s.up) > 0 {
-			// buildMaglev reorders its argument; s.up must stay ascending.
-			s.table = buildMaglev(b.addrs, append([]int(nil), s.up...), b.size)
 		}
 	}
 	for i := range b.backends {
@@ -259,4 +290,56 @@ func (b *Balancer) rebuildLocked(upChanged bool) {
 		}
 	}
 	b.snap.Store(s)
+	if b.policy == policyMaglev && old != nil && !slices.Equal(s.up, s.tableUp) {
+		b.tableWanted.Store(true)
+		if b.building.CompareAndSwap(false, true) {
+			go b.buildTables()
+		}
+	}
+}
+
+// buildTables builds Maglev tables for the healthy set until none is
+// wanted any more; at most one runs at a time.
+func (b *Balancer) buildTables() {
+	for {
+		for b.tableWanted.Swap(false) {
+			b.installTable(b.snap.Load().up)
+		}
+		b.building.Store(false)
+		// A change that came after the last Swap and saw building set
+		// started no goroutine: this one goes on for it.
+		if !b.tableWanted.Load() || !b.building.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// installTable builds the table for the healthy set up and puts it into the
+// current snapshot, unless the healthy set has changed meanwhile (a newer
+// build follows then).
+func (b *Balancer) installTable(up []int) {
+	var table *Maglev
+	if len(up) > 0 {
+		// buildMaglev reorders its argument; up must stay ascending.
+		table = buildMaglev(b.addrs, append([]int(nil), up...), b.size)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cur := b.snap.Load()
+	if !slices.Equal(cur.up, up) {
+		return
+	}
+	next := *cur
+	next.tableUp = up
+	if table != nil {
+		next.table = table // with none up, Pick never reads it
+	}
+	b.snap.Store(&next)
+}
+
+// settle waits until no table is being built (for tests).
+func (b *Balancer) settle() {
+	for b.building.Load() || b.tableWanted.Load() {
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -72,6 +72,7 @@ func TestBalancerMaglevFollowsTable(t *testing.T) {
 	b := newTestBalancer(t, "", 5, clk, nil)
 	check := func(down []bool) {
 		t.Helper()
+		b.settle()
 		m := mustMaglev(t, names, 0, down)
 		for i := range testKeys {
 			h := keyHash(i)
@@ -90,6 +91,40 @@ func TestBalancerMaglevFollowsTable(t *testing.T) {
 	check([]bool{true, false, false, false, false})
 	b.MarkUp(0)
 	check(nil)
+}
+
+// TestBalancerHealthChangeDoesNotBuildTheTable: a health change, which an
+// event loop reports, returns before the new Maglev table is built; meanwhile
+// no key goes to the backend that went down, and keys of healthy backends
+// stay where the old table put them.
+func TestBalancerHealthChangeDoesNotBuildTheTable(t *testing.T) {
+	clk := newFakeClock()
+	b := newTestBalancer(t, "", 5, clk, nil)
+	before := make([]int, testKeys)
+	for i := range before {
+		before[i], _ = b.Pick(keyHash(i))
+	}
+	old := b.snap.Load().table
+	b.building.Store(true) // as if a build were running: this one must not start another
+	b.MarkDown(3, clk.Now())
+	if b.snap.Load().table != old {
+		t.Fatal("MarkDown built the table itself")
+	}
+	for i, was := range before {
+		got, ok := b.Pick(keyHash(i))
+		if !ok || got == 3 || (was != 3 && got != was) {
+			t.Fatalf("key %d on %d while the table is rebuilt; was on %d", i, got, was)
+		}
+	}
+	b.building.Store(false)
+	b.MarkDown(1, clk.Now()) // starts the build for both changes
+	b.settle()
+	m := mustMaglev(t, backendNames(5), 0, []bool{false, true, false, true, false})
+	for i := range before {
+		if got, _ := b.Pick(keyHash(i)); got != m.Pick(keyHash(i)) {
+			t.Fatalf("after the build, key %d on %d; want %d", i, got, m.Pick(keyHash(i)))
+		}
+	}
 }
 
 func TestBalancerRoundRobin(t *testing.T) {

@@ -54,11 +54,14 @@ type Handler struct {
 	sockets  *Budget
 	log      *slog.Logger
 	stats    handlerStats
+	// refusalWindow is the balancer's: a session reports a refusal at
+	// most once per window.
+	refusalWindow time.Duration
 	sends    loopSendTable
 }
 
 type handlerStats struct {
-	noBackend, dialErrors, upstreamDrops, upstreamErrors, refusedByBackend atomic.Uint64
+	noBackend, dialErrors, upstreamDrops, upstreamErrors, refusedByBackend, abandoned atomic.Uint64
 }
 
 // Stats are the proxy's own counters.
@@ -72,8 +75,13 @@ type Stats struct {
 	DialErrors uint64
 	// UpstreamDrops counts client datagrams dropped because the upstream
 	// socket's send buffer was full; UpstreamErrors other send and receive
-	// failures; RefusedByBackend ICMP port-unreachable reports.
-	UpstreamDrops, UpstreamErrors, RefusedByBackend uint64
+	// failures; RefusedByBackend ICMP port-unreachable reports, of which
+	// IgnoredRefusals did not mark a backend down (see Balancer.Refused).
+	UpstreamDrops, UpstreamErrors, RefusedByBackend, IgnoredRefusals uint64
+	// Abandoned counts sessions closed because their backend was down and
+	// had not answered them (for their idle timeout, or ever), so that
+	// their clients' next datagrams open sessions on a healthy backend.
+	Abandoned uint64
 	// UpstreamSockets is the number of upstream sockets open now.
 	UpstreamSockets int
 	// Backends is each backend's health and live sessions.
@@ -86,6 +94,12 @@ type upstream struct {
 	backend int
 	source  netip.Addr
 	gso     bool // the kernel segments UDP on fd
+	// heard is set by each reply; answered once the backend has ever
+	// replied. silentSince is when a check while the backend was down last
+	// found heard set (see abandon); refusedAt is the last ICMP report
+	// counted for the session.
+	heard, answered        bool
+	silentSince, refusedAt time.Time
 }
 
 // Errors returned by Open; the engine counts them as refused sessions.
@@ -121,7 +135,7 @@ func New(cfg Config) (*Handler, error) {
 		if ev.Up {
 			h.log.Info("backend up", "backend", ev.Addr)
 		} else {
-			h.log.Warn("backend down: refused a datagram (ICMP port unreachable); no new sessions until back-off ends",
+			h.log.Warn("backend down: its sessions' datagrams were refused (ICMP port unreachable) while it answered none; no new sessions until back-off ends",
 				"backend", ev.Addr, "failures", ev.Failures, "backoff", ev.Backoff)
 		}
 		if userChange != nil {
@@ -133,6 +147,7 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h.bal = bal
+	h.refusalWindow = bal.health.RefusalWindow
 	return h, nil
 }
 
@@ -184,12 +199,40 @@ func (h *Handler) dial(s *session.Session) (*upstream, error) {
 // Datagram queues a client datagram for the session's backend; EndBatch
 // sends it (send.go).
 func (h *Handler) Datagram(s *session.Session, p []byte) {
-	h.queue(s, s.State().(*upstream), p)
+	u := s.State().(*upstream)
+	if h.bal.Down(u.backend) && h.abandon(s, u) {
+		return
+	}
+	h.queue(s, u, p)
+}
+
+// abandon closes a session whose backend is down and has not answered it,
+// ever or for the session's idle timeout, and reports whether it did: its
+// client's next datagram opens a session on a healthy backend. A backend
+// that answers is never left this way: forged ICMP errors can mark a backend
+// down (see Balancer.Refused) only while it answers no session, and a
+// session it answers within its idle timeout stays.
+func (h *Handler) abandon(s *session.Session, u *upstream) bool {
+	now := time.Now()
+	if u.heard || u.silentSince.IsZero() {
+		u.heard, u.silentSince = false, now
+		if u.answered {
+			return false
+		}
+	}
+	if u.answered && now.Sub(u.silentSince) < s.IdleTimeout() {
+		return false
+	}
+	h.stats.abandoned.Add(1)
+	s.Close()
+	return true
 }
 
 // Upstream sends a backend reply to the session's own client.
 func (h *Handler) Upstream(s *session.Session, p []byte) {
-	h.bal.MarkUp(s.State().(*upstream).backend)
+	u := s.State().(*upstream)
+	u.heard, u.answered = true, true
+	h.bal.MarkUp(u.backend)
 	s.Write(p)
 }
 
@@ -198,16 +241,23 @@ func (h *Handler) UpstreamError(s *session.Session, err error) {
 	h.upstreamFailed(s, s.State().(*upstream), err)
 }
 
-// upstreamFailed marks a refusing backend down for new sessions and closes
-// the session, whose client will retry and land on a healthy backend.
+// upstreamFailed counts a failure of the upstream socket. A refusal (ICMP
+// port unreachable) is reported to the balancer, at most once per session
+// per refusal window, which marks the backend down for new sessions only
+// once reports corroborate each other; the session and its socket stay
+// either way.
 func (h *Handler) upstreamFailed(s *session.Session, u *upstream, err error) {
 	if err != unix.ECONNREFUSED {
 		h.stats.upstreamErrors.Add(1)
 		return
 	}
 	h.stats.refusedByBackend.Add(1)
-	h.bal.MarkDown(u.backend, time.Now())
-	s.Close()
+	now := time.Now()
+	if !u.refusedAt.IsZero() && now.Sub(u.refusedAt) < h.refusalWindow {
+		return
+	}
+	u.refusedAt = now
+	h.bal.Refused(u.backend, now)
 }
 
 // Close releases the session's upstream socket and its limits. Datagrams
@@ -250,6 +300,8 @@ func (h *Handler) Stats() Stats {
 		UpstreamDrops:    h.stats.upstreamDrops.Load(),
 		UpstreamErrors:   h.stats.upstreamErrors.Load(),
 		RefusedByBackend: h.stats.refusedByBackend.Load(),
+		IgnoredRefusals:  h.bal.IgnoredRefusals(),
+		Abandoned:        h.stats.abandoned.Load(),
 		UpstreamSockets:  h.sockets.InUse(),
 	}
 	for i := range h.backends {

@@ -204,11 +204,21 @@ func TestProxyAllBackendsDownRefusesNewSessions(t *testing.T) {
 	dead := deadConn.LocalAddr().(*net.UDPAddr).AddrPort()
 	deadConn.Close()
 	srv, h := startProxy(t, Config{Backends: []netip.AddrPort{dead}}, time.Minute, 1000)
-	exchange(client(t, srv.Addr(0)), "x", 200*time.Millisecond)
+	first := client(t, srv.Addr(0))
+	exchange(first, "x", 200*time.Millisecond)
 	waitUntil(t, "the backend to be marked down", func() bool { return !h.Stats().Backends[0].Healthy })
 	exchange(client(t, srv.Addr(0)), "y", 200*time.Millisecond)
 	waitUntil(t, "a refusal for lack of backends", func() bool { return h.Stats().NoBackend > 0 })
-	waitUntil(t, "the refusing session's socket to close", func() bool { return h.Stats().UpstreamSockets == 0 })
+	// The first session stays until its client sends again: the backend,
+	// down, never answered it, so it is abandoned and its socket closed.
+	if n := h.Stats().UpstreamSockets; n != 1 {
+		t.Errorf("%d upstream sockets before the first client sends again; want its one", n)
+	}
+	first.Write([]byte("again"))
+	waitUntil(t, "the abandoned session's socket to close", func() bool { return h.Stats().UpstreamSockets == 0 })
+	if n := h.Stats().Abandoned; n != 1 {
+		t.Errorf("Abandoned = %d; want 1", n)
+	}
 }
 
 func TestProxyLimitsHoldUnderAFloodOfSourcePorts(t *testing.T) {

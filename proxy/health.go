@@ -16,12 +16,25 @@ const (
 	DefaultMaxBackoff = time.Minute
 )
 
+// Defaults of the corroboration Refused asks for.
+const (
+	DefaultRefusalQuorum = 3
+	DefaultRefusalWindow = 2 * time.Second
+)
+
 // HealthConfig configures the passive health tracking of a Balancer. A
-// backend is marked down when the engine sees it refuse traffic (ICMP port
-// unreachable, surfacing as ECONNREFUSED on an upstream socket) and is kept
-// out of new picks for a back-off period that doubles with each consecutive
-// failure; any sign of life resets the back-off.
+// backend is marked down when it refuses traffic (ICMP port unreachable,
+// surfacing as ECONNREFUSED on an upstream socket), reported by several of
+// its sessions while it sends nothing (see Refused), and is kept out of new
+// picks for a back-off period that doubles with each consecutive failure;
+// any sign of life resets the back-off.
 type HealthConfig struct {
+	// RefusalQuorum is how many sessions' reports (fewer if the backend has
+	// fewer sessions) mark a backend down; 0 means DefaultRefusalQuorum.
+	RefusalQuorum int
+	// RefusalWindow is how long the backend must have sent nothing, on any
+	// socket, for the reports to count; 0 means DefaultRefusalWindow.
+	RefusalWindow time.Duration
 	// Backoff is how long a backend is excluded after a first failure;
 	// 0 means DefaultBackoff.
 	Backoff time.Duration
@@ -57,8 +70,14 @@ type HealthEvent struct {
 }
 
 func (h HealthConfig) normalize() (HealthConfig, error) {
-	if h.Backoff < 0 || h.MaxBackoff < 0 {
-		return h, errors.New("proxy: negative health back-off")
+	if h.Backoff < 0 || h.MaxBackoff < 0 || h.RefusalWindow < 0 || h.RefusalQuorum < 0 {
+		return h, errors.New("proxy: negative health setting")
+	}
+	if h.RefusalQuorum == 0 {
+		h.RefusalQuorum = DefaultRefusalQuorum
+	}
+	if h.RefusalWindow == 0 {
+		h.RefusalWindow = DefaultRefusalWindow
 	}
 	if h.Backoff == 0 {
 		h.Backoff = DefaultBackoff
@@ -128,14 +147,53 @@ func (b *Balancer) MarkDown(backend int, now time.Time) bool {
 	return true
 }
 
+// Refused records that an upstream socket of one of backend's sessions
+// reported the backend unreachable at now (ICMP port unreachable, as
+// ECONNREFUSED), and marks the backend down (see MarkDown) once reports
+// corroborate each other: at least RefusalQuorum of them, or as many as the
+// backend has live sessions if that is fewer, with no sign of life from the
+// backend (MarkUp) in between, for at least RefusalWindow. The caller reports
+// each session at most once per RefusalWindow. It returns true if this
+// report took the backend down; a report that did not is counted as ignored.
+//
+// ICMP errors are easy to forge for an off-path attacker, who needs only a
+// session's upstream port (one of about 28 000 ephemeral ports) and the
+// backend's address. A backend that answers any session within the window
+// is never marked down by them, and a report never ends a session.
+func (b *Balancer) Refused(backend int, now time.Time) bool {
+	st := &b.backends[backend]
+	t := b.clock(now)
+	if st.heard.Swap(false) {
+		// The backend has answered since the last report: count afresh.
+		st.quietSince.Store(t)
+		st.refusals.Store(0)
+	}
+	n := st.refusals.Add(1)
+	need := min(int64(b.health.RefusalQuorum), max(st.sessions.Load(), 1))
+	if int64(n) < need || t-st.quietSince.Load() < int64(b.health.RefusalWindow) || !b.MarkDown(backend, now) {
+		b.ignored.Add(1)
+		return false
+	}
+	return true
+}
+
+// IgnoredRefusals counts the Refused reports that marked no backend down.
+func (b *Balancer) IgnoredRefusals() uint64 { return b.ignored.Load() }
+
+// Down reports whether backend is out of new picks now.
+func (b *Balancer) Down(backend int) bool { return b.backends[backend].down.Load() }
+
 // MarkUp records a sign of life from backend, normally a datagram received
 // from it: the consecutive-failure count is reset and, if the backend was
 // down, it returns to service at once. It returns true if this call brought
 // the backend back. MarkUp is meant to be called for every datagram from a
 // backend: when the backend is healthy with no failures on record, it costs
-// two atomic loads.
+// three atomic loads.
 func (b *Balancer) MarkUp(backend int) bool {
 	st := &b.backends[backend]
+	if !st.heard.Load() {
+		st.heard.Store(true)
+	}
 	if !st.down.Load() && st.failures.Load() == 0 {
 		return false
 	}

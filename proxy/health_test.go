@@ -163,6 +163,7 @@ func TestHealthDownKeepsOthersSticky(t *testing.T) {
 		before[i], _ = b.Pick(keyHash(i))
 	}
 	b.MarkDown(4, clk.Now())
+	b.settle()
 	moved := 0
 	for i, was := range before {
 		now, _ := b.Pick(keyHash(i))
@@ -177,6 +178,7 @@ func TestHealthDownKeepsOthersSticky(t *testing.T) {
 		t.Errorf("%d keys of healthy backends moved", moved)
 	}
 	b.MarkUp(4)
+	b.settle()
 	for i, was := range before {
 		if now, _ := b.Pick(keyHash(i)); now != was {
 			t.Fatalf("key %d on %d after recovery, was on %d", i, now, was)

@@ -91,8 +91,9 @@ func (h *Handler) EndBatch(loop int) {
 
 // flushSends sends the gathered datagrams, each session's consecutive ones
 // together. A full send buffer drops and counts the rest of that session's
-// run; a refusal (ICMP port unreachable) marks the backend down and closes
-// the session; any other error drops the one datagram.
+// run. A refusal (ICMP port unreachable) is the socket's pending error,
+// returned instead of sending: it is reported (see upstreamFailed) and the
+// datagram sent again, once; any other error drops the one datagram.
 func (h *Handler) flushSends(ls *loopSends) {
 	gso := ls.batch.GSO()
 	for i := 0; i < ls.n; {
@@ -102,6 +103,7 @@ func (h *Handler) flushSends(ls *loopSends) {
 			end++
 		}
 		u := s.State().(*upstream)
+		retried := false
 		for i < end {
 			sent, err := ls.batch.Send(u.fd, i, end)
 			i += sent
@@ -112,7 +114,10 @@ func (h *Handler) flushSends(ls *loopSends) {
 				i = end
 			case unix.ECONNREFUSED:
 				h.upstreamFailed(s, u, err)
-				i = end
+				if retried {
+					i++
+				}
+				retried = true
 			default:
 				h.upstreamFailed(s, u, err)
 				i++
