@@ -114,8 +114,8 @@ func (sometimesStateless) Dissect(p []byte, local, peer netip.AddrPort, scope ui
 // datagram would not have.
 type statefulEcho struct{}
 
-func (statefulEcho) Open(s *session.Session) error        { s.SetState(s); return nil }
-func (statefulEcho) Datagram(s *session.Session, p []byte) { s.State().(*session.Session).Write(p) }
+func (statefulEcho) Open(s *session.Session) error          { s.SetState(s); return nil }
+func (statefulEcho) Datagram(s *session.Session, p []byte)  { s.State().(*session.Session).Write(p) }
 func (statefulEcho) Close(*session.Session, session.Reason) {}
 
 // TestStatelessDatagramsNeverReachASessionHandler: a dissector's stateless

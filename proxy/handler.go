@@ -57,7 +57,7 @@ type Handler struct {
 	// refusalWindow is the balancer's: a session reports a refusal at
 	// most once per window.
 	refusalWindow time.Duration
-	sends    loopSendTable
+	sends         loopSendTable
 }
 
 type handlerStats struct {

@@ -22,7 +22,6 @@ import (
 	"github.com/udpmux/udpmux/internal/netlab"
 )
 
-
 var (
 	daemonOnce sync.Once
 	daemonBin  string
