@@ -50,7 +50,9 @@
 //
 // Dissect returns session.Drop for what no client sends: the opcodes 0
 // and 12 to 31, which do not exist; 1 and 2, the hard resets of key method
-// 1, which OpenVPN 2.5 and later reject; 8, the server's hard reset; a
+// 1, which OpenVPN 2.5 and later reject (a 2.4 peer sends them only when
+// configured with --key-method 1, never by default); 8, the server's hard
+// reset; a
 // control packet whose session ID is zero, which OpenVPN takes for none and
 // ignores; and a datagram shorter than the shortest packet of its opcode
 // that a real OpenVPN sends:
@@ -73,8 +75,8 @@
 // protection. P_ACK_V1 always acknowledges something: OpenVPN sends one
 // only when it has a packet to acknowledge. The wrapped client key of
 // tls-crypt-v2 is at least a 32-byte tag, the 256 bytes of the client's
-// keys and a 2-byte length (its metadata may be empty; OpenVPN's own keys
-// carry 1 to 9 bytes). A data packet is at least its header and one byte,
+// keys and a 2-byte length (its metadata may be empty; keys that OpenVPN
+// makes carry at least a 1-byte metadata type, and 9 bytes by default). A data packet is at least its header and one byte,
 // since OpenVPN encrypts only a non-empty buffer and none of its data
 // channel transforms (AEAD, CBC or CFB/OFB with or without HMAC, or no
 // cipher at all) shortens it; real ones are longer (40 bytes for the
