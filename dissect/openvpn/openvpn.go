@@ -1,0 +1,225 @@
+package openvpn
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/session"
+)
+
+// ClassPeerID is the flowtable.IDKey class of an OpenVPN peer-id. The
+// identifier is the three bytes of the peer-id as on the wire, big-endian.
+const ClassPeerID uint16 = 2
+
+// noPeerID is the peer-id of a P_DATA_V2 packet whose sender has none.
+const noPeerID = 0xFFFFFF
+
+// Opcodes, the high five bits of a packet's first byte.
+const (
+	opHardResetClientV1 = 1 // key method 1, unsupported since 2.5
+	opHardResetServerV1 = 2 // key method 1, unsupported since 2.5
+	opSoftResetV1       = 3
+	opControlV1         = 4
+	opAckV1             = 5
+	opDataV1            = 6
+	opHardResetClientV2 = 7
+	opHardResetServerV2 = 8
+	opDataV2            = 9
+	opHardResetClientV3 = 10 // tls-crypt-v2
+	opControlWKCV1      = 11 // tls-crypt-v2, 2.6 and later
+
+	opcodeShift = 3
+)
+
+// Sizes of the parts of a packet that bound the length of the shortest one
+// of each opcode (see the package documentation).
+const (
+	sidSize      = 8  // session ID
+	pidSize      = 4  // packet-id of a reliable control message
+	ackCountSize = 1  // number of acknowledged packet-ids
+	peerIDSize   = 3  // P_DATA_V2 peer-id
+	tlsCryptHdr  = 49 // opcode, session ID, packet-id and time, tag
+	minWKc       = 2*128 + 32 + 2
+
+	// A control packet without tls-auth or tls-crypt that acknowledges
+	// nothing: opcode, session ID, ack count 0, packet-id. A hard reset
+	// or a soft reset carries no payload.
+	minControl = 1 + sidSize + ackCountSize + pidSize
+	// P_ACK_V1 acknowledges at least one packet and then names the
+	// receiver's session ID.
+	minAck = 1 + sidSize + ackCountSize + pidSize + sidSize
+	// tls-crypt-v2: a tls-crypt packet with an empty payload that
+	// acknowledges nothing, and the wrapped client key.
+	minWKcPacket = tlsCryptHdr + ackCountSize + pidSize + minWKc
+	// Data: the header and at least one byte, since OpenVPN encrypts
+	// only a non-empty buffer and no transform shortens it.
+	minDataV1 = 1 + 1
+	minDataV2 = 1 + peerIDSize + 1
+)
+
+// class is what the dissector makes of an opcode.
+type class uint8
+
+const (
+	classInvalid   class = iota // never sent by a client: drop
+	classHardReset              // starts a session
+	classControl                // soft reset, control, control with wrapped key
+	classAck
+	classDataV1
+	classDataV2
+)
+
+// rule is the class of an opcode and the length of its shortest packet.
+type rule struct {
+	class class
+	min   uint16
+}
+
+// rules holds, per opcode, what a client may send.
+var rules = [32]rule{
+	opSoftResetV1:       {classControl, minControl},
+	opControlV1:         {classControl, minControl},
+	opAckV1:             {classAck, minAck},
+	opDataV1:            {classDataV1, minDataV1},
+	opHardResetClientV2: {classHardReset, minControl},
+	opDataV2:            {classDataV2, minDataV2},
+	opHardResetClientV3: {classHardReset, minWKcPacket},
+	opControlWKCV1:      {classControl, minWKcPacket},
+}
+
+// Indexes of the counters.
+const (
+	cHardReset = iota
+	cControl
+	cAck
+	cDataV1
+	cDataV2
+	cNoPeerID
+	cMalformed
+	nCounters
+)
+
+// counter is a counter alone on its cache lines, so that loops counting
+// different classes do not slow each other down.
+type counter struct {
+	n atomic.Uint64
+	_ [120]byte
+}
+
+// Dissector maps OpenVPN datagrams to flows; it implements
+// session.ReplyDissector. Its zero value is ready to use, and one
+// Dissector may serve any number of loops at once. It must not be copied
+// after first use.
+type Dissector struct {
+	c [nCounters]counter
+}
+
+// Stats counts the datagrams a Dissector has seen from clients. Each
+// datagram is counted once, under its class or as malformed.
+type Stats struct {
+	HardReset uint64 // P_CONTROL_HARD_RESET_CLIENT_V2 and _V3
+	Control   uint64 // P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1 and P_CONTROL_WKC_V1
+	Ack       uint64 // P_ACK_V1
+	DataV1    uint64 // P_DATA_V1
+	DataV2    uint64 // P_DATA_V2, with or without a peer-id
+	NoPeerID  uint64 // P_DATA_V2 with the peer-id 0xFFFFFF, also counted in DataV2
+	Malformed uint64 // dropped: an opcode no client sends, too short, or a zero session ID
+}
+
+// Stats returns the counters. They are read one at a time while loops may
+// be counting, so they need not add up to the same instant.
+func (d *Dissector) Stats() Stats {
+	return Stats{
+		HardReset: d.c[cHardReset].n.Load(),
+		Control:   d.c[cControl].n.Load(),
+		Ack:       d.c[cAck].n.Load(),
+		DataV1:    d.c[cDataV1].n.Load(),
+		DataV2:    d.c[cDataV2].n.Load(),
+		NoPeerID:  d.c[cNoPeerID].n.Load(),
+		Malformed: d.c[cMalformed].n.Load(),
+	}
+}
+
+// Dissect maps a datagram from a client (peer) to an OpenVPN server
+// (local) to its flow. A client hard reset creates a session keyed by the
+// client's session ID; its other control packets look that session up. A
+// data packet looks its 4-tuple up and, for P_DATA_V2, carries the
+// peer-id the server assigned as the ID. Anything a client never sends,
+// or too short to be what its opcode says, is dropped. The key-id bits
+// play no part, and p is only read.
+func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) session.Dissection {
+	if len(p) == 0 {
+		return d.drop()
+	}
+	r := rules[p[0]>>opcodeShift]
+	if len(p) < int(r.min) {
+		// Also every invalid opcode, whose min is 0 but whose class
+		// takes the default branch below.
+		return d.drop()
+	}
+	switch r.class {
+	case classHardReset, classControl, classAck:
+		sid := p[1 : 1+sidSize]
+		if binary.BigEndian.Uint64(sid) == 0 {
+			// OpenVPN takes a zero session ID for none and
+			// ignores the packet.
+			return d.drop()
+		}
+		k, _ := flowtable.CIDKey(scope, sid) // 8 bytes: never fails
+		v := session.Lookup
+		switch r.class {
+		case classHardReset:
+			d.c[cHardReset].n.Add(1)
+			v = session.Create
+		case classControl:
+			d.c[cControl].n.Add(1)
+		default:
+			d.c[cAck].n.Add(1)
+		}
+		return session.Dissection{Key: k, Verdict: v}
+	case classDataV1:
+		d.c[cDataV1].n.Add(1)
+		return session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: session.Lookup}
+	case classDataV2:
+		d.c[cDataV2].n.Add(1)
+		dis := session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: session.Lookup}
+		if id := p[1 : 1+peerIDSize]; peerID(id) != noPeerID {
+			dis.ID, _ = flowtable.IDKey(scope, ClassPeerID, id) // 3 bytes: never fails
+		} else {
+			d.c[cNoPeerID].n.Add(1)
+		}
+		return dis
+	}
+	return d.drop()
+}
+
+func (d *Dissector) drop() session.Dissection {
+	d.c[cMalformed].n.Add(1)
+	return session.Dissection{Verdict: session.Drop}
+}
+
+// Reply reads a datagram from an OpenVPN server to its client. A P_DATA_V2
+// packet carries the peer-id the server assigned to the client, which
+// Reply returns as an ID key of class ClassPeerID; for every other packet,
+// and for the peer-id 0xFFFFFF, it returns false. It counts nothing.
+func (d *Dissector) Reply(p []byte, scope uint16) (flowtable.Key, bool) {
+	if len(p) < minDataV2 || p[0]>>opcodeShift != opDataV2 {
+		return flowtable.Key{}, false
+	}
+	id := p[1 : 1+peerIDSize]
+	if peerID(id) == noPeerID {
+		return flowtable.Key{}, false
+	}
+	k, _ := flowtable.IDKey(scope, ClassPeerID, id) // 3 bytes: never fails
+	return k, true
+}
+
+// peerID returns the 24-bit peer-id in b[:3].
+func peerID(b []byte) uint32 {
+	_ = b[2]
+	return uint32(b[0])<<16 | uint32(b[1])<<8 | uint32(b[2])
+}
+
+var _ session.ReplyDissector = (*Dissector)(nil)
