@@ -63,6 +63,11 @@ func (hs *handshake) newScratch() *scratch {
 	return &scratch{mac1: m, hmacC0: hmac.New(newHash, hs.c0[:])}
 }
 
+// clear erases what one initiation's processing left in s.
+func (s *scratch) clear() {
+	s.c, s.h, s.k, s.t0, s.t1, s.static, s.ts = [32]byte{}, [32]byte{}, [32]byte{}, [32]byte{}, [32]byte{}, [32]byte{}, [12]byte{}
+}
+
 // checkMAC1 reports whether an initiation's mac1 is the one made with the
 // scratch's mac1 key.
 func (s *scratch) checkMAC1(p []byte) bool {
@@ -137,8 +142,8 @@ func (s *scratch) aeadOpen(dst, ciphertext []byte) ([]byte, bool) {
 	return out, err == nil
 }
 
-// mixHash sets h = HASH(h || data), for data of at most 48 bytes (an
-// encrypted static key) or the identifier.
+// mixHash sets h = HASH(h || data), for data of at most 48 bytes (the
+// longest is an encrypted static key).
 func mixHash(h *[32]byte, data []byte) {
 	var buf [32 + 48]byte
 	n := copy(buf[:], h[:])

@@ -227,6 +227,7 @@ func (d *Dissector) staticKey(p []byte, scope uint16, st *stripe) (flowtable.Key
 		return flowtable.Key{}, false
 	}
 	static, ok := d.hs.open(d.priv, p, s)
+	defer s.clear()
 	if !ok {
 		st.inc(cDecryptFailures)
 		return flowtable.Key{}, false
