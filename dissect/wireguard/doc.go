@@ -57,13 +57,13 @@
 // Dissector never drops what a backend might accept. Stats counts each
 // case.
 //
-// Decrypting costs two X25519 operations, about 80 µs of a core in all on
+// Decrypting costs two X25519 operations, 80-100 µs of a core in all on
 // a 2-core AMD EPYC VM, and a few dozen small allocations; checking mac1
 // costs about 0.6 µs; everything else about 60 ns (most of it building
 // the flow keys) and no allocation. Decryptions are bounded by a token
 // bucket that all goroutines share without a lock, Config.DecryptRate per
 // second (DefaultDecryptRate, 20 000, unless configured) with bursts of a
-// tenth of that. The default lets decryption take up to about 1.7 cores
+// tenth of that. The default lets decryption take up to about two cores
 // of that VM; lower it on a host that cannot spare them.
 //
 // # Security
@@ -71,10 +71,10 @@
 // The threat is an off-path attacker who can send datagrams with any
 // source address and guess indexes, but cannot read the traffic. udpmux
 // never moves a session to a new client address on a dissector's word
-// alone: the session's handler decides, and the proxy moves a session only
-// once its backend has confirmed the new address, which a WireGuard
-// backend does only after authenticating a message from it. A forged
-// message can therefore achieve only this:
+// alone: the session's handler decides (its Roam method), and confirms a
+// move with the backend, which a WireGuard backend gives only for a
+// message from the new address that it has authenticated. A forged message
+// can therefore achieve only this:
 //
 //   - Type 4 with a guessed receiver index, from a forged address, reaches
 //     the sessions that hold the index (a 32-bit value the backend chose at
@@ -95,7 +95,9 @@
 //     to its 4-tuple. A replayed initiation of a real client (which needs
 //     a copy of the client's traffic) finds the client's session from the
 //     attacker's address, and the backend, which refuses a timestamp it
-//     has seen, confirms nothing.
+//     has seen, confirms nothing. Choosing its static keys lets an
+//     attacker choose the backend its sessions land on, as choosing source
+//     ports does with 4-tuple keys.
 //   - Initiations with a valid mac1 but garbage or fresh keys cost the
 //     proxy a decryption each, up to the rate limit; beyond it every
 //     initiation, the real clients' too, is keyed by 4-tuple, which is the
