@@ -1,0 +1,265 @@
+package wireguard
+
+import (
+	"crypto/ecdh"
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/session"
+)
+
+// ClassIndex is the flowtable.IDKey class of a receiver index: the index a
+// WireGuard peer chose for a handshake, as the 4 bytes on the wire.
+const ClassIndex uint16 = 1
+
+// DefaultDecryptRate is the number of initiations per second a Dissector
+// decrypts when Config.DecryptRate is 0.
+const DefaultDecryptRate = 20000
+
+// Message types and sizes (WireGuard whitepaper, section 5.4).
+const (
+	typeInitiation = 1
+	typeResponse   = 2
+	typeCookie     = 3
+	typeTransport  = 4
+
+	sizeInitiation   = 148
+	sizeResponse     = 92
+	sizeCookie       = 64
+	minSizeTransport = 32
+)
+
+// Config configures a Dissector.
+type Config struct {
+	// PrivateKey is the private key the backends share (Curve25519, as
+	// `wg genkey` makes it, decoded; see LoadPrivateKey). With it, the
+	// Dissector keys initiations by the initiator's static public key;
+	// without it (nil), by 4-tuple. New copies the key.
+	PrivateKey *[32]byte
+	// DecryptRate bounds the initiations decrypted per second, over all
+	// goroutines together, with bursts of up to a tenth of that; beyond it
+	// initiations are keyed by 4-tuple. 0 means DefaultDecryptRate. It has
+	// no effect without PrivateKey.
+	DecryptRate int
+}
+
+// A Dissector maps WireGuard datagrams to flow keys (see the package
+// documentation). It implements session.Dissector and
+// session.ReplyDissector, and is safe for concurrent use: one Dissector
+// serves every event loop at once.
+type Dissector struct {
+	priv  *ecdh.PrivateKey // nil: initiations are keyed by 4-tuple
+	hs    handshake
+	pool  sync.Pool // of *scratch
+	limit limiter
+	epoch time.Time
+	clock func() int64 // nanoseconds since epoch; replaced by tests
+
+	stripes [numStripes]stripe
+}
+
+// Counter indexes within a stripe.
+const (
+	cInitiations = iota
+	cResponses
+	cCookieReplies
+	cTransports
+	cMalformed
+	cStaticKeyed
+	cMAC1Mismatches
+	cDecryptFailures
+	cRateLimited
+	numCounters
+)
+
+// numStripes spreads the counters over cache lines, chosen by the peer's
+// port, so that loops counting different flows seldom write the same line.
+const numStripes = 16
+
+type stripe struct {
+	n [numCounters]atomic.Uint64
+	_ [128 - numCounters*8]byte
+}
+
+func (s *stripe) inc(c int) { s.n[c].Add(1) }
+
+// Stats are a Dissector's counters since New, for datagrams passed to
+// Dissect (client to server); Reply counts nothing.
+type Stats struct {
+	// Initiations, Responses, CookieReplies and Transports count the
+	// well-formed messages of each type.
+	Initiations, Responses, CookieReplies, Transports uint64
+	// Malformed counts datagrams that are no well-formed WireGuard message,
+	// which Dissect dropped.
+	Malformed uint64
+	// StaticKeyed counts initiations keyed by the initiator's static key.
+	StaticKeyed uint64
+	// MAC1Mismatches counts initiations whose mac1 was not made for the
+	// Dissector's public key, keyed by 4-tuple. Many of them while clients
+	// connect mean that the configured private key is not the backends'.
+	MAC1Mismatches uint64
+	// DecryptFailures counts initiations with a correct mac1 whose static
+	// key or timestamp did not decrypt, keyed by 4-tuple.
+	DecryptFailures uint64
+	// RateLimited counts initiations with a correct mac1 that were not
+	// decrypted because of Config.DecryptRate, keyed by 4-tuple.
+	RateLimited uint64
+}
+
+// New returns a Dissector configured by cfg.
+func New(cfg Config) (*Dissector, error) {
+	rate := cfg.DecryptRate
+	if rate < 0 {
+		return nil, errors.New("wireguard: negative DecryptRate")
+	}
+	if rate == 0 {
+		rate = DefaultDecryptRate
+	}
+	d := &Dissector{epoch: time.Now()}
+	d.clock = func() int64 { return int64(time.Since(d.epoch)) }
+	d.limit.init(rate)
+	if cfg.PrivateKey != nil {
+		priv, err := ecdh.X25519().NewPrivateKey(cfg.PrivateKey[:])
+		if err != nil {
+			return nil, errors.New("wireguard: " + err.Error())
+		}
+		d.priv = priv
+		d.hs.init((*[32]byte)(priv.PublicKey().Bytes()))
+		d.pool.New = func() any { return d.hs.newScratch() }
+	}
+	return d, nil
+}
+
+// header returns the type of a well-formed message, or 0: the first four
+// bytes, read little-endian, are the type and three zero bytes.
+func header(p []byte) byte {
+	if len(p) < 4 {
+		return 0
+	}
+	switch h := binary.LittleEndian.Uint32(p); h {
+	case typeInitiation:
+		if len(p) == sizeInitiation {
+			return typeInitiation
+		}
+	case typeResponse:
+		if len(p) == sizeResponse {
+			return typeResponse
+		}
+	case typeCookie:
+		if len(p) == sizeCookie {
+			return typeCookie
+		}
+	case typeTransport:
+		if len(p) >= minSizeTransport && (len(p)-minSizeTransport)%16 == 0 {
+			return typeTransport
+		}
+	}
+	return 0
+}
+
+// Dissect maps a datagram from a client (peer) to the server (local).
+//
+// An initiation gets the key of the initiator's static public key (its
+// first 20 bytes, flowtable.CIDKey) when the Dissector has the private key
+// and the initiation decrypts, and its 4-tuple key otherwise; either way
+// its verdict is session.Create. A response, cookie reply or transport
+// message gets its 4-tuple key, its receiver index as ID
+// (flowtable.IDKey of class ClassIndex) and the verdict session.Lookup.
+// Anything else gets session.Drop.
+func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) session.Dissection {
+	st := &d.stripes[peer.Port()%numStripes]
+	var receiver []byte
+	switch header(p) {
+	case typeInitiation:
+		st.inc(cInitiations)
+		if d.priv != nil {
+			if k, ok := d.staticKey(p, scope, st); ok {
+				return session.Dissection{Key: k, Verdict: session.Create}
+			}
+		}
+		return session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: session.Create}
+	case typeResponse:
+		st.inc(cResponses)
+		receiver = p[8:12]
+	case typeCookie:
+		st.inc(cCookieReplies)
+		receiver = p[4:8]
+	case typeTransport:
+		st.inc(cTransports)
+		receiver = p[4:8]
+	default:
+		st.inc(cMalformed)
+		return session.Dissection{Verdict: session.Drop}
+	}
+	id, _ := flowtable.IDKey(scope, ClassIndex, receiver) // 4 bytes: never fails
+	return session.Dissection{Key: flowtable.TupleKey(scope, local, peer), ID: id, Verdict: session.Lookup}
+}
+
+// Reply returns the index a datagram from the server to a client assigns:
+// the sender index of a response or an initiation, as flowtable.IDKey of
+// class ClassIndex, which the client's later messages carry as their
+// receiver index. For any other datagram it returns false.
+func (d *Dissector) Reply(p []byte, scope uint16) (flowtable.Key, bool) {
+	switch header(p) {
+	case typeInitiation, typeResponse:
+		id, _ := flowtable.IDKey(scope, ClassIndex, p[4:8])
+		return id, true
+	}
+	return flowtable.Key{}, false
+}
+
+// staticKey returns the key of an initiation's static public key, counting
+// why there is none when it fails.
+func (d *Dissector) staticKey(p []byte, scope uint16, st *stripe) (flowtable.Key, bool) {
+	s := d.pool.Get().(*scratch)
+	defer d.pool.Put(s)
+	if !s.checkMAC1(p) {
+		st.inc(cMAC1Mismatches)
+		return flowtable.Key{}, false
+	}
+	if !d.limit.allow(d.clock()) {
+		st.inc(cRateLimited)
+		return flowtable.Key{}, false
+	}
+	static, ok := d.hs.open(d.priv, p, s)
+	defer s.clear()
+	if !ok {
+		st.inc(cDecryptFailures)
+		return flowtable.Key{}, false
+	}
+	st.inc(cStaticKeyed)
+	k, _ := flowtable.CIDKey(scope, static[:flowtable.MaxCIDLen])
+	return k, true
+}
+
+// Stats returns the Dissector's counters.
+func (d *Dissector) Stats() Stats {
+	var n [numCounters]uint64
+	for i := range d.stripes {
+		for c := range n {
+			n[c] += d.stripes[i].n[c].Load()
+		}
+	}
+	return Stats{
+		Initiations:     n[cInitiations],
+		Responses:       n[cResponses],
+		CookieReplies:   n[cCookieReplies],
+		Transports:      n[cTransports],
+		Malformed:       n[cMalformed],
+		StaticKeyed:     n[cStaticKeyed],
+		MAC1Mismatches:  n[cMAC1Mismatches],
+		DecryptFailures: n[cDecryptFailures],
+		RateLimited:     n[cRateLimited],
+	}
+}
+
+// Interface checks.
+var (
+	_ session.Dissector      = (*Dissector)(nil)
+	_ session.ReplyDissector = (*Dissector)(nil)
+)
