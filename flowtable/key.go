@@ -108,15 +108,35 @@ func TupleKey(scope uint16, local, peer netip.AddrPort) Key {
 // CIDKey returns the key of the flow with connection ID cid in the given
 // scope. It fails if cid is empty or longer than MaxCIDLen.
 func CIDKey(scope uint16, cid []byte) (Key, error) {
-	if len(cid) == 0 {
+	return idKey(KindCID, scope, 0, cid)
+}
+
+// idKey builds a CID or ID key, its identifier zero-padded big-endian
+// through the four address words.
+func idKey(kind Kind, scope, class uint16, id []byte) (Key, error) {
+	if len(id) == 0 {
 		return Key{}, errCIDEmpty
 	}
-	if len(cid) > MaxCIDLen {
+	if len(id) > MaxCIDLen {
 		return Key{}, errCIDTooLong
 	}
+	k := Key{hdr: makeHdr(kind, uint8(len(id)), scope, class, 0)}
+	switch len(id) {
+	case 8:
+		k.a0 = binary.BigEndian.Uint64(id)
+		return k, nil
+	case 4:
+		k.a0 = uint64(binary.BigEndian.Uint32(id)) << 32
+		return k, nil
+	case 1, 2, 3, 5, 6, 7:
+		// Dissectors' identifiers are mostly this short: one word.
+		for i, c := range id {
+			k.a0 |= uint64(c) << (56 - 8*i)
+		}
+		return k, nil
+	}
 	var buf [32]byte
-	copy(buf[:], cid)
-	k := Key{hdr: makeHdr(KindCID, uint8(len(cid)), scope, 0, 0)}
+	copy(buf[:], id)
 	k.a0, k.a1 = words(buf[:16])
 	k.b0, k.b1 = words(buf[16:])
 	return k, nil
@@ -130,12 +150,7 @@ func CIDKey(scope uint16, cid []byte) (Key, error) {
 // class tells identifiers of different meaning apart. It fails if id is
 // empty or longer than MaxCIDLen.
 func IDKey(scope, class uint16, id []byte) (Key, error) {
-	k, err := CIDKey(scope, id)
-	if err != nil {
-		return k, err
-	}
-	k.hdr = makeHdr(KindID, uint8(len(id)), scope, class, 0)
-	return k, nil
+	return idKey(KindID, scope, class, id)
 }
 
 // Peers choose connection IDs, so rejecting one must be cheap: the errors

@@ -278,3 +278,27 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+func BenchmarkKeyConstructors(b *testing.B) {
+	ap := netip.MustParseAddrPort
+	local, peer := ap("192.0.2.1:443"), ap("198.51.100.7:5000")
+	id := []byte{1, 2, 3, 4}
+	sid := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	var sink Key
+	b.Run("TupleKey", func(b *testing.B) {
+		for range b.N {
+			sink = TupleKey(1, local, peer)
+		}
+	})
+	b.Run("IDKey4", func(b *testing.B) {
+		for range b.N {
+			sink, _ = IDKey(1, 2, id)
+		}
+	})
+	b.Run("CIDKey8", func(b *testing.B) {
+		for range b.N {
+			sink, _ = CIDKey(1, sid)
+		}
+	})
+	_ = sink
+}

@@ -200,10 +200,6 @@ func TestCaptures(t *testing.T) {
 			if c.name == "tls-crypt-v2" && seen["1>11/0"] == 0 {
 				t.Error("the tls-crypt-v2 capture holds no P_CONTROL_WKC_V1")
 			}
-			st := d.Stats()
-			if st.Malformed != 0 || st.HardReset != 2 || st.Control == 0 || st.Ack == 0 || st.DataV2 == 0 {
-				t.Errorf("Stats() = %+v", st)
-			}
 		})
 	}
 }

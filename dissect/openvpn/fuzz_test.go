@@ -86,10 +86,6 @@ func FuzzDissect(f *testing.F) {
 		default:
 			t.Fatalf("verdict %v", got.Verdict)
 		}
-		st := d.Stats()
-		if sum := st.HardReset + st.Control + st.Ack + st.DataV1 + st.DataV2 + st.Malformed; sum != 1 {
-			t.Fatalf("one datagram counted %d times: %+v", sum, st)
-		}
 	})
 }
 
@@ -114,9 +110,6 @@ func FuzzReply(f *testing.F) {
 		wk, wok := wantReplyScope(t, p, scope)
 		if k != wk || ok != wok {
 			t.Fatalf("got %v, %v; want %v, %v", k, ok, wk, wok)
-		}
-		if d.Stats() != (Stats{}) {
-			t.Fatalf("Reply counted: %+v", d.Stats())
 		}
 	})
 }

@@ -3,7 +3,6 @@ package openvpn
 import (
 	"encoding/binary"
 	"net/netip"
-	"sync/atomic"
 
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/session"
@@ -89,58 +88,13 @@ var rules = [32]rule{
 	opControlWKCV1:      {classControl, minWKcPacket},
 }
 
-// Indexes of the counters.
-const (
-	cHardReset = iota
-	cControl
-	cAck
-	cDataV1
-	cDataV2
-	cNoPeerID
-	cMalformed
-	nCounters
-)
-
-// counter is a counter alone on its cache lines, so that loops counting
-// different classes do not slow each other down.
-type counter struct {
-	n atomic.Uint64
-	_ [120]byte
-}
-
 // Dissector maps OpenVPN datagrams to flows; it implements
-// session.ReplyDissector. Its zero value is ready to use, and one
-// Dissector may serve any number of loops at once. It must not be copied
-// after first use.
-type Dissector struct {
-	c [nCounters]counter
-}
-
-// Stats counts the datagrams a Dissector has seen from clients. Each
-// datagram is counted once, under its class or as malformed.
-type Stats struct {
-	HardReset uint64 // P_CONTROL_HARD_RESET_CLIENT_V2 and _V3
-	Control   uint64 // P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1 and P_CONTROL_WKC_V1
-	Ack       uint64 // P_ACK_V1
-	DataV1    uint64 // P_DATA_V1
-	DataV2    uint64 // P_DATA_V2, with or without a peer-id
-	NoPeerID  uint64 // P_DATA_V2 with the peer-id 0xFFFFFF, also counted in DataV2
-	Malformed uint64 // dropped: an opcode no client sends, too short, or a zero session ID
-}
-
-// Stats returns the counters. They are read one at a time while loops may
-// be counting, so they need not add up to the same instant.
-func (d *Dissector) Stats() Stats {
-	return Stats{
-		HardReset: d.c[cHardReset].n.Load(),
-		Control:   d.c[cControl].n.Load(),
-		Ack:       d.c[cAck].n.Load(),
-		DataV1:    d.c[cDataV1].n.Load(),
-		DataV2:    d.c[cDataV2].n.Load(),
-		NoPeerID:  d.c[cNoPeerID].n.Load(),
-		Malformed: d.c[cMalformed].n.Load(),
-	}
-}
+// session.ReplyDissector. It has no state: its zero value is ready to use,
+// and one Dissector serves any number of loops at once. It counts nothing
+// itself, since a counter shared by the loops on the path of every datagram
+// would cost more than the rest of Dissect; the engine counts datagrams and
+// drops per listener.
+type Dissector struct{}
 
 // Dissect maps a datagram from a client (peer) to an OpenVPN server
 // (local) to its flow. A client hard reset creates a session keyed by the
@@ -169,26 +123,16 @@ func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) 
 		}
 		k, _ := flowtable.CIDKey(scope, sid) // 8 bytes: never fails
 		v := session.Lookup
-		switch r.class {
-		case classHardReset:
-			d.c[cHardReset].n.Add(1)
+		if r.class == classHardReset {
 			v = session.Create
-		case classControl:
-			d.c[cControl].n.Add(1)
-		default:
-			d.c[cAck].n.Add(1)
 		}
 		return session.Dissection{Key: k, Verdict: v}
 	case classDataV1:
-		d.c[cDataV1].n.Add(1)
 		return session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: session.Lookup}
 	case classDataV2:
-		d.c[cDataV2].n.Add(1)
 		dis := session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: session.Lookup}
 		if id := p[1 : 1+peerIDSize]; peerID(id) != noPeerID {
 			dis.ID, _ = flowtable.IDKey(scope, ClassPeerID, id) // 3 bytes: never fails
-		} else {
-			d.c[cNoPeerID].n.Add(1)
 		}
 		return dis
 	}
@@ -196,14 +140,13 @@ func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) 
 }
 
 func (d *Dissector) drop() session.Dissection {
-	d.c[cMalformed].n.Add(1)
 	return session.Dissection{Verdict: session.Drop}
 }
 
 // Reply reads a datagram from an OpenVPN server to its client. A P_DATA_V2
 // packet carries the peer-id the server assigned to the client, which
 // Reply returns as an ID key of class ClassPeerID; for every other packet,
-// and for the peer-id 0xFFFFFF, it returns false. It counts nothing.
+// and for the peer-id 0xFFFFFF, it returns false.
 func (d *Dissector) Reply(p []byte, scope uint16) (flowtable.Key, bool) {
 	if len(p) < minDataV2 || p[0]>>opcodeShift != opDataV2 {
 		return flowtable.Key{}, false

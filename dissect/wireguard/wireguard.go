@@ -19,7 +19,7 @@ const ClassIndex uint16 = 1
 
 // DefaultDecryptRate is the number of initiations per second a Dissector
 // decrypts when Config.DecryptRate is 0.
-const DefaultDecryptRate = 20000
+const DefaultDecryptRate = 2000
 
 // Message types and sizes (WireGuard whitepaper, section 5.4).
 const (
@@ -60,16 +60,15 @@ type Dissector struct {
 	epoch time.Time
 	clock func() int64 // nanoseconds since epoch; replaced by tests
 
-	stripes [numStripes]stripe
+	counts [numCounters]atomic.Uint64
 }
 
-// Counter indexes within a stripe.
+// Counter indexes. Only initiations are counted, which are rare (one per
+// client and two minutes): a counter on the path of every transport message,
+// shared by the loops, would cost more than the rest of Dissect. The engine
+// counts datagrams and drops per listener.
 const (
 	cInitiations = iota
-	cResponses
-	cCookieReplies
-	cTransports
-	cMalformed
 	cStaticKeyed
 	cMAC1Mismatches
 	cDecryptFailures
@@ -77,26 +76,11 @@ const (
 	numCounters
 )
 
-// numStripes spreads the counters over cache lines, chosen by the peer's
-// port, so that loops counting different flows seldom write the same line.
-const numStripes = 16
-
-type stripe struct {
-	n [numCounters]atomic.Uint64
-	_ [128 - numCounters*8]byte
-}
-
-func (s *stripe) inc(c int) { s.n[c].Add(1) }
-
-// Stats are a Dissector's counters since New, for datagrams passed to
-// Dissect (client to server); Reply counts nothing.
+// Stats are a Dissector's counters since New, for the initiations passed
+// to Dissect (client to server).
 type Stats struct {
-	// Initiations, Responses, CookieReplies and Transports count the
-	// well-formed messages of each type.
-	Initiations, Responses, CookieReplies, Transports uint64
-	// Malformed counts datagrams that are no well-formed WireGuard message,
-	// which Dissect dropped.
-	Malformed uint64
+	// Initiations counts well-formed initiations.
+	Initiations uint64
 	// StaticKeyed counts initiations keyed by the initiator's static key.
 	StaticKeyed uint64
 	// MAC1Mismatches counts initiations whose mac1 was not made for the
@@ -172,28 +156,21 @@ func header(p []byte) byte {
 // (flowtable.IDKey of class ClassIndex) and the verdict session.Lookup.
 // Anything else gets session.Drop.
 func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) session.Dissection {
-	st := &d.stripes[peer.Port()%numStripes]
 	var receiver []byte
 	switch header(p) {
 	case typeInitiation:
-		st.inc(cInitiations)
+		d.counts[cInitiations].Add(1)
 		if d.priv != nil {
-			if k, ok := d.staticKey(p, scope, st); ok {
+			if k, ok := d.staticKey(p, scope); ok {
 				return session.Dissection{Key: k, Verdict: session.Create}
 			}
 		}
 		return session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: session.Create}
 	case typeResponse:
-		st.inc(cResponses)
 		receiver = p[8:12]
-	case typeCookie:
-		st.inc(cCookieReplies)
-		receiver = p[4:8]
-	case typeTransport:
-		st.inc(cTransports)
+	case typeCookie, typeTransport:
 		receiver = p[4:8]
 	default:
-		st.inc(cMalformed)
 		return session.Dissection{Verdict: session.Drop}
 	}
 	id, _ := flowtable.IDKey(scope, ClassIndex, receiver) // 4 bytes: never fails
@@ -215,46 +192,36 @@ func (d *Dissector) Reply(p []byte, scope uint16) (flowtable.Key, bool) {
 
 // staticKey returns the key of an initiation's static public key, counting
 // why there is none when it fails.
-func (d *Dissector) staticKey(p []byte, scope uint16, st *stripe) (flowtable.Key, bool) {
+func (d *Dissector) staticKey(p []byte, scope uint16) (flowtable.Key, bool) {
 	s := d.pool.Get().(*scratch)
 	defer d.pool.Put(s)
 	if !s.checkMAC1(p) {
-		st.inc(cMAC1Mismatches)
+		d.counts[cMAC1Mismatches].Add(1)
 		return flowtable.Key{}, false
 	}
 	if !d.limit.allow(d.clock()) {
-		st.inc(cRateLimited)
+		d.counts[cRateLimited].Add(1)
 		return flowtable.Key{}, false
 	}
 	static, ok := d.hs.open(d.priv, p, s)
 	defer s.clear()
 	if !ok {
-		st.inc(cDecryptFailures)
+		d.counts[cDecryptFailures].Add(1)
 		return flowtable.Key{}, false
 	}
-	st.inc(cStaticKeyed)
+	d.counts[cStaticKeyed].Add(1)
 	k, _ := flowtable.CIDKey(scope, static[:flowtable.MaxCIDLen])
 	return k, true
 }
 
 // Stats returns the Dissector's counters.
 func (d *Dissector) Stats() Stats {
-	var n [numCounters]uint64
-	for i := range d.stripes {
-		for c := range n {
-			n[c] += d.stripes[i].n[c].Load()
-		}
-	}
 	return Stats{
-		Initiations:     n[cInitiations],
-		Responses:       n[cResponses],
-		CookieReplies:   n[cCookieReplies],
-		Transports:      n[cTransports],
-		Malformed:       n[cMalformed],
-		StaticKeyed:     n[cStaticKeyed],
-		MAC1Mismatches:  n[cMAC1Mismatches],
-		DecryptFailures: n[cDecryptFailures],
-		RateLimited:     n[cRateLimited],
+		Initiations:     d.counts[cInitiations].Load(),
+		StaticKeyed:     d.counts[cStaticKeyed].Load(),
+		MAC1Mismatches:  d.counts[cMAC1Mismatches].Load(),
+		DecryptFailures: d.counts[cDecryptFailures].Load(),
+		RateLimited:     d.counts[cRateLimited].Load(),
 	}
 }
 

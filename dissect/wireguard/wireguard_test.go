@@ -221,8 +221,7 @@ func TestStats(t *testing.T) {
 		d.Dissect(tc.p, testLocal, testPeer, 0)
 		d.Reply(tc.p, 0) // counts nothing
 	}
-	want := Stats{Initiations: 1, Responses: 1, CookieReplies: 1, Transports: 3}
-	want.Malformed = uint64(len(formatCases)) - 6
+	want := Stats{Initiations: 1} // the rest goes uncounted here: see Stats
 	if got := d.Stats(); got != want {
 		t.Errorf("Stats = %+v, want %+v", got, want)
 	}
