@@ -29,7 +29,7 @@ func (h *recordingHandler) Open(*session.Session) error { return nil }
 func (h *recordingHandler) Datagram(s *session.Session, p []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.got[s.Peer()] = append(h.got[s.Peer()], string(p))
+	h.got[s.PeerAddr()] = append(h.got[s.PeerAddr()], string(p))
 	h.loops[s.LoopID()]++
 }
 func (h *recordingHandler) Close(_ *session.Session, r session.Reason) {

@@ -110,6 +110,7 @@ func (inh *Inheritance) closeUnused(used []bool, log func(string, ...any)) {
 // that came with the Inheritance itself.
 func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
 	srv.inherit = inh
+	srv.restoring = map[uint64]*session.Session{}
 	if len(inh.Relays) > 0 {
 		if err := srv.adoptRelays(inh.Relays); err != nil {
 			return RestoreStats{}, fmt.Errorf("relay: %w", err)
@@ -152,9 +153,9 @@ func (srv *Server) Restore(records []handoff.Session, upstreams []int) error {
 		if rec.Retained && srv.relay == nil {
 			return fmt.Errorf("session %d: retained by the predecessor, which sent no relay sockets", i)
 		}
-		ln, key := srv.inheritedKey(rec, inh.Listeners[old].Address)
+		ln := srv.listenerAt(inh.Listeners[old].Address)
 		if rec.Change != handoff.ChangeNew {
-			srv.applyChange(rec, ln, key, now)
+			srv.applyChange(rec, ln, now)
 			continue
 		}
 		up := -1
@@ -166,7 +167,7 @@ func (srv *Server) Restore(records []handoff.Session, upstreams []int) error {
 			up = upstreams[rec.Upstream]
 		}
 		switch {
-		case ln == nil || !srv.restoreSession(rec, ln, key, up, now):
+		case ln == nil || !srv.restoreSession(rec, ln, up, now):
 			srv.restored.Dropped++
 			if up >= 0 {
 				unix.Close(up)
@@ -194,78 +195,81 @@ func (srv *Server) FinishRestore(upstreams []int) {
 	}
 }
 
-// inheritedKey finds the listener at the predecessor's listener address and
-// the record's key in it: the new configuration may order listeners
-// differently. ln is nil when the listener is gone.
-func (srv *Server) inheritedKey(rec *handoff.Session, addr netip.AddrPort) (*listener, flowtable.Key) {
-	var ln *listener
-	for _, x := range srv.listeners {
-		if x.addr == addr {
-			ln = x
+// listenerAt finds the listener at the predecessor's listener address: the
+// new configuration may order listeners differently. It returns nil when the
+// listener is gone.
+func (srv *Server) listenerAt(addr netip.AddrPort) *listener {
+	for _, ln := range srv.listeners {
+		if ln.addr == addr {
+			return ln
 		}
 	}
-	if ln == nil {
-		return nil, flowtable.Key{}
-	}
-	key := rec.Key
-	if key.Kind() == flowtable.KindCID {
-		key, _ = flowtable.CIDKey(ln.scope, key.AppendCID(nil))
-	} else {
-		key = flowtable.TupleKey(ln.scope, key.Local(), key.Peer())
-	}
-	return ln, key
+	return nil
 }
 
-// applyChange updates or ends a session restored from an early copy. The
-// session is known by key and creation time together; a record for a
-// session this server dropped, or never had, changes nothing.
-func (srv *Server) applyChange(rec *handoff.Session, ln *listener, key flowtable.Key, now int64) {
-	if ln == nil {
+// recordKeys returns a record's keys in ln's scope, the anchor first.
+func recordKeys(rec *handoff.Session, ln *listener) []flowtable.Key {
+	keys := []flowtable.Key{rec.Anchor().WithScope(ln.scope)}
+	for _, k := range rec.Keys[min(1, len(rec.Keys)):] {
+		keys = append(keys, k.WithScope(ln.scope))
+	}
+	return keys
+}
+
+// applyChange updates or ends a session restored from an early copy, known
+// by its ID; a record for a session this server dropped, or never had,
+// changes nothing.
+func (srv *Server) applyChange(rec *handoff.Session, ln *listener, now int64) {
+	s := srv.restoring[rec.ID]
+	if ln == nil || s == nil || s.Closed() {
 		return
 	}
-	e := srv.table.Lookup(key)
-	if e == nil || e.Value.Created().UnixNano() != rec.Created || e.Value.Closed() {
-		return
-	}
-	s := e.Value
+	l := srv.loops[s.LoopID()]
 	if rec.Change == handoff.ChangeGone {
-		srv.loops[s.LoopID()].end(s, session.ReasonHandoff)
+		l.end(s, session.ReasonHandoff)
+		delete(srv.restoring, rec.ID)
 		srv.restored.Restored--
 		srv.restored.Ended++
 		return
 	}
 	// As when restored: no longer idle than this configuration allows.
-	left := min(rec.IdleLeft, int64(ln.idle))
-	s.Refresh(rec.Peer, session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes,
-		TxPackets: rec.TxPackets, TxBytes: rec.TxBytes}, now+left)
+	deadline := now + min(rec.IdleLeft, int64(ln.idle))
+	l.setKeys(s, recordKeys(rec, ln), deadline)
+	s.SetPeer(rec.Peer)
+	s.Refresh(session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes,
+		TxPackets: rec.TxPackets, TxBytes: rec.TxBytes}, deadline)
 	srv.restored.Updated++
 }
 
-func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, key flowtable.Key, upstream int, now int64) bool {
+func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, upstream int, now int64) bool {
 	if rec.Retained {
-		return srv.restoreRelay(rec, ln, key, now)
+		return srv.restoreRelay(rec, ln, now)
 	}
 	if _, ok := ln.handler.(session.Migrator); !ok {
 		return false
 	}
+	keys := recordKeys(rec, ln)
+	l := srv.loops[int(rec.Loop)%len(srv.loops)]
 	s := session.New(session.Config{
-		Key: key, Scope: ln.scope, Local: rec.Local, Peer: rec.Peer,
-		Loop: srv.loops[int(rec.Loop)%len(srv.loops)], Handler: ln.handler,
-		IdleTimeout: ln.idle, Now: now,
+		Key: rec.Key.WithScope(ln.scope), Anchor: keys[0], ID: rec.ID,
+		Scope: ln.scope, Local: rec.Local, Peer: rec.Peer,
+		Loop: l, Handler: ln.handler, IdleTimeout: ln.idle, Now: now,
 		Created:  time.Unix(0, rec.Created),
 		Stats:    session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes, TxPackets: rec.TxPackets, TxBytes: rec.TxBytes},
 		IdleLeft: time.Duration(rec.IdleLeft),
 	})
-	if e, err := srv.table.Insert(s.Entry()); err != nil || e != s.Entry() {
+	if !l.fileRestored(s, keys) {
 		return false
 	}
 	if err := s.Import(rec.State, upstream); err != nil {
-		srv.loops[int(rec.Loop)%len(srv.loops)].detach(s)
-		srv.table.Delete(s.Entry())
+		l.detachAll(s)
+		l.unfileKeys(s)
 		srv.log.Warn("inherited session dropped", "listener", ln.name, "peer", rec.Peer, "err", err)
 		return false
 	}
-	srv.loops[s.LoopID()].socks[ln.scope].stats.opened.inc()
+	srv.restoring[rec.ID] = s
+	srv.live.Add(1)
+	l.socks[ln.scope].stats.opened.inc()
 	return true
 }
 
@@ -389,8 +393,7 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 	now := session.Clock()
 	// One record for all: the callback encodes it before the next.
 	var rec handoff.Session
-	srv.table.Range(func(e *entry) bool {
-		s := e.Value
+	srv.Sessions(func(s *session.Session) bool {
 		if copied && precopies(s.Handler()) {
 			return true
 		}
@@ -410,7 +413,7 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 				return false
 			}
 		}
-		exportRecord(&rec, e, now, state, handoff.ChangeNew)
+		exportRecord(&rec, s, now, state, handoff.ChangeNew)
 		rec.Retained = !ok
 		fd := -1
 		if ok {

@@ -55,6 +55,7 @@ type loop struct {
 
 	// Per-batch slots filled by classify and used by route.
 	keys     []flowtable.Key
+	ids      []flowtable.Key
 	verdicts []session.Verdict
 	locals   []netip.AddrPort
 	peers    []netip.AddrPort
@@ -100,9 +101,16 @@ type loop struct {
 	relay *ownerRelay
 
 	// upstreams holds the sessions' own sockets this loop watches, by
-	// slot; freeSlots lists the empty slots.
+	// slot; freeSlots lists the empty slots; extras lists, for the sessions
+	// with more than one, the slots of their sockets after the first.
 	upstreams []upstreamSlot
 	freeSlots []int32
+	extras    map[*session.Session][]int32
+
+	// cands and pick hold the sessions resolve finds for an ID, collect
+	// fills cands.
+	cands, pick []*session.Session
+	collect     func(*entry) bool
 
 	now       int64
 	nextSweep int64
@@ -130,34 +138,6 @@ type loopSocket struct {
 	closed bool
 }
 
-// upstreamSlot is a session's own socket in a loop's poller.
-type upstreamSlot struct {
-	s     *session.Session
-	drops dropCounter
-}
-
-// dropCounter follows one socket's cumulative SO_RXQ_OVFL counter, which
-// is 32 bits wide and wraps: only the uint32 difference from the previous
-// report counts. The kernel reports it only once it is non-zero, so the
-// base of a socket this process opened is 0; one inherited from a
-// predecessor has an unknown base, which its first report sets (drops before
-// that were the predecessor's to count).
-type dropCounter struct {
-	last  uint32
-	known bool
-}
-
-// growth returns by how much the counter grew since the last report.
-func (d *dropCounter) growth(v uint32) uint64 {
-	if !d.known {
-		d.last, d.known = v, true
-		return 0
-	}
-	g := uint64(v - d.last)
-	d.last = v
-	return g
-}
-
 type closeRequest struct {
 	s *session.Session
 	r session.Reason
@@ -171,12 +151,17 @@ func newLoop(srv *Server, id, cpu int) (*loop, error) {
 		woken:  make([]uint64, (srv.cfg.Workers+63)/64),
 
 		keys:     make([]flowtable.Key, srv.cfg.Batch),
+		ids:      make([]flowtable.Key, srv.cfg.Batch),
 		verdicts: make([]session.Verdict, srv.cfg.Batch),
+		extras:   map[*session.Session][]int32{},
+		cands:    make([]*session.Session, 0, maxCandidates),
+		pick:     make([]*session.Session, 0, maxCandidates),
 		locals:   make([]netip.AddrPort, srv.cfg.Batch),
 		peers:    make([]netip.AddrPort, srv.cfg.Batch),
 		found:    make([]*flowtable.Entry[*session.Session], srv.cfg.Batch),
 	}
 	l.expired = l.expire
+	l.collect = l.collectCandidate
 	l.one[0] = 1
 	var err error
 	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
@@ -385,8 +370,12 @@ func (l *loop) sweep() {
 }
 
 // expire ends a session the sweep took out of the table; the owner does it.
+// Only anchors expire; one a move has just replaced was on its way out.
 func (l *loop) expire(e *flowtable.Entry[*session.Session]) {
 	s := e.Value
+	if s.Anchor() != e {
+		return
+	}
 	owner := l.srv.loops[s.LoopID()]
 	if owner == l {
 		l.end(s, session.ReasonIdle)
@@ -470,7 +459,7 @@ func (l *loop) classify(ls *loopSocket, m *udpsys.Message, i int) {
 	st := &ls.stats
 	st.rxDatagrams.inc()
 	st.rxBytes.add(uint64(m.N))
-	l.keys[i] = flowtable.Key{}
+	l.keys[i], l.ids[i] = flowtable.Key{}, flowtable.Key{}
 	l.verdicts[i] = handled
 	if m.Truncated {
 		st.truncated.inc()
@@ -489,12 +478,14 @@ func (l *loop) classify(ls *loopSocket, m *udpsys.Message, i int) {
 		st.malformed.inc()
 		return
 	}
-	l.keys[i], l.verdicts[i], l.locals[i], l.peers[i] = key, verdict, local, peer
+	l.keys[i], l.ids[i], l.verdicts[i], l.locals[i], l.peers[i] = key, d.ID, verdict, local, peer
 }
 
 // route passes datagram i of a batch to its session, e the flow table's
 // entry for its key: opening the session if needed, or handing the datagram
-// to the loop that owns it.
+// to the loop that owns it. A datagram with an ID goes to the sessions that
+// hold the ID when its key finds no session, or one that does not claim it
+// (see session.Session.Claims).
 func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *flowtable.Entry[*session.Session]) {
 	verdict := l.verdicts[i]
 	switch verdict {
@@ -504,18 +495,34 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *flowtable.Entr
 		l.serveStateless(ls, l.locals[i], l.peers[i], m.Buf[:m.N])
 		return
 	}
-	peer, p := l.peers[i], m.Buf[:m.N]
+	peer, p, id := l.peers[i], m.Buf[:m.N], l.ids[i]
+	hasID := id.Kind() != flowtable.KindNone
 	var s *session.Session
-	if e != nil {
+	switch {
+	case e != nil && (!hasID || e.Value.Claims(id)):
 		s = e.Value
-	} else if verdict == session.Lookup {
-		ls.stats.unknownFlow.inc()
+	case hasID && l.resolve(ls, id, peer, p):
 		return
-	} else if s = l.open(ls, l.keys[i], l.locals[i], peer); s == nil {
-		// Refused. (A flow whose session an earlier datagram of this batch
-		// opened is not refused: open's insert finds and returns it.)
+	case e != nil || verdict == session.Lookup:
+		if hasID {
+			ls.stats.unknownID.inc()
+		} else {
+			ls.stats.unknownFlow.inc()
+		}
 		return
+	default:
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer); s == nil {
+			// Refused. (A flow whose session an earlier datagram of this
+			// batch opened is not refused: open's insert finds and
+			// returns it.)
+			return
+		}
 	}
+	l.toOwner(ls, s, peer, p)
+}
+
+// toOwner hands p from peer to s on the loop that owns s.
+func (l *loop) toOwner(ls *loopSocket, s *session.Session, peer netip.AddrPort, p []byte) {
 	if owner := s.LoopID(); owner != l.id {
 		l.forward(ls, owner, s, peer, p)
 		return
@@ -535,14 +542,15 @@ func (l *loop) serveStateless(ls *loopSocket, local, peer netip.AddrPort, p []by
 	sl.Handler().(session.StatelessHandler).Stateless(sl, p)
 }
 
-// deliver hands p to s on its owning loop. A connection-ID session follows its
-// client to a new address; a 4-tuple session's peer is part of its key.
+// deliver hands p from peer to s on its owning loop; one from another
+// address than s's peer goes to the handler's Roam (see roam).
 func (l *loop) deliver(s *session.Session, peer netip.AddrPort, p []byte) {
 	if s.Closed() {
 		return
 	}
-	if s.Peer() != peer && s.Entry().Key().Kind() == flowtable.KindCID {
-		s.SetPeer(peer)
+	if peer != s.PeerAddr() {
+		l.roam(s, peer, p)
+		return
 	}
 	l.current = s
 	s.Deliver(p, l.now)
@@ -559,122 +567,41 @@ func (l *loop) noteChange(s *session.Session) {
 	}
 }
 
-// open creates the session for a flow's first datagram. It returns nil when
+// open creates the session for a flow's first datagram, under key and, if
+// they are not that, the datagram's 4-tuple and its ID. It returns nil when
 // the flow is refused, and another loop's session when that loop created the
 // same flow first.
-func (l *loop) open(ls *loopSocket, key flowtable.Key, local, peer netip.AddrPort) *session.Session {
+func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort) *session.Session {
 	ln := ls.ln
 	s := session.New(session.Config{
 		Key: key, Scope: ln.scope, Local: local, Peer: peer, Loop: l, Handler: ln.handler,
 		IdleTimeout: ln.idle, Now: l.now,
 	})
-	e, err := l.srv.table.Insert(s.Entry())
+	e, err := l.srv.table.Insert(s.Anchor())
 	if err != nil {
 		ls.stats.refusedFull.inc()
 		l.srv.refusalLog(ln.name, err)
 		return nil
 	}
-	if e != s.Entry() {
+	if e != s.Anchor() {
 		return e.Value
 	}
+	l.fileKeys(s, flowtable.TupleKey(ln.scope, local, peer), id)
 	l.current = s
 	err = s.Open()
 	l.current = nil
 	if err != nil {
-		l.detach(s)
-		l.srv.table.Delete(s.Entry())
+		l.detachAll(s)
+		l.unfileKeys(s)
 		ls.stats.refusedOpen.inc()
 		return nil
 	}
 	ls.stats.opened.inc()
+	l.srv.live.Add(1)
 	if l.trackGen != 0 {
 		l.noteChange(s)
 	}
 	return s
-}
-
-// Attach implements session.Loop: fd joins this loop's poller under a slot
-// that leads straight back to s.
-func (l *loop) Attach(s *session.Session, fd int) error {
-	if _, ok := s.Handler().(session.UpstreamHandler); !ok {
-		return fmt.Errorf("attach: handler %T does not implement session.UpstreamHandler", s.Handler())
-	}
-	if old, _ := s.Upstream(); old >= 0 {
-		return errors.New("attach: the session already has a socket")
-	}
-	var slot int32
-	if n := len(l.freeSlots); n > 0 {
-		slot, l.freeSlots = l.freeSlots[n-1], l.freeSlots[:n-1]
-	} else {
-		slot = int32(len(l.upstreams))
-		l.upstreams = append(l.upstreams, upstreamSlot{})
-	}
-	if err := l.watch(fd, tokenUpstream, slot); err != nil {
-		l.freeSlots = append(l.freeSlots, slot)
-		return err
-	}
-	// A socket attached while sessions are restored is the predecessor's.
-	l.upstreams[slot] = upstreamSlot{s: s, drops: dropCounter{known: l.srv.inherit == nil}}
-	s.SetUpstream(fd, slot)
-	return nil
-}
-
-// detach stops watching s's own socket; the handler closes it.
-func (l *loop) detach(s *session.Session) {
-	fd, slot := s.Upstream()
-	if fd < 0 {
-		return
-	}
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
-	l.upstreams[slot] = upstreamSlot{}
-	l.freeSlots = append(l.freeSlots, slot)
-	s.SetUpstream(-1, 0)
-}
-
-// readUpstream reads a session's own socket and passes its datagrams to the
-// handler. The event may be stale (the slot freed, or reused by another
-// session, earlier in the same wakeup); reading the slot's current socket is
-// harmless either way.
-func (l *loop) readUpstream(slot int32) {
-	s := l.upstreams[slot].s
-	if s == nil {
-		return
-	}
-	h := s.Handler().(session.UpstreamHandler)
-	ls := l.socks[s.Scope()]
-	if l.trackGen != 0 {
-		l.noteChange(s) // its replies count as the session's traffic
-	}
-	l.current = s
-	defer func() { l.current = nil }()
-	for round := 0; round < readRounds; round++ {
-		// The handler may have detached the socket, or attached another,
-		// in the round before.
-		fd, slot := s.Upstream()
-		if fd < 0 {
-			return
-		}
-		n, err := l.rx.Recv(fd)
-		if err != nil {
-			if err != unix.EAGAIN && err != unix.EINTR {
-				h.UpstreamError(s, err)
-			}
-			return
-		}
-		l.countKernelDrops(&l.upstreams[slot].drops, &ls.stats.upstreamKernelDrops)
-		for i := 0; i < n && !s.Closed(); i++ {
-			m := &l.rx.Msgs[i]
-			ls.stats.upstreamRx.inc()
-			if m.Truncated {
-				ls.stats.truncated.inc()
-				continue
-			}
-			h.Upstream(s, m.Buf[:m.N])
-		}
-		if n < l.rx.Len() {
-			return
-		}
-	}
 }
 
 // maxDeferredBytes bounds the datagrams a loop holds for full inboxes;
@@ -800,15 +727,16 @@ func (l *loop) CloseSession(s *session.Session, r session.Reason) {
 
 // end removes s from the table and tells its handler. Owning loop only.
 func (l *loop) end(s *session.Session, r session.Reason) {
-	l.srv.table.Delete(s.Entry())
+	l.unfileKeys(s)
 	if s.Closed() {
 		return
 	}
-	l.detach(s)
+	l.detachAll(s)
 	l.current = s
 	ended := s.End(r)
 	l.current = nil
 	if ended {
+		l.srv.live.Add(-1)
 		if l.trackGen != 0 {
 			l.noteChange(s)
 		}
@@ -855,7 +783,7 @@ func (l *loop) Send(s *session.Session, p []byte) error {
 	}
 	m := &ls.tx.Msgs[ls.ntx]
 	m.N = copy(m.Buf, p)
-	m.Addr = s.Peer()
+	m.Addr = s.PeerAddr()
 	m.Local = netip.Addr{}
 	if ls.sock.Wildcard {
 		m.Local = s.LocalAddr().Addr()
@@ -923,9 +851,9 @@ func (l *loop) stop() {
 func (l *loop) shutdown() {
 	reason := session.Reason(l.srv.endReason.Load())
 	var mine []*session.Session
-	l.srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
-		if e.Value.LoopID() == l.id {
-			mine = append(mine, e.Value)
+	l.srv.Sessions(func(s *session.Session) bool {
+		if s.LoopID() == l.id {
+			mine = append(mine, s)
 		}
 		return true
 	})

@@ -72,8 +72,7 @@ func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error, se
 	var err error
 	var rec handoff.Session
 	now := session.Clock()
-	srv.table.Range(func(e *entry) bool {
-		s := e.Value
+	srv.Sessions(func(s *session.Session) bool {
 		if precopies(s.Handler()) && s.Live() {
 			err = srv.copySession(s, fn, &rec, now, true, &es)
 		}
@@ -157,7 +156,7 @@ func (srv *Server) copySession(s *session.Session, fn func(*handoff.Session, int
 			return nil // ended: not copied, so nothing to take back
 		}
 	}
-	exportRecord(rec, s.Entry(), now, state, handoff.ChangeNew)
+	exportRecord(rec, s, now, state, handoff.ChangeNew)
 	if err := fn(rec, fd); err != nil {
 		return err
 	}
@@ -179,8 +178,10 @@ func (srv *Server) sendChanges(lists [][]*session.Session, fn func(*handoff.Sess
 	var rec handoff.Session
 	for _, list := range lists {
 		for _, s := range list {
-			if s.Closed() && s.Copied(id) {
-				exportRecord(&rec, s.Entry(), now, nil, handoff.ChangeGone)
+			// A session that ended is gone; one whose socket changed goes
+			// too, and comes again whole, with its new socket, below.
+			if (s.Closed() || s.Recopy()) && s.Copied(id) {
+				exportRecord(&rec, s, now, nil, handoff.ChangeGone)
 				if err := fn(&rec, -1); err != nil {
 					return err
 				}
@@ -196,7 +197,7 @@ func (srv *Server) sendChanges(lists [][]*session.Session, fn func(*handoff.Sess
 				// Ended (told above or in a later round), or left to the walk
 				// of ExportSessions.
 			case s.Copied(id):
-				exportRecord(&rec, s.Entry(), now, nil, handoff.ChangeUpdate)
+				exportRecord(&rec, s, now, nil, handoff.ChangeUpdate)
 				if err := fn(&rec, -1); err != nil {
 					return err
 				}
@@ -236,13 +237,16 @@ func (srv *Server) stopTracking() {
 	}
 }
 
-// exportRecord describes the session of e in rec.
-func exportRecord(rec *handoff.Session, e *entry, now int64, state []byte, change handoff.Change) {
-	s := e.Value
+// exportRecord describes s in rec, reusing rec's slice of keys.
+func exportRecord(rec *handoff.Session, s *session.Session, now int64, state []byte, change handoff.Change) {
 	st := s.Stats()
+	keys := s.Keys(rec.Keys[:0])
+	if len(keys) == 1 && keys[0] == s.Key() {
+		keys = keys[:0] // the usual: the key it was created under alone
+	}
 	*rec = handoff.Session{
-		Key: s.Key(), Loop: uint16(s.LoopID()), Peer: s.PeerAddr(), Local: s.LocalAddr(),
-		Created: s.Created().UnixNano(), IdleLeft: e.Expires() - now, IdleTimeout: int64(s.IdleTimeout()),
+		ID: s.ID(), Key: s.Key(), Keys: keys, Loop: uint16(s.LoopID()), Peer: s.PeerAddr(), Local: s.LocalAddr(),
+		Created: s.Created().UnixNano(), IdleLeft: s.Anchor().Expires() - now, IdleTimeout: int64(s.IdleTimeout()),
 		RxPackets: st.RxPackets, RxBytes: st.RxBytes, TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 		State: state, Upstream: -1, Change: change,
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -11,7 +12,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
@@ -47,7 +47,10 @@ type drain struct {
 	pairs  [][2]int
 	active bool         // Drain has begun: the loops use pairs[i][0]
 	left   atomic.Int64 // retained sessions not yet ended
-	timer  *time.Timer
+	// retained finds the retained sessions not yet ended by ID, for the
+	// datagrams the successor relays; any loop reads it.
+	retained sync.Map // uint64 → *session.Session
+	timer    *time.Timer
 }
 
 func (d *drain) closeTheirs() {
@@ -74,12 +77,10 @@ func (d *drain) close() {
 
 // ownerRelay is a draining loop's end of the relay.
 type ownerRelay struct {
-	fd   int
-	rx   *udpsys.Batch
-	note []byte
-	// mine are the loop's retained sessions not yet ended.
-	mine map[*session.Session]struct{}
-	left *atomic.Int64
+	fd    int
+	rx    *udpsys.Batch
+	note  []byte
+	drain *drain
 }
 
 // retains reports whether a frozen server's session stays with it in a
@@ -178,14 +179,11 @@ func (srv *Server) Drain(timeout time.Duration) {
 	// Every loop is paused: this goroutine acts for each in turn, as Freeze
 	// does, and the loops see its changes when they resume.
 	var moved []*session.Session
-	mine := make([]map[*session.Session]struct{}, len(srv.loops))
-	for i := range mine {
-		mine[i] = map[*session.Session]struct{}{}
-	}
-	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
-		s := e.Value
+	retained := 0
+	srv.Sessions(func(s *session.Session) bool {
 		if retains(s) {
-			mine[s.LoopID()][s] = struct{}{}
+			d.retained.Store(s.ID(), s)
+			retained++
 		} else if !s.Closed() {
 			moved = append(moved, s)
 		}
@@ -194,7 +192,7 @@ func (srv *Server) Drain(timeout time.Duration) {
 	for _, s := range moved {
 		srv.loops[s.LoopID()].end(s, session.ReasonHandoff)
 	}
-	retained := 0
+	d.left.Store(int64(retained))
 	for i, l := range srv.loops {
 		// The loop paused in the middle of a wakeup's events; those of the
 		// listener sockets are the successor's to act on now (reading is
@@ -207,20 +205,17 @@ func (srv *Server) Drain(timeout time.Duration) {
 			}
 		}
 		l.relay = &ownerRelay{
-			fd:   d.pairs[i][0],
-			rx:   udpsys.NewBatch(relayBatch, udpsys.MaxDatagram+handoff.RelayHeaderSize, unix.AF_UNIX),
-			note: make([]byte, 0, flowtable.KeySize),
-			mine: mine[i],
-			left: &d.left,
+			fd:    d.pairs[i][0],
+			rx:    udpsys.NewBatch(relayBatch, udpsys.MaxDatagram+handoff.RelayHeaderSize, unix.AF_UNIX),
+			note:  make([]byte, 0, 8),
+			drain: d,
 		}
-		retained += len(mine[i])
 		if err := l.watch(d.pairs[i][0], tokenRelay, 0); err != nil {
 			srv.log.Error("draining loop cannot read its relay socket; its retained sessions get no more datagrams",
 				"loop", l.id, "err", err)
 		}
 		l.endBatch()
 	}
-	d.left.Store(int64(retained))
 	srv.log.Info("draining: serving retained sessions until they end; the successor relays their datagrams",
 		"sessions", retained, "handed_over", len(moved), "drain_timeout", timeout)
 	d.timer = time.AfterFunc(timeout, func() {
@@ -259,50 +254,43 @@ func (l *loop) readRelay() {
 // session that has ended is dropped, and the successor is told again that
 // the session ended, in case the first notice found its socket full.
 func (l *loop) relayed(m *udpsys.Message) {
-	key, peer, p, err := handoff.DecodeRelay(m.Buf[:m.N])
+	id, peer, p, err := handoff.DecodeRelay(m.Buf[:m.N])
 	if err != nil || m.Truncated {
 		l.srv.log.Warn("malformed relayed datagram", "loop", l.id, "bytes", m.N, "err", err)
 		return
 	}
-	e := l.srv.table.Lookup(key)
-	if e == nil || e.Value.Closed() {
-		if sc := int(key.Scope()); sc < len(l.socks) {
-			l.socks[sc].stats.relayDrops.inc()
-		}
-		l.sendEnded(key)
+	v, ok := l.relay.drain.retained.Load(id)
+	if !ok || v.(*session.Session).Closed() {
+		l.socks[0].stats.relayDrops.inc()
+		l.sendEnded(id)
 		return
 	}
-	s := e.Value
+	s := v.(*session.Session)
 	ls := l.socks[s.Scope()]
 	ls.stats.relayed.inc()
-	if owner := s.LoopID(); owner != l.id {
-		l.forward(ls, owner, s, peer, p)
-		return
-	}
-	l.deliver(s, peer, p)
+	l.toOwner(ls, s, peer, p)
 }
 
 // relayEnded runs on a draining loop for each session that ends: the
 // successor forgets its relay session, and the server stops after the last.
 func (l *loop) relayEnded(s *session.Session) {
-	r := l.relay
-	l.sendEnded(s.Key())
-	if _, ok := r.mine[s]; !ok {
+	d := l.relay.drain
+	l.sendEnded(s.ID())
+	if _, ok := d.retained.LoadAndDelete(s.ID()); !ok {
 		return
 	}
-	delete(r.mine, s)
-	if r.left.Add(-1) == 0 {
+	if d.left.Add(-1) == 0 {
 		l.srv.log.Info("drained: the last retained session has ended")
 		l.srv.stop()
 	}
 }
 
-// sendEnded tells the successor that the session with key has ended. The
+// sendEnded tells the successor that the session with ID id has ended. The
 // socket is non-blocking: a notice that finds it full is lost, and sent
 // again when the successor relays the next datagram for the session.
-func (l *loop) sendEnded(key flowtable.Key) {
+func (l *loop) sendEnded(id uint64) {
 	r := l.relay
-	r.note = handoff.AppendEnded(r.note[:0], key)
+	r.note = handoff.AppendEnded(r.note[:0], id)
 	unix.Write(r.fd, r.note)
 }
 
@@ -312,10 +300,10 @@ func (l *loop) sendEnded(key flowtable.Key) {
 type relayHandler struct {
 	srv   *Server
 	loops []relayLoop
-	// scopes maps the predecessor's listener indexes, in the keys it uses,
-	// to this server's.
-	scopes map[uint16]uint16
-	live   atomic.Int64 // relay sessions not yet ended
+	// sessions finds the relay sessions not yet ended by ID, which the
+	// predecessor's notices name.
+	sessions sync.Map // uint64 → *session.Session
+	live     atomic.Int64
 
 	mu      sync.Mutex
 	conns   []*net.UnixConn // the same sockets as loops[i].fd, for the notice readers
@@ -332,7 +320,7 @@ type relayLoop struct {
 // adoptRelays takes the relay sockets a predecessor handed over, one per
 // loop. The server owns them from here on, also when adoptRelays fails.
 func (srv *Server) adoptRelays(fds []int) error {
-	h := &relayHandler{srv: srv, scopes: map[uint16]uint16{}}
+	h := &relayHandler{srv: srv}
 	srv.relay = h
 	for _, fd := range fds {
 		h.loops = append(h.loops, relayLoop{fd: fd})
@@ -370,24 +358,27 @@ func (srv *Server) adoptRelays(fds []int) error {
 	return nil
 }
 
-// restoreRelay files a retained record as a relay session on its loop.
-func (srv *Server) restoreRelay(rec *handoff.Session, ln *listener, key flowtable.Key, now int64) bool {
+// restoreRelay files a retained record as a relay session on its loop,
+// under the record's keys: its datagrams then find it as they found the
+// predecessor's session.
+func (srv *Server) restoreRelay(rec *handoff.Session, ln *listener, now int64) bool {
 	h := srv.relay
+	keys := recordKeys(rec, ln)
 	l := srv.loops[int(rec.Loop)%len(srv.loops)]
 	s := session.New(session.Config{
-		Key: key, Scope: ln.scope, Local: rec.Local, Peer: rec.Peer,
+		Key: rec.Key.WithScope(ln.scope), Anchor: keys[0], ID: rec.ID,
+		Scope: ln.scope, Local: rec.Local, Peer: rec.Peer,
 		Loop: l, Handler: h, IdleTimeout: ln.idle, Now: now,
 		Created:  time.Unix(0, rec.Created),
 		Stats:    session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes, TxPackets: rec.TxPackets, TxBytes: rec.TxBytes},
 		IdleLeft: time.Duration(rec.IdleLeft),
 	})
-	// The predecessor knows the session by its own key.
-	s.SetState(rec.Key)
-	if e, err := srv.table.Insert(s.Entry()); err != nil || e != s.Entry() {
+	if !l.fileRestored(s, keys) {
 		return false
 	}
-	h.scopes[rec.Key.Scope()] = ln.scope
+	h.sessions.Store(s.ID(), s)
 	h.live.Add(1)
+	srv.live.Add(1)
 	l.socks[ln.scope].stats.opened.inc()
 	return true
 }
@@ -403,11 +394,18 @@ func (h *relayHandler) Open(*session.Session) error { return errRelayOpen }
 // waits: with the socket full the datagram is dropped and counted. With the
 // predecessor gone the session ends, and the client's next datagram opens a
 // session here.
-func (h *relayHandler) Datagram(s *session.Session, p []byte) {
+func (h *relayHandler) Datagram(s *session.Session, p []byte) { h.relay(s, s.PeerAddr(), p) }
+
+// Roam passes a datagram of s from another address to the predecessor too,
+// whose handler decides whether the session follows its client.
+func (h *relayHandler) Roam(s *session.Session, from netip.AddrPort, p []byte) { h.relay(s, from, p) }
+
+// relay sends p from peer to the predecessor.
+func (h *relayHandler) relay(s *session.Session, peer netip.AddrPort, p []byte) {
 	id := s.LoopID()
 	rl := &h.loops[id]
 	st := &h.srv.loops[id].socks[s.Scope()].stats
-	rl.buf = handoff.AppendRelay(rl.buf[:0], s.State().(flowtable.Key), s.Peer(), p)
+	rl.buf = handoff.AppendRelay(rl.buf[:0], s.ID(), peer, p)
 	_, err := unix.Write(rl.fd, rl.buf)
 	switch err {
 	case nil:
@@ -421,7 +419,8 @@ func (h *relayHandler) Datagram(s *session.Session, p []byte) {
 }
 
 // Close forgets the session; after the last, the relay closes.
-func (h *relayHandler) Close(*session.Session, session.Reason) {
+func (h *relayHandler) Close(s *session.Session, _ session.Reason) {
+	h.sessions.Delete(s.ID())
 	if h.live.Add(-1) == 0 {
 		h.close()
 	}
@@ -456,42 +455,15 @@ func (h *relayHandler) readEnded(c *net.UnixConn) {
 			}
 			return
 		}
-		key, err := handoff.DecodeEnded(buf[:n])
+		id, err := handoff.DecodeEnded(buf[:n])
 		if err != nil {
 			h.srv.log.Warn("relay: malformed notice from the predecessor", "err", err)
 			continue
 		}
-		if s := h.lookup(key); s != nil {
-			s.Close()
+		if s, ok := h.sessions.Load(id); ok {
+			s.(*session.Session).Close()
 		}
 	}
-}
-
-// lookup finds the relay session the predecessor calls key, if it is still
-// a relay session here.
-func (h *relayHandler) lookup(key flowtable.Key) *session.Session {
-	scope, ok := h.scopes[key.Scope()]
-	if !ok {
-		return nil
-	}
-	var k flowtable.Key
-	if key.Kind() == flowtable.KindCID {
-		var err error
-		if k, err = flowtable.CIDKey(scope, key.AppendCID(nil)); err != nil {
-			return nil
-		}
-	} else {
-		k = flowtable.TupleKey(scope, key.Local(), key.Peer())
-	}
-	e := h.srv.table.Lookup(k)
-	if e == nil {
-		return nil
-	}
-	s := e.Value
-	if rh, ok := s.Handler().(*relayHandler); !ok || rh != h || s.State().(flowtable.Key) != key {
-		return nil
-	}
-	return s
 }
 
 // stopReaders ends the notice readers and waits for them; nothing of the

@@ -349,12 +349,22 @@ func (cidDissector) Dissect(p []byte, _, _ netip.AddrPort, scope uint16) session
 	return session.Dissection{Key: k, Verdict: session.Create}
 }
 
+// roamingHandler is a countingHandler that follows its client anywhere, as
+// a handler whose protocol authenticates every datagram may (QUIC's does).
+type roamingHandler struct{ *countingHandler }
+
+func (h roamingHandler) Roam(s *session.Session, from netip.AddrPort, p []byte) {
+	s.Move(from)
+	h.Datagram(s, p)
+}
+
 // TestRelayFollowsAMovingClient: a retained connection-ID session whose
 // client moves to another address is answered at the new one; the relay
-// carries the address the successor saw.
+// carries the address the successor saw, and the predecessor's handler
+// decides to follow.
 func TestRelayFollowsAMovingClient(t *testing.T) {
-	cfg := func(h session.Handler, addr netip.AddrPort) Config {
-		c := countingConfig(h, addr, time.Minute)
+	cfg := func(h *countingHandler, addr netip.AddrPort) Config {
+		c := countingConfig(roamingHandler{h}, addr, time.Minute)
 		c.Listeners[0].Dissector = cidDissector{}
 		return c
 	}

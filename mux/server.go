@@ -27,7 +27,9 @@ type listener struct {
 	addr      netip.AddrPort
 	handler   session.Handler
 	dissector session.Dissector
-	idle      time.Duration
+	// learner is the dissector if it learns from the server's datagrams.
+	learner session.ReplyDissector
+	idle    time.Duration
 }
 
 // Server runs the event loops. Create it with New, run it with Serve.
@@ -40,6 +42,9 @@ type Server struct {
 
 	serving      atomic.Bool
 	lastRefusalL atomic.Int64 // Clock reading of the last table-full log
+
+	// live counts the sessions opened or restored and not yet ended.
+	live atomic.Int64
 
 	// panics counts handler panics; lastPanicLog is the Clock reading of
 	// the last one logged.
@@ -62,6 +67,9 @@ type Server struct {
 	// upstreamTaken marks the session sockets a record has claimed.
 	inherit       *Inheritance
 	upstreamTaken []bool
+	// restoring finds the sessions restored so far by ID, for the records
+	// that update them.
+	restoring map[uint64]*session.Session
 
 	// lastGen is the last generation of changes the loops were asked to
 	// note (precopy.go), copyGen the first generation of the latest handoff
@@ -95,10 +103,12 @@ func New(cfg Config) (*Server, error) {
 	srv := &Server{cfg: cfg, log: cfg.Logger, table: table, stopped: make(chan struct{})}
 	srv.endReason.Store(uint32(session.ReasonShutdown))
 	for i, lc := range cfg.Listeners {
-		srv.listeners = append(srv.listeners, &listener{
+		ln := &listener{
 			name: lc.Name, scope: uint16(i), addr: lc.Address,
 			handler: lc.Handler, dissector: lc.Dissector, idle: lc.IdleTimeout,
-		})
+		}
+		ln.learner, _ = lc.Dissector.(session.ReplyDissector)
+		srv.listeners = append(srv.listeners, ln)
 	}
 	if err := srv.openLoops(cpus); err != nil {
 		srv.closeLoops()
@@ -235,7 +245,7 @@ func (srv *Server) Serve(ctx context.Context) error {
 	if !srv.serving.CompareAndSwap(false, true) {
 		return errors.New("mux: Serve called twice")
 	}
-	srv.inherit = nil // Restore is over
+	srv.inherit, srv.restoring = nil, nil // Restore is over
 	var wg sync.WaitGroup
 	for _, l := range srv.loops {
 		wg.Add(1)
@@ -323,7 +333,7 @@ func (srv *Server) Close() error {
 
 // Stats returns a snapshot of the server's counters.
 func (srv *Server) Stats() Stats {
-	st := Stats{Sessions: srv.table.Len(), Capacity: srv.table.Capacity(), HandlerPanics: srv.panics.Load()}
+	st := Stats{Sessions: int(srv.live.Load()), Keys: srv.table.Len(), Capacity: srv.table.Capacity(), HandlerPanics: srv.panics.Load()}
 	for _, ln := range srv.listeners {
 		ls := ListenerStats{Name: ln.name, Address: ln.addr.String()}
 		for _, l := range srv.loops {
@@ -335,7 +345,11 @@ func (srv *Server) Stats() Stats {
 }
 
 // Sessions calls fn for each live session until fn returns false. The view is
-// weakly consistent: sessions opened or closed meanwhile may be missed.
+// weakly consistent: sessions opened, closed or moved meanwhile may be
+// missed.
 func (srv *Server) Sessions(fn func(*session.Session) bool) {
-	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool { return fn(e.Value) })
+	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
+		// Each session once: by its anchor, not its further keys.
+		return e.Value.Anchor() != e || fn(e.Value)
+	})
 }

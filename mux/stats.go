@@ -18,7 +18,9 @@ func (c *counter) load() uint64 { return c.v.Load() }
 type socketStats struct {
 	rxDatagrams, rxBytes, txDatagrams, txBytes counter
 	truncated, malformed, unknownFlow          counter
-	statelessDrops                             counter
+	statelessDrops, unknownID, keysRefused     counter
+	roamed, roamRefused, moved                 counter
+	movesWithoutTuple                          counter
 	kernelDrops                                counter
 	opened, refusedFull, refusedOpen           counter
 	closed                                     [len(reasonIndex)]counter
@@ -45,10 +47,21 @@ type ListenerStats struct {
 	// dropped rather than delivered cut.
 	Truncated uint64
 	// Malformed counts datagrams the dissector rejected; UnknownFlow those it
-	// allowed only for an existing session that did not exist;
-	// StatelessDrops those it handed over without a session to a handler
-	// that serves sessions only.
-	Malformed, UnknownFlow, StatelessDrops uint64
+	// allowed only for an existing session that did not exist; UnknownID
+	// those whose ID (session.Dissection) no session held; StatelessDrops
+	// those it handed over without a session to a handler that serves
+	// sessions only.
+	Malformed, UnknownFlow, UnknownID, StatelessDrops uint64
+	// Roamed counts datagrams of a session from an address other than its
+	// peer's, handed to its handler's Roam; RoamRefused those dropped
+	// because the handler cannot follow a client (it is no
+	// session.Roamer); Moved the sessions handlers moved to a new address,
+	// of which MovesWithoutTuple could not take the new 4-tuple (a stale
+	// session held it) and were found by their other keys.
+	Roamed, RoamRefused, Moved, MovesWithoutTuple uint64
+	// KeysRefused counts keys learned from a server that the table could
+	// not take (full, or another session's).
+	KeysRefused uint64
 	// KernelDrops is the growth of the sockets' receive-queue overflow
 	// counters (SO_RXQ_OVFL) while udpmux ran.
 	KernelDrops uint64
@@ -87,6 +100,12 @@ func (st *socketStats) addTo(ls *ListenerStats) {
 	ls.Malformed += st.malformed.load()
 	ls.UnknownFlow += st.unknownFlow.load()
 	ls.StatelessDrops += st.statelessDrops.load()
+	ls.UnknownID += st.unknownID.load()
+	ls.Roamed += st.roamed.load()
+	ls.RoamRefused += st.roamRefused.load()
+	ls.Moved += st.moved.load()
+	ls.MovesWithoutTuple += st.movesWithoutTuple.load()
+	ls.KeysRefused += st.keysRefused.load()
 	ls.KernelDrops += st.kernelDrops.load()
 	ls.SessionsOpened += st.opened.load()
 	ls.RefusedFull += st.refusedFull.load()
@@ -122,8 +141,9 @@ func (st *socketStats) closedFor(r session.Reason) *counter {
 // Stats is a snapshot of a Server's counters.
 type Stats struct {
 	Listeners []ListenerStats
-	// Sessions is the number of live sessions; Capacity the table's bound.
-	Sessions, Capacity int
+	// Sessions is the number of live sessions; Keys the keys they are filed
+	// under (each has one or more); Capacity the table's bound on keys.
+	Sessions, Keys, Capacity int
 	// HandlerPanics counts handler callbacks that panicked; each ended the
 	// session it served.
 	HandlerPanics uint64

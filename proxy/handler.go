@@ -62,6 +62,8 @@ type Handler struct {
 
 type handlerStats struct {
 	noBackend, dialErrors, upstreamDrops, upstreamErrors, refusedByBackend, abandoned atomic.Uint64
+	moved, movesRefused                                                               atomic.Uint64
+	probes                                                                            atomic.Int64
 }
 
 // Stats are the proxy's own counters.
@@ -82,6 +84,13 @@ type Stats struct {
 	// had not answered them (for their idle timeout, or ever), so that
 	// their clients' next datagrams open sessions on a healthy backend.
 	Abandoned uint64
+	// Moved counts sessions that followed their client to a new address,
+	// confirmed by the backend (see Roam); MovesRefused new addresses given
+	// no probe (too many pending for the session, or a limit) or refused by
+	// sessions.max_per_source; MovesPending is the number of probes open
+	// now, each a new address waiting for the backend's word.
+	Moved, MovesRefused uint64
+	MovesPending        int64
 	// UpstreamSockets is the number of upstream sockets open now.
 	UpstreamSockets int
 	// Backends is each backend's health and live sessions.
@@ -100,6 +109,9 @@ type upstream struct {
 	// counted for the session.
 	heard, answered        bool
 	silentSince, refusedAt time.Time
+	// probes are sockets to the backend for new client addresses, waiting
+	// for the backend to answer one (roam.go).
+	probes []probe
 }
 
 // Errors returned by Open; the engine counts them as refused sessions.
@@ -203,6 +215,9 @@ func (h *Handler) Datagram(s *session.Session, p []byte) {
 	if h.bal.Down(u.backend) && h.abandon(s, u) {
 		return
 	}
+	if len(u.probes) > 0 {
+		h.closeIdleProbes(s, u, time.Now())
+	}
 	h.queue(s, u, p)
 }
 
@@ -228,17 +243,24 @@ func (h *Handler) abandon(s *session.Session, u *upstream) bool {
 	return true
 }
 
-// Upstream sends a backend reply to the session's own client.
-func (h *Handler) Upstream(s *session.Session, p []byte) {
+// Upstream sends a backend reply to the session's own client. A reply on a
+// probe socket confirms the client's new address first (see confirm).
+func (h *Handler) Upstream(s *session.Session, sock int, p []byte) {
 	u := s.State().(*upstream)
+	if sock != u.fd && !h.confirm(s, u, sock) {
+		return
+	}
 	u.heard, u.answered = true, true
 	h.bal.MarkUp(u.backend)
 	s.Write(p)
 }
 
-// UpstreamError handles a failed read of the upstream socket.
-func (h *Handler) UpstreamError(s *session.Session, err error) {
-	h.upstreamFailed(s, s.State().(*upstream), err)
+// UpstreamError handles a failed read of an upstream socket; a probe's
+// failures count for nothing.
+func (h *Handler) UpstreamError(s *session.Session, sock int, err error) {
+	if u := s.State().(*upstream); sock == u.fd {
+		h.upstreamFailed(s, u, err)
+	}
 }
 
 // upstreamFailed counts a failure of the upstream socket. A refusal (ICMP
@@ -260,12 +282,15 @@ func (h *Handler) upstreamFailed(s *session.Session, u *upstream, err error) {
 	h.bal.Refused(u.backend, now)
 }
 
-// Close releases the session's upstream socket and its limits. Datagrams
+// Close releases the session's upstream sockets and its limits. Datagrams
 // queued for it go first: the socket's number may name another socket soon.
 func (h *Handler) Close(s *session.Session, _ session.Reason) {
 	u := s.State().(*upstream)
 	if ls := h.sends.peek(s.LoopID()); ls != nil && ls.n > 0 {
 		h.flushSends(ls)
+	}
+	for len(u.probes) > 0 {
+		h.closeProbe(s, u, 0)
 	}
 	unix.Close(u.fd)
 	h.bal.Closed(u.backend)
@@ -302,6 +327,9 @@ func (h *Handler) Stats() Stats {
 		RefusedByBackend: h.stats.refusedByBackend.Load(),
 		IgnoredRefusals:  h.bal.IgnoredRefusals(),
 		Abandoned:        h.stats.abandoned.Load(),
+		Moved:            h.stats.moved.Load(),
+		MovesRefused:     h.stats.movesRefused.Load(),
+		MovesPending:     h.stats.probes.Load(),
 		UpstreamSockets:  h.sockets.InUse(),
 	}
 	for i := range h.backends {
@@ -370,3 +398,36 @@ func checkConnected(fd int, backend netip.AddrPort) error {
 	}
 	return nil
 }
+
+// SessionInfo is what the proxy knows of one of its sessions.
+type SessionInfo struct {
+	// Backend is the backend the session sticks to.
+	Backend netip.AddrPort
+	// Source is the local address of the session's upstream socket: the
+	// client as the backend sees it.
+	Source netip.AddrPort
+}
+
+// Session describes s, a session of this handler. Safe from any goroutine
+// while s lives; false for a session that is not the proxy's or has ended.
+func (h *Handler) Session(s *session.Session) (SessionInfo, bool) {
+	if !s.Live() || s.Handler() != session.Handler(h) {
+		return SessionInfo{}, false
+	}
+	// What Open or ImportSession set before the session went live.
+	info := SessionInfo{Backend: h.backends[s.State().(*upstream).backend]}
+	if fd, _ := s.Upstream(); fd >= 0 {
+		if sa, err := unix.Getsockname(fd); err == nil {
+			info.Source = udpsys.AddrPortOf(sa)
+		}
+	}
+	return info, true
+}
+
+// Interface checks.
+var (
+	_ session.UpstreamHandler = (*Handler)(nil)
+	_ session.Roamer          = (*Handler)(nil)
+	_ session.BatchHandler    = (*Handler)(nil)
+	_ session.Precopier       = (*Handler)(nil)
+)

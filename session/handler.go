@@ -1,5 +1,7 @@
 package session
 
+import "net/netip"
+
 // Handler serves sessions. The engine calls it on the loop that owns the
 // session; calls for one loop never overlap, calls for different loops do.
 type Handler interface {
@@ -37,16 +39,34 @@ type BatchHandler interface {
 	EndBatch(loop int)
 }
 
-// UpstreamHandler is a Handler whose sessions own a socket each (see
+// UpstreamHandler is a Handler whose sessions own sockets (see
 // Session.Attach). Both methods run on the session's loop.
 type UpstreamHandler interface {
 	Handler
-	// Upstream is called for each datagram read from s's attached socket; p
-	// belongs to the loop, as in Datagram.
-	Upstream(s *Session, p []byte)
-	// UpstreamError is called when reading the attached socket fails, such
-	// as with ECONNREFUSED after an ICMP port unreachable from a backend.
-	UpstreamError(s *Session, err error)
+	// Upstream is called for each datagram read from sock, one of s's
+	// attached sockets; p belongs to the loop, as in Datagram.
+	Upstream(s *Session, sock int, p []byte)
+	// UpstreamError is called when reading sock fails, such as with
+	// ECONNREFUSED after an ICMP port unreachable from a backend.
+	UpstreamError(s *Session, sock int, err error)
+}
+
+// Roamer is a Handler whose sessions may follow their client to a new
+// address. A datagram that the dissector maps to a session (by a connection
+// ID or another identifier the session holds) but that comes from an
+// address other than the session's peer may come from the client, moved
+// (NAT rebinding, a phone changing networks), or from anyone who forged the
+// identifier. The engine never moves a session on its own: it passes such
+// datagrams to Roam instead of Datagram, and drops and counts them for a
+// handler that is not a Roamer.
+type Roamer interface {
+	Handler
+	// Roam is called on the session's loop for a datagram of s from an
+	// address other than its peer's. The handler calls s.Move(from) once
+	// it has verified that the client is at from (for a proxy: its backend
+	// answered what came from there). p belongs to the loop, as in
+	// Datagram.
+	Roam(s *Session, from netip.AddrPort, p []byte)
 }
 
 // Migrator is a Handler whose sessions can move to a successor process

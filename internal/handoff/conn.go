@@ -19,8 +19,10 @@ import (
 
 // Version is the handoff protocol version; a peer speaking another is refused.
 // Version 2 added retained sessions and relay sockets, 3 the Ready step, 4
-// session records' Change (sessions copied before the owner pauses).
-const Version = 4
+// session records' Change (sessions copied before the owner pauses), 5
+// session IDs and the keys a session is found by, which a relay names
+// sessions by too.
+const Version = 5
 
 // MaxMessage bounds one message; session records are batched up to it.
 const MaxMessage = 64 << 10

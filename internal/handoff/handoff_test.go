@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"net"
 	"net/netip"
@@ -16,17 +17,22 @@ import (
 
 func sampleSessions() []Session {
 	cid, _ := flowtable.CIDKey(1, []byte{1, 2, 3, 4, 5, 6, 7, 8})
+	idx, _ := flowtable.IDKey(1, 3, []byte{9, 9, 9, 9})
+	moved := flowtable.TupleKey(1, netip.MustParseAddrPort("192.0.2.1:51820"), netip.MustParseAddrPort("[2001:db8::5]:443"))
 	return []Session{
 		{
+			ID:   7,
 			Key:  flowtable.TupleKey(0, netip.MustParseAddrPort("192.0.2.1:1194"), netip.MustParseAddrPort("198.51.100.7:40001")),
 			Loop: 1, Peer: netip.MustParseAddrPort("198.51.100.7:40001"), Local: netip.MustParseAddrPort("192.0.2.1:1194"),
 			Created: 1700000000000000000, IdleLeft: 5e9, IdleTimeout: 60e9,
 			RxPackets: 10, RxBytes: 1000, TxPackets: 9, TxBytes: 900, Upstream: 3, State: []byte{0, 1},
 		},
 		{
-			Key: cid, Peer: netip.MustParseAddrPort("[2001:db8::5]:443"), IdleLeft: -1, IdleTimeout: 1e9, Upstream: -1,
+			ID: 8, Key: cid, Keys: []flowtable.Key{cid, moved, idx},
+			Peer: netip.MustParseAddrPort("[2001:db8::5]:443"), IdleLeft: -1, IdleTimeout: 1e9, Upstream: -1,
 		},
 		{
+			ID:   9,
 			Key:  flowtable.TupleKey(0, netip.MustParseAddrPort("192.0.2.1:1194"), netip.MustParseAddrPort("198.51.100.8:40002")),
 			Loop: 2, Peer: netip.MustParseAddrPort("198.51.100.8:40002"), Local: netip.MustParseAddrPort("192.0.2.1:1194"),
 			IdleLeft: 3e9, IdleTimeout: 60e9, RxPackets: 4, Upstream: -1, Retained: true,
@@ -155,7 +161,7 @@ func TestCorruptAndTruncatedInputIsRefused(t *testing.T) {
 		{"huge count", func() error { _, err := DecodeSessions([]byte{0xff, 0xff, 0xff, 0x7f}); return err }, ErrCorrupt},
 		{"bad address family", func() error {
 			r := append([]byte{}, rec...)
-			r[4+flowtable.KeySize+2] = 9
+			r[4+8+flowtable.KeySize+1+2] = 9
 			_, err := DecodeSessions(r)
 			return err
 		}, ErrCorrupt},
@@ -165,14 +171,24 @@ func TestCorruptAndTruncatedInputIsRefused(t *testing.T) {
 			_, err := DecodeSessions(r)
 			return err
 		}, ErrCorrupt},
+		{"session without ID", func() error { return decodeOne(func(r *Session) { r.ID = 0 }) }, nil},
+		{"key of another listener", func() error {
+			return decodeOne(func(r *Session) { r.Keys = []flowtable.Key{r.Key, r.Key.WithScope(9)} })
+		}, nil},
+		{"key twice", func() error { return decodeOne(func(r *Session) { r.Keys = []flowtable.Key{r.Key, r.Key} }) }, nil},
+		{"too many keys", func() error {
+			r := sampleSessions()[0]
+			r.Keys = make([]flowtable.Key, MaxKeys+1)
+			_, err := AppendSession(nil, &r)
+			return err
+		}, nil},
 		{"truncated relay", func() error { _, _, _, err := DecodeRelay(make([]byte, RelayHeaderSize-1)); return err }, ErrTruncated},
-		{"relay with a zero key", func() error { _, _, _, err := DecodeRelay(make([]byte, RelayHeaderSize)); return err }, ErrCorrupt},
 		{"relay without a peer", func() error {
-			r := AppendRelay(nil, s.Key, netip.AddrPort{}, []byte("x"))
+			r := AppendRelay(nil, s.ID, netip.AddrPort{}, []byte("x"))
 			_, _, _, err := DecodeRelay(r)
 			return err
 		}, ErrCorrupt},
-		{"long ended notice", func() error { _, err := DecodeEnded(append(AppendEnded(nil, s.Key), 0)); return err }, ErrCorrupt},
+		{"long ended notice", func() error { _, err := DecodeEnded(append(AppendEnded(nil, s.ID), 0)); return err }, ErrCorrupt},
 		{"relays without control socket", func() error {
 			_, err := DecodeListeners(AppendListeners(nil, Listeners{
 				Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Relays: 2}))
@@ -192,17 +208,31 @@ func TestCorruptAndTruncatedInputIsRefused(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := tc.run(); !errors.Is(err, tc.want) {
-				t.Errorf("got %v, want %v", err, tc.want)
+			err := tc.run()
+			if tc.want == nil && err == nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, cmp.Or[any](tc.want, "an error"))
 			}
 		})
 	}
 }
 
+// decodeOne encodes the first sample session changed by change and decodes
+// it.
+func decodeOne(change func(*Session)) error {
+	r := sampleSessions()[0]
+	change(&r)
+	b, err := AppendSession([]byte{1, 0, 0, 0}, &r)
+	if err != nil {
+		return err
+	}
+	_, err = DecodeSessions(b)
+	return err
+}
+
 // flagsOffset is where a record's flags byte lies in a Sessions message
 // holding only that record.
 func flagsOffset() int {
-	return 4 + flowtable.KeySize + 2 + 2*addrPortSize + 7*8 + 4
+	return 4 + 8 + flowtable.KeySize + 1 + 2 + 2*addrPortSize + 7*8 + 4
 }
 
 func TestRetainedSessionRoundTrip(t *testing.T) {
@@ -286,24 +316,24 @@ func TestChangeRecords(t *testing.T) {
 func TestRelayFraming(t *testing.T) {
 	s := sampleSessions()[1]
 	peer := netip.MustParseAddrPort("[2001:db8::9]:4433")
-	b := AppendRelay(make([]byte, 0, 128), s.Key, peer, []byte("payload"))
+	b := AppendRelay(make([]byte, 0, 128), s.ID, peer, []byte("payload"))
 	if len(b) != RelayHeaderSize+len("payload") {
 		t.Fatalf("relayed datagram of %d bytes", len(b))
 	}
-	key, p, payload, err := DecodeRelay(b)
-	if err != nil || key != s.Key || p != peer || string(payload) != "payload" {
-		t.Fatalf("decoded %v %v %q %v", key, p, payload, err)
+	id, p, payload, err := DecodeRelay(b)
+	if err != nil || id != s.ID || p != peer || string(payload) != "payload" {
+		t.Fatalf("decoded %v %v %q %v", id, p, payload, err)
 	}
-	if _, _, payload, err := DecodeRelay(AppendRelay(nil, s.Key, peer, nil)); err != nil || len(payload) != 0 {
+	if _, _, payload, err := DecodeRelay(AppendRelay(nil, s.ID, peer, nil)); err != nil || len(payload) != 0 {
 		t.Fatalf("empty payload: %q %v", payload, err)
 	}
-	k, err := DecodeEnded(AppendEnded(nil, s.Key))
-	if err != nil || k != s.Key {
+	k, err := DecodeEnded(AppendEnded(nil, s.ID))
+	if err != nil || k != s.ID {
 		t.Fatalf("ended: %v %v", k, err)
 	}
 	buf := make([]byte, 0, 128)
 	if n := testing.AllocsPerRun(100, func() {
-		buf = AppendRelay(buf[:0], s.Key, peer, []byte("payload"))
+		buf = AppendRelay(buf[:0], s.ID, peer, []byte("payload"))
 		DecodeRelay(buf)
 	}); n != 0 {
 		t.Errorf("relay framing allocates %v times per datagram", n)
@@ -385,8 +415,8 @@ func FuzzDecodeFrame(f *testing.F) {
 	f.Add(AppendListeners([]byte{byte(TypeListeners)}, Listeners{
 		Listeners: []Listener{{"a", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Control: true, Relays: 2}))
 	rec := sampleSessions()[2]
-	f.Add(AppendRelay([]byte{byte(relayFuzzType)}, rec.Key, rec.Peer, []byte("hello")))
-	f.Add(AppendEnded([]byte{byte(endedFuzzType)}, rec.Key))
+	f.Add(AppendRelay([]byte{byte(relayFuzzType)}, rec.ID, rec.Peer, []byte("hello")))
+	f.Add(AppendEnded([]byte{byte(endedFuzzType)}, rec.ID))
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		Unframe(msg)
 		if len(msg) == 0 {

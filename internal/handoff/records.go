@@ -103,7 +103,14 @@ func DecodeListeners(p []byte) (Listeners, error) {
 // Session is one session's state: everything the successor needs to go on
 // serving it without its peer or backend noticing.
 type Session struct {
-	Key         flowtable.Key
+	// ID tells the session from every other; later records about it (and
+	// the relay) name it by its ID.
+	ID uint64
+	// Key is the key the session was created under.
+	Key flowtable.Key
+	// Keys are the keys the session is found by, the one that holds its
+	// idle deadline first; at most MaxKeys. Empty means Key alone.
+	Keys        []flowtable.Key
 	Loop        uint16
 	Peer, Local netip.AddrPort
 	// Created is when the session began, in Unix nanoseconds.
@@ -136,8 +143,9 @@ type Change uint8
 const (
 	// ChangeNew: a session the successor does not have yet.
 	ChangeNew Change = iota
-	// ChangeUpdate: a session copied earlier saw datagrams or moved; its
-	// peer, counters and idle time replace the copy's. No State or Upstream.
+	// ChangeUpdate: a session copied earlier saw datagrams, learned keys
+	// or moved; its peer, keys, counters and idle time replace the copy's.
+	// No State or Upstream.
 	ChangeUpdate
 	// ChangeGone: a session copied earlier ended; the successor drops its
 	// copy. No State or Upstream.
@@ -156,14 +164,22 @@ const (
 // MaxState bounds a handler's serialized state per session.
 const MaxState = 4096
 
+// MaxKeys bounds the keys of a session record.
+const MaxKeys = 64
+
 // AppendSession encodes s.
 func AppendSession(b []byte, s *Session) ([]byte, error) {
 	if len(s.State) > MaxState {
 		return b, fmt.Errorf("session %v: handler state of %d bytes exceeds %d", s.Key, len(s.State), MaxState)
 	}
-	b, err := s.Key.AppendBinary(b)
-	if err != nil {
-		return b, err
+	if len(s.Keys) > MaxKeys {
+		return b, fmt.Errorf("session %v: %d keys exceed %d", s.Key, len(s.Keys), MaxKeys)
+	}
+	b = binary.LittleEndian.AppendUint64(b, s.ID)
+	b, _ = s.Key.AppendBinary(b)
+	b = append(b, byte(len(s.Keys)))
+	for _, k := range s.Keys {
+		b, _ = k.AppendBinary(b)
 	}
 	b = binary.LittleEndian.AppendUint16(b, s.Loop)
 	b = appendAddrPort(b, s.Peer)
@@ -193,8 +209,21 @@ func DecodeSessions(p []byte) ([]Session, error) {
 	out := make([]Session, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
 		var s Session
+		s.ID = d.u64()
 		if err := s.Key.UnmarshalBinary(d.bytes(flowtable.KeySize)); err != nil && d.err == nil {
 			d.fail(fmt.Errorf("session %d key: %w", i, err))
+		}
+		if nk := int(d.u8()); nk > 0 && d.err == nil {
+			if nk > MaxKeys {
+				d.fail(fmt.Errorf("session %d: %d keys: %w", i, nk, ErrCorrupt))
+			}
+			for j := 0; j < nk && d.err == nil; j++ {
+				var k flowtable.Key
+				if err := k.UnmarshalBinary(d.bytes(flowtable.KeySize)); err != nil && d.err == nil {
+					d.fail(fmt.Errorf("session %d key %d: %w", i, j, err))
+				}
+				s.Keys = append(s.Keys, k)
+			}
 		}
 		s.Loop = d.u16()
 		s.Peer, s.Local = d.addrPort(), d.addrPort()
@@ -221,12 +250,14 @@ func DecodeSessions(p []byte) ([]Session, error) {
 	return out, nil
 }
 
-const minSessionSize = flowtable.KeySize + 2 + 2*addrPortSize + 7*8 + 4 + 1 + 2
+const minSessionSize = 8 + flowtable.KeySize + 1 + 2 + 2*addrPortSize + 7*8 + 4 + 1 + 2
 
 func (s *Session) check() error {
 	switch {
 	case s.Key.Kind() == flowtable.KindNone:
 		return errors.New("empty key")
+	case s.ID == 0:
+		return errors.New("no session ID")
 	case !s.Peer.IsValid():
 		return errors.New("no peer address")
 	case s.IdleTimeout <= 0:
@@ -242,7 +273,26 @@ func (s *Session) check() error {
 	case s.Change != ChangeNew && (s.Retained || s.Upstream != -1 || len(s.State) > 0):
 		return fmt.Errorf("change %d with retained %v, upstream %d and %d bytes of state", s.Change, s.Retained, s.Upstream, len(s.State))
 	}
+	for i, k := range s.Keys {
+		if k.Scope() != s.Key.Scope() {
+			return fmt.Errorf("key %d in listener %d, the session in %d", i, k.Scope(), s.Key.Scope())
+		}
+		for _, x := range s.Keys[:i] {
+			if x == k {
+				return fmt.Errorf("key %v twice", k)
+			}
+		}
+	}
 	return nil
+}
+
+// Anchor returns the key that holds the session's idle deadline: the first
+// of Keys, or Key.
+func (s *Session) Anchor() flowtable.Key {
+	if len(s.Keys) > 0 {
+		return s.Keys[0]
+	}
+	return s.Key
 }
 
 // End closes the state stream with totals the successor checks.

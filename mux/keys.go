@@ -1,0 +1,283 @@
+package mux
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/session"
+)
+
+// A session is in the flow table under several keys: its anchor, the key
+// it was created under or, once moved, its 4-tuple, which holds its idle
+// deadline; its 4-tuple, if that is not the anchor; and the identifiers it
+// learned (session.AddKey), such as the index a WireGuard backend chose, in
+// the dissector's datagrams an ID (session.Dissection). Datagrams find it by
+// any of them, from any address; only its handler moves it to a new one
+// (session.Roamer, Session.Move).
+
+// maxCandidates bounds the sessions one datagram's ID is delivered to when
+// it matches several (OpenVPN peer-ids repeat across backends): one per
+// backend, for any sensible number of backends.
+const maxCandidates = 16
+
+var (
+	errKeyHeld  = errors.New("key held by another session")
+	errKeyScope = errors.New("key of another listener")
+)
+
+// AddKey implements session.Loop.
+func (l *loop) AddKey(s *session.Session, k flowtable.Key) error {
+	if k.Kind() == flowtable.KindNone || k.Scope() != s.Scope() {
+		return fmt.Errorf("add key %v: %w", k, errKeyScope)
+	}
+	if s.Holds(k) {
+		return nil
+	}
+	old := s.KeyEntries()
+	keep := old
+	if k.Shared() {
+		// The oldest key of the class goes once the class is full.
+		n, first := 0, -1
+		for i, e := range old {
+			if x := e.Key(); x.Kind() == flowtable.KindID && x.Class() == k.Class() {
+				if n++; first < 0 {
+					first = i
+				}
+			}
+		}
+		if n >= session.MaxKeysPerClass {
+			l.srv.table.Delete(old[first])
+			keep = append(append([]*entry(nil), old[:first]...), old[first+1:]...)
+		}
+	}
+	e := s.NewEntry(k, never)
+	got, err := l.srv.table.Insert(e)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("add key %v: %w", k, err)
+	case got != e:
+		err = fmt.Errorf("add key %v: %w", k, errKeyHeld)
+	default:
+		keep = append(append([]*entry(nil), keep...), e)
+	}
+	if len(keep) != len(old) || err == nil {
+		s.SetKeyEntries(keep)
+		l.noteKeys(s)
+	}
+	return err
+}
+
+// never is the deadline of a session's further keys: they leave the table
+// with the session, whose anchor holds its deadline.
+const never = int64(^uint64(0) >> 1)
+
+// RemoveKey implements session.Loop.
+func (l *loop) RemoveKey(s *session.Session, k flowtable.Key) bool {
+	old := s.KeyEntries()
+	for i, e := range old {
+		if e.Key() == k {
+			l.srv.table.Delete(e)
+			s.SetKeyEntries(append(append([]*entry(nil), old[:i]...), old[i+1:]...))
+			l.noteKeys(s)
+			return true
+		}
+	}
+	return false
+}
+
+// noteKeys notes a change of s's keys for a restart's early copy.
+func (l *loop) noteKeys(s *session.Session) {
+	if l.trackGen != 0 {
+		l.noteChange(s)
+	}
+}
+
+// Move implements session.Loop: s's 4-tuple with to replaces the one with
+// its peer. When another session holds the new 4-tuple (a stale session of
+// the address's previous user), s goes on without it, found by its other
+// keys, until that session ends.
+func (l *loop) Move(s *session.Session, to netip.AddrPort) error {
+	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	if !to.IsValid() {
+		return errors.New("move: invalid address")
+	}
+	if to == s.PeerAddr() {
+		return nil
+	}
+	ls := l.socks[s.Scope()]
+	next := flowtable.TupleKey(s.Scope(), s.LocalAddr(), to)
+	anchor := s.Anchor()
+	if isTuple(anchor.Key()) {
+		e := s.NewEntry(next, anchor.Expires())
+		if got, err := l.srv.table.Insert(e); err == nil && got == e {
+			l.srv.table.Delete(anchor)
+			s.SetAnchor(e)
+		} else {
+			// The anchor, and with it the old 4-tuple, has to stay.
+			ls.stats.movesWithoutTuple.inc()
+		}
+	} else {
+		l.replaceTuple(s, next)
+	}
+	s.SetPeer(to)
+	ls.stats.moved.inc()
+	l.noteKeys(s)
+	return nil
+}
+
+// replaceTuple makes next s's 4-tuple key among its further keys.
+func (l *loop) replaceTuple(s *session.Session, next flowtable.Key) {
+	old := s.KeyEntries()
+	keep := make([]*entry, 0, len(old)+1)
+	for _, e := range old {
+		if isTuple(e.Key()) {
+			l.srv.table.Delete(e)
+			continue
+		}
+		keep = append(keep, e)
+	}
+	e := s.NewEntry(next, never)
+	if got, err := l.srv.table.Insert(e); err == nil && got == e {
+		keep = append(keep, e)
+	} else {
+		l.socks[s.Scope()].stats.movesWithoutTuple.inc()
+	}
+	s.SetKeyEntries(keep)
+}
+
+func isTuple(k flowtable.Key) bool {
+	return k.Kind() == flowtable.KindTuple4 || k.Kind() == flowtable.KindTuple6
+}
+
+// fileKeys files a new session, whose anchor is in the table, under its
+// further keys: its 4-tuple, unless that is the anchor or another session
+// holds it, and the ID of its first datagram, if any.
+func (l *loop) fileKeys(s *session.Session, tuple, id flowtable.Key) {
+	var es []*entry
+	for _, k := range [2]flowtable.Key{tuple, id} {
+		if k.Kind() == flowtable.KindNone || k == s.Anchor().Key() {
+			continue
+		}
+		e := s.NewEntry(k, never)
+		if got, err := l.srv.table.Insert(e); err == nil && got == e {
+			es = append(es, e)
+		}
+	}
+	if es != nil {
+		s.SetKeyEntries(es)
+	}
+}
+
+// unfileKeys takes s out of the table under every key.
+func (l *loop) unfileKeys(s *session.Session) {
+	l.srv.table.Delete(s.Anchor())
+	for _, e := range s.KeyEntries() {
+		l.srv.table.Delete(e)
+	}
+}
+
+// resolve passes a datagram that carries the ID key id to the sessions
+// that hold it, and reports whether any does. The session whose peer sent
+// it is the one, if there is one; otherwise those whose peer has the
+// datagram's source address (a NAT that rebinds keeps it), or else all of
+// them: each one's handler decides (session.Roamer), and a proxy's backend
+// accepts the datagram only if it belongs there.
+func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p []byte) bool {
+	l.cands = l.cands[:0]
+	l.srv.table.LookupEach(id, l.collect)
+	cands := l.cands
+	if len(cands) == 0 {
+		return false
+	}
+	pick := l.pick[:0]
+	for _, s := range cands {
+		if s.PeerAddr() == from {
+			pick = append(pick[:0], s)
+			break
+		}
+		if s.PeerAddr().Addr() == from.Addr() {
+			pick = append(pick, s)
+		}
+	}
+	if len(pick) == 0 {
+		pick = append(pick, cands...)
+	}
+	for _, s := range pick {
+		l.toOwner(ls, s, from, p)
+	}
+	clear(cands)
+	clear(pick)
+	l.pick = pick[:0]
+	return true
+}
+
+// collectCandidate is LookupEach's callback for resolve (l.collect, made
+// once per loop so that resolving allocates nothing).
+func (l *loop) collectCandidate(e *entry) bool {
+	if !e.Value.Closed() {
+		l.cands = append(l.cands, e.Value)
+	}
+	return len(l.cands) < maxCandidates
+}
+
+// roam hands a datagram of s from an address other than its peer's to the
+// handler, if it may follow its client there (session.Roamer); otherwise
+// the datagram is dropped and counted.
+func (l *loop) roam(s *session.Session, from netip.AddrPort, p []byte) {
+	st := &l.socks[s.Scope()].stats
+	r, ok := s.Handler().(session.Roamer)
+	if !ok {
+		st.roamRefused.inc()
+		return
+	}
+	st.roamed.inc()
+	l.current = s
+	r.Roam(s, from, p)
+	l.current = nil
+}
+
+// fileRestored files a session restored from a predecessor under keys, its
+// anchor (which s has) first, and reports false, filing nothing, if the
+// table is full or another session holds its anchor.
+func (l *loop) fileRestored(s *session.Session, keys []flowtable.Key) bool {
+	if e, err := l.srv.table.Insert(s.Anchor()); err != nil || e != s.Anchor() {
+		return false
+	}
+	l.setKeys(s, keys, s.Anchor().Expires())
+	return true
+}
+
+// setKeys makes keys s's keys, the first its anchor, with the given deadline
+// if the anchor is new: for a session restored or updated from a
+// predecessor's record. Keys another session holds are left out.
+func (l *loop) setKeys(s *session.Session, keys []flowtable.Key, deadline int64) {
+	if a := s.Anchor(); a.Key() != keys[0] {
+		e := s.NewEntry(keys[0], deadline)
+		if got, err := l.srv.table.Insert(e); err == nil && got == e {
+			l.srv.table.Delete(a)
+			s.SetAnchor(e)
+		}
+	}
+	old := s.KeyEntries()
+	var es []*entry
+	for _, e := range old {
+		if slices.Contains(keys[1:], e.Key()) {
+			es = append(es, e)
+		} else {
+			l.srv.table.Delete(e)
+		}
+	}
+	for _, k := range keys[1:] {
+		if s.Holds(k) {
+			continue
+		}
+		e := s.NewEntry(k, never)
+		if got, err := l.srv.table.Insert(e); err == nil && got == e {
+			es = append(es, e)
+		}
+	}
+	s.SetKeyEntries(es)
+}

@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"net/netip"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
+)
+
+// A tunnel client that moves (its NAT rebinds its port, a phone changes
+// networks) keeps sending under the identifiers of its tunnel (a WireGuard
+// receiver index, an OpenVPN peer-id or session ID), which the dissector
+// maps to its session; the engine hands such a datagram from a new address
+// to Roam. Anyone can forge those identifiers from any address, so the
+// proxy does not believe them. It asks the backend, which can tell: the
+// datagrams from the new address go to the backend at once, but on a
+// socket of their own, a probe. A WireGuard or OpenVPN backend follows a
+// client to a new address only for a datagram it has authenticated, and
+// then answers there, on the probe. That answer, and nothing else, moves
+// the session: the probe becomes its upstream socket, replies go to the new
+// address from then on, the old 4-tuple is released, and the backend,
+// which saw its client move, goes on as with a client it serves directly.
+// Datagrams an attacker forges go to the backend too, which drops them:
+// their probe never hears a word and closes when its address falls silent.
+
+// probe is a socket to the session's backend that carries the datagrams of
+// one new client address until the backend answers on it.
+type probe struct {
+	fd   int
+	addr netip.AddrPort
+	gso  bool
+	last time.Time // the last datagram from addr
+}
+
+const (
+	// maxProbes bounds the new addresses one session waits on at once.
+	maxProbes = 2
+	// probeIdle closes a probe whose address has sent nothing for this long.
+	probeIdle = 10 * time.Second
+	// probeEvict is how long a probe must have been idle before a further
+	// new address may take its place.
+	probeEvict = time.Second
+)
+
+// Roam implements session.Roamer: p comes from from, not the session's
+// client address. It goes to the backend on from's probe, opened for it if
+// there is room; the backend's answer on the probe moves the session (see
+// confirm).
+func (h *Handler) Roam(s *session.Session, from netip.AddrPort, p []byte) {
+	u := s.State().(*upstream)
+	now := time.Now()
+	i := u.probeFor(from)
+	if i < 0 {
+		if i = h.openProbe(s, u, from, now); i < 0 {
+			return
+		}
+	}
+	pr := &u.probes[i]
+	pr.last = now
+	if _, err := unix.Write(pr.fd, p); err != nil {
+		h.stats.upstreamErrors.Add(1)
+	}
+}
+
+// probeFor returns the index of from's probe, or -1.
+func (u *upstream) probeFor(from netip.AddrPort) int {
+	for i := range u.probes {
+		if u.probes[i].addr == from {
+			return i
+		}
+	}
+	return -1
+}
+
+// openProbe opens a probe for from and returns its index, or -1 when the
+// session waits on as many addresses as it may, none of them idle for
+// probeEvict, or a probe cannot be had (the socket budget, a failed dial):
+// counted as a refused move.
+func (h *Handler) openProbe(s *session.Session, u *upstream, from netip.AddrPort, now time.Time) int {
+	if len(u.probes) == maxProbes {
+		oldest := 0
+		for i := range u.probes {
+			if u.probes[i].last.Before(u.probes[oldest].last) {
+				oldest = i
+			}
+		}
+		if now.Sub(u.probes[oldest].last) < probeEvict {
+			h.stats.movesRefused.Add(1)
+			return -1
+		}
+		h.closeProbe(s, u, oldest)
+	}
+	if !h.sockets.Acquire() {
+		h.stats.movesRefused.Add(1)
+		return -1
+	}
+	sock, err := udpsys.DialUDP(h.backends[u.backend], h.buffers)
+	if err == nil {
+		if err = s.Attach(sock.FD); err != nil {
+			sock.Close()
+		}
+	}
+	if err != nil {
+		h.sockets.Release()
+		h.stats.dialErrors.Add(1)
+		h.stats.movesRefused.Add(1)
+		return -1
+	}
+	u.probes = append(u.probes, probe{fd: sock.FD, addr: from, gso: sock.GSO, last: now})
+	h.stats.probes.Add(1)
+	return len(u.probes) - 1
+}
+
+// closeProbe closes the i-th probe.
+func (h *Handler) closeProbe(s *session.Session, u *upstream, i int) {
+	s.Detach(u.probes[i].fd)
+	unix.Close(u.probes[i].fd)
+	h.sockets.Release()
+	h.stats.probes.Add(-1)
+	u.probes = append(u.probes[:i], u.probes[i+1:]...)
+}
+
+// closeIdleProbes closes the probes whose addresses have been silent for
+// probeIdle.
+func (h *Handler) closeIdleProbes(s *session.Session, u *upstream, now time.Time) {
+	for i := len(u.probes) - 1; i >= 0; i-- {
+		if now.Sub(u.probes[i].last) >= probeIdle {
+			h.closeProbe(s, u, i)
+		}
+	}
+}
+
+// confirm moves s to the address of the probe sock, on which the backend
+// has just answered, and reports whether it did: the probe becomes the
+// session's upstream socket, and its other sockets close. The new address
+// takes the session's share of sessions.max_per_source; when it has none
+// left the move is refused and the probe closed.
+func (h *Handler) confirm(s *session.Session, u *upstream, sock int) bool {
+	i := -1
+	for j := range u.probes {
+		if u.probes[j].fd == sock {
+			i = j
+		}
+	}
+	if i < 0 {
+		return false // closed earlier in the same read
+	}
+	pr := u.probes[i]
+	if src := pr.addr.Addr(); src != u.source {
+		if !h.sources.Acquire(src) {
+			h.stats.movesRefused.Add(1)
+			h.closeProbe(s, u, i)
+			return false
+		}
+		h.sources.Release(u.source)
+		u.source = src
+	}
+	if err := s.Move(pr.addr); err != nil {
+		h.stats.movesRefused.Add(1)
+		h.closeProbe(s, u, i)
+		return false
+	}
+	for j := len(u.probes) - 1; j >= 0; j-- {
+		if j != i {
+			h.closeProbe(s, u, j)
+		}
+	}
+	// With the old socket detached, the probe, the only one left, is the
+	// session's socket for a restart too.
+	s.Detach(u.fd)
+	unix.Close(u.fd)
+	h.sockets.Release()
+	h.stats.probes.Add(-1)
+	u.fd, u.gso, u.probes = pr.fd, pr.gso, u.probes[:0]
+	h.stats.moved.Add(1)
+	return true
+}
