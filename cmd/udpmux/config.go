@@ -16,6 +16,8 @@ import (
 
 	"github.com/spf13/viper"
 
+	"github.com/udpmux/udpmux/dissect/openvpn"
+	"github.com/udpmux/udpmux/dissect/wireguard"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"
 	"github.com/udpmux/udpmux/session"
@@ -54,13 +56,24 @@ type socketConfig struct {
 }
 
 type listenerConfig struct {
-	Name        string   `mapstructure:"name"`
-	Address     string   `mapstructure:"address"`
-	Handler     string   `mapstructure:"handler"`
-	Dissector   string   `mapstructure:"dissector"`
-	IdleTimeout string   `mapstructure:"idle_timeout"`
-	Backends    []string `mapstructure:"backends"`
-	Balance     string   `mapstructure:"balance"`
+	Name        string          `mapstructure:"name"`
+	Address     string          `mapstructure:"address"`
+	Handler     string          `mapstructure:"handler"`
+	Dissector   string          `mapstructure:"dissector"`
+	WireGuard   wireguardConfig `mapstructure:"wireguard"`
+	IdleTimeout string          `mapstructure:"idle_timeout"`
+	Backends    []string        `mapstructure:"backends"`
+	Balance     string          `mapstructure:"balance"`
+}
+
+// wireguardConfig tunes dissector: wireguard.
+type wireguardConfig struct {
+	// PrivateKey is the path of the backends' private key (`wg genkey`),
+	// readable by udpmux's user only; empty keys handshakes by 4-tuple.
+	PrivateKey string `mapstructure:"private_key"`
+	// DecryptRate bounds the handshakes decrypted per second; 0 is the
+	// dissector's default.
+	DecryptRate int `mapstructure:"decrypt_rate"`
 }
 
 type sessionsConfig struct {
@@ -290,14 +303,11 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	if l.Handler != "proxy" && l.Balance != "" {
 		return lc, fmt.Errorf("%s: only the proxy handler balances", key("balance"))
 	}
-	switch l.Dissector {
-	case "flow", "":
-		lc.Dissector = session.Flow{}
-	case "noop":
-		lc.Dissector = session.Noop{}
-	default:
-		return lc, fmt.Errorf("%s: %q is not one of flow, noop", key("dissector"), l.Dissector)
+	d, err := l.dissector(key)
+	if err != nil {
+		return lc, err
 	}
+	lc.Dissector = d
 	lc.IdleTimeout = mux.DefaultIdleTimeout
 	if l.IdleTimeout != "" {
 		d, err := time.ParseDuration(l.IdleTimeout)
@@ -310,6 +320,39 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 		lc.IdleTimeout = d
 	}
 	return lc, nil
+}
+
+// dissector builds the listener's dissector.
+func (l *listenerConfig) dissector(key func(string) string) (session.Dissector, error) {
+	if l.Dissector != "wireguard" && l.WireGuard != (wireguardConfig{}) {
+		return nil, fmt.Errorf("%s: only dissector: wireguard has these settings", key("wireguard"))
+	}
+	switch l.Dissector {
+	case "flow", "":
+		return session.Flow{}, nil
+	case "noop":
+		return session.Noop{}, nil
+	case "openvpn":
+		return &openvpn.Dissector{}, nil
+	case "wireguard":
+		cfg := wireguard.Config{DecryptRate: l.WireGuard.DecryptRate}
+		if cfg.DecryptRate < 0 {
+			return nil, fmt.Errorf("%s: %d is negative (0 means %d per second)", key("wireguard.decrypt_rate"), cfg.DecryptRate, wireguard.DefaultDecryptRate)
+		}
+		if path := l.WireGuard.PrivateKey; path != "" {
+			k, err := wireguard.LoadPrivateKey(path)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", key("wireguard.private_key"), err)
+			}
+			cfg.PrivateKey = &k
+		}
+		d, err := wireguard.New(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key("wireguard"), err)
+		}
+		return d, nil
+	}
+	return nil, fmt.Errorf("%s: %q is not one of flow, noop, wireguard, openvpn", key("dissector"), l.Dissector)
 }
 
 // parseAddress reads "ip:port" or "[ipv6]:port"; names are refused, since a

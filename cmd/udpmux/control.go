@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"
@@ -208,17 +209,39 @@ func (c *control) status() []byte {
 	return append(b, '\n')
 }
 
+// sessionList is what `udpmux sessions` prints: a line per session, with
+// the backend and upstream source address of proxy sessions (- for others)
+// and every key the session is found by, its anchor first.
 func (c *control) sessionList() []byte {
 	var b []byte
-	b = fmt.Appendf(b, "%-12s %-45s %-45s %4s %-20s %10s %10s %10s %10s\n",
-		"LISTENER", "PEER", "LOCAL", "LOOP", "IDLE", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")
+	b = fmt.Appendf(b, "%-12s %-45s %-45s %4s %-20s %10s %10s %10s %10s %-45s %-45s %s\n",
+		"LISTENER", "PEER", "LOCAL", "LOOP", "IDLE", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "BACKEND", "UPSTREAM", "KEYS")
 	names := c.srv.ListenerNames()
+	proxies := make([]*proxy.Handler, len(names))
+	for i, lc := range c.cfg.mux.Listeners {
+		proxies[i], _ = lc.Handler.(*proxy.Handler)
+	}
 	now := time.Now()
+	var keys []flowtable.Key
 	c.srv.Sessions(func(s *session.Session) bool {
 		st := s.Stats()
-		b = fmt.Appendf(b, "%-12s %-45s %-45s %4d %-20s %10d %10d %10d %10d\n",
+		backend, upstream := "-", "-"
+		if h := proxies[s.Scope()]; h != nil {
+			if info, ok := h.Session(s); ok {
+				backend, upstream = info.Backend.String(), info.Source.String()
+			}
+		}
+		b = fmt.Appendf(b, "%-12s %-45s %-45s %4d %-20s %10d %10d %10d %10d %-45s %-45s ",
 			names[s.Scope()], s.PeerAddr(), s.LocalAddr(), s.LoopID(), now.Sub(s.LastSeen()).Truncate(time.Millisecond),
-			st.RxPackets, st.RxBytes, st.TxPackets, st.TxBytes)
+			st.RxPackets, st.RxBytes, st.TxPackets, st.TxBytes, backend, upstream)
+		keys = s.Keys(keys[:0])
+		for i, k := range keys {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, k.String()...)
+		}
+		b = append(b, '\n')
 		return true
 	})
 	return b

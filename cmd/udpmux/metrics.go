@@ -39,6 +39,11 @@ var (
 	descSessions  = prometheus.NewDesc("udpmux_sessions", "Live sessions.", nil, nil)
 	descCapacity  = prometheus.NewDesc("udpmux_sessions_capacity", "The session table's bound (sessions.max).", nil, nil)
 	descPanics    = prometheus.NewDesc("udpmux_handler_panics_total", "Handler callbacks that panicked; each ended its session.", nil, nil)
+	descKeys      = prometheus.NewDesc("udpmux_session_keys", "Keys the live sessions are filed under; sessions.max bounds them.", nil, nil)
+	descMoved     = prometheus.NewDesc("udpmux_sessions_moved_total", "Sessions that followed their client to a new address.", []string{"listener"}, nil)
+	descRoamed    = prometheus.NewDesc("udpmux_datagrams_roaming_total", "Datagrams of a session from an address other than its client's, handed to its handler to decide.", []string{"listener"}, nil)
+	descMovesRef  = prometheus.NewDesc("udpmux_proxy_moves_refused_total", "New client addresses a proxy session gave no probe, or whose move a limit refused.", []string{"listener"}, nil)
+	descMovesPend = prometheus.NewDesc("udpmux_proxy_moves_pending", "New client addresses waiting for their backend to answer (probe sockets).", []string{"listener"}, nil)
 	descBackendUp = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off.", []string{"listener", "backend"}, nil)
 	descBackendS  = prometheus.NewDesc("udpmux_proxy_backend_sessions", "Live sessions on the backend.", []string{"listener", "backend"}, nil)
 	descBackendD  = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
@@ -59,6 +64,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descSessions, float64(st.Sessions))
 	gauge(descCapacity, float64(st.Capacity))
 	counter(descPanics, st.HandlerPanics)
+	gauge(descKeys, float64(st.Keys))
 	for _, l := range st.Listeners {
 		n := l.Name
 		counter(descRx, l.RxDatagrams, n)
@@ -68,12 +74,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descOpened, l.SessionsOpened, n)
 		counter(descForwarded, l.Forwarded, n)
 		counter(descRelayed, l.Relayed, n)
+		counter(descMoved, l.Moved, n)
+		counter(descRoamed, l.Roamed, n)
 		for reason, v := range map[string]uint64{
 			"truncated": l.Truncated, "malformed": l.Malformed, "unknown_flow": l.UnknownFlow,
 			"kernel_queue_full": l.KernelDrops, "loop_inbox_full": l.ForwardDrops,
 			"send_buffer_full": l.SendDrops, "send_error": l.SendErrors, "too_large": l.TooLarge,
 			"relay_full": l.RelayDrops, "stateless_unserved": l.StatelessDrops,
 			"upstream_kernel_queue_full": l.UpstreamKernelDrops,
+			"unknown_id": l.UnknownID, "roam_refused": l.RoamRefused,
 		} {
 			counter(descDropped, v, n, reason)
 		}
@@ -93,6 +102,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descProxyErr, ps.UpstreamDrops, name, "send_buffer_full")
 		counter(descProxyErr, ps.UpstreamErrors, name, "io")
 		counter(descProxyErr, ps.RefusedByBackend, name, "port_unreachable")
+		counter(descProxyErr, ps.IgnoredRefusals, name, "port_unreachable_ignored")
+		counter(descProxyErr, ps.Abandoned, name, "abandoned")
+		counter(descMovesRef, ps.MovesRefused, name)
+		gauge(descMovesPend, float64(ps.MovesPending), name)
 		for _, b := range ps.Backends {
 			up := 0.0
 			if b.Healthy {
