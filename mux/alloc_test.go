@@ -1,11 +1,13 @@
 package mux
 
 import (
+	"encoding/binary"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
 )
 
 // TestSteadyStatePathAllocatesNothing drives one loop by hand over real
@@ -13,11 +15,33 @@ import (
 // finds each session in the flow table, runs the echo handler and answers
 // with sendmmsg. Once the sessions exist, a whole round must allocate nothing.
 func TestSteadyStatePathAllocatesNothing(t *testing.T) {
+	t.Run("4-tuples", func(t *testing.T) { testSteadyState(t, echoConfig("127.0.0.1:0", 1), nil) })
+	// Datagrams that carry an ID their sessions learned (idDissector): the
+	// claim of every one is checked.
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Listeners[0].Handler, cfg.Listeners[0].Dissector = learningEcho{}, idDissector{}
+	t.Run("IDs", func(t *testing.T) { testSteadyState(t, cfg, []byte("d")) })
+}
+
+// learningEcho echoes; "k<id>" also makes the session learn id.
+type learningEcho struct{ session.Echo }
+
+func (learningEcho) Datagram(s *session.Session, p []byte) {
+	if p[0] == 'k' {
+		s.AddKey(testID(s.Scope(), p[1:5]))
+	}
+	s.Write(p)
+}
+
+// testSteadyState runs the test for cfg; with a prefix, each client's
+// session first learns the client's ID, which every datagram then carries
+// after the prefix.
+func testSteadyState(t *testing.T, cfg Config, prefix []byte) {
 	if raceEnabled {
 		t.Skip("allocation counts are meaningless under the race detector")
 	}
 	const flows, perFlow = 8, 8
-	srv, err := New(echoConfig("127.0.0.1:0", 1))
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,9 +64,27 @@ func TestSteadyStatePathAllocatesNothing(t *testing.T) {
 	for i := range out.Msgs {
 		out.Msgs[i].N = 128
 	}
+	setID := func(c int, first byte) {
+		for i := range out.Msgs {
+			m := out.Msgs[i].Buf
+			m[0] = first
+			binary.BigEndian.PutUint32(m[1:], uint32(c))
+		}
+	}
+	if prefix != nil {
+		for c, fd := range clients {
+			setID(c, 'k')
+			out.Send(fd, 0, 1)
+			l.readSocket(ls)
+			in.Recv(fd)
+		}
+	}
 	echoed := 0
 	round := func() {
-		for _, fd := range clients {
+		for c, fd := range clients {
+			if prefix != nil {
+				setID(c, prefix[0])
+			}
 			if _, err := out.Send(fd, 0, perFlow); err != nil {
 				t.Fatalf("client send: %v", err)
 			}
@@ -59,7 +101,7 @@ func TestSteadyStatePathAllocatesNothing(t *testing.T) {
 			}
 		}
 	}
-	round() // opens the sessions: allocation is expected here
+	round() // opens the sessions (4-tuples): allocation is expected here
 	if allocs := testing.AllocsPerRun(200, round); allocs != 0 {
 		t.Errorf("steady state: %.2f allocations per round of %d datagrams, want 0", allocs, flows*perFlow)
 	}

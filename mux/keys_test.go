@@ -1,0 +1,324 @@
+package mux
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/session"
+)
+
+// The test protocol of this file: a datagram "c<name>" creates a session
+// (keyed by 4-tuple), "d<id>" is data that carries the 4-byte ID id, and
+// "k<id>" asks the handler to learn id.
+const testIDClass = 7
+
+type idDissector struct{}
+
+func testID(scope uint16, id []byte) flowtable.Key {
+	k, _ := flowtable.IDKey(scope, testIDClass, id)
+	return k
+}
+
+func (idDissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) session.Dissection {
+	tuple := flowtable.TupleKey(scope, local, peer)
+	switch {
+	case len(p) >= 1 && (p[0] == 'c' || p[0] == 'k'):
+		return session.Dissection{Key: tuple, Verdict: session.Create}
+	case len(p) >= 5 && p[0] == 'd':
+		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), Verdict: session.Lookup}
+	}
+	return session.Dissection{Verdict: session.Drop}
+}
+
+// keyHandler answers every datagram with its session's name and what it
+// got; with roam set it follows any client that names one of its IDs, as a
+// handler whose protocol authenticates datagrams may.
+type keyHandler struct {
+	roam   bool
+	mu     sync.Mutex
+	roamed map[string][]netip.AddrPort
+}
+
+func (h *keyHandler) Open(s *session.Session) error { return nil }
+func (h *keyHandler) Close(*session.Session, session.Reason) {}
+func (h *keyHandler) Datagram(s *session.Session, p []byte) {
+	switch p[0] {
+	case 'c':
+		s.SetState(string(p[1:]))
+	case 'k':
+		if err := s.AddKey(testID(s.Scope(), p[1:5])); err != nil {
+			s.Write([]byte("error " + err.Error()))
+			return
+		}
+	}
+	s.Write(fmt.Appendf(nil, "%v %s", s.State(), p))
+}
+
+// keyRoamer is a keyHandler that is a session.Roamer.
+type keyRoamer struct{ *keyHandler }
+
+func (h keyRoamer) Roam(s *session.Session, from netip.AddrPort, p []byte) {
+	h.mu.Lock()
+	h.roamed[s.State().(string)] = append(h.roamed[s.State().(string)], from)
+	h.mu.Unlock()
+	if h.roam {
+		s.Move(from)
+		h.Datagram(s, p)
+	}
+}
+
+func startKeys(t *testing.T, h session.Handler) *Server {
+	t.Helper()
+	return serve(t, Config{Workers: 2, Listeners: []ListenerConfig{{
+		Name: "keys", Address: netip.MustParseAddrPort("127.0.0.1:0"), Handler: h, Dissector: idDissector{},
+		IdleTimeout: time.Minute,
+	}}})
+}
+
+func exchangeKeys(t *testing.T, c *net.UDPConn, msg string) string {
+	t.Helper()
+	c.Write([]byte(msg))
+	buf := make([]byte, 256)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("reply to %q: %v", msg, err)
+	}
+	return string(buf[:n])
+}
+
+// silent checks that c gets nothing for a moment.
+func silent(t *testing.T, c *net.UDPConn, what string) {
+	t.Helper()
+	buf := make([]byte, 256)
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := c.Read(buf); err == nil {
+		t.Fatalf("%s got %q", what, buf[:n])
+	}
+}
+
+func id4(i uint32) string {
+	return string(binary.BigEndian.AppendUint32(nil, i))
+}
+
+// TestSessionMovesOnlyWhenItsHandlerSaysSo: a datagram with a session's ID
+// from another address reaches the session's handler as a Roam, is dropped
+// for a handler that is no Roamer, and moves the session, old 4-tuple
+// released, when the handler moves it.
+func TestSessionMovesOnlyWhenItsHandlerSaysSo(t *testing.T) {
+	for _, roamer := range []bool{false, true} {
+		t.Run(fmt.Sprint("roamer=", roamer), func(t *testing.T) {
+			kh := &keyHandler{roam: true, roamed: map[string][]netip.AddrPort{}}
+			var h session.Handler = kh
+			if roamer {
+				h = keyRoamer{kh}
+			}
+			srv := startKeys(t, h)
+			a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+			if got := exchangeKeys(t, a, "ca"); got != "a ca" {
+				t.Fatalf("create: %q", got)
+			}
+			if got := exchangeKeys(t, a, "k"+id4(1)); got != "a k"+id4(1) {
+				t.Fatalf("learn: %q", got)
+			}
+			b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0)) // the client, moved
+			oldTuple := flowtable.TupleKey(0, srv.Addr(0), netip.MustParseAddrPort(a.LocalAddr().String()))
+			newTuple := flowtable.TupleKey(0, srv.Addr(0), netip.MustParseAddrPort(b.LocalAddr().String()))
+			b.Write([]byte("d" + id4(1)))
+			st := srv.Stats()
+			if !roamer {
+				silent(t, b, "the unmoved session's client at its new address")
+				waitFor(t, 5*time.Second, "the refusal counted", func() bool { return srv.Stats().Listeners[0].RoamRefused == 1 })
+				if got := exchangeKeys(t, a, "d"+id4(1)); got != "a d"+id4(1) {
+					t.Fatalf("the old address no longer served: %q", got)
+				}
+				return
+			}
+			buf := make([]byte, 64)
+			b.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := b.Read(buf); err != nil || string(buf[:n]) != "a d"+id4(1) {
+				t.Fatalf("moved client: %q, %v", buf[:n], err)
+			}
+			waitFor(t, 5*time.Second, "the move counted", func() bool { return srv.Stats().Listeners[0].Moved == 1 })
+			if e := srv.table.Lookup(oldTuple); e != nil {
+				t.Errorf("the old 4-tuple %v still finds a session", oldTuple)
+			}
+			if e := srv.table.Lookup(newTuple); e == nil || e.Value.State() != "a" {
+				t.Errorf("the new 4-tuple does not find the session")
+			}
+			if got := exchangeKeys(t, b, "d"+id4(1)); got != "a d"+id4(1) {
+				t.Fatalf("after the move: %q", got)
+			}
+			if st = srv.Stats(); st.Sessions != 1 || st.Keys != 2 {
+				t.Errorf("%d sessions under %d keys; want 1 under 2 (the new 4-tuple, the ID)", st.Sessions, st.Keys)
+			}
+		})
+	}
+}
+
+// TestIDNotClaimedGoesToItsHolder: a session whose 4-tuple a datagram comes
+// from, but which holds other IDs of the datagram's class, does not get it
+// (a NAT gave the address to another client): the session that holds the ID
+// does.
+func TestIDNotClaimedGoesToItsHolder(t *testing.T) {
+	kh := &keyHandler{roamed: map[string][]netip.AddrPort{}}
+	srv := startKeys(t, keyRoamer{kh})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	exchangeKeys(t, a, "k"+id4(1))
+	exchangeKeys(t, b, "cb")
+	exchangeKeys(t, b, "k"+id4(2))
+	a.Write([]byte("d" + id4(2))) // b's ID from a's address
+	waitFor(t, 5*time.Second, "b's handler asked", func() bool {
+		kh.mu.Lock()
+		defer kh.mu.Unlock()
+		return len(kh.roamed["b"]) == 1
+	})
+	silent(t, a, "a, sending b's ID,")
+	if got := exchangeKeys(t, a, "d"+id4(1)); got != "a d"+id4(1) {
+		t.Fatalf("a's own ID: %q", got)
+	}
+	c := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	c.Write([]byte("d" + id4(3))) // nobody's ID
+	waitFor(t, 5*time.Second, "the unknown ID counted", func() bool { return srv.Stats().Listeners[0].UnknownID == 1 })
+}
+
+// TestSharedIDGoesToEverySessionThatHoldsIt: sessions of different backends
+// may hold one ID; a datagram with it from a new address goes to each
+// (their handlers, and behind them their backends, tell which is right),
+// but to the one from the datagram's own IP address alone when there is one.
+func TestSharedIDGoesToEverySessionThatHoldsIt(t *testing.T) {
+	kh := &keyHandler{roamed: map[string][]netip.AddrPort{}}
+	srv := startKeys(t, keyRoamer{kh})
+	a := dial(t, "udp4", netip.MustParseAddrPort("127.0.0.2:0"), srv.Addr(0))
+	b := dial(t, "udp4", netip.MustParseAddrPort("127.0.0.3:0"), srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	exchangeKeys(t, a, "k"+id4(9))
+	exchangeKeys(t, b, "cb")
+	exchangeKeys(t, b, "k"+id4(9))
+	roamed := func() (int, int) {
+		kh.mu.Lock()
+		defer kh.mu.Unlock()
+		return len(kh.roamed["a"]), len(kh.roamed["b"])
+	}
+	other := dial(t, "udp4", netip.MustParseAddrPort("127.0.0.4:0"), srv.Addr(0))
+	other.Write([]byte("d" + id4(9)))
+	waitFor(t, 5*time.Second, "both handlers asked", func() bool { na, nb := roamed(); return na == 1 && nb == 1 })
+	rebound := dial(t, "udp4", netip.MustParseAddrPort("127.0.0.3:0"), srv.Addr(0)) // b's IP, another port
+	rebound.Write([]byte("d" + id4(9)))
+	waitFor(t, 5*time.Second, "b's handler asked", func() bool { _, nb := roamed(); return nb == 2 })
+	if na, _ := roamed(); na != 1 {
+		t.Errorf("a's handler asked %d times for a datagram from b's address; want once, for the first", na)
+	}
+}
+
+// TestKeysPerClassAreBounded: a session keeps the newest MaxKeysPerClass
+// IDs of one class; the oldest leaves the table.
+func TestKeysPerClassAreBounded(t *testing.T) {
+	kh := &keyHandler{roamed: map[string][]netip.AddrPort{}}
+	srv := startKeys(t, keyRoamer{kh})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	for i := range session.MaxKeysPerClass + 2 {
+		exchangeKeys(t, a, "k"+id4(uint32(i)))
+	}
+	s := sessionOf(t, srv, a)
+	keys := s.Keys(nil)
+	want := []flowtable.Key{flowtable.TupleKey(0, srv.Addr(0), netip.MustParseAddrPort(a.LocalAddr().String()))}
+	for i := 2; i < session.MaxKeysPerClass+2; i++ {
+		want = append(want, testID(0, []byte(id4(uint32(i)))))
+	}
+	if !slices.Equal(keys, want) {
+		t.Fatalf("keys %v; want %v", keys, want)
+	}
+	if srv.table.Lookup(testID(0, []byte(id4(0)))) != nil {
+		t.Error("the oldest ID is still in the table")
+	}
+	if st := srv.Stats(); st.Keys != len(want) {
+		t.Errorf("the table holds %d keys; want %d", st.Keys, len(want))
+	}
+}
+
+// TestKeysAndMovesSurviveAHandoff: a session's learned keys and a move
+// before the early copy, and a key learned and a move after it, all reach
+// the successor, which finds the session by exactly its keys.
+func TestKeysAndMovesSurviveAHandoff(t *testing.T) {
+	kh := &keyHandler{roam: true, roamed: map[string][]netip.AddrPort{}}
+	h := migratingRoamer{keyRoamer{kh}}
+	cfg := Config{Workers: 2, Logger: quietLogger(), Listeners: []ListenerConfig{{
+		Name: "keys", Address: netip.MustParseAddrPort("127.0.0.1:0"), Handler: h, Dissector: idDissector{},
+		IdleTimeout: time.Minute,
+	}}}
+	owner, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, owner)
+	cfg.Listeners[0].Address = owner.Addr(0)
+	a := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
+	exchangeKeys(t, a, "ca")
+	exchangeKeys(t, a, "k"+id4(1))
+	a2 := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
+	if got := exchangeKeys(t, a2, "d"+id4(1)); got != "a d"+id4(1) {
+		t.Fatalf("first move: %q", got)
+	}
+	var early encodeRecords
+	early.t = t
+	if _, err := owner.Precopy(early.add, noSettle); err != nil {
+		t.Fatal(err)
+	}
+	exchangeKeys(t, a2, "k"+id4(2))
+	a3 := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
+	if got := exchangeKeys(t, a3, "d"+id4(2)); got != "a d"+id4(2) {
+		t.Fatalf("second move: %q", got)
+	}
+	s := sessionOf(t, owner, a3)
+	want := s.Keys(nil)
+	if err := owner.Freeze(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var paused encodeRecords
+	paused.t = t
+	if _, err := owner.ExportSessions(paused.add); err != nil {
+		owner.Thaw()
+		t.Fatal(err)
+	}
+	succ := successorOf(t, owner, cfg, early.records(), paused.records())
+	owner.Handover()
+	startServer(t, succ)
+	var got *session.Session
+	succ.Sessions(func(x *session.Session) bool { got = x; return true })
+	if got == nil || got.ID() != s.ID() || got.PeerAddr() != s.PeerAddr() || !slices.Equal(got.Keys(nil), want) {
+		t.Fatalf("successor's session %v at %v with keys %v; want ID %d at %v with %v",
+			got.ID(), got.PeerAddr(), got.Keys(nil), s.ID(), s.PeerAddr(), want)
+	}
+	if n := succ.table.Len(); n != len(want) {
+		t.Errorf("successor's table holds %d keys; want %d", n, len(want))
+	}
+	if got := exchangeKeys(t, a3, "d"+id4(2)); got != "a d"+id4(2) {
+		t.Fatalf("after the handoff: %q", got)
+	}
+}
+
+// migratingRoamer is a keyRoamer whose sessions move to a successor, with
+// their name as state.
+type migratingRoamer struct{ keyRoamer }
+
+func (migratingRoamer) ExportSession(s *session.Session) ([]byte, error) {
+	return []byte(s.State().(string)), nil
+}
+func (migratingRoamer) ImportSession(s *session.Session, state []byte, _ int) error {
+	s.SetState(string(state))
+	return nil
+}
+func (migratingRoamer) StateFixed() bool { return true }
+
+
