@@ -244,11 +244,16 @@ func (h *Handler) abandon(s *session.Session, u *upstream) bool {
 }
 
 // Upstream sends a backend reply to the session's own client. A reply on a
-// probe socket confirms the client's new address first (see confirm).
+// probe socket confirms the client's new address first (roam.go).
 func (h *Handler) Upstream(s *session.Session, sock int, p []byte) {
 	u := s.State().(*upstream)
-	if sock != u.fd && !h.confirm(s, u, sock) {
-		return
+	switch {
+	case sock != u.fd:
+		if !h.fromProbe(s, u, sock) {
+			return
+		}
+	case len(u.probes) > 0:
+		h.backOnSocket(s, u)
 	}
 	u.heard, u.answered = true, true
 	h.bal.MarkUp(u.backend)

@@ -20,28 +20,33 @@ import (
 // socket of their own, a probe. A WireGuard or OpenVPN backend follows a
 // client to a new address only for a datagram it has authenticated, and
 // then answers there, on the probe. That answer, and nothing else, moves
-// the session: the probe becomes its upstream socket, replies go to the new
-// address from then on, the old 4-tuple is released, and the backend,
-// which saw its client move, goes on as with a client it serves directly.
+// the session: replies go to the new address from then on, and the old
+// 4-tuple is released. The client's next datagrams go to the backend on the
+// session's own upstream socket again, and the backend follows them back
+// there, so that it sees one source address per session for good; the
+// probe stays open until it does, for the replies on their way to it.
 // Datagrams an attacker forges go to the backend too, which drops them:
 // their probe never hears a word and closes when its address falls silent.
 
 // probe is a socket to the session's backend that carries the datagrams of
-// one new client address until the backend answers on it.
+// one new client address until the backend answers on it (pending), and
+// then those of the backend until it is back on the session's socket
+// (confirmed).
 type probe struct {
-	fd   int
-	addr netip.AddrPort
-	gso  bool
-	last time.Time // the last datagram from addr
+	fd        int
+	addr      netip.AddrPort
+	confirmed bool
+	last      time.Time // the last datagram through the probe
 }
 
 const (
 	// maxProbes bounds the new addresses one session waits on at once.
 	maxProbes = 2
-	// probeIdle closes a probe whose address has sent nothing for this long.
+	// probeIdle closes a probe through which nothing has passed for this
+	// long.
 	probeIdle = 10 * time.Second
-	// probeEvict is how long a probe must have been idle before a further
-	// new address may take its place.
+	// probeEvict is how long a pending probe must have been idle before a
+	// further new address may take its place.
 	probeEvict = time.Second
 )
 
@@ -80,13 +85,16 @@ func (u *upstream) probeFor(from netip.AddrPort) int {
 // probeEvict, or a probe cannot be had (the socket budget, a failed dial):
 // counted as a refused move.
 func (h *Handler) openProbe(s *session.Session, u *upstream, from netip.AddrPort, now time.Time) int {
-	if len(u.probes) == maxProbes {
-		oldest := 0
-		for i := range u.probes {
-			if u.probes[i].last.Before(u.probes[oldest].last) {
+	pending, oldest := 0, -1
+	for i := range u.probes {
+		if !u.probes[i].confirmed {
+			pending++
+			if oldest < 0 || u.probes[i].last.Before(u.probes[oldest].last) {
 				oldest = i
 			}
 		}
+	}
+	if pending == maxProbes {
 		if now.Sub(u.probes[oldest].last) < probeEvict {
 			h.stats.movesRefused.Add(1)
 			return -1
@@ -109,7 +117,7 @@ func (h *Handler) openProbe(s *session.Session, u *upstream, from netip.AddrPort
 		h.stats.movesRefused.Add(1)
 		return -1
 	}
-	u.probes = append(u.probes, probe{fd: sock.FD, addr: from, gso: sock.GSO, last: now})
+	u.probes = append(u.probes, probe{fd: sock.FD, addr: from, last: now})
 	h.stats.probes.Add(1)
 	return len(u.probes) - 1
 }
@@ -119,11 +127,13 @@ func (h *Handler) closeProbe(s *session.Session, u *upstream, i int) {
 	s.Detach(u.probes[i].fd)
 	unix.Close(u.probes[i].fd)
 	h.sockets.Release()
-	h.stats.probes.Add(-1)
+	if !u.probes[i].confirmed {
+		h.stats.probes.Add(-1)
+	}
 	u.probes = append(u.probes[:i], u.probes[i+1:]...)
 }
 
-// closeIdleProbes closes the probes whose addresses have been silent for
+// closeIdleProbes closes the probes through which nothing has passed for
 // probeIdle.
 func (h *Handler) closeIdleProbes(s *session.Session, u *upstream, now time.Time) {
 	for i := len(u.probes) - 1; i >= 0; i-- {
@@ -133,21 +143,24 @@ func (h *Handler) closeIdleProbes(s *session.Session, u *upstream, now time.Time
 	}
 }
 
-// confirm moves s to the address of the probe sock, on which the backend
-// has just answered, and reports whether it did: the probe becomes the
-// session's upstream socket, and its other sockets close. The new address
-// takes the session's share of sessions.max_per_source; when it has none
-// left the move is refused and the probe closed.
-func (h *Handler) confirm(s *session.Session, u *upstream, sock int) bool {
-	i := -1
-	for j := range u.probes {
-		if u.probes[j].fd == sock {
-			i = j
+// fromProbe handles a datagram the backend sent on probe sock: the first on
+// a pending probe moves the session there (see confirm). It reports whether
+// the datagram is the session's, for its client.
+func (h *Handler) fromProbe(s *session.Session, u *upstream, sock int) bool {
+	for i := range u.probes {
+		if pr := &u.probes[i]; pr.fd == sock {
+			pr.last = time.Now()
+			return pr.confirmed || h.confirm(s, u, i)
 		}
 	}
-	if i < 0 {
-		return false // closed earlier in the same read
-	}
+	return false // closed earlier in the same read
+}
+
+// confirm moves s to the address of probe i, on which the backend has just
+// answered, and reports whether it did; the session's other probes close.
+// The new address takes the session's share of sessions.max_per_source;
+// when it has none left the move is refused and the probe closed.
+func (h *Handler) confirm(s *session.Session, u *upstream, i int) bool {
 	pr := u.probes[i]
 	if src := pr.addr.Addr(); src != u.source {
 		if !h.sources.Acquire(src) {
@@ -164,17 +177,22 @@ func (h *Handler) confirm(s *session.Session, u *upstream, sock int) bool {
 		return false
 	}
 	for j := len(u.probes) - 1; j >= 0; j-- {
-		if j != i {
+		if u.probes[j].fd != pr.fd {
 			h.closeProbe(s, u, j)
 		}
 	}
-	// With the old socket detached, the probe, the only one left, is the
-	// session's socket for a restart too.
-	s.Detach(u.fd)
-	unix.Close(u.fd)
-	h.sockets.Release()
+	u.probes[0].confirmed = true
 	h.stats.probes.Add(-1)
-	u.fd, u.gso, u.probes = pr.fd, pr.gso, u.probes[:0]
 	h.stats.moved.Add(1)
 	return true
+}
+
+// backOnSocket closes a confirmed probe once the backend answers on the
+// session's own socket again: it has followed the client back there.
+func (h *Handler) backOnSocket(s *session.Session, u *upstream) {
+	for i := len(u.probes) - 1; i >= 0; i-- {
+		if u.probes[i].confirmed {
+			h.closeProbe(s, u, i)
+		}
+	}
 }
