@@ -46,7 +46,7 @@ type keyHandler struct {
 	roamed map[string][]netip.AddrPort
 }
 
-func (h *keyHandler) Open(s *session.Session) error { return nil }
+func (h *keyHandler) Open(s *session.Session) error          { return nil }
 func (h *keyHandler) Close(*session.Session, session.Reason) {}
 func (h *keyHandler) Datagram(s *session.Session, p []byte) {
 	switch p[0] {
@@ -320,5 +320,3 @@ func (migratingRoamer) ImportSession(s *session.Session, state []byte, _ int) er
 	return nil
 }
 func (migratingRoamer) StateFixed() bool { return true }
-
-

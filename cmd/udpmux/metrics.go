@@ -82,7 +82,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			"send_buffer_full": l.SendDrops, "send_error": l.SendErrors, "too_large": l.TooLarge,
 			"relay_full": l.RelayDrops, "stateless_unserved": l.StatelessDrops,
 			"upstream_kernel_queue_full": l.UpstreamKernelDrops,
-			"unknown_id": l.UnknownID, "roam_refused": l.RoamRefused,
+			"unknown_id":                 l.UnknownID, "roam_refused": l.RoamRefused,
 		} {
 			counter(descDropped, v, n, reason)
 		}
