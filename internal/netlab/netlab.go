@@ -312,9 +312,11 @@ func (n *Namespace) DisableIPv6() {
 }
 
 // Command returns a command that runs name with args inside the namespace
-// (`ip netns exec NS name args...`). The caller starts and waits for it as
-// with any *exec.Cmd; use Lab.Start for long-running processes so that
-// they are stopped at teardown.
+// (`ip netns exec NS name args...`); a name without a slash is looked up
+// with LookPath, so that programs in the sbin directories are found even
+// when PATH lacks them. The caller starts and waits for it as with any
+// *exec.Cmd; use Lab.Start for long-running processes so that they are
+// stopped at teardown.
 func (n *Namespace) Command(name string, args ...string) *exec.Cmd {
 	return n.CommandContext(context.Background(), name, args...)
 }
@@ -324,6 +326,13 @@ func (n *Namespace) CommandContext(ctx context.Context, name string, args ...str
 	ip, err := lookupIP()
 	if err != nil {
 		ip = "ip"
+	}
+	if !strings.Contains(name, "/") {
+		// `ip netns exec` searches PATH, which often lacks the sbin
+		// directories of programs such as nft or conntrack.
+		if p, err := LookPath(name); err == nil {
+			name = p
+		}
 	}
 	cmd := exec.CommandContext(ctx, ip, append([]string{"netns", "exec", n.name, name}, args...)...)
 	// `ip netns exec` execs the program in place, so the process started
