@@ -337,7 +337,7 @@ func runWireGuardRoaming(t *testing.T, o wgRoamOptions) {
 		} else if is.Endpoint != was.Endpoint {
 			t.Errorf("%s sees %s at %v after the moves; it was %v: udpmux changed the session's upstream socket", bname, c.Name, is.Endpoint, was.Endpoint)
 		}
-		t.Logf("%s: served by %s throughout (rx %d -> %d bytes there), seen at %v, latest handshake %s",
+		t.Logf("%s: started on %s (rx there %d -> %d bytes during the moves), which sees it at %v now, latest handshake %s",
 			c.Name, bname, was.RX, is.RX, is.Endpoint, hsTime(is.Handshake))
 	}
 	for bi := range w.backends {
