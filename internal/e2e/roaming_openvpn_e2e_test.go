@@ -86,7 +86,11 @@ func runOpenVPNRoaming(t *testing.T, o ovpnRoamOptions) {
 
 	var rs []*roamer
 	for i, u := range ups {
-		r := &roamer{Name: u.client.Name, NS: u.client.NS, Link: u.client.Link, Addr: clientAddr(i), Alt: roamAltAddr(i), Dev: clientDev, Target: u.server.Gateway}
+		port, err := tunnelPort(u.client.NS)
+		if err != nil {
+			t.Fatalf("%s: %v", u.client.Name, err)
+		}
+		r := &roamer{Name: u.client.Name, NS: u.client.NS, Link: u.client.Link, SPort: port, Addr: clientAddr(i), Alt: roamAltAddr(i), Dev: clientDev, Target: u.server.Gateway}
 		r.addAlt()
 		rs = append(rs, r)
 	}

@@ -52,6 +52,7 @@ type roamer struct {
 	Name   string
 	NS     *netlab.Namespace
 	Link   string     // its interface towards the bridge, where the NAT sits
+	SPort  uint16     // its tunnel socket's port: the flow that the NAT moves
 	Addr   netip.Addr // its own address on the bridge
 	Alt    netip.Addr // the address it roams to (added to Link by addAlt)
 	Dev    string     // the tunnel device that the continuous ping uses
@@ -113,7 +114,7 @@ func runMoves(t *testing.T, rs []*roamer, sched []move, after func(k int, m move
 	for k := range done {
 		m := &done[k]
 		r := rs[m.Client]
-		r.NS.SNAT(r.Link, m.To)
+		r.NS.SNAT(r.Link, r.SPort, m.To)
 		m.At = time.Now()
 		r.mapping = m.To
 		if after != nil {
@@ -256,6 +257,19 @@ func (l pingLog) maxGap(from, to time.Time) time.Duration {
 		prev = r.Recv
 	}
 	return max(gap, to.Sub(prev))
+}
+
+// tunnelPort returns the local port of the only UDP socket in ns: an
+// OpenVPN client's (--nobind picks a random one).
+func tunnelPort(ns *netlab.Namespace) (uint16, error) {
+	socks, err := udpSockets(ns)
+	if err != nil {
+		return 0, err
+	}
+	if len(socks) != 1 {
+		return 0, fmt.Errorf("%s has %d UDP sockets %v; want the tunnel's only", ns, len(socks), socks)
+	}
+	return socks[0].Local.Port(), nil
 }
 
 // startRoamPings starts a continuous ping on every roamer and waits until

@@ -161,7 +161,7 @@ func (w *wgLab) devs() []*wgDev {
 func (w *wgLab) roamers() []*roamer {
 	var rs []*roamer
 	for i, c := range w.clients {
-		r := &roamer{Name: c.Name, NS: c.NS, Link: c.Link, Addr: clientAddr(i), Alt: roamAltAddr(i), Dev: c.Dev.Name, Target: wgServerTunnel.Addr()}
+		r := &roamer{Name: c.Name, NS: c.NS, Link: c.Link, SPort: wgClientPort, Addr: clientAddr(i), Alt: roamAltAddr(i), Dev: c.Dev.Name, Target: wgServerTunnel.Addr()}
 		r.addAlt()
 		rs = append(rs, r)
 	}

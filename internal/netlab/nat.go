@@ -16,7 +16,14 @@ import (
 // It is built from an nftables table of its own (natTable) in the namespace
 // and the namespace's conntrack table:
 //
-//   - a source NAT rule rewrites UDP leaving one interface to the mapping;
+//   - a source NAT rule rewrites the UDP flow that leaves one interface from
+//     a given source port (the program's socket) to the mapping; any other
+//     UDP flow leaving there (a new socket, such as a client that
+//     reconnects) gets the mapping's address and keeps its port where it
+//     can, as a NAT gives a new flow a mapping of its own: mapping it to
+//     the same address and port as the first flow would clash with that
+//     flow's conntrack entry, and the kernel would drop its datagrams (the
+//     program sees EPERM on send);
 //   - NAT decisions are made once per conntrack entry, so changing the rule
 //     alone would not move a running flow: SNAT therefore also deletes the
 //     namespace's UDP conntrack entries, and the flow's next datagram makes a
@@ -39,39 +46,45 @@ import (
 const natTable = "netlab_nat"
 
 // SNAT makes the namespace a NAT for the UDP it sends out of dev: from now
-// on every UDP datagram leaving dev gets the source address to.Addr() and,
-// unless to.Port() is 0, the source port to.Port(), in place of any mapping
-// set before. Flows already running take the new mapping with their next
-// outgoing datagram; datagrams that arrive for the old mapping, or for no
-// mapping at all, are dropped (see the package's NAT emulation notes). The
-// address should be one of the namespace's own (add a second one with
-// AddAddr to change the source address) so that replies reach it.
-func (n *Namespace) SNAT(dev string, to netip.AddrPort) {
+// on the UDP datagrams leaving dev from source port sport get the source
+// address to.Addr() and, unless to.Port() is 0, the source port to.Port();
+// other UDP datagrams leaving dev get the address and keep their ports
+// where they can. This replaces any mapping set before. Flows already
+// running take the new mapping with their next outgoing datagram;
+// datagrams that arrive for the old mapping, or for no mapping at all, are
+// dropped (see the package's NAT emulation notes). The address should be
+// one of the namespace's own (add a second one with AddAddr to change the
+// source address) so that replies reach it.
+func (n *Namespace) SNAT(dev string, sport uint16, to netip.AddrPort) {
 	n.lab.t.Helper()
 	if !to.Addr().Is4() {
 		n.lab.t.Fatalf("netlab: SNAT to %v: only IPv4 addresses are supported", to)
+	}
+	if sport == 0 {
+		n.lab.t.Fatalf("netlab: SNAT of source port 0: name the socket's port")
 	}
 	target := to.Addr().String()
 	if to.Port() != 0 {
 		target = to.String()
 	}
-	n.Nft(snatScript(dev, target))
+	n.Nft(snatScript(dev, sport, target, to.Addr().String()))
 	n.FlushConntrack("udp")
 }
 
 // snatScript is the nft script that installs (or replaces) the mapping.
 // Declaring the table and chains is idempotent; the flushes and new rules
 // are applied in one transaction, so no datagram sees a half-built table.
-func snatScript(dev, target string) string {
+func snatScript(dev string, sport uint16, target, addr string) string {
 	return fmt.Sprintf(`table ip %[1]s {
 	chain postrouting { type nat hook postrouting priority srcnat; policy accept; }
 	chain input { type filter hook input priority filter; policy accept; }
 }
 flush chain ip %[1]s postrouting
 flush chain ip %[1]s input
-add rule ip %[1]s postrouting oifname %[2]q meta l4proto udp counter snat ip to %[3]s
+add rule ip %[1]s postrouting oifname %[2]q udp sport %[3]d counter snat ip to %[4]s
+add rule ip %[1]s postrouting oifname %[2]q meta l4proto udp counter snat ip to %[5]s
 add rule ip %[1]s input iifname %[2]q meta l4proto udp ct state new counter drop
-`, natTable, dev, target)
+`, natTable, dev, sport, target, addr)
 }
 
 // ClearSNAT removes the mapping set by SNAT, if any, and deletes the UDP

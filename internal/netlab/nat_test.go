@@ -11,11 +11,12 @@ import (
 )
 
 func TestSNATScript(t *testing.T) {
-	s := snatScript("veth0", "198.18.0.3:40001")
+	s := snatScript("veth0", 5100, "198.18.0.3:40001", "198.18.0.3")
 	for _, want := range []string{
 		"table ip " + natTable + " {",
 		"flush chain ip " + natTable + " postrouting",
-		`oifname "veth0" meta l4proto udp counter snat ip to 198.18.0.3:40001`,
+		`oifname "veth0" udp sport 5100 counter snat ip to 198.18.0.3:40001`,
+		`oifname "veth0" meta l4proto udp counter snat ip to 198.18.0.3`,
 		`iifname "veth0" meta l4proto udp ct state new counter drop`,
 	} {
 		if !strings.Contains(s, want) {
@@ -45,7 +46,8 @@ func TestMissingTools(t *testing.T) {
 // TestSNAT moves a running UDP flow, whose client socket never changes, to
 // other source ports and to a second source address with SNAT, and checks
 // what the server sees and that its replies reach the client over the new
-// mapping only: a reply sent to the old mapping is dropped.
+// mapping only: a reply sent to the old mapping is dropped. A second flow
+// from the client gets a mapping of its own.
 func TestSNAT(t *testing.T) {
 	RequireRoot(t)
 	RequireTools(t, ToolNft, ToolConntrack)
@@ -75,7 +77,7 @@ func TestSNAT(t *testing.T) {
 
 	// exchange sends one datagram to the server, checks the source it sees,
 	// and answers it there; the client must get the answer.
-	exchange := func(step string, want netip.AddrPort) {
+	exchange := func(step string, client *net.UDPConn, want netip.AddrPort) {
 		t.Helper()
 		if _, err := client.WriteToUDPAddrPort([]byte(step), serverAddr); err != nil {
 			t.Fatalf("%s: send: %v", step, err)
@@ -114,28 +116,42 @@ func TestSNAT(t *testing.T) {
 	}
 
 	own := netip.MustParseAddrPort("198.18.0.1:5100")
-	exchange("plain", own)
+	exchange("plain", client, own)
 
 	rebind1 := netip.MustParseAddrPort("198.18.0.1:40001")
-	cli.SNAT(cIf, rebind1)
-	exchange("rebind1", rebind1)
+	cli.SNAT(cIf, 5100, rebind1)
+	exchange("rebind1", client, rebind1)
 	noReply("rebind1", own) // the socket's own port is no longer a mapping
 
 	rebind2 := netip.MustParseAddrPort("198.18.0.1:40002")
-	cli.SNAT(cIf, rebind2)
-	exchange("rebind2", rebind2)
+	cli.SNAT(cIf, 5100, rebind2)
+	exchange("rebind2", client, rebind2)
 	noReply("rebind2", rebind1)
 
 	roamed := netip.MustParseAddrPort("198.18.0.3:40003")
-	cli.SNAT(cIf, roamed)
-	exchange("roam", roamed)
+	cli.SNAT(cIf, 5100, roamed)
+	exchange("roam", client, roamed)
 	noReply("roam", rebind2)
 
+	// Another socket, as of a client that reconnects, is another flow: it
+	// gets the mapping's address with its own port, not the mapping (whose
+	// conntrack entry the first flow holds).
+	var other *net.UDPConn
+	if err := cli.Do(func() (err error) {
+		other, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 5200})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	exchange("another flow", other, netip.MustParseAddrPort("198.18.0.3:5200"))
+	exchange("roam again", client, roamed)
+
 	// Address only: the socket's port is kept.
-	cli.SNAT(cIf, netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), 0))
-	exchange("address only", netip.MustParseAddrPort("198.18.0.3:5100"))
+	cli.SNAT(cIf, 5100, netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), 0))
+	exchange("address only", client, netip.MustParseAddrPort("198.18.0.3:5100"))
 
 	cli.ClearSNAT()
-	exchange("cleared", own)
+	exchange("cleared", client, own)
 	cli.ClearSNAT() // nothing to clear: no error
 }
