@@ -105,6 +105,15 @@ func moveSchedule(addrs, alts []netip.Addr, rounds int) []move {
 	return out
 }
 
+// roamAddrs returns the roamers' own and second addresses, for
+// moveSchedule, with roamRounds rounds.
+func roamAddrs(rs []*roamer) (addrs, alts []netip.Addr, rounds int) {
+	for _, r := range rs {
+		addrs, alts = append(addrs, r.Addr), append(alts, r.Alt)
+	}
+	return addrs, alts, roamRounds
+}
+
 // runMoves carries the schedule out, roamGap apart, and returns it with
 // each move's time. after, if not nil, runs after move k (and before the
 // pause that follows it).

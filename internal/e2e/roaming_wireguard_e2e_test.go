@@ -252,68 +252,98 @@ func wgListenerExtra(key bool, keyFile string) string {
 // Through udpmux, it also checks that udpmux holds one session per client
 // afterwards and shuts down cleanly.
 func runWireGuardRoaming(t *testing.T, o wgRoamOptions) {
-	start := time.Now()
-	requireRoaming(t, true)
-	dir := t.TempDir()
-	key := newWGKey(t)
-	keyFile := key.writeKey(t, dir, "backend.key")
-	sock := filepath.Join(dir, "ctl.sock")
-	var config string
-	if !o.direct {
-		config = roamingConfig(wgListen, wgBackends, "wireguard", wgListenerExtra(o.key, keyFile), sock)
-		requireDissector(t, config, "wireguard")
-	}
-	w := newWGLab(t, o.direct, roamClients, key, keyFile, dir, start)
-	var d *daemon
-	if !o.direct {
-		d = startRoamingDaemon(t, w.lab, w.mux, dir, config, "wireguard", wgListen.Port())
-		w.logs = append(w.logs, d.Config, d.Log)
-	}
-	rs := w.roamers()
-	startRoamPings(t, w.lab, rs, w.wait)
-	before := w.state()
-	for i, c := range w.clients {
-		if err := before.servedErrs[i]; err != nil {
-			t.Fatalf("before the moves: %v", err)
-		}
-		b := before.servedBy[i]
-		ep := before.backend[b][c.Key.Public].Endpoint
-		if o.direct {
-			if want := netip.AddrPortFrom(clientAddr(i), wgClientPort); b != i%2 || ep != want {
-				t.Fatalf("before the moves: %s is served by %s from %v; want %s from %v", c.Name, w.backends[b].Name, ep, w.backends[i%2].Name, want)
-			}
-		} else if ep.Addr() != muxBackAddr {
-			t.Fatalf("before the moves: %s reaches %s from %v; want udpmux's backend-side address %v", c.Name, w.backends[b].Name, ep, muxBackAddr)
-		}
-		t.Logf("%s (%v) served by %s, which sees it at %v", c.Name, c.Tunnel.Addr(), w.backends[b].Name, ep)
-	}
-
-	var addrs, alts []netip.Addr
-	for _, r := range rs {
-		addrs, alts = append(addrs, r.Addr), append(alts, r.Alt)
-	}
-	sched := moveSchedule(addrs, alts, roamRounds)
+	r := setupWireGuard(t, o)
+	sched := moveSchedule(roamAddrs(r.rs))
 	var after func(int, move)
 	if o.upgrade {
 		after = func(k int, m move) {
 			if k == len(sched)/2-1 {
-				u := d.Upgrade(t, sock, len(rs), w.wait(upgradeTimeout))
+				u := r.d.Upgrade(t, r.sock, len(r.rs), r.w.wait(upgradeTimeout))
 				t.Logf("upgrade after move %d: pid %d -> %d, %d sessions restored in %v", k+1, u.From, u.To, u.Restored, u.Took.Round(time.Millisecond))
 			}
 		}
 	}
-	moves := runMoves(t, rs, sched, after)
+	moves := runMoves(t, r.rs, sched, after)
 	time.Sleep(roamSettle)
 	stopped := time.Now()
-	logs := stopRoamPings(t, rs)
-	checkRecoveries(t, rs, moves, logs, stopped)
+	logs := stopRoamPings(t, r.rs)
+	checkRecoveries(t, r.rs, moves, logs, stopped)
+	r.check(t, "the moves")
+	if r.d != nil {
+		checkSessionCount(t, r.sock, len(r.rs))
+		r.d.Stop(t)
+	}
+	t.Logf("%d WireGuard tunnels, %d moves in %v", len(r.rs), len(moves), time.Since(r.start).Round(time.Millisecond))
+}
 
+// wgRun is a WireGuard test set up by setupWireGuard.
+type wgRun struct {
+	o      wgRoamOptions
+	w      *wgLab
+	d      *daemon // nil when direct
+	sock   string  // udpmux's control socket
+	rs     []*roamer
+	before wgState
+	start  time.Time
+}
+
+// setupWireGuard builds the WireGuard lab with roamClients clients, through
+// udpmux (which it starts) or direct, starts each client's continuous ping
+// and records which backend serves each client: backend i%2 from the
+// client's own address (direct) or any backend from udpmux's address.
+func setupWireGuard(t *testing.T, o wgRoamOptions) *wgRun {
+	t.Helper()
+	r := &wgRun{o: o, start: time.Now()}
+	requireRoaming(t, true)
+	dir := t.TempDir()
+	key := newWGKey(t)
+	keyFile := key.writeKey(t, dir, "backend.key")
+	r.sock = filepath.Join(dir, "ctl.sock")
+	var config string
+	if !o.direct {
+		config = roamingConfig(wgListen, wgBackends, "wireguard", wgListenerExtra(o.key, keyFile), r.sock)
+		requireDissector(t, config, "wireguard")
+	}
+	r.w = newWGLab(t, o.direct, roamClients, key, keyFile, dir, r.start)
+	if !o.direct {
+		r.d = startRoamingDaemon(t, r.w.lab, r.w.mux, dir, config, "wireguard", wgListen.Port())
+		r.w.logs = append(r.w.logs, r.d.Config, r.d.Log)
+	}
+	r.rs = r.w.roamers()
+	startRoamPings(t, r.w.lab, r.rs, r.w.wait)
+	r.before = r.w.state()
+	for i, c := range r.w.clients {
+		if err := r.before.servedErrs[i]; err != nil {
+			t.Fatalf("at the start: %v", err)
+		}
+		b := r.before.servedBy[i]
+		ep := r.before.backend[b][c.Key.Public].Endpoint
+		if o.direct {
+			if want := netip.AddrPortFrom(clientAddr(i), wgClientPort); b != i%2 || ep != want {
+				t.Fatalf("at the start: %s is served by %s from %v; want %s from %v", c.Name, r.w.backends[b].Name, ep, r.w.backends[i%2].Name, want)
+			}
+		} else if ep.Addr() != muxBackAddr {
+			t.Fatalf("at the start: %s reaches %s from %v; want udpmux's backend-side address %v", c.Name, r.w.backends[b].Name, ep, muxBackAddr)
+		}
+		t.Logf("%s (%v) served by %s, which sees it at %v", c.Name, c.Tunnel.Addr(), r.w.backends[b].Name, ep)
+	}
+	return r
+}
+
+// check compares the devices' state now with the start (the pings have
+// been stopped): the same backend serves each client, no new handshake,
+// traffic reached that backend, which sees the client at its last mapping
+// (direct: WireGuard follows it) or at udpmux's unchanged upstream socket.
+// during names the interval for the messages ("the moves").
+func (r *wgRun) check(t *testing.T, during string) {
+	t.Helper()
+	w, before := r.w, r.before
 	now := w.state()
 	for i, c := range w.clients {
 		b := before.servedBy[i]
 		bname := w.backends[b].Name
 		if err := now.servedErrs[i]; err != nil {
-			t.Errorf("after the moves: %v (a new handshake with another backend)", err)
+			t.Errorf("after %s: %v (a new handshake with another backend)", during, err)
 		} else if now.servedBy[i] != b {
 			t.Errorf("%s moved from %s to %s", c.Name, bname, w.backends[now.servedBy[i]].Name)
 		}
@@ -325,31 +355,30 @@ func runWireGuardRoaming(t *testing.T, o wgRoamOptions) {
 			t.Errorf("%s: latest handshake with %s %s, was %s", bname, c.Name, hsTime(is.Handshake), hsTime(was.Handshake))
 		}
 		if now.clientHS[i] != before.clientHS[i] {
-			t.Errorf("%s: wireguard-go logged %d handshake messages during the moves", c.Name, now.clientHS[i]-before.clientHS[i])
+			t.Errorf("%s: wireguard-go logged %d handshake messages during %s", c.Name, now.clientHS[i]-before.clientHS[i], during)
 		}
 		if is.RX <= was.RX {
-			t.Errorf("%s received nothing from %s during the moves (rx %d -> %d)", bname, c.Name, was.RX, is.RX)
+			t.Errorf("%s received nothing from %s during %s (rx %d -> %d)", bname, c.Name, during, was.RX, is.RX)
 		}
-		if o.direct {
-			if want := rs[i].mapping; is.Endpoint != want {
-				t.Errorf("%s sees %s at %v after the moves; want its last mapping %v (WireGuard follows a roaming peer)", bname, c.Name, is.Endpoint, want)
+		if r.o.direct {
+			want := r.rs[i].mapping
+			if !want.IsValid() {
+				want = netip.AddrPortFrom(r.rs[i].Addr, r.rs[i].SPort)
+			}
+			if is.Endpoint != want {
+				t.Errorf("%s sees %s at %v after %s; want its last mapping %v (WireGuard follows a roaming peer)", bname, c.Name, is.Endpoint, during, want)
 			}
 		} else if is.Endpoint != was.Endpoint {
-			t.Errorf("%s sees %s at %v after the moves; it was %v: udpmux changed the session's upstream socket", bname, c.Name, is.Endpoint, was.Endpoint)
+			t.Errorf("%s sees %s at %v after %s; it was %v: udpmux changed the session's upstream socket", bname, c.Name, is.Endpoint, during, was.Endpoint)
 		}
-		t.Logf("%s: started on %s (rx there %d -> %d bytes during the moves), which sees it at %v now, latest handshake %s",
-			c.Name, bname, was.RX, is.RX, is.Endpoint, hsTime(is.Handshake))
+		t.Logf("%s: started on %s (rx there %d -> %d bytes during %s), which sees it at %v now, latest handshake %s",
+			c.Name, bname, was.RX, is.RX, during, is.Endpoint, hsTime(is.Handshake))
 	}
 	for bi := range w.backends {
 		if d := now.backendHS[bi] - before.backendHS[bi]; d != 0 {
-			t.Errorf("%s: wireguard-go logged %d handshake messages during the moves", w.backends[bi].Name, d)
+			t.Errorf("%s: wireguard-go logged %d handshake messages during %s", w.backends[bi].Name, d, during)
 		}
 	}
-	if d != nil {
-		checkSessionCount(t, sock, len(rs))
-		d.Stop(t)
-	}
-	t.Logf("%d WireGuard tunnels, %d moves in %v", len(rs), len(moves), time.Since(start).Round(time.Millisecond))
 }
 
 // hsTime renders a latest-handshake time.
