@@ -60,6 +60,7 @@ type wgLab struct {
 	dir      string
 	direct   bool
 	mux      *netlab.Namespace
+	front    string // the clients' bridge in mux
 	key      wgKey  // the backends' key
 	KeyFile  string // the backends' private key file
 	backends []*wgBackend
@@ -94,6 +95,7 @@ func newWGLab(t *testing.T, direct bool, n int, key wgKey, keyFile, dir string, 
 	})
 	w.mux = lab.NewNamespace("mux")
 	front := w.mux.AddBridge("br0")
+	w.front = front
 	w.mux.AddAddr(front, netip.PrefixFrom(muxFrontAddr, 24).String())
 	back := w.mux.AddBridge("br1")
 	w.mux.AddAddr(back, netip.PrefixFrom(muxBackAddr, 24).String())
