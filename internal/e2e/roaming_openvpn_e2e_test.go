@@ -55,7 +55,7 @@ func runOpenVPNRoaming(t *testing.T, o ovpnRoamOptions) {
 	stopped := time.Now()
 	logs := stopRoamPings(t, r.rs)
 	checkRecoveries(t, r.rs, moves, logs, stopped)
-	r.check(t, "the moves")
+	r.check(t, "the moves", false)
 	if r.d != nil {
 		checkSessionCount(t, r.sock, len(r.rs))
 		r.d.Stop(t)
@@ -142,9 +142,10 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 // subnets differ), never restarted or renegotiated, and its server lists it
 // once, at its last mapping (direct: the server floated it) or at udpmux's
 // unchanged upstream socket, having seen it connect once; through udpmux,
-// udpmux holds exactly the sessions' upstream sockets. during names the
-// interval for the messages ("the moves").
-func (r *ovpnRun) check(t *testing.T, during string) {
+// udpmux holds exactly the sessions' upstream sockets (with others set,
+// and others besides). during names the interval for the messages ("the
+// moves").
+func (r *ovpnRun) check(t *testing.T, during string, others bool) {
 	t.Helper()
 	v := r.v
 	for _, u := range r.ups {
@@ -191,7 +192,7 @@ func (r *ovpnRun) check(t *testing.T, during string) {
 		for _, u := range r.ups {
 			byServer[u.server] = append(byServer[u.server], status[u.client.Name])
 		}
-		v.checkUpstreamSockets(byServer)
+		v.checkSessionSockets(byServer, others)
 	}
 }
 
