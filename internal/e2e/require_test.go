@@ -28,42 +28,21 @@ func requireTun(t testing.TB, whose string) {
 	}
 }
 
-// requireRoot skips the test unless it runs as root with iproute2's ip.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	netlab.RequireRoot(t)
-}
-
-// requirePing skips the test unless iputils' ping is installed.
-func requirePing(t testing.TB) {
-	t.Helper()
-	netlab.RequireTools(t, netlab.ToolPing)
-}
-
-// requireNAT skips the test unless the namespaces can play NAT gateways
-// (netlab's SNAT): nftables and conntrack.
-func requireNAT(t testing.TB) {
-	t.Helper()
-	netlab.RequireTools(t, netlab.ToolNft, netlab.ToolConntrack)
-}
-
-// requireWireGuard skips the test unless WireGuard can run in userspace:
-// wireguard-go, wg and tun devices. The kernel module is not used.
-func requireWireGuard(t testing.TB) {
-	t.Helper()
-	netlab.RequireTools(t, netlab.ToolWireGuardGo, netlab.ToolWG)
-	requireTun(t, "wireguard-go's")
-}
-
-// requireRoaming skips a roaming test unless everything it runs is
-// there: root and ip, ping, nft and conntrack, and WireGuard (wireguard
-// set) or OpenVPN.
+// requireRoaming skips a roaming or spoofing test unless everything it
+// runs is there: root and iproute2's ip, ping, nft and conntrack (the NAT
+// in front of each client), and WireGuard in userspace (wireguard-go, wg,
+// tun devices; the kernel module is not used) or OpenVPN. Missing programs
+// are named all at once.
 func requireRoaming(t testing.TB, wireguard bool) {
 	t.Helper()
-	requireRoot(t)
-	netlab.RequireTools(t, netlab.ToolPing, netlab.ToolNft, netlab.ToolConntrack)
+	netlab.RequireRoot(t)
+	tools := []netlab.Tool{netlab.ToolPing, netlab.ToolNft, netlab.ToolConntrack}
 	if wireguard {
-		requireWireGuard(t)
+		tools = append(tools, netlab.ToolWireGuardGo, netlab.ToolWG)
+	}
+	netlab.RequireTools(t, tools...)
+	if wireguard {
+		requireTun(t, "wireguard-go's")
 	} else {
 		requireOpenVPN(t)
 	}
