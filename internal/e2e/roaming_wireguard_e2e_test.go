@@ -86,7 +86,7 @@ func newWGLab(t *testing.T, direct bool, n int, key wgKey, keyFile, dir string, 
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("UDPMUX_E2E_DUMP") == "1" {
 			for _, d := range w.devs() {
-				if out, err := d.NS.Command("wg", "show", d.Name).CombinedOutput(); err == nil {
+				if out, err := d.wg("show", d.Name); err == nil {
 					t.Logf("==== wg show %s (%s):\n%s", d.Name, d.NS.Label(), out)
 				}
 			}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/base64"
@@ -84,7 +85,23 @@ type wgDev struct {
 	Name string // interface name, unique on the machine
 	NS   *netlab.Namespace
 	Log  string // wireguard-go's output (LOG_LEVEL=verbose)
+	t    testing.TB
 	proc *netlab.Process
+}
+
+// wgTimeout bounds every wg command (they talk to wireguard-go over its
+// control socket, which a stuck process would never answer).
+const wgTimeout = 5 * time.Second
+
+// wg runs `wg args...` in the device's namespace, bounded by wgTimeout.
+func (d *wgDev) wg(args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), wgTimeout)
+	defer cancel()
+	out, err := d.NS.CommandContext(ctx, "wg", args...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("wg %s in %s: %v: %s", strings.Join(args, " "), d.NS, err, strings.TrimSpace(string(out)))
+	}
+	return out, nil
 }
 
 // startWireGuard runs wireguard-go in the foreground inside ns and waits for
@@ -93,7 +110,7 @@ type wgDev struct {
 // behind (after a SIGKILL) is removed.
 func startWireGuard(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, label string) *wgDev {
 	t.Helper()
-	d := &wgDev{Name: wgIfName(), NS: ns, Log: filepath.Join(dir, label+".wg.log")}
+	d := &wgDev{Name: wgIfName(), NS: ns, Log: filepath.Join(dir, label+".wg.log"), t: t}
 	logf, err := os.Create(d.Log)
 	if err != nil {
 		t.Fatal(err)
@@ -126,9 +143,13 @@ func startWireGuard(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, la
 	}
 }
 
-// Set runs `wg set IF args...` in the device's namespace.
+// Set runs `wg set IF args...` in the device's namespace; it fails the
+// test on error.
 func (d *wgDev) Set(args ...string) {
-	d.NS.Run("wg", append([]string{"set", d.Name}, args...)...)
+	d.t.Helper()
+	if _, err := d.wg(append([]string{"set", d.Name}, args...)...); err != nil {
+		d.t.Fatal(err)
+	}
 }
 
 // Up gives the interface its tunnel address and brings it up.
@@ -140,9 +161,9 @@ func (d *wgDev) Up(addr netip.Prefix) {
 // Dump returns the device's peers as `wg show IF dump` lists them, by
 // public key.
 func (d *wgDev) Dump() (map[string]wgPeer, error) {
-	out, err := d.NS.Command("wg", "show", d.Name, "dump").CombinedOutput()
+	out, err := d.wg("show", d.Name, "dump")
 	if err != nil {
-		return nil, fmt.Errorf("wg show %s dump in %s: %v: %s", d.Name, d.NS, err, out)
+		return nil, err
 	}
 	return parseWGDump(string(out))
 }

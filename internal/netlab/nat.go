@@ -1,9 +1,11 @@
 package netlab
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // NAT emulation. A namespace that holds a client can play the NAT gateway in
@@ -44,6 +46,9 @@ import (
 
 // natTable is the nftables table (family ip) that SNAT manages.
 const natTable = "netlab_nat"
+
+// natTimeout bounds each nft and conntrack command.
+const natTimeout = 10 * time.Second
 
 // SNAT makes the namespace a NAT for the UDP it sends out of dev: from now
 // on the UDP datagrams leaving dev from source port sport get the source
@@ -108,7 +113,9 @@ func (n *Namespace) ClearSNAT() {
 // and go through NAT again. Having none to delete is not an error.
 func (n *Namespace) FlushConntrack(proto string) {
 	n.lab.t.Helper()
-	out, err := n.Command("conntrack", "-D", "-p", proto).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), natTimeout)
+	defer cancel()
+	out, err := n.CommandContext(ctx, "conntrack", "-D", "-p", proto).CombinedOutput()
 	// conntrack exits 1 when nothing matched.
 	if err != nil && !strings.Contains(string(out), " 0 flow entries have been deleted") {
 		n.lab.t.Fatalf("netlab: in %s: conntrack -D -p %s: %v\n%s", n.name, proto, err, out)
@@ -119,7 +126,9 @@ func (n *Namespace) FlushConntrack(proto string) {
 // on error.
 func (n *Namespace) Nft(script string) {
 	n.lab.t.Helper()
-	cmd := n.Command("nft", "-f", "-")
+	ctx, cancel := context.WithTimeout(context.Background(), natTimeout)
+	defer cancel()
+	cmd := n.CommandContext(ctx, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		n.lab.t.Fatalf("netlab: in %s: nft -f -: %v\n%s\nscript:\n%s", n.name, err, out, script)
@@ -128,7 +137,9 @@ func (n *Namespace) Nft(script string) {
 
 // nft runs nft with args inside the namespace and returns its output.
 func (n *Namespace) nft(args ...string) (string, error) {
-	out, err := n.Command("nft", args...).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), natTimeout)
+	defer cancel()
+	out, err := n.CommandContext(ctx, "nft", args...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 	}
