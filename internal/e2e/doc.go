@@ -1,7 +1,17 @@
 // Package e2e holds end-to-end tests that run the udpmux daemon against real
-// programs (OpenVPN servers and clients) in network namespaces built with
-// internal/netlab. The tests need root, iproute2 and, for the OpenVPN tests,
-// /usr/sbin/openvpn; they skip with a clear message otherwise.
+// programs (OpenVPN and WireGuard servers and clients) in network namespaces
+// built with internal/netlab. The tests need root, iproute2 and, for the
+// OpenVPN tests, /usr/sbin/openvpn; the roaming and spoofing tests also
+// need ping (iputils-ping), nft (nftables) and conntrack (conntrack), and
+// for WireGuard wireguard-go and wg (wireguard-go, wireguard-tools). They
+// skip with a message naming what is missing otherwise (require_test.go).
+//
+// The roaming tests (roaming_*_e2e_test.go) move clients behind an
+// emulated NAT to new source ports and addresses while their tunnels carry
+// pings, directly to the backends (checking the harness) and through
+// udpmux; the spoofing tests (spoof_e2e_test.go) spray forged tunnel
+// packets at udpmux. The through-udpmux ones skip while the daemon does not
+// know the wireguard or openvpn dissector.
 //
 // Run them with: go test -race -v ./internal/e2e
 package e2e

@@ -19,19 +19,6 @@ import (
 // openvpnPath is where Debian's openvpn package installs the binary.
 const openvpnPath = "/usr/sbin/openvpn"
 
-// requireOpenVPN skips the test unless OpenVPN is installed, and ping,
-// which the tests send through the tunnels.
-func requireOpenVPN(t testing.TB) {
-	t.Helper()
-	netlab.RequireTool(t, "ping", "iputils-ping")
-	if _, err := os.Stat(openvpnPath); err != nil {
-		t.Skipf("needs OpenVPN at %s (apt-get install -y openvpn): %v", openvpnPath, err)
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("needs /dev/net/tun for OpenVPN's tun devices: %v", err)
-	}
-}
-
 // Timeouts of the OpenVPN tests. Each wait is also cut short by the test's
 // overall budget (vpnLab.wait), so that a test never runs past vpnBudget.
 const (
@@ -62,8 +49,9 @@ type ovpnServer struct {
 }
 
 // startServer runs an OpenVPN server inside ns, listening on listen with
-// the tunnel subnet (a /24), in TLS mode with certificates from p.
-func startServer(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, p *pki, dir string, listen netip.AddrPort, subnet netip.Prefix) *ovpnServer {
+// the tunnel subnet (a /24), in TLS mode with certificates from p; extra
+// options (such as "--float") are appended to its command line.
+func startServer(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, p *pki, dir string, listen netip.AddrPort, subnet netip.Prefix, extra ...string) *ovpnServer {
 	t.Helper()
 	name := fmt.Sprintf("server%d", listen.Port())
 	crt := p.Issue(name, x509.ExtKeyUsageServerAuth)
@@ -97,6 +85,7 @@ func startServer(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, p *pki, di
 		"--verb", ovpnVerb(),
 		"--log", s.Log,
 	}
+	args = append(args, extra...)
 	s.proc = lab.Start(ns.Command(openvpnPath, args...))
 	return s
 }
@@ -114,6 +103,7 @@ func net4Mask(bits int) string {
 type ovpnClient struct {
 	Name   string // its certificate's common name, e.g. "client3"
 	NS     *netlab.Namespace
+	Link   string // its interface towards the bridge (set by vpnLab.addClients)
 	Log    string
 	Remote netip.AddrPort
 	proc   *netlab.Process

@@ -55,22 +55,6 @@ func lookupIP() (string, error) {
 	return ipPath, ipErr
 }
 
-// LookPath finds the command name in PATH or, since test environments often
-// lack /usr/sbin in PATH, in the usual system directories.
-func LookPath(name string) (string, error) {
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", err
-}
-
 // RequireRoot skips the test unless it can build network namespaces: the
 // process must run as root and the iproute2 `ip` command must be installed.
 func RequireRoot(t testing.TB) {
@@ -78,16 +62,7 @@ func RequireRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
 	}
-	RequireTool(t, "ip", "iproute2")
-}
-
-// RequireTool skips the test unless the command name is installed (see
-// LookPath), naming the Debian package that brings it.
-func RequireTool(t testing.TB, name, debianPackage string) {
-	t.Helper()
-	if _, err := LookPath(name); err != nil {
-		t.Skipf("needs the %s command (apt-get install %s): not found in PATH, /usr/sbin, /sbin, /usr/bin or /bin", name, debianPackage)
-	}
+	RequireTools(t, ToolIP)
 }
 
 // Lab is a set of network namespaces and processes owned by one test.
@@ -324,9 +299,11 @@ func (n *Namespace) DisableIPv6() {
 }
 
 // Command returns a command that runs name with args inside the namespace
-// (`ip netns exec NS name args...`). The caller starts and waits for it as
-// with any *exec.Cmd; use Lab.Start for long-running processes so that
-// they are stopped at teardown.
+// (`ip netns exec NS name args...`); a name without a slash is looked up
+// with LookPath, so that programs in the sbin directories are found even
+// when PATH lacks them. The caller starts and waits for it as with any
+// *exec.Cmd; use Lab.Start for long-running processes so that they are
+// stopped at teardown.
 func (n *Namespace) Command(name string, args ...string) *exec.Cmd {
 	return n.CommandContext(context.Background(), name, args...)
 }
@@ -336,6 +313,13 @@ func (n *Namespace) CommandContext(ctx context.Context, name string, args ...str
 	ip, err := lookupIP()
 	if err != nil {
 		ip = "ip"
+	}
+	if !strings.Contains(name, "/") {
+		// `ip netns exec` searches PATH, which often lacks the sbin
+		// directories of programs such as nft or conntrack.
+		if p, err := LookPath(name); err == nil {
+			name = p
+		}
 	}
 	cmd := exec.CommandContext(ctx, ip, append([]string{"netns", "exec", n.name, name}, args...)...)
 	// `ip netns exec` execs the program in place, so the process started

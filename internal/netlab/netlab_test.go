@@ -88,7 +88,7 @@ func TestZombieStat(t *testing.T) {
 // checks that teardown removes everything.
 func TestLab(t *testing.T) {
 	RequireRoot(t)
-	RequireTool(t, "ping", "iputils-ping")
+	RequireTools(t, ToolPing)
 	var names []string
 	var proc *Process
 	t.Run("build", func(t *testing.T) {
