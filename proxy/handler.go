@@ -62,7 +62,7 @@ type Handler struct {
 
 type handlerStats struct {
 	noBackend, dialErrors, upstreamDrops, upstreamErrors, refusedByBackend, abandoned atomic.Uint64
-	moved, movesRefused                                                               atomic.Uint64
+	moved, movesRefused, lateDatagrams                                                atomic.Uint64
 	probes                                                                            atomic.Int64
 }
 
@@ -91,6 +91,11 @@ type Stats struct {
 	// now, each a new address waiting for the backend's word.
 	Moved, MovesRefused uint64
 	MovesPending        int64
+	// LateDatagrams counts datagrams dropped because they came from the
+	// address a session had left less than a second before: overtaken by
+	// the client's datagrams from its new address, they would take the
+	// session back.
+	LateDatagrams uint64
 	// UpstreamSockets is the number of upstream sockets open now.
 	UpstreamSockets int
 	// Backends is each backend's health and live sessions.
@@ -110,8 +115,11 @@ type upstream struct {
 	heard, answered        bool
 	silentSince, refusedAt time.Time
 	// probes are sockets to the backend for new client addresses, waiting
-	// for the backend to answer one (roam.go).
+	// for the backend to answer one (roam.go); left is the address the
+	// session last moved away from, at leftAt.
 	probes []probe
+	left   netip.AddrPort
+	leftAt time.Time
 }
 
 // Errors returned by Open; the engine counts them as refused sessions.
@@ -253,7 +261,7 @@ func (h *Handler) Upstream(s *session.Session, sock int, p []byte) {
 			return
 		}
 	case len(u.probes) > 0:
-		h.backOnSocket(s, u)
+		u.backOnSocket()
 	}
 	u.heard, u.answered = true, true
 	h.bal.MarkUp(u.backend)
@@ -335,6 +343,7 @@ func (h *Handler) Stats() Stats {
 		Moved:            h.stats.moved.Load(),
 		MovesRefused:     h.stats.movesRefused.Load(),
 		MovesPending:     h.stats.probes.Load(),
+		LateDatagrams:    h.stats.lateDatagrams.Load(),
 		UpstreamSockets:  h.sockets.InUse(),
 	}
 	for i := range h.backends {

@@ -33,10 +33,12 @@ import (
 // then those of the backend until it is back on the session's socket
 // (confirmed).
 type probe struct {
-	fd        int
-	addr      netip.AddrPort
-	confirmed bool
-	last      time.Time // the last datagram through the probe
+	fd   int
+	addr netip.AddrPort
+	// confirmed is set once the backend has answered on the probe; back
+	// once it has answered on the session's socket again since.
+	confirmed, back bool
+	last            time.Time // the last datagram through the probe
 }
 
 const (
@@ -46,8 +48,13 @@ const (
 	// long.
 	probeIdle = 10 * time.Second
 	// probeEvict is how long a pending probe must have been idle before a
-	// further new address may take its place.
+	// further new address may take its place, or before the session's
+	// client, still sending from its own address, makes it stale.
 	probeEvict = time.Second
+	// moveHold is how long datagrams from the address a session just left
+	// are dropped: late ones, overtaken by those from the new address, would
+	// otherwise take the backend, and then the session, back there.
+	moveHold = time.Second
 )
 
 // Roam implements session.Roamer: p comes from from, not the session's
@@ -57,6 +64,10 @@ const (
 func (h *Handler) Roam(s *session.Session, from netip.AddrPort, p []byte) {
 	u := s.State().(*upstream)
 	now := time.Now()
+	if from == u.left && now.Sub(u.leftAt) < moveHold {
+		h.stats.lateDatagrams.Add(1)
+		return
+	}
 	i := u.probeFor(from)
 	if i < 0 {
 		if i = h.openProbe(s, u, from, now); i < 0 {
@@ -133,11 +144,17 @@ func (h *Handler) closeProbe(s *session.Session, u *upstream, i int) {
 	u.probes = append(u.probes[:i], u.probes[i+1:]...)
 }
 
-// closeIdleProbes closes the probes through which nothing has passed for
-// probeIdle.
+// closeIdleProbes runs for a datagram from the session's client at its own
+// address: it closes the probes through which nothing has passed for
+// probeIdle, and for probeEvict the pending ones, which the client, still
+// here, left stale (a datagram overtaken by its successors, or forged), and
+// the confirmed ones the backend has left for the session's socket (after
+// the replies it sent before on their way).
 func (h *Handler) closeIdleProbes(s *session.Session, u *upstream, now time.Time) {
 	for i := len(u.probes) - 1; i >= 0; i-- {
-		if now.Sub(u.probes[i].last) >= probeIdle {
+		pr := &u.probes[i]
+		idle := now.Sub(pr.last)
+		if idle >= probeIdle || (!pr.confirmed || pr.back) && idle >= probeEvict {
 			h.closeProbe(s, u, i)
 		}
 	}
@@ -171,11 +188,13 @@ func (h *Handler) confirm(s *session.Session, u *upstream, i int) bool {
 		h.sources.Release(u.source)
 		u.source = src
 	}
+	old := s.PeerAddr()
 	if err := s.Move(pr.addr); err != nil {
 		h.stats.movesRefused.Add(1)
 		h.closeProbe(s, u, i)
 		return false
 	}
+	u.left, u.leftAt = old, time.Now()
 	for j := len(u.probes) - 1; j >= 0; j-- {
 		if u.probes[j].fd != pr.fd {
 			h.closeProbe(s, u, j)
@@ -187,12 +206,13 @@ func (h *Handler) confirm(s *session.Session, u *upstream, i int) bool {
 	return true
 }
 
-// backOnSocket closes a confirmed probe once the backend answers on the
-// session's own socket again: it has followed the client back there.
-func (h *Handler) backOnSocket(s *session.Session, u *upstream) {
-	for i := len(u.probes) - 1; i >= 0; i-- {
+// backOnSocket notes that the backend answers on the session's own socket
+// again: it has followed the client back there, and the confirmed probe may
+// close once what it sent before has arrived (see closeIdleProbes).
+func (u *upstream) backOnSocket() {
+	for i := range u.probes {
 		if u.probes[i].confirmed {
-			h.closeProbe(s, u, i)
+			u.probes[i].back = true
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
 )
 
@@ -438,6 +439,14 @@ func startRoamingDaemon(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, dir
 // engine closes a little after a move.
 func checkSessionCount(t *testing.T, sock string, want int) {
 	t.Helper()
+	defer func() {
+		if t.Failed() || os.Getenv("UDPMUX_E2E_DUMP") == "1" {
+			// What udpmux holds, to tell what went wrong.
+			list, _ := controlRequest(sock, handoff.TypeSessionList)
+			status, _ := controlRequest(sock, handoff.TypeStatus)
+			t.Logf("udpmux sessions:\n%s\nudpmux status:\n%s", list, status)
+		}
+	}()
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		st, err := daemonStatus(sock)
