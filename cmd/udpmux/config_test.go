@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,5 +169,55 @@ func TestShippedConfigIsValid(t *testing.T) {
 	}
 	if cfg.controlSocket != defaultControlSocket || cfg.mux.Batch != 64 {
 		t.Errorf("shipped config: control socket %q, batch %d", cfg.controlSocket, cfg.mux.Batch)
+	}
+}
+
+// TestShippedFanoutConfigsAreValid keeps the fan-out examples loadable, the
+// WireGuard one with a key of the test's own in place of its key file.
+func TestShippedFanoutConfigsAreValid(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "wg.key")
+	if err := os.WriteFile(key, []byte("aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"wireguard-fanout.yaml", "openvpn-fanout.yaml"} {
+		text, err := os.ReadFile("../../configs/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := strings.ReplaceAll(string(text), "/etc/udpmux/wg-backend.key", key)
+		cfg, err := loadConfig(writeConfig(t, body))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if h := cfg.mux.Listeners[0].Handler; fmt.Sprintf("%T", h) != "*proxy.Handler" {
+			t.Errorf("%s: handler %T", name, h)
+		}
+	}
+}
+
+func TestWireGuardConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open.key")
+	os.WriteFile(open, []byte("aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=\n"), 0o644)
+	listener := func(dissector, wg string) string {
+		return "listeners:\n  - {name: wg, handler: proxy, address: \"127.0.0.1:1\", backends: [\"127.0.0.1:2\"], dissector: " +
+			dissector + ", wireguard: {" + wg + "}}\n"
+	}
+	for _, tc := range []struct{ name, body, want string }{
+		{"no such key file", listener("wireguard", "private_key: "+filepath.Join(dir, "none")), "listeners[0].wireguard.private_key: "},
+		{"key file others may read", listener("wireguard", "private_key: "+open), "listeners[0].wireguard.private_key: "},
+		{"negative rate", listener("wireguard", "decrypt_rate: -1"), "listeners[0].wireguard.decrypt_rate: -1 is negative"},
+		{"settings without the dissector", listener("openvpn", "decrypt_rate: 5"), "listeners[0].wireguard: only dissector: wireguard has these settings"},
+		{"unknown setting", listener("wireguard", "private_kee: x"), "private_kee"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadConfig(writeConfig(t, tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v; want one containing %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := loadConfig(writeConfig(t, listener("wireguard", ""))); err != nil {
+		t.Errorf("wireguard without a key: %v", err)
 	}
 }
