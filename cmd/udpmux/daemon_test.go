@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,4 +155,70 @@ func TestDaemonServesWithoutControlSocket(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
+}
+
+// TestSessionsListsBackendUpstreamAndKeys: `udpmux sessions` shows, for a
+// proxied session, its backend, the source address the backend sees (its
+// upstream socket's) and every key it is found by.
+func TestSessionsListsBackendUpstreamAndKeys(t *testing.T) {
+	bin := buildDaemon(t)
+	backend, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	seen := make(chan netip.AddrPort, 1)
+	go func() {
+		buf := make([]byte, 64)
+		n, from, err := backend.ReadFromUDPAddrPort(buf)
+		if err == nil {
+			seen <- from
+			backend.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	cfg := writeConfig(t, "workers: 1\ncontrol: {socket: "+filepath.Join(t.TempDir(), "ctl.sock")+"}\n"+
+		"listeners:\n  - {name: vpn, handler: proxy, address: \"127.0.0.1:0\", backends: [\""+backend.LocalAddr().String()+"\"]}\n")
+	cmd := exec.Command(bin, "-c", cfg)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	addrRE := regexp.MustCompile(`msg=listening listener=vpn address=(\S+)`)
+	logs := bufio.NewScanner(stderr)
+	var addr string
+	for addr == "" && logs.Scan() {
+		if m := addrRE.FindStringSubmatch(logs.Text()); m != nil {
+			addr = m[1]
+		}
+	}
+	go func() {
+		for logs.Scan() {
+		}
+	}()
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echoOnce(t, c, "hi")
+	upstream := <-seen
+	sock := regexp.MustCompile(`socket: (\S+)}`).FindStringSubmatch(string(must(os.ReadFile(cfg))))[1]
+	out, err := exec.Command(bin, "sessions", "-s", sock).CombinedOutput()
+	if err != nil {
+		t.Fatalf("udpmux sessions: %v\n%s", err, out)
+	}
+	key := "0/" + addr + "-" + c.LocalAddr().String()
+	for _, want := range []string{"BACKEND", "UPSTREAM", "KEYS", backend.LocalAddr().String(), upstream.String(), key} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("udpmux sessions lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
