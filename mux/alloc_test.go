@@ -26,9 +26,9 @@ func TestSteadyStatePathAllocatesNothing(t *testing.T) {
 // learningEcho echoes; "k<id>" also makes the session learn id.
 type learningEcho struct{ session.Echo }
 
-func (learningEcho) Datagram(s *session.Session, p []byte) {
+func (learningEcho) Datagram(s session.Session, p []byte) {
 	if p[0] == 'k' {
-		s.AddKey(testID(s.Scope(), p[1:5]))
+		s.AddKey(testID(s.Key().Scope(), p[1:5]))
 	}
 	s.Write(p)
 }

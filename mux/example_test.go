@@ -52,13 +52,13 @@ func ExampleListen() {
 // loop that owns the session, so the state needs no lock.
 type counter struct{}
 
-func (counter) Open(s *session.Session) error { s.SetState(new(int)); return nil }
-func (counter) Datagram(s *session.Session, p []byte) {
+func (counter) Open(s session.Session) error { s.SetState(new(int)); return nil }
+func (counter) Datagram(s session.Session, p []byte) {
 	n := s.State().(*int)
 	*n++
 	s.Write(fmt.Appendf(nil, "%d: %s", *n, p)) // copied into the loop's send batch
 }
-func (counter) Close(*session.Session, session.Reason) {}
+func (counter) Close(session.Session, session.Reason) {}
 
 // A Server runs handlers on per-core loops; Serve returns when ctx ends.
 func ExampleServer() {

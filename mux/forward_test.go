@@ -25,14 +25,14 @@ func newRecordingHandler() *recordingHandler {
 	return &recordingHandler{got: map[netip.AddrPort][]string{}, loops: map[int]int{}, reasons: map[session.Reason]int{}}
 }
 
-func (h *recordingHandler) Open(*session.Session) error { return nil }
-func (h *recordingHandler) Datagram(s *session.Session, p []byte) {
+func (h *recordingHandler) Open(session.Session) error { return nil }
+func (h *recordingHandler) Datagram(s session.Session, p []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.got[s.PeerAddr()] = append(h.got[s.PeerAddr()], string(p))
-	h.loops[s.LoopID()]++
+	h.loops[s.Stats().Loop]++
 }
-func (h *recordingHandler) Close(_ *session.Session, r session.Reason) {
+func (h *recordingHandler) Close(_ session.Session, r session.Reason) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.reasons[r]++
@@ -59,10 +59,10 @@ func TestDatagramsForAnotherLoopsSessionArriveInOrder(t *testing.T) {
 		return &udpsys.Message{Buf: b, N: max(n, 1200), Addr: peer}
 	}
 	// The first datagram arrives at loop 0, which creates the session.
-	l0.now = session.Clock()
+	l0.now = clock()
 	l0.dispatch(l0.socks[0], msg(0))
 	const n = 5000
-	l1.now = session.Clock()
+	l1.now = clock()
 	for i := 1; i < n; i++ {
 		l1.dispatch(l1.socks[0], msg(i))
 	}
@@ -104,7 +104,7 @@ func TestDatagramsForAnotherLoopsSessionArriveInOrder(t *testing.T) {
 func TestInboxWrapsAndRefusesWhenFull(t *testing.T) {
 	q, o := newInbox(), newOutbox()
 	var inflight *outRecord
-	s := &session.Session{}
+	s := &sess{}
 	big := make([]byte, 60000)
 	pushed := 0
 	for o.send(q, s, netip.AddrPort{}, big) {
@@ -114,7 +114,7 @@ func TestInboxWrapsAndRefusesWhenFull(t *testing.T) {
 		t.Fatalf("pushed %d datagrams of %d bytes into %d bytes, want %d", pushed, len(big), outboxBytes, want)
 	}
 	drained := 0
-	q.drain(func(_ *session.Session, _ netip.AddrPort, p []byte) { drained++ }, &inflight)
+	q.drain(func(_ *sess, _ netip.AddrPort, p []byte) { drained++ }, &inflight)
 	if drained != pushed {
 		t.Fatalf("drained %d of %d", drained, pushed)
 	}
@@ -129,7 +129,7 @@ func TestInboxWrapsAndRefusesWhenFull(t *testing.T) {
 			}
 		}
 		i := 0
-		q.drain(func(_ *session.Session, _ netip.AddrPort, p []byte) {
+		q.drain(func(_ *sess, _ netip.AddrPort, p []byte) {
 			if len(p) != size || p[0] != byte(round) || p[size-1] != byte(i) {
 				t.Fatalf("round %d datagram %d corrupted", round, i)
 			}
@@ -162,7 +162,7 @@ func TestInboxManyProducers(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			o := newOutbox()
-			s := &session.Session{}
+			s := &sess{}
 			for i := 0; i < each; {
 				p := make([]byte, 2+i%1500)
 				p[0], p[len(p)-1] = byte(id), byte(i)
@@ -178,7 +178,7 @@ func TestInboxManyProducers(t *testing.T) {
 	var inflight *outRecord
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	check := func(_ *session.Session, peer netip.AddrPort, p []byte) {
+	check := func(_ *sess, peer netip.AddrPort, p []byte) {
 		id := int(peer.Port())
 		i := next[id]
 		if len(p) != 2+i%1500 || p[0] != byte(id) || p[len(p)-1] != byte(i) {

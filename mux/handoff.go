@@ -110,7 +110,7 @@ func (inh *Inheritance) closeUnused(used []bool, log func(string, ...any)) {
 // that came with the Inheritance itself.
 func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
 	srv.inherit = inh
-	srv.restoring = map[uint64]*session.Session{}
+	srv.restoring = map[uint64]*sess{}
 	if len(inh.Relays) > 0 {
 		if err := srv.adoptRelays(inh.Relays); err != nil {
 			return RestoreStats{}, fmt.Errorf("relay: %w", err)
@@ -143,7 +143,7 @@ func (srv *Server) Restore(records []handoff.Session, upstreams []int) error {
 	if n := len(upstreams); n > len(srv.upstreamTaken) {
 		srv.upstreamTaken = append(srv.upstreamTaken, make([]bool, n-len(srv.upstreamTaken))...)
 	}
-	now := session.Clock()
+	now := clock()
 	for i := range records {
 		rec := &records[i]
 		old := int(rec.Key.Scope())
@@ -221,10 +221,10 @@ func recordKeys(rec *handoff.Session, ln *listener) []flowtable.Key {
 // changes nothing.
 func (srv *Server) applyChange(rec *handoff.Session, ln *listener, now int64) {
 	s := srv.restoring[rec.ID]
-	if ln == nil || s == nil || s.Closed() {
+	if ln == nil || s == nil || s.closed.Load() {
 		return
 	}
-	l := srv.loops[s.LoopID()]
+	l := srv.loops[s.loop.id]
 	if rec.Change == handoff.ChangeGone {
 		l.end(s, session.ReasonHandoff)
 		delete(srv.restoring, rec.ID)
@@ -235,8 +235,8 @@ func (srv *Server) applyChange(rec *handoff.Session, ln *listener, now int64) {
 	// As when restored: no longer idle than this configuration allows.
 	deadline := now + min(rec.IdleLeft, int64(ln.idle))
 	l.setKeys(s, recordKeys(rec, ln), deadline)
-	s.SetPeer(rec.Peer)
-	s.Refresh(session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes,
+	s.setPeer(rec.Peer)
+	s.refresh(session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes,
 		TxPackets: rec.TxPackets, TxBytes: rec.TxBytes}, deadline)
 	srv.restored.Updated++
 }
@@ -250,18 +250,18 @@ func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, upstream i
 	}
 	keys := recordKeys(rec, ln)
 	l := srv.loops[int(rec.Loop)%len(srv.loops)]
-	s := session.New(session.Config{
-		Key: rec.Key.WithScope(ln.scope), Anchor: keys[0], ID: rec.ID,
-		Scope: ln.scope, Local: rec.Local, Peer: rec.Peer,
-		Loop: l, Handler: ln.handler, IdleTimeout: ln.idle, Now: now,
-		Created:  time.Unix(0, rec.Created),
-		Stats:    session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes, TxPackets: rec.TxPackets, TxBytes: rec.TxBytes},
-		IdleLeft: time.Duration(rec.IdleLeft),
+	s := newSess(sessConfig{
+		key: rec.Key.WithScope(ln.scope), anchor: keys[0], id: rec.ID,
+		scope: ln.scope, local: rec.Local, peer: rec.Peer,
+		loop: l, handler: ln.handler, idle: ln.idle, now: now,
+		created:  time.Unix(0, rec.Created),
+		stats:    session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes, TxPackets: rec.TxPackets, TxBytes: rec.TxBytes},
+		idleLeft: time.Duration(rec.IdleLeft),
 	})
 	if !l.fileRestored(s, keys) {
 		return false
 	}
-	if err := s.Import(rec.State, upstream); err != nil {
+	if err := s.importState(rec.State, upstream); err != nil {
 		l.detachAll(s)
 		l.unfileKeys(s)
 		srv.log.Warn("inherited session dropped", "listener", ln.name, "peer", rec.Peer, "err", err)
@@ -390,18 +390,18 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 		}
 	}
 	var err error
-	now := session.Clock()
+	now := clock()
 	// One record for all: the callback encodes it before the next.
 	var rec handoff.Session
-	srv.Sessions(func(s *session.Session) bool {
-		if copied && precopies(s.Handler()) {
+	srv.eachSession(func(s *sess) bool {
+		if copied && precopies(s.handler) {
 			return true
 		}
-		if s.Closed() {
+		if s.closed.Load() {
 			es.Skipped++
 			return true
 		}
-		m, ok := s.Handler().(session.Migrator)
+		m, ok := s.handler.(session.Migrator)
 		if !ok && srv.drain == nil {
 			es.Skipped++
 			return true
@@ -417,7 +417,7 @@ func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) er
 		rec.Retained = !ok
 		fd := -1
 		if ok {
-			fd, _ = s.Upstream()
+			fd = s.upstreamFD()
 			es.Migrated++
 		} else {
 			es.Retained++

@@ -26,8 +26,8 @@ type panickyHandler struct {
 	closed map[netip.AddrPort]session.Reason
 }
 
-func (h *panickyHandler) Open(s *session.Session) error { return nil }
-func (h *panickyHandler) Datagram(s *session.Session, p []byte) {
+func (h *panickyHandler) Open(s session.Session) error { return nil }
+func (h *panickyHandler) Datagram(s session.Session, p []byte) {
 	switch string(p) {
 	case "boom":
 		panic("boom")
@@ -37,7 +37,7 @@ func (h *panickyHandler) Datagram(s *session.Session, p []byte) {
 	}
 	s.Write(p)
 }
-func (h *panickyHandler) Close(s *session.Session, r session.Reason) {
+func (h *panickyHandler) Close(s session.Session, r session.Reason) {
 	h.mu.Lock()
 	h.closed[s.PeerAddr()] = r
 	h.mu.Unlock()
@@ -114,9 +114,9 @@ func (sometimesStateless) Dissect(p []byte, local, peer netip.AddrPort, scope ui
 // datagram would not have.
 type statefulEcho struct{}
 
-func (statefulEcho) Open(s *session.Session) error          { s.SetState(s); return nil }
-func (statefulEcho) Datagram(s *session.Session, p []byte)  { s.State().(*session.Session).Write(p) }
-func (statefulEcho) Close(*session.Session, session.Reason) {}
+func (statefulEcho) Open(s session.Session) error          { s.SetState(s); return nil }
+func (statefulEcho) Datagram(s session.Session, p []byte)  { s.State().(*sess).Write(p) }
+func (statefulEcho) Close(session.Session, session.Reason) {}
 
 // TestStatelessDatagramsNeverReachASessionHandler: a dissector's stateless
 // verdict for a handler that serves sessions only drops and counts the
@@ -178,7 +178,7 @@ type blockingHandler struct {
 	release chan struct{}
 }
 
-func (h *blockingHandler) Datagram(s *session.Session, p []byte) {
+func (h *blockingHandler) Datagram(s session.Session, p []byte) {
 	if string(p) == "block" {
 		close(h.entered)
 		<-h.release
@@ -292,8 +292,8 @@ func TestFullSendBufferWaitsForEPOLLOUT(t *testing.T) {
 		filler++
 	}
 	key := flowtable.TupleKey(0, netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("127.0.0.1:2"))
-	s := session.New(session.Config{Key: key, Loop: l, Handler: session.Echo{}, IdleTimeout: time.Minute})
-	s.SetPeer(netip.AddrPort{}) // a connected pair takes no address
+	s := newSess(sessConfig{key: key, loop: l, handler: session.Echo{}, idle: time.Minute})
+	s.setPeer(netip.AddrPort{}) // a connected pair takes no address
 	for _, p := range []string{"one", "two", "three"} {
 		s.Write([]byte(p))
 	}
@@ -311,7 +311,7 @@ func TestFullSendBufferWaitsForEPOLLOUT(t *testing.T) {
 	for range filler {
 		unix.Read(fds[1], buf)
 	}
-	l.now = session.Clock()
+	l.now = clock()
 	if err := l.serveEvents(); err != nil {
 		t.Fatal(err)
 	}

@@ -28,15 +28,15 @@ var (
 	errKeyScope = errors.New("key of another listener")
 )
 
-// AddKey implements session.Loop.
-func (l *loop) AddKey(s *session.Session, k flowtable.Key) error {
-	if k.Kind() == flowtable.KindNone || k.Scope() != s.Scope() {
+// addKey files s under k too (Session.AddKey).
+func (l *loop) addKey(s *sess, k flowtable.Key) error {
+	if k.Kind() == flowtable.KindNone || k.Scope() != s.scope {
 		return fmt.Errorf("add key %v: %w", k, errKeyScope)
 	}
-	if s.Holds(k) {
+	if s.holds(k) {
 		return nil
 	}
-	old := s.KeyEntries()
+	old := s.keyEntries()
 	keep := old
 	if k.Shared() {
 		// The oldest key of the class goes once the class is full.
@@ -53,7 +53,7 @@ func (l *loop) AddKey(s *session.Session, k flowtable.Key) error {
 			keep = append(append([]*entry(nil), old[:first]...), old[first+1:]...)
 		}
 	}
-	e := s.NewEntry(k, never)
+	e := s.newEntry(k, never)
 	got, err := l.srv.table.Insert(e)
 	switch {
 	case err != nil:
@@ -64,7 +64,7 @@ func (l *loop) AddKey(s *session.Session, k flowtable.Key) error {
 		keep = append(append([]*entry(nil), keep...), e)
 	}
 	if len(keep) != len(old) || err == nil {
-		s.SetKeyEntries(keep)
+		s.setKeyEntries(keep)
 		l.noteKeys(s)
 	}
 	return err
@@ -74,13 +74,13 @@ func (l *loop) AddKey(s *session.Session, k flowtable.Key) error {
 // with the session, whose anchor holds its deadline.
 const never = int64(^uint64(0) >> 1)
 
-// RemoveKey implements session.Loop.
-func (l *loop) RemoveKey(s *session.Session, k flowtable.Key) bool {
-	old := s.KeyEntries()
+// removeKey forgets one of s's keys (Session.RemoveKey).
+func (l *loop) removeKey(s *sess, k flowtable.Key) bool {
+	old := s.keyEntries()
 	for i, e := range old {
 		if e.Key() == k {
 			l.srv.table.Delete(e)
-			s.SetKeyEntries(append(append([]*entry(nil), old[:i]...), old[i+1:]...))
+			s.setKeyEntries(append(append([]*entry(nil), old[:i]...), old[i+1:]...))
 			l.noteKeys(s)
 			return true
 		}
@@ -89,17 +89,17 @@ func (l *loop) RemoveKey(s *session.Session, k flowtable.Key) bool {
 }
 
 // noteKeys notes a change of s's keys for a restart's early copy.
-func (l *loop) noteKeys(s *session.Session) {
+func (l *loop) noteKeys(s *sess) {
 	if l.trackGen != 0 {
 		l.noteChange(s)
 	}
 }
 
-// Move implements session.Loop: s's 4-tuple with to replaces the one with
+// move moves s to to (Session.Move): s's 4-tuple with to replaces the one with
 // its peer. When another session holds the new 4-tuple (a stale session of
 // the address's previous user), s goes on without it, found by its other
 // keys, until that session ends.
-func (l *loop) Move(s *session.Session, to netip.AddrPort) error {
+func (l *loop) move(s *sess, to netip.AddrPort) error {
 	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 	if !to.IsValid() {
 		return errors.New("move: invalid address")
@@ -107,14 +107,14 @@ func (l *loop) Move(s *session.Session, to netip.AddrPort) error {
 	if to == s.PeerAddr() {
 		return nil
 	}
-	ls := l.socks[s.Scope()]
-	next := flowtable.TupleKey(s.Scope(), s.LocalAddr(), to)
-	anchor := s.Anchor()
+	ls := l.socks[s.scope]
+	next := flowtable.TupleKey(s.scope, s.LocalAddr(), to)
+	anchor := s.anchorEntry()
 	if isTuple(anchor.Key()) {
-		e := s.NewEntry(next, anchor.Expires())
+		e := s.newEntry(next, anchor.Expires())
 		if got, err := l.srv.table.Insert(e); err == nil && got == e {
 			l.srv.table.Delete(anchor)
-			s.SetAnchor(e)
+			s.anchor.Store(e)
 		} else {
 			// The anchor, and with it the old 4-tuple, has to stay.
 			ls.stats.movesWithoutTuple.inc()
@@ -122,15 +122,15 @@ func (l *loop) Move(s *session.Session, to netip.AddrPort) error {
 	} else {
 		l.replaceTuple(s, next)
 	}
-	s.SetPeer(to)
+	s.setPeer(to)
 	ls.stats.moved.inc()
 	l.noteKeys(s)
 	return nil
 }
 
 // replaceTuple makes next s's 4-tuple key among its further keys.
-func (l *loop) replaceTuple(s *session.Session, next flowtable.Key) {
-	old := s.KeyEntries()
+func (l *loop) replaceTuple(s *sess, next flowtable.Key) {
+	old := s.keyEntries()
 	keep := make([]*entry, 0, len(old)+1)
 	for _, e := range old {
 		if isTuple(e.Key()) {
@@ -139,13 +139,13 @@ func (l *loop) replaceTuple(s *session.Session, next flowtable.Key) {
 		}
 		keep = append(keep, e)
 	}
-	e := s.NewEntry(next, never)
+	e := s.newEntry(next, never)
 	if got, err := l.srv.table.Insert(e); err == nil && got == e {
 		keep = append(keep, e)
 	} else {
-		l.socks[s.Scope()].stats.movesWithoutTuple.inc()
+		l.socks[s.scope].stats.movesWithoutTuple.inc()
 	}
-	s.SetKeyEntries(keep)
+	s.setKeyEntries(keep)
 }
 
 func isTuple(k flowtable.Key) bool {
@@ -155,26 +155,26 @@ func isTuple(k flowtable.Key) bool {
 // fileKeys files a new session, whose anchor is in the table, under its
 // further keys: its 4-tuple, unless that is the anchor or another session
 // holds it, and the ID of its first datagram, if any.
-func (l *loop) fileKeys(s *session.Session, tuple, id flowtable.Key) {
+func (l *loop) fileKeys(s *sess, tuple, id flowtable.Key) {
 	var es []*entry
 	for _, k := range [2]flowtable.Key{tuple, id} {
-		if k.Kind() == flowtable.KindNone || k == s.Anchor().Key() {
+		if k.Kind() == flowtable.KindNone || k == s.anchorEntry().Key() {
 			continue
 		}
-		e := s.NewEntry(k, never)
+		e := s.newEntry(k, never)
 		if got, err := l.srv.table.Insert(e); err == nil && got == e {
 			es = append(es, e)
 		}
 	}
 	if es != nil {
-		s.SetKeyEntries(es)
+		s.setKeyEntries(es)
 	}
 }
 
 // unfileKeys takes s out of the table under every key.
-func (l *loop) unfileKeys(s *session.Session) {
-	l.srv.table.Delete(s.Anchor())
-	for _, e := range s.KeyEntries() {
+func (l *loop) unfileKeys(s *sess) {
+	l.srv.table.Delete(s.anchorEntry())
+	for _, e := range s.keyEntries() {
 		l.srv.table.Delete(e)
 	}
 }
@@ -217,7 +217,7 @@ func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p 
 // collectCandidate is LookupEach's callback for resolve (l.collect, made
 // once per loop so that resolving allocates nothing).
 func (l *loop) collectCandidate(e *entry) bool {
-	if !e.Value.Closed() {
+	if !e.Value.closed.Load() {
 		l.cands = append(l.cands, e.Value)
 	}
 	return len(l.cands) < maxCandidates
@@ -226,9 +226,9 @@ func (l *loop) collectCandidate(e *entry) bool {
 // roam hands a datagram of s from an address other than its peer's to the
 // handler, if it may follow its client there (session.Roamer); otherwise
 // the datagram is dropped and counted.
-func (l *loop) roam(s *session.Session, from netip.AddrPort, p []byte) {
-	st := &l.socks[s.Scope()].stats
-	r, ok := s.Handler().(session.Roamer)
+func (l *loop) roam(s *sess, from netip.AddrPort, p []byte) {
+	st := &l.socks[s.scope].stats
+	r, ok := s.handler.(session.Roamer)
 	if !ok {
 		st.roamRefused.inc()
 		return
@@ -242,26 +242,26 @@ func (l *loop) roam(s *session.Session, from netip.AddrPort, p []byte) {
 // fileRestored files a session restored from a predecessor under keys, its
 // anchor (which s has) first, and reports false, filing nothing, if the
 // table is full or another session holds its anchor.
-func (l *loop) fileRestored(s *session.Session, keys []flowtable.Key) bool {
-	if e, err := l.srv.table.Insert(s.Anchor()); err != nil || e != s.Anchor() {
+func (l *loop) fileRestored(s *sess, keys []flowtable.Key) bool {
+	if e, err := l.srv.table.Insert(s.anchorEntry()); err != nil || e != s.anchorEntry() {
 		return false
 	}
-	l.setKeys(s, keys, s.Anchor().Expires())
+	l.setKeys(s, keys, s.anchorEntry().Expires())
 	return true
 }
 
 // setKeys makes keys s's keys, the first its anchor, with the given deadline
 // if the anchor is new: for a session restored or updated from a
 // predecessor's record. Keys another session holds are left out.
-func (l *loop) setKeys(s *session.Session, keys []flowtable.Key, deadline int64) {
-	if a := s.Anchor(); a.Key() != keys[0] {
-		e := s.NewEntry(keys[0], deadline)
+func (l *loop) setKeys(s *sess, keys []flowtable.Key, deadline int64) {
+	if a := s.anchorEntry(); a.Key() != keys[0] {
+		e := s.newEntry(keys[0], deadline)
 		if got, err := l.srv.table.Insert(e); err == nil && got == e {
 			l.srv.table.Delete(a)
-			s.SetAnchor(e)
+			s.anchor.Store(e)
 		}
 	}
-	old := s.KeyEntries()
+	old := s.keyEntries()
 	var es []*entry
 	for _, e := range old {
 		if slices.Contains(keys[1:], e.Key()) {
@@ -271,13 +271,13 @@ func (l *loop) setKeys(s *session.Session, keys []flowtable.Key, deadline int64)
 		}
 	}
 	for _, k := range keys[1:] {
-		if s.Holds(k) {
+		if s.holds(k) {
 			continue
 		}
-		e := s.NewEntry(k, never)
+		e := s.newEntry(k, never)
 		if got, err := l.srv.table.Insert(e); err == nil && got == e {
 			es = append(es, e)
 		}
 	}
-	s.SetKeyEntries(es)
+	s.setKeyEntries(es)
 }

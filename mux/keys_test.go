@@ -46,14 +46,14 @@ type keyHandler struct {
 	roamed map[string][]netip.AddrPort
 }
 
-func (h *keyHandler) Open(s *session.Session) error          { return nil }
-func (h *keyHandler) Close(*session.Session, session.Reason) {}
-func (h *keyHandler) Datagram(s *session.Session, p []byte) {
+func (h *keyHandler) Open(s session.Session) error          { return nil }
+func (h *keyHandler) Close(session.Session, session.Reason) {}
+func (h *keyHandler) Datagram(s session.Session, p []byte) {
 	switch p[0] {
 	case 'c':
 		s.SetState(string(p[1:]))
 	case 'k':
-		if err := s.AddKey(testID(s.Scope(), p[1:5])); err != nil {
+		if err := s.AddKey(testID(s.Key().Scope(), p[1:5])); err != nil {
 			s.Write([]byte("error " + err.Error()))
 			return
 		}
@@ -64,7 +64,7 @@ func (h *keyHandler) Datagram(s *session.Session, p []byte) {
 // keyRoamer is a keyHandler that is a session.Roamer.
 type keyRoamer struct{ *keyHandler }
 
-func (h keyRoamer) Roam(s *session.Session, from netip.AddrPort, p []byte) {
+func (h keyRoamer) Roam(s session.Session, from netip.AddrPort, p []byte) {
 	h.mu.Lock()
 	h.roamed[s.State().(string)] = append(h.roamed[s.State().(string)], from)
 	h.mu.Unlock()
@@ -294,8 +294,8 @@ func TestKeysAndMovesSurviveAHandoff(t *testing.T) {
 	succ := successorOf(t, owner, cfg, early.records(), paused.records())
 	owner.Handover()
 	startServer(t, succ)
-	var got *session.Session
-	succ.Sessions(func(x *session.Session) bool { got = x; return true })
+	var got *sess
+	succ.eachSession(func(x *sess) bool { got = x; return true })
 	if got == nil || got.ID() != s.ID() || got.PeerAddr() != s.PeerAddr() || !slices.Equal(got.Keys(nil), want) {
 		t.Fatalf("successor's session %v at %v with keys %v; want ID %d at %v with %v",
 			got.ID(), got.PeerAddr(), got.Keys(nil), s.ID(), s.PeerAddr(), want)
@@ -312,10 +312,10 @@ func TestKeysAndMovesSurviveAHandoff(t *testing.T) {
 // their name as state.
 type migratingRoamer struct{ keyRoamer }
 
-func (migratingRoamer) ExportSession(s *session.Session) ([]byte, error) {
+func (migratingRoamer) ExportSession(s session.Session) ([]byte, error) {
 	return []byte(s.State().(string)), nil
 }
-func (migratingRoamer) ImportSession(s *session.Session, state []byte, _ int) error {
+func (migratingRoamer) ImportSession(s session.Session, state []byte, _ int) error {
 	s.SetState(string(state))
 	return nil
 }

@@ -137,7 +137,8 @@ type acceptHandler struct {
 	backlogFull, queueFull atomic.Uint64
 }
 
-func (h *acceptHandler) Open(s *session.Session) error {
+func (h *acceptHandler) Open(ss session.Session) error {
+	s := ss.(*sess)
 	c := newConn(h, s)
 	select {
 	case h.backlog <- c:
@@ -149,11 +150,11 @@ func (h *acceptHandler) Open(s *session.Session) error {
 	}
 }
 
-func (h *acceptHandler) Datagram(s *session.Session, p []byte) {
+func (h *acceptHandler) Datagram(s session.Session, p []byte) {
 	s.State().(*Conn).enqueue(p)
 }
 
-func (h *acceptHandler) Close(s *session.Session, _ session.Reason) {
+func (h *acceptHandler) Close(s session.Session, _ session.Reason) {
 	s.State().(*Conn).ended()
 }
 
@@ -162,7 +163,7 @@ func (h *acceptHandler) Close(s *session.Session, _ session.Reason) {
 // one datagram. It is safe for concurrent use.
 type Conn struct {
 	h     *acceptHandler
-	s     *session.Session
+	s     *sess
 	rq    chan []byte // datagrams waiting for Read
 	free  chan []byte // buffers Read has finished with, for reuse
 	end   chan struct{}
@@ -172,7 +173,7 @@ type Conn struct {
 	readDeadline, writeDeadline deadline
 }
 
-func newConn(h *acceptHandler, s *session.Session) *Conn {
+func newConn(h *acceptHandler, s *sess) *Conn {
 	return &Conn{
 		h: h, s: s,
 		rq:   make(chan []byte, h.queue),
@@ -258,7 +259,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 	if len(b) > udpsys.MaxDatagram {
 		return 0, ErrTooLarge
 	}
-	ls := c.h.srv.loops[c.s.LoopID()].socks[c.s.Scope()]
+	ls := c.h.srv.loops[c.s.loop.id].socks[c.s.scope]
 	var oob []byte
 	if ls.sock.Wildcard {
 		oob = udpsys.SourceControl(c.s.LocalAddr().Addr(), ls.sock.Family)
@@ -295,7 +296,7 @@ func (c *Conn) RemoteAddr() net.Addr { return net.UDPAddrFromAddrPort(c.s.PeerAd
 
 // Session returns the engine's session behind the Conn, for its key and
 // counters.
-func (c *Conn) Session() *session.Session { return c.s }
+func (c *Conn) Session() *sess { return c.s }
 
 // SetDeadline sets both deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {

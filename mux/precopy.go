@@ -6,12 +6,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/session"
 )
-
-type entry = flowtable.Entry[*session.Session]
 
 // A handoff that copies sessions early works in rounds, each with a
 // generation number: the loops mark the sessions that change with the
@@ -35,7 +32,7 @@ const (
 // changes under a new generation.
 type trackRequest struct {
 	gen     uint32
-	changed chan<- []*session.Session
+	changed chan<- []*sess
 }
 
 // precopies reports whether handler h's sessions may be copied before the
@@ -71,9 +68,9 @@ func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error, se
 
 	var err error
 	var rec handoff.Session
-	now := session.Clock()
-	srv.Sessions(func(s *session.Session) bool {
-		if precopies(s.Handler()) && s.Live() {
+	now := clock()
+	srv.eachSession(func(s *sess) bool {
+		if precopies(s.handler) && s.live() {
 			err = srv.copySession(s, fn, &rec, now, true, &es)
 		}
 		return err == nil
@@ -84,7 +81,7 @@ func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error, se
 	prev := 0
 	for round := 0; round < maxCopyRounds && err == nil; round++ {
 		es.Rounds++
-		var lists [][]*session.Session
+		var lists [][]*sess
 		if lists, err = srv.takeChanges(srv.nextGeneration()); err != nil {
 			break
 		}
@@ -114,15 +111,15 @@ func (srv *Server) nextGeneration() uint32 {
 
 // takeChanges has every loop start generation gen and returns the sessions
 // each listed under the previous one.
-func (srv *Server) takeChanges(gen uint32) ([][]*session.Session, error) {
-	reply := make(chan []*session.Session, len(srv.loops))
+func (srv *Server) takeChanges(gen uint32) ([][]*sess, error) {
+	reply := make(chan []*sess, len(srv.loops))
 	for _, l := range srv.loops {
 		l.ctlMu.Lock()
 		l.track = &trackRequest{gen: gen, changed: reply}
 		l.ctlMu.Unlock()
 		l.signal()
 	}
-	lists := make([][]*session.Session, 0, len(srv.loops))
+	lists := make([][]*sess, 0, len(srv.loops))
 	for range srv.loops {
 		select {
 		case l := <-reply:
@@ -137,12 +134,12 @@ func (srv *Server) takeChanges(gen uint32) ([][]*session.Session, error) {
 // copySession describes s, which the successor does not have, with its
 // state and socket, and marks it copied. live is set while s's loop serves
 // it: then its socket is duplicated, and skipped if s ends meanwhile.
-func (srv *Server) copySession(s *session.Session, fn func(*handoff.Session, int) error, rec *handoff.Session, now int64, live bool, es *ExportStats) error {
-	state, err := s.Handler().(session.Migrator).ExportSession(s)
+func (srv *Server) copySession(s *sess, fn func(*handoff.Session, int) error, rec *handoff.Session, now int64, live bool, es *ExportStats) error {
+	state, err := s.handler.(session.Migrator).ExportSession(s)
 	if err != nil {
 		return fmt.Errorf("session %v: %w", s.Key(), err)
 	}
-	fd, _ := s.Upstream()
+	fd := s.upstreamFD()
 	if fd >= 0 && live {
 		// The loop may end the session and close its socket meanwhile, and
 		// the number may then name another socket. A duplicate taken while
@@ -151,7 +148,7 @@ func (srv *Server) copySession(s *session.Session, fn func(*handoff.Session, int
 		if fd, err = unix.FcntlInt(uintptr(up), unix.F_DUPFD_CLOEXEC, 0); err != nil {
 			return fmt.Errorf("session %v: duplicating its socket: %w", s.Key(), err)
 		}
-		if again, _ := s.Upstream(); again != up {
+		if again := s.upstreamFD(); again != up {
 			unix.Close(fd)
 			return nil // ended: not copied, so nothing to take back
 		}
@@ -160,7 +157,7 @@ func (srv *Server) copySession(s *session.Session, fn func(*handoff.Session, int
 	if err := fn(rec, fd); err != nil {
 		return err
 	}
-	s.MarkCopied(srv.copyGen)
+	s.markCopied(srv.copyGen)
 	es.Migrated++
 	if live {
 		es.Early++
@@ -172,20 +169,20 @@ func (srv *Server) copySession(s *session.Session, fn func(*handoff.Session, int
 // ones that ended, whose keys new sessions may have taken, then updates of
 // the copied ones that handled datagrams, and the new ones whole. live is
 // set while the loops serve.
-func (srv *Server) sendChanges(lists [][]*session.Session, fn func(*handoff.Session, int) error, es *ExportStats, live bool) error {
+func (srv *Server) sendChanges(lists [][]*sess, fn func(*handoff.Session, int) error, es *ExportStats, live bool) error {
 	id := srv.copyGen
-	now := session.Clock()
+	now := clock()
 	var rec handoff.Session
 	for _, list := range lists {
 		for _, s := range list {
 			// A session that ended is gone; one whose socket changed goes
 			// too, and comes again whole, with its new socket, below.
-			if (s.Closed() || s.Recopy()) && s.Copied(id) {
+			if (s.closed.Load() || s.recopy.Load()) && s.copied(id) {
 				exportRecord(&rec, s, now, nil, handoff.ChangeGone)
 				if err := fn(&rec, -1); err != nil {
 					return err
 				}
-				s.MarkCopied(0) // its end is told; a later round may list it again
+				s.markCopied(0) // its end is told; a later round may list it again
 				es.Gone++
 			}
 		}
@@ -193,10 +190,10 @@ func (srv *Server) sendChanges(lists [][]*session.Session, fn func(*handoff.Sess
 	for _, list := range lists {
 		for _, s := range list {
 			switch {
-			case s.Closed() || !precopies(s.Handler()):
+			case s.closed.Load() || !precopies(s.handler):
 				// Ended (told above or in a later round), or left to the walk
 				// of ExportSessions.
-			case s.Copied(id):
+			case s.copied(id):
 				exportRecord(&rec, s, now, nil, handoff.ChangeUpdate)
 				if err := fn(&rec, -1); err != nil {
 					return err
@@ -216,7 +213,7 @@ func (srv *Server) sendChanges(lists [][]*session.Session, fn func(*handoff.Sess
 // the last round of Precopy, and ends the tracking.
 func (srv *Server) exportChanges(fn func(rec *handoff.Session, upstream int) error, es *ExportStats) error {
 	defer srv.stopTracking()
-	lists := make([][]*session.Session, 0, len(srv.loops))
+	lists := make([][]*sess, 0, len(srv.loops))
 	for _, l := range srv.loops {
 		lists = append(lists, l.changed)
 	}
@@ -238,15 +235,15 @@ func (srv *Server) stopTracking() {
 }
 
 // exportRecord describes s in rec, reusing rec's slice of keys.
-func exportRecord(rec *handoff.Session, s *session.Session, now int64, state []byte, change handoff.Change) {
+func exportRecord(rec *handoff.Session, s *sess, now int64, state []byte, change handoff.Change) {
 	st := s.Stats()
 	keys := s.Keys(rec.Keys[:0])
 	if len(keys) == 1 && keys[0] == s.Key() {
 		keys = keys[:0] // the usual: the key it was created under alone
 	}
 	*rec = handoff.Session{
-		ID: s.ID(), Key: s.Key(), Keys: keys, Loop: uint16(s.LoopID()), Peer: s.PeerAddr(), Local: s.LocalAddr(),
-		Created: s.Created().UnixNano(), IdleLeft: s.Anchor().Expires() - now, IdleTimeout: int64(s.IdleTimeout()),
+		ID: s.ID(), Key: s.Key(), Keys: keys, Loop: uint16(s.loop.id), Peer: s.PeerAddr(), Local: s.LocalAddr(),
+		Created: s.created.UnixNano(), IdleLeft: s.anchorEntry().Expires() - now, IdleTimeout: int64(s.idle),
 		RxPackets: st.RxPackets, RxBytes: st.RxBytes, TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 		State: state, Upstream: -1, Change: change,
 	}

@@ -50,12 +50,12 @@ func (w *encodeRecords) records() []handoff.Session {
 func noSettle() error { return nil }
 
 // sessionOf returns the server's session for client c.
-func sessionOf(t *testing.T, srv *Server, c *net.UDPConn) *session.Session {
+func sessionOf(t *testing.T, srv *Server, c *net.UDPConn) *sess {
 	t.Helper()
 	peer := c.LocalAddr().(*net.UDPAddr).AddrPort()
-	var found *session.Session
+	var found *sess
 	srv.table.Range(func(e *entry) bool {
-		if s := e.Value; s.PeerAddr() == peer && !s.Closed() {
+		if s := e.Value; s.PeerAddr() == peer && !s.closed.Load() {
 			found = s
 		}
 		return found == nil
@@ -119,10 +119,10 @@ func successorOf(t *testing.T, owner *Server, cfg Config, batches ...[]handoff.S
 	return succ
 }
 
-func closeAndWait(t *testing.T, s *session.Session) {
+func closeAndWait(t *testing.T, s *sess) {
 	t.Helper()
 	s.Close()
-	for deadline := time.Now().Add(5 * time.Second); !s.Closed(); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); !s.closed.Load(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("session %v did not close", s.Key())
 		}
@@ -199,14 +199,14 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 	// creation time: the client that came back has its new session.
 	want := map[netip.AddrPort]int64{}
 	owner.table.Range(func(e *entry) bool {
-		if s := e.Value; !s.Closed() {
-			want[s.PeerAddr()] = s.Created().UnixNano()
+		if s := e.Value; !s.closed.Load() {
+			want[s.PeerAddr()] = s.created.UnixNano()
 		}
 		return true
 	})
 	got := map[netip.AddrPort]int64{}
 	succ.table.Range(func(e *entry) bool {
-		got[e.Value.PeerAddr()] = e.Value.Created().UnixNano()
+		got[e.Value.PeerAddr()] = e.Value.created.UnixNano()
 		return true
 	})
 	if len(got) != 5 || len(want) != 5 {
@@ -217,7 +217,7 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 			t.Errorf("session of %v created %d in the successor, %d in the owner", peer, got[peer], created)
 		}
 	}
-	if got[backOld.PeerAddr()] == backOld.Created().UnixNano() {
+	if got[backOld.PeerAddr()] == backOld.created.UnixNano() {
 		t.Error("the successor kept the ended session of the client that came back")
 	}
 
@@ -337,14 +337,15 @@ func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
 	defer succ.Close()
 
 	type view struct {
-		created int64
-		st      session.Stats
+		created                                int64
+		rxPackets, rxBytes, txPackets, txBytes uint64
 	}
 	table := func(srv *Server) map[netip.AddrPort]view {
 		m := map[netip.AddrPort]view{}
 		srv.table.Range(func(e *entry) bool {
-			if s := e.Value; !s.Closed() {
-				m[s.PeerAddr()] = view{s.Created().UnixNano(), s.Stats()}
+			if s := e.Value; !s.closed.Load() {
+				st := s.Stats()
+				m[s.PeerAddr()] = view{s.created.UnixNano(), st.RxPackets, st.RxBytes, st.TxPackets, st.TxBytes}
 			}
 			return true
 		})

@@ -49,7 +49,7 @@ type drain struct {
 	left   atomic.Int64 // retained sessions not yet ended
 	// retained finds the retained sessions not yet ended by ID, for the
 	// datagrams the successor relays; any loop reads it.
-	retained sync.Map // uint64 → *session.Session
+	retained sync.Map // uint64 → *sess
 	timer    *time.Timer
 }
 
@@ -85,9 +85,9 @@ type ownerRelay struct {
 
 // retains reports whether a frozen server's session stays with it in a
 // handoff: its handler cannot export it.
-func retains(s *session.Session) bool {
-	_, ok := s.Handler().(session.Migrator)
-	return !ok && !s.Closed()
+func retains(s *sess) bool {
+	_, ok := s.handler.(session.Migrator)
+	return !ok && !s.closed.Load()
 }
 
 // HandoffRelays prepares the relay for a handoff: when some session could
@@ -178,19 +178,19 @@ func (srv *Server) Drain(timeout time.Duration) {
 	d.closeTheirs()
 	// Every loop is paused: this goroutine acts for each in turn, as Freeze
 	// does, and the loops see its changes when they resume.
-	var moved []*session.Session
+	var moved []*sess
 	retained := 0
-	srv.Sessions(func(s *session.Session) bool {
+	srv.eachSession(func(s *sess) bool {
 		if retains(s) {
 			d.retained.Store(s.ID(), s)
 			retained++
-		} else if !s.Closed() {
+		} else if !s.closed.Load() {
 			moved = append(moved, s)
 		}
 		return true
 	})
 	for _, s := range moved {
-		srv.loops[s.LoopID()].end(s, session.ReasonHandoff)
+		srv.loops[s.loop.id].end(s, session.ReasonHandoff)
 	}
 	d.left.Store(int64(retained))
 	for i, l := range srv.loops {
@@ -239,7 +239,7 @@ func (l *loop) readRelay() {
 			}
 			return
 		}
-		l.now = session.Clock()
+		l.now = clock()
 		for i := 0; i < n; i++ {
 			l.relayed(&r.rx.Msgs[i])
 		}
@@ -260,20 +260,20 @@ func (l *loop) relayed(m *udpsys.Message) {
 		return
 	}
 	v, ok := l.relay.drain.retained.Load(id)
-	if !ok || v.(*session.Session).Closed() {
+	if !ok || v.(*sess).closed.Load() {
 		l.socks[0].stats.relayDrops.inc()
 		l.sendEnded(id)
 		return
 	}
-	s := v.(*session.Session)
-	ls := l.socks[s.Scope()]
+	s := v.(*sess)
+	ls := l.socks[s.scope]
 	ls.stats.relayed.inc()
 	l.toOwner(ls, s, peer, p)
 }
 
 // relayEnded runs on a draining loop for each session that ends: the
 // successor forgets its relay session, and the server stops after the last.
-func (l *loop) relayEnded(s *session.Session) {
+func (l *loop) relayEnded(s *sess) {
 	d := l.relay.drain
 	l.sendEnded(s.ID())
 	if _, ok := d.retained.LoadAndDelete(s.ID()); !ok {
@@ -302,7 +302,7 @@ type relayHandler struct {
 	loops []relayLoop
 	// sessions finds the relay sessions not yet ended by ID, which the
 	// predecessor's notices name.
-	sessions sync.Map // uint64 → *session.Session
+	sessions sync.Map // uint64 → *sess
 	live     atomic.Int64
 
 	mu      sync.Mutex
@@ -365,13 +365,13 @@ func (srv *Server) restoreRelay(rec *handoff.Session, ln *listener, now int64) b
 	h := srv.relay
 	keys := recordKeys(rec, ln)
 	l := srv.loops[int(rec.Loop)%len(srv.loops)]
-	s := session.New(session.Config{
-		Key: rec.Key.WithScope(ln.scope), Anchor: keys[0], ID: rec.ID,
-		Scope: ln.scope, Local: rec.Local, Peer: rec.Peer,
-		Loop: l, Handler: h, IdleTimeout: ln.idle, Now: now,
-		Created:  time.Unix(0, rec.Created),
-		Stats:    session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes, TxPackets: rec.TxPackets, TxBytes: rec.TxBytes},
-		IdleLeft: time.Duration(rec.IdleLeft),
+	s := newSess(sessConfig{
+		key: rec.Key.WithScope(ln.scope), anchor: keys[0], id: rec.ID,
+		scope: ln.scope, local: rec.Local, peer: rec.Peer,
+		loop: l, handler: h, idle: ln.idle, now: now,
+		created:  time.Unix(0, rec.Created),
+		stats:    session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes, TxPackets: rec.TxPackets, TxBytes: rec.TxBytes},
+		idleLeft: time.Duration(rec.IdleLeft),
 	})
 	if !l.fileRestored(s, keys) {
 		return false
@@ -388,23 +388,25 @@ var errDraining = errors.New("mux: the server drains for a successor already")
 var errRelayOpen = errors.New("relay sessions are only restored")
 
 // Open refuses: relay sessions come only from a predecessor's records.
-func (h *relayHandler) Open(*session.Session) error { return errRelayOpen }
+func (h *relayHandler) Open(session.Session) error { return errRelayOpen }
 
 // Datagram passes p to the predecessor on the loop's relay socket. It never
 // waits: with the socket full the datagram is dropped and counted. With the
 // predecessor gone the session ends, and the client's next datagram opens a
 // session here.
-func (h *relayHandler) Datagram(s *session.Session, p []byte) { h.relay(s, s.PeerAddr(), p) }
+func (h *relayHandler) Datagram(s session.Session, p []byte) { h.relay(s.(*sess), s.PeerAddr(), p) }
 
 // Roam passes a datagram of s from another address to the predecessor too,
 // whose handler decides whether the session follows its client.
-func (h *relayHandler) Roam(s *session.Session, from netip.AddrPort, p []byte) { h.relay(s, from, p) }
+func (h *relayHandler) Roam(s session.Session, from netip.AddrPort, p []byte) {
+	h.relay(s.(*sess), from, p)
+}
 
 // relay sends p from peer to the predecessor.
-func (h *relayHandler) relay(s *session.Session, peer netip.AddrPort, p []byte) {
-	id := s.LoopID()
+func (h *relayHandler) relay(s *sess, peer netip.AddrPort, p []byte) {
+	id := s.loop.id
 	rl := &h.loops[id]
-	st := &h.srv.loops[id].socks[s.Scope()].stats
+	st := &h.srv.loops[id].socks[s.scope].stats
 	rl.buf = handoff.AppendRelay(rl.buf[:0], s.ID(), peer, p)
 	_, err := unix.Write(rl.fd, rl.buf)
 	switch err {
@@ -419,7 +421,7 @@ func (h *relayHandler) relay(s *session.Session, peer netip.AddrPort, p []byte) 
 }
 
 // Close forgets the session; after the last, the relay closes.
-func (h *relayHandler) Close(s *session.Session, _ session.Reason) {
+func (h *relayHandler) Close(s session.Session, _ session.Reason) {
 	h.sessions.Delete(s.ID())
 	if h.live.Add(-1) == 0 {
 		h.close()
@@ -461,7 +463,7 @@ func (h *relayHandler) readEnded(c *net.UnixConn) {
 			continue
 		}
 		if s, ok := h.sessions.Load(id); ok {
-			s.(*session.Session).Close()
+			s.(*sess).Close()
 		}
 	}
 }

@@ -23,21 +23,21 @@ import (
 type countingHandler struct {
 	name   string
 	mu     sync.Mutex
-	counts map[*session.Session]int
+	counts map[session.Session]int
 }
 
 func newCountingHandler(name string) *countingHandler {
-	return &countingHandler{name: name, counts: map[*session.Session]int{}}
+	return &countingHandler{name: name, counts: map[session.Session]int{}}
 }
 
-func (h *countingHandler) Open(s *session.Session) error {
+func (h *countingHandler) Open(s session.Session) error {
 	h.mu.Lock()
 	h.counts[s] = 0
 	h.mu.Unlock()
 	return nil
 }
 
-func (h *countingHandler) Datagram(s *session.Session, p []byte) {
+func (h *countingHandler) Datagram(s session.Session, p []byte) {
 	h.mu.Lock()
 	h.counts[s]++
 	n := h.counts[s]
@@ -45,7 +45,7 @@ func (h *countingHandler) Datagram(s *session.Session, p []byte) {
 	s.Write(fmt.Appendf(nil, "%s %d", h.name, n))
 }
 
-func (h *countingHandler) Close(s *session.Session, _ session.Reason) {
+func (h *countingHandler) Close(s session.Session, _ session.Reason) {
 	h.mu.Lock()
 	delete(h.counts, s)
 	h.mu.Unlock()
@@ -353,7 +353,7 @@ func (cidDissector) Dissect(p []byte, _, _ netip.AddrPort, scope uint16) session
 // a handler whose protocol authenticates every datagram may (QUIC's does).
 type roamingHandler struct{ *countingHandler }
 
-func (h roamingHandler) Roam(s *session.Session, from netip.AddrPort, p []byte) {
+func (h roamingHandler) Roam(s session.Session, from netip.AddrPort, p []byte) {
 	s.Move(from)
 	h.Datagram(s, p)
 }

@@ -36,7 +36,7 @@ type listener struct {
 type Server struct {
 	cfg       Config
 	log       *slog.Logger
-	table     *flowtable.Table[*session.Session]
+	table     *flowtable.Table[*sess]
 	listeners []*listener
 	loops     []*loop
 
@@ -69,7 +69,7 @@ type Server struct {
 	upstreamTaken []bool
 	// restoring finds the sessions restored so far by ID, for the records
 	// that update them.
-	restoring map[uint64]*session.Session
+	restoring map[uint64]*sess
 
 	// lastGen is the last generation of changes the loops were asked to
 	// note (precopy.go), copyGen the first generation of the latest handoff
@@ -96,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.fill(len(cpus)); err != nil {
 		return nil, err
 	}
-	table, err := flowtable.New[*session.Session](flowtable.Config{Capacity: cfg.MaxSessions})
+	table, err := flowtable.New[*sess](flowtable.Config{Capacity: cfg.MaxSessions})
 	if err != nil {
 		return nil, fmt.Errorf("flow table: %w", err)
 	}
@@ -213,7 +213,7 @@ func (srv *Server) logFeatures() {
 // refusalLog logs a refused session at most once a second: a flood must not
 // become a flood of logs.
 func (srv *Server) refusalLog(listener string, err error) {
-	now := session.Clock()
+	now := clock()
 	last := srv.lastRefusalL.Load()
 	if now-last < int64(time.Second) || !srv.lastRefusalL.CompareAndSwap(last, now) {
 		return
@@ -297,9 +297,9 @@ const panicLogInterval = time.Minute
 
 // handlerPanicked counts a handler's panic on loop and logs it: the first
 // with its stack, later ones at most once per panicLogInterval.
-func (srv *Server) handlerPanicked(loop int, s *session.Session, r any) {
+func (srv *Server) handlerPanicked(loop int, s *sess, r any) {
 	n := srv.panics.Add(1)
-	now := session.Clock()
+	now := clock()
 	last := srv.lastPanicLog.Load()
 	if n > 1 && (now-last < int64(panicLogInterval) || !srv.lastPanicLog.CompareAndSwap(last, now)) {
 		return
@@ -307,7 +307,7 @@ func (srv *Server) handlerPanicked(loop int, s *session.Session, r any) {
 	srv.lastPanicLog.Store(now)
 	attrs := []any{"loop", loop, "panic", fmt.Sprint(r), "panics", n}
 	if s != nil {
-		attrs = append(attrs, "listener", srv.listeners[s.Scope()].name, "session", s.Key().String())
+		attrs = append(attrs, "listener", srv.listeners[s.scope].name, "session", s.Key().String())
 	}
 	if n == 1 {
 		attrs = append(attrs, "stack", string(debug.Stack()))
@@ -346,10 +346,16 @@ func (srv *Server) Stats() Stats {
 
 // Sessions calls fn for each live session until fn returns false. The view is
 // weakly consistent: sessions opened, closed or moved meanwhile may be
-// missed.
-func (srv *Server) Sessions(fn func(*session.Session) bool) {
-	srv.table.Range(func(e *flowtable.Entry[*session.Session]) bool {
-		// Each session once: by its anchor, not its further keys.
-		return e.Value.Anchor() != e || fn(e.Value)
+// missed. fn runs on the caller's goroutine: it may read a session's
+// addresses, keys and Stats, not its handler's State.
+func (srv *Server) Sessions(fn func(session.Session) bool) {
+	srv.eachSession(func(s *sess) bool { return !s.live() || fn(s) })
+}
+
+// eachSession calls fn for each session in the table, once each (by its
+// anchor, not its further keys), until fn returns false.
+func (srv *Server) eachSession(fn func(*sess) bool) {
+	srv.table.Range(func(e *entry) bool {
+		return e.Value.anchorEntry() != e || fn(e.Value)
 	})
 }

@@ -3,6 +3,7 @@ package mux
 import (
 	"sync/atomic"
 
+	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -27,6 +28,8 @@ type socketStats struct {
 	forwarded, forwardDrops                    counter
 	sendErrors, sendDrops, tooLarge            counter
 	upstreamRx, upstreamKernelDrops            counter
+	upstreamTx, upstreamSendDrops              counter
+	upstreamSendErrors                         counter
 	relayed, relayDrops                        counter
 }
 
@@ -82,6 +85,11 @@ type ListenerStats struct {
 	// proxy's backend replies); UpstreamKernelDrops those the kernel dropped
 	// because such a socket's receive queue was full (SO_RXQ_OVFL).
 	UpstreamRx, UpstreamKernelDrops uint64
+	// UpstreamTx counts datagrams sent on sessions' own sockets (a proxy's
+	// to its backends); UpstreamSendDrops those dropped because such a
+	// socket's send buffer stayed full and too many waited for it;
+	// UpstreamSendErrors those the kernel refused.
+	UpstreamTx, UpstreamSendDrops, UpstreamSendErrors uint64
 	// Relayed counts datagrams of sessions a predecessor kept across a
 	// restart (see Server.Drain): in the successor, those passed to the
 	// predecessor; in the draining predecessor, those received from the
@@ -117,6 +125,9 @@ func (st *socketStats) addTo(ls *ListenerStats) {
 	ls.TooLarge += st.tooLarge.load()
 	ls.UpstreamRx += st.upstreamRx.load()
 	ls.UpstreamKernelDrops += st.upstreamKernelDrops.load()
+	ls.UpstreamTx += st.upstreamTx.load()
+	ls.UpstreamSendDrops += st.upstreamSendDrops.load()
+	ls.UpstreamSendErrors += st.upstreamSendErrors.load()
 	ls.Relayed += st.relayed.load()
 	ls.RelayDrops += st.relayDrops.load()
 	if ls.SessionsClosed == nil {
@@ -126,6 +137,14 @@ func (st *socketStats) addTo(ls *ListenerStats) {
 		if n := st.closed[i].load(); n > 0 {
 			ls.SessionsClosed[r.String()] += n
 		}
+	}
+}
+
+// countTx counts the n datagrams of b sent from from on.
+func (st *socketStats) countTx(b *udpsys.Batch, from, n int) {
+	st.txDatagrams.add(uint64(n))
+	for i := from; i < from+n; i++ {
+		st.txBytes.add(uint64(b.Msgs[i].N))
 	}
 }
 

@@ -12,15 +12,39 @@ import (
 // A session may own sockets (a proxy's upstream sockets to its backend),
 // which its loop watches beside the listener sockets: their datagrams lead
 // straight to the session, with no lookup. The first one still attached is
-// the session's socket in a restart (Session.Upstream); a proxy attaches
-// more for a while to confirm a client's new address with the backend.
+// the session's socket in a restart; a proxy attaches more for a while to
+// confirm a client's new address with the backend.
 
-// upstreamSlot is a session's socket in a loop's poller.
-type upstreamSlot struct {
-	s     *session.Session
-	fd    int
-	drops dropCounter
+// socket is a socket a session attached (session.Socket), in its loop's
+// poller under slot.
+type socket struct {
+	s    *sess
+	fd   int
+	slot int32
+	// gone is set once detached: Write fails, and what was queued for it
+	// is dropped.
+	gone bool
+	// blocked is set while the send buffer is full (send.go); waiting
+	// holds copies of what waits for room, waitBytes their size.
+	blocked   bool
+	waiting   [][]byte
+	waitBytes int
+	drops     dropCounter
 }
+
+func (k *socket) FD() int { return k.fd }
+
+func (k *socket) Write(p []byte) (int, error) {
+	if k.gone || k.s.closed.Load() {
+		return 0, session.ErrClosed
+	}
+	if err := k.s.loop.sendUpstream(k, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (k *socket) Detach() { k.s.loop.detach(k) }
 
 // dropCounter follows one socket's cumulative SO_RXQ_OVFL counter, which
 // is 32 bits wide and wraps: only the uint32 difference from the previous
@@ -46,60 +70,59 @@ func (d *dropCounter) growth(v uint32) uint64 {
 
 var errNotUpstream = errors.New("attach: the handler does not implement session.UpstreamHandler")
 
-// Attach implements session.Loop: fd joins this loop's poller under a slot
-// that leads straight back to s.
-func (l *loop) Attach(s *session.Session, fd int) error {
-	if _, ok := s.Handler().(session.UpstreamHandler); !ok {
-		return fmt.Errorf("%w (%T)", errNotUpstream, s.Handler())
+// attach makes fd one of s's sockets, in this loop's poller under a slot
+// that leads straight back to it.
+func (l *loop) attach(s *sess, fd int) (*socket, error) {
+	if _, ok := s.handler.(session.UpstreamHandler); !ok {
+		return nil, fmt.Errorf("%w (%T)", errNotUpstream, s.handler)
 	}
 	var slot int32
 	if n := len(l.freeSlots); n > 0 {
 		slot, l.freeSlots = l.freeSlots[n-1], l.freeSlots[:n-1]
 	} else {
 		slot = int32(len(l.upstreams))
-		l.upstreams = append(l.upstreams, upstreamSlot{})
+		l.upstreams = append(l.upstreams, nil)
 	}
 	if err := l.watch(fd, tokenUpstream, slot); err != nil {
 		l.freeSlots = append(l.freeSlots, slot)
-		return err
+		return nil, err
 	}
 	// A socket attached while sessions are restored is the predecessor's.
-	l.upstreams[slot] = upstreamSlot{s: s, fd: fd, drops: dropCounter{known: l.srv.inherit == nil}}
-	if main, _ := s.Upstream(); main < 0 {
-		s.SetUpstream(fd, slot)
+	k := &socket{s: s, fd: fd, slot: slot, drops: dropCounter{known: l.srv.inherit == nil}}
+	l.upstreams[slot] = k
+	if s.upstream.Load() == nil {
+		s.upstream.Store(k)
 	} else {
-		l.extras[s] = append(l.extras[s], slot)
+		l.extras[s] = append(l.extras[s], k)
 	}
-	return nil
+	return k, nil
 }
 
-// Detach implements session.Loop: the loop stops watching fd, one of s's
-// sockets. When that is s's socket for a restart, the oldest of its others,
-// if any, takes its place.
-func (l *loop) Detach(s *session.Session, fd int) {
-	main, slot := s.Upstream()
-	if fd == main {
-		l.unwatch(slot)
-		next := int32(-1)
+// detach makes the loop stop watching k. When k is its session's socket
+// for a restart, the oldest of the session's others, if any, takes its
+// place.
+func (l *loop) detach(k *socket) {
+	if k.gone {
+		return
+	}
+	s := k.s
+	l.unwatch(k)
+	if s.upstream.Load() == k {
+		var next *socket
 		if ex := l.extras[s]; len(ex) > 0 {
 			next = ex[0]
 			l.dropExtra(s, 0)
 		}
-		if next >= 0 {
-			s.SetUpstream(l.upstreams[next].fd, next)
-		} else {
-			s.SetUpstream(-1, 0)
-		}
+		s.upstream.Store(next)
 		if l.trackGen != 0 {
 			// A copy of the session made early holds the old socket.
-			s.MarkRecopy()
+			s.recopy.Store(true)
 			l.noteChange(s)
 		}
 		return
 	}
 	for i, x := range l.extras[s] {
-		if l.upstreams[x].fd == fd {
-			l.unwatch(x)
+		if x == k {
 			l.dropExtra(s, i)
 			return
 		}
@@ -107,7 +130,7 @@ func (l *loop) Detach(s *session.Session, fd int) {
 }
 
 // dropExtra forgets the i-th of s's further sockets.
-func (l *loop) dropExtra(s *session.Session, i int) {
+func (l *loop) dropExtra(s *sess, i int) {
 	ex := append(l.extras[s][:i], l.extras[s][i+1:]...)
 	if len(ex) == 0 {
 		delete(l.extras, s)
@@ -116,57 +139,64 @@ func (l *loop) dropExtra(s *session.Session, i int) {
 	l.extras[s] = ex
 }
 
-// unwatch frees a slot and stops watching its socket.
-func (l *loop) unwatch(slot int32) {
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, l.upstreams[slot].fd, nil)
-	l.upstreams[slot] = upstreamSlot{}
-	l.freeSlots = append(l.freeSlots, slot)
+// unwatch frees k's slot and stops watching it.
+func (l *loop) unwatch(k *socket) {
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, k.fd, nil)
+	l.upstreams[k.slot] = nil
+	l.freeSlots = append(l.freeSlots, k.slot)
+	k.gone, k.waiting = true, nil
 }
 
 // detachAll stops watching every socket of s's; the handler closes them.
-func (l *loop) detachAll(s *session.Session) {
-	for _, x := range l.extras[s] {
-		l.unwatch(x)
+func (l *loop) detachAll(s *sess) {
+	for _, k := range l.extras[s] {
+		l.unwatch(k)
 	}
 	delete(l.extras, s)
-	if main, slot := s.Upstream(); main >= 0 {
-		l.unwatch(slot)
-		s.SetUpstream(-1, 0)
+	if k := s.upstream.Load(); k != nil {
+		l.unwatch(k)
+		s.upstream.Store(nil)
+	}
+}
+
+// upstreamReady serves an event of an attached socket: room to send what
+// waited for it, datagrams to read.
+func (l *loop) upstreamReady(slot int32, events uint32) {
+	k := l.upstreams[slot]
+	if k == nil {
+		return // stale: the slot was freed earlier in the same wakeup
+	}
+	if events&unix.EPOLLOUT != 0 && k.blocked {
+		l.unpark(k)
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLERR) != 0 {
+		l.readUpstream(k)
 	}
 }
 
 // readUpstream reads one of a session's sockets and passes its datagrams to
 // the handler, after the dissector has learned from each what the server
-// assigned the client (see session.ReplyDissector). The event may be stale
-// (the slot freed, or reused by another socket, earlier in the same wakeup);
-// reading the slot's current socket is harmless either way.
-func (l *loop) readUpstream(slot int32) {
-	s, fd := l.upstreams[slot].s, l.upstreams[slot].fd
-	if s == nil {
-		return
-	}
-	h := s.Handler().(session.UpstreamHandler)
-	ls := l.socks[s.Scope()]
+// assigned the client (see session.ReplyDissector).
+func (l *loop) readUpstream(k *socket) {
+	s := k.s
+	h := s.handler.(session.UpstreamHandler)
+	ls := l.socks[s.scope]
 	learner := ls.ln.learner
 	if l.trackGen != 0 {
 		l.noteChange(s) // its replies count as the session's traffic
 	}
 	l.current = s
 	defer func() { l.current = nil }()
-	for round := 0; round < readRounds; round++ {
-		// The handler may have detached the socket in the round before.
-		if us := &l.upstreams[slot]; us.s != s || us.fd != fd {
-			return
-		}
-		n, err := l.rx.Recv(fd)
+	for round := 0; round < readRounds && !k.gone; round++ {
+		n, err := l.rx.Recv(k.fd)
 		if err != nil {
 			if err != unix.EAGAIN && err != unix.EINTR {
-				h.UpstreamError(s, fd, err)
+				h.UpstreamError(s, k, err)
 			}
 			return
 		}
-		l.countKernelDrops(&l.upstreams[slot].drops, &ls.stats.upstreamKernelDrops)
-		for i := 0; i < n && !s.Closed(); i++ {
+		l.countKernelDrops(&k.drops, &ls.stats.upstreamKernelDrops)
+		for i := 0; i < n && !s.closed.Load() && !k.gone; i++ {
 			m := &l.rx.Msgs[i]
 			ls.stats.upstreamRx.inc()
 			if m.Truncated {
@@ -175,16 +205,18 @@ func (l *loop) readUpstream(slot int32) {
 			}
 			p := m.Buf[:m.N]
 			if learner != nil {
-				if k, ok := learner.Reply(p, ls.ln.scope); ok && !s.Holds(k) {
-					if err := l.AddKey(s, k); err != nil {
+				if key, ok := learner.Reply(p, ls.ln.scope); ok && !s.holds(key) {
+					if err := l.addKey(s, key); err != nil {
 						ls.stats.keysRefused.inc()
 					}
 				}
 			}
-			h.Upstream(s, fd, p)
+			h.Upstream(s, k, p)
 		}
 		if n < l.rx.Len() {
 			return
 		}
 	}
 }
+
+var _ session.Socket = (*socket)(nil)

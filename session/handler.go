@@ -8,12 +8,12 @@ type Handler interface {
 	// Open is called when a flow's first datagram creates s, before that
 	// datagram is delivered. An error refuses the session: the datagram is
 	// dropped and counted and Close is not called.
-	Open(s *Session) error
+	Open(s Session) error
 	// Datagram is called for each datagram of s. p belongs to the loop and is
 	// valid only until Datagram returns; s.Write copies what it sends.
-	Datagram(s *Session, p []byte)
+	Datagram(s Session, p []byte)
 	// Close is called once when s ends, with the reason.
-	Close(s *Session, r Reason)
+	Close(s Session, r Reason)
 }
 
 // StatelessHandler serves the datagrams a Dissector hands over without a
@@ -23,11 +23,10 @@ type Handler interface {
 // whose dissector is Noop.
 type StatelessHandler interface {
 	// Stateless is called for each such datagram, on the loop that read it.
-	// r stands for the datagram's sender only for the call: it is in no
-	// table, has no state, keys or counters of its own, and r.Write answers
-	// the sender from the address it wrote to. p belongs to the loop, as in
+	// r stands for the datagram's sender, for the call only: r.Write answers
+	// it from the address it wrote to. p belongs to the loop, as in
 	// Datagram.
-	Stateless(r *Session, p []byte)
+	Stateless(r Responder, p []byte)
 }
 
 // BatchHandler is a Handler that wants to know where a receive batch ends, to
@@ -45,10 +44,10 @@ type UpstreamHandler interface {
 	Handler
 	// Upstream is called for each datagram read from sock, one of s's
 	// attached sockets; p belongs to the loop, as in Datagram.
-	Upstream(s *Session, sock int, p []byte)
+	Upstream(s Session, sock Socket, p []byte)
 	// UpstreamError is called when reading sock fails, such as with
 	// ECONNREFUSED after an ICMP port unreachable from a backend.
-	UpstreamError(s *Session, sock int, err error)
+	UpstreamError(s Session, sock Socket, err error)
 }
 
 // Roamer is a Handler whose sessions may follow their client to a new
@@ -66,7 +65,7 @@ type Roamer interface {
 	// it has verified that the client is at from (for a proxy: its backend
 	// answered what came from there). p belongs to the loop, as in
 	// Datagram.
-	Roam(s *Session, from netip.AddrPort, p []byte)
+	Roam(s Session, from netip.AddrPort, p []byte)
 }
 
 // Migrator is a Handler whose sessions can move to a successor process
@@ -77,11 +76,11 @@ type Migrator interface {
 	// ExportSession returns s's state for the successor. Unless the handler
 	// is a Precopier, it runs while every loop is paused, so it may read s's
 	// state without locks.
-	ExportSession(s *Session) ([]byte, error)
+	ExportSession(s Session) ([]byte, error)
 	// ImportSession restores state in the successor before s serves. upstream
 	// is the socket s had attached in the old process (-1 for none), now a
 	// descriptor of this process; the handler attaches it again.
-	ImportSession(s *Session, state []byte, upstream int) error
+	ImportSession(s Session, state []byte, upstream int) error
 }
 
 // Precopier is a Migrator whose exported state is fixed once the session
@@ -103,22 +102,22 @@ type Precopier interface {
 type Echo struct{}
 
 // Open accepts every session.
-func (Echo) Open(*Session) error { return nil }
+func (Echo) Open(Session) error { return nil }
 
 // Datagram writes p back to the session's peer.
-func (Echo) Datagram(s *Session, p []byte) { s.Write(p) }
+func (Echo) Datagram(s Session, p []byte) { s.Write(p) }
 
 // Close does nothing: an echo session has no state.
-func (Echo) Close(*Session, Reason) {}
+func (Echo) Close(Session, Reason) {}
 
 // Stateless writes p back to its sender.
-func (Echo) Stateless(r *Session, p []byte) { r.Write(p) }
+func (Echo) Stateless(r Responder, p []byte) { r.Write(p) }
 
 // ExportSession returns no state: an echo session has none.
-func (Echo) ExportSession(*Session) ([]byte, error) { return nil, nil }
+func (Echo) ExportSession(Session) ([]byte, error) { return nil, nil }
 
 // ImportSession restores nothing.
-func (Echo) ImportSession(*Session, []byte, int) error { return nil }
+func (Echo) ImportSession(Session, []byte, int) error { return nil }
 
 // StateFixed reports true: there is no state to change.
 func (Echo) StateFixed() bool { return true }
@@ -128,22 +127,22 @@ func (Echo) StateFixed() bool { return true }
 type Discard struct{}
 
 // Open accepts every session.
-func (Discard) Open(*Session) error { return nil }
+func (Discard) Open(Session) error { return nil }
 
 // Datagram drops p.
-func (Discard) Datagram(*Session, []byte) {}
+func (Discard) Datagram(Session, []byte) {}
 
 // Close does nothing.
-func (Discard) Close(*Session, Reason) {}
+func (Discard) Close(Session, Reason) {}
 
 // Stateless drops p.
-func (Discard) Stateless(*Session, []byte) {}
+func (Discard) Stateless(Responder, []byte) {}
 
 // ExportSession returns no state.
-func (Discard) ExportSession(*Session) ([]byte, error) { return nil, nil }
+func (Discard) ExportSession(Session) ([]byte, error) { return nil, nil }
 
 // ImportSession restores nothing.
-func (Discard) ImportSession(*Session, []byte, int) error { return nil }
+func (Discard) ImportSession(Session, []byte, int) error { return nil }
 
 // StateFixed reports true: there is no state to change.
 func (Discard) StateFixed() bool { return true }

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"sync/atomic"
 
-	"github.com/udpmux/udpmux/session"
 )
 
 // A datagram whose session another loop owns crosses to that loop, since only
@@ -46,7 +45,7 @@ type inboxSlot struct {
 // forwarded describes one datagram in an inbox: the session and client
 // address, and where its bytes are in the producer's outbox.
 type forwarded struct {
-	s    *session.Session
+	s    *sess
 	peer netip.AddrPort
 	p    []byte
 	rec  *outRecord
@@ -101,7 +100,7 @@ func (q *inbox) pop() {
 // each once deliver returns. Consumer only; *inflight names the datagram
 // being delivered, so that a loop that recovers from a panic in deliver can
 // still release it (see loop.recovered).
-func (q *inbox) drain(deliver func(s *session.Session, peer netip.AddrPort, p []byte), inflight **outRecord) {
+func (q *inbox) drain(deliver func(s *sess, peer netip.AddrPort, p []byte), inflight **outRecord) {
 	for f := q.peek(); f != nil; f = q.peek() {
 		s, peer, p, rec := f.s, f.peer, f.p, f.rec
 		q.pop()
@@ -135,7 +134,7 @@ func newOutbox() *outbox {
 
 // send copies p into the ring and its descriptor into q, and reports false
 // when either is full. Producer only.
-func (o *outbox) send(q *inbox, s *session.Session, peer netip.AddrPort, p []byte) bool {
+func (o *outbox) send(q *inbox, s *sess, peer netip.AddrPort, p []byte) bool {
 	b, rec, ok := o.reserve(p)
 	if !ok || !q.push(forwarded{s: s, peer: peer, p: b, rec: rec}) {
 		return false
@@ -183,3 +182,66 @@ func (o *outbox) commit(r *outRecord) {
 	o.wr = r.end
 	o.recTail++
 }
+
+// maxDeferredBytes bounds the datagrams a loop holds for full inboxes;
+// beyond it they are dropped and counted.
+const maxDeferredBytes = 32 << 20
+
+// deferredForward is a datagram waiting for room in another loop's inbox.
+type deferredForward struct {
+	owner int
+	s     *sess
+	peer  netip.AddrPort
+	p     []byte
+}
+
+// forward passes p to the loop that owns s. If that loop's inbox is full,
+// or earlier datagrams already wait, p waits too, copied, in order.
+func (l *loop) forward(ls *loopSocket, owner int, s *sess, peer netip.AddrPort, p []byte) {
+	ls.stats.forwarded.inc()
+	l.markWake(owner)
+	if len(l.deferred) == 0 && l.push(owner, s, peer, p) {
+		return
+	}
+	if l.deferredBytes+len(p) > maxDeferredBytes {
+		ls.stats.forwardDrops.inc()
+		return
+	}
+	l.deferred = append(l.deferred, deferredForward{owner: owner, s: s, peer: peer, p: append([]byte(nil), p...)})
+	l.deferredBytes += len(p)
+}
+
+// push puts p into owner's inbox from this loop.
+func (l *loop) push(owner int, s *sess, peer netip.AddrPort, p []byte) bool {
+	if l.out == nil {
+		l.out = newOutbox()
+	}
+	return l.out.send(l.srv.loops[owner].in, s, peer, p)
+}
+
+// markWake notes that loop id must be woken when the batch ends.
+func (l *loop) markWake(id int) {
+	if w, bit := &l.woken[id/64], uint64(1)<<(id%64); *w&bit == 0 {
+		*w |= bit
+		l.toWake = append(l.toWake, id)
+	}
+}
+
+// retryDeferred moves waiting datagrams into inboxes, oldest first, and
+// reports whether none is left.
+func (l *loop) retryDeferred() bool {
+	i := 0
+	for ; i < len(l.deferred); i++ {
+		f := &l.deferred[i]
+		l.markWake(f.owner)
+		if !l.push(f.owner, f.s, f.peer, f.p) {
+			break
+		}
+		l.deferredBytes -= len(f.p)
+	}
+	n := copy(l.deferred, l.deferred[i:])
+	clear(l.deferred[n:])
+	l.deferred = l.deferred[:n]
+	return n == 0
+}
+

@@ -1,0 +1,259 @@
+package mux
+
+import (
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
+)
+
+// A loop's path for a datagram from a client: read in a batch, dissected,
+// looked up with the batch's other keys, routed to its session (created if
+// the dissector allows), handed to the loop that owns the session, and
+// delivered to the session's handler.
+
+// readSocket reads and dispatches batches from one listener socket until it
+// is empty or the round limit is reached.
+func (l *loop) readSocket(ls *loopSocket) {
+	if len(l.deferred) > 0 && !l.retryDeferred() {
+		return // level-triggered: the socket is offered again next round
+	}
+	for round := 0; round < readRounds; round++ {
+		n, err := l.rx.Recv(ls.sock.FD)
+		if err != nil {
+			if err != unix.EAGAIN && err != unix.EINTR {
+				l.srv.log.Warn("recvmmsg failed", "listener", ls.ln.name, "loop", l.id, "err", err)
+			}
+			return
+		}
+		l.now = clock()
+		// Dissect the whole batch, look its flows up together (overlapping
+		// the table's cache misses), then route each datagram in order.
+		for i := 0; i < n; i++ {
+			l.classify(ls, &l.rx.Msgs[i], i)
+		}
+		l.srv.table.LookupBatch(l.keys[:n], l.found[:n])
+		for i := 0; i < n; {
+			i = l.routeFrom(ls, i, n)
+		}
+		l.countKernelDrops(&ls.drops, &ls.stats.kernelDrops)
+		l.endBatch()
+		if n < l.rx.Len() {
+			return
+		}
+	}
+}
+
+// countKernelDrops adds the growth of the kernel's drop counter of the socket
+// the last receive read to c.
+func (l *loop) countKernelDrops(d *dropCounter, c *counter) {
+	if v, ok := l.rx.Drops(); ok {
+		if g := d.growth(v); g > 0 {
+			c.add(g)
+		}
+	}
+}
+
+// routeFrom routes datagrams i to n-1 of the receive batch and returns where
+// it stopped: n, or the datagram after one whose handler panicked, which is
+// lost with its session.
+func (l *loop) routeFrom(ls *loopSocket, i, n int) (next int) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r)
+			next = i + 1
+		}
+	}()
+	for ; i < n; i++ {
+		l.route(ls, &l.rx.Msgs[i], i, l.found[i])
+	}
+	return n
+}
+
+// dispatch routes one received datagram: dissector, flow table, session.
+// readSocket does the same for a whole batch in phases.
+func (l *loop) dispatch(ls *loopSocket, m *udpsys.Message) {
+	l.classify(ls, m, 0)
+	l.route(ls, m, 0, l.srv.table.Lookup(l.keys[0]))
+}
+
+// handled marks a batch slot that classify dealt with entirely.
+const handled = session.Verdict(255)
+
+// classify counts datagram i of a batch and runs the dissector on it,
+// leaving its key, verdict and addresses in the loop's per-batch slots.
+// Datagrams that need no session are dealt with here.
+func (l *loop) classify(ls *loopSocket, m *udpsys.Message, i int) {
+	st := &ls.stats
+	st.rxDatagrams.inc()
+	st.rxBytes.add(uint64(m.N))
+	l.keys[i], l.ids[i] = flowtable.Key{}, flowtable.Key{}
+	l.verdicts[i] = handled
+	if m.Truncated {
+		st.truncated.inc()
+		return
+	}
+	ln := ls.ln
+	local := ls.sock.Local
+	if ls.sock.Wildcard && m.Local.IsValid() {
+		local = netip.AddrPortFrom(m.Local, local.Port())
+	}
+	peer := netip.AddrPortFrom(m.Addr.Addr().Unmap(), m.Addr.Port())
+	p := m.Buf[:m.N]
+	d := ln.dissector.Dissect(p, local, peer, ln.scope)
+	key, verdict := d.Key, d.Verdict
+	if verdict == session.Drop {
+		st.malformed.inc()
+		return
+	}
+	l.keys[i], l.ids[i], l.verdicts[i], l.locals[i], l.peers[i] = key, d.ID, verdict, local, peer
+}
+
+// route passes datagram i of a batch to its session, e the flow table's
+// entry for its key: opening the session if needed, or handing the datagram
+// to the loop that owns it. A datagram with an ID goes to the sessions that
+// hold the ID when its key finds no session, or one that does not claim it
+// (see session.Session.Claims).
+func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
+	verdict := l.verdicts[i]
+	switch verdict {
+	case handled:
+		return
+	case session.Stateless:
+		l.serveStateless(ls, l.locals[i], l.peers[i], m.Buf[:m.N])
+		return
+	}
+	peer, p, id := l.peers[i], m.Buf[:m.N], l.ids[i]
+	hasID := id.Kind() != flowtable.KindNone
+	var s *sess
+	switch {
+	case e != nil && (!hasID || e.Value.claims(id)):
+		s = e.Value
+	case hasID && l.resolve(ls, id, peer, p):
+		return
+	case e != nil || verdict == session.Lookup:
+		if hasID {
+			ls.stats.unknownID.inc()
+		} else {
+			ls.stats.unknownFlow.inc()
+		}
+		return
+	default:
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer); s == nil {
+			// Refused. (A flow whose session an earlier datagram of this
+			// batch opened is not refused: open's insert finds and
+			// returns it.)
+			return
+		}
+	}
+	l.toOwner(ls, s, peer, p)
+}
+
+// toOwner hands p from peer to s on the loop that owns s.
+func (l *loop) toOwner(ls *loopSocket, s *sess, peer netip.AddrPort, p []byte) {
+	if owner := s.loop.id; owner != l.id {
+		l.forward(ls, owner, s, peer, p)
+		return
+	}
+	l.deliver(s, peer, p)
+}
+
+// serveStateless hands a datagram without a session to the listener's
+// StatelessHandler; a handler that serves sessions only never sees it.
+func (l *loop) serveStateless(ls *loopSocket, local, peer netip.AddrPort, p []byte) {
+	r := l.stateless[ls.ln.scope]
+	if r == nil {
+		ls.stats.statelessDrops.inc()
+		return
+	}
+	r.local, r.peer = local, peer
+	ls.ln.handler.(session.StatelessHandler).Stateless(r, p)
+}
+
+// deliver hands p from peer to s on its owning loop; one from another
+// address than s's peer goes to the handler's Roam (see roam).
+func (l *loop) deliver(s *sess, peer netip.AddrPort, p []byte) {
+	if s.closed.Load() {
+		return
+	}
+	if peer != s.PeerAddr() {
+		l.roam(s, peer, p)
+		return
+	}
+	l.current = s
+	s.deliver(p, l.now)
+	l.current = nil
+	if l.trackGen != 0 {
+		l.noteChange(s)
+	}
+}
+
+// noteChange lists s for the handoff copying sessions early, once.
+func (l *loop) noteChange(s *sess) {
+	if s.markChanged(l.trackGen) {
+		l.changed = append(l.changed, s)
+	}
+}
+
+// open creates the session for a flow's first datagram, under key and, if
+// they are not that, the datagram's 4-tuple and its ID. It returns nil when
+// the flow is refused, and another loop's session when that loop created the
+// same flow first.
+func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort) *sess {
+	ln := ls.ln
+	s := newSess(sessConfig{
+		key: key, scope: ln.scope, local: local, peer: peer, loop: l, handler: ln.handler,
+		idle: ln.idle, now: l.now,
+	})
+	e, err := l.srv.table.Insert(s.anchorEntry())
+	if err != nil {
+		ls.stats.refusedFull.inc()
+		l.srv.refusalLog(ln.name, err)
+		return nil
+	}
+	if e != s.anchorEntry() {
+		return e.Value
+	}
+	l.fileKeys(s, flowtable.TupleKey(ln.scope, local, peer), id)
+	l.current = s
+	err = s.open()
+	l.current = nil
+	if err != nil {
+		l.detachAll(s)
+		l.unfileKeys(s)
+		ls.stats.refusedOpen.inc()
+		return nil
+	}
+	ls.stats.opened.inc()
+	l.srv.live.Add(1)
+	if l.trackGen != 0 {
+		l.noteChange(s)
+	}
+	return s
+}
+
+// end removes s from the table and tells its handler. Owning loop only.
+func (l *loop) end(s *sess, r session.Reason) {
+	l.unfileKeys(s)
+	if s.closed.Load() {
+		return
+	}
+	l.detachAll(s)
+	l.current = s
+	ended := s.end(r)
+	l.current = nil
+	if ended {
+		l.srv.live.Add(-1)
+		if l.trackGen != 0 {
+			l.noteChange(s)
+		}
+		l.socks[s.scope].stats.closedFor(r).inc()
+		if l.relay != nil {
+			l.relayEnded(s)
+		}
+	}
+}
+

@@ -1,0 +1,62 @@
+package mux
+
+import "golang.org/x/sys/unix"
+
+// Other goroutines and loops reach a loop through its eventfd: datagrams
+// forwarded to it (forward.go), closes asked for anywhere, a handoff's pause
+// and early copy.
+
+// onWake serves what other goroutines and loops left for this loop.
+func (l *loop) onWake() {
+	unix.Read(l.wake, l.wakeBuf[:])
+	l.in.drain(l.deliver, &l.inflight)
+	l.ctlMu.Lock()
+	reqs, pause, track := l.ctl, l.pause, l.track
+	l.ctl, l.pause, l.track = nil, nil, nil
+	l.ctlMu.Unlock()
+	for _, r := range reqs {
+		l.end(r.s, r.r)
+	}
+	if track != nil {
+		track.changed <- l.changed
+		l.changed = nil
+		l.trackGen = track.gen
+	}
+	l.endBatch()
+	if pause != nil {
+		// Paused between batches: nothing half-handled, every send flushed.
+		pause.paused <- struct{}{}
+		<-pause.resume
+		l.now = clock()
+	}
+}
+
+// pauseRequest stops a loop: it acknowledges on paused and waits for resume.
+type pauseRequest struct {
+	paused chan<- struct{}
+	resume <-chan struct{}
+}
+
+func (l *loop) requestPause(p *pauseRequest) {
+	l.ctlMu.Lock()
+	l.pause = p
+	l.ctlMu.Unlock()
+	l.signal()
+}
+
+// request queues a close for this loop from any goroutine.
+func (l *loop) request(r closeRequest) {
+	l.ctlMu.Lock()
+	l.ctl = append(l.ctl, r)
+	l.ctlMu.Unlock()
+	l.signal()
+}
+
+func (l *loop) signal() {
+	l.wakeMu.RLock()
+	if !l.wakeClosed {
+		unix.Write(l.wake, l.one[:])
+	}
+	l.wakeMu.RUnlock()
+}
+
