@@ -39,6 +39,10 @@ type upstreamQueue struct {
 	b   *udpsys.Batch
 	n   int
 	dst []*socket // the socket of each datagram
+	// flushing is set while the batch goes out: a handler that detaches a
+	// socket from UpstreamError then drops what waits for it, instead of
+	// flushing again from within.
+	flushing bool
 }
 
 // sendToPeer queues p for s's client on the loop's socket of s's listener.
@@ -149,6 +153,8 @@ func (l *loop) sendUpstream(k *socket, p []byte) error {
 // again, once; any other error drops the one datagram.
 func (l *loop) flushUpstream() {
 	q := &l.up
+	q.flushing = true
+	defer func() { q.flushing = false }()
 	gso := q.b.GSO()
 	for i := 0; i < q.n; {
 		k := q.dst[i]

@@ -139,12 +139,31 @@ func (l *loop) dropExtra(s *sess, i int) {
 	l.extras[s] = ex
 }
 
-// unwatch frees k's slot and stops watching it.
+// unwatch frees k's slot and stops watching it, once what the handler
+// wrote to it in this batch has gone out: a session that writes and then
+// ends or detaches loses nothing it wrote, unless it waited for room in the
+// send buffer, which is dropped and counted.
 func (l *loop) unwatch(k *socket) {
+	if !l.up.flushing && l.queuedFor(k) {
+		l.flushUpstream()
+	}
+	if len(k.waiting) > 0 {
+		l.socks[k.s.scope].stats.upstreamSendDrops.add(uint64(len(k.waiting)))
+	}
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, k.fd, nil)
 	l.upstreams[k.slot] = nil
 	l.freeSlots = append(l.freeSlots, k.slot)
 	k.gone, k.waiting = true, nil
+}
+
+// queuedFor reports whether the loop's batch holds datagrams for k.
+func (l *loop) queuedFor(k *socket) bool {
+	for _, d := range l.up.dst[:l.up.n] {
+		if d == k {
+			return true
+		}
+	}
+	return false
 }
 
 // detachAll stops watching every socket of s's; the handler closes them.

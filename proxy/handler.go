@@ -57,13 +57,12 @@ type Handler struct {
 	// refusalWindow is the balancer's: a session reports a refusal at
 	// most once per window.
 	refusalWindow time.Duration
-	sends         loopSendTable
 }
 
 type handlerStats struct {
-	noBackend, dialErrors, upstreamDrops, upstreamErrors, refusedByBackend, abandoned atomic.Uint64
-	moved, movesRefused, lateDatagrams                                                atomic.Uint64
-	probes                                                                            atomic.Int64
+	noBackend, dialErrors, upstreamErrors, refusedByBackend, abandoned atomic.Uint64
+	moved, movesRefused, lateDatagrams                                 atomic.Uint64
+	probes                                                             atomic.Int64
 }
 
 // Stats are the proxy's own counters.
@@ -75,11 +74,12 @@ type Stats struct {
 	SourceLimited, SocketLimited uint64
 	// DialErrors counts upstream sockets that could not be opened.
 	DialErrors uint64
-	// UpstreamDrops counts client datagrams dropped because the upstream
-	// socket's send buffer was full; UpstreamErrors other send and receive
-	// failures; RefusedByBackend ICMP port-unreachable reports, of which
-	// IgnoredRefusals did not mark a backend down (see Balancer.Refused).
-	UpstreamDrops, UpstreamErrors, RefusedByBackend, IgnoredRefusals uint64
+	// UpstreamErrors counts failed sends and receives on upstream sockets
+	// other than refusals (datagrams the engine dropped for a full send
+	// buffer are mux's UpstreamSendDrops); RefusedByBackend ICMP
+	// port-unreachable reports, of which IgnoredRefusals did not mark a
+	// backend down (see Balancer.Refused).
+	UpstreamErrors, RefusedByBackend, IgnoredRefusals uint64
 	// Abandoned counts sessions closed because their backend was down and
 	// had not answered them (for their idle timeout, or ever), so that
 	// their clients' next datagrams open sessions on a healthy backend.
@@ -104,10 +104,10 @@ type Stats struct {
 
 // upstream is a session's proxy state.
 type upstream struct {
-	fd      int
+	h       *Handler
+	sock    session.Socket // connected to the backend
 	backend int
 	source  netip.Addr
-	gso     bool // the kernel segments UDP on fd
 	// heard is set by each reply; answered once the backend has ever
 	// replied. silentSince is when a check while the backend was down last
 	// found heard set (see abandon); refusedAt is the last ICMP report
@@ -181,7 +181,7 @@ func sessionHash(k flowtable.Key) uint64 {
 }
 
 // Open picks the session's backend and opens its upstream socket.
-func (h *Handler) Open(s *session.Session) error {
+func (h *Handler) Open(s session.Session) error {
 	src := s.PeerAddr().Addr()
 	if err := h.acquire(src); err != nil {
 		return err
@@ -197,7 +197,7 @@ func (h *Handler) Open(s *session.Session) error {
 	return nil
 }
 
-func (h *Handler) dial(s *session.Session) (*upstream, error) {
+func (h *Handler) dial(s session.Session) (*upstream, error) {
 	b, ok := h.bal.Pick(sessionHash(s.Key()))
 	if !ok {
 		h.stats.noBackend.Add(1)
@@ -208,25 +208,26 @@ func (h *Handler) dial(s *session.Session) (*upstream, error) {
 		h.stats.dialErrors.Add(1)
 		return nil, fmt.Errorf("proxy: backend %s: %w", h.backends[b], err)
 	}
-	if err := s.Attach(sock.FD); err != nil {
+	k, err := s.Attach(sock.FD)
+	if err != nil {
 		sock.Close()
 		h.stats.dialErrors.Add(1)
 		return nil, err
 	}
-	return &upstream{fd: sock.FD, backend: b, gso: sock.GSO}, nil
+	return &upstream{h: h, sock: k, backend: b}, nil
 }
 
-// Datagram queues a client datagram for the session's backend; EndBatch
-// sends it (send.go).
-func (h *Handler) Datagram(s *session.Session, p []byte) {
+// Datagram sends a client datagram to the session's backend, in the loop's
+// send batch.
+func (h *Handler) Datagram(s session.Session, p []byte) {
 	u := s.State().(*upstream)
 	if h.bal.Down(u.backend) && h.abandon(s, u) {
 		return
 	}
 	if len(u.probes) > 0 {
-		h.closeIdleProbes(s, u, time.Now())
+		h.closeIdleProbes(u, time.Now())
 	}
-	h.queue(s, u, p)
+	u.sock.Write(p)
 }
 
 // abandon closes a session whose backend is down and has not answered it,
@@ -235,7 +236,7 @@ func (h *Handler) Datagram(s *session.Session, p []byte) {
 // that answers is never left this way: forged ICMP errors can mark a backend
 // down (see Balancer.Refused) only while it answers no session, and a
 // session it answers within its idle timeout stays.
-func (h *Handler) abandon(s *session.Session, u *upstream) bool {
+func (h *Handler) abandon(s session.Session, u *upstream) bool {
 	now := time.Now()
 	if u.heard || u.silentSince.IsZero() {
 		u.heard, u.silentSince = false, now
@@ -243,7 +244,7 @@ func (h *Handler) abandon(s *session.Session, u *upstream) bool {
 			return false
 		}
 	}
-	if u.answered && now.Sub(u.silentSince) < s.IdleTimeout() {
+	if u.answered && now.Sub(u.silentSince) < s.Stats().IdleTimeout {
 		return false
 	}
 	h.stats.abandoned.Add(1)
@@ -253,10 +254,10 @@ func (h *Handler) abandon(s *session.Session, u *upstream) bool {
 
 // Upstream sends a backend reply to the session's own client. A reply on a
 // probe socket confirms the client's new address first (roam.go).
-func (h *Handler) Upstream(s *session.Session, sock int, p []byte) {
+func (h *Handler) Upstream(s session.Session, sock session.Socket, p []byte) {
 	u := s.State().(*upstream)
 	switch {
-	case sock != u.fd:
+	case sock != u.sock:
 		if !h.fromProbe(s, u, sock) {
 			return
 		}
@@ -270,8 +271,8 @@ func (h *Handler) Upstream(s *session.Session, sock int, p []byte) {
 
 // UpstreamError handles a failed read of an upstream socket; a probe's
 // failures count for nothing.
-func (h *Handler) UpstreamError(s *session.Session, sock int, err error) {
-	if u := s.State().(*upstream); sock == u.fd {
+func (h *Handler) UpstreamError(s session.Session, sock session.Socket, err error) {
+	if u := s.State().(*upstream); sock == u.sock {
 		h.upstreamFailed(s, u, err)
 	}
 }
@@ -281,7 +282,7 @@ func (h *Handler) UpstreamError(s *session.Session, sock int, err error) {
 // per refusal window, which marks the backend down for new sessions only
 // once reports corroborate each other; the session and its socket stay
 // either way.
-func (h *Handler) upstreamFailed(s *session.Session, u *upstream, err error) {
+func (h *Handler) upstreamFailed(s session.Session, u *upstream, err error) {
 	if err != unix.ECONNREFUSED {
 		h.stats.upstreamErrors.Add(1)
 		return
@@ -295,17 +296,14 @@ func (h *Handler) upstreamFailed(s *session.Session, u *upstream, err error) {
 	h.bal.Refused(u.backend, now)
 }
 
-// Close releases the session's upstream sockets and its limits. Datagrams
-// queued for it go first: the socket's number may name another socket soon.
-func (h *Handler) Close(s *session.Session, _ session.Reason) {
+// Close releases the session's upstream sockets and its limits; the engine
+// has sent what was queued for them and stopped watching them.
+func (h *Handler) Close(s session.Session, _ session.Reason) {
 	u := s.State().(*upstream)
-	if ls := h.sends.peek(s.LoopID()); ls != nil && ls.n > 0 {
-		h.flushSends(ls)
-	}
 	for len(u.probes) > 0 {
-		h.closeProbe(s, u, 0)
+		h.closeProbe(u, 0)
 	}
-	unix.Close(u.fd)
+	unix.Close(u.sock.FD())
 	h.bal.Closed(u.backend)
 	h.release(u.source)
 }
@@ -335,7 +333,6 @@ func (h *Handler) Stats() Stats {
 		SourceLimited:    h.sources.Refused(),
 		SocketLimited:    h.sockets.Refused(),
 		DialErrors:       h.stats.dialErrors.Load(),
-		UpstreamDrops:    h.stats.upstreamDrops.Load(),
 		UpstreamErrors:   h.stats.upstreamErrors.Load(),
 		RefusedByBackend: h.stats.refusedByBackend.Load(),
 		IgnoredRefusals:  h.bal.IgnoredRefusals(),
@@ -354,7 +351,7 @@ func (h *Handler) Stats() Stats {
 
 // ExportSession returns the session's backend address, which the successor
 // maps to its own backend list.
-func (h *Handler) ExportSession(s *session.Session) ([]byte, error) {
+func (h *Handler) ExportSession(s session.Session) ([]byte, error) {
 	u := s.State().(*upstream)
 	return h.backends[u.backend].MarshalBinary()
 }
@@ -367,7 +364,7 @@ func (h *Handler) StateFixed() bool { return true }
 // same kernel socket, so the backend sees the same source address:port. A
 // session whose backend the new configuration dropped, or that the new limits
 // refuse, is refused.
-func (h *Handler) ImportSession(s *session.Session, state []byte, fd int) error {
+func (h *Handler) ImportSession(s session.Session, state []byte, fd int) error {
 	var addr netip.AddrPort
 	if err := addr.UnmarshalBinary(state); err != nil {
 		return fmt.Errorf("proxy: session state: %w", err)
@@ -391,11 +388,12 @@ func (h *Handler) ImportSession(s *session.Session, state []byte, fd int) error 
 	if err := h.acquire(src); err != nil {
 		return err
 	}
-	if err := s.Attach(fd); err != nil {
+	k, err := s.Attach(fd)
+	if err != nil {
 		h.release(src)
 		return err
 	}
-	s.SetState(&upstream{fd: fd, backend: backend, source: src, gso: udpsys.SocketGSO(fd)})
+	s.SetState(&upstream{h: h, sock: k, backend: backend, source: src})
 	h.bal.Opened(backend)
 	return nil
 }
@@ -422,18 +420,19 @@ type SessionInfo struct {
 	Source netip.AddrPort
 }
 
-// Session describes s, a session of this handler. Safe from any goroutine
-// while s lives; false for a session that is not the proxy's or has ended.
-func (h *Handler) Session(s *session.Session) (SessionInfo, bool) {
-	if !s.Live() || s.Handler() != session.Handler(h) {
+// Session describes s, a session of this handler, as listed by
+// mux.Server.Sessions: safe from any goroutine while s lives, false for a
+// session that is not this handler's.
+func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
+	// What Open or ImportSession set before the session went live, and
+	// never change.
+	u, ok := s.State().(*upstream)
+	if !ok || u.h != h {
 		return SessionInfo{}, false
 	}
-	// What Open or ImportSession set before the session went live.
-	info := SessionInfo{Backend: h.backends[s.State().(*upstream).backend]}
-	if fd, _ := s.Upstream(); fd >= 0 {
-		if sa, err := unix.Getsockname(fd); err == nil {
-			info.Source = udpsys.AddrPortOf(sa)
-		}
+	info := SessionInfo{Backend: h.backends[u.backend]}
+	if sa, err := unix.Getsockname(u.sock.FD()); err == nil {
+		info.Source = udpsys.AddrPortOf(sa)
 	}
 	return info, true
 }
@@ -442,6 +441,5 @@ func (h *Handler) Session(s *session.Session) (SessionInfo, bool) {
 var (
 	_ session.UpstreamHandler = (*Handler)(nil)
 	_ session.Roamer          = (*Handler)(nil)
-	_ session.BatchHandler    = (*Handler)(nil)
 	_ session.Precopier       = (*Handler)(nil)
 )

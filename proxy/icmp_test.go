@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -68,7 +68,7 @@ func TestForgedICMPEndsNothing(t *testing.T) {
 		}
 		clients = append(clients, &udpConnPair{c: c, msg: msg})
 	}
-	ports := upstreamPorts(srv)
+	ports := upstreamPorts(srv, h)
 	if len(ports) != n {
 		t.Fatalf("%d upstream sockets for %d sessions", len(ports), n)
 	}
@@ -97,7 +97,7 @@ func TestForgedICMPEndsNothing(t *testing.T) {
 	if st.RefusedByBackend < n || st.IgnoredRefusals == 0 {
 		t.Errorf("RefusedByBackend %d, IgnoredRefusals %d: the forged reports did not arrive", st.RefusedByBackend, st.IgnoredRefusals)
 	}
-	after := upstreamPorts(srv)
+	after := upstreamPorts(srv, h)
 	for p := range ports {
 		if !after[p] {
 			t.Errorf("upstream port %d gone after the spray: a session was reopened", p)
@@ -115,15 +115,11 @@ type udpConnPair struct {
 
 // upstreamPorts returns the local ports of the proxy sessions' upstream
 // sockets.
-func upstreamPorts(srv interface {
-	Sessions(func(*session.Session) bool)
-}) map[uint16]bool {
+func upstreamPorts(srv *mux.Server, h *Handler) map[uint16]bool {
 	ports := map[uint16]bool{}
-	srv.Sessions(func(s *session.Session) bool {
-		if fd, _ := s.Upstream(); fd >= 0 && s.Live() {
-			if sa, err := unix.Getsockname(fd); err == nil {
-				ports[udpsys.AddrPortOf(sa).Port()] = true
-			}
+	srv.Sessions(func(s session.Session) bool {
+		if info, ok := h.Session(s); ok {
+			ports[info.Source.Port()] = true
 		}
 		return true
 	})

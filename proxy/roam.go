@@ -33,7 +33,7 @@ import (
 // then those of the backend until it is back on the session's socket
 // (confirmed).
 type probe struct {
-	fd   int
+	sock session.Socket
 	addr netip.AddrPort
 	// confirmed is set once the backend has answered on the probe; back
 	// once it has answered on the session's socket again since.
@@ -61,7 +61,7 @@ const (
 // client address. It goes to the backend on from's probe, opened for it if
 // there is room; the backend's answer on the probe moves the session (see
 // confirm).
-func (h *Handler) Roam(s *session.Session, from netip.AddrPort, p []byte) {
+func (h *Handler) Roam(s session.Session, from netip.AddrPort, p []byte) {
 	u := s.State().(*upstream)
 	now := time.Now()
 	if from == u.left && now.Sub(u.leftAt) < moveHold {
@@ -76,9 +76,7 @@ func (h *Handler) Roam(s *session.Session, from netip.AddrPort, p []byte) {
 	}
 	pr := &u.probes[i]
 	pr.last = now
-	if _, err := unix.Write(pr.fd, p); err != nil {
-		h.stats.upstreamErrors.Add(1)
-	}
+	pr.sock.Write(p)
 }
 
 // probeFor returns the index of from's probe, or -1.
@@ -95,7 +93,7 @@ func (u *upstream) probeFor(from netip.AddrPort) int {
 // session waits on as many addresses as it may, none of them idle for
 // probeEvict, or a probe cannot be had (the socket budget, a failed dial):
 // counted as a refused move.
-func (h *Handler) openProbe(s *session.Session, u *upstream, from netip.AddrPort, now time.Time) int {
+func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort, now time.Time) int {
 	pending, oldest := 0, -1
 	for i := range u.probes {
 		if !u.probes[i].confirmed {
@@ -110,15 +108,16 @@ func (h *Handler) openProbe(s *session.Session, u *upstream, from netip.AddrPort
 			h.stats.movesRefused.Add(1)
 			return -1
 		}
-		h.closeProbe(s, u, oldest)
+		h.closeProbe(u, oldest)
 	}
 	if !h.sockets.Acquire() {
 		h.stats.movesRefused.Add(1)
 		return -1
 	}
+	var k session.Socket
 	sock, err := udpsys.DialUDP(h.backends[u.backend], h.buffers)
 	if err == nil {
-		if err = s.Attach(sock.FD); err != nil {
+		if k, err = s.Attach(sock.FD); err != nil {
 			sock.Close()
 		}
 	}
@@ -128,15 +127,16 @@ func (h *Handler) openProbe(s *session.Session, u *upstream, from netip.AddrPort
 		h.stats.movesRefused.Add(1)
 		return -1
 	}
-	u.probes = append(u.probes, probe{fd: sock.FD, addr: from, last: now})
+	u.probes = append(u.probes, probe{sock: k, addr: from, last: now})
 	h.stats.probes.Add(1)
 	return len(u.probes) - 1
 }
 
 // closeProbe closes the i-th probe.
-func (h *Handler) closeProbe(s *session.Session, u *upstream, i int) {
-	s.Detach(u.probes[i].fd)
-	unix.Close(u.probes[i].fd)
+func (h *Handler) closeProbe(u *upstream, i int) {
+	pr := u.probes[i].sock
+	pr.Detach()
+	unix.Close(pr.FD())
 	h.sockets.Release()
 	if !u.probes[i].confirmed {
 		h.stats.probes.Add(-1)
@@ -150,12 +150,12 @@ func (h *Handler) closeProbe(s *session.Session, u *upstream, i int) {
 // here, left stale (a datagram overtaken by its successors, or forged), and
 // the confirmed ones the backend has left for the session's socket (after
 // the replies it sent before on their way).
-func (h *Handler) closeIdleProbes(s *session.Session, u *upstream, now time.Time) {
+func (h *Handler) closeIdleProbes(u *upstream, now time.Time) {
 	for i := len(u.probes) - 1; i >= 0; i-- {
 		pr := &u.probes[i]
 		idle := now.Sub(pr.last)
 		if idle >= probeIdle || (!pr.confirmed || pr.back) && idle >= probeEvict {
-			h.closeProbe(s, u, i)
+			h.closeProbe(u, i)
 		}
 	}
 }
@@ -163,9 +163,9 @@ func (h *Handler) closeIdleProbes(s *session.Session, u *upstream, now time.Time
 // fromProbe handles a datagram the backend sent on probe sock: the first on
 // a pending probe moves the session there (see confirm). It reports whether
 // the datagram is the session's, for its client.
-func (h *Handler) fromProbe(s *session.Session, u *upstream, sock int) bool {
+func (h *Handler) fromProbe(s session.Session, u *upstream, sock session.Socket) bool {
 	for i := range u.probes {
-		if pr := &u.probes[i]; pr.fd == sock {
+		if pr := &u.probes[i]; pr.sock == sock {
 			pr.last = time.Now()
 			return pr.confirmed || h.confirm(s, u, i)
 		}
@@ -177,12 +177,12 @@ func (h *Handler) fromProbe(s *session.Session, u *upstream, sock int) bool {
 // answered, and reports whether it did; the session's other probes close.
 // The new address takes the session's share of sessions.max_per_source;
 // when it has none left the move is refused and the probe closed.
-func (h *Handler) confirm(s *session.Session, u *upstream, i int) bool {
+func (h *Handler) confirm(s session.Session, u *upstream, i int) bool {
 	pr := u.probes[i]
 	if src := pr.addr.Addr(); src != u.source {
 		if !h.sources.Acquire(src) {
 			h.stats.movesRefused.Add(1)
-			h.closeProbe(s, u, i)
+			h.closeProbe(u, i)
 			return false
 		}
 		h.sources.Release(u.source)
@@ -191,13 +191,13 @@ func (h *Handler) confirm(s *session.Session, u *upstream, i int) bool {
 	old := s.PeerAddr()
 	if err := s.Move(pr.addr); err != nil {
 		h.stats.movesRefused.Add(1)
-		h.closeProbe(s, u, i)
+		h.closeProbe(u, i)
 		return false
 	}
 	u.left, u.leftAt = old, time.Now()
 	for j := len(u.probes) - 1; j >= 0; j-- {
-		if u.probes[j].fd != pr.fd {
-			h.closeProbe(s, u, j)
+		if u.probes[j].sock != pr.sock {
+			h.closeProbe(u, j)
 		}
 	}
 	u.probes[0].confirmed = true

@@ -215,7 +215,7 @@ func TestTunnelsFollowTheirClients(t *testing.T) {
 		clients = append(clients, c)
 	}
 	first := map[uint32]netip.AddrPort{}
-	srv.Sessions(func(x *session.Session) bool {
+	srv.Sessions(func(x session.Session) bool {
 		if info, ok := h.Session(x); ok {
 			for _, c := range clients {
 				if x.PeerAddr().String() == c.conn.LocalAddr().String() {
@@ -297,8 +297,8 @@ func TestTunnelsFollowTheirClients(t *testing.T) {
 	// Each client is found by its current 4-tuple only: the old ones went.
 	for _, c := range clients {
 		cur := netip.MustParseAddrPort(c.conn.LocalAddr().String())
-		var s *session.Session
-		srv.Sessions(func(x *session.Session) bool {
+		var s session.Session
+		srv.Sessions(func(x session.Session) bool {
 			if x.PeerAddr() == cur {
 				s = x
 			}

@@ -151,8 +151,10 @@ type Socket interface {
 	// datagram that finds the batch full while the socket's send buffer
 	// stays full is dropped and counted.
 	Write(p []byte) (int, error)
-	// Detach makes the loop stop watching the socket and drops what waits
-	// in the batch for it; the handler then closes it.
+	// Detach makes the loop stop watching the socket, after sending what
+	// the handler wrote to it in the current batch; the handler then closes
+	// it. What waited for room in a full send buffer is dropped and
+	// counted.
 	Detach()
 }
 

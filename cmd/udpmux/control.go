@@ -223,16 +223,17 @@ func (c *control) sessionList() []byte {
 	}
 	now := time.Now()
 	var keys []flowtable.Key
-	c.srv.Sessions(func(s *session.Session) bool {
+	c.srv.Sessions(func(s session.Session) bool {
 		st := s.Stats()
+		scope := s.Key().Scope()
 		backend, upstream := "-", "-"
-		if h := proxies[s.Scope()]; h != nil {
+		if h := proxies[scope]; h != nil {
 			if info, ok := h.Session(s); ok {
 				backend, upstream = info.Backend.String(), info.Source.String()
 			}
 		}
 		b = fmt.Appendf(b, "%-12s %-45s %-45s %4d %-20s %10d %10d %10d %10d %-45s %-45s ",
-			names[s.Scope()], s.PeerAddr(), s.LocalAddr(), s.LoopID(), now.Sub(s.LastSeen()).Truncate(time.Millisecond),
+			names[scope], s.PeerAddr(), s.LocalAddr(), st.Loop, now.Sub(st.LastSeen).Truncate(time.Millisecond),
 			st.RxPackets, st.RxBytes, st.TxPackets, st.TxBytes, backend, upstream)
 		keys = s.Keys(keys[:0])
 		for i, k := range keys {

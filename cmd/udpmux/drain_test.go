@@ -20,12 +20,12 @@ import (
 type statefulHandler struct {
 	name   string
 	mu     sync.Mutex
-	counts map[*session.Session]int
+	counts map[session.Session]int
 }
 
-func (h *statefulHandler) Open(*session.Session) error { return nil }
+func (h *statefulHandler) Open(session.Session) error { return nil }
 
-func (h *statefulHandler) Datagram(s *session.Session, _ []byte) {
+func (h *statefulHandler) Datagram(s session.Session, _ []byte) {
 	h.mu.Lock()
 	h.counts[s]++
 	n := h.counts[s]
@@ -33,7 +33,7 @@ func (h *statefulHandler) Datagram(s *session.Session, _ []byte) {
 	s.Write(fmt.Appendf(nil, "%s %d", h.name, n))
 }
 
-func (h *statefulHandler) Close(s *session.Session, _ session.Reason) {
+func (h *statefulHandler) Close(s session.Session, _ session.Reason) {
 	h.mu.Lock()
 	delete(h.counts, s)
 	h.mu.Unlock()
@@ -79,7 +79,7 @@ func TestHandoffDrainsRetainedSessions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.mux.Listeners[0].Handler = &statefulHandler{name: name, counts: map[*session.Session]int{}}
+		cfg.mux.Listeners[0].Handler = &statefulHandler{name: name, counts: map[session.Session]int{}}
 		cfg.mux.Logger = log.With("side", name)
 		return cfg
 	}

@@ -35,6 +35,8 @@ var (
 	descRefused   = prometheus.NewDesc("udpmux_sessions_refused_total", "New sessions refused, by reason.", []string{"listener", "reason"}, nil)
 	descClosed    = prometheus.NewDesc("udpmux_sessions_closed_total", "Sessions ended, by reason.", []string{"listener", "reason"}, nil)
 	descForwarded = prometheus.NewDesc("udpmux_datagrams_forwarded_total", "Datagrams passed to the loop owning their session.", []string{"listener"}, nil)
+	descUpRx      = prometheus.NewDesc("udpmux_upstream_datagrams_received_total", "Datagrams read from sessions' own sockets (a proxy's backend replies).", []string{"listener"}, nil)
+	descUpTx      = prometheus.NewDesc("udpmux_upstream_datagrams_sent_total", "Datagrams sent on sessions' own sockets (a proxy's to its backends).", []string{"listener"}, nil)
 	descRelayed   = prometheus.NewDesc("udpmux_datagrams_relayed_total", "Datagrams of sessions a predecessor kept, relayed to it after a restart.", []string{"listener"}, nil)
 	descSessions  = prometheus.NewDesc("udpmux_sessions", "Live sessions.", nil, nil)
 	descCapacity  = prometheus.NewDesc("udpmux_sessions_capacity", "The session table's bound (sessions.max).", nil, nil)
@@ -73,6 +75,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descTxBytes, l.TxBytes, n)
 		counter(descOpened, l.SessionsOpened, n)
 		counter(descForwarded, l.Forwarded, n)
+		counter(descUpRx, l.UpstreamRx, n)
+		counter(descUpTx, l.UpstreamTx, n)
 		counter(descRelayed, l.Relayed, n)
 		counter(descMoved, l.Moved, n)
 		counter(descRoamed, l.Roamed, n)
@@ -81,8 +85,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			"kernel_queue_full": l.KernelDrops, "loop_inbox_full": l.ForwardDrops,
 			"send_buffer_full": l.SendDrops, "send_error": l.SendErrors, "too_large": l.TooLarge,
 			"relay_full": l.RelayDrops, "stateless_unserved": l.StatelessDrops,
-			"upstream_kernel_queue_full": l.UpstreamKernelDrops,
-			"unknown_id":                 l.UnknownID, "roam_refused": l.RoamRefused,
+			"upstream_kernel_queue_full": l.UpstreamKernelDrops, "upstream_send_buffer_full": l.UpstreamSendDrops,
+			"upstream_send_error": l.UpstreamSendErrors,
+			"unknown_id":          l.UnknownID, "roam_refused": l.RoamRefused,
 		} {
 			counter(descDropped, v, n, reason)
 		}
@@ -99,7 +104,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descProxyErr, ps.SourceLimited, name, "source_limited")
 		counter(descProxyErr, ps.SocketLimited, name, "socket_limited")
 		counter(descProxyErr, ps.DialErrors, name, "dial")
-		counter(descProxyErr, ps.UpstreamDrops, name, "send_buffer_full")
 		counter(descProxyErr, ps.UpstreamErrors, name, "io")
 		counter(descProxyErr, ps.RefusedByBackend, name, "port_unreachable")
 		counter(descProxyErr, ps.IgnoredRefusals, name, "port_unreachable_ignored")
