@@ -3,7 +3,6 @@ package mux
 import (
 	"net/netip"
 	"sync/atomic"
-
 )
 
 // A datagram whose session another loop owns crosses to that loop, since only
@@ -244,4 +243,3 @@ func (l *loop) retryDeferred() bool {
 	l.deferred = l.deferred[:n]
 	return n == 0
 }
-

@@ -256,4 +256,3 @@ func (l *loop) end(s *sess, r session.Reason) {
 		}
 	}
 }
-

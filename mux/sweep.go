@@ -46,4 +46,3 @@ func (l *loop) expire(e *entry) {
 	}
 	owner.request(closeRequest{s, session.ReasonIdle})
 }
-

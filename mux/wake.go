@@ -59,4 +59,3 @@ func (l *loop) signal() {
 	}
 	l.wakeMu.RUnlock()
 }
-
