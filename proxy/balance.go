@@ -4,44 +4,65 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// Balancing policy names accepted in BalancerConfig.Policy.
+// Policy is how a Balancer picks a new session's backend.
+type Policy uint8
+
+// The balancing policies.
 const (
 	// PolicyMaglev sends each session key to a backend chosen by Maglev
 	// consistent hashing, so that every udpmux instance with the same
 	// backend list agrees and a health change only moves the sessions of the
-	// backend that changed. It is the default.
-	PolicyMaglev = "maglev"
+	// backend that changed. It is the zero Policy, the default.
+	PolicyMaglev Policy = iota
 	// PolicyLeastSessions sends each new session to the healthy backend with
 	// the fewest live sessions, for backends whose sessions differ widely in
 	// lifetime. Instances do not coordinate.
-	PolicyLeastSessions = "least-sessions"
+	PolicyLeastSessions
 	// PolicyRoundRobin cycles through the healthy backends.
-	PolicyRoundRobin = "round-robin"
+	PolicyRoundRobin
 )
 
-type policy uint8
+var policyNames = [...]string{"maglev", "least-sessions", "round-robin"}
 
-const (
-	policyMaglev policy = iota
-	policyLeastSessions
-	policyRoundRobin
-)
+// String returns the policy's name in configuration files: "maglev",
+// "least-sessions" or "round-robin".
+func (p Policy) String() string {
+	if int(p) < len(policyNames) {
+		return policyNames[p]
+	}
+	return fmt.Sprintf("Policy(%d)", p)
+}
+
+// ParsePolicy returns the policy String names; the empty string is
+// PolicyMaglev.
+func ParsePolicy(name string) (Policy, error) {
+	if name == "" {
+		return PolicyMaglev, nil
+	}
+	for i, n := range policyNames {
+		if n == name {
+			return Policy(i), nil
+		}
+	}
+	return 0, fmt.Errorf("proxy: unknown balancing policy %q (want %q, %q or %q)",
+		name, policyNames[0], policyNames[1], policyNames[2])
+}
 
 // BalancerConfig configures a Balancer.
 type BalancerConfig struct {
-	// Backends are the backend addresses ("host:port"). Their position in
-	// this list is the backend index used by every Balancer method; the
-	// string itself is the backend's identity for Maglev hashing.
-	Backends []string
-	// Policy is one of PolicyMaglev, PolicyLeastSessions or
-	// PolicyRoundRobin; empty means PolicyMaglev.
-	Policy string
+	// Backends are the backend addresses. Their position in this list is
+	// the backend index used by every Balancer method; the address, as
+	// String writes it, is the backend's identity for Maglev hashing.
+	Backends []netip.AddrPort
+	// Policy picks new sessions' backends.
+	Policy Policy
 	// TableSize is the Maglev table size, a prime; 0 means DefaultTableSize.
 	// It is ignored by the other policies.
 	TableSize int
@@ -62,9 +83,10 @@ type BalancerConfig struct {
 // it in; until it has, a key whose slot names a backend that is down goes
 // to another healthy backend by the same hash.
 type Balancer struct {
-	policy policy
-	addrs  []string
-	size   int // Maglev table size
+	policy Policy
+	addrs  []netip.AddrPort
+	names  []string // Maglev's identities of addrs
+	size   int      // Maglev table size
 	health HealthConfig
 	now    func() time.Time
 	epoch  time.Time // origin of the int64 clock used internally
@@ -117,29 +139,27 @@ const noRetry = math.MaxInt64
 
 // NewBalancer returns a Balancer with every backend healthy and no sessions.
 func NewBalancer(cfg BalancerConfig) (*Balancer, error) {
-	if err := validateBackends(cfg.Backends); err != nil {
+	names := make([]string, len(cfg.Backends))
+	for i, a := range cfg.Backends {
+		names[i] = a.String()
+	}
+	if err := validateBackends(names); err != nil {
 		return nil, err
 	}
+	if int(cfg.Policy) >= len(policyNames) {
+		return nil, fmt.Errorf("proxy: unknown balancing policy %v", cfg.Policy)
+	}
 	b := &Balancer{
-		addrs:    append([]string(nil), cfg.Backends...),
+		policy:   cfg.Policy,
+		addrs:    append([]netip.AddrPort(nil), cfg.Backends...),
+		names:    names,
 		size:     cfg.TableSize,
 		backends: make([]backendState, len(cfg.Backends)),
-	}
-	switch cfg.Policy {
-	case "", PolicyMaglev:
-		b.policy = policyMaglev
-	case PolicyLeastSessions:
-		b.policy = policyLeastSessions
-	case PolicyRoundRobin:
-		b.policy = policyRoundRobin
-	default:
-		return nil, fmt.Errorf("proxy: unknown balancing policy %q (want %q, %q or %q)",
-			cfg.Policy, PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin)
 	}
 	if b.size == 0 {
 		b.size = DefaultTableSize
 	}
-	if b.policy == policyMaglev {
+	if b.policy == PolicyMaglev {
 		if b.size <= len(b.addrs) || b.size > maxTableSize || !isPrime(b.size) {
 			return nil, fmt.Errorf("proxy: maglev table size %d must be a prime in (%d, %d]",
 				b.size, len(b.addrs), maxTableSize)
@@ -162,7 +182,7 @@ func NewBalancer(cfg BalancerConfig) (*Balancer, error) {
 	b.mu.Lock()
 	b.rebuildLocked(true)
 	b.mu.Unlock()
-	if b.policy == policyMaglev {
+	if b.policy == PolicyMaglev {
 		b.installTable(b.snap.Load().up) // the first table before the first Pick
 	}
 	return b, nil
@@ -188,9 +208,9 @@ func (b *Balancer) Pick(keyHash uint64) (backend int, ok bool) {
 		return -1, false
 	}
 	switch b.policy {
-	case policyRoundRobin:
+	case PolicyRoundRobin:
 		return s.up[(b.rr.Add(1)-1)%uint64(n)], true
-	case policyLeastSessions:
+	case PolicyLeastSessions:
 		// Start the scan at a key-dependent position so that ties (common
 		// at start-up) spread over the backends.
 		start, _ := bits.Mul64(keyHash, uint64(n))
@@ -237,7 +257,7 @@ func (b *Balancer) Len() int { return len(b.addrs) }
 // BackendStatus is a point-in-time view of one backend, for metrics and
 // status pages.
 type BackendStatus struct {
-	Addr     string
+	Addr     netip.AddrPort
 	Healthy  bool   // currently eligible for new sessions
 	Sessions int64  // live sessions (Opened minus Closed)
 	Failures int    // consecutive failures since the last success
@@ -290,7 +310,7 @@ func (b *Balancer) rebuildLocked(upChanged bool) {
 		}
 	}
 	b.snap.Store(s)
-	if b.policy == policyMaglev && old != nil && !slices.Equal(s.up, s.tableUp) {
+	if b.policy == PolicyMaglev && old != nil && !slices.Equal(s.up, s.tableUp) {
 		b.tableWanted.Store(true)
 		if b.building.CompareAndSwap(false, true) {
 			go b.buildTables()
@@ -321,7 +341,7 @@ func (b *Balancer) installTable(up []int) {
 	var table *Maglev
 	if len(up) > 0 {
 		// buildMaglev reorders its argument; up must stay ascending.
-		table = buildMaglev(b.addrs, append([]int(nil), up...), b.size)
+		table = buildMaglev(b.names, append([]int(nil), up...), b.size)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,10 +23,10 @@ func (c *fakeClock) Now() time.Time               { return c.base.Add(time.Durat
 func (c *fakeClock) Set(d time.Duration)          { c.off.Store(int64(d)) }
 func (c *fakeClock) At(d time.Duration) time.Time { return c.base.Add(d) }
 
-func newTestBalancer(t testing.TB, policy string, n int, clk *fakeClock, onChange func(HealthEvent)) *Balancer {
+func newTestBalancer(t testing.TB, policy Policy, n int, clk *fakeClock, onChange func(HealthEvent)) *Balancer {
 	t.Helper()
 	b, err := NewBalancer(BalancerConfig{
-		Backends: backendNames(n),
+		Backends: backendAddrs(n),
 		Policy:   policy,
 		Health:   HealthConfig{Now: clk.Now, OnChange: onChange},
 	})
@@ -41,16 +42,16 @@ func TestNewBalancerErrors(t *testing.T) {
 		cfg  BalancerConfig
 		want string // substring of the error; "" for success
 	}{
-		{"defaults", BalancerConfig{Backends: backendNames(2)}, ""},
-		{"maglev", BalancerConfig{Backends: backendNames(2), Policy: PolicyMaglev, TableSize: 251}, ""},
-		{"least-sessions", BalancerConfig{Backends: backendNames(2), Policy: PolicyLeastSessions}, ""},
-		{"round-robin ignores table size", BalancerConfig{Backends: backendNames(2), Policy: PolicyRoundRobin, TableSize: 100}, ""},
-		{"unknown policy", BalancerConfig{Backends: backendNames(2), Policy: "random"}, "unknown balancing policy"},
-		{"bad table size", BalancerConfig{Backends: backendNames(2), TableSize: 100}, "prime"},
+		{"defaults", BalancerConfig{Backends: backendAddrs(2)}, ""},
+		{"maglev", BalancerConfig{Backends: backendAddrs(2), Policy: PolicyMaglev, TableSize: 251}, ""},
+		{"least-sessions", BalancerConfig{Backends: backendAddrs(2), Policy: PolicyLeastSessions}, ""},
+		{"round-robin ignores table size", BalancerConfig{Backends: backendAddrs(2), Policy: PolicyRoundRobin, TableSize: 100}, ""},
+		{"unknown policy", BalancerConfig{Backends: backendAddrs(2), Policy: Policy(9)}, "unknown balancing policy"},
+		{"bad table size", BalancerConfig{Backends: backendAddrs(2), TableSize: 100}, "prime"},
 		{"no backends", BalancerConfig{}, "no backends"},
-		{"duplicate", BalancerConfig{Backends: []string{"a:1", "a:1"}}, "twice"},
-		{"negative backoff", BalancerConfig{Backends: backendNames(2), Health: HealthConfig{Backoff: -1}}, "negative"},
-		{"cap below backoff", BalancerConfig{Backends: backendNames(2),
+		{"duplicate", BalancerConfig{Backends: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:1"), netip.MustParseAddrPort("10.0.0.1:1")}}, "twice"},
+		{"negative backoff", BalancerConfig{Backends: backendAddrs(2), Health: HealthConfig{Backoff: -1}}, "negative"},
+		{"cap below backoff", BalancerConfig{Backends: backendAddrs(2),
 			Health: HealthConfig{Backoff: time.Minute, MaxBackoff: time.Second}}, "smaller"},
 	}
 	for _, tt := range tests {
@@ -69,7 +70,7 @@ func TestNewBalancerErrors(t *testing.T) {
 func TestBalancerMaglevFollowsTable(t *testing.T) {
 	clk := newFakeClock()
 	names := backendNames(5)
-	b := newTestBalancer(t, "", 5, clk, nil)
+	b := newTestBalancer(t, PolicyMaglev, 5, clk, nil)
 	check := func(down []bool) {
 		t.Helper()
 		b.settle()
@@ -99,7 +100,7 @@ func TestBalancerMaglevFollowsTable(t *testing.T) {
 // stay where the old table put them.
 func TestBalancerHealthChangeDoesNotBuildTheTable(t *testing.T) {
 	clk := newFakeClock()
-	b := newTestBalancer(t, "", 5, clk, nil)
+	b := newTestBalancer(t, PolicyMaglev, 5, clk, nil)
 	before := make([]int, testKeys)
 	for i := range before {
 		before[i], _ = b.Pick(keyHash(i))
@@ -184,8 +185,8 @@ func TestBalancerLeastSessions(t *testing.T) {
 }
 
 func TestBalancerAllDown(t *testing.T) {
-	for _, p := range []string{PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin} {
-		t.Run(p, func(t *testing.T) {
+	for _, p := range []Policy{PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin} {
+		t.Run(p.String(), func(t *testing.T) {
 			clk := newFakeClock()
 			b := newTestBalancer(t, p, 2, clk, nil)
 			b.MarkDown(0, clk.Now())
@@ -202,7 +203,7 @@ func TestBalancerAllDown(t *testing.T) {
 }
 
 func TestBalancerSessionCounts(t *testing.T) {
-	b := newTestBalancer(t, "", 3, newFakeClock(), nil)
+	b := newTestBalancer(t, PolicyMaglev, 3, newFakeClock(), nil)
 	b.Opened(1)
 	b.Opened(1)
 	b.Opened(2)
@@ -212,8 +213,8 @@ func TestBalancerSessionCounts(t *testing.T) {
 			t.Errorf("backend %d: %d sessions, want %d", i, got, want)
 		}
 	}
-	if b.Len() != 3 || b.Status(2).Addr != "10.0.0.3:1194" {
-		t.Errorf("Len = %d, Status(2).Addr = %q", b.Len(), b.Status(2).Addr)
+	if b.Len() != 3 || b.Status(2).Addr.String() != "10.0.0.3:1194" {
+		t.Errorf("Len = %d, Status(2).Addr = %v", b.Len(), b.Status(2).Addr)
 	}
 	defer func() {
 		if recover() == nil {
@@ -224,8 +225,8 @@ func TestBalancerSessionCounts(t *testing.T) {
 }
 
 func TestBalancerPickAllocs(t *testing.T) {
-	for _, p := range []string{PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin} {
-		t.Run(p, func(t *testing.T) {
+	for _, p := range []Policy{PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin} {
+		t.Run(p.String(), func(t *testing.T) {
 			clk := newFakeClock()
 			b := newTestBalancer(t, p, 4, clk, nil)
 			b.MarkDown(2, clk.Now()) // so that Pick also reads the clock
@@ -240,12 +241,12 @@ func TestBalancerPickAllocs(t *testing.T) {
 // TestBalancerConcurrent exercises every method from several goroutines, for
 // the race detector, and checks the session counts balance out.
 func TestBalancerConcurrent(t *testing.T) {
-	for _, p := range []string{PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin} {
-		t.Run(p, func(t *testing.T) {
+	for _, p := range []Policy{PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin} {
+		t.Run(p.String(), func(t *testing.T) {
 			clk := newFakeClock()
 			var events atomic.Int64
 			b, err := NewBalancer(BalancerConfig{
-				Backends:  backendNames(4),
+				Backends:  backendAddrs(4),
 				Policy:    p,
 				TableSize: 1009, // keep rebuilds cheap under the race detector
 				Health: HealthConfig{Now: clk.Now, Backoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond,
@@ -294,8 +295,8 @@ func TestBalancerConcurrent(t *testing.T) {
 }
 
 func BenchmarkBalancerPick(b *testing.B) {
-	for _, p := range []string{PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin} {
-		b.Run(p, func(b *testing.B) {
+	for _, p := range []Policy{PolicyMaglev, PolicyLeastSessions, PolicyRoundRobin} {
+		b.Run(p.String(), func(b *testing.B) {
 			bal := newTestBalancer(b, p, 8, newFakeClock(), nil)
 			b.ReportAllocs()
 			h := uint64(0)

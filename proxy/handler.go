@@ -25,9 +25,8 @@ import (
 type Config struct {
 	// Backends are the backend addresses.
 	Backends []netip.AddrPort
-	// Balance is PolicyMaglev (default), PolicyLeastSessions or
-	// PolicyRoundRobin.
-	Balance string
+	// Balance picks new sessions' backends.
+	Balance Policy
 	// Sources bounds sessions per client address; nil means unlimited. Share
 	// one among listeners for a process-wide bound.
 	Sources *SourceLimiter
@@ -145,10 +144,6 @@ func New(cfg Config) (*Handler, error) {
 	if h.sockets == nil {
 		h.sockets = NewBudget(0)
 	}
-	names := make([]string, len(cfg.Backends))
-	for i, b := range cfg.Backends {
-		names[i] = b.String()
-	}
 	health := cfg.Health
 	userChange := health.OnChange
 	health.OnChange = func(ev HealthEvent) {
@@ -162,7 +157,7 @@ func New(cfg Config) (*Handler, error) {
 			userChange(ev)
 		}
 	}
-	bal, err := NewBalancer(BalancerConfig{Backends: names, Policy: cfg.Balance, Health: health})
+	bal, err := NewBalancer(BalancerConfig{Backends: cfg.Backends, Policy: cfg.Balance, Health: health})
 	if err != nil {
 		return nil, err
 	}

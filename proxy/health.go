@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"net/netip"
 	"time"
 )
 
@@ -56,8 +57,8 @@ type HealthConfig struct {
 
 // HealthEvent describes one health transition of a backend.
 type HealthEvent struct {
-	Backend int    // index into BalancerConfig.Backends
-	Addr    string // the backend's configured address, for logs
+	Backend int            // index into BalancerConfig.Backends
+	Addr    netip.AddrPort // the backend's configured address, for logs
 	// Up is true for a return to service, false for a backend going down.
 	Up bool
 	// Failures is the number of consecutive failures: including this one

@@ -44,7 +44,7 @@ func TestHealthTransitions(t *testing.T) {
 		events = append(events, fmt.Sprintf("%s up=%v f=%d %v", e.Addr, e.Up, e.Failures, e.Backoff))
 	})
 	const be = 1
-	addr := b.Status(be).Addr
+	addr := b.Status(be).Addr.String()
 
 	type op int
 	const (

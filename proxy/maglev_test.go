@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -24,6 +25,14 @@ func backendNames(n int) []string {
 		s[i] = fmt.Sprintf("10.0.0.%d:1194", i+1)
 	}
 	return s
+}
+
+func backendAddrs(n int) []netip.AddrPort {
+	a := make([]netip.AddrPort, n)
+	for i, name := range backendNames(n) {
+		a[i] = netip.MustParseAddrPort(name)
+	}
+	return a
 }
 
 func mustMaglev(t testing.TB, backends []string, size int, down []bool) *Maglev {

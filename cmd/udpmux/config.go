@@ -406,13 +406,12 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 		seen[ap] = j
 		backends = append(backends, ap)
 	}
-	switch l.Balance {
-	case "", proxy.PolicyMaglev, proxy.PolicyLeastSessions, proxy.PolicyRoundRobin:
-	default:
+	policy, err := proxy.ParsePolicy(l.Balance)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %q is not one of maglev, least-sessions, round-robin", key("balance"), l.Balance)
 	}
 	h, err := proxy.New(proxy.Config{
-		Backends: backends, Balance: l.Balance, Sources: limits.sources, Sockets: limits.sockets,
+		Backends: backends, Balance: policy, Sources: limits.sources, Sockets: limits.sockets,
 		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
 	})
 	if err != nil {

@@ -115,9 +115,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			if b.Healthy {
 				up = 1
 			}
-			gauge(descBackendUp, up, name, b.Addr)
-			gauge(descBackendS, float64(b.Sessions), name, b.Addr)
-			counter(descBackendD, b.Downs, name, b.Addr)
+			addr := b.Addr.String()
+			gauge(descBackendUp, up, name, addr)
+			gauge(descBackendS, float64(b.Sessions), name, addr)
+			counter(descBackendD, b.Downs, name, addr)
 		}
 	}
 }
