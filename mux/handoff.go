@@ -4,41 +4,289 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/handoff"
-	"github.com/udpmux/udpmux/internal/udpsys"
-	"github.com/udpmux/udpmux/session"
 )
 
-// Inheritance is what a predecessor process handed over. New adopts its
-// sockets instead of opening new ones, so that the reuseport groups keep the
-// same members and no datagram waiting in them is lost, and restores its
-// sessions.
-type Inheritance struct {
-	// Listeners are the predecessor's listeners in its order (a session
-	// record's key scope indexes them), each with one socket per loop.
-	Listeners []InheritedListener
-	// Sessions are the predecessor's session records.
-	Sessions []handoff.Session
-	// Upstreams are the sessions' own sockets; a record's Upstream indexes
-	// them. New takes ownership of all of them.
-	Upstreams []int
-	// Relays are the sockets to the predecessor, one per loop, when it
-	// retained sessions (see Server.HandoffRelays); New takes ownership.
-	Relays []int
+// A restart hands a serving Server to a successor process without losing a
+// datagram or a session. The two processes talk over a connected Unix
+// socket of type "unixpacket" (SOCK_SEQPACKET); how they get it is the
+// application's business: the udpmux daemon's successor dials the control
+// socket, and a program that starts its own successor passes it one end of
+// a socket pair (see the example of HandOff).
+//
+//	old process                          new process
+//	srv.HandOff(ctx, conn, cfg)          inh, _ := mux.Inherit(ctx, conn, icfg)
+//	  sends listener sockets      ──▶    cfg.Inherit = inh
+//	  copies sessions while serving      srv, _ := mux.New(cfg)  // restores, confirms
+//	  pauses, sends what changed  ──▶    srv.Serve(ctx)
+//	Serve returns ErrHandedOff
+//
+// The successor gets the very sockets of the listeners (the kernel's
+// SO_REUSEPORT groups and the datagrams waiting in them stay as they are),
+// each session with its state and own sockets (session.Migrator), and the
+// application's files. The old server pauses only for the last changes.
+// Until the successor has confirmed, any failure — it dies, stalls, is
+// refused by HandoffConfig.Check, or New fails — leaves the old server
+// serving as if nothing had happened.
+
+// ErrHandedOff is returned by Serve once the server has handed itself to a
+// successor (see Server.HandOff) and, if it kept sessions, drained them.
+var ErrHandedOff = errors.New("mux: handed off to a successor")
+
+// DefaultHandoffTimeout is the default for HandoffConfig.Timeout and
+// InheritConfig.Timeout.
+const DefaultHandoffTimeout = 10 * time.Second
+
+// HandoffConfig configures Server.HandOff.
+type HandoffConfig struct {
+	// Timeout bounds each exchange with the successor while the server
+	// serves, the wait for the loops to pause, and the pause; 0 means
+	// DefaultHandoffTimeout.
+	Timeout time.Duration
+	// DrainTimeout bounds how long the server keeps serving the sessions
+	// it could not hand over (their handler is no session.Migrator) after
+	// a handoff; 0 means DefaultDrainTimeout.
+	DrainTimeout time.Duration
+	// Files go to the successor with the listeners, which gets its own
+	// copies from Inheritance.Files in this order: the application's
+	// sockets and files that must outlive the restart. The server does
+	// not close them.
+	Files []*os.File
+	// Check, if set, vets the successor by the metadata it gave Inherit
+	// (the udpmux daemon checks its configuration file) before anything is
+	// sent. An error refuses it; the successor's Inherit returns an error
+	// with the text.
+	Check func(meta []byte) error
 }
 
-// InheritedListener is one listener's sockets from the predecessor.
-type InheritedListener struct {
-	Name    string
-	Address netip.AddrPort
-	FDs     []int
+// HandoffStats says what a handoff did.
+type HandoffStats struct {
+	// Successor is the successor's process ID.
+	Successor int
+	// Migrated counts the sessions the successor took, CopiedEarly those
+	// of them copied while the server still served, in Rounds rounds of
+	// changes after the table. UpdatedEarly counts the updates of those
+	// rounds, UpdatedPaused the sessions sent again while the loops were
+	// paused because they had handled datagrams since.
+	Migrated, CopiedEarly, Rounds int
+	UpdatedEarly, UpdatedPaused   int
+	// Retained counts the sessions the server keeps serving until they
+	// end or DrainTimeout passes; the successor relays their datagrams.
+	// Skipped ones ended with the handoff.
+	Retained, Skipped int
+	// Records and Descriptors count the session records and descriptors
+	// sent.
+	Records, Descriptors int
+	// Pause is how long the loops were paused.
+	Pause time.Duration
 }
+
+// HandOff hands the server to the successor at the other end of conn,
+// which called Inherit, and reports what it did. It returns once the
+// successor serves: Serve then returns ErrHandedOff, at once or, when the
+// server kept sessions (Retained), once those have ended. On failure the
+// server serves on unchanged and HandOff returns why. Cancelling ctx
+// abandons the handoff unless the successor has already confirmed. Only
+// one handoff runs at a time; HandOff needs a serving server.
+//
+// The caller owns conn and checks who is at its other end: whoever can
+// connect gets every socket of the server.
+func (srv *Server) HandOff(ctx context.Context, conn *net.UnixConn, cfg HandoffConfig) (HandoffStats, error) {
+	c := handoff.NewConn(conn)
+	if !srv.serving.Load() || srv.closing() {
+		c.Send(handoff.TypeReject, []byte(errNotServing.Error()), nil)
+		return HandoffStats{}, errNotServing
+	}
+	if !srv.handing.CompareAndSwap(false, true) {
+		c.Send(handoff.TypeReject, []byte(errHandoffBusy.Error()), nil)
+		return HandoffStats{}, errHandoffBusy
+	}
+	defer srv.handing.Store(false)
+	files, err := rawDescriptors(cfg.Files)
+	if err != nil {
+		c.Send(handoff.TypeReject, []byte(err.Error()), nil)
+		return HandoffStats{}, err
+	}
+	rep, err := handoff.Send(ctx, c, owner{srv, cfg.DrainTimeout}, handoff.SendConfig{
+		Timeout: cmpOr(cfg.Timeout, DefaultHandoffTimeout), Files: files, Check: cfg.Check,
+	})
+	st := HandoffStats{
+		Successor: int(rep.PID), Migrated: rep.Migrated(), CopiedEarly: rep.Early.Migrated, Rounds: rep.Early.Rounds,
+		UpdatedEarly: rep.Early.Updated, UpdatedPaused: rep.Paused.Updated,
+		Retained: rep.Retained(), Skipped: rep.Paused.Skipped, Records: int(rep.Records), Descriptors: int(rep.FDs),
+		Pause: rep.Pause,
+	}
+	log := srv.log.With("successor_pid", st.Successor)
+	var refused *handoff.Refused
+	switch {
+	case errors.As(err, &refused):
+		log.Warn("handoff refused", "reason", refused.Reason)
+	case err != nil:
+		log.Warn("handoff failed; serving on", "err", err, "paused", st.Pause)
+	default:
+		log.Info("handed over to successor", "sessions", st.Migrated, "copied_early", st.CopiedEarly,
+			"rounds", st.Rounds, "updated_early", st.UpdatedEarly, "updated", st.UpdatedPaused, "retained", st.Retained, "skipped", st.Skipped, "records", st.Records,
+			"descriptors", st.Descriptors, "paused", st.Pause)
+	}
+	return st, err
+}
+
+var (
+	errNotServing  = errors.New("mux: the server is not serving")
+	errHandoffBusy = errors.New("mux: another handoff is under way")
+)
+
+// rawDescriptors returns the descriptors of files without os.File.Fd,
+// which would switch a shared socket to blocking mode under the Go poller
+// of this process.
+func rawDescriptors(files []*os.File) ([]int, error) {
+	fds := make([]int, 0, len(files))
+	for _, f := range files {
+		raw, err := f.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("handoff file %s: %w", f.Name(), err)
+		}
+		raw.Control(func(fd uintptr) { fds = append(fds, int(fd)) })
+	}
+	return fds, nil
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// owner is the Server as handoff.Send drives it.
+type owner struct {
+	srv          *Server
+	drainTimeout time.Duration
+}
+
+func (o owner) Listeners() ([]handoff.Listener, []int) { return o.srv.handoffListeners() }
+func (o owner) Relays() ([]int, error)                 { return o.srv.prepareRelays() }
+func (o owner) Freeze(ctx context.Context) error       { return o.srv.freeze(ctx) }
+func (o owner) Thaw()                                  { o.srv.thaw() }
+
+func (o owner) Precopy(add func(*handoff.Session, int) error, settle func() error) (handoff.Counts, error) {
+	return o.srv.precopy(add, settle)
+}
+
+func (o owner) Export(add func(*handoff.Session, int) error) (handoff.Counts, error) {
+	return o.srv.exportSessions(add)
+}
+
+func (o owner) Finish(retained bool) {
+	o.srv.handedOff.Store(true)
+	if retained {
+		o.srv.beginDrain(o.drainTimeout)
+	} else {
+		o.srv.handover()
+	}
+}
+
+// InheritConfig configures Inherit.
+type InheritConfig struct {
+	// Meta is the application's word to the old process, which its
+	// HandoffConfig.Check may refuse (the udpmux daemon sends its
+	// configuration file).
+	Meta []byte
+	// Timeout bounds each exchange with the old process until New has
+	// taken over; 0 means DefaultHandoffTimeout.
+	Timeout time.Duration
+}
+
+// Inheritance is what an old process handed over, for Config.Inherit: its
+// listener sockets, which New adopts instead of opening new ones (and which
+// fix the number of loops), the sessions that follow, which New restores,
+// and the application's files. A configuration may differ from the old
+// one: listeners are matched by address, sessions of a listener that is
+// gone are dropped, new listeners open their own sockets.
+//
+// An Inheritance serves one New. Until New has run, the old process waits;
+// a program that gives up before calls Abort.
+type Inheritance struct {
+	listeners []inheritedListener
+	relays    []int // sockets to the old process when it kept sessions
+	files     []*os.File
+	// sessions and upstreams came with the Inheritance itself rather than
+	// through recv: records and the session sockets they index.
+	sessions  []handoff.Session
+	upstreams []int
+	recv      *handoff.Receiver
+	used      bool
+}
+
+// inheritedListener is one listener's sockets, one per loop.
+type inheritedListener struct {
+	name string
+	addr netip.AddrPort
+	fds  []int
+}
+
+// Inherit asks the server at the other end of conn, which runs
+// Server.HandOff, to hand itself over, and returns its listeners and files.
+// Pass the result to New in Config.Inherit: New restores the sessions and
+// confirms, after which the old server stops. Cancelling ctx before New
+// has confirmed makes the old server serve on.
+func Inherit(ctx context.Context, conn *net.UnixConn, cfg InheritConfig) (*Inheritance, error) {
+	r, err := handoff.Receive(ctx, handoff.NewConn(conn), cfg.Meta, cmpOr(cfg.Timeout, DefaultHandoffTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("mux: inherit: %w", err)
+	}
+	inh := &Inheritance{recv: r, relays: r.Relays}
+	for i, l := range r.Listeners {
+		inh.listeners = append(inh.listeners, inheritedListener{name: l.Name, addr: l.Address, fds: r.Sockets[i]})
+	}
+	for _, fd := range r.Files {
+		inh.files = append(inh.files, os.NewFile(uintptr(fd), "inherited"))
+	}
+	return inh, nil
+}
+
+// Files returns the application's files the old process passed in
+// HandoffConfig.Files, in its order. The caller owns them.
+func (inh *Inheritance) Files() []*os.File { return inh.files }
+
+// Workers returns the number of loops the inherited sockets dictate, which
+// New keeps whatever Config.Workers says.
+func (inh *Inheritance) Workers() int {
+	n, _ := inh.workers()
+	return n
+}
+
+// Abort gives up an Inheritance New has not used: the old process serves
+// on, told reason, and the inherited sockets are closed (Files stay the
+// caller's).
+func (inh *Inheritance) Abort(reason error) {
+	if inh.used {
+		return
+	}
+	inh.used = true
+	inh.fail(reason)
+}
+
+// fail closes the inherited sockets no server has taken and tells the old
+// process to serve on.
+func (inh *Inheritance) fail(reason error) {
+	for _, il := range inh.listeners {
+		closeFDs(il.fds)
+	}
+	closeFDs(inh.relays)
+	closeFDs(inh.upstreams)
+	if inh.recv != nil {
+		inh.recv.Abort(reason)
+	}
+}
+
+// Restored says what became of the predecessor's sessions.
+func (srv *Server) Restored() RestoreStats { return srv.restored }
 
 // RestoreStats says what became of inherited sessions.
 type RestoreStats struct {
@@ -53,392 +301,4 @@ type RestoreStats struct {
 	// brought up to date and Ended ones had ended there meanwhile (they
 	// are not among Restored).
 	Updated, Ended int
-}
-
-// adopt wraps the inherited sockets of the listener at addr, if any, and
-// marks them used.
-func (inh *Inheritance) adopt(addr netip.AddrPort, used []bool) ([]*udpsys.Socket, error) {
-	for i, il := range inh.Listeners {
-		if il.Address != addr || used[i] {
-			continue
-		}
-		used[i] = true
-		var socks []*udpsys.Socket
-		for _, fd := range il.FDs {
-			s, err := udpsys.SocketFromFD(fd)
-			if err != nil {
-				return nil, fmt.Errorf("inherited socket of %s: %w", addr, err)
-			}
-			socks = append(socks, s)
-		}
-		return socks, nil
-	}
-	return nil, nil
-}
-
-// workers is the loop count the inherited sockets dictate: one loop per
-// socket, the same in every listener, so that the reuseport groups and the
-// kernel's flow-to-socket mapping stay as they were.
-func (inh *Inheritance) workers() (int, error) {
-	n := 0
-	for _, il := range inh.Listeners {
-		if n != 0 && len(il.FDs) != n {
-			return 0, fmt.Errorf("inherited listeners have %d and %d sockets", n, len(il.FDs))
-		}
-		n = len(il.FDs)
-	}
-	if n == 0 {
-		return 0, errors.New("inherited no listener sockets")
-	}
-	return n, nil
-}
-
-// closeUnused closes inherited descriptors New did not adopt.
-func (inh *Inheritance) closeUnused(used []bool, log func(string, ...any)) {
-	for i, il := range inh.Listeners {
-		if used[i] {
-			continue
-		}
-		log("listener removed by the new configuration; its sockets close", "listener", il.Name, "address", il.Address)
-		for _, fd := range il.FDs {
-			unix.Close(fd)
-		}
-	}
-}
-
-// restore adopts the relay to the predecessor and recreates the sessions
-// that came with the Inheritance itself.
-func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
-	srv.inherit = inh
-	srv.restoring = map[uint64]*sess{}
-	if len(inh.Relays) > 0 {
-		if err := srv.adoptRelays(inh.Relays); err != nil {
-			return RestoreStats{}, fmt.Errorf("relay: %w", err)
-		}
-	}
-	if len(inh.Sessions) == 0 && len(inh.Upstreams) == 0 {
-		return RestoreStats{}, nil // they come later, through Restore
-	}
-	if err := srv.Restore(inh.Sessions, inh.Upstreams); err != nil {
-		return srv.restored, err
-	}
-	srv.FinishRestore(inh.Upstreams)
-	inh.Sessions = nil // restored: the records need not live on
-	return srv.restored, nil
-}
-
-// Restore recreates a batch of the predecessor's sessions on the loops they
-// had, before Serve. A successor calls it for each batch as it arrives, so
-// that restoring overlaps the predecessor's sending. upstreams are all the
-// session sockets received so far: a record's Upstream indexes them, and
-// Restore takes ownership of those it uses. Records that update or end a
-// session restored earlier (handoff.ChangeUpdate, ChangeGone) apply to it.
-// The server must have been created with Config.Inherit and not be serving
-// yet.
-func (srv *Server) Restore(records []handoff.Session, upstreams []int) error {
-	inh := srv.inherit
-	if inh == nil {
-		return errors.New("restore: the server inherited nothing")
-	}
-	if n := len(upstreams); n > len(srv.upstreamTaken) {
-		srv.upstreamTaken = append(srv.upstreamTaken, make([]bool, n-len(srv.upstreamTaken))...)
-	}
-	now := clock()
-	for i := range records {
-		rec := &records[i]
-		old := int(rec.Key.Scope())
-		if old >= len(inh.Listeners) {
-			return fmt.Errorf("session %d: listener %d of %d", i, old, len(inh.Listeners))
-		}
-		if rec.Retained && srv.relay == nil {
-			return fmt.Errorf("session %d: retained by the predecessor, which sent no relay sockets", i)
-		}
-		ln := srv.listenerAt(inh.Listeners[old].Address)
-		if rec.Change != handoff.ChangeNew {
-			srv.applyChange(rec, ln, now)
-			continue
-		}
-		up := -1
-		if rec.Upstream >= 0 {
-			if int(rec.Upstream) >= len(upstreams) || srv.upstreamTaken[rec.Upstream] {
-				return fmt.Errorf("session %d: upstream descriptor %d of %d, or taken twice", i, rec.Upstream, len(upstreams))
-			}
-			srv.upstreamTaken[rec.Upstream] = true
-			up = upstreams[rec.Upstream]
-		}
-		switch {
-		case ln == nil || !srv.restoreSession(rec, ln, up, now):
-			srv.restored.Dropped++
-			if up >= 0 {
-				unix.Close(up)
-			}
-		case rec.Retained:
-			srv.restored.Relayed++
-		default:
-			srv.restored.Restored++
-		}
-	}
-	return nil
-}
-
-// FinishRestore closes the inherited session sockets no record claimed and
-// the relay if no session stayed with the predecessor.
-func (srv *Server) FinishRestore(upstreams []int) {
-	for i, fd := range upstreams {
-		if i >= len(srv.upstreamTaken) || !srv.upstreamTaken[i] {
-			unix.Close(fd)
-		}
-	}
-	srv.upstreamTaken = nil
-	if srv.relay != nil && srv.relay.live.Load() == 0 {
-		srv.relay.close() // nothing to relay: the predecessor's sessions all went
-	}
-}
-
-// listenerAt finds the listener at the predecessor's listener address: the
-// new configuration may order listeners differently. It returns nil when the
-// listener is gone.
-func (srv *Server) listenerAt(addr netip.AddrPort) *listener {
-	for _, ln := range srv.listeners {
-		if ln.addr == addr {
-			return ln
-		}
-	}
-	return nil
-}
-
-// recordKeys returns a record's keys in ln's scope, the anchor first.
-func recordKeys(rec *handoff.Session, ln *listener) []flowtable.Key {
-	keys := []flowtable.Key{rec.Anchor().WithScope(ln.scope)}
-	for _, k := range rec.Keys[min(1, len(rec.Keys)):] {
-		keys = append(keys, k.WithScope(ln.scope))
-	}
-	return keys
-}
-
-// applyChange updates or ends a session restored from an early copy, known
-// by its ID; a record for a session this server dropped, or never had,
-// changes nothing.
-func (srv *Server) applyChange(rec *handoff.Session, ln *listener, now int64) {
-	s := srv.restoring[rec.ID]
-	if ln == nil || s == nil || s.closed.Load() {
-		return
-	}
-	l := srv.loops[s.loop.id]
-	if rec.Change == handoff.ChangeGone {
-		l.end(s, session.ReasonHandoff)
-		delete(srv.restoring, rec.ID)
-		srv.restored.Restored--
-		srv.restored.Ended++
-		return
-	}
-	// As when restored: no longer idle than this configuration allows.
-	deadline := now + min(rec.IdleLeft, int64(ln.idle))
-	l.setKeys(s, recordKeys(rec, ln), deadline)
-	s.setPeer(rec.Peer)
-	s.refresh(session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes,
-		TxPackets: rec.TxPackets, TxBytes: rec.TxBytes}, deadline)
-	srv.restored.Updated++
-}
-
-func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, upstream int, now int64) bool {
-	if rec.Retained {
-		return srv.restoreRelay(rec, ln, now)
-	}
-	if _, ok := ln.handler.(session.Migrator); !ok {
-		return false
-	}
-	keys := recordKeys(rec, ln)
-	l := srv.loops[int(rec.Loop)%len(srv.loops)]
-	s := newSess(sessConfig{
-		key: rec.Key.WithScope(ln.scope), anchor: keys[0], id: rec.ID,
-		scope: ln.scope, local: rec.Local, peer: rec.Peer,
-		loop: l, handler: ln.handler, idle: ln.idle, now: now,
-		created:  time.Unix(0, rec.Created),
-		stats:    session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes, TxPackets: rec.TxPackets, TxBytes: rec.TxBytes},
-		idleLeft: time.Duration(rec.IdleLeft),
-	})
-	if !l.fileRestored(s, keys) {
-		return false
-	}
-	if err := s.importState(rec.State, upstream); err != nil {
-		l.detachAll(s)
-		l.unfileKeys(s)
-		srv.log.Warn("inherited session dropped", "listener", ln.name, "peer", rec.Peer, "err", err)
-		return false
-	}
-	srv.restoring[rec.ID] = s
-	srv.live.Add(1)
-	l.socks[ln.scope].stats.opened.inc()
-	return true
-}
-
-// Freeze pauses every loop between two batches: nothing is read, every
-// handled datagram's replies are sent, and datagrams one loop passed to
-// another are delivered. Datagrams arriving meanwhile wait in the kernel's
-// socket queues. Thaw resumes; Handover ends the server for a successor.
-// If some loop does not pause before ctx is done, or has stopped, Freeze
-// resumes the others and returns an error.
-func (srv *Server) Freeze(ctx context.Context) error {
-	resume := make(chan struct{})
-	paused := make(chan struct{}, len(srv.loops))
-	for _, l := range srv.loops {
-		l.requestPause(&pauseRequest{paused: paused, resume: resume})
-	}
-	for _, l := range srv.loops {
-		var err error
-		select {
-		case <-paused:
-		case <-l.done:
-			err = fmt.Errorf("freeze: loop %d has stopped", l.id)
-		case <-srv.stopped:
-			err = errors.New("freeze: the server has stopped")
-		case <-ctx.Done():
-			err = fmt.Errorf("freeze: not every loop paused: %w", ctx.Err())
-		}
-		if err != nil {
-			close(resume)
-			return err
-		}
-	}
-	// Every loop now waits: their inboxes can only have been filled before
-	// the pause, and this goroutine may act for each paused loop in turn.
-	// Inboxes hold what was forwarded before any deferred datagram, so they
-	// go first.
-	for _, l := range srv.loops {
-		l.protect(func() { l.in.drain(l.deliver, &l.inflight) })
-	}
-	for _, l := range srv.loops {
-		for _, f := range l.deferred {
-			owner := srv.loops[f.owner]
-			owner.protect(func() { owner.deliver(f.s, f.peer, f.p) })
-		}
-		clear(l.deferred)
-		l.deferred, l.deferredBytes = l.deferred[:0], 0
-	}
-	for _, l := range srv.loops {
-		l.protect(l.endBatch)
-	}
-	srv.frozen = resume
-	return nil
-}
-
-// Thaw resumes loops paused by Freeze; they drain what queued meanwhile.
-// A relay HandoffRelays prepared is closed.
-func (srv *Server) Thaw() {
-	srv.discardDrain()
-	srv.stopTracking()
-	close(srv.frozen)
-}
-
-// Handover ends a frozen server whose state a successor has taken: the loops
-// stop without reading again, handlers are told ReasonHandoff, and Serve
-// returns. The successor holds its own copies of every socket.
-func (srv *Server) Handover() {
-	srv.discardDrain()
-	srv.endReason.Store(uint32(session.ReasonHandoff))
-	for _, l := range srv.loops {
-		l.stopping.Store(true)
-	}
-	close(srv.frozen)
-	srv.stop()
-}
-
-// HandoffListeners describes the listeners and returns their sockets, in
-// listener order and, within one, in loop order. The server must be frozen.
-func (srv *Server) HandoffListeners() ([]handoff.Listener, []int) {
-	var ls []handoff.Listener
-	var fds []int
-	for _, ln := range srv.listeners {
-		ls = append(ls, handoff.Listener{Name: ln.name, Address: ln.addr, Sockets: len(srv.loops)})
-		for _, l := range srv.loops {
-			fds = append(fds, l.socks[ln.scope].sock.FD)
-		}
-	}
-	return ls, fds
-}
-
-// ExportStats counts what Precopy and ExportSessions described.
-type ExportStats struct {
-	// Migrated sessions move to the successor with their state; Retained
-	// ones stay here and are relayed (see HandoffRelays); Skipped ones end
-	// with this process, since no relay was prepared for them.
-	Migrated, Retained, Skipped int
-	// Early counts the Migrated sessions Precopy sent. Of those, while the
-	// server was frozen, Updated ones were sent again because they handled
-	// datagrams, and Gone ones had ended.
-	Early, Updated, Gone int
-	// Rounds counts Precopy's rounds of changes after the table.
-	Rounds int
-}
-
-// ExportSessions calls fn with each session's record and its own socket
-// (-1 for none); the caller fills in rec.Upstream. Sessions whose handler is
-// not a session.Migrator are described as retained (rec.Retained, no state,
-// no socket) when HandoffRelays prepared a relay, and skipped otherwise.
-// After Precopy, only what changed since is described for the listeners it
-// copied. The server must be frozen.
-func (srv *Server) ExportSessions(fn func(rec *handoff.Session, upstream int) error) (ExportStats, error) {
-	var es ExportStats
-	copied := srv.copying
-	if copied {
-		if err := srv.exportChanges(fn, &es); err != nil {
-			return es, err
-		}
-		if !srv.walkNeeded() {
-			return es, nil
-		}
-	}
-	var err error
-	now := clock()
-	// One record for all: the callback encodes it before the next.
-	var rec handoff.Session
-	srv.eachSession(func(s *sess) bool {
-		if copied && precopies(s.handler) {
-			return true
-		}
-		if s.closed.Load() {
-			es.Skipped++
-			return true
-		}
-		m, ok := s.handler.(session.Migrator)
-		if !ok && srv.drain == nil {
-			es.Skipped++
-			return true
-		}
-		var state []byte
-		if ok {
-			if state, err = m.ExportSession(s); err != nil {
-				err = fmt.Errorf("session %v: %w", s.Key(), err)
-				return false
-			}
-		}
-		exportRecord(&rec, s, now, state, handoff.ChangeNew)
-		rec.Retained = !ok
-		fd := -1
-		if ok {
-			fd = s.upstreamFD()
-			es.Migrated++
-		} else {
-			es.Retained++
-		}
-		err = fn(&rec, fd)
-		return err == nil
-	})
-	return es, err
-}
-
-// walkNeeded reports whether some sessions may not have been copied early
-// (a listener's handler is no Precopier, or sessions are relayed for a
-// predecessor), so that ExportSessions must walk the table for them.
-func (srv *Server) walkNeeded() bool {
-	if srv.relay != nil && srv.relay.live.Load() > 0 {
-		return true
-	}
-	for _, ln := range srv.listeners {
-		if !precopies(ln.handler) {
-			return true
-		}
-	}
-	return false
 }

@@ -166,7 +166,7 @@ func TestDeadLoopStopsTheServer(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after a loop died")
 	}
-	if err := srv.Freeze(context.Background()); err == nil {
+	if err := srv.freeze(context.Background()); err == nil {
 		t.Error("Freeze of a stopped server succeeded")
 	}
 }
@@ -198,7 +198,7 @@ func TestFreezeIsBounded(t *testing.T) {
 	<-h.entered
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	err := srv.Freeze(ctx)
+	err := srv.freeze(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Freeze = %v; want a deadline error", err)
 	}

@@ -272,7 +272,7 @@ func TestKeysAndMovesSurviveAHandoff(t *testing.T) {
 	}
 	var early encodeRecords
 	early.t = t
-	if _, err := owner.Precopy(early.add, noSettle); err != nil {
+	if _, err := owner.precopy(early.add, noSettle); err != nil {
 		t.Fatal(err)
 	}
 	exchangeKeys(t, a2, "k"+id4(2))
@@ -282,17 +282,17 @@ func TestKeysAndMovesSurviveAHandoff(t *testing.T) {
 	}
 	s := sessionOf(t, owner, a3)
 	want := s.Keys(nil)
-	if err := owner.Freeze(t.Context()); err != nil {
+	if err := owner.freeze(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	var paused encodeRecords
 	paused.t = t
-	if _, err := owner.ExportSessions(paused.add); err != nil {
-		owner.Thaw()
+	if _, err := owner.exportSessions(paused.add); err != nil {
+		owner.thaw()
 		t.Fatal(err)
 	}
 	succ := successorOf(t, owner, cfg, early.records(), paused.records())
-	owner.Handover()
+	owner.handover()
 	startServer(t, succ)
 	var got *sess
 	succ.eachSession(func(x *sess) bool { got = x; return true })

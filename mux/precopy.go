@@ -58,8 +58,8 @@ func precopies(h session.Handler) bool {
 // Precopy reads sessions on the calling goroutine while their loops serve
 // them: only their fixed fields, atomic counters and what a Precopier's
 // ExportSession reads.
-func (srv *Server) Precopy(fn func(rec *handoff.Session, upstream int) error, settle func() error) (ExportStats, error) {
-	var es ExportStats
+func (srv *Server) precopy(fn func(rec *handoff.Session, upstream int) error, settle func() error) (handoff.Counts, error) {
+	var es handoff.Counts
 	srv.copyGen = srv.nextGeneration()
 	if _, err := srv.takeChanges(srv.copyGen); err != nil {
 		return es, err
@@ -134,7 +134,7 @@ func (srv *Server) takeChanges(gen uint32) ([][]*sess, error) {
 // copySession describes s, which the successor does not have, with its
 // state and socket, and marks it copied. live is set while s's loop serves
 // it: then its socket is duplicated, and skipped if s ends meanwhile.
-func (srv *Server) copySession(s *sess, fn func(*handoff.Session, int) error, rec *handoff.Session, now int64, live bool, es *ExportStats) error {
+func (srv *Server) copySession(s *sess, fn func(*handoff.Session, int) error, rec *handoff.Session, now int64, live bool, es *handoff.Counts) error {
 	state, err := s.handler.(session.Migrator).ExportSession(s)
 	if err != nil {
 		return fmt.Errorf("session %v: %w", s.Key(), err)
@@ -169,7 +169,7 @@ func (srv *Server) copySession(s *sess, fn func(*handoff.Session, int) error, re
 // ones that ended, whose keys new sessions may have taken, then updates of
 // the copied ones that handled datagrams, and the new ones whole. live is
 // set while the loops serve.
-func (srv *Server) sendChanges(lists [][]*sess, fn func(*handoff.Session, int) error, es *ExportStats, live bool) error {
+func (srv *Server) sendChanges(lists [][]*sess, fn func(*handoff.Session, int) error, es *handoff.Counts, live bool) error {
 	id := srv.copyGen
 	now := clock()
 	var rec handoff.Session
@@ -211,7 +211,7 @@ func (srv *Server) sendChanges(lists [][]*sess, fn func(*handoff.Session, int) e
 
 // exportChanges sends, while the server is frozen, what changed since
 // the last round of Precopy, and ends the tracking.
-func (srv *Server) exportChanges(fn func(rec *handoff.Session, upstream int) error, es *ExportStats) error {
+func (srv *Server) exportChanges(fn func(rec *handoff.Session, upstream int) error, es *handoff.Counts) error {
 	defer srv.stopTracking()
 	lists := make([][]*sess, 0, len(srv.loops))
 	for _, l := range srv.loops {

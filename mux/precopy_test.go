@@ -97,25 +97,25 @@ func dialServer(t *testing.T, srv *Server) *net.UDPConn {
 // order. On failure the owner is thawed.
 func successorOf(t *testing.T, owner *Server, cfg Config, batches ...[]handoff.Session) *Server {
 	t.Helper()
-	ls, fds := owner.HandoffListeners()
-	inh := &Inheritance{Listeners: []InheritedListener{{Name: ls[0].Name, Address: ls[0].Address}}}
+	ls, fds := owner.handoffListeners()
+	inh := &Inheritance{listeners: []inheritedListener{{name: ls[0].Name, addr: ls[0].Address}}}
 	for _, fd := range fds {
-		inh.Listeners[0].FDs = append(inh.Listeners[0].FDs, dupFD(t, fd))
+		inh.listeners[0].fds = append(inh.listeners[0].fds, dupFD(t, fd))
 	}
 	cfg.Inherit = inh
 	succ, err := New(cfg)
 	if err != nil {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatal(err)
 	}
 	for _, batch := range batches {
-		if err := succ.Restore(batch, nil); err != nil {
-			owner.Thaw()
+		if err := succ.restoreBatch(batch, nil); err != nil {
+			owner.thaw()
 			succ.Close()
 			t.Fatal(err)
 		}
 	}
-	succ.FinishRestore(nil)
+	succ.finishRestore(nil)
 	return succ
 }
 
@@ -149,7 +149,7 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 
 	var early encodeRecords
 	early.t = t
-	es, err := owner.Precopy(early.add, noSettle)
+	es, err := owner.precopy(early.add, noSettle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,14 +163,14 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 	expectReply(t, clients["back"], "x")
 	expectReply(t, clients["new"], "x")
 
-	if err := owner.Freeze(context.Background()); err != nil {
+	if err := owner.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	var delta encodeRecords
 	delta.t = t
-	es, err = owner.ExportSessions(delta.add)
+	es, err = owner.exportSessions(delta.add)
 	if err != nil {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatal(err)
 	}
 	recs := delta.records()
@@ -182,7 +182,7 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 	// order its loop noted it.
 	if len(recs) != 5 || kinds[0] != handoff.ChangeGone || kinds[1] != handoff.ChangeGone ||
 		es.Gone != 2 || es.Updated != 1 || es.Migrated != 2 {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatalf("changes %v, stats %+v", kinds, es)
 	}
 	for _, r := range recs {
@@ -221,7 +221,7 @@ func TestPrecopySendsOnlyWhatChanged(t *testing.T) {
 		t.Error("the successor kept the ended session of the client that came back")
 	}
 
-	owner.Handover()
+	owner.handover()
 	startServer(t, succ)
 	for name, c := range clients {
 		if name != "ended" {
@@ -242,11 +242,11 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 	for round := 0; round < 2; round++ {
 		var w encodeRecords
 		w.t = t
-		if es, err := srv.Precopy(w.add, noSettle); err != nil || es.Early != 1 {
+		if es, err := srv.precopy(w.add, noSettle); err != nil || es.Early != 1 {
 			t.Fatalf("round %d: early copy %+v, %v", round, es, err)
 		}
 		expectReply(t, c, "x")
-		if err := srv.Freeze(context.Background()); err != nil {
+		if err := srv.freeze(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		for _, l := range srv.loops {
@@ -254,12 +254,12 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 				t.Errorf("round %d: loop %d does not note changes during the handoff", round, l.id)
 			}
 		}
-		srv.Thaw()
+		srv.thaw()
 	}
-	if err := srv.Freeze(context.Background()); err != nil {
+	if err := srv.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Thaw()
+	defer srv.thaw()
 	for _, l := range srv.loops {
 		if l.trackGen != 0 || len(l.changed) != 0 {
 			t.Errorf("loop %d still notes changes (generation %d, %d listed) after Thaw", l.id, l.trackGen, len(l.changed))
@@ -267,7 +267,7 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 	}
 	var w encodeRecords
 	w.t = t
-	es, err := srv.ExportSessions(w.add)
+	es, err := srv.exportSessions(w.add)
 	if err != nil || es.Migrated != 1 || es.Early != 0 || len(w.records()) != 1 {
 		t.Errorf("export after an abandoned copy: %+v, %v; want the whole session", es, err)
 	}
@@ -309,7 +309,7 @@ func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
 	}()
 	var early encodeRecords
 	early.t = t
-	es, err := owner.Precopy(early.add, noSettle)
+	es, err := owner.precopy(early.add, noSettle)
 	if err != nil {
 		close(stop)
 		t.Fatal(err)
@@ -318,14 +318,14 @@ func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
 	if n := <-sent; n == 0 {
 		t.Fatal("no traffic during the copy")
 	}
-	if err := owner.Freeze(context.Background()); err != nil {
+	if err := owner.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	var delta encodeRecords
 	delta.t = t
-	paused, err := owner.ExportSessions(delta.add)
+	paused, err := owner.exportSessions(delta.add)
 	if err != nil {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatal(err)
 	}
 	t.Logf("early: %+v; paused: %+v", es, paused)
@@ -352,7 +352,7 @@ func TestPrecopyUnderTrafficMatchesTheOwner(t *testing.T) {
 		return m
 	}
 	want, got := table(owner), table(succ)
-	owner.Handover()
+	owner.handover()
 	if len(got) != len(want) {
 		t.Errorf("successor has %d sessions, the owner %d", len(got), len(want))
 	}
@@ -383,26 +383,26 @@ func TestPrecopyLeavesOtherHandlersToThePause(t *testing.T) {
 	expectReply(t, echo2, "x")
 	counted := dial(t, "udp4", netip.AddrPort{}, srv.Addr(1))
 	expectReply(t, counted, "owner 1")
-	if _, err := srv.HandoffRelays(); err != nil {
+	if _, err := srv.prepareRelays(); err != nil {
 		t.Fatal(err)
 	}
 
 	var early encodeRecords
 	early.t = t
-	es, err := srv.Precopy(early.add, noSettle)
+	es, err := srv.precopy(early.add, noSettle)
 	if err != nil || es.Early != 2 || len(early.records()) != 2 {
 		t.Fatalf("early copy %+v, %v; want the 2 echo sessions", es, err)
 	}
 	expectReply(t, echo1, "x")
 	expectReply(t, counted, "owner 2")
 
-	if err := srv.Freeze(context.Background()); err != nil {
+	if err := srv.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Thaw()
+	defer srv.thaw()
 	var paused encodeRecords
 	paused.t = t
-	es, err = srv.ExportSessions(paused.add)
+	es, err = srv.exportSessions(paused.add)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,22 +435,22 @@ func TestPrecopySkipsRelayedSessions(t *testing.T) {
 	startServer(t, succ)
 	expectReply(t, a, "owner 2") // relayed to the owner
 
-	if _, err := succ.HandoffRelays(); err != nil {
+	if _, err := succ.prepareRelays(); err != nil {
 		t.Fatal(err)
 	}
 	var early encodeRecords
 	early.t = t
-	es, err := succ.Precopy(early.add, noSettle)
+	es, err := succ.precopy(early.add, noSettle)
 	if err != nil || es.Early != 0 {
 		t.Fatalf("early copy %+v, %v; want nothing: both sessions are relayed", es, err)
 	}
-	if err := succ.Freeze(context.Background()); err != nil {
+	if err := succ.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	defer succ.Thaw()
+	defer succ.thaw()
 	var paused encodeRecords
 	paused.t = t
-	es, err = succ.ExportSessions(paused.add)
+	es, err = succ.exportSessions(paused.add)
 	if err != nil || es.Retained != 2 || es.Migrated != 0 {
 		t.Fatalf("paused export %+v, %v; want the 2 relayed sessions retained", es, err)
 	}

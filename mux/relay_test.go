@@ -127,18 +127,18 @@ func dupFD(t *testing.T, fd int) int {
 // the owner drain.
 func handOver(t *testing.T, owner *Server, cfg Config, drainTimeout time.Duration) *Server {
 	t.Helper()
-	if err := owner.Freeze(context.Background()); err != nil {
+	if err := owner.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ls, fds := owner.HandoffListeners()
-	relays, err := owner.HandoffRelays()
+	ls, fds := owner.handoffListeners()
+	relays, err := owner.prepareRelays()
 	if err != nil {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatal(err)
 	}
 	w := []byte{0, 0, 0, 0}
 	n := 0
-	es, err := owner.ExportSessions(func(rec *handoff.Session, upstream int) error {
+	es, err := owner.exportSessions(func(rec *handoff.Session, upstream int) error {
 		if upstream >= 0 {
 			return fmt.Errorf("session %v has a socket of its own", rec.Key)
 		}
@@ -148,42 +148,42 @@ func handOver(t *testing.T, owner *Server, cfg Config, drainTimeout time.Duratio
 		return err
 	})
 	if err != nil {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatal(err)
 	}
 	w[0], w[1] = byte(n), byte(n>>8)
 	recs, err := handoff.DecodeSessions(w)
 	if err != nil {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatal(err)
 	}
 	if es.Retained != n || es.Migrated != 0 || len(relays) != owner.Workers() {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatalf("export: %+v of %d records, %d relay sockets", es, n, len(relays))
 	}
-	inh := &Inheritance{Sessions: recs}
+	inh := &Inheritance{sessions: recs}
 	next := 0
 	for _, l := range ls {
-		il := InheritedListener{Name: l.Name, Address: l.Address}
+		il := inheritedListener{name: l.Name, addr: l.Address}
 		for _, fd := range fds[next : next+l.Sockets] {
-			il.FDs = append(il.FDs, dupFD(t, fd))
+			il.fds = append(il.fds, dupFD(t, fd))
 		}
 		next += l.Sockets
-		inh.Listeners = append(inh.Listeners, il)
+		inh.listeners = append(inh.listeners, il)
 	}
 	for _, fd := range relays {
-		inh.Relays = append(inh.Relays, dupFD(t, fd))
+		inh.relays = append(inh.relays, dupFD(t, fd))
 	}
 	cfg.Inherit = inh
 	succ, err := New(cfg)
 	if err != nil {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatalf("successor: %v", err)
 	}
 	if r := succ.Restored(); r.Relayed != n || r.Restored != 0 || r.Dropped != 0 {
 		t.Errorf("successor restored %+v, want %d relayed", r, n)
 	}
-	owner.Drain(drainTimeout)
+	owner.beginDrain(drainTimeout)
 	return succ
 }
 
@@ -200,7 +200,7 @@ func TestRetainedSessionsStayWithTheOwner(t *testing.T) {
 		endedBy, endsInSucc string // close reasons in the owner and the successor
 	}{
 		{"drain timeout", time.Minute, 1500 * time.Millisecond, "shutdown", "closed"},
-		{"idle timeout", time.Second, time.Minute, "idle", ""},
+		{"idle timeout", 3 * time.Second, time.Minute, "idle", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -278,25 +278,25 @@ func TestRelayNotPreparedWithoutRetainedSessions(t *testing.T) {
 	done := startServer(t, owner)
 	a := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
 	roundTrip(t, a, []byte("x"))
-	if err := owner.Freeze(context.Background()); err != nil {
+	if err := owner.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	relays, err := owner.HandoffRelays()
+	relays, err := owner.prepareRelays()
 	if err != nil || relays != nil {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatalf("relays %v, %v; want none", relays, err)
 	}
-	es, err := owner.ExportSessions(func(rec *handoff.Session, _ int) error {
+	es, err := owner.exportSessions(func(rec *handoff.Session, _ int) error {
 		if rec.Retained {
 			return fmt.Errorf("echo session %v retained", rec.Key)
 		}
 		return nil
 	})
 	if err != nil || es.Migrated != 1 || es.Retained != 0 {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatalf("export %+v, %v", es, err)
 	}
-	owner.Drain(time.Minute)
+	owner.beginDrain(time.Minute)
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
@@ -313,15 +313,15 @@ func TestThawClosesThePreparedRelay(t *testing.T) {
 	owner, _ := startCounting(t, newCountingHandler("owner"), time.Minute)
 	a := dial(t, "udp4", netip.AddrPort{}, owner.Addr(0))
 	expectReply(t, a, "owner 1")
-	if err := owner.Freeze(context.Background()); err != nil {
+	if err := owner.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	relays, err := owner.HandoffRelays()
+	relays, err := owner.prepareRelays()
 	if err != nil || len(relays) != 2 {
-		owner.Thaw()
+		owner.thaw()
 		t.Fatalf("relays %v, %v", relays, err)
 	}
-	owner.Thaw()
+	owner.thaw()
 	if owner.drain != nil {
 		t.Error("Thaw kept the relay")
 	}
@@ -458,7 +458,7 @@ func TestFullRelayDropsWithoutBlocking(t *testing.T) {
 	startServer(t, succ)
 	expectReply(t, a, "owner 2")
 
-	if err := owner.Freeze(context.Background()); err != nil {
+	if err := owner.freeze(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	big := make([]byte, 60000)
@@ -474,7 +474,7 @@ func TestFullRelayDropsWithoutBlocking(t *testing.T) {
 	waitFor(t, 5*time.Second, "relay drops", func() bool { return succ.Stats().Listeners[0].RelayDrops > 0 })
 	c := dial(t, "udp4", netip.AddrPort{}, addr)
 	expectReply(t, c, "succ 1")
-	owner.Thaw()
+	owner.thaw()
 	t.Logf("relayed %d, dropped %d before the check", relayed, dropped)
 
 	// The owner answers what reached it, then the next datagram.

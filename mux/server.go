@@ -84,11 +84,33 @@ type Server struct {
 	// sessions a predecessor retained. Both are in relay.go.
 	drain *drain
 	relay *relayHandler
+	// handing is set while a handoff runs; handedOff once one succeeded,
+	// for Serve to return ErrHandedOff.
+	handing, handedOff atomic.Bool
 }
 
 // New validates cfg and opens every socket, so that a bad address or a port
-// in use is reported before anything is served.
+// in use is reported before anything is served. With cfg.Inherit it takes
+// over from the old process instead: it adopts the inherited sockets,
+// restores the sessions and confirms, after which the old server stops; if
+// New fails, the old server serves on.
 func New(cfg Config) (*Server, error) {
+	inh := cfg.Inherit
+	if inh == nil {
+		return newServer(cfg)
+	}
+	if inh.used {
+		return nil, errors.New("mux: Config.Inherit: the Inheritance was used already")
+	}
+	inh.used = true
+	srv, err := newServer(cfg)
+	if err != nil {
+		inh.fail(err)
+	}
+	return srv, err
+}
+
+func newServer(cfg Config) (*Server, error) {
 	cpus, err := allowedCPUs()
 	if err != nil {
 		return nil, err
@@ -124,9 +146,6 @@ func New(cfg Config) (*Server, error) {
 	return srv, nil
 }
 
-// Restored says what became of the predecessor's sessions.
-func (srv *Server) Restored() RestoreStats { return srv.restored }
-
 // openLoops creates the loops and, for every listener, one socket per loop.
 // Sockets after the first bind the port the first one got, so port 0 works.
 func (srv *Server) openLoops(cpus []int) error {
@@ -139,7 +158,7 @@ func (srv *Server) openLoops(cpus []int) error {
 	}
 	var used []bool
 	if inh := srv.cfg.Inherit; inh != nil {
-		used = make([]bool, len(inh.Listeners))
+		used = make([]bool, len(inh.listeners))
 		defer inh.closeUnused(used, srv.log.Warn)
 	}
 	for _, ln := range srv.listeners {
@@ -239,8 +258,9 @@ func (srv *Server) Addr(i int) netip.AddrPort { return srv.listeners[i].addr }
 
 // Serve runs the event loops until ctx is done, then ends every session
 // (handlers are told ReasonShutdown), closes the sockets and returns once no
-// loop is left. It returns nil when ctx or a handoff ended it, and the error
-// when a loop could not go on (which stops every loop). A Server serves once.
+// loop is left. It returns the error that stopped it: ctx's, ErrHandedOff
+// after a handoff (see HandOff), or what made a loop unable to go on (which
+// stops every loop). A Server serves once.
 func (srv *Server) Serve(ctx context.Context) error {
 	if !srv.serving.CompareAndSwap(false, true) {
 		return errors.New("mux: Serve called twice")
@@ -266,7 +286,23 @@ func (srv *Server) Serve(ctx context.Context) error {
 	}
 	wg.Wait()
 	srv.closeRelays()
-	return srv.err()
+	switch {
+	case srv.handedOff.Load():
+		return ErrHandedOff
+	case srv.err() != nil:
+		return srv.err()
+	}
+	return ctx.Err()
+}
+
+// closing reports whether the server has been told to stop.
+func (srv *Server) closing() bool {
+	select {
+	case <-srv.stopped:
+		return true
+	default:
+		return false
+	}
 }
 
 // stop makes Serve return.

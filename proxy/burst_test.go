@@ -1,12 +1,14 @@
 package proxy
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/udpmux/udpmux/session"
 )
 
 // burstBackend answers a client's first datagram with n datagrams of size
@@ -35,8 +37,25 @@ func burstBackend(t *testing.T, n, size int) netip.AddrPort {
 	return c.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
+// stallingProxy holds its loop for stall on the first backend reply, as a
+// loop busy with other work would: the rest of a burst waits in the
+// session's upstream socket meanwhile.
+type stallingProxy struct {
+	*Handler
+	stall            time.Duration
+	stalled, resumed atomic.Bool
+}
+
+func (h *stallingProxy) Upstream(s session.Session, sock session.Socket, p []byte) {
+	if h.stalled.CompareAndSwap(false, true) {
+		time.Sleep(h.stall)
+		h.resumed.Store(true)
+	}
+	h.Handler.Upstream(s, sock, p)
+}
+
 // TestUpstreamBurstDropsAreCounted: a burst of replies while the proxy's
-// loops are paused fills the session's upstream socket. With a small
+// loop is busy fills the session's upstream socket. With a small
 // upstream receive buffer the kernel drops part of it, and the proxy counts
 // exactly what was lost (SO_RXQ_OVFL reports drops with the next datagram
 // queued after them, hence the second exchange); with a buffer sized for
@@ -55,22 +74,16 @@ func TestUpstreamBurstDropsAreCounted(t *testing.T) {
 			if !tc.lossy && os.Geteuid() != 0 {
 				t.Skip("needs root (CAP_NET_ADMIN) for a receive buffer beyond net.core.rmem_max")
 			}
-			srv, _ := startProxy(t, Config{Backends: []netip.AddrPort{burstBackend(t, n, size)}, RecvBuffer: tc.recvBuf}, time.Minute, 100)
+			stalling := &stallingProxy{stall: 300 * time.Millisecond}
+			srv, _ := startProxy(t, Config{Backends: []netip.AddrPort{burstBackend(t, n, size)}, RecvBuffer: tc.recvBuf}, time.Minute, 100,
+				func(h *Handler) session.Handler { stalling.Handler = h; return stalling })
 			c := client(t, srv.Addr(0))
 			c.Write([]byte("go"))
-			// Pause the loops as soon as the session exists, so that the
-			// whole burst waits in the upstream socket.
-			waitUntil(t, "session open", func() bool { return srv.Stats().Sessions == 1 })
-			if err := srv.Freeze(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(300 * time.Millisecond) // the backend sends the burst meanwhile
-			srv.Thaw()
 			upstreamRx := func() uint64 { return srv.Stats().Listeners[0].UpstreamRx }
 			var last uint64
 			waitUntil(t, "the burst read", func() bool {
 				cur := upstreamRx()
-				settled := cur == last && cur > 0
+				settled := stalling.resumed.Load() && cur == last && cur > 0
 				last = cur
 				time.Sleep(100 * time.Millisecond)
 				return settled

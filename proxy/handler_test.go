@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/session"
 )
 
 // echoBackend is a real UDP backend that answers "name|payload" and records
@@ -65,17 +66,23 @@ func (b *echoBackend) sources() map[netip.AddrPort]int {
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // startProxy serves a proxy listener on 127.0.0.1 in front of backends.
-func startProxy(t *testing.T, cfg Config, idle time.Duration, maxSessions int) (*mux.Server, *Handler) {
+// startProxy serves a proxy for cfg; wrap, if given, wraps the proxy in the
+// handler the server gets.
+func startProxy(t *testing.T, cfg Config, idle time.Duration, maxSessions int, wrap ...func(*Handler) session.Handler) (*mux.Server, *Handler) {
 	t.Helper()
 	cfg.Logger = quiet()
 	h, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var served session.Handler = h
+	for _, w := range wrap {
+		served = w(h)
+	}
 	srv, err := mux.New(mux.Config{
 		Workers: 2, MaxSessions: maxSessions, Logger: quiet(),
 		Listeners: []mux.ListenerConfig{{
-			Name: "proxy", Address: netip.MustParseAddrPort("127.0.0.1:0"), Handler: h, IdleTimeout: idle,
+			Name: "proxy", Address: netip.MustParseAddrPort("127.0.0.1:0"), Handler: served, IdleTimeout: idle,
 		}},
 	})
 	if err != nil {

@@ -24,14 +24,12 @@ import (
 // control serves the control socket: status and session listings for the
 // udpmux commands, and the handoff of everything to a successor process.
 type control struct {
-	ln       *net.UnixListener
-	srv      *mux.Server
-	cfg      *config
-	log      *slog.Logger
-	started  time.Time
-	handing  atomic.Bool   // a handoff is under way; a second one is refused
-	drained  atomic.Bool   // handed over, keeping sessions the successor could not take
-	finished chan struct{} // closed once a successor has taken over
+	ln      *net.UnixListener
+	srv     *mux.Server
+	cfg     *config
+	log     *slog.Logger
+	started time.Time
+	drained atomic.Bool // handed over, keeping sessions the successor could not take
 }
 
 // listenControl opens the control socket at path with mode 0600. A socket
@@ -84,23 +82,6 @@ func describeMode(m os.FileMode) string {
 	return "a " + m.Type().String() + " file"
 }
 
-// controlFromFD adopts the control socket a predecessor handed over.
-func controlFromFD(fd int) (*net.UnixListener, error) {
-	f := os.NewFile(uintptr(fd), "control")
-	defer f.Close()
-	l, err := net.FileListener(f)
-	if err != nil {
-		return nil, fmt.Errorf("inherited control socket: %w", err)
-	}
-	ul, ok := l.(*net.UnixListener)
-	if !ok {
-		l.Close()
-		return nil, fmt.Errorf("inherited control socket is a %T", l)
-	}
-	ul.SetUnlinkOnClose(false)
-	return ul, nil
-}
-
 // serve accepts control connections until the listener closes.
 func (c *control) serve() { serveAccepts(c.ln.AcceptUnix, c.handle, c.log) }
 
@@ -147,7 +128,13 @@ func (c *control) handle(uc *net.UnixConn) {
 	}
 	conn := handoff.NewConn(uc)
 	conn.SetDeadline(time.Now().Add(c.cfg.handoffTimeout))
-	typ, payload, fds, err := conn.Recv()
+	// A successor's Hello opens a handoff, which mux reads from the
+	// connection itself.
+	if typ, err := conn.PeekType(); err == nil && typ == handoff.TypeHello {
+		c.handoff(uc)
+		return
+	}
+	typ, _, fds, err := conn.Recv()
 	closeFDs(fds)
 	if err != nil {
 		c.log.Warn("control request unreadable", "peer_pid", cred.Pid, "err", err)
@@ -158,8 +145,6 @@ func (c *control) handle(uc *net.UnixConn) {
 		c.reply(conn, c.status())
 	case handoff.TypeSessionList:
 		c.reply(conn, c.sessionList())
-	case handoff.TypeHello:
-		c.handoff(conn, payload, cred.Pid)
 	default:
 		c.log.Warn("unknown control request", "type", typ, "peer_pid", cred.Pid)
 	}
@@ -277,5 +262,3 @@ func closeFDs(fds []int) {
 		unix.Close(fd)
 	}
 }
-
-var errHandoffBusy = errors.New("another handoff is under way")

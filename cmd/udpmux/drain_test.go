@@ -84,7 +84,7 @@ func TestHandoffDrainsRetainedSessions(t *testing.T) {
 		return cfg
 	}
 	serveIt := func(srv *mux.Server, ln *net.UnixListener, cfg *config) (*control, <-chan struct{}) {
-		ctl := &control{ln: ln, srv: srv, cfg: cfg, log: cfg.mux.Logger, started: time.Now(), finished: make(chan struct{})}
+		ctl := &control{ln: ln, srv: srv, cfg: cfg, log: cfg.mux.Logger, started: time.Now()}
 		go ctl.serve()
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -135,16 +135,13 @@ func TestHandoffDrainsRetainedSessions(t *testing.T) {
 	if err != nil || inh == nil {
 		t.Fatalf("takeOver: %v, %v", inh, err)
 	}
-	if len(inh.mux.Relays) != 2 {
-		t.Fatalf("received %d relay sockets, want 2", len(inh.mux.Relays))
-	}
-	succCfg.mux.Inherit = inh.mux
-	succ, err := mux.New(succCfg.mux)
+	succLn, err := inheritControl(inh)
 	if err != nil {
-		inh.abort(err)
+		inh.Abort(err)
 		t.Fatal(err)
 	}
-	succLn, err := openControl(succCfg, inh, succ)
+	succCfg.mux.Inherit = inh
+	succ, err := mux.New(succCfg.mux)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +170,7 @@ func TestHandoffDrainsRetainedSessions(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the owner still serves 10s after the handoff with a drain timeout of 1.5s")
 	}
-	for _, want := range []string{"handed over to successor; draining", "drain timeout passed"} {
+	for _, want := range []string{"handed over to successor", "retained=1", "draining: serving retained sessions", "drain timeout passed"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no %q in the log", want)
 		}

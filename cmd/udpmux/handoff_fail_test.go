@@ -96,7 +96,7 @@ func TestFailedHandoffChangesNothing(t *testing.T) {
 	bin := buildDaemon(t)
 	goodConfig, _ := os.ReadFile(writeConfig(t, goodConfig))
 	hello := func(version uint16, cfg []byte) []byte {
-		return handoff.AppendHello(nil, handoff.Hello{Version: version, PID: int32(os.Getpid()), Config: cfg})
+		return handoff.AppendHello(nil, handoff.Hello{Version: version, PID: int32(os.Getpid()), Meta: cfg})
 	}
 	tests := []struct {
 		name      string
@@ -116,32 +116,31 @@ func TestFailedHandoffChangesNothing(t *testing.T) {
 			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 				t.Fatalf("helper successor did not die by SIGKILL: %v", err)
 			}
-		}, "handoff failed; serving on"},
+		}, "handoff failed while paused:"},
 		{"silent before it is ready", func(t *testing.T, d *runningDaemon) {
 			conn := mustDial(t, d.sock)
 			conn.Send(handoff.TypeHello, hello(handoff.Version, goodConfig), nil)
-			waitLog(t, d, "handoff failed before pausing; serving on") // the 1s handoff_timeout
+			waitLog(t, d, "handoff failed before pausing:") // the 1s handoff_timeout
 			conn.Close()
-		}, "handoff failed before pausing; serving on"},
+		}, "handoff failed before pausing:"},
 		{"silent during the early copy", func(t *testing.T, d *runningDaemon) {
 			conn := mustDial(t, d.sock)
-			conn.Send(handoff.TypeHello, hello(handoff.Version, goodConfig), nil)
-			inh, err := receiveListeners(conn)
+			r, err := handoff.Receive(t.Context(), conn, goodConfig, 10*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
-			closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
+			r.CloseFiles()
 			conn.Send(handoff.TypeReady, nil, nil)
-			waitLog(t, d, "handoff failed before pausing; serving on") // no second Ready
+			waitLog(t, d, "handoff failed before pausing:") // no second Ready
 			conn.Close()
-		}, "handoff failed before pausing; serving on"},
+		}, "handoff failed before pausing:"},
 		{"silent while the owner is paused", func(t *testing.T, d *runningDaemon) {
-			conn, _ := readySuccessor(t, d, hello(handoff.Version, goodConfig))
-			waitLog(t, d, "handoff failed; serving on") // paused, then the 1s handoff_timeout
+			conn, _ := readySuccessor(t, d, goodConfig)
+			waitLog(t, d, "handoff failed while paused:") // paused, then the 1s handoff_timeout
 			conn.Close()
-		}, "handoff failed; serving on"},
+		}, "handoff failed while paused:"},
 		{"aborts after the state arrived", func(t *testing.T, d *runningDaemon) {
-			conn, inh := readySuccessor(t, d, hello(handoff.Version, goodConfig))
+			conn, r := readySuccessor(t, d, goodConfig)
 			// Read the whole session stream without restoring it.
 			for {
 				typ, _, fds, err := conn.Recv()
@@ -153,7 +152,7 @@ func TestFailedHandoffChangesNothing(t *testing.T) {
 					break
 				}
 			}
-			inh.abort(errTestAbort)
+			r.Abort(errTestAbort)
 		}, "successor aborted: test abort"},
 	}
 	for _, tc := range tests {
@@ -192,19 +191,18 @@ const errTestAbort = testError("test abort")
 
 // readySuccessor plays a successor until the owner has paused. The
 // descriptors it received are closed.
-func readySuccessor(t *testing.T, d *runningDaemon, hello []byte) (*handoff.Conn, *inherited) {
+func readySuccessor(t *testing.T, d *runningDaemon, config []byte) (*handoff.Conn, *handoff.Receiver) {
 	t.Helper()
 	conn := mustDial(t, d.sock)
-	conn.Send(handoff.TypeHello, hello, nil)
-	inh, err := receiveListeners(conn)
+	r, err := handoff.Receive(t.Context(), conn, config, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	closeFDs(append(append([]int{inh.control}, inh.mux.Relays...), inh.mux.Listeners[0].FDs...))
+	r.CloseFiles()
 	if err := readyToPause(conn); err != nil {
 		t.Fatal(err)
 	}
-	return conn, inh
+	return conn, r
 }
 
 // readyToPause says Ready once built, takes the early copy without
@@ -278,8 +276,7 @@ func TestHelperSuccessorKilledMidTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	text, _ := os.ReadFile(writeConfig(t, goodConfig))
-	conn.Send(handoff.TypeHello, handoff.AppendHello(nil, handoff.Hello{Version: handoff.Version, PID: int32(os.Getpid()), Config: text}), nil)
-	if _, err := receiveListeners(conn); err != nil {
+	if _, err := handoff.Receive(t.Context(), conn, text, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// Die as soon as the owner has paused.

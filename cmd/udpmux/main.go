@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
@@ -145,43 +144,50 @@ func serve(cfg *config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var ln *net.UnixListener
 	if inh != nil {
-		cfg.mux.Inherit = inh.mux
+		if ln, err = inheritControl(inh); err == nil {
+			err = reserveDescriptors(cfg, inh.Workers(), log)
+		}
+		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			inh.Abort(err)
+			return err
+		}
+		cfg.mux.Inherit = inh
 	}
-	srv, err := mux.New(cfg.mux)
+	srv, err := mux.New(cfg.mux) // with an Inheritance, takes over
 	if err != nil {
-		if inh != nil {
-			unix.Close(inh.control)
-			inh.abort(err)
+		if ln != nil {
+			ln.Close()
 		}
 		return err
 	}
-	if err := reserveDescriptors(cfg, srv.Workers(), log); err != nil {
-		srv.Close()
-		if inh != nil {
-			unix.Close(inh.control)
-			inh.abort(err)
+	if inh == nil {
+		if err := reserveDescriptors(cfg, srv.Workers(), log); err != nil {
+			srv.Close()
+			return err
 		}
-		return err
-	}
-	ln, err := openControl(cfg, inh, srv)
-	if err != nil && inh == nil && errors.Is(err, os.ErrPermission) {
-		// Serving comes first: a user who may not create the control
-		// socket still gets the listeners, told what is missing and why.
-		log.Warn("control socket unavailable; udpmux status, udpmux sessions and upgrades are off — set control.socket to a path this user may create",
-			"err", err)
-		ln, err = nil, nil
-	}
-	if err != nil {
-		srv.Close()
-		return err
-	}
-	if inh != nil {
+		ln, err = listenControl(cfg.controlSocket)
+		if err != nil && errors.Is(err, os.ErrPermission) {
+			// Serving comes first: a user who may not create the control
+			// socket still gets the listeners, told what is missing and why.
+			log.Warn("control socket unavailable; udpmux status, udpmux sessions and upgrades are off — set control.socket to a path this user may create",
+				"err", err)
+			ln, err = nil, nil
+		}
+		if err != nil {
+			srv.Close()
+			return err
+		}
+	} else {
 		r := srv.Restored()
 		log.Info("took over from predecessor", "sessions_restored", r.Restored, "sessions_dropped", r.Dropped,
 			"sessions_relayed", r.Relayed, "sessions_updated", r.Updated, "sessions_ended", r.Ended, "took", time.Since(start))
 	}
-	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, finished: make(chan struct{})}
+	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start}
 	if ln != nil {
 		go ctl.serve()
 	}
@@ -220,16 +226,14 @@ func serve(cfg *config, stderr io.Writer) error {
 			"dissector", fmt.Sprintf("%T", lc.Dissector), "idle_timeout", lc.IdleTimeout)
 	}
 	daemon.SdNotify(false, fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
-	if err := srv.Serve(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	err = srv.Serve(ctx)
+	handedOff := errors.Is(err, mux.ErrHandedOff)
+	if err != nil && !handedOff && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	if ln != nil {
-		select {
-		case <-ctl.finished:
-			// The successor owns the control socket file now.
-		default:
-			ln.SetUnlinkOnClose(true)
-		}
+		// After a handoff the successor owns the control socket's file.
+		ln.SetUnlinkOnClose(!handedOff)
 		ln.Close()
 	}
 	st := srv.Stats()
@@ -243,33 +247,6 @@ func serve(cfg *config, stderr io.Writer) error {
 		log.Info("drained: no session left for this process; exiting")
 	}
 	return nil
-}
-
-// openControl opens the control socket, or adopts the predecessor's and
-// confirms the takeover; after a failed confirmation this process must not
-// serve.
-func openControl(cfg *config, inh *inherited, srv *mux.Server) (*net.UnixListener, error) {
-	if inh == nil {
-		return listenControl(cfg.controlSocket) // the caller decides whether that is fatal
-	}
-	ln, err := controlFromFD(inh.control)
-	if err != nil {
-		srv.Close()
-		inh.abort(err)
-		return nil, err
-	}
-	if err := inh.restore(srv); err != nil {
-		srv.Close()
-		ln.Close()
-		inh.abort(err)
-		return nil, fmt.Errorf("handoff: %w", err)
-	}
-	if err := inh.confirm(); err != nil {
-		srv.Close()
-		ln.Close()
-		return nil, fmt.Errorf("handoff: %w", err)
-	}
-	return ln, nil
 }
 
 // startSuccessor starts the binary with this process's arguments; the new

@@ -21,8 +21,12 @@ import (
 // Version 2 added retained sessions and relay sockets, 3 the Ready step, 4
 // session records' Change (sessions copied before the owner pauses), 5
 // session IDs and the keys a session is found by, which a relay names
-// sessions by too.
-const Version = 5
+// sessions by too, 6 the application's metadata and descriptors in place
+// of udpmux's config file and control socket.
+const Version = 6
+
+// MaxFiles bounds the application's descriptors in a handoff.
+const MaxFiles = 64
 
 // MaxMessage bounds one message; session records are batched up to it.
 const MaxMessage = 64 << 10
@@ -188,6 +192,34 @@ func (c *Conn) Recv() (Type, []byte, []int, error) {
 }
 
 var errEOF = fmt.Errorf("handoff: peer closed the connection: %w", net.ErrClosed)
+
+// PeekType returns the type of the next message without reading it, for a
+// server that hands the connection on by what it asks for.
+func (c *Conn) PeekType() (Type, error) {
+	if c.idle > 0 {
+		c.arm()
+	}
+	raw, err := c.uc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var b [1]byte
+	var n int
+	var rerr error
+	err = raw.Read(func(fd uintptr) bool {
+		n, _, rerr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK)
+		return rerr != unix.EAGAIN
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, rerr
+	case n == 0:
+		return 0, errEOF
+	}
+	return Type(b[0]), nil
+}
 
 // Unframe checks a frame's checksum and splits it into type and payload.
 func Unframe(msg []byte) (Type, []byte, error) {

@@ -189,20 +189,18 @@ func TestCorruptAndTruncatedInputIsRefused(t *testing.T) {
 			return err
 		}, ErrCorrupt},
 		{"long ended notice", func() error { _, err := DecodeEnded(append(AppendEnded(nil, s.ID), 0)); return err }, ErrCorrupt},
-		{"relays without control socket", func() error {
-			_, err := DecodeListeners(AppendListeners(nil, Listeners{
-				Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Relays: 2}))
+		{"relays without listeners", func() error {
+			_, err := DecodeListeners(AppendListeners(nil, Listeners{Relays: 2}))
 			return err
 		}, ErrCorrupt},
 		{"relays for another loop count", func() error {
 			_, err := DecodeListeners(AppendListeners(nil, Listeners{
-				Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Control: true, Relays: 3}))
+				Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Files: 1, Relays: 3}))
 			return err
 		}, ErrCorrupt},
-		{"control flag not 0 or 1", func() error {
-			b := AppendListeners(nil, Listeners{Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}})
-			b[len(b)-3] = 2
-			_, err := DecodeListeners(b)
+		{"too many application descriptors", func() error {
+			_, err := DecodeListeners(AppendListeners(nil, Listeners{
+				Listeners: []Listener{{"x", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Files: MaxFiles + 1}))
 			return err
 		}, ErrCorrupt},
 	}
@@ -341,13 +339,13 @@ func TestRelayFraming(t *testing.T) {
 }
 
 func TestHelloListenersEnd(t *testing.T) {
-	h, err := DecodeHello(AppendHello(nil, Hello{Version: Version, PID: 42, Config: []byte("workers: 1")}))
-	if err != nil || h.Version != Version || h.PID != 42 || string(h.Config) != "workers: 1" {
+	h, err := DecodeHello(AppendHello(nil, Hello{Version: Version, PID: 42, Meta: []byte("workers: 1")}))
+	if err != nil || h.Version != Version || h.PID != 42 || string(h.Meta) != "workers: 1" {
 		t.Errorf("hello: %+v %v", h, err)
 	}
-	ls := Listeners{Listeners: []Listener{{"vpn", netip.MustParseAddrPort("[::]:1194"), 2}}, Control: true}
+	ls := Listeners{Listeners: []Listener{{"vpn", netip.MustParseAddrPort("[::]:1194"), 2}}, Files: 1}
 	got, err := DecodeListeners(AppendListeners(nil, ls))
-	if err != nil || len(got.Listeners) != 1 || got.Listeners[0] != ls.Listeners[0] || !got.Control {
+	if err != nil || len(got.Listeners) != 1 || got.Listeners[0] != ls.Listeners[0] || got.Files != 1 {
 		t.Errorf("listeners: %+v %v", got, err)
 	}
 	ls.Relays = 2
@@ -413,7 +411,7 @@ func FuzzDecodeFrame(f *testing.F) {
 	f.Add([]byte{byte(TypeHello), 1, 0, 1, 0, 0, 0, 0, 0, 0, 0})
 	f.Add(AppendListeners([]byte{byte(TypeListeners)}, Listeners{Listeners: []Listener{{"a", netip.MustParseAddrPort("1.2.3.4:5"), 1}}}))
 	f.Add(AppendListeners([]byte{byte(TypeListeners)}, Listeners{
-		Listeners: []Listener{{"a", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Control: true, Relays: 2}))
+		Listeners: []Listener{{"a", netip.MustParseAddrPort("1.2.3.4:5"), 2}}, Files: 1, Relays: 2}))
 	rec := sampleSessions()[2]
 	f.Add(AppendRelay([]byte{byte(relayFuzzType)}, rec.ID, rec.Peer, []byte("hello")))
 	f.Add(AppendEnded([]byte{byte(endedFuzzType)}, rec.ID))

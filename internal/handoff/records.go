@@ -10,18 +10,19 @@ import (
 )
 
 // Hello opens a handoff: the successor's protocol version, process and
-// config file, which the owner checks before it stops reading.
+// the application's metadata (udpmux's: its config file), which the owner
+// checks before anything is sent.
 type Hello struct {
 	Version uint16
 	PID     int32
-	Config  []byte
+	Meta    []byte
 }
 
 // AppendHello encodes h.
 func AppendHello(b []byte, h Hello) []byte {
 	b = binary.LittleEndian.AppendUint16(b, h.Version)
 	b = binary.LittleEndian.AppendUint32(b, uint32(h.PID))
-	return append(b, h.Config...)
+	return append(b, h.Meta...)
 }
 
 // DecodeHello decodes a Hello; any version decodes, the caller compares it.
@@ -32,7 +33,7 @@ func DecodeHello(p []byte) (Hello, error) {
 	return Hello{
 		Version: binary.LittleEndian.Uint16(p),
 		PID:     int32(binary.LittleEndian.Uint32(p[2:])),
-		Config:  append([]byte(nil), p[6:]...),
+		Meta:    append([]byte(nil), p[6:]...),
 	}, nil
 }
 
@@ -44,13 +45,13 @@ type Listener struct {
 	Sockets int
 }
 
-// Listeners is the first state message: every listener, whether the control
-// socket's descriptor follows the listeners' ones, and how many relay sockets
-// follow that: one per event loop when the owner keeps sessions it cannot
-// hand over (Session.Retained), none otherwise.
+// Listeners is the first state message: every listener, how many of the
+// application's descriptors follow the listeners' ones, and how many relay
+// sockets follow those: one per event loop when the owner keeps sessions it
+// cannot hand over (Session.Retained), none otherwise.
 type Listeners struct {
 	Listeners []Listener
-	Control   bool
+	Files     int
 	Relays    int
 }
 
@@ -62,7 +63,7 @@ func AppendListeners(b []byte, ls Listeners) []byte {
 		b = appendAddrPort(b, l.Address)
 		b = binary.LittleEndian.AppendUint16(b, uint16(l.Sockets))
 	}
-	b = append(b, boolByte(ls.Control))
+	b = binary.LittleEndian.AppendUint16(b, uint16(ls.Files))
 	return binary.LittleEndian.AppendUint16(b, uint16(ls.Relays))
 }
 
@@ -78,18 +79,16 @@ func DecodeListeners(p []byte) (Listeners, error) {
 		}
 		ls.Listeners = append(ls.Listeners, l)
 	}
-	switch c := d.u8(); c {
-	case 0, 1:
-		ls.Control = c == 1
-	default:
-		d.fail(fmt.Errorf("control flag %d: %w", c, ErrCorrupt))
+	ls.Files = int(d.u16())
+	if d.err == nil && ls.Files > MaxFiles {
+		d.fail(fmt.Errorf("%d application descriptors, at most %d: %w", ls.Files, MaxFiles, ErrCorrupt))
 	}
 	ls.Relays = int(d.u16())
 	if d.err == nil && ls.Relays != 0 {
 		// A relay socket pairs one loop of each process: as many as each
-		// listener has sockets, and only with the control socket.
-		if !ls.Control || len(ls.Listeners) == 0 {
-			d.fail(fmt.Errorf("%d relay sockets without listeners or control socket: %w", ls.Relays, ErrCorrupt))
+		// listener has sockets.
+		if len(ls.Listeners) == 0 {
+			d.fail(fmt.Errorf("%d relay sockets without listeners: %w", ls.Relays, ErrCorrupt))
 		}
 		for _, l := range ls.Listeners {
 			if l.Sockets != ls.Relays && d.err == nil {
@@ -311,13 +310,6 @@ func DecodeEnd(p []byte) (End, error) {
 	d := decoder{b: p}
 	e := End{Sessions: d.u64(), FDs: d.u64()}
 	return e, d.finish("end")
-}
-
-func boolByte(v bool) byte {
-	if v {
-		return 1
-	}
-	return 0
 }
 
 func appendString(b []byte, s string) []byte {

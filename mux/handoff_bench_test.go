@@ -1,4 +1,4 @@
-package main
+package mux
 
 import (
 	"bytes"
@@ -22,44 +22,41 @@ import (
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/udpsys"
-	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
+	"github.com/udpmux/udpmux/session"
 )
 
 // BenchmarkHandoffPause measures what a restart costs the running process:
-// how long its loops stay paused (from Freeze, after the early copy, until
-// the successor has confirmed and got Done — the "paused" figure the owner
-// logs), and how much memory the transfer takes on each side and on the
-// control socket.
+// how long its loops stay paused (from the freeze, after the early copy,
+// until the successor has confirmed and got Done: HandoffStats.Pause), and
+// how much memory the transfer takes on each side and on the wire.
 //
-// The owner runs in this process: a mux.Server whose table is filled with
-// synthetic sessions through a mux.Inheritance, served with the real control
-// struct. The successor is this test binary run again as a separate process
-// (TestHelperHandoffBenchSuccessor), doing what serve does: takeOver, mux.New
-// with the inheritance, openControl. Two processes, as in a real upgrade,
-// keep each side's allocations (runtime.MemStats.TotalAlloc) apart and each
-// side's descriptors within its own RLIMIT_NOFILE.
+// The owner runs in this process: a Server whose table is filled with
+// synthetic sessions through an Inheritance, handed off with HandOff over a
+// socket pair. The successor is this test binary run again as a separate
+// process (TestHelperHandoffBenchSuccessor), which gets the other end as
+// descriptor 3 and does what a successor does: Inherit, then New. Two
+// processes, as in a real upgrade, keep each side's allocations
+// (runtime.MemStats.TotalAlloc) apart and each side's descriptors within its
+// own RLIMIT_NOFILE.
 //
-// Metrics per handoff (averages over b.N): ms/pause is the owner's logged
-// pause, max-ms/pause the longest; succ-recv-ms, succ-new-ms and
-// succ-confirm-ms split the successor's side (receiving the listeners,
-// building the server, then restoring the early copy as it streams, the
-// pause and the confirmation); with traffic, updated/pause is the sessions
-// sent again while paused, updated-early/handoff and rounds/handoff what the
-// rounds before the pause sent; owner-MB/transfer and
-// succ-MB/transfer are TotalAlloc deltas: the owner's from before the
-// successor starts until the owner has handed over (its check of the
-// successor's config included), the successor's from before it dials until
-// Done, split into succ-recv-MB (takeOver) and succ-new-MB (mux.New with its
-// flow table; confirm allocates next to nothing); succ-maxrss-MB is the
-// successor's peak RSS (VmHWM);
-// wire-B/session and wire-MB/transfer are the bytes of every message on the
-// control socket both ways, SCM_RIGHTS control data included. ns/op is the
-// successor's whole run, process start included; the other figures are the
-// ones to read.
+// Metrics per handoff (averages over b.N): ms/pause is the owner's pause,
+// max-ms/pause the longest; succ-recv-ms is the successor's Inherit
+// (receiving the listeners), succ-new-ms its New (building the server, then
+// restoring the early copy as it streams, the pause and the confirmation);
+// with traffic, updated/pause is the sessions sent again while paused,
+// updated-early/handoff and rounds/handoff what the rounds before the pause
+// sent; owner-MB/transfer and succ-MB/transfer are TotalAlloc deltas: the
+// owner's over HandOff, the successor's from before Inherit until New
+// returns, split into succ-recv-MB and succ-new-MB; succ-maxrss-MB is the
+// successor's peak RSS (VmHWM); wire-B/session and wire-MB/transfer are the
+// bytes of every message the successor received, SCM_RIGHTS control data
+// included. ns/op is the successor's whole run, process start included; the
+// other figures are the ones to read.
 //
 // Set UDPMUX_HANDOFF_BENCH_CPUPROFILE=/path/prefix to have each successor
-// write its CPU profile (takeover to Done) to prefix.<pid>; the owner's side
-// is in go test -cpuprofile.
+// write its CPU profile (Inherit to New's return) to prefix.<pid>; the
+// owner's side is in go test -cpuprofile.
 func BenchmarkHandoffPause(b *testing.B) {
 	cases := []struct {
 		name     string
@@ -162,16 +159,39 @@ func (bt benchTraffic) start(b *testing.B, to netip.AddrPort) func() int {
 }
 
 const (
-	envBenchConfig  = "UDPMUX_HANDOFF_BENCH_CONFIG"
+	envBenchSetup   = "UDPMUX_HANDOFF_BENCH_SETUP"
 	envBenchResult  = "UDPMUX_HANDOFF_BENCH_RESULT"
 	envBenchProfile = "UDPMUX_HANDOFF_BENCH_CPUPROFILE"
 	benchWorkers    = 2
 )
 
+// benchSetup is the owner's configuration, which the successor repeats.
+type benchSetup struct {
+	Local   netip.AddrPort
+	Backend netip.AddrPort // the proxy's; invalid for echo
+}
+
+// config returns the server configuration of setup, for owner and
+// successor alike.
+func (setup benchSetup) config() (Config, error) {
+	var h session.Handler = session.Echo{}
+	if setup.Backend.IsValid() {
+		p, err := proxy.New(proxy.Config{Backends: []netip.AddrPort{setup.Backend}})
+		if err != nil {
+			return Config{}, err
+		}
+		h = p
+	}
+	return Config{
+		Workers: benchWorkers, Logger: slog.New(slog.DiscardHandler),
+		Listeners: []ListenerConfig{{Name: "bench", Address: setup.Local, Handler: h, IdleTimeout: time.Minute}},
+	}, nil
+}
+
 // successorReport is what the successor process measured.
 type successorReport struct {
 	Restored, Dropped             int
-	RecvNs, NewNs, ConfirmNs      int64
+	RecvNs, NewNs                 int64
 	RecvAlloc, NewAlloc, AllAlloc uint64
 	MaxRSS                        int64 // bytes
 	WireBytes, ControlBytes       int64 // message bytes, SCM_RIGHTS control data
@@ -180,16 +200,16 @@ type successorReport struct {
 
 func runHandoffBench(b *testing.B, n int, proxy bool, traffic benchTraffic) {
 	var (
-		updated, sent    int
-		early, rounds    int
-		pauses           []time.Duration
-		ownerAlloc       uint64
-		succ             successorReport
-		recv, nw, confir int64
-		succAlloc        uint64
-		recvAlloc        uint64
-		newAlloc         uint64
-		maxRSS           int64
+		updated, sent int
+		early, rounds int
+		pauses        []time.Duration
+		ownerAlloc    uint64
+		succ          successorReport
+		recv, nw      int64
+		succAlloc     uint64
+		recvAlloc     uint64
+		newAlloc      uint64
+		maxRSS        int64
 	)
 	b.StopTimer()
 	for i := 0; i < b.N; i++ {
@@ -197,22 +217,20 @@ func runHandoffBench(b *testing.B, n int, proxy bool, traffic benchTraffic) {
 		o := startBenchOwner(b, n, proxy)
 		stopTraffic := traffic.start(b, o.srv.Addr(0))
 		b.StartTimer()
-		r, ev := o.handOff(b)
+		r, ev, alloc := o.handOff(b)
 		b.StopTimer()
 		sent += stopTraffic()
 		o.stop(b)
 		if r.Restored != n+traffic.clients || r.Dropped != 0 {
 			b.Fatalf("successor restored %d and dropped %d of %d sessions", r.Restored, r.Dropped, n+traffic.clients)
 		}
-		pause, alloc := ev.paused, ev.alloc
-		updated += ev.updated
-		early += ev.early
-		rounds += ev.rounds
-		pauses = append(pauses, pause)
+		updated += ev.UpdatedPaused
+		early += ev.UpdatedEarly
+		rounds += ev.Rounds
+		pauses = append(pauses, ev.Pause)
 		ownerAlloc += alloc
 		recv += r.RecvNs
 		nw += r.NewNs
-		confir += r.ConfirmNs
 		succAlloc += r.AllAlloc
 		recvAlloc += r.RecvAlloc
 		newAlloc += r.NewAlloc
@@ -230,7 +248,6 @@ func runHandoffBench(b *testing.B, n int, proxy bool, traffic benchTraffic) {
 	b.ReportMetric(float64(longest.Nanoseconds())/1e6, "max-ms/pause")
 	b.ReportMetric(ms(recv), "succ-recv-ms")
 	b.ReportMetric(ms(nw), "succ-new-ms")
-	b.ReportMetric(ms(confir), "succ-confirm-ms")
 	b.ReportMetric(float64(ownerAlloc)/1e6/N, "owner-MB/transfer")
 	b.ReportMetric(float64(succAlloc)/1e6/N, "succ-MB/transfer")
 	b.ReportMetric(float64(recvAlloc)/1e6/N, "succ-recv-MB")
@@ -248,77 +265,23 @@ func runHandoffBench(b *testing.B, n int, proxy bool, traffic benchTraffic) {
 	}
 }
 
-// benchOwner is a running udpmux with n sessions and its control socket.
+// benchOwner is a serving Server with n sessions.
 type benchOwner struct {
 	dir     string
-	cfgPath string
-	srv     *mux.Server
-	ln      *net.UnixListener
+	setup   benchSetup
+	srv     *Server
 	cancel  context.CancelFunc
 	served  chan struct{}
-	events  chan ownerEvent
 	backend *net.UDPConn
 }
 
-// ownerEvent is the owner's verdict on a handoff, taken from its log.
-type ownerEvent struct {
-	msg     string
-	paused  time.Duration
-	updated int    // sessions sent again while paused: they changed in the last round
-	early   int    // updates sent in the rounds before the pause
-	rounds  int    // rounds of changes before the pause
-	alloc   uint64 // TotalAlloc during the handoff
-	err     string
-}
-
-// eventLog catches the owner's handoff log records: their "paused" attribute
-// is the interval its loops stood still.
-type eventLog struct {
-	events chan ownerEvent
-	hello  chan uint64
-}
-
-func (h *eventLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h *eventLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h *eventLog) WithGroup(string) slog.Handler            { return h }
-func (h *eventLog) Handle(_ context.Context, r slog.Record) error {
-	switch r.Message {
-	case "handed over to successor", "handoff failed; serving on", "handoff refused":
-	default:
-		return nil
-	}
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	ev := ownerEvent{msg: r.Message, alloc: m.TotalAlloc}
-	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
-		case "paused":
-			ev.paused = a.Value.Duration()
-		case "updated":
-			ev.updated = int(a.Value.Int64())
-		case "updated_early":
-			ev.early = int(a.Value.Int64())
-		case "rounds":
-			ev.rounds = int(a.Value.Int64())
-		case "err", "reason":
-			ev.err = a.Value.String()
-		}
-		return true
-	})
-	select {
-	case h.events <- ev:
-	default:
-	}
-	return nil
-}
-
-func startBenchOwner(b *testing.B, n int, proxy bool) *benchOwner {
+func startBenchOwner(b *testing.B, n int, withProxy bool) *benchOwner {
 	b.Helper()
 	dir, err := os.MkdirTemp("", "udpmux-hb")
 	if err != nil {
 		b.Fatal(err)
 	}
-	o := &benchOwner{dir: dir, served: make(chan struct{}), events: make(chan ownerEvent, 4)}
+	o := &benchOwner{dir: dir, served: make(chan struct{})}
 	fail := func(err error) {
 		os.RemoveAll(dir)
 		b.Fatal(err)
@@ -334,18 +297,16 @@ func startBenchOwner(b *testing.B, n int, proxy bool) *benchOwner {
 		lfds = append(lfds, s.FD)
 		local = s.Local
 	}
-	handler, backends := "echo", ""
-	var backend netip.AddrPort
+	o.setup.Local = local
 	var upstreams []int
-	if proxy {
+	if withProxy {
 		if o.backend, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
 			fail(err)
 		}
-		backend = o.backend.LocalAddr().(*net.UDPAddr).AddrPort()
-		handler, backends = "proxy", fmt.Sprintf("\n    backends: [%q]", backend)
+		o.setup.Backend = o.backend.LocalAddr().(*net.UDPAddr).AddrPort()
 		upstreams = make([]int, 0, n)
 		for range n {
-			s, err := udpsys.DialUDP(backend, udpsys.ListenConfig{})
+			s, err := udpsys.DialUDP(o.setup.Backend, udpsys.ListenConfig{})
 			if err != nil {
 				closeFDs(upstreams)
 				fail(fmt.Errorf("upstream socket %d: %w", len(upstreams), err))
@@ -353,41 +314,21 @@ func startBenchOwner(b *testing.B, n int, proxy bool) *benchOwner {
 			upstreams = append(upstreams, s.FD)
 		}
 	}
-	text := fmt.Sprintf(`workers: %d
-control: {socket: %q, handoff_timeout: 120s}
-listeners:
-  - name: bench
-    address: %q
-    handler: %s%s
-    idle_timeout: 60s
-`, benchWorkers, filepath.Join(dir, "ctl.sock"), local, handler, backends)
-	o.cfgPath = filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(o.cfgPath, []byte(text), 0o600); err != nil {
-		fail(err)
-	}
-	cfg, err := parseConfig([]byte(text))
+	cfg, err := o.setup.config()
 	if err != nil {
 		fail(err)
 	}
-	cfg.mux.Logger = slog.New(slog.DiscardHandler)
-	cfg.mux.Inherit = &mux.Inheritance{
-		Listeners: []mux.InheritedListener{{Name: "bench", Address: local, FDs: lfds}},
-		Sessions:  benchSessions(n, local, backend, proxy),
-		Upstreams: upstreams,
+	cfg.Inherit = &Inheritance{
+		listeners: []inheritedListener{{name: "bench", addr: local, fds: lfds}},
+		sessions:  benchSessions(n, local, o.setup.Backend, withProxy),
+		upstreams: upstreams,
 	}
-	if o.srv, err = mux.New(cfg.mux); err != nil {
+	if o.srv, err = New(cfg); err != nil {
 		fail(err)
 	}
 	if r := o.srv.Restored(); r.Restored != n {
 		fail(fmt.Errorf("owner restored %d of %d synthetic sessions (%d dropped)", r.Restored, n, r.Dropped))
 	}
-	cfg.mux.Inherit = nil
-	if o.ln, err = listenControl(cfg.controlSocket); err != nil {
-		fail(err)
-	}
-	ctl := &control{ln: o.ln, srv: o.srv, cfg: cfg, log: slog.New(&eventLog{events: o.events}),
-		started: time.Now(), finished: make(chan struct{})}
-	go ctl.serve()
 	ctx, cancel := context.WithCancel(context.Background())
 	o.cancel = cancel
 	go func() {
@@ -398,10 +339,10 @@ listeners:
 }
 
 // benchSessions makes n records with distinct peers spread over 127.0.0.0/8,
-// as ExportSessions would describe them.
-func benchSessions(n int, local, backend netip.AddrPort, proxy bool) []handoff.Session {
+// as exportSessions would describe them.
+func benchSessions(n int, local, backend netip.AddrPort, withProxy bool) []handoff.Session {
 	var state []byte
-	if proxy {
+	if withProxy {
 		state, _ = backend.MarshalBinary()
 	}
 	now := time.Now().UnixNano()
@@ -410,7 +351,7 @@ func benchSessions(n int, local, backend netip.AddrPort, proxy bool) []handoff.S
 		a := uint32(i) + 1
 		peer := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, byte(a >> 16), byte(a >> 8), byte(a)}), uint16(1024+i%60000))
 		up := int32(-1)
-		if proxy {
+		if withProxy {
 			up = int32(i)
 		}
 		recs[i] = handoff.Session{
@@ -424,28 +365,38 @@ func benchSessions(n int, local, backend netip.AddrPort, proxy bool) []handoff.S
 	return recs
 }
 
-// handOff runs a successor process and returns its report and the owner's
-// verdict: its logged pause and its allocations during the handoff.
-func (o *benchOwner) handOff(b *testing.B) (successorReport, ownerEvent) {
+// handOff runs a successor process and returns its report, the owner's
+// HandoffStats and what the owner allocated during the handoff.
+func (o *benchOwner) handOff(b *testing.B) (successorReport, HandoffStats, uint64) {
 	var r successorReport
 	result := filepath.Join(o.dir, "result.json")
+	setup, _ := json.Marshal(o.setup)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "handoff"), os.NewFile(uintptr(fds[1]), "handoff")
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHandoffBenchSuccessor$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envBenchConfig+"="+o.cfgPath, envBenchResult+"="+result)
+	cmd.Env = append(os.Environ(), envBenchSetup+"="+string(setup), envBenchResult+"="+result)
+	cmd.ExtraFiles = []*os.File{theirs}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	if err := cmd.Run(); err != nil {
-		b.Fatalf("successor: %v\n%s", err, out.Bytes())
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
 	}
-	var ev ownerEvent
-	select {
-	case ev = <-o.events:
-	case <-time.After(10 * time.Second):
-		b.Fatal("the owner logged no handoff verdict")
-	}
-	if ev.msg != "handed over to successor" {
-		b.Fatalf("owner: %s: %s", ev.msg, ev.err)
+	theirs.Close()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	st, err := o.srv.HandOff(context.Background(), c.(*net.UnixConn), HandoffConfig{Timeout: 2 * time.Minute})
+	runtime.ReadMemStats(&m1)
+	if werr := cmd.Wait(); werr != nil || err != nil {
+		b.Fatalf("handoff: %v; successor: %v\n%s", err, werr, out.Bytes())
 	}
 	data, err := os.ReadFile(result)
 	if err != nil {
@@ -454,12 +405,11 @@ func (o *benchOwner) handOff(b *testing.B) (successorReport, ownerEvent) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		b.Fatal(err)
 	}
-	ev.alloc -= m.TotalAlloc
-	return r, ev
+	return r, st, m1.TotalAlloc - m0.TotalAlloc
 }
 
-// stop waits for the owner's loops to end after Handover and releases the
-// rest.
+// stop waits for the owner's loops to end after the handoff and releases
+// the rest.
 func (o *benchOwner) stop(b *testing.B) {
 	select {
 	case <-o.served:
@@ -467,7 +417,6 @@ func (o *benchOwner) stop(b *testing.B) {
 		b.Fatal("owner still serving after the handoff")
 	}
 	o.cancel()
-	o.ln.Close()
 	if o.backend != nil {
 		o.backend.Close()
 	}
@@ -475,18 +424,24 @@ func (o *benchOwner) stop(b *testing.B) {
 }
 
 // TestHelperHandoffBenchSuccessor is not a test: BenchmarkHandoffPause runs
-// it as the successor process. It does what serve does up to the moment the
-// new process would serve, and writes what it measured.
+// it as the successor process, with its end of the handoff connection as
+// descriptor 3. It does what a successor does up to the moment it would
+// serve, and writes what it measured.
 func TestHelperHandoffBenchSuccessor(t *testing.T) {
-	path := os.Getenv(envBenchConfig)
-	if path == "" {
+	var setup benchSetup
+	if err := json.Unmarshal([]byte(os.Getenv(envBenchSetup)), &setup); err != nil {
 		t.Skip("helper process for BenchmarkHandoffPause")
 	}
-	cfg, err := loadConfig(path)
+	cfg, err := setup.config()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.mux.Logger = slog.New(slog.DiscardHandler)
+	f := os.NewFile(3, "handoff")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if prefix := os.Getenv(envBenchProfile); prefix != "" {
 		f, err := os.Create(prefix + "." + strconv.Itoa(os.Getpid()))
 		if err != nil {
@@ -496,48 +451,40 @@ func TestHelperHandoffBenchSuccessor(t *testing.T) {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	var m0, m1, m2, m3 runtime.MemStats
+	var m0, m1, m2 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	t0 := time.Now()
-	inh, err := takeOver(cfg)
-	if err != nil || inh == nil {
-		t.Fatalf("takeover: %v (nil: %v)", err, inh == nil)
+	inh, err := Inherit(context.Background(), c.(*net.UnixConn), InheritConfig{Timeout: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
 	}
 	t1 := time.Now()
 	runtime.ReadMemStats(&m1)
-	cfg.mux.Inherit = inh.mux
-	srv, err := mux.New(cfg.mux)
+	cfg.Inherit = inh
+	srv, err := New(cfg)
 	if err != nil {
-		unix.Close(inh.control)
-		inh.abort(err)
 		t.Fatal(err)
 	}
 	t2 := time.Now()
 	runtime.ReadMemStats(&m2)
-	ln, err := openControl(cfg, inh, srv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t3 := time.Now()
-	runtime.ReadMemStats(&m3)
 	pprof.StopCPUProfile()
 	// VmHWM, not getrusage's ru_maxrss: the latter survives exec and would
 	// report the parent's peak.
 	hwm := peakRSS()
+	got := inh.recv.Received
 	r := successorReport{
 		Restored: srv.Restored().Restored, Dropped: srv.Restored().Dropped,
-		RecvNs: t1.Sub(t0).Nanoseconds(), NewNs: t2.Sub(t1).Nanoseconds(), ConfirmNs: t3.Sub(t2).Nanoseconds(),
-		RecvAlloc: m1.TotalAlloc - m0.TotalAlloc, NewAlloc: m2.TotalAlloc - m1.TotalAlloc, AllAlloc: m3.TotalAlloc - m0.TotalAlloc,
-		MaxRSS: hwm,
+		RecvNs: t1.Sub(t0).Nanoseconds(), NewNs: t2.Sub(t1).Nanoseconds(),
+		RecvAlloc: m1.TotalAlloc - m0.TotalAlloc, NewAlloc: m2.TotalAlloc - m1.TotalAlloc, AllAlloc: m2.TotalAlloc - m0.TotalAlloc,
+		MaxRSS:       hwm,
+		WireBytes:    int64(got.Bytes),
+		ControlBytes: int64(unix.CmsgSpace(4*handoff.MaxFDsPerMessage)) * int64((got.FDs+handoff.MaxFDsPerMessage-1)/handoff.MaxFDsPerMessage),
+		Messages:     got.Messages,
 	}
-	r.WireBytes = int64(inh.received.bytes)
-	r.ControlBytes = int64(unix.CmsgSpace(4*handoff.MaxFDsPerMessage)) * int64((inh.received.fds+handoff.MaxFDsPerMessage-1)/handoff.MaxFDsPerMessage)
-	r.Messages = inh.received.messages
 	data, _ := json.Marshal(r)
 	if err := os.WriteFile(os.Getenv(envBenchResult), data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln.Close()
 	srv.Close()
 }
 
