@@ -241,7 +241,7 @@ func (s *stream) add(rec *Session, fd int, owned bool) error {
 	return s.sw.Add(rec)
 }
 
-func (s *stream) addOwned(rec *Session, fd int) error { return s.add(rec, fd, true) }
+func (s *stream) addOwned(rec *Session, fd int) error  { return s.add(rec, fd, true) }
 func (s *stream) addShared(rec *Session, fd int) error { return s.add(rec, fd, false) }
 
 // settle ends a round of the early copy: it waits until the successor has
