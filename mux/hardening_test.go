@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,6 +133,40 @@ func TestStatelessDatagramsNeverReachASessionHandler(t *testing.T) {
 	st := srv.Stats()
 	if st.Listeners[0].StatelessDrops != 1 || st.HandlerPanics != 0 {
 		t.Errorf("StatelessDrops %d, HandlerPanics %d; want 1 and 0", st.Listeners[0].StatelessDrops, st.HandlerPanics)
+	}
+}
+
+// refusingEcho echoes, but refuses sessions from 127.0.0.7 after asking
+// to close them, which must not make their Close run.
+type refusingEcho struct{ closes atomic.Int32 }
+
+func (h *refusingEcho) Open(s session.Session) error {
+	if s.PeerAddr().Addr() == netip.MustParseAddr("127.0.0.7") {
+		s.Close()
+		return errors.New("refused")
+	}
+	return nil
+}
+func (h *refusingEcho) Datagram(s session.Session, p []byte)  { s.Write(p) }
+func (h *refusingEcho) Close(session.Session, session.Reason) { h.closes.Add(1) }
+
+// TestRefusedSessionIsNeverClosed: a session its handler's Open refuses has
+// ended, even if Open closed it first: Close does not run and the live
+// sessions are not miscounted.
+func TestRefusedSessionIsNeverClosed(t *testing.T) {
+	h := &refusingEcho{}
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Listeners[0].Handler = h
+	srv := serve(t, cfg)
+	dial(t, "udp4", netip.MustParseAddrPort("127.0.0.7:0"), srv.Addr(0)).Write([]byte("x"))
+	// The close the refused Open asked for is served by the loop's wakeup
+	// after the batch that read it, before the second round trip's batch.
+	c := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	roundTrip(t, c, []byte("1"))
+	roundTrip(t, c, []byte("2"))
+	st := srv.Stats()
+	if n := h.closes.Load(); n != 0 || st.Sessions != 1 || st.Listeners[0].RefusedOpen != 1 {
+		t.Errorf("Close ran %d times, %d live sessions, %d refused; want 0, 1, 1", n, st.Sessions, st.Listeners[0].RefusedOpen)
 	}
 }
 

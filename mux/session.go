@@ -260,9 +260,12 @@ func (s *sess) live() bool { return s.opened.Load() && !s.closed.Load() }
 
 var errNotMigrator = errors.New("handler cannot import sessions")
 
-// open runs the handler's Open. Owning loop.
+// open runs the handler's Open. Owning loop. A session the handler refuses
+// has ended: a Close it asked for before refusing finds it closed, so that
+// the handler's Close never runs for it (session.Handler).
 func (s *sess) open() error {
 	if err := s.handler.Open(s); err != nil {
+		s.closed.Store(true)
 		return err
 	}
 	s.opened.Store(true)
@@ -277,6 +280,7 @@ func (s *sess) importState(state []byte, upstream int) error {
 		return errNotMigrator
 	}
 	if err := m.ImportSession(s, state, upstream); err != nil {
+		s.closed.Store(true) // as for a refused Open
 		return err
 	}
 	s.opened.Store(true)

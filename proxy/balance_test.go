@@ -22,6 +22,7 @@ func newFakeClock() *fakeClock {
 func (c *fakeClock) Now() time.Time               { return c.base.Add(time.Duration(c.off.Load())) }
 func (c *fakeClock) Set(d time.Duration)          { c.off.Store(int64(d)) }
 func (c *fakeClock) At(d time.Duration) time.Time { return c.base.Add(d) }
+func (c *fakeClock) Advance(d time.Duration)      { c.off.Add(int64(d)) }
 
 func newTestBalancer(t testing.TB, policy Policy, n int, clk *fakeClock, onChange func(HealthEvent)) *Balancer {
 	t.Helper()

@@ -56,6 +56,9 @@ type Handler struct {
 	// refusalWindow is the balancer's: a session reports a refusal at
 	// most once per window.
 	refusalWindow time.Duration
+	// now is the balancer's clock (HealthConfig.Now), so that the times
+	// the handler reports to it are on its own clock.
+	now func() time.Time
 }
 
 type handlerStats struct {
@@ -163,6 +166,7 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h.bal = bal
 	h.refusalWindow = bal.health.RefusalWindow
+	h.now = bal.now
 	return h, nil
 }
 
@@ -220,7 +224,7 @@ func (h *Handler) Datagram(s session.Session, p []byte) {
 		return
 	}
 	if len(u.probes) > 0 {
-		h.closeIdleProbes(u, time.Now())
+		h.closeIdleProbes(u, h.now())
 	}
 	u.sock.Write(p)
 }
@@ -232,7 +236,7 @@ func (h *Handler) Datagram(s session.Session, p []byte) {
 // down (see Balancer.Refused) only while it answers no session, and a
 // session it answers within its idle timeout stays.
 func (h *Handler) abandon(s session.Session, u *upstream) bool {
-	now := time.Now()
+	now := h.now()
 	if u.heard || u.silentSince.IsZero() {
 		u.heard, u.silentSince = false, now
 		if u.answered {
@@ -283,7 +287,7 @@ func (h *Handler) upstreamFailed(s session.Session, u *upstream, err error) {
 		return
 	}
 	h.stats.refusedByBackend.Add(1)
-	now := time.Now()
+	now := h.now()
 	if !u.refusedAt.IsZero() && now.Sub(u.refusedAt) < h.refusalWindow {
 		return
 	}

@@ -2,18 +2,24 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/session"
+	"github.com/udpmux/udpmux/session/sessiontest"
 )
 
 // echoBackend is a real UDP backend that answers "name|payload" and records
@@ -206,89 +212,6 @@ func TestProxyBackendRefusalMarksItDown(t *testing.T) {
 	}
 }
 
-func TestProxyAllBackendsDownRefusesNewSessions(t *testing.T) {
-	deadConn, _ := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	dead := deadConn.LocalAddr().(*net.UDPAddr).AddrPort()
-	deadConn.Close()
-	srv, h := startProxy(t, Config{Backends: []netip.AddrPort{dead}}, time.Minute, 1000)
-	first := client(t, srv.Addr(0))
-	exchange(first, "x", 200*time.Millisecond)
-	waitUntil(t, "the backend to be marked down", func() bool { return !h.Stats().Backends[0].Healthy })
-	exchange(client(t, srv.Addr(0)), "y", 200*time.Millisecond)
-	waitUntil(t, "a refusal for lack of backends", func() bool { return h.Stats().NoBackend > 0 })
-	// The first session stays until its client sends again: the backend,
-	// down, never answered it, so it is abandoned and its socket closed.
-	if n := h.Stats().UpstreamSockets; n != 1 {
-		t.Errorf("%d upstream sockets before the first client sends again; want its one", n)
-	}
-	first.Write([]byte("again"))
-	waitUntil(t, "the abandoned session's socket to close", func() bool { return h.Stats().UpstreamSockets == 0 })
-	if n := h.Stats().Abandoned; n != 1 {
-		t.Errorf("Abandoned = %d; want 1", n)
-	}
-}
-
-func TestProxyLimitsHoldUnderAFloodOfSourcePorts(t *testing.T) {
-	b := startBackend(t, "b")
-	srv, h := startProxy(t, Config{
-		Backends: []netip.AddrPort{b.addr()},
-		Sources:  NewSourceLimiter(5),
-		Sockets:  NewBudget(8),
-	}, time.Minute, 1000)
-	established := client(t, srv.Addr(0))
-	if reply := exchange(established, "first", 5*time.Second); reply != "b|first" {
-		t.Fatalf("first session: %q", reply)
-	}
-	// 50 new source ports from the same address: only 4 more are admitted,
-	// 46 refused.
-	for i := 0; i < 50; i++ {
-		client(t, srv.Addr(0)).Write([]byte("flood"))
-	}
-	waitUntil(t, "46 refusals", func() bool {
-		st := srv.Stats().Listeners[0]
-		return st.RefusedOpen == 46
-	})
-	st := h.Stats()
-	if st.SourceLimited != 46 || st.UpstreamSockets != 5 {
-		t.Errorf("source-limited %d, sockets %d; want 46 and 5", st.SourceLimited, st.UpstreamSockets)
-	}
-	if reply := exchange(established, "still", 5*time.Second); reply != "b|still" {
-		t.Errorf("established session during the flood: %q", reply)
-	}
-}
-
-func TestProxySocketBudget(t *testing.T) {
-	b := startBackend(t, "b")
-	srv, h := startProxy(t, Config{Backends: []netip.AddrPort{b.addr()}, Sockets: NewBudget(3)}, time.Minute, 1000)
-	for i := 0; i < 10; i++ {
-		client(t, srv.Addr(0)).Write([]byte("x"))
-	}
-	waitUntil(t, "7 socket refusals", func() bool { return h.Stats().SocketLimited == 7 })
-	if n := h.Stats().UpstreamSockets; n != 3 {
-		t.Errorf("%d upstream sockets, want 3", n)
-	}
-}
-
-func TestProxyIdleSessionReleasesUpstream(t *testing.T) {
-	b := startBackend(t, "b")
-	srv, h := startProxy(t, Config{Backends: []netip.AddrPort{b.addr()}}, time.Second, 1000)
-	c := client(t, srv.Addr(0))
-	if reply := exchange(c, "x", 5*time.Second); reply != "b|x" {
-		t.Fatalf("reply %q", reply)
-	}
-	waitUntil(t, "the idle session to close and release its socket", func() bool {
-		st := h.Stats()
-		return st.UpstreamSockets == 0 && st.Backends[0].Sessions == 0 && srv.Stats().Sessions == 0
-	})
-	// The next datagram opens a new session with a new upstream socket.
-	if reply := exchange(c, "y", 5*time.Second); reply != "b|y" {
-		t.Fatalf("after idle close: %q", reply)
-	}
-	if n := len(b.sources()); n != 2 {
-		t.Errorf("backend saw %d sources, want 2 (one per session)", n)
-	}
-}
-
 // TestProxyBurstArrivesWholeAndInOrder sends a burst of equal datagrams and
 // a shorter last one, which the proxy gathers and sends on together
 // (segmented where the kernel allows): the backend and then the client get
@@ -326,5 +249,335 @@ func TestProxyBurstArrivesWholeAndInOrder(t *testing.T) {
 		if string(buf[:n]) != w {
 			t.Fatalf("reply %d: %d bytes starting %q, want %d bytes starting %q", i, n, buf[:3], len(w), w[:3])
 		}
+	}
+}
+
+// The tests below run the proxy on a sessiontest.Loop with a fake clock:
+// the handler's own logic, without the engine or any traffic. Its backends
+// are loopback ports nothing listens on; the upstream sockets the proxy
+// dials to them send nothing, since the loop records what it writes.
+
+// unit is a proxy on a sessiontest.Loop.
+type unit struct {
+	t   *testing.T
+	h   *Handler
+	l   *sessiontest.Loop
+	clk *fakeClock
+}
+
+func newUnit(t *testing.T, backends int, cfg Config) *unit {
+	t.Helper()
+	for i := range backends {
+		cfg.Backends = append(cfg.Backends, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(40001+i)))
+	}
+	clk := newFakeClock()
+	cfg.Health.Now, cfg.Logger = clk.Now, quiet()
+	h, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &unit{t: t, h: h, clk: clk, l: &sessiontest.Loop{Handler: h, IdleTimeout: time.Minute, Now: clk.Now}}
+}
+
+// try opens the session of client, which the test ends when it is over, so
+// that the proxy closes its sockets.
+func (u *unit) try(client string) (*sessiontest.Session, error) {
+	s, err := u.l.Open(netip.MustParseAddrPort(client))
+	if err == nil {
+		u.t.Cleanup(func() { s.End(session.ReasonShutdown) })
+	}
+	return s, err
+}
+
+// open is try for a session the proxy must accept.
+func (u *unit) open(client string) *sessiontest.Session {
+	u.t.Helper()
+	s, err := u.try(client)
+	if err != nil {
+		u.t.Fatalf("open %s: %v", client, err)
+	}
+	return s
+}
+
+// upstreamOf returns s's upstream socket, the first it attached.
+func upstreamOf(s *sessiontest.Session) *sessiontest.Socket { return s.Sockets()[0] }
+
+// sentAre reports whether sent holds the datagrams want.
+func sentAre(sent [][]byte, want ...string) bool {
+	return slices.EqualFunc(sent, want, func(p []byte, w string) bool { return string(p) == w })
+}
+
+// isClosed reports whether fd is closed.
+func isClosed(fd int) bool {
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	return err == unix.EBADF
+}
+
+// TestSessionsStickToTheirBackend: a session's datagrams go to the backend
+// its key picks, on a socket of its own connected there, and the backend's
+// replies to its client; sessions spread over the backends, and the next
+// session of a flow whose session ended picks the same one.
+func TestSessionsStickToTheirBackend(t *testing.T) {
+	u := newUnit(t, 3, Config{})
+	picked := map[netip.AddrPort]int{}
+	for i := range 60 {
+		client := fmt.Sprintf("198.51.100.%d:%d", i+1, 1000+i)
+		s := u.open(client)
+		info, ok := u.h.Session(s)
+		sock := upstreamOf(s)
+		sa, err := unix.Getpeername(sock.FD())
+		if !ok || err != nil || udpsys.AddrPortOf(sa) != info.Backend {
+			t.Fatalf("session %s: backend %v, its socket connected to %v (%v)", client, info.Backend, sa, err)
+		}
+		s.Deliver(s.PeerAddr(), []byte("ping"))
+		sock.Deliver([]byte("pong"))
+		if !sentAre(sock.Sent(), "ping") || !sentAre(s.Sent(), "pong") {
+			t.Fatalf("session %s: sent %q to the backend and %q to the client", client, sock.Sent(), s.Sent())
+		}
+		s.End(session.ReasonIdle)
+		if again, _ := u.h.Session(u.open(client)); again.Backend != info.Backend {
+			t.Errorf("session %s: on %v, the flow's next one on %v", client, info.Backend, again.Backend)
+		}
+		picked[info.Backend]++
+	}
+	if len(picked) != 3 {
+		t.Errorf("sessions did not spread over the backends: %v", picked)
+	}
+}
+
+// TestOpenLimits: the per-source and upstream socket bounds refuse new
+// sessions beyond them, and a session that ends gives its share back.
+func TestOpenLimits(t *testing.T) {
+	tests := []struct {
+		name           string
+		cfg            Config
+		client         string // with %d for the session's number
+		n, opened      int
+		source, socket uint64 // the refusals of each limit
+	}{
+		{"sessions per source", Config{Sources: NewSourceLimiter(5), Sockets: NewBudget(8)}, "198.51.100.1:%d", 51, 5, 46, 0},
+		{"upstream sockets", Config{Sockets: NewBudget(3)}, "198.51.100.%d:1000", 10, 3, 0, 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newUnit(t, 1, tt.cfg)
+			var first *sessiontest.Session
+			for i := range tt.n {
+				s, err := u.try(fmt.Sprintf(tt.client, i+1))
+				switch {
+				case i < tt.opened && err != nil:
+					t.Fatalf("session %d refused: %v", i, err)
+				case i >= tt.opened && !errors.Is(err, ErrSourceLimited) && !errors.Is(err, ErrSocketLimited):
+					t.Fatalf("session %d: %v", i, err)
+				case i == 0:
+					first = s
+				}
+			}
+			st := u.h.Stats()
+			if st.SourceLimited != tt.source || st.SocketLimited != tt.socket || st.UpstreamSockets != tt.opened {
+				t.Errorf("refused %d by source, %d by sockets, %d sockets; want %d, %d, %d",
+					st.SourceLimited, st.SocketLimited, st.UpstreamSockets, tt.source, tt.socket, tt.opened)
+			}
+			first.End(session.ReasonIdle)
+			if _, err := u.try(fmt.Sprintf(tt.client, tt.n+1)); err != nil {
+				t.Errorf("after a session ended: %v", err)
+			}
+		})
+	}
+}
+
+// TestAbandon: a session on a backend marked down that never answered it
+// is closed at its client's next datagram, so that the one after opens a
+// session on a healthy backend; one the backend answered stays until it has
+// been silent for the session's idle timeout.
+func TestAbandon(t *testing.T) {
+	t.Run("never answered", func(t *testing.T) {
+		u := newUnit(t, 1, Config{})
+		s := u.open("198.51.100.1:1000")
+		upstreamOf(s).Fail(unix.ECONNREFUSED) // the backend's only session: enough to mark it down
+		if _, err := u.try("198.51.100.2:1000"); !errors.Is(err, ErrNoBackend) || u.h.Stats().NoBackend != 1 {
+			t.Fatalf("a new session with every backend down: %v", err)
+		}
+		sock := upstreamOf(s)
+		s.Deliver(s.PeerAddr(), []byte("x"))
+		st := u.h.Stats()
+		if s.Reason() != session.ReasonClosed || st.Abandoned != 1 || st.UpstreamSockets != 0 || len(sock.Sent()) != 0 {
+			t.Errorf("ended %v, Abandoned %d, %d sockets, sent %q", s.Reason(), st.Abandoned, st.UpstreamSockets, sock.Sent())
+		}
+	})
+	t.Run("answered", func(t *testing.T) {
+		u := newUnit(t, 1, Config{})
+		s := u.open("198.51.100.1:1000")
+		sock := upstreamOf(s)
+		sock.Deliver([]byte("reply"))
+		// The backend answered: it takes a refusal window of silence, and a
+		// second report, once the session may report again, to mark it down.
+		sock.Fail(unix.ECONNREFUSED)
+		u.clk.Advance(u.h.refusalWindow)
+		sock.Fail(unix.ECONNREFUSED)
+		if u.h.Stats().Backends[0].Healthy {
+			t.Fatal("the backend is not down")
+		}
+		for _, wait := range []time.Duration{0, time.Minute - time.Nanosecond, time.Nanosecond} {
+			u.clk.Advance(wait)
+			s.Deliver(s.PeerAddr(), fmt.Append(nil, wait))
+		}
+		if !sentAre(sock.Sent(), "0s", "59.999999999s") || s.Reason() != session.ReasonClosed || u.h.Stats().Abandoned != 1 {
+			t.Errorf("sent %q, ended %v: want the session closed after a minute of silence", sock.Sent(), s.Reason())
+		}
+	})
+}
+
+// TestRefusalsReportedOncePerWindow: every ICMP refusal on a session's
+// socket is counted, but the balancer hears of them at most once per
+// session per refusal window, and marks the backend down only for refusals
+// from enough sessions; other errors, and any on a probe, are reported
+// nowhere.
+func TestRefusalsReportedOncePerWindow(t *testing.T) {
+	u := newUnit(t, 1, Config{})
+	var ss []*sessiontest.Session
+	for i := range 3 {
+		ss = append(ss, u.open(fmt.Sprintf("198.51.100.%d:1000", i+1)))
+	}
+	ss[2].Deliver(netip.MustParseAddrPort("203.0.113.1:1000"), []byte("roamed"))
+	ss[2].Sockets()[1].Fail(unix.ECONNREFUSED)
+	steps := []struct {
+		after            time.Duration
+		session          int
+		err              error
+		refused, ignored uint64 // RefusedByBackend, IgnoredRefusals
+		errors           uint64 // UpstreamErrors
+		healthy          bool
+	}{
+		{0, 0, unix.ECONNREFUSED, 1, 1, 0, true},
+		{time.Second, 0, unix.ECONNREFUSED, 2, 1, 0, true}, // within the window: not reported
+		{0, 0, unix.EIO, 2, 1, 1, true},
+		{time.Second, 0, unix.ECONNREFUSED, 3, 2, 1, true}, // the window over: reported
+		{0, 1, unix.ECONNREFUSED, 4, 2, 1, false},          // the third report: down
+	}
+	for i, st := range steps {
+		u.clk.Advance(st.after)
+		upstreamOf(ss[st.session]).Fail(st.err)
+		got := u.h.Stats()
+		if got.RefusedByBackend != st.refused || got.IgnoredRefusals != st.ignored || got.UpstreamErrors != st.errors || got.Backends[0].Healthy != st.healthy {
+			t.Fatalf("step %d: refused %d, ignored %d, errors %d, healthy %v; want %d, %d, %d, %v", i,
+				got.RefusedByBackend, got.IgnoredRefusals, got.UpstreamErrors, got.Backends[0].Healthy,
+				st.refused, st.ignored, st.errors, st.healthy)
+		}
+	}
+}
+
+// TestCloseReleasesEverything: however a session ends, the proxy closes its
+// upstream socket and probes and gives back its backend's session count and
+// its limits, those of the address it moved to.
+func TestCloseReleasesEverything(t *testing.T) {
+	ends := map[string]func(*sessiontest.Session){
+		"idle":   func(s *sessiontest.Session) { s.End(session.ReasonIdle) },
+		"closed": func(s *sessiontest.Session) { s.Close() },
+	}
+	for name, end := range ends {
+		t.Run(name, func(t *testing.T) {
+			u := newUnit(t, 1, Config{Sources: NewSourceLimiter(1)})
+			s := u.open("198.51.100.1:1000")
+			moved := netip.MustParseAddrPort("203.0.113.1:1000")
+			s.Deliver(moved, []byte("confirmed"))
+			s.Sockets()[1].Deliver([]byte("reply"))
+			s.Deliver(netip.MustParseAddrPort("203.0.113.2:1000"), []byte("pending"))
+			var fds []int
+			for _, k := range s.Sockets() {
+				fds = append(fds, k.FD())
+			}
+			if st := u.h.Stats(); s.PeerAddr() != moved || len(fds) != 3 || st.UpstreamSockets != 3 || st.MovesPending != 1 {
+				t.Fatalf("at %v, %d sockets, %d pending moves: want a move, a probe confirmed, one pending", s.PeerAddr(), st.UpstreamSockets, st.MovesPending)
+			}
+			end(s)
+			st := u.h.Stats()
+			if st.UpstreamSockets != 0 || st.MovesPending != 0 || st.Backends[0].Sessions != 0 {
+				t.Errorf("%d sockets, %d pending moves, %d backend sessions left", st.UpstreamSockets, st.MovesPending, st.Backends[0].Sessions)
+			}
+			for _, fd := range fds {
+				if !isClosed(fd) {
+					t.Errorf("descriptor %d left open", fd)
+				}
+			}
+			u.open("203.0.113.1:2000") // the source share the session held
+		})
+	}
+}
+
+// TestImportSession: a predecessor's session is adopted only on its
+// backend, still configured, with its socket, connected there, and within
+// the limits.
+func TestImportSession(t *testing.T) {
+	u := newUnit(t, 2, Config{Sources: NewSourceLimiter(1)})
+	held := u.open("198.51.100.1:1000")
+	info, _ := u.h.Session(held)
+	state, err := u.h.ExportSession(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := u.h.backends[0]
+	if elsewhere == info.Backend {
+		elsewhere = u.h.backends[1]
+	}
+	dial := func(to netip.AddrPort) func() int {
+		return func() int {
+			sock, err := udpsys.DialUDP(to, udpsys.ListenConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return sock.FD
+		}
+	}
+	gone, _ := netip.MustParseAddrPort("127.0.0.1:9").MarshalBinary()
+	tests := []struct {
+		name   string
+		client string
+		state  []byte
+		fd     func() int
+		err    string // in the error; "" for none
+	}{
+		{"adopted", "198.51.100.2:1000", state, dial(info.Backend), ""},
+		{"a state of no backend", "198.51.100.3:1000", []byte("x"), dial(info.Backend), "session state"},
+		{"a backend no longer configured", "198.51.100.3:1000", gone, dial(info.Backend), "no longer configured"},
+		{"no socket", "198.51.100.3:1000", state, func() int { return -1 }, "without its upstream socket"},
+		{"a socket connected elsewhere", "198.51.100.3:1000", state, dial(elsewhere), "connected to"},
+		{"a socket connected nowhere", "198.51.100.3:1000", state, func() int {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}, "upstream socket"},
+		{"a source at its limit", "198.51.100.1:2000", state, dial(info.Backend), ErrSourceLimited.Error()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := u.h.Stats()
+			fd := tt.fd()
+			s, err := u.l.Import(netip.MustParseAddrPort(tt.client), tt.state, fd)
+			if tt.err != "" {
+				if fd >= 0 {
+					unix.Close(fd) // the engine's, when the handler refuses it
+				}
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want one about %q", err, tt.err)
+				}
+				if after := u.h.Stats(); after.UpstreamSockets != before.UpstreamSockets || !slices.Equal(after.Backends, before.Backends) {
+					t.Errorf("a refused session took a share: %+v, before %+v", after, before)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := u.h.Session(s); got.Backend != info.Backend || upstreamOf(s).FD() != fd || u.h.Stats().UpstreamSockets != 2 {
+				t.Errorf("adopted on %v with descriptor %d; want %v and %d", got.Backend, upstreamOf(s).FD(), info.Backend, fd)
+			}
+			s.End(session.ReasonShutdown)
+			if !isClosed(fd) {
+				t.Error("the adopted socket was left open")
+			}
+		})
 	}
 }

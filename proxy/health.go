@@ -49,9 +49,9 @@ type HealthConfig struct {
 	// must be quick and must not call MarkDown, MarkUp or Refresh (Pick and
 	// Status are fine).
 	OnChange func(HealthEvent)
-	// Now is the clock Pick uses to notice that a back-off has ended; nil
-	// means time.Now. It exists for tests; times passed to MarkDown and
-	// Refresh should come from the same clock.
+	// Now is the clock Pick uses to notice that a back-off has ended, and
+	// a Handler's clock; nil means time.Now. It exists for tests; times
+	// passed to MarkDown and Refresh should come from the same clock.
 	Now func() time.Time
 }
 

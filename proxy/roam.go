@@ -63,7 +63,7 @@ const (
 // confirm).
 func (h *Handler) Roam(s session.Session, from netip.AddrPort, p []byte) {
 	u := s.State().(*upstream)
-	now := time.Now()
+	now := h.now()
 	if from == u.left && now.Sub(u.leftAt) < moveHold {
 		h.stats.lateDatagrams.Add(1)
 		return
@@ -166,7 +166,7 @@ func (h *Handler) closeIdleProbes(u *upstream, now time.Time) {
 func (h *Handler) fromProbe(s session.Session, u *upstream, sock session.Socket) bool {
 	for i := range u.probes {
 		if pr := &u.probes[i]; pr.sock == sock {
-			pr.last = time.Now()
+			pr.last = h.now()
 			return pr.confirmed || h.confirm(s, u, i)
 		}
 	}
@@ -194,7 +194,7 @@ func (h *Handler) confirm(s session.Session, u *upstream, i int) bool {
 		h.closeProbe(u, i)
 		return false
 	}
-	u.left, u.leftAt = old, time.Now()
+	u.left, u.leftAt = old, h.now()
 	for j := len(u.probes) - 1; j >= 0; j-- {
 		if u.probes[j].sock != pr.sock {
 			h.closeProbe(u, j)

@@ -5,9 +5,11 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/session"
+	"github.com/udpmux/udpmux/session/sessiontest"
 )
 
 // The tunnel protocol of these tests, a miniature of WireGuard's roaming: a
@@ -329,5 +332,182 @@ func TestTunnelsFollowTheirClients(t *testing.T) {
 		if !ok || info.Source != at || info.Source != first[c.id] {
 			t.Errorf("tunnel %d: the backend sends to %v; the session's socket is %v, at first %v", c.id, at, info.Source, first[c.id])
 		}
+	}
+}
+
+// roamTo has s's client, now at from, send p, and returns the probe it
+// goes on when a new one opened for it, or nil.
+func roamTo(s *sessiontest.Session, from string, p string) *sessiontest.Socket {
+	before := s.Sockets()
+	s.Deliver(netip.MustParseAddrPort(from), []byte(p))
+	// A new socket goes last.
+	if socks := s.Sockets(); !slices.Contains(before, socks[len(socks)-1]) {
+		return socks[len(socks)-1]
+	}
+	return nil
+}
+
+// TestRoamConfirmedByTheBackend: datagrams from a new address go to the
+// backend on a probe of their own, and move nothing until the backend
+// answers there; its answer moves the session, and the session's other
+// probes close. The client's next datagrams go on the session's socket
+// again, and once the backend is back there too, the probe closes.
+func TestRoamConfirmedByTheBackend(t *testing.T) {
+	u := newUnit(t, 1, Config{})
+	s := u.open("198.51.100.1:1000")
+	own := upstreamOf(s)
+	port := roamTo(s, "198.51.100.1:2000", "b1")
+	if port == nil || roamTo(s, "198.51.100.1:2000", "b2") != nil {
+		t.Fatal("not one probe for a new address")
+	}
+	ip := roamTo(s, "203.0.113.1:1000", "c1")
+	if st := u.h.Stats(); !sentAre(port.Sent(), "b1", "b2") || !sentAre(ip.Sent(), "c1") || len(own.Sent()) != 0 || st.MovesPending != 2 || st.UpstreamSockets != 3 {
+		t.Fatalf("probes sent %q and %q, the session's socket %q; %d pending, %d sockets", port.Sent(), ip.Sent(), own.Sent(), st.MovesPending, st.UpstreamSockets)
+	}
+	own.Deliver([]byte("to the old address"))
+	if s.PeerAddr().String() != "198.51.100.1:1000" {
+		t.Fatal("a reply on the session's socket moved it")
+	}
+	port.Deliver([]byte("to the new port"))
+	port.Deliver([]byte("more"))
+	moved := netip.MustParseAddrPort("198.51.100.1:2000")
+	st := u.h.Stats()
+	if s.PeerAddr() != moved || !ip.Detached() || st.Moved != 1 || st.MovesPending != 0 || st.UpstreamSockets != 2 {
+		t.Fatalf("at %v, other probe closed %v, Moved %d, %d pending, %d sockets", s.PeerAddr(), ip.Detached(), st.Moved, st.MovesPending, st.UpstreamSockets)
+	}
+	if !sentAre(s.Sent(), "to the old address", "to the new port", "more") {
+		t.Errorf("the client got %q", s.Sent())
+	}
+	if keys := s.Keys(nil); !slices.Equal(keys, []flowtable.Key{flowtable.TupleKey(0, s.LocalAddr(), moved)}) {
+		t.Errorf("keys %v: the old 4-tuple is not released", keys)
+	}
+	s.Deliver(moved, []byte("b3"))
+	own.Deliver([]byte("back"))
+	if !sentAre(own.Sent(), "b3") || len(port.Sent()) != 2 {
+		t.Errorf("the session's socket sent %q, the probe %q", own.Sent(), port.Sent())
+	}
+	u.clk.Advance(probeEvict)
+	s.Deliver(moved, []byte("b4"))
+	if !port.Detached() || u.h.Stats().UpstreamSockets != 1 {
+		t.Error("the probe outlived the backend's return to the session's socket")
+	}
+}
+
+// TestLateDatagramsFromTheAddressLeft: for a second after a move, datagrams
+// from the address the session left are dropped; after that, they are a new
+// address's.
+func TestLateDatagramsFromTheAddressLeft(t *testing.T) {
+	u := newUnit(t, 1, Config{})
+	s := u.open("198.51.100.1:1000")
+	roamTo(s, "198.51.100.1:2000", "move").Deliver([]byte("moved"))
+	for _, wait := range []time.Duration{0, moveHold - time.Nanosecond} {
+		u.clk.Advance(wait)
+		if roamTo(s, "198.51.100.1:1000", "late") != nil {
+			t.Fatalf("%v after the move: a probe for the address left", wait)
+		}
+	}
+	if n := u.h.Stats().LateDatagrams; n != 2 {
+		t.Errorf("LateDatagrams = %d", n)
+	}
+	u.clk.Advance(time.Nanosecond)
+	if pr := roamTo(s, "198.51.100.1:1000", "back"); pr == nil || !sentAre(pr.Sent(), "back") {
+		t.Error("a second after the move, the address left got no probe")
+	}
+}
+
+// TestStaleProbesClose: the client's datagrams from its own address close
+// the probes nothing has passed through for a while: a second for one the
+// backend never answered, or one it has left for the session's socket, ten
+// seconds for one it still answers on.
+func TestStaleProbesClose(t *testing.T) {
+	tests := []struct {
+		name string
+		roam func(u *unit, s *sessiontest.Session) *sessiontest.Socket
+		idle time.Duration
+	}{
+		{"pending", func(u *unit, s *sessiontest.Session) *sessiontest.Socket {
+			return roamTo(s, "203.0.113.1:1000", "x")
+		}, probeEvict},
+		{"confirmed, the backend back on the session's socket", func(u *unit, s *sessiontest.Session) *sessiontest.Socket {
+			pr := roamTo(s, "203.0.113.1:1000", "x")
+			pr.Deliver([]byte("moved"))
+			upstreamOf(s).Deliver([]byte("back"))
+			return pr
+		}, probeEvict},
+		{"confirmed, the backend still on the probe", func(u *unit, s *sessiontest.Session) *sessiontest.Socket {
+			pr := roamTo(s, "203.0.113.1:1000", "x")
+			pr.Deliver([]byte("moved"))
+			return pr
+		}, probeIdle},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newUnit(t, 1, Config{})
+			s := u.open("198.51.100.1:1000")
+			pr := tt.roam(u, s)
+			u.clk.Advance(tt.idle - time.Nanosecond)
+			s.Deliver(s.PeerAddr(), []byte("here"))
+			if pr.Detached() {
+				t.Fatal("closed too early")
+			}
+			u.clk.Advance(time.Nanosecond)
+			s.Deliver(s.PeerAddr(), []byte("still here"))
+			if st := u.h.Stats(); !pr.Detached() || st.UpstreamSockets != 1 || st.MovesPending != 0 {
+				t.Errorf("closed %v, %d sockets, %d pending", pr.Detached(), st.UpstreamSockets, st.MovesPending)
+			}
+		})
+	}
+}
+
+// TestProbesBounded: a session waits on two new addresses at most, and a
+// third takes the place of the one idle longest only once it has been
+// idle for a second; a probe the socket budget has no room for is refused.
+func TestProbesBounded(t *testing.T) {
+	t.Run("pending", func(t *testing.T) {
+		u := newUnit(t, 1, Config{})
+		s := u.open("198.51.100.1:1000")
+		first := roamTo(s, "203.0.113.1:1000", "1")
+		u.clk.Advance(probeEvict / 2)
+		roamTo(s, "203.0.113.2:1000", "2")
+		u.clk.Advance(probeEvict/2 - time.Nanosecond)
+		if roamTo(s, "203.0.113.3:1000", "refused") != nil || u.h.Stats().MovesRefused != 1 {
+			t.Fatal("a third probe while the others are fresh")
+		}
+		u.clk.Advance(time.Nanosecond)
+		if roamTo(s, "203.0.113.3:1000", "3") == nil || !first.Detached() || u.h.Stats().MovesPending != 2 {
+			t.Error("the oldest probe, idle for a second, did not make room")
+		}
+	})
+	t.Run("socket budget", func(t *testing.T) {
+		u := newUnit(t, 1, Config{Sockets: NewBudget(1)})
+		s := u.open("198.51.100.1:1000")
+		if roamTo(s, "203.0.113.1:1000", "x") != nil || u.h.Stats().MovesRefused != 1 || len(upstreamOf(s).Sent()) != 0 {
+			t.Error("a probe beyond the socket budget, or its datagram sent")
+		}
+	})
+}
+
+// TestMoveTakesTheNewSourcesShare: a move to a new IP address takes a share
+// of sessions.max_per_source there and gives back the old one's; with none
+// left there, the move is refused and the probe closed. A new port of the
+// same address needs no share.
+func TestMoveTakesTheNewSourcesShare(t *testing.T) {
+	u := newUnit(t, 1, Config{Sources: NewSourceLimiter(1)})
+	s := u.open("198.51.100.1:1000")
+	holder := u.open("203.0.113.1:5000")
+	pr := roamTo(s, "203.0.113.1:1000", "x")
+	pr.Deliver([]byte("refused"))
+	if s.PeerAddr().String() != "198.51.100.1:1000" || !pr.Detached() || len(s.Sent()) != 0 || u.h.Stats().MovesRefused != 1 {
+		t.Fatalf("at %v, probe closed %v, the client got %q: want the move refused", s.PeerAddr(), pr.Detached(), s.Sent())
+	}
+	holder.End(session.ReasonIdle)
+	roamTo(s, "203.0.113.1:1000", "y").Deliver([]byte("moved"))
+	roamTo(s, "203.0.113.1:2000", "z").Deliver([]byte("moved again"))
+	if s.PeerAddr().String() != "203.0.113.1:2000" || u.h.Stats().Moved != 2 {
+		t.Fatalf("at %v after two moves", s.PeerAddr())
+	}
+	u.open("198.51.100.1:1001")
+	if _, err := u.try("203.0.113.1:3000"); !errors.Is(err, ErrSourceLimited) {
+		t.Errorf("the new address's share is free: %v", err)
 	}
 }

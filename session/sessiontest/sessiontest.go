@@ -1,0 +1,585 @@
+// Package sessiontest runs a session.Handler without the engine, for the
+// handler's unit tests, as wireguard-go's conn/bindtest runs a device without
+// a network. A Loop stands for an event loop of package mux: the test, in the
+// place of the listener's socket, drives the handler's callbacks through it
+// and reads what the handler sent. Its sessions follow the engine's rules
+// for keys, moves, attached sockets and ends; nothing is read from or sent
+// to the network, so what a test sees depends on the test alone.
+package sessiontest
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
+)
+
+// Loop runs a handler's callbacks for the sessions of one listener, one at
+// a time on the caller's goroutine, as an event loop of the engine does. A
+// Loop whose Handler is set is ready to use; set the other fields before the
+// first session opens.
+//
+// A Loop and its sessions are for one goroutine, unlike the engine's
+// sessions, whose Close and getters are safe from any: the race detector
+// reports a handler that calls them from another.
+type Loop struct {
+	// Handler serves the loop's sessions.
+	Handler session.Handler
+	// Local is the listener's address, its sessions' LocalAddr; the zero
+	// AddrPort means 192.0.2.1:9000.
+	Local netip.AddrPort
+	// Scope is the listener's index, the scope of its sessions' keys.
+	Scope uint16
+	// IdleTimeout is what the sessions' Stats report; 0 means 60 seconds,
+	// the engine's default. The loop never ends an idle session by itself:
+	// the test does, with End.
+	IdleTimeout time.Duration
+	// Capacity bounds the keys the loop's sessions hold together, as the
+	// engine's flow table does (mux.Config.MaxSessions): Open and AddKey
+	// fail beyond it. 0 means no bound.
+	Capacity int
+	// Now is the clock of the sessions' Stats; nil means time.Now.
+	Now func() time.Time
+
+	table  map[flowtable.Key][]*Session // each key's holders
+	keys   int                          // entries in table, against Capacity
+	fds    map[int]*Socket              // the attached sockets
+	lastID uint64
+	// depth counts the callbacks running; a Close asked for meanwhile waits
+	// in closes until they have returned, as it waits for the engine's loop.
+	depth  int
+	closes []*Session
+}
+
+var defaultLocal = netip.MustParseAddrPort("192.0.2.1:9000")
+
+const defaultIdleTimeout = 60 * time.Second
+
+var (
+	errKeyHeld  = errors.New("key held by another session")
+	errKeyScope = errors.New("key of another listener")
+)
+
+// Open creates the session of a flow's first datagram from peer, keyed by
+// its 4-tuple as session.Flow keys it, and runs the handler's Open. A
+// session the handler refuses has ended, without the handler's Close, and
+// Open returns the handler's error. It fails without calling the handler
+// when another session holds the key (the engine would deliver the datagram
+// to that one) or the keys would exceed Capacity.
+func (l *Loop) Open(peer netip.AddrPort) (*Session, error) {
+	return l.OpenKey(flowtable.TupleKey(l.Scope, l.local(), peer), flowtable.Key{}, peer)
+}
+
+// OpenKey is Open for a datagram that the dissector keys by key, such as a
+// connection ID (flowtable.CIDKey), and whose ID is id, or the zero Key for
+// none (see session.Dissection): the session is filed under key, its
+// 4-tuple and id.
+func (l *Loop) OpenKey(key, id flowtable.Key, peer netip.AddrPort) (*Session, error) {
+	return l.open(key, id, peer, func(s *Session) error { return l.Handler.Open(s) })
+}
+
+// Import creates a session from peer, keyed by its 4-tuple, as a restart
+// hands it over from a predecessor process: the handler's ImportSession
+// runs with the predecessor's state and upstream socket (-1 for none) in
+// place of Open (see session.Migrator). It fails as Open does, and for a
+// handler that is not a Migrator.
+func (l *Loop) Import(peer netip.AddrPort, state []byte, upstream int) (*Session, error) {
+	m, ok := l.Handler.(session.Migrator)
+	if !ok {
+		return nil, fmt.Errorf("sessiontest: %T is not a session.Migrator", l.Handler)
+	}
+	key := flowtable.TupleKey(l.Scope, l.local(), peer)
+	return l.open(key, flowtable.Key{}, peer, func(s *Session) error { return m.ImportSession(s, state, upstream) })
+}
+
+// open files a new session and has the handler accept it.
+func (l *Loop) open(key, id flowtable.Key, peer netip.AddrPort, accept func(*Session) error) (*Session, error) {
+	switch {
+	case !isTuple(key) && key.Kind() != flowtable.KindCID:
+		return nil, fmt.Errorf("sessiontest: open %v: not a 4-tuple or connection ID key", key)
+	case key.Scope() != l.Scope:
+		return nil, fmt.Errorf("sessiontest: open %v: %w", key, errKeyScope)
+	}
+	peer = unmap(peer)
+	now := l.now()
+	s := &Session{loop: l, id: l.lastID + 1, key: key, anchor: key, peer: peer,
+		st: session.Stats{Created: now, LastSeen: now}}
+	if err := l.file(key, s); err != nil {
+		return nil, fmt.Errorf("sessiontest: open %v: %w", key, err)
+	}
+	l.lastID++
+	// Further keys another session holds are left out, as the engine does.
+	for _, k := range [...]flowtable.Key{flowtable.TupleKey(l.Scope, l.local(), peer), id} {
+		if k.Kind() != flowtable.KindNone && k != key && l.file(k, s) == nil {
+			s.keys = append(s.keys, k)
+		}
+	}
+	var err error
+	l.call(func() {
+		// Refused before the closes asked for run, so that they find it ended.
+		if err = accept(s); err != nil {
+			s.stop(session.ReasonRefused)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Stateless hands the handler a datagram from peer that belongs to no
+// session (see session.StatelessHandler) and returns what the handler wrote
+// back to peer, oldest first. For a handler that is not a StatelessHandler
+// it returns nil: the engine drops such datagrams.
+func (l *Loop) Stateless(peer netip.AddrPort, p []byte) [][]byte {
+	h, ok := l.Handler.(session.StatelessHandler)
+	if !ok {
+		return nil
+	}
+	r := &responder{local: l.local(), peer: unmap(peer)}
+	l.lend(p, func(q []byte) { h.Stateless(r, q) })
+	r.done = true
+	return r.sent
+}
+
+// call runs a handler's callback, then, once no callback runs, the closes
+// the callbacks asked for. A handler's panic goes on to the test.
+func (l *Loop) call(fn func()) {
+	l.depth++
+	fn()
+	if l.depth--; l.depth > 0 {
+		return
+	}
+	for len(l.closes) > 0 {
+		s := l.closes[0]
+		l.closes = l.closes[1:]
+		s.End(session.ReasonClosed)
+	}
+}
+
+// lend runs fn with a copy of p, which it overwrites once fn has returned:
+// the engine reuses its receive buffers, so a handler that keeps a datagram
+// without copying it should find that out in its tests.
+func (l *Loop) lend(p []byte, fn func(q []byte)) {
+	q := bytes.Clone(p)
+	l.call(func() { fn(q) })
+	for i := range q {
+		q[i] = 0xdd
+	}
+}
+
+// file files s under k, with the engine's flow table's rules: an ID key
+// (flowtable.IDKey) may have several holders, any other key one, and every
+// key counts against Capacity.
+func (l *Loop) file(k flowtable.Key, s *Session) error {
+	held := l.table[k]
+	if !k.Shared() && len(held) > 0 {
+		return errKeyHeld
+	}
+	if l.Capacity > 0 && l.keys >= l.Capacity {
+		return flowtable.ErrFull
+	}
+	if l.table == nil {
+		l.table = map[flowtable.Key][]*Session{}
+	}
+	l.table[k] = append(held, s)
+	l.keys++
+	return nil
+}
+
+// unfile takes s out of the table under k.
+func (l *Loop) unfile(k flowtable.Key, s *Session) {
+	held := l.table[k]
+	i := slices.Index(held, s)
+	if i < 0 {
+		return
+	}
+	if len(held) == 1 {
+		delete(l.table, k)
+	} else {
+		l.table[k] = slices.Delete(held, i, i+1)
+	}
+	l.keys--
+}
+
+func (l *Loop) local() netip.AddrPort {
+	if l.Local.IsValid() {
+		return l.Local
+	}
+	return defaultLocal
+}
+
+func (l *Loop) now() time.Time {
+	if l.Now != nil {
+		return l.Now()
+	}
+	return time.Now()
+}
+
+// Session is a session of a Loop: a session.Session held in memory, which
+// records what its handler sends. Beside session.Session's, its methods are
+// the test's: Deliver hands the handler a datagram, End ends the session
+// as the engine would, and Sent, Sockets and Reason tell what the handler
+// did.
+type Session struct {
+	loop        *Loop
+	id          uint64
+	key, anchor flowtable.Key   // anchor heads Keys: key, or the 4-tuple a move put in its place
+	keys        []flowtable.Key // further keys, oldest first
+	peer        netip.AddrPort
+	state       any
+	st          session.Stats
+	sent        [][]byte
+	socks       []*Socket // attached, oldest first
+	closing     bool      // Close waits for the running callbacks
+	ended       bool
+	reason      session.Reason
+}
+
+// Deliver hands the handler a datagram from from, as the engine does a
+// datagram that the dissector maps to s: to Datagram, counted in the
+// session's Stats, if from is the session's peer, and otherwise to Roam (see
+// session.Roamer), or nowhere for a handler that is not a Roamer. For a
+// session that has ended it does nothing.
+func (s *Session) Deliver(from netip.AddrPort, p []byte) {
+	if s.ended {
+		return
+	}
+	h := s.loop.Handler
+	if from = unmap(from); from != s.peer {
+		if r, ok := h.(session.Roamer); ok {
+			s.loop.lend(p, func(q []byte) { r.Roam(s, from, q) })
+		}
+		return
+	}
+	s.st.RxPackets++
+	s.st.RxBytes += uint64(len(p))
+	s.st.LastSeen = s.loop.now()
+	s.loop.lend(p, func(q []byte) { h.Datagram(s, q) })
+}
+
+// End ends the session for reason r as the engine does, when it has been
+// idle (session.ReasonIdle), at shutdown or for a failure: its keys are
+// released and its sockets detached, then the handler's Close runs with r.
+// For a session that has ended it does nothing.
+func (s *Session) End(r session.Reason) {
+	if s.ended {
+		return
+	}
+	s.stop(r)
+	s.loop.call(func() { s.loop.Handler.Close(s, r) })
+}
+
+// stop takes s, which ends for r, out of the loop: its keys and sockets.
+func (s *Session) stop(r session.Reason) {
+	s.ended, s.reason = true, r
+	s.loop.unfile(s.anchor, s)
+	for _, k := range s.keys {
+		s.loop.unfile(k, s)
+	}
+	for len(s.socks) > 0 {
+		s.socks[0].Detach()
+	}
+}
+
+// Sent returns copies of the datagrams the handler wrote to the session's
+// peer, oldest first.
+func (s *Session) Sent() [][]byte { return slices.Clone(s.sent) }
+
+// Sockets returns the sockets the session has attached and not detached,
+// oldest first: the first is the one that goes with it in a restart.
+func (s *Session) Sockets() []*Socket { return slices.Clone(s.socks) }
+
+// Reason returns why the session ended, and 0 while it lives. A session
+// the handler refused ended with session.ReasonRefused.
+func (s *Session) Reason() session.Reason { return s.reason }
+
+// The methods of session.Session.
+
+// Write records a copy of p as sent to the session's peer.
+func (s *Session) Write(p []byte) (int, error) {
+	if s.ended {
+		return 0, session.ErrClosed
+	}
+	n, err := record(&s.sent, p)
+	if err == nil {
+		s.st.TxPackets++
+		s.st.TxBytes += uint64(n)
+	}
+	return n, err
+}
+
+// LocalAddr returns the loop's Local address.
+func (s *Session) LocalAddr() netip.AddrPort { return s.loop.local() }
+
+// PeerAddr returns the peer's address: the one the session opened from, or
+// the one it last moved to.
+func (s *Session) PeerAddr() netip.AddrPort { return s.peer }
+
+// Close ends the session with session.ReasonClosed. Called from a callback,
+// as a handler calls it, it takes effect once the callback has returned:
+// until then the session serves as before, which on the engine lasts a
+// little longer. Called from the test, it takes effect at once.
+func (s *Session) Close() error {
+	switch {
+	case s.ended || s.closing:
+	case s.loop.depth > 0:
+		s.closing = true
+		s.loop.closes = append(s.loop.closes, s)
+	default:
+		s.End(session.ReasonClosed)
+	}
+	return nil
+}
+
+// ID returns the session's number, unique in its loop.
+func (s *Session) ID() uint64 { return s.id }
+
+// Key returns the key the session was created under.
+func (s *Session) Key() flowtable.Key { return s.key }
+
+// Keys appends the keys the session is found by to dst: first its 4-tuple
+// or the key it was created under, then the keys it learned, oldest first.
+func (s *Session) Keys(dst []flowtable.Key) []flowtable.Key {
+	return append(append(dst, s.anchor), s.keys...)
+}
+
+// AddKey files the session under k too, with the engine's rules (see
+// session.Session.AddKey). It fails for a session that has ended.
+func (s *Session) AddKey(k flowtable.Key) error {
+	switch {
+	case s.ended:
+		return session.ErrClosed
+	case k.Kind() == flowtable.KindNone || k.Scope() != s.loop.Scope:
+		return fmt.Errorf("add key %v: %w", k, errKeyScope)
+	case s.holds(k):
+		return nil
+	}
+	if k.Shared() {
+		n, first := 0, -1
+		for i, x := range s.keys {
+			if x.Shared() && x.Class() == k.Class() {
+				if n++; first < 0 {
+					first = i
+				}
+			}
+		}
+		if n >= session.MaxKeysPerClass {
+			s.forget(first)
+		}
+	}
+	if err := s.loop.file(k, s); err != nil {
+		return fmt.Errorf("add key %v: %w", k, err)
+	}
+	s.keys = append(s.keys, k)
+	return nil
+}
+
+// RemoveKey forgets k, one of the keys the session learned, and reports
+// whether it held it.
+func (s *Session) RemoveKey(k flowtable.Key) bool {
+	i := slices.Index(s.keys, k)
+	if i >= 0 {
+		s.forget(i)
+	}
+	return i >= 0
+}
+
+// forget forgets the i-th of s's further keys.
+func (s *Session) forget(i int) {
+	s.loop.unfile(s.keys[i], s)
+	s.keys = slices.Delete(s.keys, i, i+1)
+}
+
+func (s *Session) holds(k flowtable.Key) bool { return k == s.anchor || slices.Contains(s.keys, k) }
+
+// Move makes to the session's peer address, and its 4-tuple with to its
+// 4-tuple key in place of the old one, as the engine does: when another
+// session holds the new 4-tuple, the session goes on without it, keeping
+// the old one if it was created under it. It fails for a session that has
+// ended.
+func (s *Session) Move(to netip.AddrPort) error {
+	if s.ended {
+		return session.ErrClosed
+	}
+	to = unmap(to)
+	switch {
+	case !to.IsValid():
+		return errors.New("move: invalid address")
+	case to == s.peer:
+		return nil
+	}
+	next := flowtable.TupleKey(s.loop.Scope, s.loop.local(), to)
+	if isTuple(s.anchor) {
+		if s.loop.file(next, s) == nil {
+			s.loop.unfile(s.anchor, s)
+			s.anchor = next
+		}
+	} else {
+		s.keys = slices.DeleteFunc(s.keys, func(k flowtable.Key) bool {
+			old := isTuple(k)
+			if old {
+				s.loop.unfile(k, s)
+			}
+			return old
+		})
+		if s.loop.file(next, s) == nil {
+			s.keys = append(s.keys, next)
+		}
+	}
+	s.peer = to
+	return nil
+}
+
+// Attach attaches fd, which must be an open descriptor that no session of
+// the loop has attached, and returns its Socket. It fails for a handler
+// that is not a session.UpstreamHandler and for a session that has ended.
+func (s *Session) Attach(fd int) (session.Socket, error) {
+	l := s.loop
+	if _, ok := l.Handler.(session.UpstreamHandler); !ok {
+		return nil, fmt.Errorf("attach: %T does not implement session.UpstreamHandler", l.Handler)
+	}
+	if s.ended {
+		return nil, session.ErrClosed
+	}
+	// The engine's epoll_ctl would fail the same ways.
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return nil, fmt.Errorf("attach %d: %w", fd, err)
+	}
+	if l.fds[fd] != nil {
+		return nil, fmt.Errorf("attach %d: %w", fd, unix.EEXIST)
+	}
+	if l.fds == nil {
+		l.fds = map[int]*Socket{}
+	}
+	k := &Socket{s: s, fd: fd}
+	l.fds[fd] = k
+	s.socks = append(s.socks, k)
+	return k, nil
+}
+
+// State returns the value set with SetState.
+func (s *Session) State() any { return s.state }
+
+// SetState keeps v with the session.
+func (s *Session) SetState(v any) { s.state = v }
+
+// Stats returns the session's counters and times: what it received
+// through Deliver and sent with Write, when it opened and last received,
+// read from the loop's clock.
+func (s *Session) Stats() session.Stats {
+	st := s.st
+	st.IdleTimeout = cmp.Or(s.loop.IdleTimeout, defaultIdleTimeout)
+	return st
+}
+
+// Socket is a socket a Session attached: a session.Socket that records
+// what the handler writes to it instead of sending it. Its descriptor
+// stays the handler's to close.
+type Socket struct {
+	s        *Session
+	fd       int
+	sent     [][]byte
+	detached bool
+}
+
+// Deliver hands the handler p as a datagram read from the socket (see
+// session.UpstreamHandler.Upstream). The engine reads a socket only while
+// it is attached: for a detached one, Deliver does nothing.
+func (k *Socket) Deliver(p []byte) {
+	if !k.detached {
+		h := k.s.loop.Handler.(session.UpstreamHandler)
+		k.s.loop.lend(p, func(q []byte) { h.Upstream(k.s, k, q) })
+	}
+}
+
+// Fail hands the handler err as the failure of a read of the socket (see
+// session.UpstreamHandler.UpstreamError), such as unix.ECONNREFUSED after
+// an ICMP port unreachable. For a detached socket it does nothing.
+func (k *Socket) Fail(err error) {
+	if !k.detached {
+		h := k.s.loop.Handler.(session.UpstreamHandler)
+		k.s.loop.call(func() { h.UpstreamError(k.s, k, err) })
+	}
+}
+
+// Sent returns copies of the datagrams the handler wrote to the socket,
+// oldest first.
+func (k *Socket) Sent() [][]byte { return slices.Clone(k.sent) }
+
+// Detached reports whether the socket was detached, by the handler or
+// because its session ended.
+func (k *Socket) Detached() bool { return k.detached }
+
+// The methods of session.Socket.
+
+// FD returns the socket's descriptor.
+func (k *Socket) FD() int { return k.fd }
+
+// Write records a copy of p as sent on the socket.
+func (k *Socket) Write(p []byte) (int, error) {
+	if k.detached {
+		return 0, session.ErrClosed
+	}
+	return record(&k.sent, p)
+}
+
+// Detach detaches the socket from its session.
+func (k *Socket) Detach() {
+	if k.detached {
+		return
+	}
+	k.detached = true
+	s := k.s
+	delete(s.loop.fds, k.fd)
+	s.socks = slices.DeleteFunc(s.socks, func(x *Socket) bool { return x == k })
+}
+
+// responder answers one stateless datagram (session.Responder), for the
+// handler's call only.
+type responder struct {
+	local, peer netip.AddrPort
+	sent        [][]byte
+	done        bool
+}
+
+func (r *responder) LocalAddr() netip.AddrPort { return r.local }
+func (r *responder) PeerAddr() netip.AddrPort  { return r.peer }
+func (r *responder) Write(p []byte) (int, error) {
+	if r.done {
+		return 0, session.ErrClosed
+	}
+	return record(&r.sent, p)
+}
+
+// record appends a copy of p to *sent, as the engine copies a datagram
+// into its send batch, unless p is larger than a datagram.
+func record(sent *[][]byte, p []byte) (int, error) {
+	if len(p) > udpsys.MaxDatagram {
+		return 0, session.ErrTooLarge
+	}
+	*sent = append(*sent, bytes.Clone(p))
+	return len(p), nil
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
+func isTuple(k flowtable.Key) bool {
+	return k.Kind() == flowtable.KindTuple4 || k.Kind() == flowtable.KindTuple6
+}
+
+// Interface checks.
+var (
+	_ session.Session   = (*Session)(nil)
+	_ session.Socket    = (*Socket)(nil)
+	_ session.Responder = (*responder)(nil)
+)
