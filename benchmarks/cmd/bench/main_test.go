@@ -40,9 +40,14 @@ func TestParseOnly(t *testing.T) {
 	}
 }
 
-func TestLossFreeRuns(t *testing.T) {
-	r := &result{Runs: []run{{LossPct: 0}, {LossPct: 0.99}, {LossPct: 1}, {LossPct: 33}}}
-	if got, want := lossFreeRuns(r), "2 of 4 runs < 1 %"; got != want {
-		t.Errorf("lossFreeRuns = %q, want %q", got, want)
+func TestParseRates(t *testing.T) {
+	got, err := parseRates("20000, 40000")
+	if err != nil || !slices.Equal(got, []float64{20000, 40000}) {
+		t.Errorf("parseRates = %v, %v", got, err)
+	}
+	for _, bad := range []string{"", "0", "x", "20000,"} {
+		if _, err := parseRates(bad); err == nil {
+			t.Errorf("parseRates(%q) did not fail", bad)
+		}
 	}
 }
