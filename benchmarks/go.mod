@@ -7,7 +7,10 @@ require (
 	golang.org/x/sys v0.49.0
 )
 
-require github.com/stretchr/testify v1.12.1 // indirect
+require (
+	github.com/stretchr/testify v1.12.1 // indirect
+	golang.org/x/crypto v0.57.0 // indirect
+)
 
 require (
 	github.com/panjf2000/ants/v2 v2.12.1 // indirect
