@@ -4,12 +4,13 @@ go 1.26.0
 
 require (
 	github.com/panjf2000/gnet/v2 v2.10.0
+	github.com/pion/transport/v5 v5.1.5
 	golang.org/x/sys v0.49.0
 )
 
 require (
-	github.com/stretchr/testify v1.12.1 // indirect
 	golang.org/x/crypto v0.57.0 // indirect
+	golang.org/x/net v0.58.0 // indirect
 )
 
 require (
