@@ -152,39 +152,62 @@ func buildSyncMap(b *testing.B, keys []flowtable.Key, vals []value) func(*testin
 	}
 }
 
+// sizeFixture is the keys of one table size, in insertion and in probe
+// order, and the values they map to.
+type sizeFixture struct {
+	keys, probe []flowtable.Key
+	vals        []value
+	bodies      map[string]func(*testing.PB, []flowtable.Key, int) // built tables, by name
+}
+
+// fixtures are built once per size and table and kept for the whole run, so
+// that -count repeats measure the same tables instead of building them again
+// (a 10M-entry sync.Map takes tens of seconds to fill).
+var fixtures = map[int]*sizeFixture{}
+
+// fixture returns the keys of a table of n entries.
+func fixture(n int) *sizeFixture {
+	if f := fixtures[n]; f != nil {
+		return f
+	}
+	f := &sizeFixture{keys: make([]flowtable.Key, n), probe: make([]flowtable.Key, n), vals: make([]value, n),
+		bodies: map[string]func(*testing.PB, []flowtable.Key, int){}}
+	for i := range f.keys {
+		f.keys[i] = testKey(i)
+	}
+	for i, j := range rand.New(rand.NewPCG(1, 2)).Perm(n) {
+		f.probe[i] = f.keys[j]
+	}
+	fixtures[n] = f
+	return f
+}
+
 // BenchmarkLookup looks up every key of a full table in a random order from
 // GOMAXPROCS goroutines (set it with -cpu; the budget is stated for 2), for
 // each table at 1k, 1M and 10M entries. An op is one key, batched or not.
-// Each table is built, measured and dropped before the next is built, so
-// that a 10M-entry run holds one table at a time.
 func BenchmarkLookup(b *testing.B) {
 	for _, size := range []struct {
 		name string
 		n    int
 	}{{"1k", 1 << 10}, {"1M", 1 << 20}, {"10M", 10_000_000}} {
 		b.Run(size.name, func(b *testing.B) {
-			keys := make([]flowtable.Key, size.n)
-			for i := range keys {
-				keys[i] = testKey(i)
-			}
-			probe := make([]flowtable.Key, size.n)
-			for i, j := range rand.New(rand.NewPCG(1, 2)).Perm(size.n) {
-				probe[i] = keys[j]
-			}
-			vals := make([]value, size.n)
+			f := fixture(size.n)
 			for _, tbl := range tables {
-				body := tbl.build(b, keys, vals)
+				body := f.bodies[tbl.name]
+				if body == nil {
+					body = tbl.build(b, f.keys, f.vals)
+					f.bodies[tbl.name] = body
+					runtime.GC() // not during the measurement
+				}
 				b.Run(tbl.name, func(b *testing.B) {
 					var goroutines atomic.Int64
 					b.ReportAllocs()
 					b.ResetTimer()
 					b.RunParallel(func(pb *testing.PB) {
 						// Start each goroutine elsewhere, so they do not share cache misses.
-						body(pb, probe, int(goroutines.Add(1))*7919*1021%size.n)
+						body(pb, f.probe, int(goroutines.Add(1))*7919*1021%size.n)
 					})
 				})
-				body = nil
-				runtime.GC()
 			}
 		})
 	}

@@ -217,8 +217,11 @@ func (h *harness) groChecks() []check {
 // the sharded Go map.
 func (h *harness) lookupChecks() []check {
 	ft := h.rec.Flowtable
-	if ft.MapsErr != "" || len(ft.Maps) == 0 {
+	switch {
+	case ft.MapsErr != "":
 		return []check{{label: "1M entries", note: "not measured: " + short(ft.MapsErr)}}
+	case len(ft.Maps) == 0:
+		return []check{{label: "1M entries", note: "the flow table was not measured in this session"}}
 	}
 	batch, hasB := ft.mapStat("1M", "flowtable-batch")
 	sharded, hasS := ft.mapStat("1M", "sharded-map")

@@ -259,7 +259,7 @@ func (h *harness) writeThroughput(w func(string, ...any)) {
 	w("## Throughput (RFC 2544)\n\n")
 	w("The highest offered rate at which loss stayed under %.1f %% in a majority of %d runs (2 of 3 by default), found by binary search between the highest fixed rate that held (or 0) and the generator's maximum, in %d steps: the resolution is that interval ÷ 2^%d, given per figure. ", lossLimitPct, h.opts.runs, h.opts.steps, h.opts.steps)
 	w("\"= max\" means the generator's maximum itself held, so the server's limit is above what one generator core offers. Loss at the maximum (median of the runs there) is the secondary figure.\n\n")
-	w("| scenario | flows | bytes | peer | throughput /s | resolution /s | generator max /s | loss at max % | trials |\n|---|---|---|---|---|---|---|---|---|\n")
+	w("| scenario | flows | bytes | peer | throughput /s | resolution /s | generator max /s | loss at max %% | trials |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		s, c := r.Search, r.Config
 		name := c.Kind
