@@ -166,6 +166,7 @@ func (h *harness) runPeer(sc scenario, peer string) {
 		start := time.Now()
 		if err := h.setGRO(c.GRO); err != nil {
 			res.Err = err.Error()
+			h.logResult(res, 0)
 			continue
 		}
 		if !warm[c.Flows] {

@@ -15,7 +15,9 @@
 //	             goroutine per Conn reading and writing it.
 //	-kind muxlisten udpmux's mux.Listen, the same way.
 //
-// On SIGINT or SIGTERM it prints {"received":N,"sent":M} and exits.
+// On SIGINT or SIGTERM it prints {"received":N,"sent":M,"messages":K} and
+// exits (messages: recvmmsg slots of the bare loop, fewer than received when
+// the kernel coalesced datagrams).
 package main
 
 import (
@@ -42,6 +44,7 @@ import (
 type counters struct {
 	Received atomic.Uint64
 	Sent     atomic.Uint64
+	Messages atomic.Uint64 // received messages: fewer than Received when the kernel coalesced (UDP_GRO)
 }
 
 func main() {
@@ -107,7 +110,7 @@ func main() {
 	case err := <-errc:
 		fail(err)
 	}
-	out, _ := json.Marshal(map[string]uint64{"received": c.Received.Load(), "sent": c.Sent.Load()})
+	out, _ := json.Marshal(map[string]uint64{"received": c.Received.Load(), "sent": c.Sent.Load(), "messages": c.Messages.Load()})
 	fmt.Println(string(out))
 }
 
@@ -187,6 +190,7 @@ func serveBare(fd int, o bareOptions, c *counters) error {
 			}
 		}
 		c.Received.Add(uint64(got))
+		c.Messages.Add(uint64(n))
 		if !o.echo {
 			continue
 		}
