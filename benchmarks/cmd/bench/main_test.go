@@ -51,3 +51,21 @@ func TestParseRates(t *testing.T) {
 		}
 	}
 }
+
+func TestTopSymbols(t *testing.T) {
+	report := `# Samples: 10K of event 'cpu-clock'
+#
+# Overhead  Shared Object      Symbol
+# ........  .................  ......
+#
+    31.02%  [kernel.kallsyms]  [k] handle_softirqs
+     9.10%  [kernel.kallsyms]  [k] native_write_msr
+     5.00%  udpmux             [.] github.com/udpmux/udpmux/mux.(*loop).run
+
+`
+	got := topSymbols(report, 2)
+	want := "    31.02%  [kernel.kallsyms]  [k] handle_softirqs\n     9.10%  [kernel.kallsyms]  [k] native_write_msr"
+	if got != want {
+		t.Errorf("topSymbols = %q, want %q", got, want)
+	}
+}

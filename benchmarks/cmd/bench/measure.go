@@ -49,12 +49,13 @@ type run struct {
 
 // result is every run of one configuration against one peer.
 type result struct {
-	Config     config     `json:"config"`
-	Peer       string     `json:"peer"`
-	Runs       []run      `json:"runs"`
-	Err        string     `json:"error,omitempty"`
-	Search     *searchRec `json:"search,omitempty"`      // at the maximum: the throughput search
-	CrossCheck *run       `json:"cross_check,omitempty"` // at a fixed rate: the spinner's run
+	Config     config      `json:"config"`
+	Peer       string      `json:"peer"`
+	Runs       []run       `json:"runs"`
+	Err        string      `json:"error,omitempty"`
+	Search     *searchRec  `json:"search,omitempty"`      // at the maximum: the throughput search
+	CrossCheck *run        `json:"cross_check,omitempty"` // at a fixed rate: the spinner's run
+	Profile    *profileRec `json:"profile,omitempty"`     // at a fixed rate: where CPU 1's time went
 }
 
 // searchRec is the RFC 2544 throughput search of one peer and shape.
@@ -186,9 +187,14 @@ func (h *harness) runPeer(sc scenario, peer string) {
 			if decided, holds := verdict(losses(res.Runs), len(res.Runs)); decided && holds {
 				held[sh] = max(held[sh], c.Rate)
 			}
-			if sc.crossCk && !crossChecked {
+			if !crossChecked {
 				crossChecked = true
-				res.CrossCheck = h.crossCheck(srv, c)
+				if sc.crossCk {
+					res.CrossCheck = h.crossCheck(srv, c)
+				}
+				if sc.profiled[peer] {
+					res.Profile = h.profile(srv, c, peer)
+				}
 			}
 		case sc.searched[peer]:
 			res.Search = h.search(srv, c, res.Runs, held[sh])

@@ -120,6 +120,7 @@ func writeResults(h *harness) error {
 		}
 	}
 	h.writeGrowth(w)
+	h.writeProfiles(w)
 	if h.opts.includes(partFlowtable) {
 		h.writeFlowtable(w)
 	}

@@ -69,6 +69,7 @@ type scenario struct {
 	peers    []string        // the first is the reference of its ratios
 	searched map[string]bool // peers whose RFC 2544 throughput is searched
 	crossCk  bool            // one run per peer with the SCHED_IDLE spinner
+	profiled map[string]bool // peers profiled with perf in one extra run
 	configs  []config
 }
 
@@ -143,13 +144,13 @@ func (h *harness) scenarios() []scenario {
 	all := []scenario{
 		{part: kindSink, series: seriesMatrix, kind: kindSink, peers: sinkPeers, crossCk: true, configs: plain(seriesMatrix, kindSink, sink)},
 		{part: kindEcho, series: seriesMatrix, kind: kindEcho, peers: echoPeers, crossCk: true,
-			searched: set("bare-gso", "bare", "udpmux"), configs: plain(seriesMatrix, kindEcho, full)},
+			searched: set("bare-gso", "bare", "udpmux"), profiled: set("bare-gso", "udpmux"), configs: plain(seriesMatrix, kindEcho, full)},
 		{part: kindEcho, series: seriesGrowth, kind: kindEcho, peers: growthPeers, configs: growth},
 		{part: kindProxy, series: seriesMatrix, kind: kindProxy, peers: proxyPeers, crossCk: true,
-			searched: set(proxyPeers...), configs: plain(seriesMatrix, kindProxy, full)},
+			searched: set(proxyPeers...), profiled: set("udpmux", "nat"), configs: plain(seriesMatrix, kindProxy, full)},
 		{part: partListener, series: seriesListener, kind: kindEcho, peers: listenerPeers, crossCk: true,
-			searched: set(listenerPeers...), configs: plain(seriesListener, kindEcho, full)},
-		{part: partTunnel, series: seriesTunnel, kind: kindProxy, peers: tunnelPeers, crossCk: true, configs: h.configs(wg, tunnel)},
+			searched: set(listenerPeers...), profiled: set("muxlisten"), configs: plain(seriesListener, kindEcho, full)},
+		{part: partTunnel, series: seriesTunnel, kind: kindProxy, peers: tunnelPeers, crossCk: true, profiled: set("udpmux-wg"), configs: h.configs(wg, tunnel)},
 		{part: partGRO, series: seriesGRO, kind: kindEcho, peers: groEchoPeers, configs: groCfgs(kindEcho, "vs")},
 		{part: partGRO, series: seriesGRO, kind: kindProxy, peers: groProxyPeers, configs: groCfgs(kindProxy, "vsb")},
 	}
