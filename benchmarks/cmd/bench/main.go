@@ -1,11 +1,16 @@
-// Command bench runs the udpmux benchmark matrix on the lab that lab.sh
+// Command bench runs the udpmux benchmark session on the lab that lab.sh
 // builds (namespaces bc, bs, bb) and writes RESULTS.md. It is meant to be
 // started by run.sh, which builds the binaries and brings the lab up and down.
 //
 // Every figure is measured with the load generator (loadgen) in bc pinned to
 // CPU 0 and the server under test in bs pinned to CPU 1; proxy backends (the
-// bare echo peer) run in bb on CPU 0. Each configuration runs -runs times
-// against one server instance; RESULTS.md gives medians with min–max.
+// bare echo peer) run in bb on CPU 0. A scenario (scenario.go) is a set of
+// peers measured on a set of configurations, each configuration -runs times
+// against one server instance; RESULTS.md gives medians with min–max, the
+// RFC 2544 throughput of the searched peers (search.go), CPU 1's busy time
+// (cpu.go) with a spinner's cross-check (spinner.go), perf profiles
+// (profile.go), the flow table against Go's maps (flowtable.go) and the
+// goals (goals.go).
 package main
 
 import (

@@ -195,9 +195,12 @@ func rateName(c config) string {
 
 // writeTable writes the detailed table of one series and kind.
 func (h *harness) writeTable(w func(string, ...any), t table) {
-	ref := t.peers[0]
-	w("| flows | bytes | rate | GRO | peer | offered /s | %s | %s | %s | spinner µs/dgram | %s | %s | %s | %s | CPU 1 ÷ %s |\n",
-		mDelivered.title, mLoss.title, mCore.title, mCPU.title, mP99.title, mDrops.title, mBacklog.title, ref)
+	ref, unit := t.peers[0], "dgram"
+	if t.kind == kindProxy {
+		unit = "round trip"
+	}
+	w("| flows | bytes | rate | GRO | peer | offered /s | %s | %s | CPU 1 µs/%s | spinner µs/%s | process CPU µs/%s (sampled) | %s | %s | %s | CPU 1 ÷ %s |\n",
+		mDelivered.title, mLoss.title, unit, unit, unit, mP99.title, mDrops.title, mBacklog.title, ref)
 	w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range t.configs {
 		refRes := h.find(c, ref)

@@ -175,13 +175,3 @@ func (h *harness) configs(base config, shapes []shape) []config {
 	}
 	return out
 }
-
-// scenarioOf returns the scenario that measures c.
-func (h *harness) scenarioOf(c config) (scenario, bool) {
-	for _, s := range h.scenarios() {
-		if s.series == c.Series && s.kind == c.Kind {
-			return s, true
-		}
-	}
-	return scenario{}, false
-}
