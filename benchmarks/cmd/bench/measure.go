@@ -176,6 +176,7 @@ func (h *harness) runPeer(sc scenario, peer string) {
 			warm[c.Flows] = true
 			if _, err := h.loadgen(srv, c, c.Rate, warmup(c)); err != nil {
 				res.Err = "warm-up: " + err.Error()
+				h.logResult(res, time.Since(start))
 				continue
 			}
 		}
