@@ -69,3 +69,32 @@ func TestTopSymbols(t *testing.T) {
 		t.Errorf("topSymbols = %q, want %q", got, want)
 	}
 }
+
+// The full session's scenarios: every shape at the fixed rate, then at the
+// maximum; no configuration twice in one table.
+func TestScenarios(t *testing.T) {
+	h := &harness{opts: options{rates: []float64{20000}}}
+	want := map[string]int{"sink/matrix": 4, "echo/matrix": 8, "echo/growth": 3, "proxy/matrix": 8,
+		"echo/listener": 8, "proxy/tunnel": 8, "echo/gro": 4, "proxy/gro": 4}
+	seen := map[config]bool{}
+	for _, sc := range h.scenarios() {
+		key := sc.kind + "/" + sc.series
+		if got := len(sc.configs); got != want[key] {
+			t.Errorf("%s: %d configurations, want %d", key, got, want[key])
+		}
+		for i, c := range sc.configs {
+			if seen[c] {
+				t.Errorf("%s: %v twice", key, c)
+			}
+			seen[c] = true
+			if sc.series != seriesGrowth && (i%2 == 0) != (c.Rate > 0) {
+				t.Errorf("%s: %v out of order (fixed rate first, then the maximum)", key, c)
+			}
+		}
+		for p := range sc.searched {
+			if !slices.Contains(sc.peers, p) {
+				t.Errorf("%s: searched peer %s is not a peer", key, p)
+			}
+		}
+	}
+}
