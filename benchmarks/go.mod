@@ -4,14 +4,23 @@ go 1.26.0
 
 require (
 	github.com/panjf2000/gnet/v2 v2.10.0
+	github.com/pion/transport/v5 v5.1.5
 	golang.org/x/sys v0.49.0
 )
 
 require (
+	golang.org/x/crypto v0.57.0 // indirect
+	golang.org/x/net v0.58.0 // indirect
+)
+
+require (
 	github.com/panjf2000/ants/v2 v2.12.1 // indirect
+	github.com/udpmux/udpmux v0.0.0
 	github.com/valyala/bytebufferpool v1.0.0 // indirect
 	go.uber.org/multierr v1.11.0 // indirect
 	go.uber.org/zap v1.28.0 // indirect
 	golang.org/x/sync v0.11.0 // indirect
 	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
 )
+
+replace github.com/udpmux/udpmux => ../

@@ -2,32 +2,39 @@
 # run.sh — build everything, bring the lab up, run every benchmark scenario
 # against every peer, tear the lab down, and write benchmarks/RESULTS.md.
 #
-#   sudo benchmarks/run.sh            # full matrix, about 15 minutes
-#   sudo QUICK=1 benchmarks/run.sh    # a subset, about 2 minutes
+#   sudo benchmarks/run.sh            # everything, about 35-40 minutes
+#   sudo QUICK=1 benchmarks/run.sh    # a subset, about 8 minutes
 #
-# Environment: RUNS (runs per figure, default 3; QUICK 1), DURATION (per run,
-# default 2s; QUICK 1s), RATE (fixed-rate runs, datagrams/s, default 50000),
-# FT_COUNT (flow-table benchmark -count, default 3; QUICK 1), FT_SHORT=1
-# (skip the flow-table benchmarks' 10M-entry tables; the default, and QUICK),
-# FT_SHORT=0 to include them (they take several more minutes), ONLY (a
-# comma-separated subset of sink,echo,proxy,flowtable; default all), OUT (the
-# directory for RESULTS.md, results.json and flowtable-bench.txt; default this
-# one, but a temporary one with ONLY, so that a partial session never replaces
-# the committed results).
+# Environment: RUNS (runs per figure and per search step, default 3; QUICK
+# 1), DURATION (per run, default 2s; QUICK 1s), RATE (the fixed rates,
+# datagrams/s, comma-separated, default 20000: a rate every peer holds),
+# SEARCH_STEPS (halvings of the throughput search, default 5; QUICK 3),
+# FT_COUNT (flow-table benchmark -count, default 3; QUICK 1), FT_SHORT=1 (skip
+# the flowtable package's own 10M-entry benchmarks; the default, and QUICK;
+# the flow table against Go's maps always includes 10M), ONLY (a
+# comma-separated subset of sink,echo,proxy,listener,tunnel,gro,flowtable;
+# default all), OUT (the directory for RESULTS.md, results.json and
+# flowtable-bench.txt; default this one, but a temporary one with ONLY, so
+# that a partial session never replaces the committed results).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 main=$(cd "$here/.." && pwd)
 [[ $EUID -eq 0 ]] || { echo "run.sh: needs root (network namespaces)" >&2; exit 1; }
 
+# The settings given, for RESULTS.md's statement of the command.
+given=""
+for v in QUICK ONLY RUNS DURATION RATE SEARCH_STEPS FT_COUNT FT_SHORT OUT; do
+	[[ -n ${!v:-} ]] && given+="$v=${!v} "
+done
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-	RUNS=${RUNS:-1} DURATION=${DURATION:-1s} FT_COUNT=${FT_COUNT:-1}
+	RUNS=${RUNS:-1} DURATION=${DURATION:-1s} FT_COUNT=${FT_COUNT:-1} SEARCH_STEPS=${SEARCH_STEPS:-3}
 else
-	RUNS=${RUNS:-3} DURATION=${DURATION:-2s} FT_COUNT=${FT_COUNT:-3}
+	RUNS=${RUNS:-3} DURATION=${DURATION:-2s} FT_COUNT=${FT_COUNT:-3} SEARCH_STEPS=${SEARCH_STEPS:-5}
 fi
 FT_SHORT=${FT_SHORT:-1}
-RATE=${RATE:-50000}
+RATE=${RATE:-20000}
 ONLY=${ONLY:-}
 if [[ -n $ONLY ]]; then
 	OUT=${OUT:-$(mktemp -d /tmp/udpmux-bench-results.XXXXXX)}
@@ -58,11 +65,17 @@ if [[ -w /dev/cpu_dma_latency ]]; then
 	printf '\0\0\0\0' >&3
 fi
 
-# Tools: nginx with the stream module (the proxy peer) and benchstat.
-if [[ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]]; then
-	echo "run.sh: installing nginx and libnginx-mod-stream" >&2
+# Tools: nginx with the stream module (the proxy peer), nftables and
+# conntrack (the kernel NAT peer), ethtool (GRO on the veths) and benchstat.
+missing=()
+[[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(nginx libnginx-mod-stream)
+command -v nft >/dev/null || missing+=(nftables)
+command -v conntrack >/dev/null || missing+=(conntrack)
+command -v ethtool >/dev/null || missing+=(ethtool)
+if ((${#missing[@]})); then
+	echo "run.sh: installing ${missing[*]}" >&2
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 gobin=$(go env GOPATH)/bin
 export PATH=$PATH:$gobin
@@ -72,7 +85,7 @@ if ! command -v benchstat >/dev/null; then
 fi
 
 echo "run.sh: building into $out" >&2
-(cd "$here" && go build -o "$out/" ./cmd/loadgen ./cmd/peer ./cmd/bench)
+(cd "$here" && go build -o "$out/" ./cmd/loadgen ./cmd/peer ./cmd/spinner ./cmd/bench)
 if (cd "$main" && go build -o "$out/udpmux" ./cmd/udpmux) 2>"$out/udpmux-build.log"; then
 	echo "run.sh: built the udpmux daemon" >&2
 else
@@ -88,5 +101,5 @@ opts=()
 [[ -n $ONLY ]] && opts+=(-only "$ONLY")
 cd "$here"
 "$out/bench" -bin "$out" -main "$main" -out "$OUT/RESULTS.md" -raw "$OUT/results.json" \
-	-flowtable-out "$OUT/flowtable-bench.txt" -runs "$RUNS" -duration "$DURATION" -rate "$RATE" \
-	-flowtable-count "$FT_COUNT" "${opts[@]}"
+	-flowtable-out "$OUT/flowtable-bench.txt" -runs "$RUNS" -duration "$DURATION" -rates "$RATE" \
+	-search-steps "$SEARCH_STEPS" -flowtable-count "$FT_COUNT" -command "sudo ${given}benchmarks/run.sh" "${opts[@]}"

@@ -40,9 +40,61 @@ func TestParseOnly(t *testing.T) {
 	}
 }
 
-func TestLossFreeRuns(t *testing.T) {
-	r := &result{Runs: []run{{LossPct: 0}, {LossPct: 0.99}, {LossPct: 1}, {LossPct: 33}}}
-	if got, want := lossFreeRuns(r), "2 of 4 runs < 1 %"; got != want {
-		t.Errorf("lossFreeRuns = %q, want %q", got, want)
+func TestParseRates(t *testing.T) {
+	got, err := parseRates("20000, 40000")
+	if err != nil || !slices.Equal(got, []float64{20000, 40000}) {
+		t.Errorf("parseRates = %v, %v", got, err)
+	}
+	for _, bad := range []string{"", "0", "x", "20000,"} {
+		if _, err := parseRates(bad); err == nil {
+			t.Errorf("parseRates(%q) did not fail", bad)
+		}
+	}
+}
+
+func TestTopSymbols(t *testing.T) {
+	report := `# Samples: 10K of event 'cpu-clock'
+#
+# Overhead  Shared Object      Symbol
+# ........  .................  ......
+#
+    31.02%  [kernel.kallsyms]  [k] handle_softirqs
+     9.10%  [kernel.kallsyms]  [k] native_write_msr
+     5.00%  udpmux             [.] github.com/udpmux/udpmux/mux.(*loop).run
+
+`
+	got := topSymbols(report, 2)
+	want := "    31.02%  [kernel.kallsyms]  [k] handle_softirqs\n     9.10%  [kernel.kallsyms]  [k] native_write_msr"
+	if got != want {
+		t.Errorf("topSymbols = %q, want %q", got, want)
+	}
+}
+
+// The full session's scenarios: every shape at the fixed rate, then at the
+// maximum; no configuration twice in one table.
+func TestScenarios(t *testing.T) {
+	h := &harness{opts: options{rates: []float64{20000}}}
+	want := map[string]int{"sink/matrix": 4, "echo/matrix": 8, "echo/growth": 3, "proxy/matrix": 8,
+		"echo/listener": 8, "proxy/tunnel": 8, "echo/gro": 4, "proxy/gro": 4}
+	seen := map[config]bool{}
+	for _, sc := range h.scenarios() {
+		key := sc.kind + "/" + sc.series
+		if got := len(sc.configs); got != want[key] {
+			t.Errorf("%s: %d configurations, want %d", key, got, want[key])
+		}
+		for i, c := range sc.configs {
+			if seen[c] {
+				t.Errorf("%s: %v twice", key, c)
+			}
+			seen[c] = true
+			if sc.series != seriesGrowth && (i%2 == 0) != (c.Rate > 0) {
+				t.Errorf("%s: %v out of order (fixed rate first, then the maximum)", key, c)
+			}
+		}
+		for p := range sc.searched {
+			if !slices.Contains(sc.peers, p) {
+				t.Errorf("%s: searched peer %s is not a peer", key, p)
+			}
+		}
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -26,9 +25,9 @@ type process struct {
 	err  error // set when done is closed
 }
 
-// spawn runs args in namespace ns pinned to cpu, output to a log file in
-// dir. `ip netns exec` and taskset both exec, so the process keeps the pid
-// that spawn sees.
+// spawn runs args in namespace ns (the root namespace if ns is empty)
+// pinned to cpu, output to a log file in dir. `ip netns exec` and taskset
+// both exec, so the process keeps the pid that spawn sees.
 func spawn(dir, name, ns, cpu string, args ...string) (*process, error) {
 	log := filepath.Join(dir, name+".log")
 	f, err := os.Create(log)
@@ -36,8 +35,11 @@ func spawn(dir, name, ns, cpu string, args ...string) (*process, error) {
 		return nil, err
 	}
 	defer f.Close()
-	full := append([]string{"netns", "exec", ns, "taskset", "-c", cpu}, args...)
-	cmd := exec.Command("ip", full...)
+	full := append([]string{"taskset", "-c", cpu}, args...)
+	if ns != "" {
+		full = append([]string{"ip", "netns", "exec", ns}, full...)
+	}
+	cmd := exec.Command(full[0], full[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -150,55 +152,6 @@ func treeCPU(root int) (float64, error) {
 		}
 	}
 	return float64(sum) / clockTicks, nil
-}
-
-// cpuTimes returns, per CPU, busy and total time in ticks from /proc/stat.
-func cpuTimes() (busy, total []uint64, err error) {
-	f, err := os.Open("/proc/stat")
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 9 || !strings.HasPrefix(fields[0], "cpu") || fields[0] == "cpu" {
-			continue
-		}
-		var b, t uint64
-		for i, s := range fields[1:] {
-			v, _ := strconv.ParseUint(s, 10, 64)
-			if i >= 8 { // guest times are already in user
-				break
-			}
-			t += v
-			if i != 3 && i != 4 { // idle, iowait
-				b += v
-			}
-		}
-		busy, total = append(busy, b), append(total, t)
-	}
-	return busy, total, sc.Err()
-}
-
-// cpuBusy samples /proc/stat over d and returns each CPU's busy fraction.
-func cpuBusy(d time.Duration) ([]float64, error) {
-	b0, t0, err := cpuTimes()
-	if err != nil {
-		return nil, err
-	}
-	time.Sleep(d)
-	b1, t1, err := cpuTimes()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]float64, len(b1))
-	for i := range out {
-		if dt := t1[i] - t0[i]; dt > 0 {
-			out[i] = float64(b1[i]-b0[i]) / float64(dt)
-		}
-	}
-	return out, nil
 }
 
 // udpCounters returns InDatagrams and RcvbufErrors from /proc/net/snmp as

@@ -5,16 +5,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
-)
-
-// goal thresholds from the project's mission.
-const (
-	goalCPURatio   = 1.25 // udpmux CPU per datagram / the bare loop's
-	goalLossPct    = 1.0  // at the generator's maximum
-	goalProxyRatio = 1.5  // udpmux proxy delivered rate / nginx's
-	goalLookupNs   = 50.0 // flow-table lookup at 1M sessions
 )
 
 // metric is a figure of a run, with how to print it.
@@ -26,27 +19,27 @@ type metric struct {
 
 var (
 	mDelivered = metric{"delivered /s", func(r run) float64 { return r.DeliveredPPS }, "%.0f"}
-	mLoss      = metric{"loss %", func(r run) float64 { return r.LossPct }, "%.2f"}
-	mCPU       = metric{"server CPU µs/dgram", func(r run) float64 { return r.CPUPerDgram }, "%.2f"}
+	mLoss      = metric{"loss %", func(r run) float64 { return r.LossPct }, "%.3f"}
+	mCPU       = metric{"process CPU µs/dgram (sampled)", func(r run) float64 { return r.CPUPerDgram }, "%.2f"}
 	mCore      = metric{"CPU 1 µs/dgram", func(r run) float64 { return r.CorePerDgram }, "%.2f"}
 	mP99       = metric{"p99 RTT µs", func(r run) float64 { return r.Gen.RTTP99us }, "%.0f"}
 	mDrops     = metric{"kernel drops", func(r run) float64 { return float64(r.RcvbufErrors) }, "%.0f"}
 	mBacklog   = metric{"CPU 1 backlog drops", func(r run) float64 {
-		if len(r.BacklogDrops) < 2 {
+		if len(r.BacklogDrops) <= serverCPU {
 			return 0
 		}
-		return float64(r.BacklogDrops[1])
+		return float64(r.BacklogDrops[serverCPU])
 	}, "%.0f"}
 	mOffered = metric{"offered /s", func(r run) float64 { return r.Gen.OfferedPPS }, "%.0f"}
 )
 
 // cell prints a metric as "median (min–max)", or the median alone for one run.
-func cell(res *result, m metric) string {
-	med := median(res.Runs, m.get)
-	if len(res.Runs) == 1 {
+func cell(runs []run, m metric) string {
+	med := median(runs, m.get)
+	if len(runs) == 1 {
 		return fmt.Sprintf(m.fmt, med)
 	}
-	lo, hi := span(res.Runs, m.get)
+	lo, hi := span(runs, m.get)
 	return fmt.Sprintf(m.fmt+" ("+m.fmt+"–"+m.fmt+")", med, lo, hi)
 }
 
@@ -63,16 +56,51 @@ func (h *harness) find(c config, peer string) *result {
 // ok reports whether a result has figures.
 func ok(r *result) bool { return r != nil && r.Err == "" && len(r.Runs) > 0 }
 
-// ratio prints median(a)/median(b) of a metric, or "–".
-func ratio(a, b *result, m metric) string {
+// ratioOf returns median(a)/median(b) of a metric, and whether both exist.
+func ratioOf(a, b *result, m metric) (float64, bool) {
 	if !ok(a) || !ok(b) {
-		return "–"
+		return 0, false
 	}
 	den := median(b.Runs, m.get)
 	if den == 0 {
-		return "–"
+		return 0, false
 	}
-	return fmt.Sprintf("%.2f", median(a.Runs, m.get)/den)
+	return median(a.Runs, m.get) / den, true
+}
+
+// ratio prints median(a)/median(b) of a metric, or "–".
+func ratio(a, b *result, m metric) string {
+	if v, found := ratioOf(a, b, m); found {
+		return fmt.Sprintf("%.2f", v)
+	}
+	return "–"
+}
+
+// table is the results of one series and kind, in the order they were
+// measured: its configurations and peers.
+type table struct {
+	series, kind string
+	configs      []config
+	peers        []string
+}
+
+// tableOf collects the configurations and peers recorded for a series and
+// kind (from the record, so that a report of an older session shows what
+// that session measured).
+func (h *harness) tableOf(series, kind string) table {
+	t := table{series: series, kind: kind}
+	for _, r := range h.rec.Results {
+		if r.Config.Series != series || r.Config.Kind != kind {
+			continue
+		}
+		if !slices.Contains(t.configs, r.Config) {
+			t.configs = append(t.configs, r.Config)
+		}
+		if !slices.Contains(t.peers, r.Peer) {
+			t.peers = append(t.peers, r.Peer)
+		}
+	}
+	return t
 }
 
 // writeResults writes RESULTS.md.
@@ -81,14 +109,44 @@ func writeResults(h *harness) error {
 		h.opts.only, _ = parseOnly(h.rec.Only) // a report written again from results.json
 	}
 	var b strings.Builder
-	o := h.opts
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	h.writeHeader(w)
+	h.writeGoals(w)
+	h.writeThroughput(w)
+	for _, s := range sections {
+		if t := h.tableOf(s.series, s.kind); len(t.configs) > 0 {
+			w("## %s\n\n%s\n\n", s.title, s.about)
+			h.writeTable(w, t)
+		}
+	}
+	h.writeGrowth(w)
+	h.writeProfiles(w)
+	if h.opts.includes(partFlowtable) {
+		h.writeFlowtable(w)
+	}
+	return os.WriteFile(h.opts.out, []byte(b.String()), 0o644)
+}
+
+// sections are the detailed tables of RESULTS.md, in order.
+var sections = []struct{ series, kind, title, about string }{
+	{seriesMatrix, kindSink, "Sink", "The server reads every datagram and drops it. Delivered = datagrams the kernel queued to the server's socket (InDatagrams in bs); CPU per datagram is over those."},
+	{seriesMatrix, kindEcho, "Echo", "The server returns every datagram to its sender. Delivered = replies back at the generator, on the right flow. bare-gso is the bare loop that sends each run of datagrams to one peer as one UDP GSO message, as udpmux does: the fair limit."},
+	{seriesMatrix, kindProxy, "Proxy", "Client → proxy in bs → two bare echo backends in bb (CPU 0) → proxy → client. Delivered = replies back at the generator. nat: nftables DNAT (numgen over the two backends) with conntrack in bs, no process; route: no NAT, the generator sends to the backends' addresses and bs routes (the floor of the path)."},
+	{seriesListener, kindEcho, "Listeners: a net.Conn per peer", "Echo servers that accept one net.Conn per client flow and echo on it: pion/transport's udp.Listener (v5.1.5) and udpmux's mux.Listen, each in a program of its own on CPU 1."},
+	{seriesTunnel, kindProxy, "Tunnel: WireGuard transport messages through the proxy", "The proxy scenario with WireGuard-shaped datagrams (type 4, receiver index = flow id, counter = sequence; each flow sends one 148-byte initiation first, which makes its session): udpmux with `dissector: flow` and with `dissector: wireguard` (no private key)."},
+	{seriesGRO, kindEcho, "GRO, listener direction: bursts of 1400-byte datagrams", "Echo, 256 flows sending bursts of 16 datagrams each, with GRO off and on on vs (bs's veth from the clients). bare-gro is the bare loop with UDP_GRO on its socket and GSO replies: what a receiver that uses GRO gets."},
+	{seriesGRO, kindProxy, "GRO, upstream direction: bursts of 1400-byte datagrams", "The proxy, 256 flows sending bursts of 16, with GRO off and on on vsb (bs's veth from the backends)."},
+}
+
+// writeHeader writes the title, the machine and how things were measured.
+func (h *harness) writeHeader(w func(string, ...any)) {
+	o := h.opts
 	w("# udpmux benchmark results\n\n")
 	w("Written by `benchmarks/run.sh` (see README.md for what each scenario measures). ")
 	w("Every figure is the median of %d run(s) of %v each, with min–max in parentheses; ", o.runs, o.duration)
 	w("ratios are between medians measured in this same session. Absolute numbers drift between sessions and machines: compare ratios.\n\n")
 	if o.quick {
-		w("**QUICK=1 subset**: 64-byte datagrams only, no 100k-flow series, one flow-table benchmark count.\n\n")
+		w("**QUICK=1 subset**: fewer shapes, no growth series, one flow-table benchmark count.\n\n")
 	}
 	if h.rec.Only != "" {
 		w("**Partial session** (`ONLY=%s`): the other parts were not run.\n\n", h.rec.Only)
@@ -97,72 +155,88 @@ func writeResults(h *harness) error {
 	for _, kv := range h.rec.Machine {
 		w("| %s | %s |\n", kv[0], kv[1])
 	}
+	if h.rec.GRO != "" {
+		w("| veth GRO | %s |\n", h.rec.GRO)
+	}
+	if h.rec.Elapsed > 0 {
+		w("| session took | %v |\n", h.rec.Elapsed)
+	}
 	w("\nLab: namespaces bc (client, load generator on CPU 0), bs (server under test on CPU 1), bb (proxy backends on CPU 0), ")
 	w("joined by veth pairs, receive processing steered with RPS (client and backend rx on CPU 0, server rx on CPU 1). ")
-	w("Fixed-rate runs offer %.0f datagrams/s; \"max\" runs offer what one generator core can send.\n\n", o.rate)
+	w("Fixed-rate runs offer %s datagrams/s; \"max\" runs offer what one generator core can send.\n\n", rateList(o.rates))
+	if h.rec.CoreCPU == coreCPUMethod {
+		w("**CPU 1 µs/dgram** is the server core's busy time, elapsed − idle − iowait − steal from /proc/stat, per delivered datagram (per round trip in echo and proxy): ")
+		w("the tick-sampled user/system/softirq fields miss softirq work on this VM's kernel (TICK_CPU_ACCOUNTING, NO_HZ_IDLE), and so does a process's own CPU time, shown for comparison as \"process CPU (sampled)\". ")
+		w("Where a \"spinner\" figure is given, it is the same cost from a separate run with a SCHED_IDLE busy loop on CPU 1: the capacity the loop lost.\n\n")
+	} else {
+		w("**CPU 1 µs/dgram** in this older session is the sum of /proc/stat's tick-sampled busy fields, which undercounts softirq work on this VM.\n\n")
+	}
 	if h.rec.Noisy > 0 {
 		w("**Warning:** %d run(s) started while other work kept a CPU more than 15 %% busy for 10 s; their figures are less reliable (see results.json, \"noisy\").\n\n", h.rec.Noisy)
 	}
-
-	h.writeGoals(w)
-
-	sections := []struct{ kind, title, about string }{
-		{kindSink, "Sink", "The server reads every datagram and drops it. Delivered = datagrams the kernel queued to the server's socket (InDatagrams in bs); server CPU per datagram is over those."},
-		{kindEcho, "Echo", "The server returns every datagram to its sender. Delivered = replies back at the generator, on the right flow."},
-		{kindProxy, "Proxy", "Client → proxy in bs → two bare echo backends in bb (CPU 0) → proxy → client. Delivered = replies back at the generator."},
-	}
-	for _, s := range sections {
-		if !o.includes(s.kind) {
-			continue
-		}
-		w("## %s\n\n%s\n\n", s.title, s.about)
-		h.writeKind(w, s.kind)
-	}
-
-	if o.includes(kindEcho) {
-		h.writeGrowth(w)
-	}
-	if o.includes(partFlowtable) {
-		h.writeFlowtable(w)
-	}
-	return os.WriteFile(o.out, []byte(b.String()), 0o644)
 }
 
-// writeKind writes the table of one scenario kind.
-func (h *harness) writeKind(w func(string, ...any), kind string) {
-	ref := peersOf[kind][0]
-	w("| flows | bytes | rate | peer | offered /s | %s | %s | %s | %s | %s | %s | %s | delivered ÷ %s | CPU ÷ %s |\n",
-		mDelivered.title, mLoss.title, mCPU.title, mCore.title, mP99.title, mDrops.title, mBacklog.title, ref, ref)
-	w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, c := range h.matrix(kind) {
-		if c.Series != "matrix" {
-			continue
-		}
-		rate := "max"
-		if c.Rate > 0 {
-			rate = fmt.Sprintf("%.0f", c.Rate)
-		}
+// rateList prints rates as "20000" or "20000, 40000".
+func rateList(rates []float64) string {
+	var s []string
+	for _, r := range rates {
+		s = append(s, fmt.Sprintf("%.0f", r))
+	}
+	return strings.Join(s, ", ")
+}
+
+// rateName prints a configuration's rate.
+func rateName(c config) string {
+	if c.Rate > 0 {
+		return fmt.Sprintf("%.0f", c.Rate)
+	}
+	return "max"
+}
+
+// writeTable writes the detailed table of one series and kind.
+func (h *harness) writeTable(w func(string, ...any), t table) {
+	ref, unit := t.peers[0], "dgram"
+	if t.kind == kindProxy {
+		unit = "round trip"
+	}
+	w("| flows | bytes | rate | GRO | peer | offered /s | %s | %s | CPU 1 µs/%s | spinner µs/%s | process CPU µs/%s (sampled) | %s | %s | %s | CPU 1 ÷ %s |\n",
+		mDelivered.title, mLoss.title, unit, unit, unit, mP99.title, mDrops.title, mBacklog.title, ref)
+	w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range t.configs {
 		refRes := h.find(c, ref)
-		for _, peer := range peersOf[kind] {
+		for _, peer := range t.peers {
 			r := h.find(c, peer)
-			w("| %d | %d | %s | %s |", c.Flows, c.Size, rate, peer)
-			if !ok(r) {
-				msg := "not run"
-				if r != nil {
-					msg = short(r.Err)
-				}
-				w(" %s | | | | | | | | | |\n", msg)
+			if r == nil {
 				continue
 			}
-			p99 := cell(r, mP99)
-			if kind == kindSink {
+			w("| %d | %d | %s | %s | %s |", c.Flows, c.Size, rateName(c), groName(c.GRO), peer)
+			if !ok(r) {
+				w(" %s | | | | | | | | | |\n", short(r.Err))
+				continue
+			}
+			spin, proc, p99 := "–", "–", cell(r.Runs, mP99)
+			if r.CrossCheck != nil {
+				spin = fmt.Sprintf("%.2f", r.CrossCheck.CorePerDgram)
+			}
+			if median(r.Runs, mCPU.get) > 0 {
+				proc = cell(r.Runs, mCPU)
+			}
+			if t.kind == kindSink {
 				p99 = "–"
 			}
-			w(" %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", cell(r, mOffered), cell(r, mDelivered), cell(r, mLoss),
-				cell(r, mCPU), cell(r, mCore), p99, cell(r, mDrops), cell(r, mBacklog), ratio(r, refRes, mDelivered), ratio(r, refRes, mCPU))
+			w(" %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", cell(r.Runs, mOffered), cell(r.Runs, mDelivered), cell(r.Runs, mLoss),
+				cell(r.Runs, mCore), spin, proc, p99, cell(r.Runs, mDrops), cell(r.Runs, mBacklog), ratio(r, refRes, mCore))
 		}
 	}
 	w("\n")
+}
+
+// groName prints a configuration's GRO setting.
+func groName(dev string) string {
+	if dev == "" {
+		return "off"
+	}
+	return "on (" + dev + ")"
 }
 
 // short shortens an error for a table cell.
@@ -174,125 +248,36 @@ func short(s string) string {
 	return s
 }
 
-// writeGoals writes the goals table with a status per goal.
-func (h *harness) writeGoals(w func(string, ...any)) {
-	w("## Goals\n\n| goal | measured | status |\n|---|---|---|\n")
-	for _, kind := range []string{kindSink, kindEcho} {
-		if !h.opts.includes(kind) {
-			continue
+// writeThroughput writes the RFC 2544 throughput of every searched peer,
+// one row per peer and one column per shape.
+func (h *harness) writeThroughput(w func(string, ...any)) {
+	var rows []*result
+	for _, r := range h.rec.Results {
+		if r.Search != nil {
+			rows = append(rows, r)
 		}
-		measured, status := h.oneCoreGoal(kind)
-		w("| %s on one core: CPU per datagram ≤ %.2f× the bare loop's, loss < %.0f %% at the generator's maximum | %s | %s |\n",
-			kind, goalCPURatio, goalLossPct, measured, status)
 	}
-	if h.opts.includes(kindProxy) {
-		measured, status := h.proxyGoal()
-		w("| proxy: delivered ≥ %.1f× nginx's, loss < %.0f %% at the generator's maximum | %s | %s |\n", goalProxyRatio, goalLossPct, measured, status)
+	if len(rows) == 0 {
+		return
 	}
-	if h.opts.includes(partFlowtable) {
-		h.writeFlowtableGoal(w)
+	w("## Throughput (RFC 2544)\n\n")
+	w("The highest offered rate at which loss stayed under %.1f %% in a majority of %d runs (2 of 3 by default), found by binary search between the highest fixed rate that held (or 0) and the generator's maximum, in %d steps: the resolution is that interval ÷ 2^%d, given per figure. ", lossLimitPct, h.opts.runs, h.opts.steps, h.opts.steps)
+	w("\"= max\" means the generator's maximum itself held, so the server's limit is above what one generator core offers. Loss at the maximum (median of the runs there) is the secondary figure.\n\n")
+	w("| scenario | flows | bytes | peer | throughput /s | resolution /s | generator max /s | loss at max %% | trials |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		s, c := r.Search, r.Config
+		name := c.Kind
+		if c.Series != seriesMatrix {
+			name = c.Series + " " + c.Kind
+		}
+		tp := fmt.Sprintf("%.0f", s.Throughput)
+		res := fmt.Sprintf("%.0f", s.Resolution)
+		if s.AtMax {
+			tp, res = tp+" (= max)", "–"
+		}
+		w("| %s | %d | %d | %s | %s | %s | %.0f | %s | %d |\n", name, c.Flows, c.Size, r.Peer, tp, res, s.MaxPps, cell(r.Runs, mLoss), len(s.Trials))
 	}
 	w("\n")
-}
-
-// writeFlowtableGoal writes the flow-table goal's row.
-func (h *harness) writeFlowtableGoal(w func(string, ...any)) {
-	ft := h.rec.Flowtable
-	const ftGoal = "flow table: lookup < 50 ns at 1M sessions, 0 allocations"
-	switch {
-	case ft.Err != "":
-		w("| %s | %s | not measured |\n", ftGoal, short(ft.Err))
-	case len(ft.Lookups) == 0:
-		w("| %s | no Lookup…/1M benchmark in ./flowtable | not measured |\n", ftGoal)
-	default:
-		// Every lookup benchmark at 1M is shown; the goal is met if one
-		// way of looking up (single or batched) meets it.
-		var parts []string
-		st := "missed"
-		for _, l := range ft.Lookups {
-			parts = append(parts, fmt.Sprintf("%s: %.1f ns per lookup (%.1f–%.1f), %.0f allocs/op", l.Name, l.Ns, l.Min, l.Max, l.Allocs))
-			if l.Ns < goalLookupNs && l.Allocs == 0 {
-				st = "met"
-			}
-		}
-		w("| %s | %s | %s |\n", ftGoal, strings.Join(parts, "; "), st)
-	}
-}
-
-// oneCoreGoal evaluates the sink or echo goal over every max-rate matrix
-// configuration: the worst CPU ratio and the worst loss decide.
-func (h *harness) oneCoreGoal(kind string) (measured, status string) {
-	var parts []string
-	met, seen := true, false
-	for _, c := range h.matrix(kind) {
-		if c.Rate != 0 || c.Series != "matrix" {
-			continue
-		}
-		u, ref := h.find(c, "udpmux"), h.find(c, "bare")
-		if !ok(u) || !ok(ref) {
-			continue
-		}
-		seen = true
-		rt := median(u.Runs, mCPU.get) / median(ref.Runs, mCPU.get)
-		loss := median(u.Runs, mLoss.get)
-		if rt > goalCPURatio || loss >= goalLossPct {
-			met = false
-		}
-		parts = append(parts, fmt.Sprintf("%d flows %dB: %.2f×, %.2f %% loss (%s; bare %.2f %%)", c.Flows, c.Size, rt, loss, lossFreeRuns(u), median(ref.Runs, mLoss.get)))
-	}
-	if !seen {
-		return "udpmux not yet measured", "not yet measured"
-	}
-	if met {
-		return strings.Join(parts, "; "), "met"
-	}
-	return strings.Join(parts, "; "), "missed"
-}
-
-// lossFreeRuns says in how many of r's runs loss stayed under the goal. At the
-// generator's maximum a loaded server's runs tend to split into lossless ones
-// and lossy ones rather than scatter around the median (benchmarks/README.md,
-// Caveats), so the count says more than the median alone.
-func lossFreeRuns(r *result) string {
-	n := 0
-	for _, run := range r.Runs {
-		if run.LossPct < goalLossPct {
-			n++
-		}
-	}
-	return fmt.Sprintf("%d of %d runs < %.0f %%", n, len(r.Runs), goalLossPct)
-}
-
-// proxyGoal evaluates the proxy goal over every max-rate configuration.
-func (h *harness) proxyGoal() (measured, status string) {
-	var parts []string
-	met, seen := true, false
-	for _, c := range h.matrix(kindProxy) {
-		if c.Rate != 0 {
-			continue
-		}
-		u, ng := h.find(c, "udpmux"), h.find(c, "nginx")
-		if !ok(u) || !ok(ng) {
-			continue
-		}
-		seen = true
-		rt := median(u.Runs, mDelivered.get) / median(ng.Runs, mDelivered.get)
-		loss := median(u.Runs, mLoss.get)
-		if rt < goalProxyRatio || loss >= goalLossPct {
-			met = false
-		}
-		parts = append(parts, fmt.Sprintf("%d flows %dB: %.2f×, %.2f %% loss (%s)", c.Flows, c.Size, rt, loss, lossFreeRuns(u)))
-	}
-	if !seen {
-		if u := h.find(h.matrix(kindProxy)[0], "udpmux"); u != nil && u.Err != "" {
-			return "udpmux proxy: not available", "not yet measured"
-		}
-		return "not measured", "not yet measured"
-	}
-	if met {
-		return strings.Join(parts, "; "), "met"
-	}
-	return strings.Join(parts, "; "), "missed"
 }
 
 // machine describes the host, the software and the source revision.
@@ -321,6 +306,7 @@ func machine(h *harness) [][2]string {
 		commit += " (with uncommitted changes in the work tree)"
 	}
 	return [][2]string{
+		{"command", "`" + o.command + "`"},
 		{"date", h.started.UTC().Format(time.RFC3339)},
 		{"CPUs (nproc)", fmt.Sprint(runtime.NumCPU())},
 		{"CPU model", field("/proc/cpuinfo", "model name")},
@@ -329,22 +315,31 @@ func machine(h *harness) [][2]string {
 		{"go", cmd("go", "version")},
 		{"commit", commit},
 		{"nginx", strings.TrimPrefix(cmd("nginx", "-v"), "nginx version: ")},
+		{"nft", cmd("nft", "--version")},
 		{"runs per figure", fmt.Sprint(o.runs)},
 		{"duration per run", o.duration.String()},
+		{"throughput search", fmt.Sprintf("%d steps, loss < %.1f %% in %d of %d runs", o.steps, lossLimitPct, majority(o.runs), o.runs)},
 	}
 }
 
 // writeGrowth writes how echo's cost grows with concurrent flows.
 func (h *harness) writeGrowth(w func(string, ...any)) {
-	w("## How cost grows with concurrent flows\n\nEcho, 64-byte datagrams at the fixed rate (%.0f/s), one datagram per flow per send (so at 100 000 flows each flow sends about once per run, after a warm-up that made every session). Server CPU µs per datagram (median, min–max), then loss %%.\n\n", h.opts.rate)
-	w("| peer | 256 flows | 10 000 flows | 100 000 flows |\n|---|---|---|---|\n")
-	for _, peer := range peersOf[kindEcho] {
+	t := h.tableOf(seriesGrowth, kindEcho)
+	if len(t.configs) == 0 {
+		return
+	}
+	w("## How cost grows with concurrent flows\n\nEcho, 64-byte datagrams at a fixed rate, one datagram per flow per send (so at 100 000 flows each flow sends about once per run, after a warm-up that made every session). CPU 1 µs per datagram (median, min–max), then loss %%.\n\n")
+	w("| peer |")
+	for _, c := range t.configs {
+		w(" %d flows, %s/s |", c.Flows, rateName(c))
+	}
+	w("\n|---|%s\n", strings.Repeat("---|", len(t.configs)))
+	for _, peer := range t.peers {
 		w("| %s |", peer)
-		for _, f := range growthFlows {
-			r := h.find(config{Kind: kindEcho, Flows: f, Size: 64, Rate: h.opts.rate, Burst: 1, Series: "growth"}, peer)
-			switch {
+		for _, c := range t.configs {
+			switch r := h.find(c, peer); {
 			case ok(r):
-				w(" %s; %.2f %% |", cell(r, mCPU), median(r.Runs, mLoss.get))
+				w(" %s; %.3f %% |", cell(r.Runs, mCore), median(r.Runs, mLoss.get))
 			case r != nil:
 				w(" %s |", short(r.Err))
 			default:
@@ -353,19 +348,5 @@ func (h *harness) writeGrowth(w func(string, ...any)) {
 		}
 		w("\n")
 	}
-}
-
-// writeFlowtable writes the flow-table microbenchmarks.
-func (h *harness) writeFlowtable(w func(string, ...any)) {
-	w("\n## Flow table microbenchmarks\n\n")
-	ft := h.rec.Flowtable
-	if ft.Err != "" {
-		w("Not measured: %s\n", ft.Err)
-	} else {
-		w("`go test -run XXX -bench . -benchmem -cpu 2 -count %d ./flowtable/` (compiled first, run with both CPUs and the lab down)", h.opts.ftCount)
-		if ft.Compared {
-			w(", compared by benchstat with the previous run's output (flowtable-bench.txt)")
-		}
-		w(":\n\n```\n%s\n```\n", ft.Benchstat)
-	}
+	w("\n")
 }

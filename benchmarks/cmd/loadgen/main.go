@@ -10,6 +10,16 @@
 // from all sockets with epoll and recvmmsg(2). Each datagram starts with the
 // header of package wire (flow id, sequence number, send time).
 //
+// With -proto wireguard every datagram is a well-formed WireGuard transport
+// message (type 4): bytes 0-3 are 04 00 00 00, 4-7 the receiver index (the
+// flow id), 8-15 the counter (the sequence number), then the wire header and
+// padding; its -size must be 32 plus a multiple of 16. Before sending any,
+// each flow sends one handshake initiation (type 1, 148 bytes), which lets a
+// WireGuard-aware proxy make its session, and waits up to a second for the
+// echoes of all of them; those are counted apart (handshakes).
+//
+// -dst may list several servers: flow i then sends to the (i mod n)-th.
+//
 // With -rate 0 it sends as fast as it can (the generator's maximum); with
 // -rate N it paces to N datagrams per second, sleeping with nanosecond
 // timeouts (epoll_pwait2) between sends. In -mode sink it only sends. It runs
@@ -44,7 +54,7 @@ import (
 
 // config holds the command-line settings.
 type config struct {
-	dst          netip.AddrPort
+	dsts         []netip.AddrPort
 	srcs         []netip.Addr
 	portBase     int
 	portsPerAddr int
@@ -58,6 +68,7 @@ type config struct {
 	echo         bool
 	burst        int
 	rcvbuf       int
+	wireguard    bool // -proto wireguard
 }
 
 // report is the JSON printed at the end of a run.
@@ -82,7 +93,8 @@ type report struct {
 	RTTP99us    float64 `json:"rtt_p99_us"`
 	RTTP999us   float64 `json:"rtt_p999_us"`
 	RTTMaxus    float64 `json:"rtt_max_us"`
-	Procs       int     `json:"procs"` // generator processes
+	Procs       int     `json:"procs"`                // generator processes
+	Handshakes  uint64  `json:"handshakes,omitempty"` // echoed initiations (-proto wireguard)
 
 	// Set by child processes only, for the parent to merge.
 	RTTHist  []hist.Bucket `json:"rtt_hist,omitempty"`
@@ -120,7 +132,8 @@ func main() {
 func parseFlags() (config, error) {
 	var (
 		cfg  config
-		dst  = flag.String("dst", "198.18.0.2:9000", "server address:port")
+		dst  = flag.String("dst", "198.18.0.2:9000", "server address:port; a comma-separated list spreads the flows over them")
+		prot = flag.String("proto", "", `"" (the wire header at offset 0) or wireguard (WireGuard transport messages)`)
 		srcs = flag.String("src", "198.18.0.1", "comma-separated source addresses; flows fill -ports-per-addr ports on each in turn")
 		mode = flag.String("mode", "echo", "echo (expect a reply per datagram) or sink (send only)")
 	)
@@ -137,9 +150,22 @@ func parseFlags() (config, error) {
 	flag.IntVar(&cfg.rcvbuf, "rcvbuf", 1<<18, "receive buffer bytes per flow socket (SO_RCVBUFFORCE)")
 	flag.Parse()
 
-	var err error
-	if cfg.dst, err = netip.ParseAddrPort(*dst); err != nil || !cfg.dst.Addr().Is4() {
-		return cfg, fmt.Errorf("-dst %q: want an IPv4 address:port", *dst)
+	for s := range strings.SplitSeq(*dst, ",") {
+		ap, err := netip.ParseAddrPort(strings.TrimSpace(s))
+		if err != nil || !ap.Addr().Is4() {
+			return cfg, fmt.Errorf("-dst %q: want IPv4 address:port", s)
+		}
+		cfg.dsts = append(cfg.dsts, ap)
+	}
+	switch *prot {
+	case "":
+	case "wireguard":
+		cfg.wireguard = true
+		if cfg.size < wgHeaderLen+wire.HeaderLen || (cfg.size-wgMinTransport)%16 != 0 {
+			return cfg, fmt.Errorf("-proto wireguard: -size must be 32 plus a multiple of 16, at least %d", wgHeaderLen+wire.HeaderLen)
+		}
+	default:
+		return cfg, fmt.Errorf("-proto %q: want wireguard or nothing", *prot)
 	}
 	for s := range strings.SplitSeq(*srcs, ",") {
 		a, err := netip.ParseAddr(strings.TrimSpace(s))
@@ -201,6 +227,10 @@ func run(cfg config) (*report, error) {
 		return nil, err
 	}
 	g.epoch = time.Now()
+	if cfg.wireguard {
+		g.handshake()
+		g.epoch = time.Now()
+	}
 	g.loop()
 	g.finish()
 	return &g.r, nil
@@ -268,6 +298,7 @@ func runSplit(cfg config, perProc int) (*report, error) {
 		merged.SendErrors += r.SendErrors
 		merged.SendBlocked += r.SendBlocked
 		merged.RecvErrors += r.RecvErrors
+		merged.Handshakes += r.Handshakes
 		merged.DurationS = max(merged.DurationS, r.DurationS)
 		rtt.Add(r.RTTHist, r.RTTMaxNs)
 	}
@@ -286,7 +317,6 @@ func (g *generator) open() error {
 		return fmt.Errorf("epoll_create1: %w", err)
 	}
 	g.epfd = epfd
-	dst := mmsg.Sockaddr(g.cfg.dst)
 	for i := range g.cfg.flows {
 		id := g.cfg.flowBase + i
 		src := netip.AddrPortFrom(g.cfg.srcs[id/g.cfg.portsPerAddr], uint16(g.cfg.portBase+id%g.cfg.portsPerAddr))
@@ -303,8 +333,9 @@ func (g *generator) open() error {
 		if err := unix.Bind(fd, mmsg.Sockaddr(src)); err != nil {
 			return fmt.Errorf("flow %d: bind %v: %w", i, src, err)
 		}
-		if err := unix.Connect(fd, dst); err != nil {
-			return fmt.Errorf("flow %d: connect %v: %w", i, g.cfg.dst, err)
+		dst := g.cfg.dsts[id%len(g.cfg.dsts)]
+		if err := unix.Connect(fd, mmsg.Sockaddr(dst)); err != nil {
+			return fmt.Errorf("flow %d: connect %v: %w", i, dst, err)
 		}
 		if g.cfg.echo {
 			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(i)}
@@ -372,8 +403,13 @@ func (g *generator) loop() {
 func (g *generator) sendBurst(flow, n int) uint64 {
 	ts := g.now()
 	seq := g.seqs[flow]
+	id := uint32(g.cfg.flowBase + flow)
+	off := g.payloadOffset()
 	for k := range n {
-		wire.Put(g.out.Bufs[k], wire.Header{Flow: uint32(g.cfg.flowBase + flow), Seq: seq + uint64(k), Sent: ts})
+		if g.cfg.wireguard {
+			putTransport(g.out.Bufs[k], id, seq+uint64(k))
+		}
+		wire.Put(g.out.Bufs[k][off:], wire.Header{Flow: id, Seq: seq + uint64(k), Sent: ts})
 	}
 	sent, err := g.out.Send(g.fds[flow], n, 0)
 	switch {
@@ -412,8 +448,14 @@ func (g *generator) readFlow(flow int) {
 			return
 		}
 		now := g.now()
+		off := g.payloadOffset()
 		for i := range n {
-			h, err := wire.Parse(g.in.Bufs[i][:g.in.Len(i)])
+			b := g.in.Bufs[i][:g.in.Len(i)]
+			if g.cfg.wireguard && len(b) == wgInitiationLen && b[0] == wgInitiation {
+				g.r.Handshakes++
+				continue
+			}
+			h, err := wire.Parse(b[min(off, len(b)):])
 			switch {
 			case err != nil:
 				g.r.Malformed++

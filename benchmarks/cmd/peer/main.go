@@ -5,10 +5,19 @@
 //	-kind bare   recvmmsg/sendmmsg loop, batch -batch, one thread per address:
 //	             the floor, nothing can do less work per datagram. Also the
 //	             backend echo server of the proxy runs (several -addr).
+//	             With -gso it echoes each run of datagrams to one peer as one
+//	             UDP GSO message (the fair limit for udpmux, which does the
+//	             same); with -gro its socket takes coalesced datagrams
+//	             (UDP_GRO), which it returns as GSO messages.
 //	-kind gonet  Go's net.UDPConn, ReadFromUDPAddrPort / WriteToUDPAddrPort.
 //	-kind gnet   gnet v2 UDP server with one event loop.
+//	-kind pion   pion/transport's udp.Listener: a net.Conn per peer, a
+//	             goroutine per Conn reading and writing it.
+//	-kind muxlisten udpmux's mux.Listen, the same way.
 //
-// On SIGINT or SIGTERM it prints {"received":N,"sent":M} and exits.
+// On SIGINT or SIGTERM it prints {"received":N,"sent":M,"messages":K} and
+// exits (messages: recvmmsg slots of the bare loop, fewer than received when
+// the kernel coalesced datagrams).
 package main
 
 import (
@@ -35,11 +44,14 @@ import (
 type counters struct {
 	Received atomic.Uint64
 	Sent     atomic.Uint64
+	Messages atomic.Uint64 // received messages: fewer than Received when the kernel coalesced (UDP_GRO)
 }
 
 func main() {
 	var (
-		kind   = flag.String("kind", "bare", "bare, gonet or gnet")
+		kind   = flag.String("kind", "bare", "bare, gonet, gnet, pion or muxlisten")
+		gso    = flag.Bool("gso", false, "bare: echo runs of datagrams to one peer as UDP GSO messages")
+		gro    = flag.Bool("gro", false, "bare: receive coalesced datagrams (UDP_GRO); implies -gso")
 		mode   = flag.String("mode", "echo", "echo or sink")
 		addrs  = flag.String("addr", "198.18.0.2:9000", "listen address:port; bare accepts a comma-separated list")
 		batch  = flag.Int("batch", 64, "bare: datagrams per recvmmsg/sendmmsg")
@@ -73,25 +85,32 @@ func main() {
 	switch *kind {
 	case "bare":
 		for _, ap := range list {
-			fd, err := bareSocket(ap, *rcvbuf, *sndbuf)
+			fd, err := bareSocket(ap, *rcvbuf, *sndbuf, *gro)
 			if err != nil {
 				fail(err)
 			}
-			go func() { errc <- serveBare(fd, *batch, echo, &c) }()
+			opts := bareOptions{batch: *batch, echo: echo, gso: *gso || *gro, gro: *gro}
+			go func() { errc <- serveBare(fd, opts, &c) }()
 		}
 	case "gonet":
 		go func() { errc <- serveGoNet(list[0], *rcvbuf, *sndbuf, echo, &c) }()
 	case "gnet":
 		go func() { errc <- serveGnet(list[0], *rcvbuf, *sndbuf, echo, &c) }()
+	case "pion", "muxlisten":
+		ln, err := listen(*kind, list[0], *rcvbuf, *sndbuf)
+		if err != nil {
+			fail(err)
+		}
+		go func() { errc <- serveListener(ln, echo, &c) }()
 	default:
-		fail(fmt.Errorf("-kind %q: want bare, gonet or gnet", *kind))
+		fail(fmt.Errorf("-kind %q: want bare, gonet, gnet, pion or muxlisten", *kind))
 	}
 	select {
 	case <-sig:
 	case err := <-errc:
 		fail(err)
 	}
-	out, _ := json.Marshal(map[string]uint64{"received": c.Received.Load(), "sent": c.Sent.Load()})
+	out, _ := json.Marshal(map[string]uint64{"received": c.Received.Load(), "sent": c.Sent.Load(), "messages": c.Messages.Load()})
 	fmt.Println(string(out))
 }
 
@@ -100,8 +119,8 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-// bareSocket returns a blocking UDP socket bound to ap.
-func bareSocket(ap netip.AddrPort, rcvbuf, sndbuf int) (int, error) {
+// bareSocket returns a blocking UDP socket bound to ap, with UDP_GRO if gro.
+func bareSocket(ap netip.AddrPort, rcvbuf, sndbuf int, gro bool) (int, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
@@ -116,17 +135,45 @@ func bareSocket(ap netip.AddrPort, rcvbuf, sndbuf int) (int, error) {
 			return -1, fmt.Errorf("SO_SNDBUFFORCE: %w", err)
 		}
 	}
+	if gro {
+		if err := unix.SetsockoptInt(fd, unix.SOL_UDP, udpGRO, 1); err != nil {
+			return -1, fmt.Errorf("UDP_GRO: %w", err)
+		}
+	}
 	if err := unix.Bind(fd, mmsg.Sockaddr(ap)); err != nil {
 		return -1, fmt.Errorf("bind %v: %w", ap, err)
 	}
 	return fd, nil
 }
 
+// bareOptions set up the bare loop.
+type bareOptions struct {
+	batch int  // datagrams per recvmmsg
+	echo  bool // return every datagram (else drop it)
+	gso   bool // echo runs to one peer as GSO messages
+	gro   bool // the socket has UDP_GRO: a slot may hold several datagrams
+}
+
 // serveBare is the reference loop: one blocking recvmmsg of up to batch
-// datagrams, then (echo) one sendmmsg that returns each to its sender.
-func serveBare(fd, batch int, echo bool, c *counters) error {
+// datagrams, then (echo) one sendmmsg that returns each to its sender, one
+// message per datagram or, with gso, one per run to one peer.
+func serveBare(fd int, o bareOptions, c *counters) error {
 	runtime.LockOSThread()
-	b := mmsg.NewBatch(batch, 65536, echo)
+	b := mmsg.NewBatch(o.batch, 65536, o.echo)
+	if o.gro {
+		b.EnableControl(cmsgSize)
+	}
+	groSize := func(i int) int {
+		if !o.gro {
+			return 0
+		}
+		return groSegment(b.Control(i))
+	}
+	var gs *gsoSender
+	var rs []segRun
+	if o.gso {
+		gs = newGSOSender(o.batch)
+	}
 	for {
 		n, err := b.Recv(fd, unix.MSG_WAITFORONE)
 		if err != nil {
@@ -135,23 +182,40 @@ func serveBare(fd, batch int, echo bool, c *counters) error {
 			}
 			return fmt.Errorf("recvmmsg: %w", err)
 		}
-		c.Received.Add(uint64(n))
-		if !echo {
+		got := n
+		if o.gro {
+			got = 0
+			for i := range n {
+				got += segments(b.Len(i), groSize(i))
+			}
+		}
+		c.Received.Add(uint64(got))
+		c.Messages.Add(uint64(n))
+		if !o.echo {
 			continue
 		}
-		b.EchoLens(n)
-		for done := 0; done < n; {
-			m, err := b.SendFrom(fd, done, n, 0)
-			if err != nil {
-				if err == unix.EINTR {
-					continue
-				}
-				// A reply that cannot be sent is dropped, as a real server would.
-				break
-			}
-			done += m
+		if gs != nil {
+			rs = gsoRuns(b, n, groSize, rs)
+			gs.echo(fd, b, rs) // a reply that cannot be sent is dropped, as a real server would
+		} else {
+			echoEach(fd, b, n)
 		}
-		c.Sent.Add(uint64(n))
+		c.Sent.Add(uint64(got))
+	}
+}
+
+// echoEach returns slots [0, n) of b to their senders, one message each.
+func echoEach(fd int, b *mmsg.Batch, n int) {
+	b.EchoLens(n)
+	for done := 0; done < n; {
+		m, err := b.SendFrom(fd, done, n, 0)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return // a reply that cannot be sent is dropped, as a real server would
+		}
+		done += m
 	}
 }
 

@@ -13,10 +13,40 @@ import (
 // Batch is a set of n message slots, each with its own buffer and, optionally,
 // room for a peer address (msg_name). A Batch is not safe for concurrent use.
 type Batch struct {
-	Hdrs  []unix.Mmsghdr
-	Bufs  [][]byte
-	iovs  []unix.Iovec
-	names []unix.RawSockaddrInet6 // large enough for IPv4 and IPv6 addresses
+	Hdrs     []unix.Mmsghdr
+	Bufs     [][]byte
+	iovs     []unix.Iovec
+	names    []unix.RawSockaddrInet6 // large enough for IPv4 and IPv6 addresses
+	ctrl     []byte                  // per-slot ancillary data, ctrlSize bytes each (EnableControl)
+	ctrlSize int
+}
+
+// EnableControl gives every slot size bytes of room for ancillary data
+// (cmsgs), which Recv fills and Control returns.
+func (b *Batch) EnableControl(size int) {
+	b.ctrlSize = size
+	b.ctrl = make([]byte, len(b.Hdrs)*size)
+	for i := range b.Hdrs {
+		b.Hdrs[i].Hdr.Control = &b.ctrl[i*size]
+	}
+}
+
+// Control returns the ancillary data slot i received, or nil.
+func (b *Batch) Control(i int) []byte {
+	if b.ctrl == nil {
+		return nil
+	}
+	return b.ctrl[i*b.ctrlSize : i*b.ctrlSize+int(b.Hdrs[i].Hdr.Controllen)]
+}
+
+// Name returns the peer address of slot i as the kernel wrote it, or nil
+// for a batch without addresses.
+func (b *Batch) Name(i int) []byte {
+	h := &b.Hdrs[i].Hdr
+	if h.Name == nil {
+		return nil
+	}
+	return unsafe.Slice(h.Name, h.Namelen)
 }
 
 // NewBatch returns a batch of n slots with bufSize-byte buffers. With withAddr,
@@ -63,6 +93,9 @@ func (b *Batch) Recv(fd int, flags int) (int, error) {
 		b.iovs[i].SetLen(len(b.Bufs[i]))
 		if b.names != nil {
 			b.Hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+		}
+		if b.ctrl != nil {
+			b.Hdrs[i].Hdr.SetControllen(b.ctrlSize)
 		}
 	}
 	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.Hdrs[0])),
