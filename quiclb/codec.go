@@ -2,8 +2,8 @@ package quiclb
 
 import (
 	"crypto/aes"
-	"encoding/binary"
 	"crypto/cipher"
+	"encoding/binary"
 	"sync"
 )
 
