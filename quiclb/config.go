@@ -137,6 +137,8 @@ func (c Config) Algorithm() Algorithm {
 
 // String returns c in the text form ParseConfig reads, with the key in
 // hex: "rotation=0,server-id-len=2,nonce-len=6,key=00…ff,encode-length".
+// The key is secret: whoever has it can read every server ID and link a
+// server's connection IDs, so do not log the result.
 func (c Config) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "rotation=%d,server-id-len=%d,nonce-len=%d", c.Rotation, c.ServerIDLen, c.NonceLen)
