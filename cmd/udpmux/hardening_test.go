@@ -121,8 +121,10 @@ func TestControlAcceptRetries(t *testing.T) {
 	if calls.Load() != 4 {
 		t.Errorf("accept called %d times; want 4 (two failures, a connection, the close)", calls.Load())
 	}
+	// serveAccepts hands each connection to its own goroutine, which may
+	// run after serveAccepts has returned.
 	select {
-	case <-handled: // on a goroutine of its own, maybe after serveAccepts returned
+	case <-handled:
 	case <-time.After(5 * time.Second):
 		t.Error("the connection after the failures was not handled")
 	}
