@@ -1,3 +1,5 @@
+//go:build linux
+
 package mux
 
 import (
@@ -206,8 +208,9 @@ type InheritConfig struct {
 // listener sockets, which New adopts instead of opening new ones (and which
 // fix the number of loops), the sessions that follow, which New restores,
 // and the application's files. A configuration may differ from the old
-// one: listeners are matched by address, sessions of a listener that is
-// gone are dropped, new listeners open their own sockets.
+// one: listeners are matched by address (by name and IP address for an
+// address with port 0), sessions of a listener that is gone are dropped,
+// new listeners open their own sockets.
 //
 // An Inheritance serves one New. Until New has run, the old process waits;
 // a program that gives up before calls Abort.
@@ -234,7 +237,8 @@ type inheritedListener struct {
 // Server.HandOff, to hand itself over, and returns its listeners and files.
 // Pass the result to New in Config.Inherit: New restores the sessions and
 // confirms, after which the old server stops. Cancelling ctx before New
-// has confirmed makes the old server serve on.
+// has confirmed makes the old server serve on. The Inheritance owns conn,
+// and closes it once New or Abort is done with it.
 func Inherit(ctx context.Context, conn *net.UnixConn, cfg InheritConfig) (*Inheritance, error) {
 	r, err := handoff.Receive(ctx, handoff.NewConn(conn), cfg.Meta, cmpOr(cfg.Timeout, DefaultHandoffTimeout))
 	if err != nil {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package mux
 
 import (
@@ -24,8 +26,8 @@ import (
 const maxCandidates = 16
 
 var (
-	errKeyHeld  = errors.New("key held by another session")
-	errKeyScope = errors.New("key of another listener")
+	errKeyHeld  = errors.New("session: key held by another session")
+	errKeyScope = errors.New("session: key of another listener")
 )
 
 // addKey files s under k too (Session.AddKey).
@@ -102,7 +104,7 @@ func (l *loop) noteKeys(s *sess) {
 func (l *loop) move(s *sess, to netip.AddrPort) error {
 	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 	if !to.IsValid() {
-		return errors.New("move: invalid address")
+		return errors.New("session: move to an invalid address")
 	}
 	if to == s.PeerAddr() {
 		return nil

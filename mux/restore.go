@@ -1,3 +1,5 @@
+//go:build linux
+
 package mux
 
 import (
@@ -13,11 +15,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// adopt wraps the inherited sockets of the listener at addr, if any, and
-// marks them used.
-func (inh *Inheritance) adopt(addr netip.AddrPort, used []bool) ([]*udpsys.Socket, error) {
+// adopt wraps the inherited sockets of listener ln, if any, and marks them
+// used. An inherited listener is ln's if it is bound to ln's address or, for
+// an address with port 0, has ln's name and IP address: the predecessor's
+// port 0 is the port it got.
+func (inh *Inheritance) adopt(ln *listener, used []bool) ([]*udpsys.Socket, error) {
+	addr := ln.addr
 	for i, il := range inh.listeners {
-		if il.addr != addr || used[i] {
+		same := il.addr == addr ||
+			addr.Port() == 0 && il.name == ln.name && il.addr.Addr() == addr.Addr()
+		if !same || used[i] {
 			continue
 		}
 		used[i] = true
@@ -46,7 +53,7 @@ func (inh *Inheritance) workers() (int, error) {
 		n = len(il.fds)
 	}
 	if n == 0 {
-		return 0, errors.New("inherited no listener sockets")
+		return 0, errors.New("mux: Config.Inherit: no listener sockets")
 	}
 	return n, nil
 }

@@ -1,7 +1,5 @@
-// Package mux is udpmux's engine: one event loop per core, each with its own
-// socket in every listener's SO_REUSEPORT group, reading with recvmmsg and
-// writing with sendmmsg, routing datagrams through a dissector and the shared
-// flow table to their sessions' handlers.
+//go:build linux
+
 package mux
 
 import (
@@ -166,7 +164,7 @@ func (srv *Server) openLoops(cpus []int) error {
 		var inherited []*udpsys.Socket
 		if inh := srv.cfg.Inherit; inh != nil {
 			var err error
-			if inherited, err = inh.adopt(addr, used); err != nil {
+			if inherited, err = inh.adopt(ln, used); err != nil {
 				return fmt.Errorf("listener %s: %w", ln.name, err)
 			}
 		}

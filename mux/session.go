@@ -1,3 +1,5 @@
+//go:build linux
+
 package mux
 
 import (
@@ -258,7 +260,7 @@ func (s *sess) upstreamFD() int {
 // handler set up before accepting is visible to a caller that saw true.
 func (s *sess) live() bool { return s.opened.Load() && !s.closed.Load() }
 
-var errNotMigrator = errors.New("handler cannot import sessions")
+var errNotMigrator = errors.New("mux: the handler cannot import sessions")
 
 // open runs the handler's Open. Owning loop. A session the handler refuses
 // has ended: a Close it asked for before refusing finds it closed, so that

@@ -1,3 +1,5 @@
+//go:build linux
+
 package mux
 
 import (
@@ -41,6 +43,7 @@ var reasonIndex = [...]session.Reason{
 
 // ListenerStats are a listener's counters summed over all loops.
 type ListenerStats struct {
+	// Name and Address are the listener's, as configured and as bound.
 	Name    string
 	Address string
 	// RxDatagrams and RxBytes count datagrams read from the listener's
@@ -159,6 +162,7 @@ func (st *socketStats) closedFor(r session.Reason) *counter {
 
 // Stats is a snapshot of a Server's counters.
 type Stats struct {
+	// Listeners are the listeners' counters, in configuration order.
 	Listeners []ListenerStats
 	// Sessions is the number of live sessions; Keys the keys they are filed
 	// under (each has one or more); Capacity the table's bound on keys.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package mux
 
 import (
@@ -68,7 +70,7 @@ func (d *dropCounter) growth(v uint32) uint64 {
 	return g
 }
 
-var errNotUpstream = errors.New("attach: the handler does not implement session.UpstreamHandler")
+var errNotUpstream = errors.New("session: attach: the handler does not implement session.UpstreamHandler")
 
 // attach makes fd one of s's sockets, in this loop's poller under a slot
 // that leads straight back to it.

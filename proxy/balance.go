@@ -1,3 +1,5 @@
+//go:build linux
+
 package proxy
 
 import (
@@ -257,12 +259,12 @@ func (b *Balancer) Len() int { return len(b.addrs) }
 // BackendStatus is a point-in-time view of one backend, for metrics and
 // status pages.
 type BackendStatus struct {
-	Addr     netip.AddrPort
-	Healthy  bool   // currently eligible for new sessions
-	Sessions int64  // live sessions (Opened minus Closed)
-	Failures int    // consecutive failures since the last success
-	Downs    uint64 // transitions to down
-	Ups      uint64 // transitions back to healthy, after back-off or on success
+	Addr     netip.AddrPort // as configured
+	Healthy  bool           // currently eligible for new sessions
+	Sessions int64          // live sessions (Opened minus Closed)
+	Failures int            // consecutive failures since the last success
+	Downs    uint64         // transitions to down
+	Ups      uint64         // transitions back to healthy, after back-off or on success
 }
 
 // Status returns the current status of backend without taking a lock; the

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package proxy is udpmux's session-sticky fan-out proxy: a session.Handler
 // that gives every client session its own socket connected to one backend,
 // chosen by Maglev consistent hashing (or least-sessions, round-robin), so

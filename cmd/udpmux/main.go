@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command udpmux is the udpmux daemon: a UDP session multiplexer that serves
 // the listeners of a YAML config file with one event loop per core.
 //

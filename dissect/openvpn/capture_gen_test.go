@@ -1,3 +1,5 @@
+//go:build linux
+
 package openvpn
 
 // TestMakeCaptures records real OpenVPN traffic into testdata/. It runs only

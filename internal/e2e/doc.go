@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e holds end-to-end tests that run the udpmux daemon against real
 // programs (OpenVPN and WireGuard servers and clients) in network namespaces
 // built with internal/netlab. The tests need root, iproute2 and, for the

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package handoff is the wire protocol between a running udpmux and its
 // successor, and between udpmux and its control commands: messages over a
 // SOCK_SEQPACKET Unix socket, each one frame of type, payload and CRC-32C,

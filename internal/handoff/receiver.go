@@ -1,3 +1,5 @@
+//go:build linux
+
 package handoff
 
 import (
@@ -37,6 +39,10 @@ type Receiver struct {
 	conn  *Conn
 	fixed int // descriptors before the session sockets
 	stop  func() bool
+	// gcPercent is the collector's setting before Restore turned it off
+	// (gcOff), until Confirm or Abort.
+	gcPercent int
+	gcOff     bool
 }
 
 // Receive opens a handoff on conn, connected to the owner: it sends the
@@ -130,8 +136,8 @@ func (r *Receiver) receiveListeners() error {
 // sockets not yet handed to dst are closed.
 func (r *Receiver) Restore(dst Restorer) error {
 	// Restoring allocates a session at a time: a collection meanwhile
-	// would only add to the owner's pause.
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	// would only add to the owner's pause, which lasts until Confirm.
+	r.gcPercent, r.gcOff = debug.SetGCPercent(-1), true
 	if err := r.conn.Send(TypeReady, nil, nil); err != nil {
 		return err
 	}
@@ -205,4 +211,8 @@ func (r *Receiver) CloseFiles() {
 func (r *Receiver) close() {
 	r.stop()
 	r.conn.Close()
+	if r.gcOff {
+		debug.SetGCPercent(r.gcPercent)
+		r.gcOff = false
+	}
 }

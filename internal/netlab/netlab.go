@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netlab builds small, disposable network labs for tests: Linux
 // network namespaces joined by veth pairs (and optionally bridges), with
 // addresses, routes and processes inside them.

@@ -19,9 +19,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/flowtable"
-	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
+
+// maxDatagram is what a UDP datagram holds, the bound of session.ErrTooLarge.
+const maxDatagram = 65535
 
 // Loop runs a handler's callbacks for the sessions of one listener, one at
 // a time on the caller's goroutine, as an event loop of the engine does. A
@@ -564,7 +566,7 @@ func (r *responder) Write(p []byte) (int, error) {
 // record appends a copy of p to *sent, as the engine copies a datagram
 // into its send batch, unless p is larger than a datagram.
 func record(sent *[][]byte, p []byte) (int, error) {
-	if len(p) > udpsys.MaxDatagram {
+	if len(p) > maxDatagram {
 		return 0, session.ErrTooLarge
 	}
 	*sent = append(*sent, bytes.Clone(p))
