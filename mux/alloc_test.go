@@ -17,12 +17,15 @@ import (
 // finds each session in the flow table, runs the echo handler and answers
 // with sendmmsg. Once the sessions exist, a whole round must allocate nothing.
 func TestSteadyStatePathAllocatesNothing(t *testing.T) {
-	t.Run("4-tuples", func(t *testing.T) { testSteadyState(t, echoConfig("127.0.0.1:0", 1), nil) })
+	t.Run("4-tuples", func(t *testing.T) { testSteadyState(t, echoConfig("127.0.0.1:0", 1), nil, false) })
+	// Each client's datagrams as one segmented message, which arrives
+	// coalesced (UDP GRO) and is cut apart.
+	t.Run("coalesced", func(t *testing.T) { testSteadyState(t, echoConfig("127.0.0.1:0", 1), nil, true) })
 	// Datagrams that carry an ID their sessions learned (idDissector): the
 	// claim of every one is checked.
 	cfg := echoConfig("127.0.0.1:0", 1)
 	cfg.Listeners[0].Handler, cfg.Listeners[0].Dissector = learningEcho{}, idDissector{}
-	t.Run("IDs", func(t *testing.T) { testSteadyState(t, cfg, []byte("d")) })
+	t.Run("IDs", func(t *testing.T) { testSteadyState(t, cfg, []byte("d"), false) })
 }
 
 // learningEcho echoes; "k<id>" also makes the session learn id.
@@ -37,8 +40,8 @@ func (learningEcho) Datagram(s session.Session, p []byte) {
 
 // testSteadyState runs the test for cfg; with a prefix, each client's
 // session first learns the client's ID, which every datagram then carries
-// after the prefix.
-func testSteadyState(t *testing.T, cfg Config, prefix []byte) {
+// after the prefix; with gso, clients send their datagrams segmented.
+func testSteadyState(t *testing.T, cfg Config, prefix []byte, gso bool) {
 	if raceEnabled {
 		t.Skip("allocation counts are meaningless under the race detector")
 	}
@@ -63,6 +66,9 @@ func testSteadyState(t *testing.T, cfg Config, prefix []byte) {
 	}
 	out := udpsys.NewBatch(perFlow, 256, unix.AF_INET)
 	in := udpsys.NewBatch(perFlow, 256, unix.AF_INET)
+	if gso {
+		out.EnableGSO()
+	}
 	for i := range out.Msgs {
 		out.Msgs[i].N = 128
 	}
@@ -110,5 +116,8 @@ func testSteadyState(t *testing.T, cfg Config, prefix []byte) {
 	// One opening round, AllocsPerRun's warm-up round, then 200 measured.
 	if want := 202 * flows * perFlow; echoed != want {
 		t.Errorf("echoed %d datagrams, want %d", echoed, want)
+	}
+	if gso && srv.Stats().Listeners[0].RxCoalesced == 0 {
+		t.Error("no datagram arrived coalesced: the case did not test GRO")
 	}
 }

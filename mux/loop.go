@@ -214,6 +214,7 @@ func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, inherited bool) erro
 	if sock.GSO {
 		ls.tx.EnableGSO() // replies in a burst to one peer cross the stack once
 	}
+	l.enableGRO(sock.FD)
 	if l.rx == nil {
 		l.rx = udpsys.NewBatch(l.srv.cfg.Batch, l.srv.cfg.MaxDatagram, unix.AF_INET6)
 		l.up = upstreamQueue{b: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, unix.AF_INET6),
@@ -232,6 +233,14 @@ func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, inherited bool) erro
 		l.batchEnds = append(l.batchEnds, bh)
 	}
 	return l.watch(sock.FD, tokenSocket, int32(ln.scope))
+}
+
+// enableGRO lets a burst of one flow's datagrams arrive on socket fd as
+// one message when the loop's receive slots can hold any such message.
+func (l *loop) enableGRO(fd int) {
+	if l.srv.cfg.MaxDatagram >= udpsys.MaxDatagram {
+		udpsys.EnableGRO(fd)
+	}
 }
 
 // run serves until stop is called, then closes the loop's sessions. A loop

@@ -32,14 +32,21 @@ func (l *loop) readSocket(ls *loopSocket) {
 			return
 		}
 		l.now = clock()
-		// Dissect the whole batch, look its flows up together (overlapping
-		// the table's cache misses), then route each datagram in order.
-		for i := 0; i < n; i++ {
-			l.classify(ls, &l.rx.Msgs[i], i)
+		grams := l.rx.Datagrams(n)
+		if len(grams) > n {
+			ls.stats.rxCoalesced.add(uint64(len(grams)))
 		}
-		l.srv.table.LookupBatch(l.keys[:n], l.found[:n])
-		for i := 0; i < n; {
-			i = l.routeFrom(ls, i, n)
+		// Dissect a batch's worth of datagrams, look their flows up together
+		// (overlapping the table's cache misses), then route each in order.
+		for from := 0; from < len(grams); from += len(l.keys) {
+			batch := grams[from:min(from+len(l.keys), len(grams))]
+			for i := range batch {
+				l.classify(ls, &batch[i], i)
+			}
+			l.srv.table.LookupBatch(l.keys[:len(batch)], l.found[:len(batch)])
+			for i := 0; i < len(batch); {
+				i = l.routeFrom(ls, batch, i)
+			}
 		}
 		l.countKernelDrops(&ls.drops, &ls.stats.kernelDrops)
 		l.endBatch()
@@ -59,20 +66,20 @@ func (l *loop) countKernelDrops(d *dropCounter, c *counter) {
 	}
 }
 
-// routeFrom routes datagrams i to n-1 of the receive batch and returns where
-// it stopped: n, or the datagram after one whose handler panicked, which is
-// lost with its session.
-func (l *loop) routeFrom(ls *loopSocket, i, n int) (next int) {
+// routeFrom routes batch[i:], classified, and returns where it stopped: the
+// end, or the datagram after one whose handler panicked, which is lost with
+// its session.
+func (l *loop) routeFrom(ls *loopSocket, batch []udpsys.Message, i int) (next int) {
 	defer func() {
 		if r := recover(); r != nil {
 			l.recovered(r)
 			next = i + 1
 		}
 	}()
-	for ; i < n; i++ {
-		l.route(ls, &l.rx.Msgs[i], i, l.found[i])
+	for ; i < len(batch); i++ {
+		l.route(ls, &batch[i], i, l.found[i])
 	}
-	return n
+	return len(batch)
 }
 
 // dispatch routes one received datagram: dissector, flow table, session.

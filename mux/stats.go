@@ -20,6 +20,7 @@ func (c *counter) load() uint64 { return c.v.Load() }
 // socketStats are one loop's counters for one listener.
 type socketStats struct {
 	rxDatagrams, rxBytes, txDatagrams, txBytes counter
+	rxCoalesced, upstreamCoalesced             counter
 	truncated, malformed, unknownFlow          counter
 	statelessDrops, unknownID, keysRefused     counter
 	roamed, roamRefused, moved                 counter
@@ -49,6 +50,10 @@ type ListenerStats struct {
 	// RxDatagrams and RxBytes count datagrams read from the listener's
 	// sockets; TxDatagrams and TxBytes those sent to clients.
 	RxDatagrams, RxBytes, TxDatagrams, TxBytes uint64
+	// RxCoalesced counts the datagrams that arrived coalesced with others
+	// of their flow (UDP GRO; a receive cuts them apart), of RxDatagrams;
+	// UpstreamCoalesced the same of UpstreamRx.
+	RxCoalesced, UpstreamCoalesced uint64
 	// Truncated counts datagrams larger than the read buffer (MSG_TRUNC),
 	// dropped rather than delivered cut.
 	Truncated uint64
@@ -127,6 +132,8 @@ func (st *socketStats) addTo(ls *ListenerStats) {
 	ls.SendDrops += st.sendDrops.load()
 	ls.TooLarge += st.tooLarge.load()
 	ls.UpstreamRx += st.upstreamRx.load()
+	ls.RxCoalesced += st.rxCoalesced.load()
+	ls.UpstreamCoalesced += st.upstreamCoalesced.load()
 	ls.UpstreamKernelDrops += st.upstreamKernelDrops.load()
 	ls.UpstreamTx += st.upstreamTx.load()
 	ls.UpstreamSendDrops += st.upstreamSendDrops.load()

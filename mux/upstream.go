@@ -89,6 +89,7 @@ func (l *loop) attach(s *sess, fd int) (*socket, error) {
 		l.freeSlots = append(l.freeSlots, slot)
 		return nil, err
 	}
+	l.enableGRO(fd)
 	// A socket attached while sessions are restored is the predecessor's.
 	k := &socket{s: s, fd: fd, slot: slot, drops: dropCounter{known: l.srv.inherit == nil}}
 	l.upstreams[slot] = k
@@ -217,8 +218,12 @@ func (l *loop) readUpstream(k *socket) {
 			return
 		}
 		l.countKernelDrops(&k.drops, &ls.stats.upstreamKernelDrops)
-		for i := 0; i < n && !s.closed.Load() && !k.gone; i++ {
-			m := &l.rx.Msgs[i]
+		grams := l.rx.Datagrams(n)
+		if len(grams) > n {
+			ls.stats.upstreamCoalesced.add(uint64(len(grams)))
+		}
+		for i := 0; i < len(grams) && !s.closed.Load() && !k.gone; i++ {
+			m := &grams[i]
 			ls.stats.upstreamRx.inc()
 			if m.Truncated {
 				ls.stats.truncated.inc()

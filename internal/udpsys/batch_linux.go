@@ -43,6 +43,14 @@ type Batch struct {
 	drops    uint32
 	hasDrops bool
 
+	// segments holds each received message's UDP_GRO segment size (0: not
+	// coalesced), coalesced counts the messages of the last Recv that were,
+	// and grams holds the views Datagrams cuts them into; it grows to
+	// maxSegments per slot at most, once.
+	segments  []int
+	coalesced int
+	grams     []Message
+
 	// gso is set by EnableGSO; segHdrs and segCount are then Send's
 	// headers for runs of datagrams and how many datagrams each carries.
 	gso      bool
@@ -60,6 +68,8 @@ func NewBatch(n, bufSize, family int) *Batch {
 		iovs:   make([]unix.Iovec, n),
 		names:  make([]sockaddr, n),
 		oob:    make([]byte, n*controlSpace),
+
+		segments: make([]int, n),
 	}
 	bufs := make([]byte, n*bufSize)
 	for i := range b.Msgs {
@@ -88,6 +98,7 @@ func (b *Batch) Recv(fd int) (int, error) {
 		b.iovs[i].SetLen(len(b.Msgs[i].Buf))
 	}
 	b.hasDrops = false
+	b.coalesced = 0
 	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd),
 		uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 	if errno != 0 {
@@ -103,8 +114,23 @@ func (b *Batch) Recv(fd int) (int, error) {
 		if c.hasDrops {
 			b.drops, b.hasDrops = c.drops, true
 		}
+		b.segments[i] = c.segment
+		if c.segment > 0 && c.segment < m.N {
+			b.coalesced++
+		}
 	}
 	return int(n), nil
+}
+
+// Datagrams returns the datagrams of the n messages the last Recv read:
+// Msgs[:n] itself unless some were coalesced (UDP_GRO, see EnableGRO), else
+// views that cut those into their datagrams, in order, sharing the
+// messages' buffers until the next Recv.
+func (b *Batch) Datagrams(n int) []Message {
+	if b.coalesced == 0 {
+		return b.Msgs[:n]
+	}
+	return b.datagrams(n)
 }
 
 // Drops returns the cumulative receive-queue drop count (SO_RXQ_OVFL) of

@@ -19,6 +19,7 @@ type control struct {
 	ifindex  int32
 	drops    uint32 // SO_RXQ_OVFL: the socket's cumulative drop count
 	hasDrops bool
+	segment  int // UDP_GRO: the size of the datagrams coalesced into this one
 }
 
 func cmsgAlign(n int) int {
@@ -49,6 +50,8 @@ func parseControl(b []byte) (c control) {
 		case h.Level == unix.SOL_SOCKET && h.Type == unix.SO_RXQ_OVFL && len(data) >= 4:
 			c.drops = binary.NativeEndian.Uint32(data)
 			c.hasDrops = true
+		case h.Level == unix.IPPROTO_UDP && h.Type == unix.UDP_GRO && len(data) >= 4:
+			c.segment = int(int32(binary.NativeEndian.Uint32(data)))
 		}
 		next := cmsgAlign(l)
 		if next >= len(b) {
