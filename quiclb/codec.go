@@ -130,15 +130,22 @@ func (k *codec) encrypt(s *scratch, ct, pt []byte) {
 		return
 	}
 	l, r := k.split(s, pt)
-	k.round(s, 1, l, r)
-	k.clearRight(r[:])
-	k.round(s, 2, r, l)
-	k.clearLeft(l[:])
-	k.round(s, 3, l, r)
-	k.clearRight(r[:])
-	k.round(s, 4, r, l)
-	k.clearLeft(l[:])
+	for pass := byte(1); pass <= 4; pass++ {
+		k.pass(s, pass, l, r)
+	}
 	k.join(ct, l, r)
+}
+
+// pass runs Feistel pass number pass: the odd passes take the left half
+// into the right, the even ones the right into the left.
+func (k *codec) pass(s *scratch, pass byte, l, r *[aes.BlockSize]byte) {
+	if pass%2 == 1 {
+		k.round(s, pass, l, r)
+		k.clearRight(r[:])
+		return
+	}
+	k.round(s, pass, r, l)
+	k.clearLeft(l[:])
 }
 
 // decrypt writes to pt the plaintext of the plen octets of ct, or at
@@ -150,18 +157,14 @@ func (k *codec) decrypt(s *scratch, pt, ct []byte) {
 		return
 	}
 	l, r := k.split(s, ct)
-	k.round(s, 4, r, l)
-	k.clearLeft(l[:])
-	k.round(s, 3, l, r)
-	k.clearRight(r[:])
-	k.round(s, 2, r, l)
-	k.clearLeft(l[:])
+	for pass := byte(4); pass >= 2; pass-- {
+		k.pass(s, pass, l, r)
+	}
 	if !k.fourth {
 		copy(pt, l[:k.half])
 		return
 	}
-	k.round(s, 1, l, r)
-	k.clearRight(r[:])
+	k.pass(s, 1, l, r)
 	k.join(pt, l, r)
 }
 

@@ -60,16 +60,13 @@ const (
 // String returns the algorithm's name: "plaintext", "single-pass" or
 // "four-pass".
 func (a Algorithm) String() string {
-	switch a {
-	case Plaintext:
-		return "plaintext"
-	case SinglePass:
-		return "single-pass"
-	case FourPass:
-		return "four-pass"
+	if a >= 1 && int(a) < len(algorithmNames)+1 {
+		return algorithmNames[a-1]
 	}
 	return "Algorithm(" + strconv.Itoa(int(a)) + ")"
 }
+
+var algorithmNames = [...]string{"plaintext", "single-pass", "four-pass"}
 
 // Config is one QUIC-LB configuration, as a configuration agent gives it to
 // load balancers and servers: a config rotation codepoint, the lengths of

@@ -32,20 +32,13 @@ const (
 // String returns the status as a word: "routable", "reserved",
 // "no-config", "too-short" or "bad-length".
 func (s Status) String() string {
-	switch s {
-	case Routable:
-		return "routable"
-	case Reserved:
-		return "reserved"
-	case NoConfig:
-		return "no-config"
-	case TooShort:
-		return "too-short"
-	case BadLength:
-		return "bad-length"
+	if int(s) < len(statusNames) {
+		return statusNames[s]
 	}
 	return "Status(" + strconv.Itoa(int(s)) + ")"
 }
+
+var statusNames = [...]string{"routable", "reserved", "no-config", "too-short", "bad-length"}
 
 // Result is what a Decoder makes of one connection ID.
 type Result struct {

@@ -68,26 +68,13 @@ const (
 
 // String returns the packet type's name.
 func (t PacketType) String() string {
-	switch t {
-	case Invalid:
-		return "invalid"
-	case Initial:
-		return "initial"
-	case ZeroRTT:
-		return "0-rtt"
-	case Handshake:
-		return "handshake"
-	case Retry:
-		return "retry"
-	case VersionNegotiation:
-		return "version-negotiation"
-	case UnknownVersion:
-		return "unknown-version"
-	case OneRTT:
-		return "1-rtt"
+	if int(t) < len(packettypeNames) {
+		return packettypeNames[t]
 	}
 	return "PacketType(" + strconv.Itoa(int(t)) + ")"
 }
+
+var packettypeNames = [...]string{"invalid", "initial", "0-rtt", "handshake", "retry", "version-negotiation", "unknown-version", "1-rtt"}
 
 // longTypes maps the two type bits of a long header (0x30 of the first
 // octet) to packet types, per version. Version 2 rotates them (RFC 9369,

@@ -109,35 +109,26 @@ func waitUDP(p *process, ns string, port int, timeout time.Duration) error {
 // treeCPU returns the user+system CPU time, in seconds, of root and all its
 // descendants (every thread of each: /proc/<pid>/stat sums the threads).
 func treeCPU(root int) (float64, error) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
-	}
 	parent := map[int]int{}
 	ticks := map[int]uint64{}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // exited meanwhile
-		}
+	err := eachProcess("stat", func(pid int, b []byte) {
 		// Fields after the command name, which is in parentheses and may hold spaces.
 		i := bytes.LastIndexByte(b, ')')
 		if i < 0 {
-			continue
+			return
 		}
 		f := strings.Fields(string(b[i+1:]))
 		if len(f) < 13 {
-			continue
+			return
 		}
 		ppid, _ := strconv.Atoi(f[1])
 		utime, _ := strconv.ParseUint(f[11], 10, 64)
 		stime, _ := strconv.ParseUint(f[12], 10, 64)
 		parent[pid] = ppid
 		ticks[pid] = utime + stime
+	})
+	if err != nil {
+		return 0, err
 	}
 	if _, ok := ticks[root]; !ok {
 		return 0, fmt.Errorf("process %d is gone", root)
@@ -206,4 +197,23 @@ func backlogDrops() ([]uint64, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// eachProcess calls fn with each process's pid and its /proc/<pid>/<file>,
+// skipping processes that exit meanwhile.
+func eachProcess(file string, fn func(pid int, content []byte)) error {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/" + file); err == nil {
+			fn(pid, b)
+		}
+	}
+	return nil
 }

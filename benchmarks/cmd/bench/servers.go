@@ -292,28 +292,16 @@ func disableGRO(dev string) error {
 // napiThreads returns the pids of the kernel's NAPI threads for devices
 // named dev (in any namespace: "napi/<dev>-<napi id>").
 func napiThreads(dev string) (map[int]bool, error) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
 	out := map[int]bool{}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		comm, err := os.ReadFile("/proc/" + e.Name() + "/comm")
-		if err != nil {
-			continue
-		}
+	err := eachProcess("comm", func(pid int, comm []byte) {
 		name := strings.TrimSpace(string(comm))
 		if id, found := strings.CutPrefix(name, "napi/"+dev+"-"); found {
 			if _, err := strconv.Atoi(id); err == nil {
 				out[pid] = true
 			}
 		}
-	}
-	return out, nil
+	})
+	return out, err
 }
 
 // udpmuxConf writes the daemon's configuration for a scenario kind with the
