@@ -1,0 +1,65 @@
+package mux
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// benchConn returns a Conn of a one-loop Listener and its peer, which reads
+// nothing: what the Conn writes past the peer's receive buffer the kernel
+// drops at the peer, after the sender has paid for it.
+func benchConn(b *testing.B) (net.Conn, *net.UDPConn) {
+	b.Helper()
+	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{Workers: 1, Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	peer, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(ln.Addr().String())))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { peer.Close() })
+	peer.Write([]byte("open"))
+	c, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 8)); err != nil {
+		b.Fatal(err)
+	}
+	return c, peer
+}
+
+// BenchmarkConnWrite measures Conn.Write of 1200-byte datagrams, from one
+// goroutine and from several at once on the same Conn.
+func BenchmarkConnWrite(b *testing.B) {
+	p := make([]byte, 1200)
+	b.Run("serial", func(b *testing.B) {
+		c, _ := benchConn(b)
+		b.SetBytes(int64(len(p)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := c.Write(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		c, _ := benchConn(b)
+		b.SetBytes(int64(len(p)))
+		b.ReportAllocs()
+		b.SetParallelism(4)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := c.Write(p); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
