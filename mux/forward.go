@@ -13,8 +13,7 @@ import (
 // forward to each other:
 //
 //   - each loop has one inbox, a bounded queue of descriptors that every
-//     other loop may push to (a multi-producer, single-consumer ring with a
-//     sequence number per slot, after Dmitry Vyukov's bounded queue);
+//     other loop may push to (a ring, ring.go);
 //   - each loop has one outbox, a ring of its own for the bytes of the
 //     datagrams it forwards, which consumers release out of order: a record
 //     per datagram says where its bytes end and whether its consumer is done
@@ -28,20 +27,7 @@ const (
 )
 
 // inbox is one loop's queue of datagrams from other loops.
-type inbox struct {
-	slots []inboxSlot
-	mask  uint64
-	tail  atomic.Uint64 // next position to claim; producers
-	_     [56]byte      // keep producers' and the consumer's positions apart
-	head  uint64        // next position to read; the consumer
-}
-
-type inboxSlot struct {
-	// seq is the position the slot is free for (producers) or, one more,
-	// the position it holds a descriptor for (the consumer).
-	seq atomic.Uint64
-	f   forwarded
-}
+type inbox struct{ ring[forwarded] }
 
 // forwarded describes one datagram in an inbox: the session and client
 // address, and where its bytes are in the producer's outbox.
@@ -53,48 +39,9 @@ type forwarded struct {
 }
 
 func newInbox() *inbox {
-	q := &inbox{slots: make([]inboxSlot, inboxSlots), mask: inboxSlots - 1}
-	for i := range q.slots {
-		q.slots[i].seq.Store(uint64(i))
-	}
+	q := new(inbox)
+	q.init(inboxSlots)
 	return q
-}
-
-// push adds f and reports false if the inbox is full. Any goroutine.
-func (q *inbox) push(f forwarded) bool {
-	for {
-		pos := q.tail.Load()
-		slot := &q.slots[pos&q.mask]
-		switch d := int64(slot.seq.Load() - pos); {
-		case d == 0:
-			if q.tail.CompareAndSwap(pos, pos+1) {
-				slot.f = f
-				slot.seq.Store(pos + 1) // publishes f
-				return true
-			}
-		case d < 0:
-			return false // the consumer has not freed this slot yet
-		}
-		// Another producer claimed pos first.
-	}
-}
-
-// peek returns the oldest descriptor, or nil when the inbox is empty.
-// Consumer only.
-func (q *inbox) peek() *forwarded {
-	slot := &q.slots[q.head&q.mask]
-	if slot.seq.Load() != q.head+1 {
-		return nil
-	}
-	return &slot.f
-}
-
-// pop frees the slot peek returned. Consumer only.
-func (q *inbox) pop() {
-	slot := &q.slots[q.head&q.mask]
-	slot.f = forwarded{}
-	slot.seq.Store(q.head + uint64(len(q.slots)))
-	q.head++
 }
 
 // drain passes every queued datagram to deliver, oldest first, releasing
