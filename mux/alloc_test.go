@@ -4,6 +4,7 @@ package mux
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -119,5 +120,61 @@ func testSteadyState(t *testing.T, cfg Config, prefix []byte, gso bool) {
 	}
 	if gso && srv.Stats().Listeners[0].RxCoalesced == 0 {
 		t.Error("no datagram arrived coalesced: the case did not test GRO")
+	}
+}
+
+// TestConnPathAllocatesNothing drives a Listener's loop by hand: a client
+// sends, the loop reads and queues the datagram for its Conn, Read takes
+// it, Write queues the answer for the loop, and the loop sends it when the
+// wakeup arrives. Once the Conn is warm, a whole echo allocates nothing.
+func TestConnPathAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under the race detector")
+	}
+	ln, err := newListener(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{Workers: 1, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.srv.Close()
+	l := ln.srv.loops[0]
+	client, err := udpsys.DialUDP(ln.srv.Addr(0), udpsys.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	unix.Write(client.FD, []byte("open"))
+	l.readSocket(l.socks[0])
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, buf, reply := make([]byte, 1200), make([]byte, 2048), make([]byte, 2048)
+	c.Read(buf)
+	echoed := 0
+	round := func() {
+		if _, err := unix.Write(client.FD, msg); err != nil {
+			t.Fatalf("client send: %v", err)
+		}
+		l.readSocket(l.socks[0])
+		n, err := c.Read(buf)
+		if err != nil || n != len(msg) {
+			t.Fatalf("Read: %d bytes, %v", n, err)
+		}
+		if _, err := c.Write(buf[:n]); err != nil {
+			t.Fatalf("Write: %v", err)
+		}
+		l.onWake()
+		if n, err := unix.Read(client.FD, reply); err != nil || n != len(msg) {
+			t.Fatalf("client recv: %d bytes, %v", n, err)
+		}
+		echoed++
+	}
+	round() // makes the Conn's write buffer
+	if allocs := testing.AllocsPerRun(200, round); allocs != 0 {
+		t.Errorf("steady state: %.2f allocations per echo through a Conn, want 0", allocs)
+	}
+	st := ln.srv.Stats().Listeners[0]
+	if want := uint64(echoed); st.TxDatagrams != want || c.(*Conn).Session().Stats().TxPackets != want {
+		t.Errorf("TxDatagrams %d, session TxPackets %d; want %d each", st.TxDatagrams, c.(*Conn).Session().Stats().TxPackets, want)
 	}
 }

@@ -43,7 +43,7 @@ func (srv *Server) freeze(ctx context.Context) error {
 	// Inboxes hold what was forwarded before any deferred datagram, so they
 	// go first.
 	for _, l := range srv.loops {
-		l.protect(func() { l.in.drain(l.deliver, &l.inflight) })
+		l.protect(l.drainQueues)
 	}
 	for _, l := range srv.loops {
 		for _, f := range l.deferred {

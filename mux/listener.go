@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
@@ -37,8 +35,9 @@ type ListenConfig struct {
 	// AcceptBacklog bounds the sessions waiting for Accept; a new session
 	// beyond it is refused and counted.
 	AcceptBacklog int
-	// ConnQueue bounds the datagrams waiting for a Conn's Read; beyond it
-	// datagrams are dropped and counted.
+	// ConnQueue bounds the datagrams waiting for a Conn's Read, beyond
+	// which datagrams are dropped and counted (QueueFull), and those a
+	// Conn's Writes left for its loop to send, beyond which Write waits.
 	ConnQueue int
 	// Logger receives logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -56,6 +55,16 @@ type Listener struct {
 
 // Listen opens addr and starts serving it. Close the Listener to stop.
 func Listen(addr netip.AddrPort, cfg ListenConfig) (*Listener, error) {
+	ln, err := newListener(addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	ln.serve()
+	return ln, nil
+}
+
+// newListener opens the Listener's server, which does not serve yet.
+func newListener(addr netip.AddrPort, cfg ListenConfig) (*Listener, error) {
 	h := &acceptHandler{
 		backlog: make(chan *Conn, orDefault(cfg.AcceptBacklog, DefaultAcceptBacklog)),
 		queue:   orDefault(cfg.ConnQueue, DefaultConnQueue),
@@ -70,14 +79,20 @@ func Listen(addr netip.AddrPort, cfg ListenConfig) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.srv = srv
+	for _, l := range srv.loops {
+		l.writes = newConnWrites()
+	}
+	return &Listener{srv: srv, handler: h, served: make(chan struct{})}, nil
+}
+
+// serve runs the Listener's server until Close.
+func (ln *Listener) serve() {
 	ctx, cancel := context.WithCancel(context.Background())
-	ln := &Listener{srv: srv, handler: h, cancel: cancel, served: make(chan struct{})}
+	ln.cancel = cancel
 	go func() {
 		defer close(ln.served)
-		srv.Serve(ctx)
+		ln.srv.Serve(ctx)
 	}()
-	return ln, nil
 }
 
 func orDefault(v, def int) int {
@@ -132,7 +147,6 @@ var errBacklogFull = errors.New("accept backlog full")
 
 // acceptHandler turns sessions into Conns.
 type acceptHandler struct {
-	srv                    *Server
 	backlog                chan *Conn
 	queue                  int
 	closed                 chan struct{}
@@ -166,8 +180,10 @@ func (h *acceptHandler) Close(s session.Session, _ session.Reason) {
 type Conn struct {
 	h     *acceptHandler
 	s     *sess
-	rq    chan []byte // datagrams waiting for Read
-	free  chan []byte // buffers Read has finished with, for reuse
+	rq    chan []byte  // datagrams waiting for Read
+	free  chan []byte  // buffers Read has finished with, for reuse
+	wfree chan []byte  // buffers the loop has sent, for the next Writes
+	wbufs atomic.Int32 // write buffers made, at most cap(wfree)
 	end   chan struct{}
 	eonce sync.Once
 	local atomic.Bool // closed by this side: Read and Write return net.ErrClosed
@@ -178,9 +194,10 @@ type Conn struct {
 func newConn(h *acceptHandler, s *sess) *Conn {
 	return &Conn{
 		h: h, s: s,
-		rq:   make(chan []byte, h.queue),
-		free: make(chan []byte, h.queue),
-		end:  make(chan struct{}),
+		rq:    make(chan []byte, h.queue),
+		free:  make(chan []byte, h.queue),
+		wfree: make(chan []byte, h.queue),
+		end:   make(chan struct{}),
 	}
 }
 
@@ -207,10 +224,12 @@ func (c *Conn) enqueue(p []byte) {
 func (c *Conn) ended() { c.eonce.Do(func() { close(c.end) }) }
 
 // Read reads the next datagram into b. After the session ends (idle timeout,
-// listener closed) and its queue is empty, Read returns io.EOF.
+// listener closed) and its queue is empty, Read returns io.EOF; after Close,
+// net.ErrClosed, and once the read deadline has passed,
+// os.ErrDeadlineExceeded, both in a *net.OpError.
 func (c *Conn) Read(b []byte) (int, error) {
 	if c.local.Load() {
-		return 0, net.ErrClosed
+		return 0, c.opError("read", net.ErrClosed)
 	}
 	select {
 	case p := <-c.rq:
@@ -227,11 +246,11 @@ func (c *Conn) Read(b []byte) (int, error) {
 		default:
 		}
 		if c.local.Load() {
-			return 0, net.ErrClosed
+			return 0, c.opError("read", net.ErrClosed)
 		}
 		return 0, io.EOF
 	case <-c.readDeadline.wait():
-		return 0, os.ErrDeadlineExceeded
+		return 0, c.opError("read", os.ErrDeadlineExceeded)
 	}
 }
 
@@ -245,40 +264,99 @@ func (c *Conn) consume(b, p []byte) int {
 }
 
 // Write sends b to the peer as one datagram, from the address the peer wrote
-// to. It does not wait for the session's loop: the kernel's send is already
-// safe from any goroutine.
+// to. It copies b and returns; the session's loop sends the copy with its
+// other datagrams (sendmmsg, several to one peer as one segmented message
+// where the kernel allows) when it next wakes, and counts it in the
+// listener's TxDatagrams and the session's TxPackets. Up to ConnQueue
+// writes of a Conn wait for the loop at a time: a Write that finds as many
+// waiting waits for one to go, until the write deadline. What happens to a
+// datagram after Write returns is what happens to any the loop sends: one
+// the kernel refuses is counted in SendErrors, one that finds the socket's
+// send buffer full for longer than the loop's send batch can hold is
+// dropped and counted in SendDrops, and Write does not learn of either.
+//
+// Write returns session.ErrTooLarge for more than a datagram holds,
+// io.ErrClosedPipe once the session has ended and net.ErrClosed once the
+// Conn is closed, each in a *net.OpError.
 func (c *Conn) Write(b []byte) (int, error) {
-	if c.local.Load() {
-		return 0, net.ErrClosed
-	}
-	select {
-	case <-c.end:
-		return 0, io.ErrClosedPipe
-	case <-c.writeDeadline.wait():
-		return 0, os.ErrDeadlineExceeded
-	default:
+	if err := c.writable(); err != nil {
+		return 0, c.opError("write", err)
 	}
 	if len(b) > udpsys.MaxDatagram {
-		return 0, ErrTooLarge
+		return 0, c.opError("write", session.ErrTooLarge)
 	}
-	ls := c.h.srv.loops[c.s.loop.id].socks[c.s.scope]
-	var oob []byte
-	if ls.sock.Wildcard {
-		oob = udpsys.SourceControl(c.s.LocalAddr().Addr(), ls.sock.Family)
+	buf, err := c.writeBuffer(len(b))
+	if err == nil {
+		buf = append(buf[:0], b...)
+		if err = c.s.loop.writes.put(c.s.loop, connWrite{c: c, b: buf}); err != nil {
+			c.wfree <- buf
+		}
 	}
-	to := udpsys.SockaddrFor(c.s.PeerAddr(), ls.sock.Family)
-	// The loop closes its socket when the server stops; the guard keeps
-	// this send from reaching whatever file reuses the number.
-	ls.guard.RLock()
-	err := net.ErrClosed
-	if !ls.closed {
-		_, err = unix.SendmsgN(ls.sock.FD, b, oob, to, 0)
-	}
-	ls.guard.RUnlock()
 	if err != nil {
-		return 0, &net.OpError{Op: "write", Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+		return 0, c.opError("write", err)
 	}
 	return len(b), nil
+}
+
+// writable returns why a Write cannot go ahead now, or nil.
+func (c *Conn) writable() error {
+	select {
+	case <-c.end:
+		return c.endErr()
+	case <-c.writeDeadline.wait():
+		return os.ErrDeadlineExceeded
+	default:
+		return nil
+	}
+}
+
+// endErr says why a Conn whose end is closed takes no more writes.
+func (c *Conn) endErr() error {
+	if c.local.Load() {
+		return net.ErrClosed
+	}
+	return io.ErrClosedPipe
+}
+
+// writeBuffer returns a buffer for a write of n bytes: one the loop has
+// sent, a new one while fewer than ConnQueue exist, or else the next one
+// the loop sends, unless the Conn ends or the write deadline passes first.
+func (c *Conn) writeBuffer(n int) ([]byte, error) {
+	select {
+	case buf := <-c.wfree:
+		return buf, nil
+	default:
+	}
+	if c.wbufs.Add(1) <= int32(cap(c.wfree)) {
+		return make([]byte, 0, max(n, 2048)), nil
+	}
+	c.wbufs.Add(-1)
+	select {
+	case buf := <-c.wfree:
+		return buf, nil
+	case <-c.end:
+		return nil, c.endErr()
+	case <-c.writeDeadline.wait():
+		return nil, os.ErrDeadlineExceeded
+	}
+}
+
+// waitRoom waits for room, closed when the loop has drained its full queue
+// of writes, unless the Conn ends or the write deadline passes first.
+func (c *Conn) waitRoom(room <-chan struct{}) error {
+	select {
+	case <-room:
+		return nil
+	case <-c.end:
+		return c.endErr()
+	case <-c.writeDeadline.wait():
+		return os.ErrDeadlineExceeded
+	}
+}
+
+// opError wraps err as net's connections do.
+func (c *Conn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // Close ends the session. Pending Reads return net.ErrClosed.
@@ -296,9 +374,10 @@ func (c *Conn) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(c.s.LocalAd
 // RemoteAddr returns the peer's address.
 func (c *Conn) RemoteAddr() net.Addr { return net.UDPAddrFromAddrPort(c.s.PeerAddr()) }
 
-// Session returns the engine's session behind the Conn, for its key and
-// counters.
-func (c *Conn) Session() *sess { return c.s }
+// Session returns the engine's session behind the Conn, for its ID, keys
+// and counters. Its methods other than the getters, Stats and Close are for
+// a Handler's callbacks, which a Conn has none of: use the Conn's.
+func (c *Conn) Session() session.Session { return c.s }
 
 // SetDeadline sets both deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {
@@ -310,8 +389,8 @@ func (c *Conn) SetDeadline(t time.Time) error {
 // SetReadDeadline sets when a waiting Read gives up; zero means never.
 func (c *Conn) SetReadDeadline(t time.Time) error { c.readDeadline.set(t); return nil }
 
-// SetWriteDeadline sets the write deadline. Writes never wait, so only a
-// deadline already past has an effect.
+// SetWriteDeadline sets when a Write waiting for room in the Conn's queue
+// gives up; zero means never.
 func (c *Conn) SetWriteDeadline(t time.Time) error { c.writeDeadline.set(t); return nil }
 
 // deadline is a channel that closes when a settable time passes.

@@ -10,7 +10,7 @@ import (
 // benchConn returns a Conn of a one-loop Listener and its peer, which reads
 // nothing: what the Conn writes past the peer's receive buffer the kernel
 // drops at the peer, after the sender has paid for it.
-func benchConn(b *testing.B) (net.Conn, *net.UDPConn) {
+func benchConn(b *testing.B) (*Listener, net.Conn) {
 	b.Helper()
 	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{Workers: 1, Logger: quietLogger()})
 	if err != nil {
@@ -31,7 +31,21 @@ func benchConn(b *testing.B) (net.Conn, *net.UDPConn) {
 	if _, err := c.Read(make([]byte, 8)); err != nil {
 		b.Fatal(err)
 	}
-	return c, peer
+	return ln, c
+}
+
+// reportSent reports the share of b.N datagrams the listener sent and the
+// share it dropped, once the last writes have left the loop.
+func reportSent(b *testing.B, ln *Listener) {
+	var st ListenerStats
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		s, _ := ln.Stats()
+		if st = s.Listeners[0]; st.TxDatagrams+st.SendDrops+st.SendErrors >= uint64(b.N) {
+			break
+		}
+	}
+	b.ReportMetric(float64(st.TxDatagrams)/float64(b.N), "sent/op")
+	b.ReportMetric(float64(st.SendDrops+st.SendErrors)/float64(b.N), "dropped/op")
 }
 
 // BenchmarkConnWrite measures Conn.Write of 1200-byte datagrams, from one
@@ -39,7 +53,7 @@ func benchConn(b *testing.B) (net.Conn, *net.UDPConn) {
 func BenchmarkConnWrite(b *testing.B) {
 	p := make([]byte, 1200)
 	b.Run("serial", func(b *testing.B) {
-		c, _ := benchConn(b)
+		ln, c := benchConn(b)
 		b.SetBytes(int64(len(p)))
 		b.ReportAllocs()
 		for b.Loop() {
@@ -47,9 +61,10 @@ func BenchmarkConnWrite(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		reportSent(b, ln)
 	})
 	b.Run("parallel", func(b *testing.B) {
-		c, _ := benchConn(b)
+		ln, c := benchConn(b)
 		b.SetBytes(int64(len(p)))
 		b.ReportAllocs()
 		b.SetParallelism(4)
@@ -61,5 +76,6 @@ func BenchmarkConnWrite(b *testing.B) {
 				}
 			}
 		})
+		reportSent(b, ln)
 	})
 }

@@ -10,6 +10,10 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/udpsys"
 )
 
 func listen(t *testing.T, cfg ListenConfig) *Listener {
@@ -167,5 +171,117 @@ func TestListenerCloseUnblocksEverything(t *testing.T) {
 	c.Close()
 	if _, err := c.Read(nil); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Read after Close: %v", err)
+	}
+}
+
+// handConn returns a Conn of a Listener whose one loop the test drives by
+// hand, so that writes stay queued until it calls onWake, and the client
+// that opened the Conn's session.
+func handConn(t *testing.T, cfg ListenConfig) (*loop, *Conn, *udpsys.Socket) {
+	t.Helper()
+	cfg.Workers, cfg.Logger = 1, quietLogger()
+	ln, err := newListener(netip.MustParseAddrPort("127.0.0.1:0"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.srv.Close() })
+	l := ln.srv.loops[0]
+	client, err := udpsys.DialUDP(ln.srv.Addr(0), udpsys.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	unix.Write(client.FD, []byte("open"))
+	l.readSocket(l.socks[0])
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, c.(*Conn), client
+}
+
+// TestConnWriteWaitsForItsQueue: a Conn with ConnQueue writes waiting for
+// its loop makes the next Write wait, until the write deadline or until the
+// loop has sent one.
+func TestConnWriteWaitsForItsQueue(t *testing.T) {
+	l, c, client := handConn(t, ListenConfig{ConnQueue: 2})
+	for i := range 2 {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Write([]byte{2}); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("third Write with two waiting: %v, want os.ErrDeadlineExceeded", err)
+	}
+	c.SetWriteDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Write([]byte{3})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("Write with a full queue returned before the loop sent: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	l.onWake()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	l.onWake()
+	got := make([]byte, 8)
+	for _, want := range []byte{0, 1, 3} {
+		if n, err := unix.Read(client.FD, got); err != nil || n != 1 || got[0] != want {
+			t.Fatalf("client got %v, %v; want [%d]", got[:n], err, want)
+		}
+	}
+}
+
+// TestConnWriteWaitsForRoomInTheLoop: writes that fill the loop's queue
+// make the next one wait until the loop drains it, and none is lost.
+func TestConnWriteWaitsForRoomInTheLoop(t *testing.T) {
+	l, c, _ := handConn(t, ListenConfig{ConnQueue: connWriteSlots + 1})
+	p := make([]byte, 1)
+	for range connWriteSlots {
+		if _, err := c.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Write(p)
+		done <- err
+	}()
+	waitFor(t, 5*time.Second, "a writer waiting for room", l.writes.starved.Load)
+	l.onWake()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	l.onWake()
+	if got := c.Session().Stats().TxPackets; got != connWriteSlots+1 {
+		t.Errorf("sent %d datagrams, want %d", got, connWriteSlots+1)
+	}
+}
+
+// TestConnWriteUnblocksOnClose: a Write waiting for its queue returns
+// net.ErrClosed when the Conn closes.
+func TestConnWriteUnblocksOnClose(t *testing.T) {
+	_, c, _ := handConn(t, ListenConfig{ConnQueue: 1})
+	c.Write([]byte("queued"))
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Write([]byte("waits"))
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("waiting Write after Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Write still waiting 5s after Close")
 	}
 }

@@ -3,7 +3,6 @@
 package mux
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"runtime"
@@ -22,7 +21,7 @@ import (
 // Epoll registrations carry a kind and an index instead of a pointer, which
 // the kernel cannot hold for the Go collector.
 const (
-	tokenWake     int32 = iota // the loop's eventfd: inbox, control queue, stop
+	tokenWake     int32 = iota // the loop's eventfd: inbox, Conn writes, control queue, stop
 	tokenSocket                // a listener socket; the index is the listener's
 	tokenUpstream              // a session's own socket; the index is its slot in loop.upstreams
 	tokenRelay                 // a draining loop's relay socket from the successor (relay.go)
@@ -32,9 +31,6 @@ const (
 // looks at its other sockets and inboxes; epoll is level-triggered, so what is
 // left is picked up on the next round.
 const readRounds = 8
-
-// ErrTooLarge is returned by a session's Write for more than a datagram holds.
-var ErrTooLarge = errors.New("datagram too large")
 
 // loop is one event loop: one OS thread pinned to one CPU, with its own socket
 // per listener in each listener's SO_REUSEPORT group.
@@ -69,6 +65,9 @@ type loop struct {
 	out *outbox
 	// inflight is the forwarded datagram being delivered, if any.
 	inflight *outRecord
+	// writes carries what Conns wrote (connwrite.go); nil unless the
+	// server is a Listener's.
+	writes *connWrites
 	// toWake lists the loops this loop forwarded to during the current
 	// batch, once each (marked in woken, a bit per loop).
 	toWake []int
@@ -135,10 +134,6 @@ type loopSocket struct {
 	blocked, reading bool
 	drops            dropCounter
 	stats            socketStats
-	// guard orders the sends of other goroutines (Conn.Write) with the
-	// socket's close.
-	guard  sync.RWMutex
-	closed bool
 }
 
 type closeRequest struct {
@@ -373,6 +368,7 @@ func (l *loop) shutdown() {
 		}
 		return true
 	})
+	l.sendConnWrites() // written before the end: sent before it
 	for _, s := range mine {
 		l.end(s, reason)
 	}
@@ -382,10 +378,7 @@ func (l *loop) shutdown() {
 
 func (l *loop) close() {
 	for _, ls := range l.socks {
-		ls.guard.Lock()
-		ls.closed = true
 		ls.sock.Close()
-		ls.guard.Unlock()
 	}
 	l.wakeMu.Lock()
 	if l.wake >= 0 && !l.wakeClosed {

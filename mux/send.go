@@ -15,7 +15,7 @@ import (
 // handler's reply to its client (Session.Write, and a StatelessHandler's
 // Responder), a handler's datagram for a socket its session attached
 // (Socket.Write: a proxy's to its backend), and a Conn's Write from any
-// goroutine, which reaches the loop through its queue of writes (listener.go).
+// goroutine, which reaches the loop through its queue of writes (connwrite.go).
 // The datagram is copied into a batch, and the batch goes out when the
 // loop's receive batch ends, or when it is full, with as few sendmmsg calls
 // as the kernel allows: a run of datagrams to one destination as one

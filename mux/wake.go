@@ -5,13 +5,13 @@ package mux
 import "golang.org/x/sys/unix"
 
 // Other goroutines and loops reach a loop through its eventfd: datagrams
-// forwarded to it (forward.go), closes asked for anywhere, a handoff's pause
-// and early copy.
+// forwarded to it (forward.go), Conns' writes (connwrite.go), closes asked
+// for anywhere, a handoff's pause and early copy.
 
 // onWake serves what other goroutines and loops left for this loop.
 func (l *loop) onWake() {
 	unix.Read(l.wake, l.wakeBuf[:])
-	l.in.drain(l.deliver, &l.inflight)
+	l.drainQueues()
 	l.ctlMu.Lock()
 	reqs, pause, track := l.ctl, l.pause, l.track
 	l.ctl, l.pause, l.track = nil, nil, nil
@@ -31,6 +31,14 @@ func (l *loop) onWake() {
 		<-pause.resume
 		l.now = clock()
 	}
+}
+
+// drainQueues serves the loop's lock-free queues: datagrams other loops
+// forwarded, then what Conns wrote, before any close asked for since, so
+// that a Conn's last writes go out before its session ends.
+func (l *loop) drainQueues() {
+	l.in.drain(l.deliver, &l.inflight)
+	l.sendConnWrites()
 }
 
 // pauseRequest stops a loop: it acknowledges on paused and waits for resume.

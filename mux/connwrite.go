@@ -1,0 +1,108 @@
+package mux
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// A Conn's Write runs on its caller's goroutine, but only the session's loop
+// sends (send.go): the datagram goes into the loop's queue of Conn writes,
+// a ring any goroutine may push to, in a buffer of the Conn's own, and the
+// loop copies it into its send batch the next time it wakes. The writer
+// that finds the loop not yet told of queued writes signals its eventfd, so
+// a burst costs one wakeup. The buffers come back to the Conn's free list
+// once sent, so a Conn in steady state allocates nothing; there are at most
+// ConnQueue of them, and a Write that finds them all in flight waits for
+// one, as a Write that finds the ring full waits for the loop to drain it.
+
+// connWriteSlots bounds the Conn writes waiting for one loop.
+const connWriteSlots = 4096
+
+// connWrite is one datagram a Conn wrote, in one of the Conn's buffers.
+type connWrite struct {
+	c *Conn
+	b []byte
+}
+
+// connWrites is a loop's queue of Conn writes.
+type connWrites struct {
+	ring[connWrite]
+	// signalled is set by the writer that signals the loop and cleared by
+	// the loop before it drains: a writer that finds it set knows the loop
+	// will see its write.
+	signalled atomic.Bool
+	// starved is set while writers wait on room for space in the ring,
+	// which the loop closes once it has drained.
+	starved atomic.Bool
+	roomMu  sync.Mutex
+	room    chan struct{}
+}
+
+func newConnWrites() *connWrites {
+	q := new(connWrites)
+	q.init(connWriteSlots)
+	return q
+}
+
+// put queues w for l, waiting while the ring is full until c's session
+// ends or its write deadline passes. Any goroutine.
+func (q *connWrites) put(l *loop, w connWrite) error {
+	for !q.push(w) {
+		room := q.awaitRoom()
+		if q.push(w) {
+			break // drained between the two pushes
+		}
+		if err := w.c.waitRoom(room); err != nil {
+			return err
+		}
+	}
+	if !q.signalled.Load() && !q.signalled.Swap(true) {
+		l.signal()
+	}
+	return nil
+}
+
+// awaitRoom returns the channel the loop closes when it has drained.
+func (q *connWrites) awaitRoom() <-chan struct{} {
+	q.roomMu.Lock()
+	defer q.roomMu.Unlock()
+	if q.room == nil {
+		q.room = make(chan struct{})
+	}
+	q.starved.Store(true)
+	return q.room
+}
+
+// sendConnWrites copies the queued Conn writes into the loop's send batch,
+// at most one ring's worth per call so that writers cannot hold the loop,
+// and gives their buffers back. Consumer only.
+func (l *loop) sendConnWrites() {
+	q := l.writes
+	if q == nil {
+		return
+	}
+	q.signalled.Store(false)
+	for range connWriteSlots {
+		w := q.peek()
+		if w == nil {
+			break
+		}
+		c, b := w.c, w.b
+		q.pop()
+		l.sendToPeer(c.s, b) // Write refused what is too large
+		select {
+		case c.wfree <- b:
+		default: // cannot happen: the Conn made no more buffers than fit
+		}
+	}
+	if q.peek() != nil {
+		l.signal() // the rest next round
+	}
+	if q.starved.Load() {
+		q.roomMu.Lock()
+		q.starved.Store(false)
+		close(q.room)
+		q.room = nil
+		q.roomMu.Unlock()
+	}
+}
