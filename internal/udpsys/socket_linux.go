@@ -1,8 +1,11 @@
 package udpsys
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,6 +18,15 @@ type ListenConfig struct {
 	// RecvBuffer and SendBuffer are the wanted socket buffer sizes in bytes;
 	// 0 keeps the kernel's default.
 	RecvBuffer, SendBuffer int
+	// V6Only makes an IPv6 socket refuse IPv4 (IPV6_V6ONLY). Without it the
+	// socket is dual-stack whatever the net.ipv6.bindv6only sysctl says, so
+	// that a [::] listener means the same on every host.
+	V6Only bool
+	// Control, when set, is called for the socket once this package has set
+	// its options and before bind, as net.ListenConfig.Control is: network
+	// is "udp4" or "udp6", address the address to bind. Its error fails the
+	// listen.
+	Control func(network, address string, c syscall.RawConn) error
 }
 
 // Socket is an open, non-blocking UDP socket.
@@ -61,30 +73,33 @@ func ListenUDP(addr netip.AddrPort, cfg ListenConfig) (*Socket, error) {
 	return s, nil
 }
 
+// setup prepares a new socket and binds it: the options only a socket not
+// yet bound takes, those of every listening socket (configure), then the
+// caller's Control.
 func (s *Socket) setup(addr netip.AddrPort, cfg ListenConfig) error {
-	type sockopt struct {
-		level, opt, val int
-		name            string
+	if err := unix.SetsockoptInt(s.FD, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		return fmt.Errorf("setsockopt SO_REUSEPORT: %w", err)
 	}
-	opts := []sockopt{
-		{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT"},
-		{unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1, "SO_RXQ_OVFL"},
-	}
-	if cfg.IncomingCPU >= 0 {
-		opts = append(opts, sockopt{unix.SOL_SOCKET, unix.SO_INCOMING_CPU, cfg.IncomingCPU, "SO_INCOMING_CPU"})
-	}
-	for _, o := range opts {
-		if err := unix.SetsockoptInt(s.FD, o.level, o.opt, o.val); err != nil {
-			return fmt.Errorf("setsockopt %s: %w", o.name, err)
+	if s.Family == unix.AF_INET6 {
+		v6only := 0
+		if cfg.V6Only {
+			v6only = 1
+		}
+		if err := unix.SetsockoptInt(s.FD, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
+			return fmt.Errorf("setsockopt IPV6_V6ONLY: %w", err)
 		}
 	}
-	if s.Wildcard {
-		if err := s.enablePacketInfo(); err != nil {
-			return err
-		}
-	}
-	if err := s.sizeBuffers(cfg.RecvBuffer, cfg.SendBuffer); err != nil {
+	if err := s.configure(cfg); err != nil {
 		return err
+	}
+	if cfg.Control != nil {
+		network := "udp4"
+		if s.Family == unix.AF_INET6 {
+			network = "udp6"
+		}
+		if err := cfg.Control(network, addr.String(), rawConn(s.FD)); err != nil {
+			return fmt.Errorf("control: %w", err)
+		}
 	}
 	if err := unix.Bind(s.FD, SockaddrFor(addr, s.Family)); err != nil {
 		return fmt.Errorf("bind %s: %w", addr, err)
@@ -96,6 +111,36 @@ func (s *Socket) setup(addr netip.AddrPort, cfg ListenConfig) error {
 	s.Local = AddrPortOf(sa)
 	return nil
 }
+
+// configure sets what every listening socket needs, bound or not: the
+// receive-queue overflow counter, the CPU it serves, packet info on a
+// wildcard address, and its buffers.
+func (s *Socket) configure(cfg ListenConfig) error {
+	if err := unix.SetsockoptInt(s.FD, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1); err != nil {
+		return fmt.Errorf("setsockopt SO_RXQ_OVFL: %w", err)
+	}
+	if cfg.IncomingCPU >= 0 {
+		if err := unix.SetsockoptInt(s.FD, unix.SOL_SOCKET, unix.SO_INCOMING_CPU, cfg.IncomingCPU); err != nil {
+			return fmt.Errorf("setsockopt SO_INCOMING_CPU: %w", err)
+		}
+	}
+	if s.Wildcard {
+		if err := s.enablePacketInfo(); err != nil {
+			return err
+		}
+	}
+	return s.sizeBuffers(cfg.RecvBuffer, cfg.SendBuffer)
+}
+
+// rawConn is the syscall.RawConn a Control function gets: a socket not yet
+// bound, with no poller behind it to wait until it is readable or writable.
+type rawConn int
+
+var errRawIO = errors.New("udpsys: the socket Control gets cannot be read or written")
+
+func (c rawConn) Control(f func(fd uintptr)) error { f(uintptr(c)); return nil }
+func (rawConn) Read(func(fd uintptr) bool) error   { return errRawIO }
+func (rawConn) Write(func(fd uintptr) bool) error  { return errRawIO }
 
 // enablePacketInfo asks for each datagram's destination address, so that a
 // reply can leave from the address the request came to on a multi-homed host.
@@ -176,32 +221,128 @@ func (s *Socket) connect(remote netip.AddrPort, cfg ListenConfig) error {
 	return nil
 }
 
-// SocketFromFD adopts fd, a UDP socket inherited from another process, and
-// reads back its family, address and buffer sizes.
-func SocketFromFD(fd int) (*Socket, error) {
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+// Bound is what Inspect reads of a bound UDP socket.
+type Bound struct {
+	Family int
+	// Local is the address the socket is bound to.
+	Local netip.AddrPort
+	// ReusePort reports SO_REUSEPORT: sockets bound after it may join its
+	// group, with its address.
+	ReusePort bool
+	// V6Only reports IPV6_V6ONLY on an IPv6 socket: it refuses IPv4.
+	V6Only bool
+}
+
+// Inspect reads what fd is, and returns an error unless it is a UDP socket
+// of the IPv4 or IPv6 family bound to an address.
+func Inspect(fd int) (Bound, error) {
+	var b Bound
+	getInt := func(level, opt int, name string) (int, error) {
+		v, err := unix.GetsockoptInt(fd, level, opt)
+		if err != nil {
+			return 0, fmt.Errorf("descriptor %d: getsockopt %s: %w", fd, name, err)
+		}
+		return v, nil
+	}
+	typ, err := getInt(unix.SOL_SOCKET, unix.SO_TYPE, "SO_TYPE")
 	if err != nil {
-		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
+		return b, err
 	}
 	if typ != unix.SOCK_DGRAM {
-		return nil, fmt.Errorf("descriptor %d: socket type %d is not SOCK_DGRAM", fd, typ)
+		return b, fmt.Errorf("descriptor %d: socket type %d is not SOCK_DGRAM", fd, typ)
 	}
-	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if b.Family, err = getInt(unix.SOL_SOCKET, unix.SO_DOMAIN, "SO_DOMAIN"); err != nil {
+		return b, err
+	}
+	if b.Family != unix.AF_INET && b.Family != unix.AF_INET6 {
+		return b, fmt.Errorf("descriptor %d: socket family %d is neither AF_INET nor AF_INET6", fd, b.Family)
+	}
+	proto, err := getInt(unix.SOL_SOCKET, unix.SO_PROTOCOL, "SO_PROTOCOL")
 	if err != nil {
-		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
+		return b, err
+	}
+	if proto != unix.IPPROTO_UDP {
+		return b, fmt.Errorf("descriptor %d: protocol %d is not UDP", fd, proto)
 	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
-		return nil, fmt.Errorf("descriptor %d: getsockname: %w", fd, err)
+		return b, fmt.Errorf("descriptor %d: getsockname: %w", fd, err)
+	}
+	if b.Local = AddrPortOf(sa); b.Local.Port() == 0 {
+		return b, fmt.Errorf("descriptor %d: the socket is not bound", fd)
+	}
+	reuse, err := getInt(unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT")
+	if err != nil {
+		return b, err
+	}
+	b.ReusePort = reuse != 0
+	if b.Family == unix.AF_INET6 {
+		v6only, err := getInt(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY")
+		if err != nil {
+			return b, err
+		}
+		b.V6Only = v6only != 0
+	}
+	return b, nil
+}
+
+// SocketFromFD adopts fd, a UDP socket inherited from another process, and
+// reads back its family, address and buffer sizes.
+func SocketFromFD(fd int) (*Socket, error) {
+	s, err := fromFD(fd)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.sizeBuffers(0, 0); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// AdoptUDP makes fd, a bound UDP socket from elsewhere (systemd's socket
+// activation, a caller's own), a listening socket like those ListenUDP
+// opens: it sets the options of every listening socket as cfg says;
+// V6Only and Control apply only before bind and are ignored.
+func AdoptUDP(fd int, cfg ListenConfig) (*Socket, error) {
+	s, err := fromFD(fd)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.configure(cfg); err != nil {
+		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
+	}
+	return s, nil
+}
+
+// fromFD checks that fd is a bound UDP socket and makes it non-blocking and
+// close-on-exec.
+func fromFD(fd int) (*Socket, error) {
+	b, err := Inspect(fd)
+	if err != nil {
+		return nil, err
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
 	}
 	unix.CloseOnExec(fd)
-	s := &Socket{FD: fd, Family: family, Local: AddrPortOf(sa), GSO: SocketGSO(fd)}
-	s.Wildcard = s.Local.Addr().IsUnspecified()
-	if err := s.sizeBuffers(0, 0); err != nil {
-		return nil, err
+	return &Socket{FD: fd, Family: b.Family, Local: b.Local, Wildcard: b.Local.Addr().IsUnspecified(), GSO: SocketGSO(fd)}, nil
+}
+
+// DupFile returns a close-on-exec duplicate of f's descriptor, which the
+// caller owns. Unlike f.Fd, it leaves f's blocking mode alone.
+func DupFile(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
 	}
-	return s, nil
+	dup := -1
+	if cerr := rc.Control(func(fd uintptr) {
+		dup, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); cerr != nil {
+		return -1, cerr
+	}
+	if err != nil {
+		return -1, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	return dup, nil
 }

@@ -1,0 +1,172 @@
+package udpsys
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func getInt(t *testing.T, fd, level, opt int) int {
+	t.Helper()
+	v, err := unix.GetsockoptInt(fd, level, opt)
+	if err != nil {
+		t.Fatalf("getsockopt: %v", err)
+	}
+	return v
+}
+
+// TestControlRunsBeforeBind: Control sees the socket unbound, with the
+// network and address it is about to be bound to, and what it sets stays.
+func TestControlRunsBeforeBind(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "0.0.0.0:0", "[::]:0"} {
+		t.Run(addr, func(t *testing.T) {
+			ap := netip.MustParseAddrPort(addr)
+			var gotNet, gotAddr string
+			var controlErr error
+			s, err := ListenUDP(ap, ListenConfig{IncomingCPU: -1, Control: func(network, address string, c syscall.RawConn) error {
+				gotNet, gotAddr = network, address
+				controlErr = c.Control(func(fd uintptr) {
+					if sa, _ := unix.Getsockname(int(fd)); AddrPortOf(sa).Port() != 0 {
+						t.Error("Control ran after bind")
+					}
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PRIORITY, 5)
+				})
+				return nil
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			want := "udp4"
+			if ap.Addr().Is6() {
+				want = "udp6"
+			}
+			if gotNet != want || gotAddr != addr || controlErr != nil {
+				t.Errorf("Control got %q %q (Control: %v); want %q %q", gotNet, gotAddr, controlErr, want, addr)
+			}
+			if prio := getInt(t, s.FD, unix.SOL_SOCKET, unix.SO_PRIORITY); prio != 5 {
+				t.Errorf("SO_PRIORITY %d after Control set 5", prio)
+			}
+		})
+	}
+}
+
+func TestControlErrorFailsListen(t *testing.T) {
+	boom := errors.New("boom")
+	var rawErrs []error
+	_, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		rawErrs = append(rawErrs, c.Read(func(uintptr) bool { return true }), c.Write(func(uintptr) bool { return true }))
+		return boom
+	}})
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "control") {
+		t.Errorf("ListenUDP: %v, want the Control error", err)
+	}
+	for _, e := range rawErrs {
+		if e == nil {
+			t.Error("RawConn.Read or Write before bind succeeded")
+		}
+	}
+}
+
+// TestV6Only: an IPv6 socket is dual-stack unless asked, whatever the
+// host's default.
+func TestV6Only(t *testing.T) {
+	for _, v6only := range []bool{false, true} {
+		s, err := ListenUDP(netip.MustParseAddrPort("[::]:0"), ListenConfig{V6Only: v6only})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := getInt(t, s.FD, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY) != 0
+		b, err := Inspect(s.FD)
+		s.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != v6only || b.V6Only != v6only || !b.ReusePort {
+			t.Errorf("V6Only %v: IPV6_V6ONLY %v, Inspect %+v", v6only, got, b)
+		}
+	}
+}
+
+// TestInspectRefusesWhatIsNoBoundUDPSocket names what is wrong with each.
+func TestInspectRefusesWhatIsNoBoundUDPSocket(t *testing.T) {
+	socket := func(family, typ, proto int) int {
+		fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, proto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	f, err := os.CreateTemp(t.TempDir(), "file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, tc := range []struct {
+		name string
+		fd   int
+		want string
+	}{
+		{"file", int(f.Fd()), "socket operation on non-socket"},
+		{"tcp", socket(unix.AF_INET, unix.SOCK_STREAM, 0), "not SOCK_DGRAM"},
+		{"unix", socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0), "neither AF_INET nor AF_INET6"},
+		{"unbound", socket(unix.AF_INET, unix.SOCK_DGRAM, 0), "not bound"},
+	} {
+		if _, err := Inspect(tc.fd); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestAdoptUDP: a socket bound elsewhere, duplicated from its *os.File,
+// gets what a listening socket needs.
+func TestAdoptUDP(t *testing.T) {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6unspecified})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	f, err := pc.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd, err := DupFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := AdoptUDP(fd, ListenConfig{IncomingCPU: 0, RecvBuffer: 1 << 20})
+	if err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Local.Port() != uint16(pc.LocalAddr().(*net.UDPAddr).Port) || !s.Wildcard || s.Family != unix.AF_INET6 {
+		t.Errorf("adopted %+v, from %v", s, pc.LocalAddr())
+	}
+	for _, o := range []struct {
+		level, opt int
+		name       string
+	}{
+		{unix.SOL_SOCKET, unix.SO_RXQ_OVFL, "SO_RXQ_OVFL"},
+		{unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO"},
+		{unix.IPPROTO_IP, unix.IP_PKTINFO, "IP_PKTINFO"},
+	} {
+		if getInt(t, s.FD, o.level, o.opt) == 0 {
+			t.Errorf("%s not set on the adopted socket", o.name)
+		}
+	}
+	if fl, _ := unix.FcntlInt(uintptr(s.FD), unix.F_GETFL, 0); fl&unix.O_NONBLOCK == 0 {
+		t.Error("the adopted socket blocks")
+	}
+	if s.RecvBuffer == 0 {
+		t.Error("the adopted socket's receive buffer was not read back")
+	}
+}
