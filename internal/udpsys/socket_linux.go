@@ -98,7 +98,7 @@ func (s *Socket) setup(addr netip.AddrPort, cfg ListenConfig) error {
 			network = "udp6"
 		}
 		if err := cfg.Control(network, addr.String(), rawConn(s.FD)); err != nil {
-			return fmt.Errorf("control: %w", err)
+			return fmt.Errorf("control %s: %w", addr, err)
 		}
 	}
 	if err := unix.Bind(s.FD, SockaddrFor(addr, s.Family)); err != nil {
@@ -328,21 +328,39 @@ func fromFD(fd int) (*Socket, error) {
 	return &Socket{FD: fd, Family: b.Family, Local: b.Local, Wildcard: b.Local.Addr().IsUnspecified(), GSO: SocketGSO(fd)}, nil
 }
 
+// InspectFile is Inspect for f's descriptor.
+func InspectFile(f *os.File) (Bound, error) {
+	var b Bound
+	err := withFD(f, func(fd int) (err error) {
+		b, err = Inspect(fd)
+		return err
+	})
+	return b, err
+}
+
 // DupFile returns a close-on-exec duplicate of f's descriptor, which the
-// caller owns. Unlike f.Fd, it leaves f's blocking mode alone.
+// caller owns.
 func DupFile(f *os.File) (int, error) {
+	dup := -1
+	err := withFD(f, func(fd int) (err error) {
+		if dup, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("dup %s: %w", f.Name(), err)
+		}
+		return nil
+	})
+	return dup, err
+}
+
+// withFD runs fn with f's descriptor. Unlike f.Fd, it leaves f's blocking
+// mode alone.
+func withFD(f *os.File, fn func(fd int) error) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return -1, err
+		return err
 	}
-	dup := -1
-	if cerr := rc.Control(func(fd uintptr) {
-		dup, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-	}); cerr != nil {
-		return -1, cerr
+	var fnErr error
+	if err := rc.Control(func(fd uintptr) { fnErr = fn(int(fd)) }); err != nil {
+		return err
 	}
-	if err != nil {
-		return -1, fmt.Errorf("dup %s: %w", f.Name(), err)
-	}
-	return dup, nil
+	return fnErr
 }
