@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"math"
 	"net/netip"
+	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -59,7 +61,9 @@ type Config struct {
 type ListenerConfig struct {
 	// Name identifies the listener in logs and statistics.
 	Name string
-	// Address is the local address; port 0 picks a free port, which Server.Addr reports.
+	// Address is the local address; port 0 picks a free port, which
+	// Server.Addr reports. An IPv6 address accepts IPv4 too (the wildcard
+	// [::] serves both families).
 	Address netip.AddrPort
 	// Handler serves the listener's sessions.
 	Handler session.Handler
@@ -68,6 +72,33 @@ type ListenerConfig struct {
 	// IdleTimeout ends a session that has received nothing for this long;
 	// 0 means DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// Control, when set, is called for each socket the server opens for
+	// the listener, one per loop, after it is created and before it is
+	// bound, as net.ListenConfig.Control is: network is "udp4" or "udp6"
+	// and address the address being bound. It may set socket options
+	// (SO_MARK, IP_FREEBIND, ...); the server's own are set by then. An
+	// error fails New. Sockets the server adopts (Sockets, Config.Inherit)
+	// are bound already and are not passed to it.
+	Control func(network, address string, c syscall.RawConn) error
+	// Sockets, when set, are bound UDP sockets for the listener to serve
+	// instead of opening its own: those of systemd's socket activation
+	// (see ActivationSockets), or the caller's. Address may be left zero,
+	// for theirs; otherwise it must be theirs. The server works on
+	// duplicates of the descriptors, made non-blocking and given the
+	// options its own sockets have (buffers, packet info, SO_INCOMING_CPU
+	// of their loop). The caller keeps the files and may close them once
+	// New returns, but must not call their Fd method, which may make the
+	// socket, shared with the server, blocking. With fewer sockets than
+	// loops, each loop beyond them opens a socket of its own in their
+	// SO_REUSEPORT group, which the kernel allows only if they have
+	// SO_REUSEPORT set (ReusePort=yes in a .socket unit) and were created
+	// by this process's user. A predecessor's sockets (Config.Inherit) for
+	// the same address are served instead.
+	Sockets []*os.File
+
+	// v6only makes the listener's IPv6 sockets refuse IPv4: Listen's
+	// "udp6", or Sockets that do.
+	v6only bool
 }
 
 // MaxWorkersPerCPU bounds Config.Workers: more loops than CPUs only add
@@ -149,14 +180,19 @@ func (c *Config) fill(ncpu int) error {
 		c.Logger = slog.Default()
 	}
 	for i := range c.Listeners {
-		if err := c.Listeners[i].fill(i); err != nil {
+		if err := c.Listeners[i].fill(i, c.Workers); err != nil {
 			return err
 		}
 	}
 	return checkDistinct(c.Listeners)
 }
 
-func (lc *ListenerConfig) fill(i int) error {
+func (lc *ListenerConfig) fill(i, workers int) error {
+	if len(lc.Sockets) > 0 {
+		if err := lc.checkSockets(i, workers); err != nil {
+			return err
+		}
+	}
 	if !lc.Address.IsValid() {
 		return fmt.Errorf("listeners[%d].address: not set", i)
 	}
@@ -181,6 +217,39 @@ func (lc *ListenerConfig) fill(i int) error {
 	if lc.Name == "" {
 		lc.Name = lc.Address.String()
 	}
+	return nil
+}
+
+// checkSockets checks that lc's Sockets are bound UDP sockets of one
+// address, enough for workers loops, and takes their address and family's
+// reach for the listener's.
+func (lc *ListenerConfig) checkSockets(i, workers int) error {
+	if len(lc.Sockets) > workers {
+		return fmt.Errorf("listeners[%d].sockets: %d sockets for %d workers; one loop serves each, so set workers to %d",
+			i, len(lc.Sockets), workers, len(lc.Sockets))
+	}
+	var first udpsys.Bound
+	for j, f := range lc.Sockets {
+		b, err := udpsys.InspectFile(f)
+		if err != nil {
+			return fmt.Errorf("listeners[%d].sockets[%d] (%s): %w", i, j, f.Name(), err)
+		}
+		if j == 0 {
+			first = b
+		} else if b.Local != first.Local || b.V6Only != first.V6Only {
+			return fmt.Errorf("listeners[%d].sockets[%d] (%s): bound to %s, and sockets[0] to %s: a listener is one address",
+				i, j, f.Name(), b.Local, first.Local)
+		}
+	}
+	addr := netip.AddrPortFrom(first.Local.Addr().Unmap(), first.Local.Port())
+	if lc.Address.IsValid() && netip.AddrPortFrom(lc.Address.Addr().Unmap(), lc.Address.Port()) != addr {
+		return fmt.Errorf("listeners[%d].address: %s, and its sockets are bound to %s", i, lc.Address, addr)
+	}
+	if len(lc.Sockets) < workers && !first.ReusePort {
+		return fmt.Errorf("listeners[%d].sockets: %d socket(s) bound to %s for %d workers, and without SO_REUSEPORT on them the other workers cannot bind it too: set ReusePort=yes in the .socket unit, or set workers to %d",
+			i, len(lc.Sockets), addr, workers, len(lc.Sockets))
+	}
+	lc.Address, lc.v6only = addr, first.V6Only
 	return nil
 }
 
@@ -228,7 +297,7 @@ func checkDistinct(ls []ListenerConfig) error {
 			if ls[i].Name == ls[j].Name {
 				return fmt.Errorf("listeners[%d].name: %q is already the name of listeners[%d]", i, ls[i].Name, j)
 			}
-			if overlap(ls[i].Address, ls[j].Address) {
+			if overlap(ls[i].Address, ls[i].v6only, ls[j].Address, ls[j].v6only) {
 				return fmt.Errorf("listeners[%d].address: %s overlaps listeners[%d].address %s, which receives the same datagrams",
 					i, ls[i].Address, j, ls[j].Address)
 			}
@@ -240,13 +309,15 @@ func checkDistinct(ls []ListenerConfig) error {
 // overlap reports whether sockets bound to a and b (unmapped) would
 // receive datagrams for the same address: the same port (other than 0,
 // which picks a free one) and the same address, or a wildcard that covers
-// the other (an IPv6 wildcard covers IPv4 too: udpmux's IPv6 sockets are
-// dual-stack).
-func overlap(a, b netip.AddrPort) bool {
+// the other (an IPv6 wildcard covers IPv4 too, unless its socket is
+// v6-only: udpmux's IPv6 sockets are dual-stack otherwise).
+func overlap(a netip.AddrPort, a6only bool, b netip.AddrPort, b6only bool) bool {
 	if a.Port() != b.Port() || a.Port() == 0 {
 		return false
 	}
 	x, y := a.Addr(), b.Addr()
-	covers := func(w, o netip.Addr) bool { return w.IsUnspecified() && (w.Is6() || o.Is4()) }
-	return x == y || covers(x, y) || covers(y, x)
+	covers := func(w netip.Addr, v6only bool, o netip.Addr) bool {
+		return w.IsUnspecified() && (w.Is4() == o.Is4() || w.Is6() && !v6only)
+	}
+	return x == y || covers(x, a6only, y) || covers(y, b6only, x)
 }

@@ -30,7 +30,7 @@ func checkForeign(ln *listener, addr netip.AddrPort, ours map[uint64]bool) error
 		return nil // no /proc: nothing to check with
 	}
 	for _, s := range socks {
-		if ours[s.Inode] || s.Remote.Port() != 0 || !overlap(s.Local, addr) {
+		if ours[s.Inode] || s.Remote.Port() != 0 || !overlap(s.Local, false, addr, ln.v6only) {
 			continue
 		}
 		who := "another process"
@@ -39,8 +39,8 @@ func checkForeign(ln *listener, addr netip.AddrPort, ours map[uint64]bool) error
 		} else if ok {
 			who = fmt.Sprintf("another process (pid %d, %s)", pid, comm)
 		}
-		return fmt.Errorf("listener %s: %s is already served by %s, bound to %s: the kernel would split its datagrams between the two; stop that process, or start this one with the same control.socket so that it takes over",
-			ln.name, addr, who, s.Local)
+		return &listenerError{ln.name, fmt.Errorf("%s is already served by %s, bound to %s: the kernel would split its datagrams between the two; stop that process, or start this one with the same control.socket so that it takes over",
+			addr, who, s.Local)}
 	}
 	return nil
 }

@@ -201,10 +201,11 @@ func (l *loop) watchSocket(ls *loopSocket) error {
 	return nil
 }
 
-// addSocket gives the loop its socket for listener ln, one of its own or
-// one inherited from a predecessor.
-func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, inherited bool) error {
-	ls := &loopSocket{sock: sock, ln: ln, reading: true, drops: dropCounter{known: !inherited},
+// addSocket gives the loop its socket for listener ln: one the server
+// opened, whose kernel drop counter starts at 0, or one it adopted
+// (inherited from a predecessor, or given), whose counter it takes as it is.
+func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, opened bool) error {
+	ls := &loopSocket{sock: sock, ln: ln, reading: true, drops: dropCounter{known: opened},
 		tx: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, sock.Family)}
 	if sock.GSO {
 		ls.tx.EnableGSO() // replies in a burst to one peer cross the stack once

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/udpmux/udpmux/flowtable"
@@ -28,6 +30,11 @@ type listener struct {
 	// learner is the dissector if it learns from the server's datagrams.
 	learner session.ReplyDissector
 	idle    time.Duration
+	// control, sockets and v6only are the ListenerConfig's, for the
+	// listener's sockets (sockets.go).
+	control func(network, address string, c syscall.RawConn) error
+	sockets []*os.File
+	v6only  bool
 }
 
 // Server runs the event loops. Create it with New, run it with Serve.
@@ -126,6 +133,7 @@ func newServer(cfg Config) (*Server, error) {
 		ln := &listener{
 			name: lc.Name, scope: uint16(i), addr: lc.Address,
 			handler: lc.Handler, dissector: lc.Dissector, idle: lc.IdleTimeout,
+			control: lc.Control, sockets: lc.Sockets, v6only: lc.v6only,
 		}
 		ln.learner, _ = lc.Dissector.(session.ReplyDissector)
 		srv.listeners = append(srv.listeners, ln)
@@ -165,10 +173,10 @@ func (srv *Server) openLoops(cpus []int) error {
 		if inh := srv.cfg.Inherit; inh != nil {
 			var err error
 			if inherited, err = inh.adopt(ln, used); err != nil {
-				return fmt.Errorf("listener %s: %w", ln.name, err)
+				return &listenerError{ln.name, err}
 			}
 		}
-		if inherited == nil {
+		if inherited == nil && ln.sockets == nil {
 			if err := checkForeign(ln, addr, nil); err != nil {
 				return err
 			}
@@ -179,14 +187,12 @@ func (srv *Server) openLoops(cpus []int) error {
 			var err error
 			if inherited != nil {
 				sock = inherited[i]
-			} else if sock, err = udpsys.ListenUDP(addr, udpsys.ListenConfig{
-				IncomingCPU: l.cpu, RecvBuffer: srv.cfg.RecvBuffer, SendBuffer: srv.cfg.SendBuffer,
-			}); err != nil {
-				return fmt.Errorf("listener %s: %w", ln.name, err)
+			} else if sock, err = srv.openSocket(ln, l, i, addr); err != nil {
+				return &listenerError{ln.name, err}
 			}
-			if err := l.addSocket(ln, sock, inherited != nil); err != nil {
+			if err := l.addSocket(ln, sock, inherited == nil && i >= len(ln.sockets)); err != nil {
 				sock.Close()
-				return fmt.Errorf("listener %s: %w", ln.name, err)
+				return &listenerError{ln.name, err}
 			}
 			addr = sock.Local
 			srv.checkBuffers(ln, sock)

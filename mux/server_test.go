@@ -258,23 +258,28 @@ func cpuCount(t *testing.T) int {
 func TestOverlap(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	tests := []struct {
-		a, b string
-		want bool
+		a, b           string
+		a6only, b6only bool
+		want           bool
 	}{
-		{"127.0.0.1:7", "127.0.0.1:7", true},
-		{"127.0.0.1:7", "127.0.0.1:8", false},
-		{"127.0.0.1:7", "127.0.0.2:7", false},
-		{"0.0.0.0:7", "127.0.0.1:7", true},
-		{"127.0.0.1:7", "0.0.0.0:7", true},
-		{"0.0.0.0:7", "[::1]:7", false},
-		{"[::]:7", "127.0.0.1:7", true},
-		{"[::]:7", "[::1]:7", true},
-		{"[::1]:7", "127.0.0.1:7", false},
-		{"0.0.0.0:0", "0.0.0.0:0", false}, // port 0: each gets a free port
+		{a: "127.0.0.1:7", b: "127.0.0.1:7", want: true},
+		{a: "127.0.0.1:7", b: "127.0.0.1:8", want: false},
+		{a: "127.0.0.1:7", b: "127.0.0.2:7", want: false},
+		{a: "0.0.0.0:7", b: "127.0.0.1:7", want: true},
+		{a: "127.0.0.1:7", b: "0.0.0.0:7", want: true},
+		{a: "0.0.0.0:7", b: "[::1]:7", want: false},
+		{a: "[::]:7", b: "127.0.0.1:7", want: true},
+		{a: "[::]:7", b: "[::1]:7", want: true},
+		{a: "[::1]:7", b: "127.0.0.1:7", want: false},
+		{a: "0.0.0.0:0", b: "0.0.0.0:0", want: false}, // port 0: each gets a free port
+		{a: "[::]:7", a6only: true, b: "0.0.0.0:7", want: false},
+		{a: "0.0.0.0:7", b: "[::]:7", b6only: true, want: false},
+		{a: "[::]:7", a6only: true, b: "[::1]:7", want: true},
+		{a: "[::]:7", a6only: true, b: "[::]:7", want: true},
 	}
 	for _, tt := range tests {
-		if got := overlap(ap(tt.a), ap(tt.b)); got != tt.want {
-			t.Errorf("overlap(%s, %s) = %v; want %v", tt.a, tt.b, got, tt.want)
+		if got := overlap(ap(tt.a), tt.a6only, ap(tt.b), tt.b6only); got != tt.want {
+			t.Errorf("overlap(%s v6only=%v, %s v6only=%v) = %v; want %v", tt.a, tt.a6only, tt.b, tt.b6only, got, tt.want)
 		}
 	}
 }
