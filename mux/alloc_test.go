@@ -131,7 +131,8 @@ func TestConnPathAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are meaningless under the race detector")
 	}
-	ln, err := newListener(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{Workers: 1, Logger: quietLogger()})
+	lc := ListenConfig{Workers: 1, Logger: quietLogger()}
+	ln, err := lc.newListener(netip.MustParseAddrPort("127.0.0.1:0"), false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,8 +18,9 @@ import (
 )
 
 // Listen gives UDP the shape of a TCP server: one net.Conn per peer.
-func ExampleListen() {
-	ln, err := mux.Listen(netip.MustParseAddrPort("127.0.0.1:0"), mux.ListenConfig{IdleTimeout: time.Minute})
+func ExampleListenConfig_Listen() {
+	lc := mux.ListenConfig{IdleTimeout: time.Minute}
+	ln, err := lc.Listen(context.Background(), "udp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
 	}

@@ -174,7 +174,8 @@ func TestRefusedSessionIsNeverClosed(t *testing.T) {
 }
 
 func TestListenRefusesNoop(t *testing.T) {
-	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{Dissector: session.Noop{}, Logger: quietLogger()})
+	lc := ListenConfig{Dissector: session.Noop{}, Logger: quietLogger()}
+	ln, err := lc.Listen(context.Background(), "udp", "127.0.0.1:0")
 	if err == nil {
 		ln.Close()
 		t.Fatal("Listen with a stateless dissector succeeded: its Conns need sessions")

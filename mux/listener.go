@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/udpmux/udpmux/internal/udpsys"
@@ -24,7 +25,7 @@ const (
 	DefaultConnQueue     = 64
 )
 
-// ListenConfig configures Listen. The zero value is usable.
+// ListenConfig configures a Listener. The zero value is usable.
 type ListenConfig struct {
 	// Workers, Batch, MaxSessions and IdleTimeout are as in Config and
 	// ListenerConfig.
@@ -41,39 +42,94 @@ type ListenConfig struct {
 	ConnQueue int
 	// Logger receives logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Control, when set, is called for each socket the Listener opens, one
+	// per worker, after it is created and before it is bound, as
+	// net.ListenConfig.Control is (see ListenerConfig.Control).
+	Control func(network, address string, c syscall.RawConn) error
+	// Sockets, when set, are bound UDP sockets to serve instead of opening
+	// new ones, such as those systemd passes (see ActivationSockets and
+	// ListenerConfig.Sockets). Listen's address then says what they must be
+	// bound to, as for ActivationSockets, or is empty for whatever they are.
+	Sockets []*os.File
 }
 
 // Listener is a UDP listener with TCP's shape: Accept returns one net.Conn
 // per peer session, served by udpmux's per-core loops.
 type Listener struct {
-	srv     *Server
-	handler *acceptHandler
-	cancel  context.CancelFunc
-	served  chan struct{}
-	once    sync.Once
+	srv      *Server
+	handler  *acceptHandler
+	cancel   context.CancelFunc
+	served   chan struct{}
+	once     sync.Once
+	deadline deadline
 }
 
-// Listen opens addr and starts serving it. Close the Listener to stop.
-func Listen(addr netip.AddrPort, cfg ListenConfig) (*Listener, error) {
-	ln, err := newListener(addr, cfg)
+var _ net.Listener = (*Listener)(nil)
+
+// Listen announces on the local network address and serves it, as
+// net.ListenPacket does. The network must be "udp", "udp4" or "udp6".
+//
+// See ListenConfig.Listen for the address; Listen is that method of the
+// zero ListenConfig with context.Background().
+func Listen(network, address string) (*Listener, error) {
+	var lc ListenConfig
+	return lc.Listen(context.Background(), network, address)
+}
+
+// Listen announces on the local network address and serves it until Close,
+// as net.ListenConfig.ListenPacket does: the network must be "udp", "udp4"
+// or "udp6", and the address has the form "host:port" (empty for ":0"). A
+// host name is looked up with ctx, and the Listener serves one of its
+// addresses, an IPv4 one if it has any. With an empty host the Listener
+// serves every local address: of both families for "udp" (one dual-stack
+// IPv6 socket per worker, or IPv4 alone on a host without IPv6), of one
+// for "udp4" and "udp6". The literal wildcards serve their family, [::]
+// both for "udp", as net's do. Port 0 picks a free port, which Addr
+// reports.
+//
+// Errors are *net.OpError, as net's; ctx only bounds the lookup, not the
+// Listener's life.
+func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*Listener, error) {
+	var addr netip.AddrPort
+	ipNet, err := ipNetwork(network)
+	switch {
+	case err != nil:
+	case len(lc.Sockets) == 0:
+		addr, err = resolveListen(ctx, network, ipNet, address)
+	default:
+		err = checkSocketsAddress(network, address, lc.Sockets)
+	}
 	if err != nil {
-		return nil, err
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	ln, err := lc.newListener(addr, network == "udp6")
+	if err != nil {
+		var le *listenerError
+		if errors.As(err, &le) {
+			err = le.err
+		}
+		var laddr net.Addr
+		if addr.IsValid() {
+			laddr = net.UDPAddrFromAddrPort(addr)
+		}
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: err}
 	}
 	ln.serve()
 	return ln, nil
 }
 
 // newListener opens the Listener's server, which does not serve yet.
-func newListener(addr netip.AddrPort, cfg ListenConfig) (*Listener, error) {
+func (lc *ListenConfig) newListener(addr netip.AddrPort, v6only bool) (*Listener, error) {
 	h := &acceptHandler{
-		backlog: make(chan *Conn, orDefault(cfg.AcceptBacklog, DefaultAcceptBacklog)),
-		queue:   orDefault(cfg.ConnQueue, DefaultConnQueue),
+		backlog: make(chan *Conn, orDefault(lc.AcceptBacklog, DefaultAcceptBacklog)),
+		queue:   orDefault(lc.ConnQueue, DefaultConnQueue),
 		closed:  make(chan struct{}),
 	}
 	srv, err := New(Config{
-		Workers: cfg.Workers, Batch: cfg.Batch, MaxSessions: cfg.MaxSessions, Logger: cfg.Logger,
+		Workers: lc.Workers, Batch: lc.Batch, MaxSessions: lc.MaxSessions, Logger: lc.Logger,
 		Listeners: []ListenerConfig{{
-			Name: "listener", Address: addr, Handler: h, Dissector: cfg.Dissector, IdleTimeout: cfg.IdleTimeout,
+			Name: "listener", Address: addr, Handler: h, Dissector: lc.Dissector, IdleTimeout: lc.IdleTimeout,
+			Control: lc.Control, Sockets: lc.Sockets, v6only: v6only,
 		}},
 	})
 	if err != nil {
@@ -102,18 +158,59 @@ func orDefault(v, def int) int {
 	return v
 }
 
-// Accept waits for the next session and returns it as a *Conn.
+// Accept waits for the next session and returns it as a *Conn; it
+// implements net.Listener. See AcceptContext for its errors.
 func (ln *Listener) Accept() (net.Conn, error) {
+	c, err := ln.AcceptContext(context.Background())
+	if err != nil {
+		return nil, err // not a nil *Conn in a non-nil net.Conn
+	}
+	return c, nil
+}
+
+// AcceptContext waits for the next session and returns it, until ctx is
+// done, the deadline set with SetDeadline passes or the Listener is closed.
+// Its errors are *net.OpError, wrapping ctx's error, os.ErrDeadlineExceeded
+// or net.ErrClosed.
+func (ln *Listener) AcceptContext(ctx context.Context) (*Conn, error) {
+	h := ln.handler
+	// As with net's listeners, a closed Listener or a past deadline wins
+	// over a waiting session.
 	select {
-	case c := <-ln.handler.backlog:
+	case <-h.closed:
+		return nil, ln.opError(net.ErrClosed)
+	case <-ln.deadline.wait():
+		return nil, ln.opError(os.ErrDeadlineExceeded)
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, ln.opError(err)
+	}
+	select {
+	case c := <-h.backlog:
 		return c, nil
-	case <-ln.handler.closed:
-		return nil, net.ErrClosed
+	case <-h.closed:
+		return nil, ln.opError(net.ErrClosed)
+	case <-ln.deadline.wait():
+		return nil, ln.opError(os.ErrDeadlineExceeded)
+	case <-ctx.Done():
+		return nil, ln.opError(ctx.Err())
 	}
 }
 
-// Close stops the listener: every session ends, pending Accepts and Reads
-// return, and the sockets close.
+func (ln *Listener) opError(err error) error {
+	return &net.OpError{Op: "accept", Net: "udp", Addr: ln.Addr(), Err: err}
+}
+
+// SetDeadline sets when a waiting Accept or AcceptContext gives up, as
+// net.TCPListener's does; zero means never.
+func (ln *Listener) SetDeadline(t time.Time) error {
+	ln.deadline.set(t)
+	return nil
+}
+
+// Close stops the listener: every session ends, pending Accepts, Reads and
+// Writes return, and the sockets close.
 func (ln *Listener) Close() error {
 	ln.once.Do(func() {
 		close(ln.handler.closed)
@@ -123,7 +220,7 @@ func (ln *Listener) Close() error {
 	return nil
 }
 
-// Addr returns the bound address.
+// Addr returns the bound address, a *net.UDPAddr.
 func (ln *Listener) Addr() net.Addr { return net.UDPAddrFromAddrPort(ln.srv.Addr(0)) }
 
 // Stats returns the engine's counters and the listener's own.

@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"testing"
@@ -12,7 +13,8 @@ import (
 // drops at the peer, after the sender has paid for it.
 func benchConn(b *testing.B) (*Listener, net.Conn) {
 	b.Helper()
-	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{Workers: 1, Logger: quietLogger()})
+	lc := ListenConfig{Workers: 1, Logger: quietLogger()}
+	ln, err := lc.Listen(context.Background(), "udp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}

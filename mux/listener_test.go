@@ -3,6 +3,7 @@
 package mux
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -14,12 +15,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/session"
 )
 
 func listen(t *testing.T, cfg ListenConfig) *Listener {
 	t.Helper()
 	cfg.Logger = quietLogger()
-	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), cfg)
+	ln, err := cfg.Listen(context.Background(), "udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +182,7 @@ func TestListenerCloseUnblocksEverything(t *testing.T) {
 func handConn(t *testing.T, cfg ListenConfig) (*loop, *Conn, *udpsys.Socket) {
 	t.Helper()
 	cfg.Workers, cfg.Logger = 1, quietLogger()
-	ln, err := newListener(netip.MustParseAddrPort("127.0.0.1:0"), cfg)
+	ln, err := cfg.newListener(netip.MustParseAddrPort("127.0.0.1:0"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,5 +285,55 @@ func TestConnWriteUnblocksOnClose(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Write still waiting 5s after Close")
+	}
+}
+
+// TestConnWritesAreCounted: what Conns write is in the listener's and the
+// session's transmit counters, as handlers' replies are.
+func TestConnWritesAreCounted(t *testing.T) {
+	ln := listen(t, ListenConfig{Workers: 2})
+	client := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	client.Write([]byte("open"))
+	c := accept(t, ln).(*Conn)
+	const n, size = 10, 100
+	for range n {
+		if _, err := c.Write(make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 2*size)
+	for i := range n {
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if got, err := client.Read(buf); err != nil || got != size {
+			t.Fatalf("datagram %d: %d bytes, %v", i, got, err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the writes counted", func() bool {
+		st, _ := ln.Stats()
+		return st.Listeners[0].TxDatagrams == n && st.Listeners[0].TxBytes == n*size
+	})
+	if got := c.Session().Stats(); got.TxPackets != n || got.TxBytes != n*size {
+		t.Errorf("session TxPackets %d TxBytes %d, want %d and %d", got.TxPackets, got.TxBytes, n, n*size)
+	}
+}
+
+// TestConnWriteErrors: what a Write that cannot send returns.
+func TestConnWriteErrors(t *testing.T) {
+	ln := listen(t, ListenConfig{})
+	client := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+	client.Write([]byte("open"))
+	c := accept(t, ln)
+	var op *net.OpError
+	if _, err := c.Write(make([]byte, udpsys.MaxDatagram+1)); !errors.Is(err, session.ErrTooLarge) || !errors.As(err, &op) {
+		t.Errorf("Write of %d bytes: %v, want session.ErrTooLarge in a *net.OpError", udpsys.MaxDatagram+1, err)
+	}
+	c.SetWriteDeadline(time.Now().Add(-time.Second))
+	if _, err := c.Write([]byte("late")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Write past the deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	c.SetWriteDeadline(time.Time{})
+	c.Close()
+	if _, err := c.Write([]byte("closed")); !errors.Is(err, net.ErrClosed) || !errors.As(err, &op) || op.Op != "write" {
+		t.Errorf("Write after Close: %v, want net.ErrClosed in a write *net.OpError", err)
 	}
 }
