@@ -74,12 +74,13 @@ func (q *connWrites) awaitRoom() <-chan struct{} {
 }
 
 // sendConnWrites copies the queued Conn writes into the loop's send batch,
-// at most one ring's worth per call so that writers cannot hold the loop,
-// and gives their buffers back. Consumer only.
-func (l *loop) sendConnWrites() {
+// at most one ring's worth so that writers cannot hold the loop, gives
+// their buffers back, and reports whether more are queued. A write is sent
+// even if its session has ended since: Write took it. Consumer only.
+func (l *loop) sendConnWrites() (more bool) {
 	q := l.writes
 	if q == nil {
-		return
+		return false
 	}
 	q.signalled.Store(false)
 	for range connWriteSlots {
@@ -90,13 +91,7 @@ func (l *loop) sendConnWrites() {
 		c, b := w.c, w.b
 		q.pop()
 		l.sendToPeer(c.s, b) // Write refused what is too large
-		select {
-		case c.wfree <- b:
-		default: // cannot happen: the Conn made no more buffers than fit
-		}
-	}
-	if q.peek() != nil {
-		l.signal() // the rest next round
+		c.wfree <- b         // never waits: it holds every buffer the Conn made
 	}
 	if q.starved.Load() {
 		q.roomMu.Lock()
@@ -105,4 +100,5 @@ func (l *loop) sendConnWrites() {
 		q.room = nil
 		q.roomMu.Unlock()
 	}
+	return q.peek() != nil
 }

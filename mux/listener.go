@@ -370,7 +370,8 @@ func (c *Conn) consume(b, p []byte) int {
 // datagram after Write returns is what happens to any the loop sends: one
 // the kernel refuses is counted in SendErrors, one that finds the socket's
 // send buffer full for longer than the loop's send batch can hold is
-// dropped and counted in SendDrops, and Write does not learn of either.
+// dropped and counted in SendDrops, and Write does not learn of either. A
+// datagram Write has taken is sent even if the session ends meanwhile.
 //
 // Write returns session.ErrTooLarge for more than a datagram holds,
 // io.ErrClosedPipe once the session has ended and net.ErrClosed once the
@@ -456,7 +457,8 @@ func (c *Conn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
-// Close ends the session. Pending Reads return net.ErrClosed.
+// Close ends the session; what Write took before is still sent. Waiting
+// Reads and Writes return net.ErrClosed.
 func (c *Conn) Close() error {
 	if c.local.CompareAndSwap(false, true) {
 		c.s.Close()

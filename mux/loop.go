@@ -369,9 +369,11 @@ func (l *loop) shutdown() {
 		}
 		return true
 	})
-	l.sendConnWrites() // written before the end: sent before it
 	for _, s := range mine {
 		l.end(s, reason)
+	}
+	// Their Conns take no more writes now: send all they took.
+	for l.sendConnWrites() {
 	}
 	l.endBatch()
 	l.close()

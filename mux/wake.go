@@ -38,7 +38,9 @@ func (l *loop) onWake() {
 // that a Conn's last writes go out before its session ends.
 func (l *loop) drainQueues() {
 	l.in.drain(l.deliver, &l.inflight)
-	l.sendConnWrites()
+	if l.sendConnWrites() {
+		l.signal() // the rest next round
+	}
 }
 
 // pauseRequest stops a loop: it acknowledges on paused and waits for resume.
