@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,8 +17,8 @@ import (
 const pionWriteInterval = time.Millisecond
 
 // listen opens a net.Listener that accepts a net.Conn per peer: pion's
-// udp.Listener or udpmux's mux.Listen, each with the batched I/O it offers
-// and one core's worth of loops.
+// udp.Listener or udpmux's mux.Listener, each with the batched I/O it
+// offers and one core's worth of loops.
 func listen(kind string, ap netip.AddrPort, rcvbuf, sndbuf int) (net.Listener, error) {
 	switch kind {
 	case "pion":
@@ -29,7 +30,12 @@ func listen(kind string, ap netip.AddrPort, rcvbuf, sndbuf int) (net.Listener, e
 		}
 		return lc.Listen("udp4", net.UDPAddrFromAddrPort(ap))
 	case "muxlisten":
-		return mux.Listen(ap, mux.ListenConfig{Workers: 1, Batch: 64, AcceptBacklog: 4096, MaxSessions: 1 << 20})
+		lc := mux.ListenConfig{Workers: 1, Batch: 64, AcceptBacklog: 4096, MaxSessions: 1 << 20}
+		ln, err := lc.Listen(context.Background(), "udp4", ap.String())
+		if err != nil {
+			return nil, err // not a nil *mux.Listener in a non-nil net.Listener
+		}
+		return ln, nil
 	}
 	return nil, fmt.Errorf("no listener %q", kind)
 }
