@@ -19,6 +19,10 @@
 //     to New (see HandOff's example).
 //   - ListenConfig, Listener and Conn give UDP TCP's shape for a program that
 //     wants a net.Conn per peer rather than a session.Handler.
+//   - Sockets from elsewhere: ListenerConfig.Sockets and ListenConfig.Sockets
+//     serve bound sockets the caller has, such as those of systemd's socket
+//     activation (ActivationSockets); Control sets options on the sockets
+//     the server opens itself.
 //
 // Handlers run on the loops: a handler's callbacks for one loop never
 // overlap, so a session's own state needs no lock, and the datagram a
