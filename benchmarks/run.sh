@@ -20,6 +20,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 main=$(cd "$here/.." && pwd)
+# UDPMUX_SRC builds the daemon from another checkout, such as an older
+# commit to compare with (git worktree add /tmp/before <commit>); the
+# report names its commit.
+src=$(cd "${UDPMUX_SRC:-$main}" && pwd)
 [[ $EUID -eq 0 ]] || { echo "run.sh: needs root (network namespaces)" >&2; exit 1; }
 
 # The settings given, for RESULTS.md's statement of the command.
@@ -86,7 +90,7 @@ fi
 
 echo "run.sh: building into $out" >&2
 (cd "$here" && go build -o "$out/" ./cmd/loadgen ./cmd/peer ./cmd/spinner ./cmd/bench)
-if (cd "$main" && go build -o "$out/udpmux" ./cmd/udpmux) 2>"$out/udpmux-build.log"; then
+if (cd "$src" && go build -o "$out/udpmux" ./cmd/udpmux) 2>"$out/udpmux-build.log"; then
 	echo "run.sh: built the udpmux daemon" >&2
 else
 	echo "run.sh: udpmux daemon did not build; its rows will say so:" >&2
@@ -100,6 +104,6 @@ opts=()
 [[ $FT_SHORT == 1 ]] && opts+=(-flowtable-short)
 [[ -n $ONLY ]] && opts+=(-only "$ONLY")
 cd "$here"
-"$out/bench" -bin "$out" -main "$main" -out "$OUT/RESULTS.md" -raw "$OUT/results.json" \
+"$out/bench" -bin "$out" -main "$src" -out "$OUT/RESULTS.md" -raw "$OUT/results.json" \
 	-flowtable-out "$OUT/flowtable-bench.txt" -runs "$RUNS" -duration "$DURATION" -rates "$RATE" \
 	-search-steps "$SEARCH_STEPS" -flowtable-count "$FT_COUNT" -command "sudo ${given}benchmarks/run.sh" "${opts[@]}"
