@@ -108,7 +108,10 @@
 // server's first answer on the client uses the server's connection IDs,
 // which route to the same backend directly. A DCID is routable when the
 // Config.Decoder decodes it (quiclb.Routable) and, if Config.ServerIDs is
-// given, to one of those server IDs.
+// given, to one of those server IDs. SessionRoute gives the same answer in
+// the form package proxy takes (proxy.Router): set the Dissector as both
+// the listener's dissector and the proxy's Config.Router, with the
+// backends' server IDs in Config.ServerIDs of both.
 //
 // # Cost
 //
