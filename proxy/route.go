@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 
 	"github.com/cespare/xxhash/v2"
@@ -15,8 +16,8 @@ import (
 // for protocols whose datagrams name the server they belong to: QUIC with
 // QUIC-LB connection IDs, where the Dissector of package dissect/quic is
 // one. With a Router the proxy keeps no state to route a client that
-// moves, restarts or reaches another udpmux: each new session goes where
-// its first datagram says. A Router must be safe for concurrent use, since
+// moves, across a restart of udpmux or through another udpmux: each new
+// session goes where its first datagram says. A Router must be safe for concurrent use, since
 // every event loop calls it.
 type Router interface {
 	// SessionRoute reads p, the first datagram of a new session, and
@@ -26,8 +27,9 @@ type Router interface {
 	// client's connection that every datagram of its first flight carries,
 	// so that every udpmux with the same backends picks the same one. ok
 	// false means that p carries no route; the session is then balanced by
-	// its key, as without a Router. The slices may point into p and must
-	// stay valid until the call returns; SessionRoute must not keep p.
+	// its key, as without a Router. The slices may point into p, which is
+	// valid only while the proxy opens the session; SessionRoute must not
+	// keep p.
 	SessionRoute(p []byte) (serverID, hashKey []byte, ok bool)
 }
 
@@ -43,7 +45,7 @@ type routes struct {
 func newRoutes(cfg Config) (*routes, error) {
 	if cfg.Router == nil {
 		if len(cfg.ServerIDs) > 0 {
-			return nil, fmt.Errorf("proxy: server IDs without a router to read them")
+			return nil, errors.New("proxy: server IDs without a router to read them")
 		}
 		return nil, nil
 	}
@@ -71,7 +73,7 @@ func (h *Handler) pick(s session.Session, p []byte) (backend int, ok bool) {
 	if h.routes != nil {
 		if id, key, routed := h.routes.router.SessionRoute(p); routed {
 			if len(id) > 0 {
-				if b, known := h.routes.byID[string(id)]; known && !h.bal.Down(b) {
+				if b, known := h.routes.byID[string(id)]; known && h.bal.Available(b) {
 					h.stats.routed.Add(1)
 					return b, true
 				}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/udpmux/udpmux/dissect/quic"
 	"github.com/udpmux/udpmux/quiclb"
@@ -181,6 +182,7 @@ func TestRouteFallsBackToTheDCIDsHash(t *testing.T) {
 			if tt.down >= 0 {
 				for _, x := range []*unit{u, other} {
 					x.h.bal.MarkDown(tt.down, x.clk.Now())
+					x.h.bal.settle() // the Maglev table without it
 				}
 			}
 			used := map[int]int{}
@@ -203,6 +205,15 @@ func TestRouteFallsBackToTheDCIDsHash(t *testing.T) {
 			}
 			if st := u.h.Stats(); st.Routed != 0 || st.RouteFallbacks != tt.fallback*uint64(2*len(ps)) {
 				t.Errorf("Routed %d, RouteFallbacks %d; want 0 and %d", st.Routed, st.RouteFallbacks, tt.fallback*uint64(2*len(ps)))
+			}
+			if tt.down < 0 {
+				return
+			}
+			// Once its back-off has ended, the backend takes its sessions
+			// again.
+			u.clk.Advance(time.Minute)
+			if s := u.openWith("198.51.100.250:1000", ps[0].p); u.backendOf(s) != tt.down || u.h.Stats().Routed != 1 {
+				t.Errorf("after the back-off: backend %d, Routed %d; want %d and 1", u.backendOf(s), u.h.Stats().Routed, tt.down)
 			}
 		})
 	}

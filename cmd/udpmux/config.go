@@ -78,8 +78,8 @@ type listenerConfig struct {
 type backendConfig struct {
 	Address string `mapstructure:"address"`
 	// ServerID is what YAML made of the value: a string of hex digits, or
-	// a number if it was written unquoted with digits only, which check
-	// refuses rather than guess at.
+	// whatever else an unquoted value reads as (0102 is a number), which
+	// check refuses rather than guess at.
 	ServerID any `mapstructure:"server_id"`
 }
 
