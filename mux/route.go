@@ -151,7 +151,7 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		}
 		return
 	default:
-		if s = l.open(ls, l.keys[i], id, l.locals[i], peer); s == nil {
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p); s == nil {
 			// Refused. (A flow whose session an earlier datagram of this
 			// batch opened is not refused: open's insert finds and
 			// returns it.)
@@ -207,11 +207,11 @@ func (l *loop) noteChange(s *sess) {
 	}
 }
 
-// open creates the session for a flow's first datagram, under key and, if
+// open creates the session for a flow's first datagram p, under key and, if
 // they are not that, the datagram's 4-tuple and its ID. It returns nil when
 // the flow is refused, and another loop's session when that loop created the
 // same flow first.
-func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort) *sess {
+func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort, p []byte) *sess {
 	ln := ls.ln
 	s := newSess(sessConfig{
 		key: key, scope: ln.scope, local: local, peer: peer, loop: l, handler: ln.handler,
@@ -228,7 +228,7 @@ func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.Add
 	}
 	l.fileKeys(s, flowtable.TupleKey(ln.scope, local, peer), id)
 	l.current = s
-	err = s.open()
+	err = s.open(p)
 	l.current = nil
 	if err != nil {
 		l.detachAll(s)

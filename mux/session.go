@@ -262,11 +262,19 @@ func (s *sess) live() bool { return s.opened.Load() && !s.closed.Load() }
 
 var errNotMigrator = errors.New("mux: the handler cannot import sessions")
 
-// open runs the handler's Open. Owning loop. A session the handler refuses
-// has ended: a Close it asked for before refusing finds it closed, so that
-// the handler's Close never runs for it (session.Handler).
-func (s *sess) open() error {
-	if err := s.handler.Open(s); err != nil {
+// open runs the handler's Open, or its OpenDatagram with p, the datagram
+// that creates the session (session.DatagramOpener). Owning loop. A session
+// the handler refuses has ended: a Close it asked for before refusing finds
+// it closed, so that the handler's Close never runs for it
+// (session.Handler).
+func (s *sess) open(p []byte) error {
+	var err error
+	if o, ok := s.handler.(session.DatagramOpener); ok {
+		err = o.OpenDatagram(s, p)
+	} else {
+		err = s.handler.Open(s)
+	}
+	if err != nil {
 		s.closed.Store(true)
 		return err
 	}

@@ -197,14 +197,7 @@ func NewBalancer(cfg BalancerConfig) (*Balancer, error) {
 // allocate; it reads the clock only while some backend is backing off, to
 // return it to service as soon as its back-off ends.
 func (b *Balancer) Pick(keyHash uint64) (backend int, ok bool) {
-	s := b.snap.Load()
-	if s.retryAt != noRetry && b.clock(b.now()) >= s.retryAt && b.mu.TryLock() {
-		// Whoever gets the lock does the (rare) rebuild; concurrent pickers
-		// carry on with the old snapshot rather than wait.
-		b.refreshLocked(b.now())
-		b.mu.Unlock()
-		s = b.snap.Load()
-	}
+	s := b.current()
 	n := len(s.up)
 	if n == 0 {
 		return -1, false
@@ -235,6 +228,29 @@ func (b *Balancer) Pick(keyHash uint64) (backend int, ok bool) {
 		i, _ := bits.Mul64(keyHash, uint64(n))
 		return s.up[i], true
 	}
+}
+
+// Available reports whether backend takes new sessions now: it is not
+// down, or its back-off has ended, which returns it to service as Pick
+// does. It is for a caller that chooses a backend by other means than Pick
+// (a session that names its server).
+func (b *Balancer) Available(backend int) bool {
+	b.current()
+	return !b.backends[backend].down.Load()
+}
+
+// current returns the snapshot to pick from, after returning to service the
+// backends whose back-off has ended, if any has.
+func (b *Balancer) current() *snapshot {
+	s := b.snap.Load()
+	if s.retryAt != noRetry && b.clock(b.now()) >= s.retryAt && b.mu.TryLock() {
+		// Whoever gets the lock does the (rare) rebuild; concurrent pickers
+		// carry on with the old snapshot rather than wait.
+		b.refreshLocked(b.now())
+		b.mu.Unlock()
+		s = b.snap.Load()
+	}
+	return s
 }
 
 // Opened records that a session was assigned to backend; pair every call with

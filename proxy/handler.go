@@ -2,9 +2,10 @@
 
 // Package proxy is udpmux's session-sticky fan-out proxy: a session.Handler
 // that gives every client session its own socket connected to one backend,
-// chosen by Maglev consistent hashing (or least-sessions, round-robin), so
-// that the backend sees one stable source address per session and its
-// replies come back on that socket with no lookup.
+// chosen by Maglev consistent hashing (or least-sessions, round-robin), or
+// named by the session's first datagram (Router), so that the backend sees
+// one stable source address per session and its replies come back on that
+// socket with no lookup.
 package proxy
 
 import (
@@ -29,6 +30,16 @@ type Config struct {
 	Backends []netip.AddrPort
 	// Balance picks new sessions' backends.
 	Balance Policy
+	// Router, if not nil, routes each new session by the datagram that
+	// creates it (see Router): to the backend with the server ID the
+	// datagram names while that backend is healthy, otherwise by Balance
+	// over the hash of the key the Router returns.
+	Router Router
+	// ServerIDs are the backends' server IDs, as the Router returns them,
+	// in the order of Backends: one per backend, empty for a backend that
+	// has none, or nil for none at all. They need a Router, and no two
+	// backends may share one.
+	ServerIDs [][]byte
 	// Sources bounds sessions per client address; nil means unlimited. Share
 	// one among listeners for a process-wide bound.
 	Sources *SourceLimiter
@@ -51,6 +62,7 @@ type Handler struct {
 	backends []netip.AddrPort
 	buffers  udpsys.ListenConfig
 	bal      *Balancer
+	routes   *routes // nil without a Router
 	sources  *SourceLimiter
 	sockets  *Budget
 	log      *slog.Logger
@@ -66,6 +78,7 @@ type Handler struct {
 type handlerStats struct {
 	noBackend, dialErrors, upstreamErrors, refusedByBackend, abandoned atomic.Uint64
 	moved, movesRefused, lateDatagrams                                 atomic.Uint64
+	routed, routeFallbacks                                             atomic.Uint64
 	probes                                                             atomic.Int64
 }
 
@@ -100,6 +113,11 @@ type Stats struct {
 	// the client's datagrams from its new address, they would take the
 	// session back.
 	LateDatagrams uint64
+	// Routed counts new sessions sent to the backend whose server ID their
+	// first datagram named (Config.Router); RouteFallbacks those whose
+	// datagram named a server ID that no healthy backend has, balanced by
+	// the Router's hash key instead.
+	Routed, RouteFallbacks uint64
 	// UpstreamSockets is the number of upstream sockets open now.
 	UpstreamSockets int
 	// Backends is each backend's health and live sessions.
@@ -138,7 +156,11 @@ func New(cfg Config) (*Handler, error) {
 	if len(cfg.Backends) == 0 {
 		return nil, errors.New("proxy: no backends")
 	}
-	h := &Handler{backends: cfg.Backends, sources: cfg.Sources, sockets: cfg.Sockets, log: cfg.Logger,
+	routes, err := newRoutes(cfg)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{backends: cfg.Backends, routes: routes, sources: cfg.Sources, sockets: cfg.Sockets, log: cfg.Logger,
 		buffers: udpsys.ListenConfig{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -181,13 +203,19 @@ func sessionHash(k flowtable.Key) uint64 {
 	return xxhash.Sum64(b)
 }
 
-// Open picks the session's backend and opens its upstream socket.
-func (h *Handler) Open(s session.Session) error {
+// Open is OpenDatagram without a datagram: the session is balanced by its
+// key.
+func (h *Handler) Open(s session.Session) error { return h.OpenDatagram(s, nil) }
+
+// OpenDatagram picks the backend of session s, which datagram p creates
+// (by p's route with a Router, otherwise by s's key), and opens its
+// upstream socket.
+func (h *Handler) OpenDatagram(s session.Session, p []byte) error {
 	src := s.PeerAddr().Addr()
 	if err := h.acquire(src); err != nil {
 		return err
 	}
-	u, err := h.dial(s)
+	u, err := h.dial(s, p)
 	if err != nil {
 		h.release(src)
 		return err
@@ -198,8 +226,8 @@ func (h *Handler) Open(s session.Session) error {
 	return nil
 }
 
-func (h *Handler) dial(s session.Session) (*upstream, error) {
-	b, ok := h.bal.Pick(sessionHash(s.Key()))
+func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
+	b, ok := h.pick(s, p)
 	if !ok {
 		h.stats.noBackend.Add(1)
 		return nil, ErrNoBackend
@@ -342,6 +370,8 @@ func (h *Handler) Stats() Stats {
 		MovesRefused:     h.stats.movesRefused.Load(),
 		MovesPending:     h.stats.probes.Load(),
 		LateDatagrams:    h.stats.lateDatagrams.Load(),
+		Routed:           h.stats.routed.Load(),
+		RouteFallbacks:   h.stats.routeFallbacks.Load(),
 		UpstreamSockets:  h.sockets.InUse(),
 	}
 	for i := range h.backends {
@@ -441,6 +471,7 @@ func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
 // Interface checks.
 var (
 	_ session.UpstreamHandler = (*Handler)(nil)
+	_ session.DatagramOpener  = (*Handler)(nil)
 	_ session.Roamer          = (*Handler)(nil)
 	_ session.Precopier       = (*Handler)(nil)
 )

@@ -16,6 +16,19 @@ type Handler interface {
 	Close(s Session, r Reason)
 }
 
+// DatagramOpener is a Handler that decides how to serve a new session by
+// the datagram that creates it, such as a proxy that reads the backend a
+// QUIC packet's connection ID names. For a session created by a datagram
+// the engine calls OpenDatagram in place of Open; a session restored from
+// a predecessor process still gets ImportSession (see Migrator).
+type DatagramOpener interface {
+	Handler
+	// OpenDatagram is Open for the session s that datagram p creates, with
+	// Open's rules: it runs before p is delivered to Datagram, and an error
+	// refuses the session. p belongs to the loop, as in Datagram.
+	OpenDatagram(s Session, p []byte) error
+}
+
 // StatelessHandler serves the datagrams a Dissector hands over without a
 // session (Verdict Stateless), such as the queries of a DNS-like service. A
 // listener's handler must be one for such datagrams to be served; for any

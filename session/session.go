@@ -8,10 +8,10 @@
 // callback returns, and a handler that keeps data copies it.
 //
 // The surface, all a handler needs: Session and Socket (what the engine
-// hands a handler), Handler with its optional extensions (BatchHandler,
-// UpstreamHandler, Roamer, StatelessHandler, Migrator, Precopier), Dissector
-// and ReplyDissector with Dissection and Verdict, Reason and Stats, and the
-// ready-made Echo, Discard, Flow and Noop. The engine itself is package mux;
+// hands a handler), Handler with its optional extensions (DatagramOpener,
+// BatchHandler, UpstreamHandler, Roamer, StatelessHandler, Migrator,
+// Precopier), Dissector and ReplyDissector with Dissection and Verdict,
+// Reason and Stats, and the ready-made Echo, Discard, Flow and Noop. The engine itself is package mux;
 // package sessiontest runs handlers without it, for their unit tests.
 package session
 

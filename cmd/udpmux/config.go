@@ -12,16 +12,20 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
 
 	"github.com/udpmux/udpmux/dissect/openvpn"
+	"github.com/udpmux/udpmux/dissect/quic"
 	"github.com/udpmux/udpmux/dissect/wireguard"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"
+	"github.com/udpmux/udpmux/quiclb"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -63,9 +67,28 @@ type listenerConfig struct {
 	Handler     string          `mapstructure:"handler"`
 	Dissector   string          `mapstructure:"dissector"`
 	WireGuard   wireguardConfig `mapstructure:"wireguard"`
+	QUIC        quicConfig      `mapstructure:"quic"`
 	IdleTimeout string          `mapstructure:"idle_timeout"`
-	Backends    []string        `mapstructure:"backends"`
+	Backends    []backendConfig `mapstructure:"backends"`
 	Balance     string          `mapstructure:"balance"`
+}
+
+// backendConfig is one of a proxy's backends: "ip:port" in the file, or a
+// map with its address and the QUIC-LB server ID of dissector: quic.
+type backendConfig struct {
+	Address string `mapstructure:"address"`
+	// ServerID is what YAML made of the value: a string of hex digits, or
+	// whatever else an unquoted value reads as (0102 is a number), which
+	// check refuses rather than guess at.
+	ServerID any `mapstructure:"server_id"`
+}
+
+// backendHook decodes a backend written as "ip:port" alone.
+func backendHook(from, to reflect.Type, data any) (any, error) {
+	if to == reflect.TypeFor[backendConfig]() && from.Kind() == reflect.String {
+		return map[string]any{"address": data}, nil
+	}
+	return data, nil
 }
 
 // wireguardConfig tunes dissector: wireguard.
@@ -138,7 +161,10 @@ func parseConfig(text []byte) (*config, error) {
 		return nil, fmt.Errorf("read: %w", err)
 	}
 	var fc fileConfig
-	if err := v.UnmarshalExact(&fc); err != nil {
+	hooks := func(c *mapstructure.DecoderConfig) {
+		c.DecodeHook = mapstructure.ComposeDecodeHookFunc(backendHook, c.DecodeHook)
+	}
+	if err := v.UnmarshalExact(&fc, hooks); err != nil {
 		return nil, cleanDecodeError(err)
 	}
 	cfg, err := fc.check()
@@ -284,16 +310,7 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 		lc.Name = fmt.Sprintf("listener%d", i)
 	}
 	switch l.Handler {
-	case "echo":
-		lc.Handler = session.Echo{}
-	case "discard":
-		lc.Handler = session.Discard{}
-	case "proxy":
-		h, err := l.proxyHandler(key, limits)
-		if err != nil {
-			return lc, err
-		}
-		lc.Handler = h
+	case "echo", "discard", "proxy":
 	case "":
 		return lc, fmt.Errorf("%s: missing (echo, discard, proxy)", key("handler"))
 	default:
@@ -305,11 +322,31 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	if l.Handler != "proxy" && l.Balance != "" {
 		return lc, fmt.Errorf("%s: only the proxy handler balances", key("balance"))
 	}
-	d, err := l.dissector(key)
+	var bs backends
+	if l.Handler == "proxy" {
+		if bs, err = l.backends(key); err != nil {
+			return lc, err
+		}
+	}
+	d, err := l.dissector(key, bs)
 	if err != nil {
 		return lc, err
 	}
 	lc.Dissector = d
+	switch l.Handler {
+	case "echo":
+		lc.Handler = session.Echo{}
+	case "discard":
+		lc.Handler = session.Discard{}
+	case "proxy":
+		// The QUIC dissector routes the proxy's new sessions too.
+		router, _ := d.(*quic.Dissector)
+		h, err := l.proxyHandler(key, limits, bs, router)
+		if err != nil {
+			return lc, err
+		}
+		lc.Handler = h
+	}
 	lc.IdleTimeout = mux.DefaultIdleTimeout
 	if l.IdleTimeout != "" {
 		d, err := time.ParseDuration(l.IdleTimeout)
@@ -324,12 +361,17 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	return lc, nil
 }
 
-// dissector builds the listener's dissector.
-func (l *listenerConfig) dissector(key func(string) string) (session.Dissector, error) {
+// dissector builds the listener's dissector; bs are a proxy's backends.
+func (l *listenerConfig) dissector(key func(string) string, bs backends) (session.Dissector, error) {
 	if l.Dissector != "wireguard" && l.WireGuard != (wireguardConfig{}) {
 		return nil, fmt.Errorf("%s: only dissector: wireguard has these settings", key("wireguard"))
 	}
+	if l.Dissector != "quic" && !l.QUIC.isZero() {
+		return nil, fmt.Errorf("%s: only dissector: quic has these settings", key("quic"))
+	}
 	switch l.Dissector {
+	case "quic":
+		return l.quicDissector(key, bs)
 	case "flow", "":
 		return session.Flow{}, nil
 	case "noop":
@@ -354,7 +396,7 @@ func (l *listenerConfig) dissector(key func(string) string) (session.Dissector, 
 		}
 		return d, nil
 	}
-	return nil, fmt.Errorf("%s: %q is not one of flow, noop, wireguard, openvpn", key("dissector"), l.Dissector)
+	return nil, fmt.Errorf("%s: %q is not one of flow, noop, wireguard, openvpn, quic", key("dissector"), l.Dissector)
 }
 
 // parseAddress reads "ip:port" or "[ipv6]:port"; names are refused, since a
@@ -387,35 +429,81 @@ func parseAddress(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), uint16(n)), nil
 }
 
-// proxyHandler checks a proxy listener's backends and balance policy.
-func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimits) (*proxy.Handler, error) {
+// backends are a proxy listener's checked backends.
+type backends struct {
+	addrs []netip.AddrPort
+	// sids are the backends' QUIC-LB server IDs, in the order of addrs, the
+	// zero ServerID for a backend without one; nil when none has one.
+	sids []quiclb.ServerID
+}
+
+// backends checks a proxy listener's backends: addresses, and server IDs
+// only for dissector: quic.
+func (l *listenerConfig) backends(key func(string) string) (backends, error) {
+	var bs backends
 	if len(l.Backends) == 0 {
-		return nil, fmt.Errorf("%s: a proxy needs at least one backend", key("backends"))
+		return bs, fmt.Errorf("%s: a proxy needs at least one backend", key("backends"))
 	}
-	var backends []netip.AddrPort
 	seen := map[netip.AddrPort]int{}
+	seenID := map[quiclb.ServerID]int{}
 	for j, b := range l.Backends {
-		ap, err := parseAddress(b)
+		bkey := func(k string) string { return key(fmt.Sprintf("backends[%d]%s", j, k)) }
+		ap, err := parseAddress(b.Address)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key(fmt.Sprintf("backends[%d]", j)), err)
+			return bs, fmt.Errorf("%s: %w", bkey(""), err)
 		}
 		if ap.Port() == 0 || ap.Addr().IsUnspecified() {
-			return nil, fmt.Errorf("%s: %s is not a backend address (needs a host and a port)", key(fmt.Sprintf("backends[%d]", j)), ap)
+			return bs, fmt.Errorf("%s: %s is not a backend address (needs a host and a port)", bkey(""), ap)
 		}
 		if k, dup := seen[ap]; dup {
-			return nil, fmt.Errorf("%s: %s is already backends[%d]", key(fmt.Sprintf("backends[%d]", j)), ap, k)
+			return bs, fmt.Errorf("%s: %s is already backends[%d]", bkey(""), ap, k)
 		}
 		seen[ap] = j
-		backends = append(backends, ap)
+		bs.addrs = append(bs.addrs, ap)
+		if b.ServerID == nil {
+			continue
+		}
+		if l.Dissector != "quic" {
+			return bs, fmt.Errorf("%s: only dissector: quic routes by server IDs", bkey(".server_id"))
+		}
+		text, ok := b.ServerID.(string)
+		if !ok {
+			return bs, fmt.Errorf("%s: YAML read %v, not a string of hex digits; write server IDs in quotes (server_id: \"0102\")", bkey(".server_id"), b.ServerID)
+		}
+		id, err := quiclb.ParseServerID(text)
+		if err != nil {
+			return bs, fmt.Errorf("%s: %w", bkey(".server_id"), err)
+		}
+		if k, dup := seenID[id]; dup {
+			return bs, fmt.Errorf("%s: %v is already the server ID of backends[%d]", bkey(".server_id"), id, k)
+		}
+		seenID[id] = j
+		if bs.sids == nil {
+			bs.sids = make([]quiclb.ServerID, len(l.Backends))
+		}
+		bs.sids[j] = id
 	}
+	return bs, nil
+}
+
+// proxyHandler checks a proxy listener's balance policy and builds its
+// handler for backends bs, routed by router if it is not nil.
+func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimits, bs backends, router *quic.Dissector) (*proxy.Handler, error) {
 	policy, err := proxy.ParsePolicy(l.Balance)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %q is not one of maglev, least-sessions, round-robin", key("balance"), l.Balance)
 	}
-	h, err := proxy.New(proxy.Config{
-		Backends: backends, Balance: policy, Sources: limits.sources, Sockets: limits.sockets,
+	cfg := proxy.Config{
+		Backends: bs.addrs, Balance: policy, Sources: limits.sources, Sockets: limits.sockets,
 		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
-	})
+	}
+	if router != nil {
+		cfg.Router = router
+		for _, id := range bs.sids {
+			cfg.ServerIDs = append(cfg.ServerIDs, id.Bytes())
+		}
+	}
+	h, err := proxy.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", key("backends"), err)
 	}

@@ -77,7 +77,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"bad port", listener(`    address: "127.0.0.1:70000"`), `listeners[0].address: port "70000" is not a number within 0..65535`},
 		{"no address", listener(""), "listeners[0].address: missing"},
 		{"bad handler", "listeners:\n  - address: \"127.0.0.1:1\"\n    handler: nope", `listeners[0].handler: "nope" is not one of echo, discard, proxy`},
-		{"bad dissector", listener("    address: \"127.0.0.1:1\"\n    dissector: quic"), `listeners[0].dissector: "quic" is not one of flow, noop`},
+		{"bad dissector", listener("    address: \"127.0.0.1:1\"\n    dissector: dtls"), `listeners[0].dissector: "dtls" is not one of flow, noop, wireguard, openvpn, quic`},
 		{"bad duration", listener("    address: \"127.0.0.1:1\"\n    idle_timeout: 6x"), `listeners[0].idle_timeout: "6x" is not a duration such as 60s or 5m`},
 		{"short idle", listener("    address: \"127.0.0.1:1\"\n    idle_timeout: 10ms"), "listeners[0].idle_timeout: 10ms is shorter than the 1s sweep resolution"},
 		{"no listeners", "workers: 1", "listeners: none configured"},
@@ -147,6 +147,8 @@ func FuzzConfig(f *testing.F) {
 	f.Add(goodConfig)
 	f.Add("listeners:\n  - {name: a, handler: echo, address: \"[::]:0\", idle_timeout: 1h}")
 	f.Add("workers: 1\nbatch: 1024\nsessions: {max: 1}\nlisteners: [{handler: discard, address: \"1.2.3.4:5\", dissector: noop}]")
+	f.Add(quicListener("lb_configs: [\""+testLB+"\"]", `{address: "127.0.0.1:2", server_id: "0a01"}, {address: "127.0.0.1:3", server_id: "0b02"}`))
+	f.Add(quicListener("cid_len: 8, grease_quic_bit: true", `"127.0.0.1:2"`))
 	f.Fuzz(func(t *testing.T, body string) {
 		cfg, err := loadConfig(writeConfig(t, body))
 		if err != nil {
@@ -181,7 +183,7 @@ func TestShippedFanoutConfigsAreValid(t *testing.T) {
 	if err := os.WriteFile(key, []byte("aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"wireguard-fanout.yaml", "openvpn-fanout.yaml"} {
+	for _, name := range []string{"wireguard-fanout.yaml", "openvpn-fanout.yaml", "quic-lb.yaml"} {
 		text, err := os.ReadFile("../../configs/" + name)
 		if err != nil {
 			t.Fatal(err)
@@ -221,5 +223,91 @@ func TestWireGuardConfigErrors(t *testing.T) {
 	}
 	if _, err := loadConfig(writeConfig(t, listener("wireguard", ""))); err != nil {
 		t.Errorf("wireguard without a key: %v", err)
+	}
+}
+
+// testLB is a QUIC-LB configuration of the QUIC tests: 2-octet server IDs,
+// 9-octet connection IDs.
+const testLB = "rotation=0,server-id-len=2,nonce-len=6,key=8f95f09245765f80256934e50c66207f,encode-length"
+
+// quicListener is a config with a proxy listener with dissector: quic, the
+// given quic settings (inside a YAML flow map) and backends (inside a flow
+// sequence).
+func quicListener(settings, backends string) string {
+	return "listeners:\n  - {name: q, handler: proxy, address: \"127.0.0.1:1\", dissector: quic, quic: {" +
+		settings + "}, backends: [" + backends + "]}\n"
+}
+
+func TestQUICConfig(t *testing.T) {
+	lb := "lb_configs: [\"" + testLB + "\"]"
+	two := `{address: "127.0.0.1:2", server_id: "0a01"}, {address: "127.0.0.1:3", server_id: 0b02}`
+	for _, tc := range []struct{ name, body string }{
+		{"server IDs", quicListener(lb, two)},
+		{"two configurations", quicListener("lb_configs: [\""+testLB+"\", \"rotation=1,server-id-len=2,nonce-len=8\"]", two)},
+		{"no QUIC-LB", quicListener("cid_len: 8", `"127.0.0.1:2", "127.0.0.1:3"`)},
+		{"no settings", "listeners:\n  - {name: q, handler: proxy, address: \"127.0.0.1:1\", dissector: quic, backends: [\"127.0.0.1:2\"]}\n"},
+		{"echo", "listeners:\n  - {name: q, handler: echo, address: \"127.0.0.1:1\", dissector: quic, quic: {" + lb + "}}\n"},
+		{"a longer cid_len", quicListener(lb+", cid_len: 12", two)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := loadConfig(writeConfig(t, tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cfg.mux.Listeners[0].Dissector; fmt.Sprintf("%T", d) != "*quic.Dissector" {
+				t.Errorf("dissector %T", d)
+			}
+		})
+	}
+}
+
+func TestQUICConfigErrors(t *testing.T) {
+	lb := "lb_configs: [\"" + testLB + "\"]"
+	b := func(sids ...string) string {
+		var bs []string
+		for i, id := range sids {
+			bs = append(bs, fmt.Sprintf(`{address: "127.0.0.1:%d", server_id: %s}`, 2+i, id))
+		}
+		return strings.Join(bs, ", ")
+	}
+	for _, tc := range []struct{ name, body, want string }{
+		{"server IDs without the dissector", "listeners:\n  - {name: q, handler: proxy, address: \"127.0.0.1:1\", dissector: flow, backends: [" + b(`"0a01"`) + "]}\n",
+			"listeners[0].backends[0].server_id: only dissector: quic routes by server IDs"},
+		{"settings without the dissector", "listeners:\n  - {name: q, handler: echo, address: \"127.0.0.1:1\", quic: {cid_len: 8}}\n",
+			"listeners[0].quic: only dissector: quic has these settings"},
+		{"short key", quicListener(`lb_configs: ["rotation=0,server-id-len=2,nonce-len=6,key=8f95f092"]`, b(`"0a01"`)),
+			`listeners[0].quic.lb_configs[0]: quiclb: key="8f95f092" is not 32 hex digits`},
+		{"reserved rotation", quicListener(`lb_configs: ["rotation=7,server-id-len=2,nonce-len=6"]`, b(`"0a01"`)),
+			"listeners[0].quic.lb_configs[0]: quiclb: config rotation 7 (0b111) is reserved"},
+		{"rotation twice", quicListener("lb_configs: [\""+testLB+"\", \"rotation=0,server-id-len=2,nonce-len=8\"]", b(`"0a01"`)),
+			"listeners[0].quic.lb_configs[1]: config rotation 0 is already that of quic.lb_configs[0]"},
+		{"server ID lengths differ", quicListener("lb_configs: [\""+testLB+"\", \"rotation=1,server-id-len=3,nonce-len=8\"]", b(`"0a01"`)),
+			"listeners[0].quic.lb_configs[1]: server-id-len=3, but quic.lb_configs[0] has 2"},
+		{"server ID too long", quicListener(lb, b(`"0a01"`, `"0b0203"`)),
+			"listeners[0].backends[1].server_id: 0b0203 has 3 octets; the QUIC-LB configurations' server IDs have 2"},
+		{"server ID twice", quicListener(lb, b(`"0a01"`, `"0A01"`)),
+			"listeners[0].backends[1].server_id: 0a01 is already the server ID of backends[0]"},
+		{"server ID missing", quicListener(lb, b(`"0a01"`)+`, "127.0.0.1:9"`),
+			"listeners[0].backends[1].server_id: missing for 127.0.0.1:9"},
+		{"server IDs without QUIC-LB", quicListener("cid_len: 9", b(`"0a01"`)),
+			"listeners[0].backends[0].server_id: server IDs need quic.lb_configs"},
+		{"server ID unquoted", quicListener(lb, b("1234")),
+			`listeners[0].backends[0].server_id: YAML read 1234, not a string of hex digits; write server IDs in quotes`},
+		{"server ID not hex", quicListener(lb, b(`"0g01"`)),
+			`listeners[0].backends[0].server_id: quiclb: server ID "0g01" is not hex`},
+		{"cid_len too long", quicListener("cid_len: 21", `"127.0.0.1:2"`),
+			"listeners[0].quic.cid_len: 21 is not within 0..20"},
+		{"cid_len too short", quicListener(lb+", cid_len: 8", b(`"0a01"`)),
+			"listeners[0].quic.cid_len: 8 is shorter than the 9 octets"},
+		{"unknown setting", quicListener("lb_config: []", `"127.0.0.1:2"`), "lb_config"},
+		{"unknown backend key", quicListener(lb, `{address: "127.0.0.1:2", server_id: "0a01", weight: 2}`), "weight"},
+		{"backend address", quicListener(lb, `{address: "127.0.0.1", server_id: "0a01"}`), "listeners[0].backends[0]: missing port in address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadConfig(writeConfig(t, tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v; want one containing %q\nconfig:\n%s", err, tc.want, tc.body)
+			}
+		})
 	}
 }

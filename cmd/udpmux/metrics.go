@@ -54,6 +54,7 @@ var (
 	descBackendD  = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
 	descUpstreams = prometheus.NewDesc("udpmux_proxy_upstream_sockets", "Open upstream sockets.", []string{"listener"}, nil)
 	descProxyErr  = prometheus.NewDesc("udpmux_proxy_upstream_errors_total", "Upstream failures, by kind.", []string{"listener", "kind"}, nil)
+	descRouted    = prometheus.NewDesc("udpmux_proxy_sessions_routed_total", "New sessions whose first datagram named a backend's server ID (dissector quic): sent to it (server_id), or balanced by the hash because none healthy has it (fallback).", []string{"listener", "route"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -114,6 +115,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descProxyErr, ps.IgnoredRefusals, name, "port_unreachable_ignored")
 		counter(descProxyErr, ps.Abandoned, name, "abandoned")
 		counter(descMovesRef, ps.MovesRefused, name)
+		counter(descRouted, ps.Routed, name, "server_id")
+		counter(descRouted, ps.RouteFallbacks, name, "fallback")
 		gauge(descMovesPend, float64(ps.MovesPending), name)
 		for _, b := range ps.Backends {
 			up := 0.0

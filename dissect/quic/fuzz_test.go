@@ -130,6 +130,11 @@ func FuzzRoute(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p []byte) {
 		for i, d := range ds {
 			r, ok := d.Route(p)
+			id, key, routed := d.SessionRoute(p)
+			if routed != (ok && len(r.DCID()) > 0) || !bytes.Equal(key, r.DCID()) ||
+				r.Routable != (id != nil) || r.Routable && !bytes.Equal(id, r.LB.ServerID.Bytes()) {
+				t.Fatalf("dissector %d: SessionRoute %x, %x, %v; Route %+v, %v", i, id, key, routed, r, ok)
+			}
 			if !ok {
 				continue
 			}

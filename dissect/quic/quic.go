@@ -434,4 +434,22 @@ func (d *Dissector) Route(p []byte) (Route, bool) {
 	return r, true
 }
 
+// SessionRoute is Route in the form a udpmux proxy takes (proxy.Router),
+// so that a Dissector routes the proxy's new sessions: the server ID that
+// a routable DCID encodes, or none, and the DCID as the fallback hash's
+// key. It returns false for a datagram that Dissect drops and for one
+// without a DCID to hash (a short header whose DCID length is unknown),
+// which the proxy then balances by its 4-tuple. The server ID is a new
+// slice; the DCID points into p.
+func (d *Dissector) SessionRoute(p []byte) (serverID, hashKey []byte, ok bool) {
+	pk := d.parse(p)
+	if pk.typ == Invalid || len(pk.dcid) == 0 {
+		return nil, nil, false
+	}
+	if lb, routable := d.decode(pk.dcid); routable {
+		serverID = lb.ServerID.Bytes()
+	}
+	return serverID, pk.dcid, true
+}
+
 var _ session.ReplyDissector = (*Dissector)(nil)

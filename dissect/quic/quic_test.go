@@ -318,6 +318,33 @@ func TestRouteDCID(t *testing.T) {
 	}
 }
 
+// TestSessionRoute: the proxy's view of a route, the server ID of a
+// routable DCID and the DCID to hash, or nothing for what Dissect drops
+// and for a DCID that cannot be read.
+func TestSessionRoute(t *testing.T) {
+	d := newDissector(t, Config{Decoder: testDecoder(t), ServerIDs: []quiclb.ServerID{sidA, sidB}})
+	cidA, cidX := serverCID(t, sidA), serverCID(t, sidX)
+	for _, tc := range []struct {
+		name    string
+		d       *Dissector
+		p       []byte
+		id, key []byte
+		ok      bool
+	}{
+		{"initial", d, initial(Version1, clientDCID, 1200), nil, clientDCID, true},
+		{"handshake", d, longOf(Version1, Handshake, cidA, 80), sidA.Bytes(), cidA, true},
+		{"1-rtt", d, short(0x40, cidA, 60), sidA.Bytes(), cidA, true},
+		{"1-rtt of an unknown server", d, short(0x40, cidX, 60), nil, cidX, true},
+		{"1-rtt, DCID length unknown", newDissector(t, Config{}), short(0x40, cidA, 60), nil, nil, false},
+		{"malformed", d, initial(Version1, clientDCID, 1000), nil, nil, false},
+	} {
+		id, key, ok := tc.d.SessionRoute(tc.p)
+		if !bytes.Equal(id, tc.id) || !bytes.Equal(key, tc.key) || ok != tc.ok {
+			t.Errorf("%s: %x, %x, %v; want %x, %x, %v", tc.name, id, key, ok, tc.id, tc.key, tc.ok)
+		}
+	}
+}
+
 // TestLengthFields checks the Length and Token Length fields of long
 // headers, in every encoding of a variable-length integer.
 func TestLengthFields(t *testing.T) {

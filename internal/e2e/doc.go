@@ -15,5 +15,11 @@
 // packets at udpmux. The through-udpmux ones skip while the daemon does not
 // know the wireguard or openvpn dissector.
 //
+// The QUIC test (quic_e2e_test.go) runs quic-go servers and clients
+// (quicgo's quicecho and quicclient, built from the quicgo module) through
+// udpmux with dissector quic: clients migrate while udpmux is upgraded and
+// while a second udpmux takes their new flows. It needs root, iproute2 and
+// nft, and the quic-go module in the module cache or from GOPROXY.
+//
 // Run them with: go test -race -v ./internal/e2e
 package e2e

@@ -72,20 +72,35 @@ var (
 )
 
 // Open creates the session of a flow's first datagram from peer, keyed by
-// its 4-tuple as session.Flow keys it, and runs the handler's Open. A
-// session the handler refuses has ended, without the handler's Close, and
-// Open returns the handler's error. It fails without calling the handler
-// when another session holds the key (the engine would deliver the datagram
-// to that one) or the keys would exceed Capacity.
+// its 4-tuple as session.Flow keys it, and runs the handler's Open, or for
+// a session.DatagramOpener its OpenDatagram with an empty datagram (see
+// OpenDatagram). A session the handler refuses has ended, without the
+// handler's Close, and Open returns the handler's error. It fails without
+// calling the handler when another session holds the key (the engine would
+// deliver the datagram to that one) or the keys would exceed Capacity.
 func (l *Loop) Open(peer netip.AddrPort) (*Session, error) {
-	return l.OpenKey(flowtable.TupleKey(l.Scope, l.local(), peer), flowtable.Key{}, peer)
+	return l.OpenDatagram(peer, nil)
 }
 
-// OpenKey is Open for a datagram that the dissector keys by key, such as a
-// connection ID (flowtable.CIDKey), and whose ID is id, or the zero Key for
-// none (see session.Dissection): the session is filed under key, its
-// 4-tuple and id.
-func (l *Loop) OpenKey(key, id flowtable.Key, peer netip.AddrPort) (*Session, error) {
+// OpenDatagram is Open for a session whose first datagram is p: a
+// session.DatagramOpener's OpenDatagram gets p, lent as the engine lends
+// its buffers (valid for the call only). As on the engine, opening does
+// not deliver p: the test does, with Deliver.
+func (l *Loop) OpenDatagram(peer netip.AddrPort, p []byte) (*Session, error) {
+	return l.OpenKey(flowtable.TupleKey(l.Scope, l.local(), peer), flowtable.Key{}, peer, p)
+}
+
+// OpenKey is OpenDatagram for a datagram p that the dissector keys by key,
+// such as a connection ID (flowtable.CIDKey), and whose ID is id, or the
+// zero Key for none (see session.Dissection): the session is filed under
+// key, its 4-tuple and id.
+func (l *Loop) OpenKey(key, id flowtable.Key, peer netip.AddrPort, p []byte) (*Session, error) {
+	if o, ok := l.Handler.(session.DatagramOpener); ok {
+		return l.open(key, id, peer, func(s *Session) (err error) {
+			l.lend(p, func(q []byte) { err = o.OpenDatagram(s, q) })
+			return err
+		})
+	}
 	return l.open(key, id, peer, func(s *Session) error { return l.Handler.Open(s) })
 }
 

@@ -133,7 +133,7 @@ func TestKeys(t *testing.T) {
 			return mustOpen(t, l, peer)
 		}, []flowtable.Key{tuple(peer)}},
 		{"connection ID", func(t *testing.T, l *sessiontest.Loop) *sessiontest.Session {
-			s, err := l.OpenKey(cid("c"), id(1, "a"), peer)
+			s, err := l.OpenKey(cid("c"), id(1, "a"), peer, nil)
 			must(t, err)
 			if s.Key() != cid("c") {
 				t.Errorf("Key() = %v", s.Key())
@@ -165,7 +165,7 @@ func TestKeys(t *testing.T) {
 		}, []flowtable.Key{tuple(peer)}},
 		{"keys of no listener or another", func(t *testing.T, l *sessiontest.Loop) *sessiontest.Session {
 			for _, k := range []flowtable.Key{{}, id(1, "a"), cid("c").WithScope(1)} {
-				if _, err := l.OpenKey(k, flowtable.Key{}, peer); err == nil {
+				if _, err := l.OpenKey(k, flowtable.Key{}, peer, nil); err == nil {
 					t.Errorf("opened a session under %v", k)
 				}
 			}
@@ -201,7 +201,7 @@ func TestKeys(t *testing.T) {
 			return s
 		}, []flowtable.Key{tuple(other)}},
 		{"a connection ID's session moved", func(t *testing.T, l *sessiontest.Loop) *sessiontest.Session {
-			s, err := l.OpenKey(cid("c"), id(1, "a"), peer)
+			s, err := l.OpenKey(cid("c"), id(1, "a"), peer, nil)
 			must(t, err)
 			must(t, s.Move(other))
 			mustOpen(t, l, peer)
@@ -216,7 +216,7 @@ func TestKeys(t *testing.T) {
 		}, []flowtable.Key{tuple(peer)}},
 		{"a connection ID's session moved to a 4-tuple held", func(t *testing.T, l *sessiontest.Loop) *sessiontest.Session {
 			mustOpen(t, l, other)
-			s, err := l.OpenKey(cid("c"), flowtable.Key{}, peer)
+			s, err := l.OpenKey(cid("c"), flowtable.Key{}, peer, nil)
 			must(t, err)
 			must(t, s.Move(other))
 			return s
@@ -339,6 +339,52 @@ func TestRefused(t *testing.T) {
 	mustOpen(t, l, peer)
 	if want := []string{"open", "open"}; !slices.Equal(h.log, want) {
 		t.Errorf("handler saw %q, want %q", h.log, want)
+	}
+}
+
+// opener is a recorder that is a session.DatagramOpener.
+type opener struct{ *recorder }
+
+func (h opener) OpenDatagram(s session.Session, p []byte) error {
+	h.log = append(h.log, fmt.Sprintf("open datagram %q", p))
+	if h.datagram != nil {
+		h.datagram(s, p)
+	}
+	if string(p) == "refuse" {
+		return errNope
+	}
+	return nil
+}
+
+// TestOpenDatagram: a DatagramOpener's OpenDatagram runs in place of Open
+// with the session's first datagram, which Open leaves empty, lent for the
+// call only; a refusal refuses the session, as Open's does.
+func TestOpenDatagram(t *testing.T) {
+	var kept []byte
+	h := opener{&recorder{datagram: func(_ session.Session, p []byte) { kept = p }}}
+	l := &sessiontest.Loop{Handler: h}
+	s, err := l.OpenDatagram(peer, []byte("first"))
+	must(t, err)
+	if string(kept) == "first" {
+		t.Error("a datagram the handler kept is still there")
+	}
+	if s.Keys(nil)[0] != tuple(peer) {
+		t.Errorf("keys %v", s.Keys(nil))
+	}
+	mustOpen(t, l, other)
+	_, err = l.OpenKey(cid("c"), id(1, "a"), netip.MustParseAddrPort("198.51.100.3:3000"), []byte("by key"))
+	must(t, err)
+	if s, err := l.OpenDatagram(netip.MustParseAddrPort("198.51.100.4:4000"), []byte("refuse")); s != nil || err != errNope {
+		t.Fatalf("OpenDatagram of a refused session: %v, %v", s, err)
+	}
+	want := []string{`open datagram "first"`, `open datagram ""`, `open datagram "by key"`, `open datagram "refuse"`}
+	if !slices.Equal(h.log, want) {
+		t.Errorf("handler saw %q, want %q", h.log, want)
+	}
+	// A handler that is no DatagramOpener gets Open, whatever the datagram.
+	r := &recorder{}
+	if _, err := (&sessiontest.Loop{Handler: r}).OpenDatagram(peer, []byte("x")); err != nil || !slices.Equal(r.log, []string{"open"}) {
+		t.Errorf("OpenDatagram of a plain Handler: %v, handler saw %q", err, r.log)
 	}
 }
 
