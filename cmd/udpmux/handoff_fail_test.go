@@ -277,8 +277,8 @@ func TestHelperSuccessorKilledMidTransfer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text, _ := os.ReadFile(writeConfig(t, goodConfig))
-	if _, err := handoff.Receive(t.Context(), conn, text, 10*time.Second); err != nil {
+	// No t.TempDir here: a process that dies by SIGKILL runs no cleanup.
+	if _, err := handoff.Receive(t.Context(), conn, []byte(goodConfig), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// Die as soon as the owner has paused.
