@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +24,7 @@ const (
 	tokenSocket                // a listener socket; the index is the listener's
 	tokenUpstream              // a session's own socket; the index is its slot in loop.upstreams
 	tokenRelay                 // a draining loop's relay socket from the successor (relay.go)
+	tokenTick                  // the loop's timerfd, which paces the sweep (sweep.go)
 )
 
 // readRounds bounds how many batches one socket may read before the loop
@@ -115,7 +115,7 @@ type loop struct {
 	collect     func(*entry) bool
 
 	now       int64
-	nextSweep int64
+	tick      int // timerfd
 	sweepPos  int
 	expired   func(*entry)
 	batchEnds []session.BatchHandler
@@ -143,7 +143,7 @@ type closeRequest struct {
 
 func newLoop(srv *Server, id, cpu int) (*loop, error) {
 	l := &loop{
-		id: id, cpu: cpu, srv: srv, epfd: -1, wake: -1, done: make(chan struct{}),
+		id: id, cpu: cpu, srv: srv, epfd: -1, wake: -1, tick: -1, done: make(chan struct{}),
 		events: make([]unix.EpollEvent, 64),
 		in:     newInbox(),
 		woken:  make([]uint64, (srv.cfg.Workers+63)/64),
@@ -170,6 +170,14 @@ func newLoop(srv *Server, id, cpu int) (*loop, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	if err := l.watch(l.wake, tokenWake, 0); err != nil {
+		l.close()
+		return nil, err
+	}
+	if l.tick, err = newTicker(sweepInterval / sweepTicks); err != nil {
+		l.close()
+		return nil, err
+	}
+	if err := l.watch(l.tick, tokenTick, 0); err != nil {
 		l.close()
 		return nil, err
 	}
@@ -249,7 +257,6 @@ func (l *loop) run() {
 		l.srv.log.Warn("cannot pin loop to its CPU", "loop", l.id, "cpu", l.cpu, "err", err)
 	}
 	l.now = clock()
-	l.nextSweep = l.now
 	for !l.stopping.Load() {
 		if err := l.serveEvents(); err != nil {
 			l.srv.fail(fmt.Errorf("loop %d: epoll_wait: %w", l.id, err))
@@ -295,12 +302,12 @@ func (l *loop) serveEvents() (err error) {
 			l.upstreamReady(ev.Pad, ev.Events)
 		case tokenRelay:
 			l.readRelay()
+		case tokenTick:
+			unix.Read(l.tick, l.wakeBuf[:])
+			l.sweep()
 		}
 	}
 	l.endBatch()
-	if l.now >= l.nextSweep {
-		l.sweep()
-	}
 	return nil
 }
 
@@ -335,22 +342,20 @@ func (l *loop) protect(fn func()) {
 // wait returns ready events. Under load some are almost always ready, and a
 // non-blocking epoll_pwait through RawSyscall finds them without handing the
 // thread's P to the scheduler and taking it back; only an idle loop blocks,
-// through the scheduler-aware call.
+// through the scheduler-aware call. It blocks without a timeout (the sweep's
+// timerfd wakes it), because a timeout arms a kernel timer on every wait,
+// which on a virtual machine is a trip to the hypervisor.
 func (l *loop) wait() (int, error) {
 	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd),
 		uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
 	if errno == 0 && n > 0 {
 		return int(n), nil
 	}
-	return unix.EpollWait(l.epfd, l.events, l.waitMillis())
-}
-
-func (l *loop) waitMillis() int {
+	timeout := -1
 	if len(l.deferred) > 0 {
-		return 1 // retry soon: the other loop frees inbox room as it drains
+		timeout = 1 // retry soon: the other loop frees inbox room as it drains
 	}
-	ms := (l.nextSweep - l.now) / int64(time.Millisecond)
-	return int(max(ms, 1))
+	return unix.EpollWait(l.epfd, l.events, timeout)
 }
 
 // stop asks the loop to finish; it returns at once.
@@ -389,6 +394,9 @@ func (l *loop) close() {
 	}
 	l.wakeClosed = true
 	l.wakeMu.Unlock()
+	if l.tick >= 0 {
+		unix.Close(l.tick)
+	}
 	if l.epfd >= 0 {
 		unix.Close(l.epfd)
 	}

@@ -265,11 +265,18 @@ func (srv *Server) Addr(i int) netip.AddrPort { return srv.listeners[i].addr }
 // loop is left. It returns the error that stopped it: ctx's, ErrHandedOff
 // after a handoff (see HandOff), or what made a loop unable to go on (which
 // stops every loop). A Server serves once.
+//
+// Each loop holds a thread of its own. Serve raises GOMAXPROCS, if needed,
+// to one more than the loops of all serving Servers, unless the GOMAXPROCS
+// environment variable is set, so that the runtime never has to take the P
+// of an idle loop; it never lowers it.
 func (srv *Server) Serve(ctx context.Context) error {
 	if !srv.serving.CompareAndSwap(false, true) {
 		return errors.New("mux: Serve called twice")
 	}
 	srv.inherit, srv.restoring = nil, nil // Restore is over
+	reserveProcs(len(srv.loops), srv.log)
+	defer releaseProcs(len(srv.loops))
 	var wg sync.WaitGroup
 	for _, l := range srv.loops {
 		wg.Add(1)
