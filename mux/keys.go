@@ -32,6 +32,10 @@ var (
 
 // addKey files s under k too (Session.AddKey).
 func (l *loop) addKey(s *sess, k flowtable.Key) error {
+	if s.closed.Load() {
+		// Its keys have left the table; one filed now would outlive it.
+		return fmt.Errorf("add key %v: %w", k, session.ErrClosed)
+	}
 	if k.Kind() == flowtable.KindNone || k.Scope() != s.scope {
 		return fmt.Errorf("add key %v: %w", k, errKeyScope)
 	}
@@ -102,6 +106,9 @@ func (l *loop) noteKeys(s *sess) {
 // the address's previous user), s goes on without it, found by its other
 // keys, until that session ends.
 func (l *loop) move(s *sess, to netip.AddrPort) error {
+	if s.closed.Load() {
+		return fmt.Errorf("move: %w", session.ErrClosed)
+	}
 	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 	if !to.IsValid() {
 		return errors.New("session: move to an invalid address")

@@ -4,6 +4,7 @@ package mux
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -322,3 +323,46 @@ func (migratingRoamer) ImportSession(s session.Session, state []byte, _ int) err
 	return nil
 }
 func (migratingRoamer) StateFixed() bool { return true }
+
+// lateKeyHandler tries to learn a key and to move in its Close, as a
+// handler reacting late to a backend's reply might.
+type lateKeyHandler struct {
+	*keyHandler
+	errs chan error
+}
+
+func (h lateKeyHandler) Datagram(s session.Session, p []byte) {
+	if string(p) == "kclose" {
+		s.Close()
+		return
+	}
+	h.keyHandler.Datagram(s, p)
+}
+
+func (h lateKeyHandler) Close(s session.Session, _ session.Reason) {
+	h.errs <- s.AddKey(testID(s.Key().Scope(), []byte(id4(9))))
+	h.errs <- s.Move(netip.MustParseAddrPort("127.0.0.1:9"))
+}
+
+// TestEndedSessionTakesNoKeys: AddKey and Move on a session that has ended
+// fail with ErrClosed and leave nothing in the table that would outlive it.
+func TestEndedSessionTakesNoKeys(t *testing.T) {
+	h := lateKeyHandler{&keyHandler{roamed: map[string][]netip.AddrPort{}}, make(chan error, 2)}
+	srv := startKeys(t, h)
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	a.Write([]byte("kclose"))
+	for _, what := range []string{"AddKey", "Move"} {
+		select {
+		case err := <-h.errs:
+			if !errors.Is(err, session.ErrClosed) {
+				t.Errorf("%s on an ended session: %v; want ErrClosed", what, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the session did not close")
+		}
+	}
+	if st := srv.Stats(); st.Keys != 0 || st.Sessions != 0 {
+		t.Errorf("after the end: %d keys, %d sessions in the table; want none", st.Keys, st.Sessions)
+	}
+}

@@ -111,7 +111,9 @@ type Session interface {
 	// (flowtable.IDKey); any other key at most one, and AddKey fails for a
 	// key another session holds. A session keeps at most MaxKeysPerClass ID
 	// keys of one class: adding another forgets the oldest. Keys count
-	// against the table's capacity, so AddKey fails when it is full.
+	// against the table's capacity, so AddKey fails when it is full. On a
+	// session that has ended (in or after its handler's Close) it fails
+	// with ErrClosed.
 	AddKey(k flowtable.Key) error
 	// RemoveKey forgets k, one of the keys AddKey added, and reports
 	// whether the session held it.
@@ -120,7 +122,8 @@ type Session interface {
 	// now on, and it is found by its 4-tuple with to instead of its old
 	// one, which is released at once. Only a handler that has verified that
 	// the client is at to may call it (see Roamer); the engine never moves
-	// a session by itself.
+	// a session by itself. On a session that has ended it fails with
+	// ErrClosed.
 	Move(to netip.AddrPort) error
 	// Attach makes the session's loop watch fd, a non-blocking datagram
 	// socket of the session's own (a proxy's socket connected to its
