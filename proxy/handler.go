@@ -136,6 +136,10 @@ type upstream struct {
 	// counted for the session.
 	heard, answered        bool
 	silentSince, refusedAt time.Time
+	// abandoned is set once abandon has closed the session: the close
+	// takes effect between batches, and the datagrams still delivered
+	// before it are dropped, not counted again.
+	abandoned bool
 	// probes are sockets to the backend for new client addresses, waiting
 	// for the backend to answer one (roam.go); left is the address the
 	// session last moved away from, at leftAt.
@@ -266,6 +270,9 @@ func (h *Handler) Datagram(s session.Session, p []byte) {
 // down (see Balancer.Refused) only while it answers no session, and a
 // session it answers within its idle timeout stays.
 func (h *Handler) abandon(s session.Session, u *upstream) bool {
+	if u.abandoned {
+		return true
+	}
 	now := h.now()
 	if u.heard || u.silentSince.IsZero() {
 		u.heard, u.silentSince = false, now
@@ -277,6 +284,7 @@ func (h *Handler) abandon(s session.Session, u *upstream) bool {
 		return false
 	}
 	h.stats.abandoned.Add(1)
+	u.abandoned = true
 	s.Close()
 	return true
 }
