@@ -127,6 +127,35 @@ func buildVersion() string {
 	return "(devel)"
 }
 
+// adoptActivated gives each listener the sockets systemd passed for its
+// address (socket activation, see configs/udpmux.socket), so that it serves
+// them instead of binding its own.
+func adoptActivated(listeners []mux.ListenerConfig, log *slog.Logger) error {
+	for i := range listeners {
+		lc := &listeners[i]
+		socks, err := mux.ActivationSockets(lc.Address.String())
+		if err != nil {
+			return fmt.Errorf("listener %s: socket activation: %w", lc.Name, err)
+		}
+		if len(socks) > 0 {
+			lc.Sockets = socks
+			log.Info("serving the sockets systemd passed", "listener", lc.Name, "address", lc.Address.String(), "sockets", len(socks))
+		}
+	}
+	return nil
+}
+
+// closeActivated closes the listeners' copies of systemd's sockets: the
+// server serves duplicates.
+func closeActivated(listeners []mux.ListenerConfig) {
+	for i := range listeners {
+		for _, f := range listeners[i].Sockets {
+			f.Close()
+		}
+		listeners[i].Sockets = nil
+	}
+}
+
 // serve runs the server until SIGTERM or SIGINT, or until a successor has
 // taken over. If another udpmux answers on the control socket, this process
 // takes its sockets and sessions instead of opening new ones.
@@ -159,8 +188,11 @@ func serve(cfg *config, stderr io.Writer) error {
 			return err
 		}
 		cfg.mux.Inherit = inh
+	} else if err := adoptActivated(cfg.mux.Listeners, log); err != nil {
+		return err
 	}
 	srv, err := mux.New(cfg.mux) // with an Inheritance, takes over
+	closeActivated(cfg.mux.Listeners)
 	if err != nil {
 		if ln != nil {
 			ln.Close()
