@@ -343,8 +343,8 @@ func (l *loop) protect(fn func()) {
 // non-blocking epoll_pwait through RawSyscall finds them without handing the
 // thread's P to the scheduler and taking it back; only an idle loop blocks,
 // through the scheduler-aware call. It blocks without a timeout (the sweep's
-// timerfd wakes it), because a timeout arms a kernel timer on every wait,
-// which on a virtual machine is a trip to the hypervisor.
+// timerfd wakes it), so that no wait arms and cancels a kernel timer of its
+// own.
 func (l *loop) wait() (int, error) {
 	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd),
 		uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
