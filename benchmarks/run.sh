@@ -28,8 +28,8 @@ src=$(cd "${UDPMUX_SRC:-$main}" && pwd)
 
 # The settings given, for RESULTS.md's statement of the command.
 given=""
-for v in QUICK ONLY RUNS DURATION RATE SEARCH_STEPS FT_COUNT FT_SHORT OUT; do
-	[[ -n ${!v:-} ]] && given+="$v=${!v} "
+for v in QUICK ONLY RUNS DURATION RATE SEARCH_STEPS FT_COUNT FT_SHORT OUT UDPMUX_SRC UDPMUX_ENV; do
+	[[ -n ${!v:-} ]] && printf -v quoted '%q' "${!v}" && given+="$v=$quoted "
 done
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
@@ -103,6 +103,7 @@ opts=()
 [[ $QUICK == 1 ]] && opts=(-quick)
 [[ $FT_SHORT == 1 ]] && opts+=(-flowtable-short)
 [[ -n $ONLY ]] && opts+=(-only "$ONLY")
+[[ -n ${UDPMUX_ENV:-} ]] && opts+=(-udpmux-env "$UDPMUX_ENV")
 cd "$here"
 "$out/bench" -bin "$out" -main "$src" -out "$OUT/RESULTS.md" -raw "$OUT/results.json" \
 	-flowtable-out "$OUT/flowtable-bench.txt" -runs "$RUNS" -duration "$DURATION" -rates "$RATE" \

@@ -45,6 +45,7 @@ type options struct {
 	report    bool            // only write RESULTS.md again from the raw file
 	only      map[string]bool // the parts to run (scenario kinds, "flowtable"); all when empty
 	command   string          // the command that started the session, for RESULTS.md
+	udpmuxEnv []string        // NAME=value settings added to the udpmux daemon's environment
 }
 
 // includes reports whether part is to be measured in this session.
@@ -65,6 +66,18 @@ func parseOnly(list string) (map[string]bool, error) {
 	return set, nil
 }
 
+// parseEnv turns -udpmux-env's space-separated NAME=value list into
+// settings for env(1).
+func parseEnv(list string) ([]string, error) {
+	kvs := strings.Fields(list)
+	for _, kv := range kvs {
+		if name, _, ok := strings.Cut(kv, "="); !ok || name == "" {
+			return nil, fmt.Errorf("-udpmux-env: %q is not NAME=value", kv)
+		}
+	}
+	return kvs, nil
+}
+
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "", "directory holding loadgen, peer and optionally udpmux")
@@ -83,6 +96,7 @@ func main() {
 	flag.BoolVar(&o.report, "report-only", false, "measure nothing: write -out again from the -raw file of an earlier session")
 	flag.BoolVar(&o.ftOnly, "flowtable-only", false, "run only the flow-table benchmarks and replace them in the -raw session, then write -out")
 	flag.StringVar(&o.command, "command", "bench", "the command that started the session, as RESULTS.md should state it")
+	udpmuxEnv := flag.String("udpmux-env", "", "space-separated NAME=value settings for the udpmux daemon's environment (such as GOMAXPROCS=1)")
 	only := flag.String("only", "", "comma-separated parts to run, of "+strings.Join(parts, ",")+" (default all)")
 	flag.Parse()
 	var err error
@@ -91,6 +105,10 @@ func main() {
 		os.Exit(2)
 	}
 	if o.rates, err = parseRates(*rates); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if o.udpmuxEnv, err = parseEnv(*udpmuxEnv); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}

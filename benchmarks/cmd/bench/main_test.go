@@ -52,6 +52,27 @@ func TestParseRates(t *testing.T) {
 	}
 }
 
+func TestParseEnv(t *testing.T) {
+	tests := []struct {
+		list string
+		want []string
+		ok   bool
+	}{
+		{"", nil, true},
+		{"GOMAXPROCS=1", []string{"GOMAXPROCS=1"}, true},
+		{" GOMAXPROCS=1  GODEBUG=gctrace=1 ", []string{"GOMAXPROCS=1", "GODEBUG=gctrace=1"}, true},
+		{"A=", []string{"A="}, true},
+		{"GOMAXPROCS", nil, false},
+		{"=1", nil, false},
+	}
+	for _, tt := range tests {
+		got, err := parseEnv(tt.list)
+		if (err == nil) != tt.ok || !slices.Equal(got, tt.want) {
+			t.Errorf("parseEnv(%q) = %q, %v; want %q, ok %v", tt.list, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
 func TestTopSymbols(t *testing.T) {
 	report := `# Samples: 10K of event 'cpu-clock'
 #

@@ -101,7 +101,7 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 		if err != nil {
 			return nil, err
 		}
-		args = []string{bin, "-c", conf}
+		args = append(append([]string{"env"}, h.opts.udpmuxEnv...), bin, "-c", conf)
 	default:
 		return nil, fmt.Errorf("unknown peer %q", peer)
 	}
