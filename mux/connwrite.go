@@ -3,6 +3,7 @@
 package mux
 
 import (
+	"io"
 	"sync"
 	"sync/atomic"
 )
@@ -38,6 +39,11 @@ type connWrites struct {
 	starved atomic.Bool
 	roomMu  sync.Mutex
 	room    chan struct{}
+	// closed is set, under closeMu, before the loop's last drain; writers
+	// hold closeMu shared from their check of closed until they have
+	// pushed, so that the last drain finds every write that was taken.
+	closeMu sync.RWMutex
+	closed  bool
 }
 
 func newConnWrites() *connWrites {
@@ -49,19 +55,44 @@ func newConnWrites() *connWrites {
 // put queues w for l, waiting while the ring is full until c's session
 // ends or its write deadline passes. Any goroutine.
 func (q *connWrites) put(l *loop, w connWrite) error {
-	for !q.push(w) {
-		room := q.awaitRoom()
-		if q.push(w) {
-			break // drained between the two pushes
+	for {
+		room, err := q.tryPut(l, w)
+		if room == nil {
+			return err
 		}
 		if err := w.c.waitRoom(room); err != nil {
 			return err
 		}
 	}
+}
+
+// tryPut queues w and signals l, unless the loop takes no more writes
+// (io.ErrClosedPipe) or the ring is full: then it returns the channel to
+// wait on for room.
+func (q *connWrites) tryPut(l *loop, w connWrite) (<-chan struct{}, error) {
+	q.closeMu.RLock()
+	defer q.closeMu.RUnlock()
+	if q.closed {
+		return nil, io.ErrClosedPipe
+	}
+	if !q.push(w) {
+		room := q.awaitRoom()
+		if !q.push(w) { // else drained between the two pushes
+			return room, nil
+		}
+	}
 	if !q.signalled.Load() && !q.signalled.Swap(true) {
 		l.signal()
 	}
-	return nil
+	return nil, nil
+}
+
+// close makes the queue refuse writes from now on, before the loop's last
+// drain.
+func (q *connWrites) close() {
+	q.closeMu.Lock()
+	q.closed = true
+	q.closeMu.Unlock()
 }
 
 // awaitRoom returns the channel the loop closes when it has drained.

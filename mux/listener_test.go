@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -335,5 +336,53 @@ func TestConnWriteErrors(t *testing.T) {
 	c.Close()
 	if _, err := c.Write([]byte("closed")); !errors.Is(err, net.ErrClosed) || !errors.As(err, &op) || op.Op != "write" {
 		t.Errorf("Write after Close: %v, want net.ErrClosed in a write *net.OpError", err)
+	}
+}
+
+// TestConnWriteRacingCloseIsSentOrRefused: Writes that race the listener's
+// Close either return an error or are sent: none is taken and then lost.
+func TestConnWriteRacingCloseIsSentOrRefused(t *testing.T) {
+	for round := range 20 {
+		ln := listen(t, ListenConfig{Workers: 1, ConnQueue: 64})
+		client := dial(t, "udp4", netip.AddrPort{}, netip.MustParseAddrPort(ln.Addr().String()))
+		client.SetReadBuffer(4 << 20)
+		client.Write([]byte("open"))
+		c := accept(t, ln)
+		var arrived atomic.Int64
+		go func() {
+			buf := make([]byte, 16)
+			for {
+				if _, err := client.Read(buf); err != nil {
+					return // closed when the test ends
+				}
+				arrived.Add(1)
+			}
+		}()
+		const writers = 4
+		taken := make(chan int, writers)
+		for range writers {
+			go func() {
+				n := 0
+				for ; n < 2000; n++ {
+					if _, err := c.Write([]byte("w")); err != nil {
+						break
+					}
+				}
+				taken <- n
+			}()
+		}
+		time.Sleep(time.Duration(round%5) * time.Millisecond)
+		ln.Close()
+		want := 0
+		for range writers {
+			want += <-taken
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for arrived.Load() < int64(want) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got := arrived.Load(); got != int64(want) {
+			t.Fatalf("round %d: %d Writes returned nil, %d datagrams arrived", round, want, got)
+		}
 	}
 }

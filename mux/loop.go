@@ -378,6 +378,9 @@ func (l *loop) shutdown() {
 		l.end(s, reason)
 	}
 	// Their Conns take no more writes now: send all they took.
+	if l.writes != nil {
+		l.writes.close()
+	}
 	for l.sendConnWrites() {
 	}
 	l.endBatch()
