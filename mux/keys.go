@@ -20,6 +20,10 @@ import (
 // any of them, from any address; only its handler moves it to a new one
 // (session.Roamer, Session.Move).
 
+// A session protects the two ID keys its client used last (sess.inUse)
+// from eviction, so a class must hold more.
+const _ = uint(session.MaxKeysPerClass - 3)
+
 // maxCandidates bounds the sessions one datagram's ID is delivered to when
 // it matches several (OpenVPN peer-ids repeat across backends): one per
 // backend, for any sensible number of backends.
@@ -45,11 +49,13 @@ func (l *loop) addKey(s *sess, k flowtable.Key) error {
 	old := s.keyEntries()
 	keep := old
 	if k.Shared() {
-		// The oldest key of the class goes once the class is full.
+		// Once the class is full, its oldest key goes that the client has
+		// not used last: what a forger makes the session learn (forged
+		// "server" datagrams) pushes out only other keys of the kind.
 		n, first := 0, -1
 		for i, e := range old {
 			if x := e.Key(); x.Kind() == flowtable.KindID && x.Class() == k.Class() {
-				if n++; first < 0 {
+				if n++; first < 0 && !s.usedLately(e) {
 					first = i
 				}
 			}
@@ -205,6 +211,9 @@ func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p 
 	for _, s := range cands {
 		if s.PeerAddr() == from {
 			pick = append(pick[:0], s)
+			if held, _ := s.claims(id); held != nil {
+				s.noteUse(held)
+			}
 			break
 		}
 		if s.PeerAddr().Addr() == from.Addr() {

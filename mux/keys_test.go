@@ -250,6 +250,48 @@ func TestKeysPerClassAreBounded(t *testing.T) {
 	}
 }
 
+// TestKeysInUseOutliveLearnedOnes: the IDs a session's client used last,
+// from its own address, stay however many others the session learns (as
+// forged server datagrams would make it learn); a datagram with one of
+// them from elsewhere does not count as use.
+func TestKeysInUseOutliveLearnedOnes(t *testing.T) {
+	kh := &keyHandler{roamed: map[string][]netip.AddrPort{}}
+	srv := startKeys(t, keyRoamer{kh})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	elsewhere := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	for _, id := range []uint32{1, 2, 3} {
+		exchangeKeys(t, a, "k"+id4(id))
+	}
+	// The client uses 1, then 2; 3 is used from another address only.
+	for _, id := range []uint32{1, 2} {
+		if got := exchangeKeys(t, a, "d"+id4(id)); got != "a d"+id4(id) {
+			t.Fatalf("data with ID %d: %q", id, got)
+		}
+	}
+	elsewhere.Write([]byte("d" + id4(3)))
+	for id := uint32(100); id < 100+4*session.MaxKeysPerClass; id++ {
+		exchangeKeys(t, a, "k"+id4(id))
+	}
+	s := sessionOf(t, srv, a)
+	var ids []flowtable.Key
+	for _, k := range s.Keys(nil) {
+		if k.Kind() == flowtable.KindID {
+			ids = append(ids, k)
+		}
+	}
+	last := testID(0, []byte(id4(100+4*session.MaxKeysPerClass-1)))
+	if len(ids) != session.MaxKeysPerClass || !slices.Contains(ids, testID(0, []byte(id4(1)))) ||
+		!slices.Contains(ids, testID(0, []byte(id4(2)))) || !slices.Contains(ids, last) {
+		t.Fatalf("IDs %v: want the two in use, the last learned, and %d in all", ids, session.MaxKeysPerClass)
+	}
+	for _, id := range []uint32{1, 2} {
+		if got := exchangeKeys(t, a, "d"+id4(id)); got != "a d"+id4(id) {
+			t.Errorf("data with ID %d in use after the flood: %q", id, got)
+		}
+	}
+}
+
 // TestKeysAndMovesSurviveAHandoff: a session's learned keys and a move
 // before the early copy, and a key learned and a move after it, all reach
 // the successor, which finds the session by exactly its keys.

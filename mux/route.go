@@ -138,9 +138,17 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 	peer, p, id := l.peers[i], m.Buf[:m.N], l.ids[i]
 	hasID := id.Kind() != flowtable.KindNone
 	var s *sess
+	var held *entry
+	claimed := e != nil && !hasID
+	if e != nil && hasID {
+		held, claimed = e.Value.claims(id)
+	}
 	switch {
-	case e != nil && (!hasID || e.Value.claims(id)):
+	case claimed:
 		s = e.Value
+		if held != nil && peer == s.PeerAddr() {
+			s.noteUse(held)
+		}
 	case hasID && l.resolve(ls, id, peer, p):
 		return
 	case e != nil || verdict == session.Lookup:

@@ -28,6 +28,10 @@ type sess struct {
 	anchor atomic.Pointer[entry]
 	keys   atomic.Pointer[[]*entry]
 	origin flowtable.Key // the key the session was created under
+	// inUse are the entries of the ID keys its client used last, from its
+	// own address, the latest first (see noteUse): a forger who makes the
+	// session learn IDs cannot evict them (see addKey).
+	inUse [2]atomic.Pointer[entry]
 
 	local   netip.AddrPort
 	scope   uint16
@@ -227,18 +231,36 @@ func (s *sess) holds(k flowtable.Key) bool {
 }
 
 // claims reports whether a datagram that carries the ID key id belongs to s
-// as far as its keys tell: it holds id, or no key of id's class. Safe from
-// any goroutine.
-func (s *sess) claims(id flowtable.Key) bool {
+// as far as its keys tell: it holds id, and then held is id's entry, or no
+// key of id's class. Safe from any goroutine.
+func (s *sess) claims(id flowtable.Key) (held *entry, ok bool) {
 	other := false
 	for _, e := range s.keyEntries() {
 		k := e.Key()
 		if k == id {
-			return true
+			return e, true
 		}
 		other = other || (k.Kind() == flowtable.KindID && k.Class() == id.Class())
 	}
-	return !other
+	return nil, !other
+}
+
+// noteUse notes that s's client sent a datagram with the ID key of e from
+// its own address. It stores only when e is not the latest already, so
+// that the datagrams of a flow leave the session's cache line clean. Any
+// loop may call it; of two at once, either may win, which only the order
+// of the two latest can tell.
+func (s *sess) noteUse(e *entry) {
+	if last := s.inUse[0].Load(); last != e {
+		s.inUse[1].Store(last)
+		s.inUse[0].Store(e)
+	}
+}
+
+// usedLately reports whether e is the entry of one of the ID keys s's
+// client used last.
+func (s *sess) usedLately(e *entry) bool {
+	return e == s.inUse[0].Load() || e == s.inUse[1].Load()
 }
 
 // lastSeen returns when the peer was last heard from.

@@ -110,7 +110,10 @@ type Session interface {
 	// while it lives. Several sessions may hold an ID key
 	// (flowtable.IDKey); any other key at most one, and AddKey fails for a
 	// key another session holds. A session keeps at most MaxKeysPerClass ID
-	// keys of one class: adding another forgets the oldest. Keys count
+	// keys of one class: adding another forgets the oldest, but never one of
+	// the two its client used last (the IDs that the last datagrams from its
+	// own address carried), so that IDs a forger makes the session learn
+	// push out only other learned ones, not those in use. Keys count
 	// against the table's capacity, so AddKey fails when it is full. On a
 	// session that has ended (in or after its handler's Close) it fails
 	// with ErrClosed.

@@ -51,6 +51,12 @@ type Loop struct {
 	Capacity int
 	// Now is the clock of the sessions' Stats; nil means time.Now.
 	Now func() time.Time
+	// Dissector, if set, is the listener's: Deliver runs it on each
+	// datagram from a session's peer to note the ID key the datagram
+	// carries, which AddKey then keeps as the engine keeps the IDs a client
+	// uses (see session.Session.AddKey). It routes nothing: the test says
+	// which session a datagram goes to.
+	Dissector session.Dissector
 
 	table  map[flowtable.Key][]*Session // each key's holders
 	keys   int                          // entries in table, against Capacity
@@ -252,6 +258,7 @@ type Session struct {
 	id          uint64
 	key, anchor flowtable.Key   // anchor heads Keys: key, or the 4-tuple a move put in its place
 	keys        []flowtable.Key // further keys, oldest first
+	inUse       [2]flowtable.Key // the ID keys the client used last, the latest first
 	peer        netip.AddrPort
 	state       any
 	st          session.Stats
@@ -277,6 +284,12 @@ func (s *Session) Deliver(from netip.AddrPort, p []byte) {
 			s.loop.lend(p, func(q []byte) { r.Roam(s, from, q) })
 		}
 		return
+	}
+	if d := s.loop.Dissector; d != nil {
+		id := d.Dissect(p, s.loop.local(), from, s.loop.Scope).ID
+		if id.Kind() != flowtable.KindNone && slices.Contains(s.keys, id) && s.inUse[0] != id {
+			s.inUse[1], s.inUse[0] = s.inUse[0], id
+		}
 	}
 	s.st.RxPackets++
 	s.st.RxBytes += uint64(len(p))
@@ -385,7 +398,7 @@ func (s *Session) AddKey(k flowtable.Key) error {
 		n, first := 0, -1
 		for i, x := range s.keys {
 			if x.Shared() && x.Class() == k.Class() {
-				if n++; first < 0 {
+				if n++; first < 0 && x != s.inUse[0] && x != s.inUse[1] {
 					first = i
 				}
 			}

@@ -121,6 +121,14 @@ func socket(t *testing.T) int {
 	return fd
 }
 
+// classOneIDs dissects every datagram into the ID key of class 1 that is
+// the datagram itself.
+type classOneIDs struct{}
+
+func (classOneIDs) Dissect(p []byte, _, _ netip.AddrPort, _ uint16) session.Dissection {
+	return session.Dissection{ID: id(1, string(p)), Verdict: session.Lookup}
+}
+
 // TestKeys: the keys a session is found by, with the engine's rules for
 // learning, forgetting and moving them.
 func TestKeys(t *testing.T) {
@@ -181,6 +189,20 @@ func TestKeys(t *testing.T) {
 			}
 			return s
 		}, []flowtable.Key{tuple(peer), id(2, "a"), id(1, "b"), id(1, "c"), id(1, "d"), id(1, "e")}},
+		{"the ID keys the client used last stay", func(t *testing.T, l *sessiontest.Loop) *sessiontest.Session {
+			l.Dissector = classOneIDs{}
+			s := mustOpen(t, l, peer)
+			for _, k := range []flowtable.Key{id(1, "a"), id(1, "b"), id(1, "c")} {
+				must(t, s.AddKey(k))
+			}
+			s.Deliver(peer, []byte("a"))
+			s.Deliver(peer, []byte("b"))
+			s.Deliver(other, []byte("c")) // not the client's own address
+			for _, k := range []flowtable.Key{id(1, "d"), id(1, "e"), id(1, "f")} {
+				must(t, s.AddKey(k))
+			}
+			return s
+		}, []flowtable.Key{tuple(peer), id(1, "a"), id(1, "b"), id(1, "e"), id(1, "f")}},
 		{"removed", func(t *testing.T, l *sessiontest.Loop) *sessiontest.Session {
 			s := mustOpen(t, l, peer)
 			must(t, s.AddKey(cid("c")))
