@@ -256,8 +256,8 @@ func (l *Loop) now() time.Time {
 type Session struct {
 	loop        *Loop
 	id          uint64
-	key, anchor flowtable.Key   // anchor heads Keys: key, or the 4-tuple a move put in its place
-	keys        []flowtable.Key // further keys, oldest first
+	key, anchor flowtable.Key    // anchor heads Keys: key, or the 4-tuple a move put in its place
+	keys        []flowtable.Key  // further keys, oldest first
 	inUse       [2]flowtable.Key // the ID keys the client used last, the latest first
 	peer        netip.AddrPort
 	state       any
