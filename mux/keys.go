@@ -79,6 +79,9 @@ func (l *loop) addKey(s *sess, k flowtable.Key) error {
 		s.setKeyEntries(keep)
 		l.noteKeys(s)
 	}
+	if err != nil {
+		l.socks[s.scope].stats.keysRefused.inc()
+	}
 	return err
 }
 

@@ -27,9 +27,7 @@ type listener struct {
 	addr      netip.AddrPort
 	handler   session.Handler
 	dissector session.Dissector
-	// learner is the dissector if it learns from the server's datagrams.
-	learner session.ReplyDissector
-	idle    time.Duration
+	idle      time.Duration
 	// control, sockets and v6only are the ListenerConfig's, for the
 	// listener's sockets (sockets.go).
 	control func(network, address string, c syscall.RawConn) error
@@ -135,7 +133,6 @@ func newServer(cfg Config) (*Server, error) {
 			handler: lc.Handler, dissector: lc.Dissector, idle: lc.IdleTimeout,
 			control: lc.Control, sockets: lc.Sockets, v6only: lc.v6only,
 		}
-		ln.learner, _ = lc.Dissector.(session.ReplyDissector)
 		srv.listeners = append(srv.listeners, ln)
 	}
 	if err := srv.openLoops(cpus); err != nil {

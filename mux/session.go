@@ -155,6 +155,7 @@ func (s *sess) Keys(dst []flowtable.Key) []flowtable.Key {
 
 func (s *sess) AddKey(k flowtable.Key) error   { return s.loop.addKey(s, k) }
 func (s *sess) RemoveKey(k flowtable.Key) bool { return s.loop.removeKey(s, k) }
+func (s *sess) Holds(k flowtable.Key) bool     { return s.holds(k) }
 func (s *sess) Move(to netip.AddrPort) error   { return s.loop.move(s, to) }
 func (s *sess) Attach(fd int) (session.Socket, error) {
 	k, err := s.loop.attach(s, fd)

@@ -70,8 +70,9 @@ type ListenerStats struct {
 	// of which MovesWithoutTuple could not take the new 4-tuple (a stale
 	// session held it) and were found by their other keys.
 	Roamed, RoamRefused, Moved, MovesWithoutTuple uint64
-	// KeysRefused counts keys learned from a server that the table could
-	// not take (full, or another session's).
+	// KeysRefused counts keys handlers asked sessions to be found by
+	// (Session.AddKey, such as an ID learned from a server) that the table
+	// could not take (full, or another session's).
 	KeysRefused uint64
 	// KernelDrops is the growth of the sockets' receive-queue overflow
 	// counters (SO_RXQ_OVFL) while udpmux ran.

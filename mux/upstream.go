@@ -197,13 +197,11 @@ func (l *loop) upstreamReady(slot int32, events uint32) {
 }
 
 // readUpstream reads one of a session's sockets and passes its datagrams to
-// the handler, after the dissector has learned from each what the server
-// assigned the client (see session.ReplyDissector).
+// the handler.
 func (l *loop) readUpstream(k *socket) {
 	s := k.s
 	h := s.handler.(session.UpstreamHandler)
 	ls := l.socks[s.scope]
-	learner := ls.ln.learner
 	if l.trackGen != 0 {
 		l.noteChange(s) // its replies count as the session's traffic
 	}
@@ -229,15 +227,7 @@ func (l *loop) readUpstream(k *socket) {
 				ls.stats.truncated.inc()
 				continue
 			}
-			p := m.Buf[:m.N]
-			if learner != nil {
-				if key, ok := learner.Reply(p, ls.ln.scope); ok && !s.holds(key) {
-					if err := l.addKey(s, key); err != nil {
-						ls.stats.keysRefused.inc()
-					}
-				}
-			}
-			h.Upstream(s, k, p)
+			h.Upstream(s, k, m.Buf[:m.N])
 		}
 		if n < l.rx.Len() {
 			return

@@ -46,6 +46,18 @@ type Config struct {
 	// Sockets bounds the upstream sockets (file descriptors); nil means
 	// unlimited. Share one among listeners for a process-wide bound.
 	Sockets *Budget
+	// Tracker, if not nil, follows each session's protocol (the listener's
+	// Dissector, when it is a session.Tracker): the proxy files sessions
+	// under the IDs their backends assign as it says, and moves a session
+	// to a new client address only on a backend's answer it vouches for
+	// (see Roam). Without one, sessions learn nothing and never move.
+	Tracker session.Tracker
+	// Probes bounds the sockets that carry a session's datagrams from a
+	// client's new address to its backend until the backend answers (see
+	// Roam), apart from Sockets, so that probes never take what sessions
+	// need; nil means DefaultProbes. Share one among listeners for a
+	// process-wide bound.
+	Probes *Budget
 	// Health tunes how long a refusing backend is left out.
 	Health HealthConfig
 	// RecvBuffer and SendBuffer size each upstream socket's kernel buffers,
@@ -57,14 +69,20 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultProbes is the bound on probe sockets when Config.Probes is nil.
+const DefaultProbes = 1024
+
 // Handler is the proxy. It is safe for use by every loop at once.
 type Handler struct {
 	backends []netip.AddrPort
 	buffers  udpsys.ListenConfig
 	bal      *Balancer
 	routes   *routes // nil without a Router
+	tracker  session.Tracker
 	sources  *SourceLimiter
 	sockets  *Budget
+	probes   *Budget
+	queues   loopQueues // the pending probes of each event loop
 	log      *slog.Logger
 	stats    handlerStats
 	// refusalWindow is the balancer's: a session reports a refusal at
@@ -78,8 +96,9 @@ type Handler struct {
 type handlerStats struct {
 	noBackend, dialErrors, upstreamErrors, refusedByBackend, abandoned atomic.Uint64
 	moved, movesRefused, lateDatagrams                                 atomic.Uint64
+	implausible, unvouched, probesEvicted                              atomic.Uint64
 	routed, routeFallbacks                                             atomic.Uint64
-	probes                                                             atomic.Int64
+	pending                                                            atomic.Int64
 }
 
 // Stats are the proxy's own counters.
@@ -103,11 +122,19 @@ type Stats struct {
 	Abandoned uint64
 	// Moved counts sessions that followed their client to a new address,
 	// confirmed by the backend (see Roam); MovesRefused new addresses given
-	// no probe (too many pending for the session, or a limit) or refused by
-	// sessions.max_per_source; MovesPending is the number of probes open
-	// now, each a new address waiting for the backend's word.
+	// no probe (no Tracker, a failed dial, no probe of the event loop's to
+	// take the place of) or refused by sessions.max_per_source;
+	// MovesPending is the number of probes open now, each a new address
+	// waiting for the backend's word.
 	Moved, MovesRefused uint64
 	MovesPending        int64
+	// MovesImplausible counts datagrams from a new address that the
+	// session's Tracker found impossible for its client, dropped;
+	// UnvouchedAnswers datagrams on a pending probe that it did not vouch
+	// for (forged, or a backend message that proves nothing), dropped;
+	// ProbesEvicted pending probes closed for a newer address (a session's
+	// fifth, or one the probe budget had no room for).
+	MovesImplausible, UnvouchedAnswers, ProbesEvicted uint64
 	// LateDatagrams counts datagrams dropped because they came from the
 	// address a session had left less than a second before: overtaken by
 	// the client's datagrams from its new address, they would take the
@@ -118,8 +145,9 @@ type Stats struct {
 	// datagram named a server ID that no healthy backend has, balanced by
 	// the Router's hash key instead.
 	Routed, RouteFallbacks uint64
-	// UpstreamSockets is the number of upstream sockets open now.
-	UpstreamSockets int
+	// UpstreamSockets is the number of upstream sockets open now, and
+	// ProbeSockets the number of probes among them.
+	UpstreamSockets, ProbeSockets int
 	// Backends is each backend's health and live sessions.
 	Backends []BackendStatus
 }
@@ -140,10 +168,12 @@ type upstream struct {
 	// takes effect between batches, and the datagrams still delivered
 	// before it are dropped, not counted again.
 	abandoned bool
+	// track is the session's protocol state, nil without a Tracker.
+	track session.Track
 	// probes are sockets to the backend for new client addresses, waiting
-	// for the backend to answer one (roam.go); left is the address the
-	// session last moved away from, at leftAt.
-	probes []probe
+	// for the backend to answer one, in the order they opened (roam.go);
+	// left is the address the session last moved away from, at leftAt.
+	probes []*probe
 	left   netip.AddrPort
 	leftAt time.Time
 }
@@ -164,8 +194,8 @@ func New(cfg Config) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{backends: cfg.Backends, routes: routes, sources: cfg.Sources, sockets: cfg.Sockets, log: cfg.Logger,
-		buffers: udpsys.ListenConfig{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
+	h := &Handler{backends: cfg.Backends, routes: routes, tracker: cfg.Tracker, sources: cfg.Sources, sockets: cfg.Sockets,
+		probes: cfg.Probes, log: cfg.Logger, buffers: udpsys.ListenConfig{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -174,6 +204,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if h.sockets == nil {
 		h.sockets = NewBudget(0)
+	}
+	if h.probes == nil {
+		h.probes = NewBudget(DefaultProbes)
 	}
 	health := cfg.Health
 	userChange := health.OnChange
@@ -230,6 +263,15 @@ func (h *Handler) OpenDatagram(s session.Session, p []byte) error {
 	return nil
 }
 
+// newUpstream returns the state of session s, with its socket k to backend.
+func (h *Handler) newUpstream(s session.Session, k session.Socket, backend int) *upstream {
+	u := &upstream{h: h, sock: k, backend: backend}
+	if h.tracker != nil {
+		u.track = h.tracker.Track(s.Key().Scope())
+	}
+	return u
+}
+
 func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
 	b, ok := h.pick(s, p)
 	if !ok {
@@ -247,15 +289,19 @@ func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
 		h.stats.dialErrors.Add(1)
 		return nil, err
 	}
-	return &upstream{h: h, sock: k, backend: b}, nil
+	return h.newUpstream(s, k, b), nil
 }
 
 // Datagram sends a client datagram to the session's backend, in the loop's
-// send batch.
+// send batch, after the session's Track has noted it.
 func (h *Handler) Datagram(s session.Session, p []byte) {
 	u := s.State().(*upstream)
 	if h.bal.Down(u.backend) && h.abandon(s, u) {
 		return
+	}
+	if u.track != nil {
+		own, _ := u.track.Client(s, p, false)
+		u.file(s, own)
 	}
 	if len(u.probes) > 0 {
 		h.closeIdleProbes(u, h.now())
@@ -289,18 +335,20 @@ func (h *Handler) abandon(s session.Session, u *upstream) bool {
 	return true
 }
 
-// Upstream sends a backend reply to the session's own client. A reply on a
-// probe socket confirms the client's new address first (roam.go).
+// Upstream sends a backend reply to the session's own client, once the
+// session's Track has learned from it. A reply on a probe socket confirms
+// the client's new address first, if the Track vouches for it (roam.go).
 func (h *Handler) Upstream(s session.Session, sock session.Socket, p []byte) {
 	u := s.State().(*upstream)
 	switch {
 	case sock != u.sock:
-		if !h.fromProbe(s, u, sock) {
+		if !h.fromProbe(s, u, sock, p) {
 			return
 		}
 	case len(u.probes) > 0:
 		u.backOnSocket()
 	}
+	u.learn(s, p)
 	u.heard, u.answered = true, true
 	h.bal.MarkUp(u.backend)
 	s.Write(p)
@@ -338,7 +386,7 @@ func (h *Handler) upstreamFailed(s session.Session, u *upstream, err error) {
 func (h *Handler) Close(s session.Session, _ session.Reason) {
 	u := s.State().(*upstream)
 	for len(u.probes) > 0 {
-		h.closeProbe(u, 0)
+		h.closeProbe(u.probes[0])
 	}
 	unix.Close(u.sock.FD())
 	h.bal.Closed(u.backend)
@@ -376,11 +424,15 @@ func (h *Handler) Stats() Stats {
 		Abandoned:        h.stats.abandoned.Load(),
 		Moved:            h.stats.moved.Load(),
 		MovesRefused:     h.stats.movesRefused.Load(),
-		MovesPending:     h.stats.probes.Load(),
+		MovesPending:     h.stats.pending.Load(),
+		MovesImplausible: h.stats.implausible.Load(),
+		UnvouchedAnswers: h.stats.unvouched.Load(),
+		ProbesEvicted:    h.stats.probesEvicted.Load(),
 		LateDatagrams:    h.stats.lateDatagrams.Load(),
 		Routed:           h.stats.routed.Load(),
 		RouteFallbacks:   h.stats.routeFallbacks.Load(),
-		UpstreamSockets:  h.sockets.InUse(),
+		UpstreamSockets:  h.sockets.InUse() + h.probes.InUse(),
+		ProbeSockets:     h.probes.InUse(),
 	}
 	for i := range h.backends {
 		st.Backends = append(st.Backends, h.bal.Status(i))
@@ -432,7 +484,9 @@ func (h *Handler) ImportSession(s session.Session, state []byte, fd int) error {
 		h.release(src)
 		return err
 	}
-	s.SetState(&upstream{h: h, sock: k, backend: backend, source: src})
+	u := h.newUpstream(s, k, backend)
+	u.source = src
+	s.SetState(u)
 	h.bal.Opened(backend)
 	return nil
 }

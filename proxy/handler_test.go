@@ -439,7 +439,7 @@ func TestAbandon(t *testing.T) {
 // from enough sessions; other errors, and any on a probe, are reported
 // nowhere.
 func TestRefusalsReportedOncePerWindow(t *testing.T) {
-	u := newUnit(t, 1, Config{})
+	u := newRoamUnit(t, Config{})
 	var ss []*sessiontest.Session
 	for i := range 3 {
 		ss = append(ss, u.open(fmt.Sprintf("198.51.100.%d:1000", i+1)))
@@ -482,7 +482,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	}
 	for name, end := range ends {
 		t.Run(name, func(t *testing.T) {
-			u := newUnit(t, 1, Config{Sources: NewSourceLimiter(1)})
+			u := newRoamUnit(t, Config{Sources: NewSourceLimiter(1)})
 			s := u.open("198.51.100.1:1000")
 			moved := netip.MustParseAddrPort("203.0.113.1:1000")
 			s.Deliver(moved, []byte("confirmed"))

@@ -4,10 +4,12 @@ package proxy
 
 import (
 	"net/netip"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
@@ -16,53 +18,125 @@ import (
 // networks) keeps sending under the identifiers of its tunnel (a WireGuard
 // receiver index, an OpenVPN peer-id or session ID), which the dissector
 // maps to its session; the engine hands such a datagram from a new address
-// to Roam. Anyone can forge those identifiers from any address, so the
-// proxy does not believe them. It asks the backend, which can tell: the
-// datagrams from the new address go to the backend at once, but on a
-// socket of their own, a probe. A WireGuard or OpenVPN backend follows a
-// client to a new address only for a datagram it has authenticated, and
-// then answers there, on the probe. That answer, and nothing else, moves
-// the session: replies go to the new address from then on, and the old
-// 4-tuple is released. The client's next datagrams go to the backend on the
+// to Roam. Anyone can forge those identifiers from any address, and any
+// datagram from the backend's address too, so the proxy believes neither.
+// It asks the backend, which can tell, and checks the answer with the
+// session's Track (session.Tracker), which knows what an off-path attacker
+// never sees:
+//
+//   - A datagram from a new address that the Track finds impossible for the
+//     client (a sequence number it used already) goes nowhere.
+//   - Any other goes to the backend at once, but on a socket of its own, a
+//     probe. A WireGuard or OpenVPN backend follows a client to a new
+//     address only for a datagram it has authenticated, and then sends its
+//     next datagrams there, on the probe.
+//   - A datagram on the probe moves the session only if the Track vouches
+//     for it: it carries what only the real backend knows after
+//     authenticating the client (the index the WireGuard client chose for
+//     its handshake; the next packet-ids of the OpenVPN server's own
+//     sequence). Anything else on a pending probe is dropped: forged, or a
+//     message of the backend's that proves nothing.
+//
+// The move sends replies to the new address from then on and releases the
+// old 4-tuple. The client's next datagrams go to the backend on the
 // session's own upstream socket again, and the backend follows them back
 // there, so that it sees one source address per session for good; the
 // probe stays open until it does, for the replies on their way to it.
-// Datagrams an attacker forges go to the backend too, which drops them:
-// their probe never hears a word and closes when its address falls silent.
+//
+// Probes are bounded so that no sprayer can pin them: a session waits on at
+// most maxProbes new addresses, the newest taking the place of the oldest
+// whatever its age, so that a real client's new address has its probe at
+// its first datagram; and probe sockets come from a budget of their own
+// (Config.Probes), so that they never take what sessions need, the newest
+// taking the place of the oldest pending one of its event loop when the
+// budget is spent.
 
 // probe is a socket to the session's backend that carries the datagrams of
 // one new client address until the backend answers on it (pending), and
 // then those of the backend until it is back on the session's socket
 // (confirmed).
 type probe struct {
+	u    *upstream
 	sock session.Socket
 	addr netip.AddrPort
 	// confirmed is set once the backend has answered on the probe; back
 	// once it has answered on the session's socket again since.
 	confirmed, back bool
 	last            time.Time // the last datagram through the probe
+	// older and newer link the pending probes of the session's event loop,
+	// the oldest first (loopProbes).
+	older, newer *probe
+	queue        *loopProbes
 }
 
 const (
 	// maxProbes bounds the new addresses one session waits on at once.
-	maxProbes = 2
+	maxProbes = 4
 	// probeIdle closes a probe through which nothing has passed for this
 	// long.
 	probeIdle = 10 * time.Second
-	// probeEvict is how long a pending probe must have been idle before a
-	// further new address may take its place, or before the session's
-	// client, still sending from its own address, makes it stale.
-	probeEvict = time.Second
+	// probeStale is how long a pending probe may have been idle before the
+	// session's client, still sending from its own address, makes it
+	// stale, and how long a confirmed one the backend has left for the
+	// session's socket stays open for the replies it sent before.
+	probeStale = time.Second
 	// moveHold is how long datagrams from the address a session just left
 	// are dropped: late ones, overtaken by those from the new address, would
 	// otherwise take the backend, and then the session, back there.
 	moveHold = time.Second
 )
 
+// loopProbes are the pending probes of one event loop, the oldest first:
+// only that loop's callbacks use them, so they need no lock.
+type loopProbes struct{ oldest, newest *probe }
+
+// push adds pr as the newest.
+func (q *loopProbes) push(pr *probe) {
+	pr.queue, pr.older = q, q.newest
+	if q.newest != nil {
+		q.newest.newer = pr
+	} else {
+		q.oldest = pr
+	}
+	q.newest = pr
+}
+
+// remove takes pr out, if it is in.
+func (q *loopProbes) remove(pr *probe) {
+	if pr.queue != q {
+		return
+	}
+	if pr.older != nil {
+		pr.older.newer = pr.newer
+	} else {
+		q.oldest = pr.newer
+	}
+	if pr.newer != nil {
+		pr.newer.older = pr.older
+	} else {
+		q.newest = pr.older
+	}
+	pr.older, pr.newer, pr.queue = nil, nil, nil
+}
+
+// loopQueues holds a Handler's loopProbes by event loop.
+type loopQueues struct{ m sync.Map } // int -> *loopProbes
+
+// of returns the pending probes of loop.
+func (l *loopQueues) of(loop int) *loopProbes {
+	if q, ok := l.m.Load(loop); ok {
+		return q.(*loopProbes)
+	}
+	q, _ := l.m.LoadOrStore(loop, new(loopProbes))
+	return q.(*loopProbes)
+}
+
 // Roam implements session.Roamer: p comes from from, not the session's
-// client address. It goes to the backend on from's probe, opened for it if
-// there is room; the backend's answer on the probe moves the session (see
-// confirm).
+// client address. Unless the session's Track finds it impossible for the
+// client, it goes to the backend on from's probe, opened for it; the
+// backend's answer there, if the Track vouches for it, moves the session
+// (see confirm). Without a Tracker nothing can vouch, and sessions never
+// move.
 func (h *Handler) Roam(s session.Session, from netip.AddrPort, p []byte) {
 	u := s.State().(*upstream)
 	now := h.now()
@@ -70,51 +144,64 @@ func (h *Handler) Roam(s session.Session, from netip.AddrPort, p []byte) {
 		h.stats.lateDatagrams.Add(1)
 		return
 	}
-	i := u.probeFor(from)
-	if i < 0 {
-		if i = h.openProbe(s, u, from, now); i < 0 {
+	if u.track == nil {
+		h.stats.movesRefused.Add(1)
+		return
+	}
+	own, plausible := u.track.Client(s, p, true)
+	if !plausible {
+		h.stats.implausible.Add(1)
+		return
+	}
+	u.file(s, own)
+	pr := u.probeFor(from)
+	if pr == nil {
+		if pr = h.openProbe(s, u, from, now); pr == nil {
 			return
 		}
 	}
-	pr := &u.probes[i]
 	pr.last = now
 	pr.sock.Write(p)
 }
 
-// probeFor returns the index of from's probe, or -1.
-func (u *upstream) probeFor(from netip.AddrPort) int {
-	for i := range u.probes {
-		if u.probes[i].addr == from {
-			return i
+// probeFor returns from's probe, or nil.
+func (u *upstream) probeFor(from netip.AddrPort) *probe {
+	for _, pr := range u.probes {
+		if pr.addr == from {
+			return pr
 		}
 	}
-	return -1
+	return nil
 }
 
-// openProbe opens a probe for from and returns its index, or -1 when the
-// session waits on as many addresses as it may, none of them idle for
-// probeEvict, or a probe cannot be had (the socket budget, a failed dial):
-// counted as a refused move.
-func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort, now time.Time) int {
-	pending, oldest := 0, -1
-	for i := range u.probes {
-		if !u.probes[i].confirmed {
+// openProbe opens a probe for from and returns it, or nil when none can be
+// had (a failed dial, or no probe of the event loop's to take the place of):
+// counted as a refused move. A session waiting on maxProbes addresses
+// closes the oldest for it, and a spent probe budget the loop's oldest
+// pending probe.
+func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort, now time.Time) *probe {
+	var oldest *probe
+	pending := 0
+	for _, pr := range u.probes {
+		if !pr.confirmed {
 			pending++
-			if oldest < 0 || u.probes[i].last.Before(u.probes[oldest].last) {
-				oldest = i
+			if oldest == nil {
+				oldest = pr // probes are in the order they opened
 			}
 		}
 	}
-	if pending == maxProbes {
-		if now.Sub(u.probes[oldest].last) < probeEvict {
-			h.stats.movesRefused.Add(1)
-			return -1
-		}
-		h.closeProbe(u, oldest)
+	if pending >= maxProbes {
+		h.stats.probesEvicted.Add(1)
+		h.closeProbe(oldest)
 	}
-	if !h.sockets.Acquire() {
-		h.stats.movesRefused.Add(1)
-		return -1
+	q := h.queues.of(s.Stats().Loop)
+	for !h.probes.Acquire() {
+		if q.oldest == nil {
+			h.stats.movesRefused.Add(1)
+			return nil
+		}
+		h.stats.probesEvicted.Add(1)
+		h.closeProbe(q.oldest)
 	}
 	var k session.Socket
 	sock, err := udpsys.DialUDP(h.backends[u.backend], h.buffers)
@@ -124,67 +211,85 @@ func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort,
 		}
 	}
 	if err != nil {
-		h.sockets.Release()
+		h.probes.Release()
 		h.stats.dialErrors.Add(1)
 		h.stats.movesRefused.Add(1)
-		return -1
+		return nil
 	}
-	u.probes = append(u.probes, probe{sock: k, addr: from, last: now})
-	h.stats.probes.Add(1)
-	return len(u.probes) - 1
+	pr := &probe{u: u, sock: k, addr: from, last: now}
+	u.probes = append(u.probes, pr)
+	q.push(pr)
+	h.stats.pending.Add(1)
+	return pr
 }
 
-// closeProbe closes the i-th probe.
-func (h *Handler) closeProbe(u *upstream, i int) {
-	pr := u.probes[i].sock
-	pr.Detach()
-	unix.Close(pr.FD())
-	h.sockets.Release()
-	if !u.probes[i].confirmed {
-		h.stats.probes.Add(-1)
+// closeProbe closes pr, a probe of any session of the calling loop's.
+func (h *Handler) closeProbe(pr *probe) {
+	u := pr.u
+	pr.sock.Detach()
+	unix.Close(pr.sock.FD())
+	h.probes.Release()
+	if pr.queue != nil {
+		pr.queue.remove(pr)
+		h.stats.pending.Add(-1)
 	}
-	u.probes = append(u.probes[:i], u.probes[i+1:]...)
+	for i, x := range u.probes {
+		if x == pr {
+			u.probes = append(u.probes[:i], u.probes[i+1:]...)
+			break
+		}
+	}
 }
 
 // closeIdleProbes runs for a datagram from the session's client at its own
 // address: it closes the probes through which nothing has passed for
-// probeIdle, and for probeEvict the pending ones, which the client, still
+// probeIdle, and for probeStale the pending ones, which the client, still
 // here, left stale (a datagram overtaken by its successors, or forged), and
 // the confirmed ones the backend has left for the session's socket (after
 // the replies it sent before on their way).
 func (h *Handler) closeIdleProbes(u *upstream, now time.Time) {
 	for i := len(u.probes) - 1; i >= 0; i-- {
-		pr := &u.probes[i]
+		pr := u.probes[i]
 		idle := now.Sub(pr.last)
-		if idle >= probeIdle || (!pr.confirmed || pr.back) && idle >= probeEvict {
-			h.closeProbe(u, i)
+		if idle >= probeIdle || (!pr.confirmed || pr.back) && idle >= probeStale {
+			h.closeProbe(pr)
 		}
 	}
 }
 
-// fromProbe handles a datagram the backend sent on probe sock: the first on
-// a pending probe moves the session there (see confirm). It reports whether
-// the datagram is the session's, for its client.
-func (h *Handler) fromProbe(s session.Session, u *upstream, sock session.Socket) bool {
-	for i := range u.probes {
-		if pr := &u.probes[i]; pr.sock == sock {
-			pr.last = h.now()
-			return pr.confirmed || h.confirm(s, u, i)
+// fromProbe handles p, a datagram on probe sock: on a pending probe it
+// moves the session there if the session's Track vouches for it (see
+// confirm), and is dropped otherwise. It reports whether p is the
+// session's, for its client.
+func (h *Handler) fromProbe(s session.Session, u *upstream, sock session.Socket, p []byte) bool {
+	for _, pr := range u.probes {
+		if pr.sock != sock {
+			continue
 		}
+		if !pr.confirmed {
+			if !u.track.Vouches(s, p) {
+				h.stats.unvouched.Add(1)
+				return false
+			}
+			if !h.confirm(s, u, pr) {
+				return false
+			}
+		}
+		pr.last = h.now()
+		return true
 	}
 	return false // closed earlier in the same read
 }
 
-// confirm moves s to the address of probe i, on which the backend has just
+// confirm moves s to the address of probe pr, on which the backend has just
 // answered, and reports whether it did; the session's other probes close.
 // The new address takes the session's share of sessions.max_per_source;
 // when it has none left the move is refused and the probe closed.
-func (h *Handler) confirm(s session.Session, u *upstream, i int) bool {
-	pr := u.probes[i]
+func (h *Handler) confirm(s session.Session, u *upstream, pr *probe) bool {
 	if src := pr.addr.Addr(); src != u.source {
 		if !h.sources.Acquire(src) {
 			h.stats.movesRefused.Add(1)
-			h.closeProbe(u, i)
+			h.closeProbe(pr)
 			return false
 		}
 		h.sources.Release(u.source)
@@ -193,17 +298,18 @@ func (h *Handler) confirm(s session.Session, u *upstream, i int) bool {
 	old := s.PeerAddr()
 	if err := s.Move(pr.addr); err != nil {
 		h.stats.movesRefused.Add(1)
-		h.closeProbe(u, i)
+		h.closeProbe(pr)
 		return false
 	}
 	u.left, u.leftAt = old, h.now()
-	for j := len(u.probes) - 1; j >= 0; j-- {
-		if u.probes[j].sock != pr.sock {
-			h.closeProbe(u, j)
+	for i := len(u.probes) - 1; i >= 0; i-- {
+		if u.probes[i] != pr {
+			h.closeProbe(u.probes[i])
 		}
 	}
-	u.probes[0].confirmed = true
-	h.stats.probes.Add(-1)
+	pr.queue.remove(pr)
+	h.stats.pending.Add(-1)
+	pr.confirmed = true
 	h.stats.moved.Add(1)
 	return true
 }
@@ -212,9 +318,25 @@ func (h *Handler) confirm(s session.Session, u *upstream, i int) bool {
 // again: it has followed the client back there, and the confirmed probe may
 // close once what it sent before has arrived (see closeIdleProbes).
 func (u *upstream) backOnSocket() {
-	for i := range u.probes {
-		if u.probes[i].confirmed {
-			u.probes[i].back = true
+	for _, pr := range u.probes {
+		if pr.confirmed {
+			pr.back = true
 		}
+	}
+}
+
+// file files s under k, a key its Track returned, unless it is none or s
+// holds it already; the engine counts a key its table refuses.
+func (u *upstream) file(s session.Session, k flowtable.Key) {
+	if k.Kind() != flowtable.KindNone && !s.Holds(k) {
+		s.AddKey(k)
+	}
+}
+
+// learn notes p, a datagram from the backend on a path the proxy trusts,
+// with the session's Track, and files the session under the ID it assigns.
+func (u *upstream) learn(s session.Session, p []byte) {
+	if u.track != nil {
+		u.file(s, u.track.Server(s, p))
 	}
 }

@@ -56,17 +56,50 @@ type Dissector interface {
 	Dissect(p []byte, local, peer netip.AddrPort, scope uint16) Dissection
 }
 
-// ReplyDissector is a Dissector that also reads the server's side of a flow,
-// to learn the identifiers the server chooses, which the client's later
-// datagrams carry. For sessions with an attached socket (a proxy's upstream
-// socket), the engine passes every datagram read from it to Reply and files
-// the session under the key Reply returns, if any.
-type ReplyDissector interface {
+// Tracker is a Dissector that follows each session's protocol, for a
+// handler that relays sessions to a server on sockets of their own (a
+// proxy): which identifiers the server's datagrams teach a session, and
+// which datagrams on a new path only the session's real client or server
+// can have sent. An off-path attacker sends datagrams from any address, the
+// server's included, to any port, and guesses small identifiers, but never
+// reads the traffic: what a Track trusts is what such an attacker never
+// sees (an index the client chose, a sequence number the server is at),
+// and what it learns must agree with what the session saw before.
+type Tracker interface {
 	Dissector
-	// Reply returns the ID key (see flowtable.IDKey) a datagram from the
-	// server to the client assigns to the client, or false. Like Dissect it
-	// must not allocate or keep p.
-	Reply(p []byte, scope uint16) (flowtable.Key, bool)
+	// Track returns the protocol state of a new session of the listener
+	// scope. It is called once per session, on the session's loop.
+	Track(scope uint16) Track
+}
+
+// Track is one session's protocol state (see Tracker). Its methods run on
+// the session's loop, one at a time, and must not allocate or keep p. The
+// keys they return are the handler's to file with Session.AddKey, so that
+// they go with the session in a restart; a restart does not carry the rest
+// of a Track, which a successor learns again from the next datagrams.
+type Track interface {
+	// Client notes p, a datagram of s's client: from its own address, or
+	// from another one (moved, see Roamer). For a moved datagram it reports
+	// whether p may be the client's; false means it cannot be, such as a
+	// sequence number the client used already or one far ahead of it, and
+	// the handler drops it. It returns a key the client named itself by in
+	// p (the index a WireGuard client chose for a handshake), which the
+	// server's datagrams to the client carry and Vouches looks for, or the
+	// zero Key: only for a datagram that only the client can have sent from
+	// where it came.
+	Client(s Session, p []byte, moved bool) (own flowtable.Key, plausible bool)
+	// Server notes p, a datagram from the server to s's client on a path
+	// the handler trusts (the session's own socket, or a new path once it
+	// vouched for it), and returns the ID key (flowtable.IDKey) it assigns
+	// to the client, which the client's later datagrams carry, or the zero
+	// Key. It assigns none that disagrees with what s saw, such as a
+	// handshake response to a handshake its client never started.
+	Server(s Session, p []byte) flowtable.Key
+	// Vouches reports whether p, a datagram from the server on a path other
+	// than the session's own socket, is one that only the real server can
+	// have sent, after it authenticated a datagram of s's client that came
+	// that way: it must carry what only the client and the server know.
+	Vouches(s Session, p []byte) bool
 }
 
 // Flow keys sessions by 4-tuple: one session per peer address and port.

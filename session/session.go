@@ -10,7 +10,7 @@
 // The surface, all a handler needs: Session and Socket (what the engine
 // hands a handler), Handler with its optional extensions (DatagramOpener,
 // BatchHandler, UpstreamHandler, Roamer, StatelessHandler, Migrator,
-// Precopier), Dissector and ReplyDissector with Dissection and Verdict,
+// Precopier), Dissector and Tracker with Dissection, Verdict and Track,
 // Reason and Stats, and the ready-made Echo, Discard, Flow and Noop. The engine itself is package mux;
 // package sessiontest runs handlers without it, for their unit tests.
 package session
@@ -121,6 +121,8 @@ type Session interface {
 	// RemoveKey forgets k, one of the keys AddKey added, and reports
 	// whether the session held it.
 	RemoveKey(k flowtable.Key) bool
+	// Holds reports whether the session is found by k, one of Keys.
+	Holds(k flowtable.Key) bool
 	// Move makes to the session's peer address: its replies go there from
 	// now on, and it is found by its 4-tuple with to instead of its old
 	// one, which is released at once. Only a handler that has verified that

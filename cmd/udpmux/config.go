@@ -105,6 +105,7 @@ type sessionsConfig struct {
 	Max                int `mapstructure:"max"`
 	MaxPerSource       int `mapstructure:"max_per_source"`
 	MaxUpstreamSockets int `mapstructure:"max_upstream_sockets"`
+	MaxProbeSockets    int `mapstructure:"max_probe_sockets"`
 }
 
 type logConfig struct {
@@ -125,6 +126,7 @@ var defaults = map[string]any{
 	"sessions.max":                  mux.DefaultMaxSessions,
 	"sessions.max_per_source":       0,
 	"sessions.max_upstream_sockets": 0,
+	"sessions.max_probe_sockets":    proxy.DefaultProbes,
 	"log.level":                     "info",
 	"control.socket":                defaultControlSocket,
 	"control.handoff_timeout":       "10s",
@@ -209,7 +211,7 @@ type config struct {
 // process, and so are the upstream sockets' buffer sizes.
 type proxyLimits struct {
 	sources                *proxy.SourceLimiter
-	sockets                *proxy.Budget
+	sockets, probes        *proxy.Budget
 	recvBuffer, sendBuffer int
 }
 
@@ -254,6 +256,9 @@ func (fc *fileConfig) check() (*config, error) {
 	if fc.Sessions.MaxUpstreamSockets < 0 {
 		return nil, fmt.Errorf("sessions.max_upstream_sockets: %d is negative (0 means as many as the descriptor limit leaves, at most sessions.max)", fc.Sessions.MaxUpstreamSockets)
 	}
+	if fc.Sessions.MaxProbeSockets < 1 {
+		return nil, fmt.Errorf("sessions.max_probe_sockets: %d must be at least 1 (probes carry a roaming client's datagrams until its backend answers)", fc.Sessions.MaxProbeSockets)
+	}
 	if len(fc.Listeners) == 0 {
 		return nil, errors.New("listeners: none configured")
 	}
@@ -265,6 +270,7 @@ func (fc *fileConfig) check() (*config, error) {
 	c.limits = proxyLimits{
 		sources:    proxy.NewSourceLimiter(fc.Sessions.MaxPerSource),
 		sockets:    proxy.NewBudget(sockets),
+		probes:     proxy.NewBudget(fc.Sessions.MaxProbeSockets),
 		recvBuffer: cmp.Or(fc.Socket.UpstreamRecvBuffer, fc.Socket.RecvBuffer),
 		sendBuffer: cmp.Or(fc.Socket.UpstreamSendBuffer, fc.Socket.SendBuffer),
 	}
@@ -339,9 +345,7 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	case "discard":
 		lc.Handler = session.Discard{}
 	case "proxy":
-		// The QUIC dissector routes the proxy's new sessions too.
-		router, _ := d.(*quic.Dissector)
-		h, err := l.proxyHandler(key, limits, bs, router)
+		h, err := l.proxyHandler(key, limits, bs, d)
 		if err != nil {
 			return lc, err
 		}
@@ -487,17 +491,19 @@ func (l *listenerConfig) backends(key func(string) string) (backends, error) {
 }
 
 // proxyHandler checks a proxy listener's balance policy and builds its
-// handler for backends bs, routed by router if it is not nil.
-func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimits, bs backends, router *quic.Dissector) (*proxy.Handler, error) {
+// handler for backends bs. A QUIC dissector d routes the proxy's new
+// sessions too; a session.Tracker follows their protocol.
+func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimits, bs backends, d session.Dissector) (*proxy.Handler, error) {
 	policy, err := proxy.ParsePolicy(l.Balance)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %q is not one of maglev, least-sessions, round-robin", key("balance"), l.Balance)
 	}
 	cfg := proxy.Config{
-		Backends: bs.addrs, Balance: policy, Sources: limits.sources, Sockets: limits.sockets,
+		Backends: bs.addrs, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
 		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
 	}
-	if router != nil {
+	cfg.Tracker, _ = d.(session.Tracker)
+	if router, ok := d.(*quic.Dissector); ok {
 		cfg.Router = router
 		for _, id := range bs.sids {
 			cfg.ServerIDs = append(cfg.ServerIDs, id.Bytes())

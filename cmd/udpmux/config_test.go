@@ -93,6 +93,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"dual-stack wildcard overlap", "listeners:\n  - {name: a, handler: echo, address: \"[::]:7\"}\n  - {name: b, handler: echo, address: \"192.0.2.1:7\"}", "listeners[1].address: 192.0.2.1:7 overlaps listeners[0].address [::]:7"},
 		{"negative workers", "workers: -3\n" + listener(`    address: "127.0.0.1:1"`), "workers: -3 is negative (0 means one per CPU)"},
 		{"sessions max", "sessions:\n  max: 0\n" + listener(`    address: "127.0.0.1:1"`), "sessions.max: 0 must be at least 1"},
+		{"no probe sockets", "sessions:\n  max_probe_sockets: 0\n" + listener(`    address: "127.0.0.1:1"`), "sessions.max_probe_sockets: 0 must be at least 1"},
 		{"unknown key", "wrokers: 2\n" + listener(`    address: "127.0.0.1:1"`), "wrokers"},
 		{"wrong type", "workers: many\n" + listener(`    address: "127.0.0.1:1"`), "workers"},
 		{"duplicate name", "listeners:\n  - {name: a, handler: echo, address: \"127.0.0.1:1\"}\n  - {name: a, handler: echo, address: \"127.0.0.1:2\"}", `listeners[1].name: "a" is already the name of listeners[0]`},

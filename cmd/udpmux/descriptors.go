@@ -13,7 +13,8 @@ import (
 )
 
 // Descriptors udpmux needs besides the proxy's upstream sockets, which the
-// socket budget bounds: the standard streams, the control socket and a few
+// socket budget bounds, and its probe sockets, which sessions.max_probe_sockets
+// bounds: the standard streams, the control socket and a few
 // of its connections, the metrics listener and its connections, and the
 // descriptors of one handoff message in flight; per loop its epoll and
 // eventfd, its socket of each listener and, during a handoff, a relay pair.
@@ -22,10 +23,11 @@ const (
 	perLoopDescriptors = 4
 )
 
-// reserveDescriptors makes the upstream socket budget fit the process's
-// descriptor limit (RLIMIT_NOFILE, which the Go runtime raises to the hard
-// limit), so that opening an upstream socket can never take the last
-// descriptors from the control socket or a handoff. An explicit
+// reserveDescriptors makes the upstream and probe socket budgets fit the
+// process's descriptor limit (RLIMIT_NOFILE, which the Go runtime raises to
+// the hard limit), so that opening an upstream socket can never take the last
+// descriptors from the control socket or a handoff. Probes get at most a
+// quarter of what udpmux's own needs leave. An explicit
 // sessions.max_upstream_sockets that does not fit is an error; without one
 // the budget is what the limit leaves, at most sessions.max.
 func reserveDescriptors(cfg *config, workers int, log *slog.Logger) error {
@@ -44,6 +46,12 @@ func reserveDescriptors(cfg *config, workers int, log *slog.Logger) error {
 	}
 	limit := int(min(rl.Cur, 1<<31-1))
 	reserve := fixedDescriptors + workers*(perLoopDescriptors+len(cfg.mux.Listeners))
+	// Probes take at most a quarter of what is left.
+	if probes := cfg.limits.probes; probes.Max() > (limit-reserve)/4 {
+		probes.SetMax(max((limit-reserve)/4, 1))
+		log.Info("probe sockets bounded by the descriptor limit", "max_probe_sockets", probes.Max(), "rlimit_nofile", limit)
+	}
+	reserve += cfg.limits.probes.Max()
 	left := limit - reserve
 	if n := cfg.upstreamSockets; n > 0 {
 		if n > left {

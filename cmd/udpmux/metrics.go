@@ -48,7 +48,10 @@ var (
 	descMoved     = prometheus.NewDesc("udpmux_sessions_moved_total", "Sessions that followed their client to a new address.", []string{"listener"}, nil)
 	descRoamed    = prometheus.NewDesc("udpmux_datagrams_roaming_total", "Datagrams of a session from an address other than its client's, handed to its handler to decide.", []string{"listener"}, nil)
 	descMovesRef  = prometheus.NewDesc("udpmux_proxy_moves_refused_total", "New client addresses a proxy session gave no probe, or whose move a limit refused.", []string{"listener"}, nil)
-	descMovesPend = prometheus.NewDesc("udpmux_proxy_moves_pending", "New client addresses waiting for their backend to answer (probe sockets).", []string{"listener"}, nil)
+	descMovesPend = prometheus.NewDesc("udpmux_proxy_moves_pending", "New client addresses waiting for their backend to answer (pending probes).", []string{"listener"}, nil)
+	descRoamDrops = prometheus.NewDesc("udpmux_proxy_roam_drops_total", "Datagrams of a roaming client dropped: impossible for the session's client (implausible), on a probe without the backend's proof (unvouched), or from the address a session just left (late).", []string{"listener", "reason"}, nil)
+	descEvicted   = prometheus.NewDesc("udpmux_proxy_probes_evicted_total", "Pending probes closed for a newer client address.", []string{"listener"}, nil)
+	descProbes    = prometheus.NewDesc("udpmux_proxy_probe_sockets", "Probe sockets open, pending or confirmed.", []string{"listener"}, nil)
 	descBackendUp = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off.", []string{"listener", "backend"}, nil)
 	descBackendS  = prometheus.NewDesc("udpmux_proxy_backend_sessions", "Live sessions on the backend.", []string{"listener", "backend"}, nil)
 	descBackendD  = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
@@ -118,6 +121,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRouted, ps.Routed, name, "server_id")
 		counter(descRouted, ps.RouteFallbacks, name, "fallback")
 		gauge(descMovesPend, float64(ps.MovesPending), name)
+		counter(descRoamDrops, ps.MovesImplausible, name, "implausible")
+		counter(descRoamDrops, ps.UnvouchedAnswers, name, "unvouched")
+		counter(descRoamDrops, ps.LateDatagrams, name, "late")
+		counter(descEvicted, ps.ProbesEvicted, name)
+		gauge(descProbes, float64(ps.ProbeSockets), name)
 		for _, b := range ps.Backends {
 			up := 0.0
 			if b.Healthy {

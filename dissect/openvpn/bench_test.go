@@ -60,16 +60,23 @@ func BenchmarkDissectParallel(b *testing.B) {
 	}
 }
 
-func BenchmarkReply(b *testing.B) {
+// BenchmarkTrack: what a session's Track costs per packet each way, and
+// per packet on a new path.
+func BenchmarkTrack(b *testing.B) {
+	var d Dissector
+	held := newHolder(b)
+	held.AddKey(mustPeerID(b, 1))
 	for _, bp := range benchPackets {
 		if bp.name == "hard-reset" || bp.name == "malformed" {
 			continue
 		}
 		b.Run(bp.name, func(b *testing.B) {
-			var d Dissector
+			tr := d.Track(testScope)
 			b.ReportAllocs()
 			for b.Loop() {
-				sinkKey, sinkOK = d.Reply(bp.p, testScope)
+				tr.Client(held, bp.p, false)
+				sinkKey = tr.Server(held, bp.p)
+				sinkOK = tr.Vouches(held, bp.p)
 			}
 		})
 	}

@@ -130,7 +130,7 @@ func TestCaptures(t *testing.T) {
 				where := fmt.Sprintf("datagram %d (client %d%s, opcode %d, key-id %d, %d bytes)", i, g.client, dir, op, kid, len(g.payload))
 				local, peer := captureAddrs(g.client)
 				if !g.toServer {
-					k, ok := d.Reply(g.payload, testScope)
+					k, ok := reply(g.payload, testScope)
 					if op != opDataV2 {
 						if ok {
 							t.Errorf("%s: Reply learned %v from a server packet that is not P_DATA_V2", where, k)
@@ -227,7 +227,7 @@ func TestCaptureFloat(t *testing.T) {
 					moved = true
 				}
 				if !g.toServer {
-					if k, ok := d.Reply(g.payload, testScope); ok {
+					if k, ok := reply(g.payload, testScope); ok {
 						s := sessionOf[g.client]
 						if s == 0 {
 							t.Fatalf("datagram %d: a reply before the client's session", i)

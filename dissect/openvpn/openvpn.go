@@ -89,7 +89,7 @@ var rules = [32]rule{
 }
 
 // Dissector maps OpenVPN datagrams to flows; it implements
-// session.ReplyDissector. It has no state: its zero value is ready to use,
+// session.Tracker. It has no state: its zero value is ready to use,
 // and one Dissector serves any number of loops at once. It counts nothing
 // itself, since a counter shared by the loops on the path of every datagram
 // would cost more than the rest of Dissect; the engine counts datagrams and
@@ -143,11 +143,12 @@ func (d *Dissector) drop() session.Dissection {
 	return session.Dissection{Verdict: session.Drop}
 }
 
-// Reply reads a datagram from an OpenVPN server to its client. A P_DATA_V2
-// packet carries the peer-id the server assigned to the client, which
-// Reply returns as an ID key of class ClassPeerID; for every other packet,
-// and for the peer-id 0xFFFFFF, it returns false.
-func (d *Dissector) Reply(p []byte, scope uint16) (flowtable.Key, bool) {
+// reply reads a packet from a server to its client: a P_DATA_V2 packet
+// carries the peer-id the server assigned to the client, which reply returns
+// as an ID key of class ClassPeerID; for every other packet, and for the
+// peer-id 0xFFFFFF, it returns false. A session's Track decides whether to
+// believe it (see track.Server).
+func reply(p []byte, scope uint16) (flowtable.Key, bool) {
 	if len(p) < minDataV2 || p[0]>>opcodeShift != opDataV2 {
 		return flowtable.Key{}, false
 	}
@@ -164,5 +165,3 @@ func peerID(b []byte) uint32 {
 	_ = b[2]
 	return uint32(b[0])<<16 | uint32(b[1])<<8 | uint32(b[2])
 }
-
-var _ session.ReplyDissector = (*Dissector)(nil)

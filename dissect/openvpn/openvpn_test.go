@@ -173,7 +173,7 @@ func TestDissectOpcodes(t *testing.T) {
 						if !bytes.Equal(p, orig) {
 							t.Fatalf("key-id %d, %d bytes: Dissect changed the datagram", kid, n)
 						}
-						gotK, gotOK := d.Reply(p, testScope)
+						gotK, gotOK := reply(p, testScope)
 						if wk, wok := wantReply(t, p); gotK != wk || gotOK != wok {
 							t.Errorf("Reply, key-id %d, %d bytes, head %x: got %v, %v; want %v, %v", kid, n, h, gotK, gotOK, wk, wok)
 						}
@@ -232,7 +232,7 @@ func TestDissectExamples(t *testing.T) {
 		})
 	}
 	// The peer-id key holds the three bytes as on the wire.
-	k, ok := d.Reply(pad(hdr(0x49, 0x12, 0x34, 0x56), 40), 9)
+	k, ok := reply(pad(hdr(0x49, 0x12, 0x34, 0x56), 40), 9)
 	if !ok || k.Kind() != flowtable.KindID || k.Class() != 2 || k.Scope() != 9 {
 		t.Fatalf("Reply = %v, %v; want an ID key of class 2 in scope 9", k, ok)
 	}
@@ -272,8 +272,8 @@ func TestScope(t *testing.T) {
 			t.Errorf("opcode %d: keys %v and %v ignore the scope", p[0]>>3, a.Key, b.Key)
 		}
 	}
-	k1, _ := d.Reply(data, 1)
-	k2, _ := d.Reply(data, 2)
+	k1, _ := reply(data, 1)
+	k2, _ := reply(data, 2)
 	if k1.Scope() != 1 || k2.Scope() != 2 {
 		t.Errorf("Reply keys %v and %v ignore the scope", k1, k2)
 	}
@@ -293,12 +293,16 @@ func TestNoAllocs(t *testing.T) {
 		packet(0x40, 26, testSIDs[0]),
 		nil,
 	}
+	tr, held := d.Track(testScope), newHolder(t)
 	for i, p := range pkts {
 		if a := testing.AllocsPerRun(100, func() {
 			d.Dissect(p, testLocal, testPeer, testScope)
-			d.Reply(p, testScope)
+			tr.Client(held, p, false)
+			tr.Client(held, p, true)
+			tr.Server(held, p)
+			tr.Vouches(held, p)
 		}); a != 0 {
-			t.Errorf("packet %d (% x...): %v allocations per Dissect and Reply", i, p[:min(len(p), 4)], a)
+			t.Errorf("packet %d (% x...): %v allocations per Dissect and Track", i, p[:min(len(p), 4)], a)
 		}
 	}
 }
@@ -315,7 +319,7 @@ func TestConcurrent(t *testing.T) {
 			p := packet(0x48, 40, []byte{0, 0, byte(w)})
 			for i := 0; i < each; i++ {
 				d.Dissect(p, testLocal, testPeer, testScope)
-				d.Reply(p, testScope)
+				reply(p, testScope)
 			}
 		}()
 	}

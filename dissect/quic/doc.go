@@ -1,4 +1,4 @@
-// Package quic is a session.ReplyDissector for QUIC version 1 (RFC 9000)
+// Package quic is a session.Dissector for QUIC version 1 (RFC 9000)
 // and version 2 (RFC 9369), for a udpmux proxy in front of QUIC servers
 // whose connection IDs are QUIC-LB connection IDs (package quiclb). It
 // decides which client datagrams may start a session, and tells the proxy
@@ -20,9 +20,10 @@
 // key. A client that moves to a new address therefore starts a new
 // session there (see Verdicts), which Route sends to the backend that has
 // the connection, where QUIC's own path validation (RFC 9000, section
-// 8.2) decides about the new path. Reply learns nothing, for the same
-// reason: the server's SCID in its Initial and Handshake packets, the
-// connection ID the client uses next, decodes to the server anyway.
+// 8.2) decides about the new path. Nothing is learned from the server's
+// datagrams either, for the same reason (the Dissector is no
+// session.Tracker): the server's SCID in its Initial and Handshake packets,
+// the connection ID the client uses next, decodes to the server anyway.
 //
 // # Verdicts
 //
@@ -158,6 +159,6 @@
 //     new session, and a QUIC server migrates a connection to a new path
 //     only after the client proves it holds the connection's keys there
 //     (path validation, RFC 9000, section 8.2).
-//   - cannot learn a connection ID: they are only in packets it cannot
-//     see, and Reply learns nothing.
+//   - cannot make a session learn a connection ID: they are only in
+//     packets it cannot see, and a session learns none anyway.
 package quic

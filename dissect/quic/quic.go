@@ -118,7 +118,7 @@ type Config struct {
 }
 
 // Dissector maps QUIC datagrams from clients to their sessions; it
-// implements session.ReplyDissector. It is immutable and safe for
+// implements session.Dissector. It is immutable and safe for
 // concurrent use: one Dissector serves every event loop. Like the other
 // dissectors it counts nothing, since the engine counts datagrams and
 // drops per listener.
@@ -377,15 +377,6 @@ func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) 
 	return session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: v}
 }
 
-// Reply reads a datagram from a QUIC server to its client. It never
-// returns a key: sessions are found by 4-tuple, and the connection IDs a
-// server issues (in its long headers' SCID, and in NEW_CONNECTION_ID
-// frames that are encrypted) are routed by what they encode, not by what
-// a session has seen.
-func (d *Dissector) Reply(p []byte, scope uint16) (flowtable.Key, bool) {
-	return flowtable.Key{}, false
-}
-
 // Route is where a new session's first datagram should go.
 type Route struct {
 	// Type is the type of the datagram's first packet.
@@ -452,4 +443,4 @@ func (d *Dissector) SessionRoute(p []byte) (serverID, hashKey []byte, ok bool) {
 	return serverID, pk.dcid, true
 }
 
-var _ session.ReplyDissector = (*Dissector)(nil)
+var _ session.Dissector = (*Dissector)(nil)

@@ -475,15 +475,6 @@ func TestManyServerIDs(t *testing.T) {
 	}
 }
 
-func TestReplyLearnsNothing(t *testing.T) {
-	d := newDissector(t, Config{Decoder: testDecoder(t)})
-	for _, p := range [][]byte{nil, initial(Version1, clientDCID, 1200), short(0x40, serverCID(t, sidA), 40)} {
-		if k, ok := d.Reply(p, testScope); ok || k != (flowtable.Key{}) {
-			t.Errorf("Reply = %v, %v", k, ok)
-		}
-	}
-}
-
 func TestPacketTypeStrings(t *testing.T) {
 	want := []string{"invalid", "initial", "0-rtt", "handshake", "retry", "version-negotiation", "unknown-version", "1-rtt", "PacketType(8)"}
 	for i, w := range want {

@@ -105,34 +105,57 @@ func TestCapture(t *testing.T) {
 		learnedBy = map[flowtable.Key]netip.AddrPort{} // index -> the client address it was sent to
 		counts    = map[string]int{}
 		roamed    int // client transports from another address than their index was sent to
+		tr        = d.Track(5)
+		held      = newHolder(5)
+		peer      netip.AddrPort // the client's address as its session knows it
 	)
 	for i, g := range captureDatagrams(t) {
 		typ := g.payload[0]
 		name := fmt.Sprintf("#%d type %d %v->%v", i+1, typ, g.src, g.dst)
 		if !g.toServer() {
 			counts[fmt.Sprint("server ", typ)]++
-			k, ok := d.Reply(g.payload, 5)
+			k := tr.Server(held, g.payload)
 			switch typ {
 			case 1, 2:
-				if !ok || k != mustID(t, 5, g.payload[4:8]) {
-					t.Errorf("%s: Reply = %v %v, want its sender index", name, k, ok)
+				if k != mustID(t, 5, g.payload[4:8]) {
+					t.Errorf("%s: Server = %v, want its sender index", name, k)
 				}
 				current = k
 				learnedBy[k] = g.dst
+				held.AddKey(k)
 			default:
-				if ok {
-					t.Errorf("%s: Reply = %v, want false", name, k)
+				if k != (flowtable.Key{}) {
+					t.Errorf("%s: Server = %v, want none", name, k)
 				}
+			}
+			// Every message of the server's that carries the client's
+			// index vouches: the client's own messages taught it.
+			if vouches := tr.Vouches(held, g.payload); vouches != (typ == 2 || typ == 4) {
+				t.Errorf("%s: Vouches = %v", name, vouches)
 			}
 			continue
 		}
 		counts[fmt.Sprint("client ", typ)]++
 		got := d.Dissect(g.payload, g.dst, g.src, 5)
 		tuple := flowtable.TupleKey(5, g.dst, g.src)
+		// The client's session follows it, as a proxy's does once the
+		// server has vouched for its new address.
+		moved := peer.IsValid() && g.src != peer
+		own, plausible := tr.Client(held, g.payload, moved)
+		if !plausible {
+			t.Errorf("%s: the real client's message is not plausible", name)
+		}
+		if own.Kind() != flowtable.KindNone {
+			held.AddKey(own)
+		}
+		peer = g.src
 		switch typ {
 		case 1:
 			if got != (session.Dissection{Key: clientKey, Verdict: session.Create}) {
 				t.Errorf("%s: Dissect = %v %v %v, want the client's static key %v", name, got.Key, got.ID, got.Verdict, clientKey)
+			}
+			if want, _ := flowtable.IDKey(5, ClassClientIndex, g.payload[4:8]); own != want {
+				t.Errorf("%s: the client's own index %v, want its sender index", name, own)
 			}
 		case 2, 4:
 			if got.Key != tuple || got.Verdict != session.Lookup {

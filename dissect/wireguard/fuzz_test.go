@@ -107,28 +107,40 @@ func FuzzDissect(f *testing.F) {
 	})
 }
 
-func FuzzReply(f *testing.F) {
+// FuzzTrack: whatever a session's client and server send, a Track never
+// changes a datagram, learns only a well-formed initiation's or response's
+// sender index, names as the client's own index only an initiation's or
+// response's sender index, and vouches only for a response or transport
+// message that carries an index the session holds as its client's.
+func FuzzTrack(f *testing.F) {
 	d := newDissector(f, Config{})
-	addSeeds(f, func(p []byte) { f.Add(p, uint16(len(p))) })
-	f.Fuzz(func(t *testing.T, p []byte, scope uint16) {
+	addSeeds(f, func(p []byte) { f.Add(p, uint16(len(p)), false) })
+	f.Fuzz(func(t *testing.T, p []byte, scope uint16, moved bool) {
 		orig := bytes.Clone(p)
-		k, ok := d.Reply(p, scope)
-		if !bytes.Equal(p, orig) {
-			t.Fatal("Reply changed the datagram")
-		}
-		if want := wellFormed(p) && (p[0] == 1 || p[0] == 2); ok != want {
-			t.Fatalf("Reply(%x) ok = %v, want %v", p, ok, want)
-		}
-		if !ok {
-			if k != (flowtable.Key{}) {
-				t.Fatalf("Reply returned %v with false", k)
+		tr, held := d.Track(scope), newHolder(scope)
+		own, plausible := tr.Client(held, p, moved)
+		if own.Kind() != flowtable.KindNone {
+			checkKey(t, "Client", own)
+			if !wellFormed(p) || p[0] > 2 || (moved && p[0] == 2) || own.Class() != ClassClientIndex ||
+				own.Scope() != scope || !bytes.Equal(own.AppendCID(nil), p[4:8]) {
+				t.Fatalf("Client(%x, moved %v) = %v", p, moved, own)
 			}
-			return
+			held.AddKey(own)
 		}
-		checkKey(t, "Reply", k)
-		if k.Kind() != flowtable.KindID || k.Class() != ClassIndex || k.Scope() != scope ||
-			!bytes.Equal(k.AppendCID(nil), p[4:8]) {
-			t.Fatalf("Reply(%x) = %v", p, k)
+		if !plausible && (!moved || !wellFormed(p) || p[0] != 4) {
+			t.Fatalf("Client(%x, moved %v) not plausible", p, moved)
+		}
+		if k := tr.Server(held, p); k.Kind() != flowtable.KindNone {
+			checkKey(t, "Server", k)
+			if !wellFormed(p) || p[0] > 2 || k.Class() != ClassIndex || k.Scope() != scope || !bytes.Equal(k.AppendCID(nil), p[4:8]) {
+				t.Fatalf("Server(%x) = %v", p, k)
+			}
+		}
+		if tr.Vouches(held, p) && (!wellFormed(p) || (p[0] != 2 && p[0] != 4) || len(held.Keys(nil)) == 1) {
+			t.Fatalf("Vouches(%x) with %d keys held", p, len(held.Keys(nil))-1)
+		}
+		if !bytes.Equal(p, orig) {
+			t.Fatal("the Track changed the datagram")
 		}
 	})
 }

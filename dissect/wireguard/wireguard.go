@@ -49,9 +49,8 @@ type Config struct {
 }
 
 // A Dissector maps WireGuard datagrams to flow keys (see the package
-// documentation). It implements session.Dissector and
-// session.ReplyDissector, and is safe for concurrent use: one Dissector
-// serves every event loop at once.
+// documentation). It implements session.Tracker, and is safe for concurrent
+// use: one Dissector serves every event loop at once.
 type Dissector struct {
 	priv  *ecdh.PrivateKey // nil: initiations are keyed by 4-tuple
 	hs    handshake
@@ -177,19 +176,6 @@ func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) 
 	return session.Dissection{Key: flowtable.TupleKey(scope, local, peer), ID: id, Verdict: session.Lookup}
 }
 
-// Reply returns the index a datagram from the server to a client assigns:
-// the sender index of a response or an initiation, as flowtable.IDKey of
-// class ClassIndex, which the client's later messages carry as their
-// receiver index. For any other datagram it returns false.
-func (d *Dissector) Reply(p []byte, scope uint16) (flowtable.Key, bool) {
-	switch header(p) {
-	case typeInitiation, typeResponse:
-		id, _ := flowtable.IDKey(scope, ClassIndex, p[4:8])
-		return id, true
-	}
-	return flowtable.Key{}, false
-}
-
 // staticKey returns the key of an initiation's static public key, counting
 // why there is none when it fails.
 func (d *Dissector) staticKey(p []byte, scope uint16) (flowtable.Key, bool) {
@@ -225,8 +211,3 @@ func (d *Dissector) Stats() Stats {
 	}
 }
 
-// Interface checks.
-var (
-	_ session.Dissector      = (*Dissector)(nil)
-	_ session.ReplyDissector = (*Dissector)(nil)
-)

@@ -166,60 +166,10 @@ func TestDissectIndexes(t *testing.T) {
 	}
 }
 
-func TestReply(t *testing.T) {
-	d := newDissector(t, Config{})
-	for _, tc := range formatCases {
-		t.Run(tc.name, func(t *testing.T) {
-			k, ok := d.Reply(tc.p, testScope)
-			wantOK := tc.recv != -2 && (tc.p[0] == 1 || tc.p[0] == 2)
-			if ok != wantOK {
-				t.Fatalf("Reply ok = %v, want %v", ok, wantOK)
-			}
-			if !ok {
-				if k != (flowtable.Key{}) {
-					t.Errorf("Reply returned %v with false", k)
-				}
-				return
-			}
-			if want := mustID(t, testScope, tc.p[4:8]); k != want {
-				t.Errorf("Reply = %v, want %v", k, want)
-			}
-		})
-	}
-	// The sender index of a response, not its receiver index.
-	resp := make([]byte, 92)
-	resp[0] = 2
-	copy(resp[4:], "SEND")
-	copy(resp[8:], "RECV")
-	if k, _ := d.Reply(resp, 1); k != mustID(t, 1, []byte("SEND")) {
-		t.Errorf("Reply(response) = %v, want the sender index", k)
-	}
-}
-
-// The index a server's response assigns is the one the client's transport
-// messages then carry, so Reply and Dissect must agree on the key.
-func TestReplyMatchesDissect(t *testing.T) {
-	d := newDissector(t, Config{})
-	resp := make([]byte, 92)
-	resp[0] = 2
-	copy(resp[4:], []byte{1, 2, 3, 4})
-	learned, ok := d.Reply(resp, 9)
-	if !ok {
-		t.Fatal("Reply refused a response")
-	}
-	data := make([]byte, 48)
-	data[0] = 4
-	copy(data[4:], []byte{1, 2, 3, 4})
-	if got := d.Dissect(data, testLocal, testPeer, 9); got.ID != learned {
-		t.Errorf("transport ID %v, learned %v", got.ID, learned)
-	}
-}
-
 func TestStats(t *testing.T) {
 	d := newDissector(t, Config{})
 	for _, tc := range formatCases {
 		d.Dissect(tc.p, testLocal, testPeer, 0)
-		d.Reply(tc.p, 0) // counts nothing
 	}
 	want := Stats{Initiations: 1} // the rest goes uncounted here: see Stats
 	if got := d.Stats(); got != want {
@@ -349,8 +299,8 @@ func TestInitiationStaticKey(t *testing.T) {
 			if s := d.Stats(); s != tc.result {
 				t.Errorf("Stats = %+v, want %+v", s, tc.result)
 			}
-			if k, ok := d.Reply(p, testScope); !ok || k != mustID(t, testScope, p[4:8]) {
-				t.Errorf("Reply = %v %v, want the sender index", k, ok)
+			if k := d.Track(testScope).Server(newHolder(testScope), p); k != mustID(t, testScope, p[4:8]) {
+				t.Errorf("Server = %v, want the sender index", k)
 			}
 		})
 	}
@@ -512,10 +462,15 @@ func TestNoAllocs(t *testing.T) {
 		{"transport", keyed, message(4, 1440)},
 		{"malformed", keyed, message(4, 33)},
 	}
+	held := newHolder(1)
 	for _, tc := range cases {
+		tr := tc.d.Track(1)
 		if n := testing.AllocsPerRun(100, func() {
 			tc.d.Dissect(tc.p, testLocal, testPeer2, 1)
-			tc.d.Reply(tc.p, 1)
+			tr.Client(held, tc.p, false)
+			tr.Client(held, tc.p, true)
+			tr.Server(held, tc.p)
+			tr.Vouches(held, tc.p)
 		}); n != 0 {
 			t.Errorf("%s: %v allocations", tc.name, n)
 		}

@@ -391,7 +391,7 @@ func (s *Session) AddKey(k flowtable.Key) error {
 		return session.ErrClosed
 	case k.Kind() == flowtable.KindNone || k.Scope() != s.loop.Scope:
 		return fmt.Errorf("add key %v: %w", k, errKeyScope)
-	case s.holds(k):
+	case s.Holds(k):
 		return nil
 	}
 	if k.Shared() {
@@ -430,7 +430,8 @@ func (s *Session) forget(i int) {
 	s.keys = slices.Delete(s.keys, i, i+1)
 }
 
-func (s *Session) holds(k flowtable.Key) bool { return k == s.anchor || slices.Contains(s.keys, k) }
+// Holds reports whether the session is found by k, one of Keys.
+func (s *Session) Holds(k flowtable.Key) bool { return k == s.anchor || slices.Contains(s.keys, k) }
 
 // Move makes to the session's peer address, and its 4-tuple with to its
 // 4-tuple key in place of the old one, as the engine does: when another

@@ -1,0 +1,166 @@
+package openvpn
+
+import (
+	"encoding/binary"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/session"
+)
+
+// Windows of packet-ids (see track), in packets.
+const (
+	// clientWindow is how far ahead of the last packet-id a client used
+	// from its own address a data packet from another address may be and
+	// still be the client's: enough for what a client that changes
+	// networks loses on the way.
+	clientWindow = 1 << 16
+	// serverWindow is how far a server's sequence may jump between two
+	// packets the session sees on its own socket: packets the kernel
+	// dropped for a full buffer.
+	serverWindow = 1024
+	// vouchWindow is how far ahead of the server's sequence, as last seen
+	// on the session's own socket, a data packet on a new path may be: the
+	// server's next packets go there once it has followed the client, and
+	// a few the session has not read yet from its own socket may be ahead
+	// of them.
+	vouchWindow = 32
+	// startRun and replaceRun are the packets in sequence it takes to
+	// find the server's sequence on a key (see seq), and to replace one
+	// that went astray.
+	startRun, replaceRun = 2, 8
+	// keyIDs is the number of key-ids: the low three bits of the first
+	// byte.
+	keyIDs = 8
+	// dataHeader is what a P_DATA_V2 packet of an AEAD cipher holds before
+	// its tag: opcode and key-id, peer-id, packet-id.
+	dataHeader = 1 + peerIDSize + 4
+)
+
+// track is the protocol state of one OpenVPN session (session.Track): the
+// peer-id its client uses and, per key-id, the packet-ids of its data
+// packets both ways.
+//
+// With an AEAD cipher (AES-GCM, ChaCha20-Poly1305: OpenVPN 2.5 and later
+// negotiate one unless configured otherwise), a P_DATA_V2 packet carries its
+// packet-id in clear after the peer-id: a counter per key and direction that
+// starts at 1. The server's counter is what its packets to the client carry
+// and an off-path attacker never sees; it vouches for a packet on a new path
+// that continues it. With a CBC cipher the four bytes are part of an HMAC,
+// never in sequence: nothing vouches, and such a client does not follow.
+type track struct {
+	scope uint16
+	// peerID is the peer-id the client's data packets from its own address
+	// carry, once one has (used).
+	peerID uint32
+	used   bool
+	client [keyIDs]struct {
+		last uint32
+		set  bool
+	}
+	server [keyIDs]seq
+}
+
+// seq follows the server's packet-ids on one key, as seen on the session's
+// own socket, where anyone may forge a packet: est is the sequence found,
+// which moves only forward and by at most serverWindow; cand is a sequence
+// that packets outside est's form, run the steps it took. A run of startRun
+// steps founds est; one of replaceRun, with est not moving meanwhile,
+// replaces it. A forger must keep up a sequence of its own over several
+// packets, each a hit of the session's upstream port, with none of the
+// server's in between.
+type seq struct {
+	est, cand       uint32
+	estSet, candSet bool
+	run             uint8
+}
+
+// note notes packet-id n.
+func (q *seq) note(n uint32) {
+	if q.estSet && n > q.est && n-q.est <= serverWindow {
+		q.est, q.candSet, q.run = n, false, 0
+		return
+	}
+	if !q.candSet || n <= q.cand || n-q.cand > serverWindow {
+		q.cand, q.candSet, q.run = n, true, 0
+		return
+	}
+	q.cand, q.run = n, q.run+1
+	if (!q.estSet && q.run >= startRun) || q.run >= replaceRun {
+		q.est, q.estSet, q.candSet, q.run = q.cand, true, false, 0
+	}
+}
+
+// Track returns the protocol state of a new session on listener scope
+// (session.Tracker).
+func (d *Dissector) Track(scope uint16) session.Track { return &track{scope: scope} }
+
+// data returns the peer-id, key-id and packet-id of a P_DATA_V2 packet of
+// an AEAD cipher, and false for any other packet.
+func data(p []byte) (peer uint32, key uint8, pid uint32, ok bool) {
+	if len(p) < dataHeader || p[0]>>opcodeShift != opDataV2 {
+		return 0, 0, 0, false
+	}
+	return peerID(p[1:4]), p[0] & (keyIDs - 1), binary.BigEndian.Uint32(p[4:8]), true
+}
+
+// Client notes a packet of the session's client. From its own address, a
+// data packet tells the peer-id the client uses and its packet-id on its
+// key; one from another address may be the client's only if its packet-id
+// is ahead of the last the client used on the key, and by less than
+// clientWindow (a client never sends a packet-id twice). A client names no
+// key of its own: its session ID is the session's key already.
+func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, bool) {
+	peer, key, pid, ok := data(p)
+	if !ok {
+		return flowtable.Key{}, true
+	}
+	c := &t.client[key]
+	if moved {
+		return flowtable.Key{}, !c.set || (pid > c.last && pid-c.last <= clientWindow)
+	}
+	if peer != noPeerID {
+		t.peerID, t.used = peer, true
+	}
+	switch {
+	case !c.set || pid > c.last:
+		c.last, c.set = pid, true
+	case pid < clientWindow && c.last-pid > clientWindow:
+		// The key-id came round again (seven renegotiations later), and
+		// with it both sequences start again.
+		c.last, t.server[key] = pid, seq{}
+	}
+	return flowtable.Key{}, true
+}
+
+// Server returns the peer-id a server's data packet carries: a server sends
+// to a client with the client's own peer-id. Once the client has used one,
+// a packet with another was not its server's and teaches nothing. A data
+// packet on a key the client uses also shows the server's sequence on it.
+func (t *track) Server(s session.Session, p []byte) flowtable.Key {
+	k, ok := reply(p, t.scope)
+	if !ok || (t.used && peerID(p[1:4]) != t.peerID) {
+		return flowtable.Key{}
+	}
+	if _, key, pid, ok := data(p); ok && t.client[key].set {
+		t.server[key].note(pid)
+	}
+	return k
+}
+
+// Vouches reports whether p is a data packet with the session's peer-id
+// whose packet-id continues the server's sequence on its key, as last seen
+// on the session's own socket, by at most vouchWindow.
+func (t *track) Vouches(s session.Session, p []byte) bool {
+	peer, key, pid, ok := data(p)
+	if !ok || peer == noPeerID || (t.used && peer != t.peerID) {
+		return false
+	}
+	q := &t.server[key]
+	if !q.estSet || pid <= q.est || pid-q.est > vouchWindow {
+		return false
+	}
+	k, _ := flowtable.IDKey(t.scope, ClassPeerID, p[1:4])
+	return s.Holds(k)
+}
+
+var _ session.Tracker = (*Dissector)(nil)

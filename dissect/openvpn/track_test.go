@@ -1,0 +1,271 @@
+//go:build linux
+
+package openvpn
+
+import (
+	"encoding/binary"
+	"fmt"
+	"testing"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/session"
+	"github.com/udpmux/udpmux/session/sessiontest"
+)
+
+// newHolder returns a session of listener testScope whose keys a Track
+// reads, of a loop that stands for the engine's.
+func newHolder(t testing.TB) *sessiontest.Session {
+	t.Helper()
+	_, peer := captureAddrs(1)
+	s, err := (&sessiontest.Loop{Handler: session.Discard{}, Scope: testScope}).Open(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// dataV2 returns a P_DATA_V2 packet of an AEAD cipher.
+func dataV2(key uint8, peer, pid uint32) []byte {
+	p := packet(opDataV2<<opcodeShift|key, 60, []byte{byte(peer >> 16), byte(peer >> 8), byte(peer)})
+	binary.BigEndian.PutUint32(p[4:], pid)
+	return p
+}
+
+// TestTrack: what a session's client and server teach its Track, and what
+// the Track believes of a packet on a new path.
+func TestTrack(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, tr session.Track, held *sessiontest.Session)
+	}{
+		{"a data packet from elsewhere must continue the client's packet-ids", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			if _, ok := tr.Client(held, dataV2(1, 5, 77), true); !ok {
+				t.Error("nothing known of the key yet: not plausible")
+			}
+			tr.Client(held, dataV2(1, 5, 100), false)
+			tr.Client(held, dataV2(1, 5, 90), false) // reordered: the latest stays
+			for _, c := range []struct {
+				key      uint8
+				pid      uint32
+				want     bool
+				describe string
+			}{
+				{1, 100, false, "used already"},
+				{1, 50, false, "older"},
+				{1, 101, true, "the next"},
+				{1, 100 + clientWindow, true, "as far ahead as may be"},
+				{1, 101 + clientWindow, false, "further"},
+				{2, 1, true, "a key the client has not used here"},
+			} {
+				if _, ok := tr.Client(held, dataV2(c.key, 5, c.pid), true); ok != c.want {
+					t.Errorf("%s (key %d, packet-id %d): plausible %v", c.describe, c.key, c.pid, ok)
+				}
+			}
+			for _, p := range [][]byte{packet(0x20, 100, testSIDs[0]), packet(0x30, 40, nil), dataV2(1, 5, 3)[:7]} {
+				if own, ok := tr.Client(held, p, true); !ok || own.Kind() != flowtable.KindNone {
+					t.Errorf("opcode %d, %d bytes: own %v plausible %v; want none, true", p[0]>>3, len(p), own, ok)
+				}
+			}
+		}},
+		{"the peer-id: any the server sends until the client uses one, then only that", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			for _, c := range []struct {
+				p      []byte
+				client bool
+				want   uint32 // 0xFFFFFF: none
+			}{
+				{dataV2(0, 7, 1), false, 7},
+				{dataV2(0, 8, 2), false, 8}, // forged, maybe: the client has not spoken
+				{dataV2(0, noPeerID, 3), false, noPeerID},
+				{packet(0x20, 100, testSIDs[0]), false, noPeerID},
+				{dataV2(0, 7, 1), true, noPeerID},
+				{dataV2(0, 8, 4), false, noPeerID}, // not the client's
+				{dataV2(0, 7, 5), false, 7},
+			} {
+				if c.client {
+					tr.Client(held, c.p, false)
+					continue
+				}
+				want := flowtable.Key{}
+				if c.want != noPeerID {
+					want = mustPeerID(t, c.want)
+				}
+				if got := tr.Server(held, c.p); got != want {
+					t.Errorf("% x: Server = %v, want %v", c.p[:8], got, want)
+				}
+			}
+		}},
+		{"what vouches: the next packet-ids of the server's sequence on the session's own socket", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			tr.Client(held, dataV2(2, 7, 1), false)
+			for pid := uint32(10); pid < 12; pid++ {
+				tr.Server(held, dataV2(2, 7, pid))
+				if tr.Vouches(held, dataV2(2, 7, pid+1)) {
+					t.Fatalf("vouched after %d packets of the server's", pid-9)
+				}
+			}
+			tr.Server(held, dataV2(2, 7, 12)) // the third in sequence founds it
+			for _, c := range []struct {
+				p    []byte
+				want bool
+			}{
+				{dataV2(2, 7, 13), true},
+				{dataV2(2, 7, 12+vouchWindow), true},
+				{dataV2(2, 7, 13+vouchWindow), false},
+				{dataV2(2, 7, 12), false},
+				{dataV2(2, 7, 5), false},
+				{dataV2(3, 7, 13), false}, // another key
+				{dataV2(2, 8, 13), false}, // another peer-id
+				{dataV2(2, noPeerID, 13), false},
+				{dataV2(2, 7, 13)[:7], false},
+				{packet(0x20, 100, testSIDs[0]), false},
+			} {
+				if got := tr.Vouches(held, c.p); got != c.want {
+					t.Errorf("% x: Vouches = %v, want %v", c.p[:min(8, len(c.p))], got, c.want)
+				}
+			}
+		}},
+		{"forged packets on the session's socket do not move the server's sequence", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			tr.Client(held, dataV2(0, 7, 1), false)
+			for pid := uint32(1); pid <= 3; pid++ {
+				tr.Server(held, dataV2(0, 7, pid))
+			}
+			// A forger's own sequence, far from the server's, one packet
+			// short of replacing it; the server's next packet ends it.
+			for i := uint32(0); i < replaceRun; i++ {
+				tr.Server(held, dataV2(0, 7, 5000+i))
+			}
+			if tr.Vouches(held, dataV2(0, 7, 5000+replaceRun)) || !tr.Vouches(held, dataV2(0, 7, 4)) {
+				t.Fatal("the forged run took the server's sequence's place")
+			}
+			tr.Server(held, dataV2(0, 7, 4))
+			tr.Server(held, dataV2(0, 7, 5001+replaceRun))
+			if tr.Vouches(held, dataV2(0, 7, 5002+replaceRun)) || !tr.Vouches(held, dataV2(0, 7, 5)) {
+				t.Fatal("the forged run went on after the server's packet")
+			}
+			// A sequence that runs on by itself (the server's, after the
+			// kernel dropped more than serverWindow of its packets) takes
+			// the place of one that stopped.
+			for i := uint32(0); i <= replaceRun; i++ {
+				tr.Server(held, dataV2(0, 7, 9000+i))
+			}
+			if !tr.Vouches(held, dataV2(0, 7, 9001+replaceRun)) {
+				t.Error("a sequence that ran on alone did not take the place of one that stopped")
+			}
+		}},
+		{"a key-id that comes round again starts both sequences again", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			tr.Client(held, dataV2(1, 7, 3*clientWindow), false)
+			for pid := uint32(1); pid <= 3; pid++ {
+				tr.Server(held, dataV2(1, 7, 4*clientWindow+pid))
+			}
+			tr.Client(held, dataV2(1, 7, 1), false) // seven renegotiations later
+			if _, ok := tr.Client(held, dataV2(1, 7, 2), true); !ok {
+				t.Error("the client's sequence did not start again")
+			}
+			for pid := uint32(1); pid <= 3; pid++ {
+				tr.Server(held, dataV2(1, 7, pid))
+			}
+			if !tr.Vouches(held, dataV2(1, 7, 4)) {
+				t.Error("the server's sequence did not start again")
+			}
+		}},
+	}
+	var d Dissector
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.run(t, d.Track(testScope), newHolder(t)) })
+	}
+}
+
+// TestCaptureTrack replays the captures of real OpenVPN 2.6 through a
+// session's Track per client: the server's data packets form a sequence
+// per key that vouches for its next packets (on a new path, after a move),
+// the Track learns each client's own peer-id only, and the client's own
+// data packets, from a new address halfway, are plausible.
+func TestCaptureTrack(t *testing.T) {
+	for _, c := range readCaptures(t) {
+		t.Run(c.name, func(t *testing.T) {
+			var d Dissector
+			tracks := map[int]session.Track{}
+			helds := map[int]*sessiontest.Session{}
+			vouched, data := map[string]int{}, map[string]int{}
+			early := map[string]int{} // the server's packets on a key before its client's first
+			used := map[string]bool{}
+			for i, g := range c.grams {
+				tr, held := tracks[g.client], helds[g.client]
+				if tr == nil {
+					tr, held = d.Track(testScope), newHolder(t)
+					tracks[g.client], helds[g.client] = tr, held
+				}
+				where := fmt.Sprintf("datagram %d (client %d, opcode %d, key-id %d)", i, g.client, g.payload[0]>>3, g.payload[0]&7)
+				key := fmt.Sprintf("%d/%d", g.client, g.payload[0]&7)
+				if g.toServer {
+					used[key] = used[key] || g.payload[0]>>opcodeShift == opDataV2
+					moved := g.client == 1 && i == len(c.grams)/2
+					if own, ok := tr.Client(held, g.payload, moved); !ok || own.Kind() != flowtable.KindNone {
+						t.Errorf("%s: own %v plausible %v", where, own, ok)
+					}
+					continue
+				}
+				if g.payload[0]>>opcodeShift != opDataV2 {
+					continue
+				}
+				data[key]++
+				if !used[key] {
+					early[key]++
+				}
+				if tr.Vouches(held, g.payload) {
+					vouched[key]++
+				}
+				k := tr.Server(held, g.payload)
+				if want := mustPeerID(t, uint32(c.clients[g.client].peerID)); k != want {
+					t.Errorf("%s: Server = %v, want %v", where, k, want)
+				}
+				held.AddKey(k)
+			}
+			// Every packet of the server's vouches but those that find the
+			// sequence (startRun + 1) and those before the client used
+			// the key (a server begins a renegotiated key first).
+			for key, n := range data {
+				if want := n - early[key] - startRun - 1; want < 3 || vouched[key] != want {
+					t.Errorf("client/key %s: %d of the server's %d data packets vouch (%d before the client's first); want %d", key, vouched[key], n, early[key], want)
+				}
+			}
+			if len(data) < 3 {
+				t.Errorf("server data on %d client/keys: %v", len(data), data)
+			}
+		})
+	}
+}
+
+// FuzzTrack: whatever a session's client and server send, a Track never
+// changes a datagram, learns only a P_DATA_V2 packet's peer-id, and
+// vouches only for a P_DATA_V2 packet with a peer-id the session holds.
+func FuzzTrack(f *testing.F) {
+	addFuzzSeeds(f, false)
+	f.Fuzz(func(t *testing.T, p []byte) {
+		var d Dissector
+		tr, held := d.Track(testScope), newHolder(t)
+		orig := append([]byte(nil), p...)
+		for _, moved := range []bool{false, true} {
+			if own, _ := tr.Client(held, p, moved); own.Kind() != flowtable.KindNone {
+				t.Fatalf("Client named an own key %v", own)
+			}
+		}
+		for range 3 {
+			k := tr.Server(held, p)
+			if w, _ := reply(p, testScope); k != w {
+				t.Fatalf("Server = %v; the packet's peer-id key is %v", k, w)
+			}
+			held.AddKey(k)
+		}
+		if tr.Vouches(held, p) {
+			if _, _, _, ok := data(p); !ok {
+				t.Fatalf("vouched for % x", p)
+			}
+		}
+		if string(p) != string(orig) {
+			t.Fatal("the Track changed the datagram")
+		}
+	})
+}
