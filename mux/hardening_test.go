@@ -103,6 +103,51 @@ func TestHandlerPanicEndsOnlyItsSession(t *testing.T) {
 	}
 }
 
+// openPanics panics in Open for a first datagram "boom", and echoes.
+type openPanics struct {
+	session.Echo
+	mu     sync.Mutex
+	closes int
+}
+
+func (h *openPanics) OpenDatagram(s session.Session, p []byte) error {
+	if string(p) == "boom" {
+		panic("boom in open")
+	}
+	return nil
+}
+
+func (h *openPanics) Close(session.Session, session.Reason) {
+	h.mu.Lock()
+	h.closes++
+	h.mu.Unlock()
+}
+
+// TestOpenPanicRefusesTheSession: a handler whose Open panics refuses the
+// session, as an error would: no Close for a session that never opened,
+// and the count of live sessions stays true.
+func TestOpenPanicRefusesTheSession(t *testing.T) {
+	h := &openPanics{}
+	cfg := echoConfig("127.0.0.1:0", 1)
+	cfg.Listeners[0].Handler = h
+	cfg.Logger = quietLogger()
+	srv := serve(t, cfg)
+	bad := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	good := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	bad.Write([]byte("boom"))
+	roundTrip(t, good, []byte("after"))
+	waitFor(t, 5*time.Second, "the panic counted", func() bool { return srv.Stats().HandlerPanics == 1 })
+	st := srv.Stats()
+	if st.Sessions != 1 || st.Listeners[0].RefusedOpen != 1 || st.Keys != 1 {
+		t.Errorf("%d sessions, %d refused, %d keys; want the good one, the panicking one refused", st.Sessions, st.Listeners[0].RefusedOpen, st.Keys)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closes != 0 {
+		t.Errorf("Close ran %d times for a session that never opened", h.closes)
+	}
+}
+
 // sometimesStateless hands datagrams that start with "s" over without a
 // session.
 type sometimesStateless struct{}

@@ -323,7 +323,14 @@ func (l *loop) recovered(r any) {
 		l.inflight = nil
 	}
 	l.srv.handlerPanicked(l.id, s, r)
-	if s != nil && !s.closed.Load() {
+	switch {
+	case s == nil || s.closed.Load():
+	case !s.opened.Load():
+		// Its Open panicked: refused, as if Open had failed, with no
+		// Close for a session that never opened.
+		s.closed.Store(true)
+		l.refuse(s)
+	default:
 		l.protect(func() { l.end(s, session.ReasonError) })
 	}
 	l.signal()

@@ -239,9 +239,7 @@ func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.Add
 	err = s.open(p)
 	l.current = nil
 	if err != nil {
-		l.detachAll(s)
-		l.unfileKeys(s)
-		ls.stats.refusedOpen.inc()
+		l.refuse(s)
 		return nil
 	}
 	ls.stats.opened.inc()
@@ -250,6 +248,14 @@ func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.Add
 		l.noteChange(s)
 	}
 	return s
+}
+
+// refuse takes s, whose handler did not open it, out of the loop and the
+// table, and counts the refusal.
+func (l *loop) refuse(s *sess) {
+	l.detachAll(s)
+	l.unfileKeys(s)
+	l.socks[s.scope].stats.refusedOpen.inc()
 }
 
 // end removes s from the table and tells its handler. Owning loop only.

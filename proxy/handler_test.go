@@ -396,7 +396,14 @@ func TestAbandon(t *testing.T) {
 	t.Run("never answered", func(t *testing.T) {
 		u := newUnit(t, 1, Config{})
 		s := u.open("198.51.100.1:1000")
-		upstreamOf(s).Fail(unix.ECONNREFUSED) // the backend's only session: enough to mark it down
+		// The backend's only session: one report is not enough (it may be
+		// forged); a second, once the session may report again, is.
+		upstreamOf(s).Fail(unix.ECONNREFUSED)
+		if !u.h.Stats().Backends[0].Healthy {
+			t.Fatal("one report marked the backend of a single session down")
+		}
+		u.clk.Advance(u.h.refusalWindow)
+		upstreamOf(s).Fail(unix.ECONNREFUSED)
 		if _, err := u.try("198.51.100.2:1000"); !errors.Is(err, ErrNoBackend) || u.h.Stats().NoBackend != 1 {
 			t.Fatalf("a new session with every backend down: %v", err)
 		}

@@ -33,7 +33,8 @@ const (
 // any sign of life resets the back-off.
 type HealthConfig struct {
 	// RefusalQuorum is how many sessions' reports (fewer if the backend has
-	// fewer sessions) mark a backend down; 0 means DefaultRefusalQuorum.
+	// fewer sessions, but never one alone) mark a backend down; 0 means
+	// DefaultRefusalQuorum.
 	RefusalQuorum int
 	// RefusalWindow is how long the backend must have sent nothing, on any
 	// socket, for the reports to count; 0 means DefaultRefusalWindow.
@@ -154,8 +155,10 @@ func (b *Balancer) MarkDown(backend int, now time.Time) bool {
 // reported the backend unreachable at now (ICMP port unreachable, as
 // ECONNREFUSED), and marks the backend down (see MarkDown) once reports
 // corroborate each other: at least RefusalQuorum of them, or as many as the
-// backend has live sessions if that is fewer, with no sign of life from the
-// backend (MarkUp) in between, for at least RefusalWindow. The caller reports
+// backend has live sessions if that is fewer but at least two (a single
+// session's two reports, a refusal window apart, or two sessions'), with no
+// sign of life from the backend (MarkUp) in between, for at least
+// RefusalWindow: one forged report never marks a backend down. The caller reports
 // each session at most once per RefusalWindow. It returns true if this
 // report took the backend down; a report that did not is counted as ignored.
 //
@@ -172,7 +175,7 @@ func (b *Balancer) Refused(backend int, now time.Time) bool {
 		st.refusals.Store(0)
 	}
 	n := st.refusals.Add(1)
-	need := min(int64(b.health.RefusalQuorum), max(st.sessions.Load(), 1))
+	need := min(int64(b.health.RefusalQuorum), max(st.sessions.Load(), 2))
 	if int64(n) < need || t-st.quietSince.Load() < int64(b.health.RefusalWindow) || !b.MarkDown(backend, now) {
 		b.ignored.Add(1)
 		return false

@@ -110,6 +110,44 @@ func TestForgedICMPEndsNothing(t *testing.T) {
 	}
 }
 
+// TestOneForgedICMPMarksNothingDown: one forged "port unreachable" for the
+// upstream port of a backend's only session, a backend that has not
+// answered (yet), leaves the backend up: a report alone may be forged.
+func TestOneForgedICMPMarksNothingDown(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: sends forged ICMP from a raw socket")
+	}
+	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	backend := silent.LocalAddr().(*net.UDPAddr).AddrPort()
+	clk := newFakeClock()
+	srv, h := startProxy(t, Config{Backends: []netip.AddrPort{backend}, Health: HealthConfig{Now: clk.Now}}, time.Minute, 1000)
+	c := client(t, srv.Addr(0))
+	c.Write([]byte("hello"))
+	buf := make([]byte, 64)
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := silent.Read(buf); err != nil {
+		t.Fatal("the session's first datagram did not reach the backend")
+	}
+	clk.Advance(time.Hour)
+	raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(raw)
+	for port := range upstreamPorts(srv, h) {
+		src := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+		unix.Sendto(raw, icmpUnreachable(src, backend), 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+	}
+	waitUntil(t, "the forged report", func() bool { return h.Stats().RefusedByBackend == 1 })
+	if st := h.Stats(); !st.Backends[0].Healthy || st.IgnoredRefusals != 1 {
+		t.Errorf("one forged report: backend %+v, IgnoredRefusals %d", st.Backends[0], st.IgnoredRefusals)
+	}
+}
+
 type udpConnPair struct {
 	c   *net.UDPConn
 	msg string

@@ -95,10 +95,11 @@ type Track interface {
 	// Key. It assigns none that disagrees with what s saw, such as a
 	// handshake response to a handshake its client never started.
 	Server(s Session, p []byte) flowtable.Key
-	// Vouches reports whether p, a datagram from the server on a path other
-	// than the session's own socket, is one that only the real server can
-	// have sent, after it authenticated a datagram of s's client that came
-	// that way: it must carry what only the client and the server know.
+	// Vouches notes p, a datagram from the server on a path other than the
+	// session's own socket, and reports whether it is one that only the
+	// real server can have sent, after it authenticated a datagram of s's
+	// client that came that way: it must carry what only the client and the
+	// server know.
 	Vouches(s Session, p []byte) bool
 }
 

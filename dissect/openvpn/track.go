@@ -58,6 +58,14 @@ type track struct {
 		set  bool
 	}
 	server [keyIDs]seq
+	// heard is set once the Track has seen a data packet of the server's
+	// (Server). Until then there is no sequence to continue, as in a
+	// successor process whose client moved during the restart, and a run
+	// of the server's packets on new paths (probe, on key probeKey) vouches
+	// instead.
+	heard    bool
+	probe    seq
+	probeKey uint8
 }
 
 // seq follows the server's packet-ids on one key, as seen on the session's
@@ -141,26 +149,39 @@ func (t *track) Server(s session.Session, p []byte) flowtable.Key {
 	if !ok || (t.used && peerID(p[1:4]) != t.peerID) {
 		return flowtable.Key{}
 	}
-	if _, key, pid, ok := data(p); ok && t.client[key].set {
-		t.server[key].note(pid)
+	if _, key, pid, ok := data(p); ok {
+		t.heard = true
+		if t.client[key].set {
+			t.server[key].note(pid)
+		}
 	}
 	return k
 }
 
 // Vouches reports whether p is a data packet with the session's peer-id
 // whose packet-id continues the server's sequence on its key, as last seen
-// on the session's own socket, by at most vouchWindow.
+// on the session's own socket, by at most vouchWindow. Before the Track has
+// seen any data packet of the server's, p vouches if it completes a run of
+// the server's packets on new paths that would found a sequence (see seq):
+// what a forger must match then is that run, each packet a hit of a probe's
+// port.
 func (t *track) Vouches(s session.Session, p []byte) bool {
 	peer, key, pid, ok := data(p)
 	if !ok || peer == noPeerID || (t.used && peer != t.peerID) {
 		return false
 	}
-	q := &t.server[key]
-	if !q.estSet || pid <= q.est || pid-q.est > vouchWindow {
+	if k, _ := flowtable.IDKey(t.scope, ClassPeerID, p[1:4]); !s.Holds(k) {
 		return false
 	}
-	k, _ := flowtable.IDKey(t.scope, ClassPeerID, p[1:4])
-	return s.Holds(k)
+	if !t.heard {
+		if t.probeKey != key {
+			t.probe, t.probeKey = seq{}, key
+		}
+		t.probe.note(pid)
+		return t.probe.estSet
+	}
+	q := &t.server[key]
+	return q.estSet && pid > q.est && pid-q.est <= vouchWindow
 }
 
 var _ session.Tracker = (*Dissector)(nil)

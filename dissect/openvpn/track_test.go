@@ -153,6 +153,30 @@ func TestTrack(t *testing.T) {
 				t.Error("a sequence that ran on alone did not take the place of one that stopped")
 			}
 		}},
+		{"before any data of the server's, a run on new paths vouches", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			// A successor process whose client moved during the restart:
+			// the server sends to the probe only.
+			for _, c := range []struct {
+				p    []byte
+				want bool
+			}{
+				{dataV2(1, 7, 500), false},
+				{dataV2(1, 7, 501), false},
+				{dataV2(2, 7, 502), false}, // another key: the run starts again
+				{dataV2(2, 7, 503), false},
+				{dataV2(2, 8, 504), false}, // a peer-id the session does not hold: not in the run
+				{dataV2(2, 7, 504), true},
+			} {
+				if got := tr.Vouches(held, c.p); got != c.want {
+					t.Errorf("% x: Vouches = %v, want %v", c.p[:8], got, c.want)
+				}
+			}
+			tr.Server(held, dataV2(2, 7, 505)) // the server's, on a trusted path: a sequence to continue from now on
+			if tr.Vouches(held, dataV2(2, 7, 900)) {
+				t.Error("a packet that continues no sequence vouched once the Track had heard the server")
+			}
+		}},
 		{"a key-id that comes round again starts both sequences again", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			held.AddKey(mustPeerID(t, 7))
 			tr.Client(held, dataV2(1, 7, 3*clientWindow), false)
