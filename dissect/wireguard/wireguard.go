@@ -210,4 +210,3 @@ func (d *Dissector) Stats() Stats {
 		RateLimited:     d.counts[cRateLimited].Load(),
 	}
 }
-
