@@ -23,7 +23,7 @@ const (
 	// server's next packets go there once it has followed the client, and
 	// a few the session has not read yet from its own socket may be ahead
 	// of them.
-	vouchWindow = 32
+	vouchWindow = 16
 	// startRun and replaceRun are the packets in sequence it takes to
 	// find the server's sequence on a key (see seq), and to replace one
 	// that went astray.
