@@ -6,7 +6,8 @@
 // OpenVPN tests, /usr/sbin/openvpn; the roaming and spoofing tests also
 // need ping (iputils-ping), nft (nftables) and conntrack (conntrack), and
 // for WireGuard wireguard-go and wg (wireguard-go, wireguard-tools). They
-// skip with a message naming what is missing otherwise (require_test.go).
+// skip with a message naming what is missing otherwise (require_test.go),
+// or fail with it under CI=true (internal/prereq).
 //
 // The roaming tests (roaming_*_e2e_test.go) move clients behind an
 // emulated NAT to new source ports and addresses while their tunnels carry
