@@ -13,8 +13,7 @@
 // emulated NAT to new source ports and addresses while their tunnels carry
 // pings, directly to the backends (checking the harness) and through
 // udpmux; the spoofing tests (spoof_e2e_test.go) spray forged tunnel
-// packets at udpmux. The through-udpmux ones skip while the daemon does not
-// know the wireguard or openvpn dissector.
+// packets at udpmux.
 //
 // The QUIC test (quic_e2e_test.go) runs quic-go servers and clients
 // (quicgo's quicecho and quicclient, built from the quicgo module) through
