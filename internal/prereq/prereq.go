@@ -18,7 +18,7 @@ import (
 )
 
 // CI reports whether the tests run in CI: the environment variable CI is
-// "true" (as .ci/run and most CI systems set it).
+// "true", as most CI systems set it.
 func CI() bool { return os.Getenv("CI") == "true" }
 
 // Missing ends the test because a prerequisite is missing: it skips with
