@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/internal/prereq"
 	"github.com/udpmux/udpmux/internal/udpsys"
 )
 
@@ -38,7 +39,7 @@ func TestCoalescedBurstIsCutApart(t *testing.T) {
 			}
 			defer probe.Close()
 			if !probe.GSO || !udpsys.EnableGRO(probe.FD) {
-				t.Skip("the kernel lacks UDP_SEGMENT or UDP_GRO")
+				prereq.Missing(t, "the kernel lacks UDP_SEGMENT or UDP_GRO")
 			}
 			client, err := udpsys.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"), udpsys.ListenConfig{IncomingCPU: -1})
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmux/udpmux/internal/prereq"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -74,7 +75,7 @@ func TestUpstreamBurstDropsAreCounted(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if !tc.lossy && os.Geteuid() != 0 {
-				t.Skip("needs root (CAP_NET_ADMIN) for a receive buffer beyond net.core.rmem_max")
+				prereq.Missing(t, "needs root (CAP_NET_ADMIN) for a receive buffer beyond net.core.rmem_max")
 			}
 			stalling := &stallingProxy{stall: 300 * time.Millisecond}
 			srv, _ := startProxy(t, Config{Backends: []netip.AddrPort{burstBackend(t, n, size)}, RecvBuffer: tc.recvBuf}, time.Minute, 100,

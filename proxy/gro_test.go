@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/internal/prereq"
 	"github.com/udpmux/udpmux/internal/udpsys"
 )
 
@@ -24,7 +25,7 @@ func TestCoalescedRepliesReachTheClient(t *testing.T) {
 	}
 	defer backend.Close()
 	if !backend.GSO || !udpsys.EnableGRO(backend.FD) {
-		t.Skip("the kernel lacks UDP_SEGMENT or UDP_GRO")
+		prereq.Missing(t, "the kernel lacks UDP_SEGMENT or UDP_GRO")
 	}
 	done := make(chan struct{})
 	defer close(done)

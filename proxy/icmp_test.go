@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/internal/prereq"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/session"
 )
@@ -56,7 +57,7 @@ func checksum(b []byte) uint16 {
 // ignored.
 func TestForgedICMPEndsNothing(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: sends forged ICMP from a raw socket")
+		prereq.Missing(t, "needs root: sends forged ICMP from a raw socket")
 	}
 	b := startBackend(t, "b")
 	srv, h := startProxy(t, Config{Backends: []netip.AddrPort{b.addr()}}, time.Minute, 1000)

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 // buildPrograms builds quicecho and quicclient into a temporary directory.
@@ -47,15 +49,16 @@ func (l lab) command(ns string, name string, args ...string) *exec.Cmd {
 
 // newNetnsLab makes two namespaces, server and client, with addresses
 // from 198.18.0.0/15 (the benchmarking range) on a veth pair between
-// them; it skips the test unless it runs as root with ip(8). The
-// namespaces, and with them the veth pair, are deleted at cleanup.
+// them; it skips the test (fails it under CI=true, prereq.Missing) unless
+// it runs as root with ip(8). The namespaces, and with them the veth pair,
+// are deleted at cleanup.
 func newNetnsLab(t *testing.T) lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("network namespaces need root")
+		prereq.Missing(t, "network namespaces need root")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("no ip(8): apt-get install iproute2")
+		prereq.Missing(t, "no ip(8): apt-get install iproute2")
 	}
 	id := fmt.Sprintf("qg%d", os.Getpid()%100000)
 	l := lab{serverNS: id + "s", clientNS: id + "c", serverIP: "198.18.7.1"}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 // TestDaemonServesAndStopsOnSIGTERM runs the real binary: it must serve the
@@ -106,7 +108,7 @@ func TestDaemonServesAndStopsOnSIGTERM(t *testing.T) {
 // must still serve, and say what is off and which key fixes it.
 func TestDaemonServesWithoutControlSocket(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root: runs the daemon as user nobody")
+		prereq.Missing(t, "needs root: runs the daemon as user nobody")
 	}
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)

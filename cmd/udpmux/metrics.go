@@ -139,6 +139,27 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// metricsIdleTimeout closes a keep-alive connection of the metrics server
+// that has had no request for this long: each holds a descriptor. It is
+// longer than Prometheus's default scrape interval (1m), so that a scraper
+// keeps its connection from one scrape to the next.
+const metricsIdleTimeout = 90 * time.Second
+
+// metricsServer returns the metrics server for h. A scrape is one small GET
+// and a response gathered in memory, so every phase of a connection is
+// bounded: reading a request, writing its response, and waiting idle for
+// the next request (idle; without it a keep-alive connection that a client
+// abandons stays open for as long as the daemon runs).
+func metricsServer(h http.Handler, idle time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       idle,
+	}
+}
+
 // serveMetrics serves /metrics on addr until ctx ends. The socket has
 // SO_REUSEPORT so that a successor can bind it while this process still
 // does during a handoff.
@@ -162,7 +183,7 @@ func serveMetrics(ctx context.Context, addr string, cfg *config, srv *mux.Server
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	hs := metricsServer(mux, metricsIdleTimeout)
 	go func() {
 		<-ctx.Done()
 		hs.Close()

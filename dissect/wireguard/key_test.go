@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 func TestLoadPrivateKey(t *testing.T) {
@@ -77,7 +79,7 @@ func TestLoadPrivateKeyNotAFile(t *testing.T) {
 	}
 	fifo := filepath.Join(dir, "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Skip("mkfifo:", err)
+		prereq.Missing(t, "mkfifo:", err)
 	}
 	// Opening a FIFO without a writer must not block.
 	if _, err := LoadPrivateKey(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file") {
@@ -93,10 +95,10 @@ func TestLoadPrivateKeyOtherOwner(t *testing.T) {
 	}
 	const nobody = 65534
 	if os.Geteuid() == nobody {
-		t.Skip("running as uid 65534")
+		prereq.Missing(t, "running as uid 65534")
 	}
 	if err := os.Chown(path, nobody, -1); err != nil {
-		t.Skip("cannot give the file to another user (needs root):", err)
+		prereq.Missing(t, "cannot give the file to another user (needs root):", err)
 	}
 	_, err := LoadPrivateKey(path)
 	if err == nil {

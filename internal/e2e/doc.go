@@ -6,14 +6,14 @@
 // OpenVPN tests, /usr/sbin/openvpn; the roaming and spoofing tests also
 // need ping (iputils-ping), nft (nftables) and conntrack (conntrack), and
 // for WireGuard wireguard-go and wg (wireguard-go, wireguard-tools). They
-// skip with a message naming what is missing otherwise (require_test.go).
+// skip with a message naming what is missing otherwise (require_test.go),
+// or fail with it under CI=true (internal/prereq).
 //
 // The roaming tests (roaming_*_e2e_test.go) move clients behind an
 // emulated NAT to new source ports and addresses while their tunnels carry
 // pings, directly to the backends (checking the harness) and through
 // udpmux; the spoofing tests (spoof_e2e_test.go) spray forged tunnel
-// packets at udpmux. The through-udpmux ones skip while the daemon does not
-// know the wireguard or openvpn dissector.
+// packets at udpmux.
 //
 // The QUIC test (quic_e2e_test.go) runs quic-go servers and clients
 // (quicgo's quicecho and quicclient, built from the quicgo module) through

@@ -18,6 +18,7 @@ import (
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 // The QUIC lab: quic-go servers and clients (quicgo's quicecho and
@@ -120,15 +121,15 @@ func lastLine(out string) string {
 
 // quicPrograms builds quicgo's quicecho and quicclient into dir, from the
 // quicgo module (which udpmux's own module does not depend on). It skips
-// the test when the quic-go module can be neither found in the module
-// cache nor downloaded.
+// the test (fails it under CI=true, prereq.Missing) when the quic-go module
+// can be neither found in the module cache nor downloaded.
 func quicPrograms(t *testing.T, dir string) (echo, client string) {
 	t.Helper()
 	src := filepath.Join(cmp.Or(sourceDir(), "."), "..", "..", "quicgo")
 	download := exec.Command(goTool(), "mod", "download", "github.com/quic-go/quic-go")
 	download.Dir = src
 	if out, err := download.CombinedOutput(); err != nil {
-		t.Skipf("needs the Go module github.com/quic-go/quic-go of quicgo/go.mod, from the module cache or GOPROXY: %v\n%s", err, out)
+		prereq.Missingf(t, "needs the Go module github.com/quic-go/quic-go of quicgo/go.mod, from the module cache or GOPROXY: %v\n%s", err, out)
 	}
 	build := exec.Command(goTool(), "build", "-o", dir+"/", "./cmd/quicecho", "./cmd/quicclient")
 	build.Dir = src

@@ -7,17 +7,18 @@ import (
 	"testing"
 
 	"github.com/udpmux/udpmux/internal/netlab"
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 // The require* helpers of the end-to-end tests, all in one place. Each skips
-// the test (never fails it) with a message naming what is missing and the
-// Debian package that brings it.
+// the test with a message naming what is missing and the Debian package that
+// brings it, or, under CI=true, fails it (prereq.Missing).
 
 // requireOpenVPN skips the test unless OpenVPN is installed.
 func requireOpenVPN(t testing.TB) {
 	t.Helper()
 	if _, err := os.Stat(openvpnPath); err != nil {
-		t.Skipf("needs OpenVPN at %s (apt-get install -y openvpn): %v", openvpnPath, err)
+		prereq.Missingf(t, "needs OpenVPN at %s (apt-get install -y openvpn): %v", openvpnPath, err)
 	}
 	requireTun(t, "OpenVPN's")
 }
@@ -26,7 +27,7 @@ func requireOpenVPN(t testing.TB) {
 func requireTun(t testing.TB, whose string) {
 	t.Helper()
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("needs /dev/net/tun for %s tun devices: %v", whose, err)
+		prereq.Missingf(t, "needs /dev/net/tun for %s tun devices: %v", whose, err)
 	}
 }
 

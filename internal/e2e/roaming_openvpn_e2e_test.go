@@ -271,7 +271,6 @@ func TestOpenVPNRoamingDirectNoFloat(t *testing.T) {
 
 // TestOpenVPNRoamingThroughUdpmux moves the clients while their tunnels go
 // through udpmux (proxy to two servers, maglev, dissector openvpn).
-// Skipped while the daemon lacks the dissector.
 func TestOpenVPNRoamingThroughUdpmux(t *testing.T) {
 	runOpenVPNRoaming(t, ovpnRoamOptions{})
 }

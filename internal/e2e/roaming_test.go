@@ -402,9 +402,8 @@ control:
 }
 
 // requireDissector checks config with `udpmux validate` before a test
-// builds its lab, and skips the test with the daemon's message if the
-// daemon does not know the dissector yet (dissectorRejected). Any other
-// rejection fails the test.
+// builds its lab. A rejection fails the test, saying so first if the daemon
+// does not know the dissector (dissectorRejected).
 func requireDissector(t *testing.T, config, dissector string) {
 	t.Helper()
 	bin := udpmuxBinary(t)
@@ -417,13 +416,13 @@ func requireDissector(t *testing.T, config, dissector string) {
 		return
 	}
 	if dissectorRejected(string(out), dissector) {
-		t.Skipf("udpmux %s dissector not available: `udpmux validate` rejected the config: %v\n%s", dissector, err, out)
+		t.Fatalf("udpmux %s dissector not available: `udpmux validate` rejected the config: %v\n%s", dissector, err, out)
 	}
 	t.Fatalf("udpmux validate rejected the test's config: %v\nconfig:\n%s\noutput:\n%s", err, config, out)
 }
 
 // startRoamingDaemon runs udpmux with config in ns (see startDaemonWith),
-// skipping the test if it does not know the dissector.
+// failing the test, saying so, if it does not know the dissector.
 func startRoamingDaemon(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, dir, config, dissector string, port uint16) *daemon {
 	t.Helper()
 	return startDaemonWith(t, lab, ns, dir, config, port, func(out string) string {

@@ -404,8 +404,7 @@ func TestWireGuardRoamingDirect(t *testing.T) {
 
 // TestWireGuardRoamingThroughUdpmux moves the clients while their tunnels
 // go through udpmux (proxy to two backends, maglev, dissector wireguard
-// with the backends' private key). Skipped while the daemon lacks the
-// dissector.
+// with the backends' private key).
 func TestWireGuardRoamingThroughUdpmux(t *testing.T) {
 	runWireGuardRoaming(t, wgRoamOptions{key: true})
 }

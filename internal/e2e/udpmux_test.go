@@ -130,9 +130,9 @@ func (d *daemon) PID() int {
 
 // handlerRejected reports whether a daemon's output says that it does not
 // know the handler named handler (e.g. `listeners[0].handler: "proxy" is not
-// one of echo, discard`); the tests skip rather than fail on it while the
-// handler is still being written. Other complaints that merely mention the
-// handler do not count.
+// one of echo, discard`): the test then fails saying that the daemon lacks
+// the handler. Other complaints that merely mention the handler do not
+// count.
 func handlerRejected(out, handler string) bool {
 	return valueRejected(out, "handler", handler)
 }
@@ -154,10 +154,10 @@ func valueRejected(out, key, name string) bool {
 // know the dissector named name (`listeners[0].dissector: "wireguard" is
 // not one of flow, noop`), or not the listener's options map of the same
 // name (`listeners[0] has invalid keys: wireguard`, for a listener with a
-// `wireguard: {private_key: ...}` map): the roaming tests skip rather than
-// fail on it while the dissector is still being written. Complaints about
-// the map's contents (`listeners[0].wireguard.private_key: ...`) or other
-// complaints that merely mention the dissector do not count.
+// `wireguard: {private_key: ...}` map): the test then fails saying that the
+// daemon lacks the dissector. Complaints about the map's contents
+// (`listeners[0].wireguard.private_key: ...`) or other complaints that
+// merely mention the dissector do not count.
 func dissectorRejected(out, name string) bool {
 	if valueRejected(out, "dissector", name) {
 		return true
@@ -171,10 +171,8 @@ func dissectorRejected(out, name string) bool {
 
 // startDaemon writes config to a file, checks it with `udpmux validate -c
 // FILE`, runs `udpmux -c FILE` inside ns, and waits until a UDP socket is
-// bound to port in ns. If the daemon rejects the config because it does not
-// know the handler named handler, the test is skipped with the daemon's
-// message (a handler still being written); any other rejection or early
-// exit fails the test.
+// bound to port in ns. A rejected config or an early exit fails the test,
+// saying so first if the daemon does not know the handler named handler.
 func startDaemon(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, config, handler string, port uint16) *daemon {
 	t.Helper()
 	return startDaemonWith(t, lab, ns, dir, config, port, func(out string) string {
@@ -185,9 +183,10 @@ func startDaemon(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, confi
 	})
 }
 
-// startDaemonWith is startDaemon with another test of what the daemon does
-// not support yet: unavailable gets the daemon's output when it rejects the
-// config and returns why the test should be skipped ("" to fail it).
+// startDaemonWith is startDaemon with another test of what the daemon lacks:
+// unavailable gets the daemon's output when it rejects the config and
+// returns what the daemon lacks ("" if nothing in particular), which the
+// test's failure then begins with.
 func startDaemonWith(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, config string, port uint16, unavailable func(out string) string) *daemon {
 	t.Helper()
 	bin := udpmuxBinary(t)
@@ -202,7 +201,7 @@ func startDaemonWith(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, c
 	}
 	if out, err := exec.Command(bin, "validate", "-c", d.Config).CombinedOutput(); err != nil {
 		if why := unavailable(string(out)); why != "" {
-			t.Skipf("%s: `udpmux validate` rejected the config: %v\n%s", why, err, out)
+			t.Fatalf("%s: `udpmux validate` rejected the config: %v\n%s", why, err, out)
 		}
 		t.Fatalf("udpmux validate rejected the test's config: %v\nconfig:\n%s\noutput:\n%s", err, config, out)
 	}
@@ -221,7 +220,7 @@ func startDaemonWith(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, c
 			err := d.proc.Wait()
 			out, _ := os.ReadFile(d.Log)
 			if why := unavailable(string(out)); why != "" {
-				t.Skipf("%s: the daemon rejected its config: %v\n%s", why, err, tail(string(out), 4000))
+				t.Fatalf("%s: the daemon rejected its config: %v\n%s", why, err, tail(string(out), 4000))
 			}
 			t.Fatalf("udpmux exited before binding UDP port %d: %v\nconfig:\n%s\noutput:\n%s", port, err, config, tail(string(out), 8000))
 		}

@@ -36,6 +36,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 // Prefix starts the name of every namespace created by this package.
@@ -59,10 +61,11 @@ func lookupIP() (string, error) {
 
 // RequireRoot skips the test unless it can build network namespaces: the
 // process must run as root and the iproute2 `ip` command must be installed.
+// Under CI=true it fails the test instead (prereq.Missing).
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
+		prereq.Missing(t, "needs root: creates network namespaces")
 	}
 	RequireTools(t, ToolIP)
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 // Tool is a program that tests run and the Debian package that installs it.
@@ -68,11 +70,12 @@ func LookPath(name string) (string, error) {
 }
 
 // RequireTools skips the test unless every tool is installed, naming each
-// missing one and the Debian package that brings it.
+// missing one and the Debian package that brings it; under CI=true it fails
+// the test instead (prereq.Missing).
 func RequireTools(t testing.TB, tools ...Tool) {
 	t.Helper()
 	if msg := MissingTools(tools...); msg != "" {
-		t.Skip(msg)
+		prereq.Missing(t, msg)
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 func TestDatagramsCutsCoalescedMessages(t *testing.T) {
@@ -66,7 +68,7 @@ func TestGROOverLoopback(t *testing.T) {
 	}
 	defer to.Close()
 	if !EnableGRO(to.FD) {
-		t.Skip("the kernel does not know UDP_GRO (Linux 5.0)")
+		prereq.Missing(t, "the kernel does not know UDP_GRO (Linux 5.0)")
 	}
 	from, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"), ListenConfig{IncomingCPU: -1})
 	if err != nil {
@@ -74,7 +76,7 @@ func TestGROOverLoopback(t *testing.T) {
 	}
 	defer from.Close()
 	if !from.GSO {
-		t.Skip("the kernel does not know UDP_SEGMENT")
+		prereq.Missing(t, "the kernel does not know UDP_SEGMENT")
 	}
 	out := NewBatch(16, 1500, unix.AF_INET)
 	out.EnableGSO()

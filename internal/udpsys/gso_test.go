@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/udpmux/udpmux/internal/prereq"
 )
 
 func TestSegmentRun(t *testing.T) {
@@ -64,7 +66,7 @@ func TestSegmentedBatchOverLoopback(t *testing.T) {
 	}
 	defer from.Close()
 	if !from.GSO {
-		t.Skip("the kernel does not know UDP_SEGMENT")
+		prereq.Missing(t, "the kernel does not know UDP_SEGMENT")
 	}
 	out := NewBatch(16, 1500, unix.AF_INET)
 	out.EnableGSO()
