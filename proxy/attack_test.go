@@ -16,6 +16,7 @@ import (
 
 	"github.com/udpmux/udpmux/dissect/wireguard"
 	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/prereq"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/session"
@@ -38,7 +39,7 @@ type forger struct{ fd int }
 func newForger(t *testing.T) *forger {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: forges source addresses from a raw socket")
+		prereq.Missing(t, "needs root: forges source addresses from a raw socket")
 	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
 	if err != nil {

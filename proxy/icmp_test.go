@@ -116,7 +116,7 @@ func TestForgedICMPEndsNothing(t *testing.T) {
 // answered (yet), leaves the backend up: a report alone may be forged.
 func TestOneForgedICMPMarksNothingDown(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: sends forged ICMP from a raw socket")
+		prereq.Missing(t, "needs root: sends forged ICMP from a raw socket")
 	}
 	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
