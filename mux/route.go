@@ -151,6 +151,11 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		}
 	case hasID && l.resolve(ls, id, peer, p):
 		return
+	case e == nil && hasID && ls.ln.recoverer != nil && ls.ln.recoverer.MayRecover(peer):
+		// A session nobody here has seen: the handler finds it.
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict); s == nil {
+			return
+		}
 	case e != nil || verdict == session.Lookup:
 		if hasID {
 			ls.stats.unknownID.inc()
@@ -159,7 +164,7 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		}
 		return
 	default:
-		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p); s == nil {
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict); s == nil {
 			// Refused. (A flow whose session an earlier datagram of this
 			// batch opened is not refused: open's insert finds and
 			// returns it.)
@@ -216,10 +221,12 @@ func (l *loop) noteChange(s *sess) {
 }
 
 // open creates the session for a flow's first datagram p, under key and, if
-// they are not that, the datagram's 4-tuple and its ID. It returns nil when
+// they are not that, the datagram's 4-tuple and its ID; for a datagram of
+// verdict Lookup, which may not create a flow, the listener's Recoverer
+// decides. It returns nil when
 // the flow is refused, and another loop's session when that loop created the
 // same flow first.
-func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort, p []byte) *sess {
+func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort, p []byte, verdict session.Verdict) *sess {
 	ln := ls.ln
 	s := newSess(sessConfig{
 		key: key, scope: ln.scope, local: local, peer: peer, loop: l, handler: ln.handler,
@@ -236,7 +243,7 @@ func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.Add
 	}
 	l.fileKeys(s, flowtable.TupleKey(ln.scope, local, peer), id)
 	l.current = s
-	err = s.open(p)
+	err = s.open(p, verdict == session.Lookup)
 	l.current = nil
 	if err != nil {
 		l.refuse(s)

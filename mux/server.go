@@ -27,6 +27,8 @@ type listener struct {
 	addr      netip.AddrPort
 	handler   session.Handler
 	dissector session.Dissector
+	// recoverer is the handler if it recovers sessions (session.Recoverer).
+	recoverer session.Recoverer
 	idle      time.Duration
 	// control, sockets and v6only are the ListenerConfig's, for the
 	// listener's sockets (sockets.go).
@@ -133,6 +135,7 @@ func newServer(cfg Config) (*Server, error) {
 			handler: lc.Handler, dissector: lc.Dissector, idle: lc.IdleTimeout,
 			control: lc.Control, sockets: lc.Sockets, v6only: lc.v6only,
 		}
+		ln.recoverer, _ = lc.Handler.(session.Recoverer)
 		srv.listeners = append(srv.listeners, ln)
 	}
 	if err := srv.openLoops(cpus); err != nil {

@@ -52,6 +52,10 @@ type Config struct {
 	// to a new client address only on a backend's answer it vouches for
 	// (see Roam). Without one, sessions learn nothing and never move.
 	Tracker session.Tracker
+	// Recovery, if not nil, has the handler recover sessions nobody here
+	// has seen (session.Recoverer), which needs a Tracker; nil recovers
+	// none.
+	Recovery *RecoveryConfig
 	// Probes bounds the sockets that carry a session's datagrams from a
 	// client's new address to its backend until the backend answers (see
 	// Roam), apart from Sockets, so that probes never take what sessions
@@ -82,7 +86,8 @@ type Handler struct {
 	sources  *SourceLimiter
 	sockets  *Budget
 	probes   *Budget
-	queues   loopQueues // the pending probes of each event loop
+	queues   loopQueues[*probe] // the pending probes of each event loop
+	recovery *recovery          // nil: no session is recovered
 	log      *slog.Logger
 	stats    handlerStats
 	// refusalWindow is the balancer's: a session reports a refusal at
@@ -98,7 +103,8 @@ type handlerStats struct {
 	moved, movesRefused, lateDatagrams                                 atomic.Uint64
 	implausible, unvouched, probesEvicted                              atomic.Uint64
 	routed, routeFallbacks                                             atomic.Uint64
-	pending                                                            atomic.Int64
+	recovered, recoveryProbes, recoveryRefused, recoveryFailed         atomic.Uint64
+	pending, recovering                                                atomic.Int64
 }
 
 // Stats are the proxy's own counters.
@@ -140,6 +146,16 @@ type Stats struct {
 	// the client's datagrams from its new address, they would take the
 	// session back.
 	LateDatagrams uint64
+	// Recovered counts sessions nobody here knew (a crash, another host)
+	// adopted on the backend that proved it had them (see Recover);
+	// RecoveryProbes the datagrams sent to backends to ask; RecoveryRefused
+	// recoveries not begun (Config.Recovery's rates and sockets, or no
+	// healthy backend); RecoveryFailed recovering sessions no backend proved
+	// by the deadline; Recovering is the number recovering now, and
+	// RecoverySockets the sockets they hold.
+	Recovered, RecoveryProbes, RecoveryRefused, RecoveryFailed uint64
+	Recovering                                                 int64
+	RecoverySockets                                            int
 	// Routed counts new sessions sent to the backend whose server ID their
 	// first datagram named (Config.Router); RouteFallbacks those whose
 	// datagram named a server ID that no healthy backend has, balanced by
@@ -170,12 +186,25 @@ type upstream struct {
 	abandoned bool
 	// track is the session's protocol state, nil without a Tracker.
 	track session.Track
+	// rec is set while the session recovers: no backend is its yet
+	// (recover.go).
+	rec *recovering
+	// settled is what other goroutines read of the session (ExportSession,
+	// Session): its backend and socket, once it has them, nil while it
+	// recovers.
+	settled atomic.Pointer[settled]
 	// probes are sockets to the backend for new client addresses, waiting
 	// for the backend to answer one, in the order they opened (roam.go);
 	// left is the address the session last moved away from, at leftAt.
 	probes []*probe
 	left   netip.AddrPort
 	leftAt time.Time
+}
+
+// settled is a session's backend and socket.
+type settled struct {
+	backend int
+	sock    session.Socket
 }
 
 // Errors returned by Open; the engine counts them as refused sessions.
@@ -207,6 +236,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if h.probes == nil {
 		h.probes = NewBudget(DefaultProbes)
+	}
+	if h.recovery, err = newRecovery(cfg.Recovery, cfg.Tracker); err != nil {
+		return nil, err
 	}
 	health := cfg.Health
 	userChange := health.OnChange
@@ -269,6 +301,7 @@ func (h *Handler) newUpstream(s session.Session, k session.Socket, backend int) 
 	if h.tracker != nil {
 		u.track = h.tracker.Track(s.Key().Scope())
 	}
+	u.settled.Store(&settled{backend, k})
 	return u
 }
 
@@ -296,7 +329,13 @@ func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
 // send batch, after the session's Track has noted it.
 func (h *Handler) Datagram(s session.Session, p []byte) {
 	u := s.State().(*upstream)
-	if h.bal.Down(u.backend) && h.abandon(s, u) {
+	switch {
+	case u.rec != nil:
+		h.recoveringDatagram(s, u, p)
+		return
+	case u.backend < 0:
+		return // no backend proved it has the session, which closes
+	case h.bal.Down(u.backend) && h.abandon(s, u):
 		return
 	}
 	if u.track != nil {
@@ -341,6 +380,11 @@ func (h *Handler) abandon(s session.Session, u *upstream) bool {
 func (h *Handler) Upstream(s session.Session, sock session.Socket, p []byte) {
 	u := s.State().(*upstream)
 	switch {
+	case u.rec != nil:
+		h.recoveringUpstream(s, u, sock, p)
+		return
+	case u.backend < 0:
+		return
 	case sock != u.sock:
 		if !h.fromProbe(s, u, sock, p) {
 			return
@@ -357,7 +401,7 @@ func (h *Handler) Upstream(s session.Session, sock session.Socket, p []byte) {
 // UpstreamError handles a failed read of an upstream socket; a probe's
 // failures count for nothing.
 func (h *Handler) UpstreamError(s session.Session, sock session.Socket, err error) {
-	if u := s.State().(*upstream); sock == u.sock {
+	if u := s.State().(*upstream); u.rec == nil && sock == u.sock {
 		h.upstreamFailed(s, u, err)
 	}
 }
@@ -385,6 +429,13 @@ func (h *Handler) upstreamFailed(s session.Session, u *upstream, err error) {
 // has sent what was queued for them and stopped watching them.
 func (h *Handler) Close(s session.Session, _ session.Reason) {
 	u := s.State().(*upstream)
+	if u.rec != nil {
+		h.giveUp(u)
+	}
+	if u.backend < 0 {
+		h.sources.Release(u.source) // never adopted: no socket of the sessions'
+		return
+	}
 	for len(u.probes) > 0 {
 		h.closeProbe(u.probes[0])
 	}
@@ -433,6 +484,15 @@ func (h *Handler) Stats() Stats {
 		RouteFallbacks:   h.stats.routeFallbacks.Load(),
 		UpstreamSockets:  h.sockets.InUse() + h.probes.InUse(),
 		ProbeSockets:     h.probes.InUse(),
+		Recovered:        h.stats.recovered.Load(),
+		RecoveryProbes:   h.stats.recoveryProbes.Load(),
+		RecoveryRefused:  h.stats.recoveryRefused.Load(),
+		RecoveryFailed:   h.stats.recoveryFailed.Load(),
+		Recovering:       h.stats.recovering.Load(),
+	}
+	if h.recovery != nil {
+		st.RecoverySockets = h.recovery.sockets.InUse()
+		st.UpstreamSockets += st.RecoverySockets
 	}
 	for i := range h.backends {
 		st.Backends = append(st.Backends, h.bal.Status(i))
@@ -443,8 +503,11 @@ func (h *Handler) Stats() Stats {
 // ExportSession returns the session's backend address, which the successor
 // maps to its own backend list.
 func (h *Handler) ExportSession(s session.Session) ([]byte, error) {
-	u := s.State().(*upstream)
-	return h.backends[u.backend].MarshalBinary()
+	st := s.State().(*upstream).settled.Load()
+	if st == nil {
+		return nil, nil // recovering: the successor refuses it (see ImportSession)
+	}
+	return h.backends[st.backend].MarshalBinary()
 }
 
 // StateFixed reports true: a session keeps the backend Open chose, so a
@@ -456,6 +519,9 @@ func (h *Handler) StateFixed() bool { return true }
 // session whose backend the new configuration dropped, or that the new limits
 // refuse, is refused.
 func (h *Handler) ImportSession(s session.Session, state []byte, fd int) error {
+	if len(state) == 0 {
+		return errors.New("proxy: the session was still recovering: its client's next datagram recovers it here")
+	}
 	var addr netip.AddrPort
 	if err := addr.UnmarshalBinary(state); err != nil {
 		return fmt.Errorf("proxy: session state: %w", err)
@@ -517,14 +583,18 @@ type SessionInfo struct {
 // mux.Server.Sessions: safe from any goroutine while s lives, false for a
 // session that is not this handler's.
 func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
-	// What Open or ImportSession set before the session went live, and
-	// never change.
+	// What Open, ImportSession or a recovery set before the session went
+	// live, or once it was adopted, and never change.
 	u, ok := s.State().(*upstream)
 	if !ok || u.h != h {
 		return SessionInfo{}, false
 	}
-	info := SessionInfo{Backend: h.backends[u.backend]}
-	if sa, err := unix.Getsockname(u.sock.FD()); err == nil {
+	st := u.settled.Load()
+	if st == nil {
+		return SessionInfo{}, true // recovering
+	}
+	info := SessionInfo{Backend: h.backends[st.backend]}
+	if sa, err := unix.Getsockname(st.sock.FD()); err == nil {
 		info.Source = udpsys.AddrPortOf(sa)
 	}
 	return info, true
@@ -535,5 +605,6 @@ var (
 	_ session.UpstreamHandler = (*Handler)(nil)
 	_ session.DatagramOpener  = (*Handler)(nil)
 	_ session.Roamer          = (*Handler)(nil)
+	_ session.Recoverer       = (*Handler)(nil)
 	_ session.Precopier       = (*Handler)(nil)
 )

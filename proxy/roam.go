@@ -4,7 +4,6 @@ package proxy
 
 import (
 	"net/netip"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,10 +62,9 @@ type probe struct {
 	// once it has answered on the session's socket again since.
 	confirmed, back bool
 	last            time.Time // the last datagram through the probe
-	// older and newer link the pending probes of the session's event loop,
-	// the oldest first (loopProbes).
-	older, newer *probe
-	queue        *loopProbes
+	// pending is its place among the pending probes of its event loop
+	// while it is pending.
+	pending *queued[*probe]
 }
 
 const (
@@ -86,51 +84,6 @@ const (
 	moveHold = time.Second
 )
 
-// loopProbes are the pending probes of one event loop, the oldest first:
-// only that loop's callbacks use them, so they need no lock.
-type loopProbes struct{ oldest, newest *probe }
-
-// push adds pr as the newest.
-func (q *loopProbes) push(pr *probe) {
-	pr.queue, pr.older = q, q.newest
-	if q.newest != nil {
-		q.newest.newer = pr
-	} else {
-		q.oldest = pr
-	}
-	q.newest = pr
-}
-
-// remove takes pr out, if it is in.
-func (q *loopProbes) remove(pr *probe) {
-	if pr.queue != q {
-		return
-	}
-	if pr.older != nil {
-		pr.older.newer = pr.newer
-	} else {
-		q.oldest = pr.newer
-	}
-	if pr.newer != nil {
-		pr.newer.older = pr.older
-	} else {
-		q.newest = pr.older
-	}
-	pr.older, pr.newer, pr.queue = nil, nil, nil
-}
-
-// loopQueues holds a Handler's loopProbes by event loop.
-type loopQueues struct{ m sync.Map } // int -> *loopProbes
-
-// of returns the pending probes of loop.
-func (l *loopQueues) of(loop int) *loopProbes {
-	if q, ok := l.m.Load(loop); ok {
-		return q.(*loopProbes)
-	}
-	q, _ := l.m.LoadOrStore(loop, new(loopProbes))
-	return q.(*loopProbes)
-}
-
 // Roam implements session.Roamer: p comes from from, not the session's
 // client address. Unless the session's Track finds it impossible for the
 // client, it goes to the backend on from's probe, opened for it; the
@@ -139,6 +92,10 @@ func (l *loopQueues) of(loop int) *loopProbes {
 // move.
 func (h *Handler) Roam(s session.Session, from netip.AddrPort, p []byte) {
 	u := s.State().(*upstream)
+	if u.rec != nil || u.backend < 0 {
+		h.stats.movesRefused.Add(1) // no backend of its own to ask yet
+		return
+	}
 	now := h.now()
 	if from == u.left && now.Sub(u.leftAt) < moveHold {
 		h.stats.lateDatagrams.Add(1)
@@ -196,12 +153,13 @@ func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort,
 	}
 	q := h.queues.of(s.Stats().Loop)
 	for !h.probes.Acquire() {
-		if q.oldest == nil {
+		old := q.oldest()
+		if old == nil {
 			h.stats.movesRefused.Add(1)
 			return nil
 		}
 		h.stats.probesEvicted.Add(1)
-		h.closeProbe(q.oldest)
+		h.closeProbe(old)
 	}
 	var k session.Socket
 	sock, err := udpsys.DialUDP(h.backends[u.backend], h.buffers)
@@ -217,8 +175,8 @@ func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort,
 		return nil
 	}
 	pr := &probe{u: u, sock: k, addr: from, last: now}
+	pr.pending = q.push(pr)
 	u.probes = append(u.probes, pr)
-	q.push(pr)
 	h.stats.pending.Add(1)
 	return pr
 }
@@ -229,8 +187,9 @@ func (h *Handler) closeProbe(pr *probe) {
 	pr.sock.Detach()
 	unix.Close(pr.sock.FD())
 	h.probes.Release()
-	if pr.queue != nil {
-		pr.queue.remove(pr)
+	if pr.pending != nil {
+		pr.pending.remove()
+		pr.pending = nil
 		h.stats.pending.Add(-1)
 	}
 	for i, x := range u.probes {
@@ -307,7 +266,8 @@ func (h *Handler) confirm(s session.Session, u *upstream, pr *probe) bool {
 			h.closeProbe(u.probes[i])
 		}
 	}
-	pr.queue.remove(pr)
+	pr.pending.remove()
+	pr.pending = nil
 	h.stats.pending.Add(-1)
 	pr.confirmed = true
 	h.stats.moved.Add(1)

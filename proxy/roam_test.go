@@ -19,8 +19,10 @@ import (
 
 // payloadTracker is a session.Tracker for unit tests whose datagrams say
 // what they are: a datagram from a new address that starts with
-// "impossible" cannot be the client's, and a datagram on a probe that starts
-// with "forged" does not vouch; the rest do.
+// "impossible" cannot be the client's, a datagram on a probe that starts
+// with "forged" does not vouch (the rest do), and of the answers of a
+// backend asked to recover a session those that start with "proof" prove
+// it has the session.
 type payloadTracker struct{ session.Flow }
 
 func (payloadTracker) Track(uint16) session.Track { return payloadTrack{} }
@@ -33,6 +35,9 @@ func (payloadTrack) Client(_ session.Session, p []byte, _ bool) (flowtable.Key, 
 func (payloadTrack) Server(session.Session, []byte) flowtable.Key { return flowtable.Key{} }
 func (payloadTrack) Vouches(_ session.Session, p []byte) bool {
 	return !strings.HasPrefix(string(p), "forged")
+}
+func (payloadTrack) Recovers(_ session.Session, p []byte) (flowtable.Key, bool) {
+	return flowtable.Key{}, strings.HasPrefix(string(p), "proof")
 }
 
 // newRoamUnit is newUnit for a proxy whose sessions follow their clients.

@@ -101,6 +101,16 @@ type Track interface {
 	// client that came that way: it must carry what only the client and the
 	// server know.
 	Vouches(s Session, p []byte) bool
+	// Recovers notes p, a datagram from a server that s, a session nobody
+	// here knew (see Recoverer), asked whether it has the session, and
+	// reports whether p proves it does: with no history to go by, a run of
+	// datagrams that only a server that has the session sends in sequence
+	// (a transport counter, a packet-id), each of which a forger must land
+	// on the asking socket's port. A handler asks each server on a socket of
+	// its own, each with a Track of its own. own is a key the client named
+	// itself by that p proves (the index a WireGuard client chose), for the
+	// handler to file, or the zero Key.
+	Recovers(s Session, p []byte) (own flowtable.Key, ok bool)
 }
 
 // Flow keys sessions by 4-tuple: one session per peer address and port.

@@ -29,6 +29,30 @@ type DatagramOpener interface {
 	OpenDatagram(s Session, p []byte) error
 }
 
+// Recoverer is a Handler that can take over a session that no process here
+// has seen, such as a tunnel whose proxy crashed and restarted, or whose
+// flows the network moved to another host: a datagram whose verdict is
+// Lookup and whose ID (see Dissection) no session holds would be dropped,
+// and for a Recoverer the engine creates a session for it instead, filed
+// under the datagram's 4-tuple and its ID, and calls Recover in place of
+// Open. The handler finds where the session belongs (a proxy asks its
+// backends, and adopts the session where one proves it has it) or refuses
+// it. A restored session still gets ImportSession (see Migrator).
+type Recoverer interface {
+	Handler
+	// MayRecover reports whether a datagram from peer may create a session
+	// to recover, before the engine creates it: a handler that rations
+	// recoveries (they cost its servers datagrams) says no beyond its
+	// limits, and the datagram is dropped and counted as of an unknown ID.
+	// It runs on the loop that read the datagram.
+	MayRecover(peer netip.AddrPort) bool
+	// Recover is Open for the session s that datagram p, of a session
+	// nobody here knew, creates, with Open's rules: it runs before p is
+	// delivered to Datagram, and an error refuses the session. p belongs
+	// to the loop, as in Datagram.
+	Recover(s Session, p []byte) error
+}
+
 // StatelessHandler serves the datagrams a Dissector hands over without a
 // session (Verdict Stateless), such as the queries of a DNS-like service. A
 // listener's handler must be one for such datagrams to be served; for any

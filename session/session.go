@@ -9,8 +9,8 @@
 //
 // The surface, all a handler needs: Session and Socket (what the engine
 // hands a handler), Handler with its optional extensions (DatagramOpener,
-// BatchHandler, UpstreamHandler, Roamer, StatelessHandler, Migrator,
-// Precopier), Dissector and Tracker with Dissection, Verdict and Track,
+// BatchHandler, UpstreamHandler, Roamer, Recoverer, StatelessHandler,
+// Migrator, Precopier), Dissector and Tracker with Dissection, Verdict and Track,
 // Reason and Stats, and the ready-made Echo, Discard, Flow and Noop. The engine itself is package mux;
 // package sessiontest runs handlers without it, for their unit tests.
 package session

@@ -1,4 +1,4 @@
-// Package openvpn is a session.ReplyDissector for OpenVPN over UDP in TLS
+// Package openvpn is a session.Tracker for OpenVPN over UDP in TLS
 // mode, for a udpmux proxy in front of OpenVPN servers. It maps each
 // datagram from a client to the keys that find the client's session, so
 // that a client keeps reaching its session, and so its backend, after its
@@ -21,10 +21,14 @@
 //   - P_CONTROL_HARD_RESET_CLIENT_V2 and _V3 (tls-crypt-v2) start a session:
 //     verdict session.Create.
 //   - P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1, P_ACK_V1 and P_CONTROL_WKC_V1
-//     (tls-crypt-v2) belong to a session that a hard reset started:
-//     verdict session.Lookup. With OpenVPN 2.6 this also keeps the second
-//     packet of the three-way handshake with the server that answered the
-//     first one, since only that server can check the cookie in it.
+//     (tls-crypt-v2) belong to a session that a hard reset started, and
+//     find it by its session ID; on a udpmux that never saw the session (a
+//     crash, another host) they create it again (verdict session.Create
+//     too), and the proxy, which balances new sessions by a hash of their
+//     key, sends it to the backend the hard reset went to. With OpenVPN 2.6
+//     this also keeps the second packet of the three-way handshake with the
+//     server that answered the first one, since only that server can check
+//     the cookie in it.
 //
 // Data packets carry no identifier of the client's choosing:
 //
@@ -38,10 +42,15 @@
 //     backends hold the same peer-ids; the ID key is one that several
 //     sessions may hold. The peer-id 0xFFFFFF means none and gives no ID.
 //
-// Reply reads what a server sends to a client: a server sends its data to
-// a client that speaks P_DATA_V2 with the client's own peer-id, so Reply
-// returns that peer-id's ID key, which the engine files the session under.
-// Every other packet, and the peer-id 0xFFFFFF, gives no key.
+// A session's Track (session.Tracker) reads what a server sends to a
+// client: a server sends its data to a client that speaks P_DATA_V2 with
+// the client's own peer-id, which the session is then filed under (but
+// never another than the one the client uses). With an AEAD cipher the
+// Track also follows the packet-ids of both sides, which decide whether a
+// server's packet on a new path is the server's (see track.go): a client
+// that moves, and a session that a udpmux that never saw it recovers by
+// asking the backends (a P_DATA_V2 whose peer-id no session holds), follow
+// the server's proof, never an address.
 //
 // The dissector never changes a datagram: the peer-id is part of the data
 // that OpenVPN authenticates.
@@ -105,9 +114,9 @@
 //     connect-freq-initial.
 //   - cannot reach an existing session with forged control packets: their
 //     key is a 64-bit session ID that the client chose at random and that
-//     the attacker never sees, and a P_CONTROL_V1, P_ACK_V1, soft reset or
-//     P_CONTROL_WKC_V1 whose session ID no session holds is dropped by
-//     udpmux (verdict Lookup) without reaching a server.
+//     the attacker never sees. A P_CONTROL_V1, P_ACK_V1, soft reset or
+//     P_CONTROL_WKC_V1 whose session ID no session holds creates a session
+//     of its own, as a forged hard reset does, whose backend drops it.
 //   - can reach a session with forged data packets from the client's
 //     current address, if it knows or guesses that address and port, as
 //     under any 4-tuple dissector: the backend drops them, since they
@@ -125,11 +134,11 @@
 //     client that had just connected and had no data channel keys yet,
 //     which cut it off (CVE-2020-11810).
 //   - cannot make a session learn a peer-id unless it can also forge
-//     datagrams from a backend's address to the session's upstream socket
-//     (Reply sees only those); a peer-id learned that way only adds a
-//     candidate session that its backend then refuses to confirm.
-//   - cannot create a session with anything but a client hard reset,
-//     read traffic, or learn a session ID.
+//     datagrams from a backend's address to the session's upstream socket,
+//     and not even then once the client has used its own; a peer-id learned
+//     that way only adds a candidate session that its backend then refuses
+//     to confirm.
+//   - cannot read traffic, or learn a session ID.
 //
 // A hard reset forged from a client's own address and port, with a fresh
 // session ID, creates a second session that the engine files under the

@@ -2,6 +2,7 @@ package openvpn
 
 import (
 	"encoding/binary"
+	"net/netip"
 
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/session"
@@ -113,13 +114,21 @@ func data(p []byte) (peer uint32, key uint8, pid uint32, ok bool) {
 
 // Client notes a packet of the session's client. From its own address, a
 // data packet tells the peer-id the client uses and its packet-id on its
-// key; one from another address may be the client's only if its packet-id
-// is ahead of the last the client used on the key, and by less than
-// clientWindow (a client never sends a packet-id twice). A client names no
-// key of its own: its session ID is the session's key already.
+// key, and a control packet names the client's session ID, the key its
+// control packets find the session by (a session recovered from a data
+// packet learns it so); a data packet from another address may be the
+// client's only if its packet-id is ahead of the last the client used on
+// the key, and by less than clientWindow (a client never sends a packet-id
+// twice).
 func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, bool) {
 	peer, key, pid, ok := data(p)
 	if !ok {
+		if !moved {
+			// The key Dissect gives a control packet is its session ID.
+			if d := (&Dissector{}).Dissect(p, netip.AddrPort{}, netip.AddrPort{}, t.scope); d.Key.Kind() == flowtable.KindCID {
+				return d.Key, true
+			}
+		}
 		return flowtable.Key{}, true
 	}
 	c := &t.client[key]
@@ -174,14 +183,37 @@ func (t *track) Vouches(s session.Session, p []byte) bool {
 		return false
 	}
 	if !t.heard {
-		if t.probeKey != key {
-			t.probe, t.probeKey = seq{}, key
-		}
-		t.probe.note(pid)
-		return t.probe.estSet
+		return t.run(key, pid)
 	}
 	q := &t.server[key]
 	return q.estSet && pid > q.est && pid-q.est <= vouchWindow
+}
+
+// run notes packet-id pid of the server's on key, on a new path, and
+// reports whether it completes a run that founds a sequence (see seq).
+func (t *track) run(key uint8, pid uint32) bool {
+	if t.probeKey != key {
+		t.probe, t.probeKey = seq{}, key
+	}
+	t.probe.note(pid)
+	return t.probe.estSet
+}
+
+// Recovers reports whether p completes a run of the server's data packets
+// with a peer-id the session holds, in sequence on one key: the third,
+// each in turn ahead of the last by at most serverWindow. A server follows
+// a client to the socket that asked it only if it authenticated the
+// client's packet, and then sends the client's next packets there; a
+// forger must land three packets in sequence on that socket's port.
+func (t *track) Recovers(s session.Session, p []byte) (flowtable.Key, bool) {
+	peer, key, pid, ok := data(p)
+	if !ok || peer == noPeerID {
+		return flowtable.Key{}, false
+	}
+	if k, _ := flowtable.IDKey(t.scope, ClassPeerID, p[1:4]); !s.Holds(k) {
+		return flowtable.Key{}, false
+	}
+	return flowtable.Key{}, t.run(key, pid)
 }
 
 var _ session.Tracker = (*Dissector)(nil)

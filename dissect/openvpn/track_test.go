@@ -66,6 +66,13 @@ func TestTrack(t *testing.T) {
 					t.Errorf("opcode %d, %d bytes: own %v plausible %v; want none, true", p[0]>>3, len(p), own, ok)
 				}
 			}
+			// From its own address, a control packet names the client's
+			// session ID.
+			for _, op := range []byte{0x20, 0x28, 0x18, 0x38} {
+				if own, _ := tr.Client(held, packet(op, 100, testSIDs[0]), false); own != mustCID(t, testSIDs[0]) {
+					t.Errorf("opcode %d from the client's address: own %v", op>>3, own)
+				}
+			}
 		}},
 		{"the peer-id: any the server sends until the client uses one, then only that", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			for _, c := range []struct {
@@ -177,6 +184,23 @@ func TestTrack(t *testing.T) {
 				t.Error("a packet that continues no sequence vouched once the Track had heard the server")
 			}
 		}},
+		{"recovery: three data packets in sequence on one key, with a peer-id the session holds", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			for i, c := range []struct {
+				p    []byte
+				want bool
+			}{
+				{dataV2(0, 7, 40), false},
+				{dataV2(0, 7, 41), false},
+				{dataV2(0, 9, 42), false}, // a peer-id the session does not hold: no part of a run
+				{packet(0x20, 100, testSIDs[0]), false},
+				{dataV2(0, 7, 42), true},
+			} {
+				if own, ok := tr.Recovers(held, c.p); ok != c.want || own.Kind() != flowtable.KindNone {
+					t.Errorf("packet %d: Recovers = %v, %v", i, own, ok)
+				}
+			}
+		}},
 		{"a key-id that comes round again starts both sequences again", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			held.AddKey(mustPeerID(t, 7))
 			tr.Client(held, dataV2(1, 7, 3*clientWindow), false)
@@ -210,7 +234,8 @@ func TestCaptureTrack(t *testing.T) {
 	for _, c := range readCaptures(t) {
 		t.Run(c.name, func(t *testing.T) {
 			var d Dissector
-			tracks := map[int]session.Track{}
+			tracks, recovering := map[int]session.Track{}, map[int]session.Track{}
+			recovered := map[int]int{} // the server's data packets it took
 			helds := map[int]*sessiontest.Session{}
 			vouched, data := map[string]int{}, map[string]int{}
 			early := map[string]int{} // the server's packets on a key before its client's first
@@ -220,19 +245,34 @@ func TestCaptureTrack(t *testing.T) {
 				if tr == nil {
 					tr, held = d.Track(testScope), newHolder(t)
 					tracks[g.client], helds[g.client] = tr, held
+					recovering[g.client] = d.Track(testScope)
 				}
 				where := fmt.Sprintf("datagram %d (client %d, opcode %d, key-id %d)", i, g.client, g.payload[0]>>3, g.payload[0]&7)
 				key := fmt.Sprintf("%d/%d", g.client, g.payload[0]&7)
 				if g.toServer {
-					used[key] = used[key] || g.payload[0]>>opcodeShift == opDataV2
+					isData := g.payload[0]>>opcodeShift == opDataV2
+					used[key] = used[key] || isData
 					moved := g.client == 1 && i == len(c.grams)/2
-					if own, ok := tr.Client(held, g.payload, moved); !ok || own.Kind() != flowtable.KindNone {
-						t.Errorf("%s: own %v plausible %v", where, own, ok)
+					own, ok := tr.Client(held, g.payload, moved)
+					want := mustCID(t, c.clients[g.client].sessionID)
+					if isData || moved {
+						want = flowtable.Key{}
+					}
+					if !ok || own != want {
+						t.Errorf("%s: own %v plausible %v; want %v", where, own, ok, want)
 					}
 					continue
 				}
 				if g.payload[0]>>opcodeShift != opDataV2 {
 					continue
+				}
+				// A udpmux that never saw the client, asking the server from
+				// the moment it holds the client's peer-id (its data carry it).
+				if r := recovering[g.client]; r != nil && held.Holds(mustPeerID(t, uint32(c.clients[g.client].peerID))) {
+					recovered[g.client]++
+					if _, ok := r.Recovers(held, g.payload); ok {
+						recovering[g.client] = nil
+					}
 				}
 				data[key]++
 				if !used[key] {
@@ -250,6 +290,11 @@ func TestCaptureTrack(t *testing.T) {
 			// Every packet of the server's vouches but those that find the
 			// sequence (startRun + 1) and those before the client used
 			// the key (a server begins a renegotiated key first).
+			for n := range c.clients {
+				if recovering[n] != nil || recovered[n] != startRun+1 {
+					t.Errorf("client %d: recovered after %d of the server's data packets; want %d", n, recovered[n], startRun+1)
+				}
+			}
 			for key, n := range data {
 				if want := n - early[key] - startRun - 1; want < 3 || vouched[key] != want {
 					t.Errorf("client/key %s: %d of the server's %d data packets vouch (%d before the client's first); want %d", key, vouched[key], n, early[key], want)
@@ -272,8 +317,13 @@ func FuzzTrack(f *testing.F) {
 		tr, held := d.Track(testScope), newHolder(t)
 		orig := append([]byte(nil), p...)
 		for _, moved := range []bool{false, true} {
-			if own, _ := tr.Client(held, p, moved); own.Kind() != flowtable.KindNone {
-				t.Fatalf("Client named an own key %v", own)
+			own, _ := tr.Client(held, p, moved)
+			if d.Dissect(p, testLocal, testPeer, testScope).Key.Kind() != flowtable.KindCID || moved {
+				if own.Kind() != flowtable.KindNone {
+					t.Fatalf("Client (moved %v) named an own key %v", moved, own)
+				}
+			} else if own != d.Dissect(p, testLocal, testPeer, testScope).Key {
+				t.Fatalf("Client named %v for a control packet", own)
 			}
 		}
 		for range 3 {
@@ -283,9 +333,10 @@ func FuzzTrack(f *testing.F) {
 			}
 			held.AddKey(k)
 		}
-		if tr.Vouches(held, p) {
+		_, recovers := tr.Recovers(held, p)
+		if tr.Vouches(held, p) || recovers {
 			if _, _, _, ok := data(p); !ok {
-				t.Fatalf("vouched for % x", p)
+				t.Fatalf("vouched or recovered for % x", p)
 			}
 		}
 		if string(p) != string(orig) {

@@ -106,6 +106,8 @@ func TestCapture(t *testing.T) {
 		counts    = map[string]int{}
 		roamed    int // client transports from another address than their index was sent to
 		tr        = d.Track(5)
+		fresh     = d.Track(5) // a udpmux that never saw the client: Recovers
+		recovered = 0          // the server's transport messages it took
 		held      = newHolder(5)
 		peer      netip.AddrPort // the client's address as its session knows it
 	)
@@ -126,6 +128,15 @@ func TestCapture(t *testing.T) {
 			default:
 				if k != (flowtable.Key{}) {
 					t.Errorf("%s: Server = %v, want none", name, k)
+				}
+			}
+			if fresh != nil && typ == 4 {
+				recovered++
+				if own, ok := fresh.Recovers(held, g.payload); ok {
+					if want, _ := flowtable.IDKey(5, ClassClientIndex, g.payload[4:8]); own != want {
+						t.Errorf("%s: recovered with %v, want the client's index", name, own)
+					}
+					fresh = nil
 				}
 			}
 			// Every message of the server's that carries the client's
@@ -183,6 +194,9 @@ func TestCapture(t *testing.T) {
 	}
 	if counts["client 4"] < 10 || counts["server 4"] < 8 {
 		t.Errorf("too few transport messages: %v", counts)
+	}
+	if fresh != nil || recovered != recoverRun {
+		t.Errorf("recovered after %d of the server's transport messages; want %d", recovered, recoverRun)
 	}
 	if roamed == 0 {
 		t.Error("no client transport message from a new address in the capture")

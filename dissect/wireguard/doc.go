@@ -30,15 +30,23 @@
 //     keyed by its 4-tuple and carries its receiver index as ID
 //     (flowtable.IDKey of class ClassIndex, the 4 bytes as on the wire):
 //     the index the backend chose for the handshake, which sessions learn
-//     from the backend's messages through Reply, so that a client's
-//     transport data from a new address reaches the sessions that hold its
-//     index.
+//     from the backend's messages (see Track), so that a client's transport
+//     data from a new address reaches the sessions that hold its index. On
+//     a udpmux that never saw the session (a crash, another host) such a
+//     message recovers it: the proxy asks the backends (session.Recoverer).
 //
-// Reply reads the backend's messages to the client: a response or an
-// initiation assigns its sender index, which the client's later messages
-// carry as their receiver index. Indexes are chosen by each backend on its
-// own, so two backends may choose the same one; udpmux keeps ID keys per
-// session, and several sessions may hold one.
+// A session's Track (session.Tracker) reads the backend's messages to the
+// client: an initiation assigns its sender index, which the client's later
+// messages carry as their receiver index, and so does a response to an
+// initiation of the client's (one whose receiver index is the sender index
+// the client chose, ClassClientIndex). Indexes are chosen by each backend
+// on its own, so two backends may choose the same one; udpmux keeps ID keys
+// per session, and several sessions may hold one. The index the client
+// chose is what proves the backend: its transport messages to the client
+// carry it, and an off-path attacker never sees it, so only such a message
+// confirms that the client moved; with no history (recovery), a run of the
+// backend's transport messages to one index, counters in sequence, proves
+// it (see track.go).
 //
 // # Decrypting initiations
 //
@@ -74,8 +82,9 @@
 // never moves a session to a new client address on a dissector's word
 // alone: the session's handler decides (its Roam method), and confirms a
 // move with the backend, which a WireGuard backend gives only for a
-// message from the new address that it has authenticated. A forged message
-// can therefore achieve only this:
+// message from the new address that it has authenticated, and which the
+// Track checks carries the client's own index. A forged message can
+// therefore achieve only this:
 //
 //   - Type 4 with a guessed receiver index, from a forged address, reaches
 //     the sessions that hold the index (a 32-bit value the backend chose at

@@ -136,6 +136,9 @@ func FuzzTrack(f *testing.F) {
 				t.Fatalf("Server(%x) = %v", p, k)
 			}
 		}
+		if _, ok := tr.Recovers(held, p); ok && (!wellFormed(p) || p[0] != 4) {
+			t.Fatalf("Recovers(%x)", p)
+		}
 		if tr.Vouches(held, p) && (!wellFormed(p) || (p[0] != 2 && p[0] != 4) || len(held.Keys(nil)) == 1) {
 			t.Fatalf("Vouches(%x) with %d keys held", p, len(held.Keys(nil))-1)
 		}

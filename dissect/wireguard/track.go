@@ -26,6 +26,10 @@ const counterWindow = 1 << 16
 // keypair.
 const counterSlots = 2
 
+// recoverRun is the number of transport messages in sequence that prove a
+// backend has a session (see Recovers).
+const recoverRun = 3
+
 // track is the protocol state of one WireGuard session (session.Track).
 type track struct {
 	scope uint16
@@ -35,6 +39,13 @@ type track struct {
 		index   [4]byte
 		counter uint64
 		set     bool
+	}
+	// run is the backend's transport messages in sequence to one receiver
+	// index, for Recovers: the index, the last counter, how many.
+	run struct {
+		index [4]byte
+		last  uint64
+		n     int
 	}
 }
 
@@ -135,6 +146,29 @@ func (t *track) Vouches(s session.Session, p []byte) bool {
 		return s.Holds(t.clientIndex(p[8:12]))
 	}
 	return false
+}
+
+// Recovers reports whether p completes a run of recoverRun transport
+// messages to one receiver index, each counter ahead of the last by at most
+// counterWindow: a backend that has the session sends its transport
+// messages with one keypair's counter, to the index the client chose, and
+// to the socket that asked it only once it has authenticated the client's
+// message there. That index is the client's own. A forger must land three
+// messages in sequence on the asking socket's port.
+func (t *track) Recovers(s session.Session, p []byte) (flowtable.Key, bool) {
+	if header(p) != typeTransport {
+		return flowtable.Key{}, false
+	}
+	r, n := [4]byte(p[4:8]), binary.LittleEndian.Uint64(p[8:16])
+	if t.run.n > 0 && t.run.index == r && n > t.run.last && n-t.run.last <= counterWindow {
+		t.run.last, t.run.n = n, t.run.n+1
+	} else {
+		t.run.index, t.run.last, t.run.n = r, n, 1
+	}
+	if t.run.n < recoverRun {
+		return flowtable.Key{}, false
+	}
+	return t.clientIndex(r[:]), true
 }
 
 var _ session.Tracker = (*Dissector)(nil)

@@ -148,6 +148,28 @@ func TestTrack(t *testing.T) {
 				}
 			}
 		}},
+		{"recovery: three transport messages to one index, counters in sequence", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			for i, c := range []struct {
+				p    []byte
+				want bool
+			}{
+				{indexed(4, "", "MINE", 10), false},
+				{indexed(4, "", "MINE", 11), false},
+				{indexed(4, "", "ELSE", 12), false}, // another index: a new run
+				{indexed(4, "", "ELSE", 13), false},
+				{indexed(2, "BACK", "ELSE", 0), false}, // not a transport message: no part of a run
+				{indexed(4, "", "ELSE", 13), false},    // not ahead: a new run
+				{indexed(4, "", "ELSE", 14), false},
+				{indexed(4, "", "ELSE", 14+counterWindow+1), false}, // too far
+				{indexed(4, "", "ELSE", 15+counterWindow+1), false},
+				{indexed(4, "", "ELSE", 16+counterWindow+1), true},
+			} {
+				own, ok := tr.Recovers(held, c.p)
+				if ok != c.want || (ok && own != clientIndex(scope, []byte("ELSE"))) {
+					t.Errorf("message %d: Recovers = %v, %v", i, own, ok)
+				}
+			}
+		}},
 	}
 	d := newDissector(t, Config{})
 	for _, tt := range tests {

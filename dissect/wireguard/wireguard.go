@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/rate"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -55,7 +56,7 @@ type Dissector struct {
 	priv  *ecdh.PrivateKey // nil: initiations are keyed by 4-tuple
 	hs    handshake
 	pool  sync.Pool // of *scratch
-	limit limiter
+	limit rate.Limiter
 	epoch time.Time
 	clock func() int64 // nanoseconds since epoch; replaced by tests
 
@@ -105,7 +106,7 @@ func New(cfg Config) (*Dissector, error) {
 	}
 	d := &Dissector{epoch: time.Now()}
 	d.clock = func() int64 { return int64(time.Since(d.epoch)) }
-	d.limit.init(rate)
+	d.limit.Init(rate)
 	if cfg.PrivateKey != nil {
 		priv, err := ecdh.X25519().NewPrivateKey(cfg.PrivateKey[:])
 		if err != nil {
@@ -185,7 +186,7 @@ func (d *Dissector) staticKey(p []byte, scope uint16) (flowtable.Key, bool) {
 		d.counts[cMAC1Mismatches].Add(1)
 		return flowtable.Key{}, false
 	}
-	if !d.limit.allow(d.clock()) {
+	if !d.limit.Allow(d.clock()) {
 		d.counts[cRateLimited].Add(1)
 		return flowtable.Key{}, false
 	}

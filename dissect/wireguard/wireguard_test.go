@@ -400,42 +400,6 @@ func TestRateLimitShared(t *testing.T) {
 	}
 }
 
-func TestLimiter(t *testing.T) {
-	var l limiter
-	l.init(1000) // 1 ms apart, bursts of 100
-	n := 0
-	for l.allow(0) {
-		n++
-	}
-	if n != 100 {
-		t.Errorf("burst %d, want 100", n)
-	}
-	if l.allow(999_999) {
-		t.Error("allowed before the next token")
-	}
-	if !l.allow(1e6) || l.allow(1e6) {
-		t.Error("want exactly one token after 1 ms")
-	}
-	// A long pause refills the bucket only to the burst.
-	n = 0
-	for l.allow(10e9) {
-		n++
-	}
-	if n != 100 {
-		t.Errorf("burst after a pause %d, want 100", n)
-	}
-	var one limiter
-	one.init(1)
-	if !one.allow(0) || one.allow(0) || one.allow(999e6) || !one.allow(1e9) {
-		t.Error("rate 1: want one per second")
-	}
-	var fast limiter
-	fast.init(2e9) // faster than a nanosecond apart: clamped to 1 ns
-	if fast.interval != 1 {
-		t.Errorf("interval %d", fast.interval)
-	}
-}
-
 // Dissect allocates nothing on every path but the decryption.
 func TestNoAllocs(t *testing.T) {
 	if raceEnabled {

@@ -110,6 +110,27 @@ func (l *Loop) OpenKey(key, id flowtable.Key, peer netip.AddrPort, p []byte) (*S
 	return l.open(key, id, peer, func(s *Session) error { return l.Handler.Open(s) })
 }
 
+// Recover creates the session of a datagram p from peer whose verdict is
+// session.Lookup and whose ID id no session holds, as the engine does for a
+// session.Recoverer: it runs the handler's MayRecover, and if it agrees,
+// files the session under p's 4-tuple and id and runs Recover in place of
+// Open. It fails as Open does, for a handler that is not a Recoverer, and
+// when MayRecover says no. As on the engine, Recover does not deliver p.
+func (l *Loop) Recover(peer netip.AddrPort, id flowtable.Key, p []byte) (*Session, error) {
+	r, ok := l.Handler.(session.Recoverer)
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("sessiontest: %T is not a session.Recoverer", l.Handler)
+	case !r.MayRecover(unmap(peer)):
+		return nil, errors.New("sessiontest: the handler recovers no session for this datagram now")
+	}
+	key := flowtable.TupleKey(l.Scope, l.local(), peer)
+	return l.open(key, id, peer, func(s *Session) (err error) {
+		l.lend(p, func(q []byte) { err = r.Recover(s, q) })
+		return err
+	})
+}
+
 // Import creates a session from peer, keyed by its 4-tuple, as a restart
 // hands it over from a predecessor process: the handler's ImportSession
 // runs with the predecessor's state and upstream socket (-1 for none) in

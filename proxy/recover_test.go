@@ -1,0 +1,203 @@
+//go:build linux
+
+package proxy
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/session"
+	"github.com/udpmux/udpmux/session/sessiontest"
+)
+
+// newRecoveryUnit is newUnit for a proxy that recovers sessions, with
+// backends backends.
+func newRecoveryUnit(t *testing.T, backends int, rc RecoveryConfig, cfg Config) *unit {
+	cfg.Tracker, cfg.Recovery = payloadTracker{}, &rc
+	return newUnit(t, backends, cfg)
+}
+
+// recover has the unit recover the session of a datagram p from client
+// that carries ID "tunnel".
+func (u *unit) recover(client string, p string) (*sessiontest.Session, error) {
+	id, _ := flowtable.IDKey(0, 1, []byte("tunnel"))
+	s, err := u.l.Recover(netip.MustParseAddrPort(client), id, []byte(p))
+	if err == nil {
+		u.t.Cleanup(func() { s.End(session.ReasonShutdown) })
+	}
+	return s, err
+}
+
+// TestRecoveryAdoptsWhereTheBackendProvesIt: a session nobody knew asks
+// Fanout backends, each on a socket of its own, with its datagrams; what a
+// backend sends before its proof waits; the proof adopts the session on
+// that backend, whose socket becomes the session's, the others close, and
+// the client gets what waited and the proof.
+func TestRecoveryAdoptsWhereTheBackendProvesIt(t *testing.T) {
+	u := newRecoveryUnit(t, 3, RecoveryConfig{Fanout: 2}, Config{})
+	s, err := u.recover("198.51.100.1:1000", "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := s.Sockets()
+	if len(asked) != 2 || !sentAre(asked[0].Sent(), "first") || !sentAre(asked[1].Sent(), "first") {
+		t.Fatalf("%d sockets asked", len(asked))
+	}
+	s.Deliver(s.PeerAddr(), []byte("second"))
+	asked[0].Deliver([]byte("forged"))
+	asked[1].Deliver([]byte("early"))
+	if st := u.h.Stats(); len(s.Sent()) != 0 || st.Recovering != 1 || st.RecoveryProbes != 4 || st.RecoverySockets != 2 {
+		t.Fatalf("before the proof: the client got %q; %d recovering, %d probes, %d sockets", s.Sent(), st.Recovering, st.RecoveryProbes, st.RecoverySockets)
+	}
+	asked[1].Deliver([]byte("proof"))
+	st := u.h.Stats()
+	if !asked[0].Detached() || asked[1].Detached() || st.Recovered != 1 || st.Recovering != 0 || st.RecoverySockets != 0 || st.UpstreamSockets != 1 {
+		t.Fatalf("after the proof: other socket closed %v, %d recovered, %d recovering, %d sockets", asked[0].Detached(), st.Recovered, st.Recovering, st.UpstreamSockets)
+	}
+	if !sentAre(s.Sent(), "early", "proof") {
+		t.Errorf("the client got %q", s.Sent())
+	}
+	info, _ := u.h.Session(s)
+	b := -1
+	for i, x := range u.h.backends {
+		if x == info.Backend {
+			b = i
+		}
+	}
+	if b < 0 || st.Backends[b].Sessions != 1 {
+		t.Errorf("adopted on %v: backends %+v", info.Backend, st.Backends)
+	}
+	s.Deliver(s.PeerAddr(), []byte("third"))
+	if !sentAre(asked[1].Sent(), "first", "second", "third") {
+		t.Errorf("the adopted socket sent %q", asked[1].Sent())
+	}
+}
+
+// TestRecoveryGivesUp: a session no backend proves by the deadline closes
+// at its client's next datagram, releasing its sockets and its source's
+// share; one that closes before, too.
+func TestRecoveryGivesUp(t *testing.T) {
+	for _, end := range []string{"deadline", "idle"} {
+		t.Run(end, func(t *testing.T) {
+			u := newRecoveryUnit(t, 2, RecoveryConfig{Timeout: time.Second}, Config{Sources: NewSourceLimiter(1)})
+			s, err := u.recover("198.51.100.1:1000", "first")
+			if err != nil {
+				t.Fatal(err)
+			}
+			asked := s.Sockets()
+			if end == "deadline" {
+				u.clk.Advance(time.Second - time.Nanosecond)
+				s.Deliver(s.PeerAddr(), []byte("in time"))
+				u.clk.Advance(time.Nanosecond + 1)
+				s.Deliver(s.PeerAddr(), []byte("too late"))
+			} else {
+				s.End(session.ReasonIdle)
+			}
+			st := u.h.Stats()
+			if s.Reason() == 0 || st.RecoveryFailed != 1 || st.Recovering != 0 || st.UpstreamSockets != 0 {
+				t.Fatalf("ended %v; %d failed, %d recovering, %d sockets", s.Reason(), st.RecoveryFailed, st.Recovering, st.UpstreamSockets)
+			}
+			for _, k := range asked {
+				if !k.Detached() || !isClosed(k.FD()) {
+					t.Error("a socket left open")
+				}
+				if sent := k.Sent(); len(sent) == 0 || string(sent[len(sent)-1]) == "too late" {
+					t.Errorf("the socket sent %q", sent)
+				}
+			}
+			u.open("198.51.100.1:2000") // the source's share is free
+		})
+	}
+}
+
+// TestRecoveryRationed: recoveries are rationed per source and in all, and
+// by the sockets they may hold: one that finds the budget spent takes the
+// place of its loop's oldest recovering session past its deadline, and is
+// refused while none is.
+func TestRecoveryRationed(t *testing.T) {
+	t.Run("rates", func(t *testing.T) {
+		u := newRecoveryUnit(t, 1, RecoveryConfig{Rate: 20, RatePerSource: 10}, Config{}) // bursts of 2 and 1
+		if _, err := u.recover("198.51.100.1:1000", "a"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := u.recover("198.51.100.1:1001", "b"); err == nil {
+			t.Error("a second recovery from one source at once")
+		}
+		if _, err := u.recover("198.51.100.2:1000", "c"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := u.recover("198.51.100.3:1000", "d"); err == nil {
+			t.Error("a third recovery in all at once")
+		}
+		if n := u.h.Stats().RecoveryRefused; n != 2 {
+			t.Errorf("RecoveryRefused = %d", n)
+		}
+	})
+	t.Run("sockets", func(t *testing.T) {
+		u := newRecoveryUnit(t, 2, RecoveryConfig{Sockets: NewBudget(2), Timeout: time.Second}, Config{})
+		old, err := u.recover("198.51.100.1:1000", "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := u.recover("198.51.100.2:1000", "b"); !errors.Is(err, ErrRecoveryLimited) {
+			t.Fatalf("a recovery beyond the sockets, the oldest in time: %v", err)
+		}
+		u.clk.Advance(time.Second + 1)
+		s, err := u.recover("198.51.100.3:1000", "c")
+		if err != nil || old.Reason() != session.ReasonClosed || len(s.Sockets()) != 2 {
+			t.Fatalf("the oldest, past its deadline, did not make room: %v, ended %v", err, old.Reason())
+		}
+		if st := u.h.Stats(); st.RecoveryFailed != 1 || st.RecoveryRefused != 1 || st.RecoverySockets != 2 {
+			t.Errorf("%d failed, %d refused, %d sockets", st.RecoveryFailed, st.RecoveryRefused, st.RecoverySockets)
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		u := newRoamUnit(t, Config{})
+		if _, err := u.recover("198.51.100.1:1000", "a"); err == nil {
+			t.Error("a recovery without Config.Recovery")
+		}
+	})
+}
+
+// TestRecoveringSessionNeitherMovesNorMigrates: a recovering session has
+// no backend of its own to confirm a move with, and a restart hands it
+// over as recovering, which the successor refuses (its client's next
+// datagram recovers it there).
+func TestRecoveringSessionNeitherMovesNorMigrates(t *testing.T) {
+	u := newRecoveryUnit(t, 2, RecoveryConfig{}, Config{})
+	s, err := u.recover("198.51.100.1:1000", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if roamTo(s, "203.0.113.1:1000", "moved") != nil || u.h.Stats().MovesRefused != 1 {
+		t.Error("a probe for a recovering session")
+	}
+	state, err := u.h.ExportSession(s)
+	if err != nil || state != nil {
+		t.Fatalf("ExportSession = %q, %v", state, err)
+	}
+	if _, err := u.l.Import(netip.MustParseAddrPort("198.51.100.2:1000"), state, -1); err == nil {
+		t.Error("a recovering session imported")
+	}
+	if info, ok := u.h.Session(s); !ok || info.Backend.IsValid() {
+		t.Errorf("Session = %+v, %v", info, ok)
+	}
+}
+
+// TestRecoveryNeedsATracker: nothing proves a backend has a session
+// without one.
+func TestRecoveryNeedsATracker(t *testing.T) {
+	_, err := New(Config{Backends: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}, Recovery: &RecoveryConfig{}})
+	if err == nil {
+		t.Error("recovery without a Tracker accepted")
+	}
+	for _, rc := range []RecoveryConfig{{Rate: -1}, {RatePerSource: -1}, {Fanout: -1}, {Timeout: -1}} {
+		cfg := Config{Backends: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}, Tracker: payloadTracker{}, Recovery: &rc}
+		if _, err := New(cfg); err == nil {
+			t.Errorf("%+v accepted", rc)
+		}
+	}
+}
