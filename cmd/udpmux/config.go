@@ -38,6 +38,7 @@ type fileConfig struct {
 	Socket      socketConfig     `mapstructure:"socket"`
 	Listeners   []listenerConfig `mapstructure:"listeners"`
 	Sessions    sessionsConfig   `mapstructure:"sessions"`
+	Recovery    recoveryConfig   `mapstructure:"recovery"`
 	Log         logConfig        `mapstructure:"log"`
 	Control     controlConfig    `mapstructure:"control"`
 	Metrics     metricsConfig    `mapstructure:"metrics"`
@@ -108,6 +109,18 @@ type sessionsConfig struct {
 	MaxProbeSockets    int `mapstructure:"max_probe_sockets"`
 }
 
+// recoveryConfig rations the recovery of tunnel sessions that no process
+// here has seen (a crash, another host): proxy listeners with dissector
+// wireguard or openvpn ask their backends.
+type recoveryConfig struct {
+	Enabled       bool   `mapstructure:"enabled"`
+	Rate          int    `mapstructure:"rate"`
+	RatePerSource int    `mapstructure:"rate_per_source"`
+	Fanout        int    `mapstructure:"fanout"`
+	MaxSockets    int    `mapstructure:"max_sockets"`
+	Timeout       string `mapstructure:"timeout"`
+}
+
 type logConfig struct {
 	Level string `mapstructure:"level"`
 }
@@ -127,6 +140,12 @@ var defaults = map[string]any{
 	"sessions.max_per_source":       0,
 	"sessions.max_upstream_sockets": 0,
 	"sessions.max_probe_sockets":    proxy.DefaultProbes,
+	"recovery.enabled":              true,
+	"recovery.rate":                 proxy.DefaultRecoveryRate,
+	"recovery.rate_per_source":      proxy.DefaultRecoveryRatePerSource,
+	"recovery.fanout":               proxy.DefaultRecoveryFanout,
+	"recovery.max_sockets":          proxy.DefaultRecoverySockets,
+	"recovery.timeout":              proxy.DefaultRecoveryTimeout.String(),
 	"log.level":                     "info",
 	"control.socket":                defaultControlSocket,
 	"control.handoff_timeout":       "10s",
@@ -213,6 +232,9 @@ type proxyLimits struct {
 	sources                *proxy.SourceLimiter
 	sockets, probes        *proxy.Budget
 	recvBuffer, sendBuffer int
+	// recovery is nil when recovery.enabled is false; its Sockets are
+	// shared by every listener.
+	recovery *proxy.RecoveryConfig
 }
 
 // check validates every key and builds the engine's configuration; the first
@@ -274,6 +296,9 @@ func (fc *fileConfig) check() (*config, error) {
 		recvBuffer: cmp.Or(fc.Socket.UpstreamRecvBuffer, fc.Socket.RecvBuffer),
 		sendBuffer: cmp.Or(fc.Socket.UpstreamSendBuffer, fc.Socket.SendBuffer),
 	}
+	if c.limits.recovery, err = fc.Recovery.check(); err != nil {
+		return nil, err
+	}
 	for _, b := range []struct {
 		key string
 		n   int
@@ -302,6 +327,38 @@ func (fc *fileConfig) check() (*config, error) {
 	}
 	return c, nil
 }
+
+// check validates the recovery section and returns the proxies' recovery
+// configuration, nil when disabled.
+func (r *recoveryConfig) check() (*proxy.RecoveryConfig, error) {
+	if !r.Enabled {
+		return nil, nil
+	}
+	for _, k := range []struct {
+		key string
+		n   int
+	}{{"recovery.rate", r.Rate}, {"recovery.rate_per_source", r.RatePerSource}, {"recovery.fanout", r.Fanout}, {"recovery.max_sockets", r.MaxSockets}} {
+		if k.n < 1 {
+			return nil, fmt.Errorf("%s: %d must be at least 1 (recovery.enabled: false turns recovery off)", k.key, k.n)
+		}
+	}
+	if r.Fanout > maxRecoveryFanout {
+		return nil, fmt.Errorf("recovery.fanout: %d asks more backends per datagram than %d", r.Fanout, maxRecoveryFanout)
+	}
+	if r.MaxSockets < r.Fanout {
+		return nil, fmt.Errorf("recovery.max_sockets: %d is fewer than one recovery's recovery.fanout (%d)", r.MaxSockets, r.Fanout)
+	}
+	d, err := time.ParseDuration(r.Timeout)
+	if err != nil || d < 100*time.Millisecond || d > time.Minute {
+		return nil, fmt.Errorf("recovery.timeout: %q is not a duration from 100ms to 1m", r.Timeout)
+	}
+	return &proxy.RecoveryConfig{Rate: r.Rate, RatePerSource: r.RatePerSource, Fanout: r.Fanout,
+		Sockets: proxy.NewBudget(r.MaxSockets), Timeout: d}, nil
+}
+
+// maxRecoveryFanout bounds recovery.fanout: the datagrams a recovering
+// session sends to backends for each of its client's.
+const maxRecoveryFanout = 64
 
 func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, error) {
 	key := func(k string) string { return fmt.Sprintf("listeners[%d].%s", i, k) }
@@ -503,6 +560,13 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
 	}
 	cfg.Tracker, _ = d.(session.Tracker)
+	if cfg.Tracker != nil && limits.recovery != nil {
+		if policy != proxy.PolicyMaglev {
+			return nil, fmt.Errorf("%s: %s picks a new session's backend by what this process has seen, which another udpmux, or this one after a crash, cannot pick again: a client's handshake or control packet would land on another backend than its session's; use maglev, or set recovery.enabled: false",
+				key("balance"), l.Balance)
+		}
+		cfg.Recovery = limits.recovery
+	}
 	if router, ok := d.(*quic.Dissector); ok {
 		cfg.Router = router
 		for _, id := range bs.sids {

@@ -23,11 +23,12 @@ const (
 	perLoopDescriptors = 4
 )
 
-// reserveDescriptors makes the upstream and probe socket budgets fit the
-// process's descriptor limit (RLIMIT_NOFILE, which the Go runtime raises to
-// the hard limit), so that opening an upstream socket can never take the last
-// descriptors from the control socket or a handoff. Probes get at most a
-// quarter of what udpmux's own needs leave. An explicit
+// reserveDescriptors makes the upstream, probe and recovery socket budgets
+// fit the process's descriptor limit (RLIMIT_NOFILE, which the Go runtime
+// raises to the hard limit), so that opening an upstream socket can never
+// take the last descriptors from the control socket or a handoff. Probes
+// and recoveries get at most a quarter each of what udpmux's own needs
+// leave. An explicit
 // sessions.max_upstream_sockets that does not fit is an error; without one
 // the budget is what the limit leaves, at most sessions.max.
 func reserveDescriptors(cfg *config, workers int, log *slog.Logger) error {
@@ -46,12 +47,19 @@ func reserveDescriptors(cfg *config, workers int, log *slog.Logger) error {
 	}
 	limit := int(min(rl.Cur, 1<<31-1))
 	reserve := fixedDescriptors + workers*(perLoopDescriptors+len(cfg.mux.Listeners))
-	// Probes take at most a quarter of what is left.
-	if probes := cfg.limits.probes; probes.Max() > (limit-reserve)/4 {
-		probes.SetMax(max((limit-reserve)/4, 1))
-		log.Info("probe sockets bounded by the descriptor limit", "max_probe_sockets", probes.Max(), "rlimit_nofile", limit)
+	// Probes and recoveries take at most a quarter each of what is left.
+	quarter := max((limit-reserve)/4, 1)
+	bounded := map[string]*proxy.Budget{"sessions.max_probe_sockets": cfg.limits.probes}
+	if r := cfg.limits.recovery; r != nil {
+		bounded["recovery.max_sockets"] = r.Sockets
 	}
-	reserve += cfg.limits.probes.Max()
+	for key, b := range bounded {
+		if b.Max() > quarter {
+			b.SetMax(quarter)
+			log.Info("sockets bounded by the descriptor limit", key, quarter, "rlimit_nofile", limit)
+		}
+		reserve += b.Max()
+	}
 	left := limit - reserve
 	if n := cfg.upstreamSockets; n > 0 {
 		if n > left {
