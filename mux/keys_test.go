@@ -408,3 +408,59 @@ func TestEndedSessionTakesNoKeys(t *testing.T) {
 		t.Errorf("after the end: %d keys, %d sessions in the table; want none", st.Keys, st.Sessions)
 	}
 }
+
+// recoveringHandler is a keyHandler that recovers the sessions of IDs
+// whose first byte is 'r', and refuses the rest in MayRecover.
+type recoveringHandler struct {
+	*keyHandler
+	mu        sync.Mutex
+	recovered []string
+	asked     int
+}
+
+func (h *recoveringHandler) MayRecover(netip.AddrPort) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.asked++
+	return true
+}
+
+func (h *recoveringHandler) Recover(s session.Session, p []byte) error {
+	if p[1] != 'r' {
+		return errors.New("not recoverable")
+	}
+	s.SetState("recovered")
+	h.mu.Lock()
+	h.recovered = append(h.recovered, string(p))
+	h.mu.Unlock()
+	return nil
+}
+
+// TestRecovererGetsUnknownIDs: a datagram whose verdict is Lookup and whose
+// ID no session holds goes to the listener's Recoverer, which creates the
+// session for it or refuses it; one whose ID a session holds goes to that
+// session, and one without an ID is dropped as before.
+func TestRecovererGetsUnknownIDs(t *testing.T) {
+	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}}
+	srv := startKeys(t, h)
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	if got := exchangeKeys(t, a, "drxyz"); got != "recovered drxyz" {
+		t.Fatalf("the first datagram of a session nobody knew: %q", got)
+	}
+	if got := exchangeKeys(t, a, "drxyz"); got != "recovered drxyz" {
+		t.Fatalf("its next datagram: %q", got)
+	}
+	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	b.Write([]byte("dnope"))
+	silent(t, b, "a session its handler would not recover")
+	st := srv.Stats()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.recovered) != 1 || st.Sessions != 1 || st.Listeners[0].RefusedOpen != 1 || h.asked != 2 {
+		t.Errorf("recovered %q, %d sessions, %d refused, MayRecover asked %d times", h.recovered, st.Sessions, st.Listeners[0].RefusedOpen, h.asked)
+	}
+	s := sessionOf(t, srv, a)
+	if !s.Holds(testID(0, []byte("rxyz"))) {
+		t.Errorf("the recovered session's keys %v lack its ID", s.Keys(nil))
+	}
+}

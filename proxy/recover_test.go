@@ -201,3 +201,53 @@ func TestRecoveryNeedsATracker(t *testing.T) {
 		}
 	}
 }
+
+// TestRecoveryAfterACrash: tunnels through a proxy that stops without a
+// word (its sockets gone, as after kill -9) go on through a new one on the
+// same address that never saw them: each tunnel's next messages, asked of
+// the backends, find the one that has it, which proves it with its answers,
+// and the session is adopted there, with no new handshake. A spoofer's
+// messages under random indexes recover nothing and get nothing back.
+func TestRecoveryAfterACrash(t *testing.T) {
+	const n = 4
+	secrets := wgSecrets(n)
+	b1, b2 := startWGBackend(t, "b1", secrets), startWGBackend(t, "b2", secrets)
+	recovery := func() *RecoveryConfig { return &RecoveryConfig{Timeout: time.Second} }
+	first, _, stop := startWGProxyAt(t, Config{Recovery: recovery()}, netip.MustParseAddrPort("127.0.0.1:0"), b1, b2)
+	clients, landed := dialWG(t, first, secrets)
+	addr := first.Addr(0)
+	stop()
+
+	second, h, _ := startWGProxyAt(t, Config{Recovery: recovery()}, addr, b1, b2)
+	spoofer := listenAt(t, "127.0.2.1:5000")
+	for i := range 20 {
+		spoofer.WriteToUDPAddrPort(wgTransport(randIndex(), uint64(i+1), "forged", []byte("guess")), addr)
+	}
+	for _, c := range clients {
+		if got := c.ping("after the crash", 50*time.Millisecond); got != landed[c.tunnel] {
+			t.Errorf("tunnel %d after the crash: answered by %q, want its backend %q", c.tunnel, got, landed[c.tunnel])
+		}
+	}
+	for _, c := range clients {
+		if got := c.send("settled"); got != landed[c.tunnel] {
+			t.Errorf("tunnel %d settled: answered by %q", c.tunnel, got)
+		}
+	}
+	nothingAt(t, spoofer)
+	st := h.Stats()
+	if st.Recovered != n || second.Stats().Sessions != n+int(st.Recovering) {
+		t.Errorf("%d recovered, %d sessions (%d recovering); want %d", st.Recovered, second.Stats().Sessions, st.Recovering, n)
+	}
+	if st.RecoveryProbes < 2*n {
+		t.Errorf("%d recovery probes", st.RecoveryProbes)
+	}
+	byName := map[string]*wgBackend{"b1": b1, "b2": b2}
+	for _, c := range clients {
+		s := sessionAt(t, second, c.addr())
+		info, _ := h.Session(s)
+		at, _ := byName[landed[c.tunnel]].at(c.tunnel)
+		if info.Source != at {
+			t.Errorf("tunnel %d: its backend sends to %v, its session's socket is %v", c.tunnel, at, info.Source)
+		}
+	}
+}

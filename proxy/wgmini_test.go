@@ -223,6 +223,9 @@ type wgClient struct {
 	index   [4]byte // C
 	backend [4]byte // B
 	counter uint64
+	// pinged are the messages ping sent again and again: their later
+	// answers are no surprise.
+	pinged map[string]bool
 }
 
 // move has the client send from a new socket bound to local.
@@ -269,11 +272,45 @@ func (c *wgClient) send(msg string) string {
 			continue // not for this tunnel: a client drops it
 		}
 		name, echo, _ := strings.Cut(got, ":")
+		if c.pinged[echo] {
+			continue
+		}
 		if echo != msg {
 			c.t.Fatalf("tunnel %d: answer %q to %q", c.tunnel, got, msg)
 		}
 		return name
 	}
+}
+
+// ping sends msg again every interval, with a fresh counter each time, as
+// a tunnel's pings do, until an answer to one arrives, and returns the
+// answering backend's name, or "" after two seconds.
+func (c *wgClient) ping(msg string, interval time.Duration) string {
+	if c.pinged == nil {
+		c.pinged = map[string]bool{}
+	}
+	c.pinged[msg] = true
+	deadline := time.Now().Add(2 * time.Second)
+	buf := make([]byte, 2048)
+	for time.Now().Before(deadline) {
+		c.counter++
+		c.conn.Write(wgTransport(c.backend, c.counter, msg, c.secret))
+		c.conn.SetReadDeadline(time.Now().Add(interval))
+		for {
+			n, err := c.conn.Read(buf)
+			if err != nil {
+				break
+			}
+			if r, _, got, ok := wgOpen(buf[:n], c.secret); ok && r == c.index {
+				name, echo, _ := strings.Cut(got, ":")
+				if echo != msg {
+					c.t.Fatalf("tunnel %d: answer %q to %q", c.tunnel, got, msg)
+				}
+				return name
+			}
+		}
+	}
+	return ""
 }
 
 // read returns the next datagram, or nil after two seconds.
@@ -291,6 +328,14 @@ func (c *wgClient) read() []byte {
 // with package wireguard's Dissector and Track.
 func startWGProxy(t *testing.T, cfg Config, backends ...*wgBackend) (*mux.Server, *Handler) {
 	t.Helper()
+	srv, h, _ := startWGProxyAt(t, cfg, netip.MustParseAddrPort("127.0.0.1:0"), backends...)
+	return srv, h
+}
+
+// startWGProxyAt is startWGProxy on addr, and returns a function that stops
+// the proxy, closing its sockets, and returns once it has.
+func startWGProxyAt(t *testing.T, cfg Config, addr netip.AddrPort, backends ...*wgBackend) (*mux.Server, *Handler, func()) {
+	t.Helper()
 	for _, b := range backends {
 		cfg.Backends = append(cfg.Backends, b.addr())
 	}
@@ -306,8 +351,7 @@ func startWGProxy(t *testing.T, cfg Config, backends ...*wgBackend) (*mux.Server
 	srv, err := mux.New(mux.Config{
 		Workers: 2, Logger: quiet(),
 		Listeners: []mux.ListenerConfig{{
-			Name: "wg", Address: netip.MustParseAddrPort("127.0.0.1:0"), Handler: h,
-			Dissector: d, IdleTimeout: time.Minute,
+			Name: "wg", Address: addr, Handler: h, Dissector: d, IdleTimeout: time.Minute,
 		}},
 	})
 	if err != nil {
@@ -316,8 +360,9 @@ func startWGProxy(t *testing.T, cfg Config, backends ...*wgBackend) (*mux.Server
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return srv, h
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return srv, h, stop
 }
 
 // wgSecrets returns the secrets of n tunnels, numbered from 100.
