@@ -18,8 +18,9 @@ import (
 )
 
 // The test protocol of this file: a datagram "c<name>" creates a session
-// (keyed by 4-tuple), "d<id>" is data that carries the 4-byte ID id, and
-// "k<id>" asks the handler to learn id.
+// (keyed by 4-tuple), "d<id>" is data that carries the 4-byte ID id, "e<id>"
+// data whose ID repeats across servers, and "k<id>" asks the handler to
+// learn id.
 const testIDClass = 7
 
 type idDissector struct{}
@@ -36,6 +37,8 @@ func (idDissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) s
 		return session.Dissection{Key: tuple, Verdict: session.Create}
 	case len(p) >= 5 && p[0] == 'd':
 		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), Verdict: session.Lookup}
+	case len(p) >= 5 && p[0] == 'e': // an ID that repeats across servers
+		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), IDRepeats: true, Verdict: session.Lookup}
 	}
 	return session.Dissection{Verdict: session.Drop}
 }
@@ -463,4 +466,44 @@ func TestRecovererGetsUnknownIDs(t *testing.T) {
 	if !s.Holds(testID(0, []byte("rxyz"))) {
 		t.Errorf("the recovered session's keys %v lack its ID", s.Keys(nil))
 	}
+}
+
+// TestRepeatingIDsAreRecoveredToo: a datagram from a new address whose ID
+// a session holds goes to that session's handler (Roam); if the ID repeats
+// across servers, a session nobody here knew may have it too, and the
+// Recoverer gets it as well.
+func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
+	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}}
+	srv := startKeys(t, keyRoamerRecoverer{keyRoamer{h.keyHandler}, h})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	exchangeKeys(t, a, "k"+"rabc")
+	for _, p := range []string{"drabc", "erabc"} {
+		b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+		if p == "erabc" {
+			if got := exchangeKeys(t, b, p); got != "recovered "+p {
+				t.Errorf("%s from a new address: %q", p, got)
+			}
+			continue
+		}
+		b.Write([]byte(p))
+		silent(t, b, "a datagram whose ID does not repeat")
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if roamed := h.keyHandler.roamed["a"]; len(roamed) != 2 || !slices.Equal(h.recovered, []string{"erabc"}) {
+		t.Errorf("roamed from %v, recovered %q", roamed, h.recovered)
+	}
+}
+
+// keyRoamerRecoverer is a keyRoamer whose sessions a recoveringHandler
+// recovers.
+type keyRoamerRecoverer struct {
+	keyRoamer
+	r *recoveringHandler
+}
+
+func (h keyRoamerRecoverer) MayRecover(p netip.AddrPort) bool { return h.r.MayRecover(p) }
+func (h keyRoamerRecoverer) Recover(s session.Session, p []byte) error {
+	return h.r.Recover(s, p)
 }

@@ -54,6 +54,7 @@ type loop struct {
 	// Per-batch slots filled by classify and used by route.
 	keys     []flowtable.Key
 	ids      []flowtable.Key
+	repeats  []bool // the ID repeats across servers (Dissection.IDRepeats)
 	verdicts []session.Verdict
 	locals   []netip.AddrPort
 	peers    []netip.AddrPort
@@ -150,6 +151,7 @@ func newLoop(srv *Server, id, cpu int) (*loop, error) {
 
 		keys:     make([]flowtable.Key, srv.cfg.Batch),
 		ids:      make([]flowtable.Key, srv.cfg.Batch),
+		repeats:  make([]bool, srv.cfg.Batch),
 		verdicts: make([]session.Verdict, srv.cfg.Batch),
 		extras:   map[*sess][]*socket{},
 		cands:    make([]*sess, 0, maxCandidates),

@@ -119,6 +119,7 @@ func (l *loop) classify(ls *loopSocket, m *udpsys.Message, i int) {
 		return
 	}
 	l.keys[i], l.ids[i], l.verdicts[i], l.locals[i], l.peers[i] = key, d.ID, verdict, local, peer
+	l.repeats[i] = d.IDRepeats
 }
 
 // route passes datagram i of a batch to its session, e the flow table's
@@ -150,8 +151,15 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 			s.noteUse(held)
 		}
 	case hasID && l.resolve(ls, id, peer, p):
-		return
-	case e == nil && hasID && ls.ln.recoverer != nil && ls.ln.recoverer.MayRecover(peer):
+		// Its ID's sessions have it; one of another server's that nobody
+		// here has seen may have it too if the ID repeats across servers.
+		if e != nil || !l.repeats[i] || !l.mayRecover(ls, peer) {
+			return
+		}
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict); s == nil {
+			return
+		}
+	case e == nil && hasID && l.mayRecover(ls, peer):
 		// A session nobody here has seen: the handler finds it.
 		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict); s == nil {
 			return
@@ -172,6 +180,14 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		}
 	}
 	l.toOwner(ls, s, peer, p)
+}
+
+// mayRecover reports whether the listener's handler recovers sessions
+// nobody here has seen (session.Recoverer) and one may begin for a datagram
+// from peer now.
+func (l *loop) mayRecover(ls *loopSocket, peer netip.AddrPort) bool {
+	r := ls.ln.recoverer
+	return r != nil && r.MayRecover(peer)
 }
 
 // toOwner hands p from peer to s on the loop that owns s.

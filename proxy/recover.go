@@ -157,10 +157,10 @@ func (h *Handler) MayRecover(peer netip.AddrPort) bool {
 	return true
 }
 
-// Recover implements session.Recoverer: it sends p, the first datagram of
-// s, a session nobody here knew, to up to Fanout healthy backends, each on
-// a socket of its own, to be adopted where one proves it has the session
-// (see recovered). The session takes its share of sessions.max_per_source
+// Recover implements session.Recoverer: it opens a socket to each of up to
+// Fanout healthy backends for s, a session nobody here knew, whose
+// datagrams, p the first, then go to all of them, to be adopted where one
+// proves it has the session (see recoveringUpstream). The session takes its share of sessions.max_per_source
 // as a new one does.
 func (h *Handler) Recover(s session.Session, p []byte) error {
 	r := h.recovery
@@ -195,8 +195,7 @@ func (h *Handler) Recover(s session.Session, p []byte) error {
 	u.rec.entry = q.push(u)
 	s.SetState(u)
 	h.stats.recovering.Add(1)
-	h.askAll(s, u, p)
-	return nil
+	return nil // the engine delivers p next, to Datagram, which asks
 }
 
 // recoverySocket takes a unit of the recovery socket budget, in the place

@@ -28,6 +28,7 @@ func (u *unit) recover(client string, p string) (*sessiontest.Session, error) {
 	s, err := u.l.Recover(netip.MustParseAddrPort(client), id, []byte(p))
 	if err == nil {
 		u.t.Cleanup(func() { s.End(session.ReasonShutdown) })
+		s.Deliver(s.PeerAddr(), []byte(p)) // as the engine does next
 	}
 	return s, err
 }
@@ -278,6 +279,7 @@ func BenchmarkRecovery(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				s.Deliver(peer, []byte("first"))
 				s.Sockets()[0].Deliver([]byte("proof"))
 				s.End(session.ReasonIdle)
 			}

@@ -40,6 +40,12 @@ type Dissection struct {
 	// when Key finds no session. A session created by the datagram holds ID
 	// from the start.
 	ID flowtable.Key
+	// IDRepeats says that servers hand out ID on their own, each from a
+	// small range (OpenVPN's peer-ids: 0, 1, 2, ... on every server), so a
+	// datagram with it from an address no session has may belong to a
+	// session of another server than those of the sessions that hold it:
+	// a listener's Recoverer is asked too (see Recoverer).
+	IDRepeats bool
 	// Verdict says what to do with the datagram when no session has Key.
 	Verdict Verdict
 }

@@ -35,7 +35,9 @@ type DatagramOpener interface {
 // Lookup and whose ID (see Dissection) no session holds would be dropped,
 // and for a Recoverer the engine creates a session for it instead, filed
 // under the datagram's 4-tuple and its ID, and calls Recover in place of
-// Open. The handler finds where the session belongs (a proxy asks its
+// Open. It does so too for a datagram from an address no session has whose
+// ID sessions hold if the ID repeats across servers (Dissection.IDRepeats),
+// after handing it to those sessions (see Roamer). The handler finds where the session belongs (a proxy asks its
 // backends, and adopts the session where one proves it has it) or refuses
 // it. A restored session still gets ImportSession (see Migrator).
 type Recoverer interface {

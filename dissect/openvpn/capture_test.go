@@ -164,9 +164,10 @@ func TestCaptures(t *testing.T) {
 					}
 				case opDataV2:
 					w := session.Dissection{
-						Key:     flowtable.TupleKey(testScope, local, peer),
-						ID:      mustPeerID(t, uint32(truth.peerID)),
-						Verdict: session.Lookup,
+						Key:       flowtable.TupleKey(testScope, local, peer),
+						ID:        mustPeerID(t, uint32(truth.peerID)),
+						IDRepeats: true,
+						Verdict:   session.Lookup,
 					}
 					if got != w {
 						t.Errorf("%s: got %+v; want %+v", where, got, w)

@@ -131,6 +131,7 @@ func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) 
 		dis := session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: session.Lookup}
 		if id := p[1 : 1+peerIDSize]; peerID(id) != noPeerID {
 			dis.ID, _ = flowtable.IDKey(scope, ClassPeerID, id) // 3 bytes: never fails
+			dis.IDRepeats = true                                // every server counts from 0
 		}
 		return dis
 	}

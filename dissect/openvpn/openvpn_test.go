@@ -120,7 +120,7 @@ func want(t testing.TB, p []byte) session.Dissection {
 	case "data-v2":
 		d := session.Dissection{Key: tuple, Verdict: session.Lookup}
 		if id := uint32(p[1])<<16 | uint32(p[2])<<8 | uint32(p[3]); id != 0xFFFFFF {
-			d.ID = mustPeerID(t, id)
+			d.ID, d.IDRepeats = mustPeerID(t, id), true
 		}
 		return d
 	}
@@ -213,7 +213,7 @@ func TestDissectExamples(t *testing.T) {
 		{"data v1", hdr(0x30, 0xaa), session.Dissection{Key: tuple, Verdict: session.Lookup}},
 		{"data v1, opcode only", hdr(0x30), session.Dissection{Verdict: session.Drop}},
 		{"data v2, peer-id 0x000102", pad(hdr(0x48, 0, 1, 2), 40),
-			session.Dissection{Key: tuple, ID: mustPeerID(t, 0x102), Verdict: session.Lookup}},
+			session.Dissection{Key: tuple, ID: mustPeerID(t, 0x102), IDRepeats: true, Verdict: session.Lookup}},
 		{"data v2, key-id 2, no peer-id", pad(hdr(0x4a, 0xff, 0xff, 0xff), 40), session.Dissection{Key: tuple, Verdict: session.Lookup}},
 		{"data v2, header only", hdr(0x48, 0, 0, 1), session.Dissection{Verdict: session.Drop}},
 		{"opcode 12", pad(hdr(0x60, sid...), 100), session.Dissection{Verdict: session.Drop}},
