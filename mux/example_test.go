@@ -71,7 +71,7 @@ func (counter) Close(session.Session, session.Reason) {}
 func (counter) ExportSession(s session.Session) ([]byte, error) {
 	return []byte(strconv.Itoa(*s.State().(*int))), nil
 }
-func (counter) ImportSession(s session.Session, state []byte, _ int) error {
+func (counter) ImportSession(s session.Session, state []byte, _ session.Socket) error {
 	n, err := strconv.Atoi(string(state))
 	s.SetState(&n)
 	return err

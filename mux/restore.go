@@ -154,11 +154,13 @@ func (srv *Server) restoreBatch(records []handoff.Session, upstreams []int) erro
 			up = upstreams[rec.Upstream]
 		}
 		switch {
-		case ln == nil || !srv.restoreSession(rec, ln, up, now):
+		case ln == nil:
 			srv.restored.Dropped++
 			if up >= 0 {
 				unix.Close(up)
 			}
+		case !srv.restoreSession(rec, ln, up, now): // which closed up
+			srv.restored.Dropped++
 		case rec.Retained:
 			srv.restored.Relayed++
 		default:
@@ -228,11 +230,19 @@ func (srv *Server) applyChange(rec *handoff.Session, ln *listener, now int64) {
 	srv.restored.Updated++
 }
 
+// restoreSession restores the session of rec on listener ln, with its
+// socket upstream (-1 for none), which it owns from then on, and reports
+// whether it did: a session the server or its handler refuses is dropped,
+// and upstream closed.
 func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, upstream int, now int64) bool {
 	if rec.Retained {
 		return srv.restoreRelay(rec, ln, now)
 	}
-	if _, ok := ln.handler.(session.Migrator); !ok {
+	_, ok := ln.handler.(session.Migrator)
+	if !ok {
+		if upstream >= 0 {
+			unix.Close(upstream)
+		}
 		return false
 	}
 	keys := recordKeys(rec, ln)
@@ -246,10 +256,23 @@ func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, upstream i
 		idleLeft: time.Duration(rec.IdleLeft),
 	})
 	if !l.fileRestored(s, keys) {
+		if upstream >= 0 {
+			unix.Close(upstream)
+		}
 		return false
 	}
-	if err := s.importState(rec.State, upstream); err != nil {
-		l.detachAll(s)
+	var sock session.Socket
+	if upstream >= 0 {
+		k, err := l.adoptUpstream(s, upstream)
+		if err != nil {
+			l.unfileKeys(s)
+			srv.log.Warn("inherited session dropped", "listener", ln.name, "peer", rec.Peer, "err", err)
+			return false
+		}
+		sock = k
+	}
+	if err := s.importState(rec.State, sock); err != nil {
+		closeAll(l.detachAll(s))
 		l.unfileKeys(s)
 		srv.log.Warn("inherited session dropped", "listener", ln.name, "peer", rec.Peer, "err", err)
 		return false

@@ -276,7 +276,7 @@ func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.Add
 // refuse takes s, whose handler did not open it, out of the loop and the
 // table, and counts the refusal.
 func (l *loop) refuse(s *sess) {
-	l.detachAll(s)
+	closeAll(l.detachAll(s))
 	l.unfileKeys(s)
 	l.socks[s.scope].stats.refusedOpen.inc()
 }
@@ -287,7 +287,9 @@ func (l *loop) end(s *sess, r session.Reason) {
 	if s.closed.Load() {
 		return
 	}
-	l.detachAll(s)
+	// The handler's Close may still use its sockets' addresses; they
+	// close after it, even if it panics.
+	defer closeAll(l.detachAll(s))
 	l.current = s
 	ended := s.end(r)
 	l.current = nil

@@ -157,8 +157,8 @@ func (s *sess) AddKey(k flowtable.Key) error   { return s.loop.addKey(s, k) }
 func (s *sess) RemoveKey(k flowtable.Key) bool { return s.loop.removeKey(s, k) }
 func (s *sess) Holds(k flowtable.Key) bool     { return s.holds(k) }
 func (s *sess) Move(to netip.AddrPort) error   { return s.loop.move(s, to) }
-func (s *sess) Attach(fd int) (session.Socket, error) {
-	k, err := s.loop.attach(s, fd)
+func (s *sess) Dial(addr netip.AddrPort, opts session.DialOptions) (session.Socket, error) {
+	k, err := s.loop.dial(s, addr, opts)
 	if err != nil {
 		return nil, err // not a nil *socket in a non-nil interface
 	}
@@ -309,7 +309,7 @@ func (s *sess) open(p []byte, recover bool) error {
 
 // importState runs the handler's ImportSession on a session restored from a
 // predecessor process, in place of Open, before the session serves.
-func (s *sess) importState(state []byte, upstream int) error {
+func (s *sess) importState(state []byte, upstream session.Socket) error {
 	m, ok := s.handler.(session.Migrator)
 	if !ok {
 		return errNotMigrator

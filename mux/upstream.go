@@ -5,27 +5,33 @@ package mux
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
 
 // A session may own sockets (a proxy's upstream sockets to its backend),
 // which its loop watches beside the listener sockets: their datagrams lead
-// straight to the session, with no lookup. The first one still attached is
-// the session's socket in a restart; a proxy attaches more for a while to
-// confirm a client's new address with the backend.
+// straight to the session, with no lookup. The first one still open is the
+// session's socket in a restart; a proxy opens more for a while to confirm
+// a client's new address with the backend, or to ask backends which one
+// has a session nobody here knew. The engine opens and closes them; a
+// handler sees a session.Socket.
 
-// socket is a socket a session attached (session.Socket), in its loop's
-// poller under slot.
+// socket is a socket of a session's (session.Socket), in its loop's poller
+// under slot.
 type socket struct {
-	s    *sess
-	fd   int
-	slot int32
-	// gone is set once detached: Write fails, and what was queued for it
-	// is dropped.
-	gone bool
+	s             *sess
+	fd            int
+	slot          int32
+	local, remote netip.AddrPort
+	// gone is set once the loop stopped watching it: Write fails, and what
+	// was queued for it is dropped. closed is set once its descriptor is
+	// closed.
+	gone, closed bool
 	// blocked is set while the send buffer is full (send.go); waiting
 	// holds copies of what waits for room, waitBytes their size.
 	blocked   bool
@@ -34,7 +40,8 @@ type socket struct {
 	drops     dropCounter
 }
 
-func (k *socket) FD() int { return k.fd }
+func (k *socket) LocalAddr() netip.AddrPort  { return k.local }
+func (k *socket) RemoteAddr() netip.AddrPort { return k.remote }
 
 func (k *socket) Write(p []byte) (int, error) {
 	if k.gone || k.s.closed.Load() {
@@ -46,7 +53,20 @@ func (k *socket) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (k *socket) Detach() { k.s.loop.detach(k) }
+func (k *socket) Close() error {
+	k.s.loop.detach(k)
+	return k.close()
+}
+
+// close closes k's descriptor, once; the loop must have stopped watching
+// it.
+func (k *socket) close() error {
+	if k.closed {
+		return nil
+	}
+	k.closed = true
+	return unix.Close(k.fd)
+}
 
 // dropCounter follows one socket's cumulative SO_RXQ_OVFL counter, which
 // is 32 bits wide and wraps: only the uint32 difference from the previous
@@ -70,14 +90,49 @@ func (d *dropCounter) growth(v uint32) uint64 {
 	return g
 }
 
-var errNotUpstream = errors.New("session: attach: the handler does not implement session.UpstreamHandler")
+var errNotUpstream = errors.New("session: dial: the handler does not implement session.UpstreamHandler")
 
-// attach makes fd one of s's sockets, in this loop's poller under a slot
-// that leads straight back to it.
-func (l *loop) attach(s *sess, fd int) (*socket, error) {
+// dial opens a socket of s's connected to addr (Session.Dial).
+func (l *loop) dial(s *sess, addr netip.AddrPort, opts session.DialOptions) (*socket, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("dial %s: %w", addr, session.ErrClosed)
+	}
 	if _, ok := s.handler.(session.UpstreamHandler); !ok {
 		return nil, fmt.Errorf("%w (%T)", errNotUpstream, s.handler)
 	}
+	sock, err := udpsys.DialUDP(addr, udpsys.ListenConfig{RecvBuffer: opts.RecvBuffer, SendBuffer: opts.SendBuffer})
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	k, err := l.attach(s, sock)
+	if err != nil {
+		sock.Close()
+		return nil, err
+	}
+	return k, nil
+}
+
+// adoptUpstream makes fd, a session's socket inherited from a predecessor
+// process, s's socket; on failure fd is closed.
+func (l *loop) adoptUpstream(s *sess, fd int) (*socket, error) {
+	sock, err := udpsys.SocketFromFD(fd)
+	if err == nil {
+		var k *socket
+		if k, err = l.attach(s, sock); err == nil {
+			return k, nil
+		}
+	}
+	unix.Close(fd)
+	return nil, fmt.Errorf("its upstream socket: %w", err)
+}
+
+// attach makes sock one of s's sockets, in this loop's poller under a slot
+// that leads straight back to it.
+func (l *loop) attach(s *sess, sock *udpsys.Socket) (*socket, error) {
+	if _, ok := s.handler.(session.UpstreamHandler); !ok {
+		return nil, fmt.Errorf("%w (%T)", errNotUpstream, s.handler)
+	}
+	fd := sock.FD
 	var slot int32
 	if n := len(l.freeSlots); n > 0 {
 		slot, l.freeSlots = l.freeSlots[n-1], l.freeSlots[:n-1]
@@ -91,7 +146,7 @@ func (l *loop) attach(s *sess, fd int) (*socket, error) {
 	}
 	l.enableGRO(fd)
 	// A socket attached while sessions are restored is the predecessor's.
-	k := &socket{s: s, fd: fd, slot: slot, drops: dropCounter{known: l.srv.inherit == nil}}
+	k := &socket{s: s, fd: fd, slot: slot, local: sock.Local, remote: sock.Remote, drops: dropCounter{known: l.srv.inherit == nil}}
 	l.upstreams[slot] = k
 	if s.upstream.Load() == nil {
 		s.upstream.Store(k)
@@ -169,15 +224,27 @@ func (l *loop) queuedFor(k *socket) bool {
 	return false
 }
 
-// detachAll stops watching every socket of s's; the handler closes them.
-func (l *loop) detachAll(s *sess) {
-	for _, k := range l.extras[s] {
-		l.unwatch(k)
-	}
-	delete(l.extras, s)
+// detachAll stops watching every socket of s's and returns them, to be
+// closed (closeAll) once the handler is done with them.
+func (l *loop) detachAll(s *sess) []*socket {
+	var all []*socket
 	if k := s.upstream.Load(); k != nil {
 		l.unwatch(k)
 		s.upstream.Store(nil)
+		all = append(all, k)
+	}
+	for _, k := range l.extras[s] {
+		l.unwatch(k)
+		all = append(all, k)
+	}
+	delete(l.extras, s)
+	return all
+}
+
+// closeAll closes socks, which the loop no longer watches.
+func closeAll(socks []*socket) {
+	for _, k := range socks {
+		k.close()
 	}
 }
 
@@ -210,7 +277,11 @@ func (l *loop) readUpstream(k *socket) {
 	for round := 0; round < readRounds && !k.gone; round++ {
 		n, err := l.rx.Recv(k.fd)
 		if err != nil {
-			if err != unix.EAGAIN && err != unix.EINTR {
+			switch err {
+			case unix.EAGAIN, unix.EINTR:
+			case unix.ECONNREFUSED:
+				h.UpstreamError(s, k, errRefused)
+			default:
 				h.UpstreamError(s, k, err)
 			}
 			return
@@ -234,5 +305,8 @@ func (l *loop) readUpstream(k *socket) {
 		}
 	}
 }
+
+// errRefused is ECONNREFUSED as a session.Socket reports it.
+var errRefused = fmt.Errorf("%w (%w)", session.ErrRefused, unix.ECONNREFUSED)
 
 var _ session.Socket = (*socket)(nil)

@@ -17,10 +17,8 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/flowtable"
-	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -79,7 +77,7 @@ const DefaultProbes = 1024
 // Handler is the proxy. It is safe for use by every loop at once.
 type Handler struct {
 	backends []netip.AddrPort
-	buffers  udpsys.ListenConfig
+	buffers  session.DialOptions
 	bal      *Balancer
 	routes   *routes // nil without a Router
 	tracker  session.Tracker
@@ -224,7 +222,7 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{backends: cfg.Backends, routes: routes, tracker: cfg.Tracker, sources: cfg.Sources, sockets: cfg.Sockets,
-		probes: cfg.Probes, log: cfg.Logger, buffers: udpsys.ListenConfig{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
+		probes: cfg.Probes, log: cfg.Logger, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -311,18 +309,21 @@ func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
 		h.stats.noBackend.Add(1)
 		return nil, ErrNoBackend
 	}
-	sock, err := udpsys.DialUDP(h.backends[b], h.buffers)
+	k, err := h.dialBackend(s, b)
+	if err != nil {
+		return nil, err
+	}
+	return h.newUpstream(s, k, b), nil
+}
+
+// dialBackend opens a socket of s's to backend b, counting a failure.
+func (h *Handler) dialBackend(s session.Session, b int) (session.Socket, error) {
+	k, err := s.Dial(h.backends[b], h.buffers)
 	if err != nil {
 		h.stats.dialErrors.Add(1)
 		return nil, fmt.Errorf("proxy: backend %s: %w", h.backends[b], err)
 	}
-	k, err := s.Attach(sock.FD)
-	if err != nil {
-		sock.Close()
-		h.stats.dialErrors.Add(1)
-		return nil, err
-	}
-	return h.newUpstream(s, k, b), nil
+	return k, nil
 }
 
 // Datagram sends a client datagram to the session's backend, in the loop's
@@ -412,7 +413,7 @@ func (h *Handler) UpstreamError(s session.Session, sock session.Socket, err erro
 // once reports corroborate each other; the session and its socket stay
 // either way.
 func (h *Handler) upstreamFailed(s session.Session, u *upstream, err error) {
-	if err != unix.ECONNREFUSED {
+	if !errors.Is(err, session.ErrRefused) {
 		h.stats.upstreamErrors.Add(1)
 		return
 	}
@@ -439,7 +440,7 @@ func (h *Handler) Close(s session.Session, _ session.Reason) {
 	for len(u.probes) > 0 {
 		h.closeProbe(u.probes[0])
 	}
-	unix.Close(u.sock.FD())
+	u.sock.Close()
 	h.bal.Closed(u.backend)
 	h.release(u.source)
 }
@@ -518,7 +519,7 @@ func (h *Handler) StateFixed() bool { return true }
 // same kernel socket, so the backend sees the same source address:port. A
 // session whose backend the new configuration dropped, or that the new limits
 // refuse, is refused.
-func (h *Handler) ImportSession(s session.Session, state []byte, fd int) error {
+func (h *Handler) ImportSession(s session.Session, state []byte, sock session.Socket) error {
 	if len(state) == 0 {
 		return errors.New("proxy: the session was still recovering: its client's next datagram recovers it here")
 	}
@@ -535,38 +536,20 @@ func (h *Handler) ImportSession(s session.Session, state []byte, fd int) error {
 	if backend < 0 {
 		return fmt.Errorf("proxy: backend %s is no longer configured", addr)
 	}
-	if fd < 0 {
+	if sock == nil {
 		return errors.New("proxy: session arrived without its upstream socket")
 	}
-	if err := checkConnected(fd, addr); err != nil {
-		return err
+	if got := sock.RemoteAddr(); netip.AddrPortFrom(got.Addr().Unmap(), got.Port()) != addr {
+		return fmt.Errorf("proxy: upstream socket is connected to %s, not backend %s", got, addr)
 	}
 	src := s.PeerAddr().Addr()
 	if err := h.acquire(src); err != nil {
 		return err
 	}
-	k, err := s.Attach(fd)
-	if err != nil {
-		h.release(src)
-		return err
-	}
-	u := h.newUpstream(s, k, backend)
+	u := h.newUpstream(s, sock, backend)
 	u.source = src
 	s.SetState(u)
 	h.bal.Opened(backend)
-	return nil
-}
-
-// checkConnected verifies that an inherited descriptor is a UDP socket
-// connected to the backend its record names.
-func checkConnected(fd int, backend netip.AddrPort) error {
-	sa, err := unix.Getpeername(fd)
-	if err != nil {
-		return fmt.Errorf("proxy: upstream socket: %w", err)
-	}
-	if got := udpsys.AddrPortOf(sa); netip.AddrPortFrom(got.Addr().Unmap(), got.Port()) != backend {
-		return fmt.Errorf("proxy: upstream socket is connected to %s, not backend %s", got, backend)
-	}
 	return nil
 }
 
@@ -593,11 +576,7 @@ func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
 	if st == nil {
 		return SessionInfo{}, true // recovering
 	}
-	info := SessionInfo{Backend: h.backends[st.backend]}
-	if sa, err := unix.Getsockname(st.sock.FD()); err == nil {
-		info.Source = udpsys.AddrPortOf(sa)
-	}
-	return info, true
+	return SessionInfo{Backend: h.backends[st.backend], Source: st.sock.LocalAddr()}, true
 }
 
 // Interface checks.

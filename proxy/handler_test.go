@@ -16,9 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/session"
 	"github.com/udpmux/udpmux/session/sessiontest"
@@ -309,12 +306,6 @@ func sentAre(sent [][]byte, want ...string) bool {
 	return slices.EqualFunc(sent, want, func(p []byte, w string) bool { return string(p) == w })
 }
 
-// isClosed reports whether fd is closed.
-func isClosed(fd int) bool {
-	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-	return err == unix.EBADF
-}
-
 // TestSessionsStickToTheirBackend: a session's datagrams go to the backend
 // its key picks, on a socket of its own connected there, and the backend's
 // replies to its client; sessions spread over the backends, and the next
@@ -327,9 +318,8 @@ func TestSessionsStickToTheirBackend(t *testing.T) {
 		s := u.open(client)
 		info, ok := u.h.Session(s)
 		sock := upstreamOf(s)
-		sa, err := unix.Getpeername(sock.FD())
-		if !ok || err != nil || udpsys.AddrPortOf(sa) != info.Backend {
-			t.Fatalf("session %s: backend %v, its socket connected to %v (%v)", client, info.Backend, sa, err)
+		if !ok || sock.RemoteAddr() != info.Backend || sock.LocalAddr() != info.Source {
+			t.Fatalf("session %s: backend %v from %v, its socket connected to %v from %v", client, info.Backend, info.Source, sock.RemoteAddr(), sock.LocalAddr())
 		}
 		s.Deliver(s.PeerAddr(), []byte("ping"))
 		sock.Deliver([]byte("pong"))
@@ -398,12 +388,12 @@ func TestAbandon(t *testing.T) {
 		s := u.open("198.51.100.1:1000")
 		// The backend's only session: one report is not enough (it may be
 		// forged); a second, once the session may report again, is.
-		upstreamOf(s).Fail(unix.ECONNREFUSED)
+		upstreamOf(s).Fail(session.ErrRefused)
 		if !u.h.Stats().Backends[0].Healthy {
 			t.Fatal("one report marked the backend of a single session down")
 		}
 		u.clk.Advance(u.h.refusalWindow)
-		upstreamOf(s).Fail(unix.ECONNREFUSED)
+		upstreamOf(s).Fail(session.ErrRefused)
 		if _, err := u.try("198.51.100.2:1000"); !errors.Is(err, ErrNoBackend) || u.h.Stats().NoBackend != 1 {
 			t.Fatalf("a new session with every backend down: %v", err)
 		}
@@ -424,9 +414,9 @@ func TestAbandon(t *testing.T) {
 		sock.Deliver([]byte("reply"))
 		// The backend answered: it takes a refusal window of silence, and a
 		// second report, once the session may report again, to mark it down.
-		sock.Fail(unix.ECONNREFUSED)
+		sock.Fail(session.ErrRefused)
 		u.clk.Advance(u.h.refusalWindow)
-		sock.Fail(unix.ECONNREFUSED)
+		sock.Fail(session.ErrRefused)
 		if u.h.Stats().Backends[0].Healthy {
 			t.Fatal("the backend is not down")
 		}
@@ -452,7 +442,7 @@ func TestRefusalsReportedOncePerWindow(t *testing.T) {
 		ss = append(ss, u.open(fmt.Sprintf("198.51.100.%d:1000", i+1)))
 	}
 	ss[2].Deliver(netip.MustParseAddrPort("203.0.113.1:1000"), []byte("roamed"))
-	ss[2].Sockets()[1].Fail(unix.ECONNREFUSED)
+	ss[2].Sockets()[1].Fail(session.ErrRefused)
 	steps := []struct {
 		after            time.Duration
 		session          int
@@ -461,11 +451,11 @@ func TestRefusalsReportedOncePerWindow(t *testing.T) {
 		errors           uint64 // UpstreamErrors
 		healthy          bool
 	}{
-		{0, 0, unix.ECONNREFUSED, 1, 1, 0, true},
-		{time.Second, 0, unix.ECONNREFUSED, 2, 1, 0, true}, // within the window: not reported
-		{0, 0, unix.EIO, 2, 1, 1, true},
-		{time.Second, 0, unix.ECONNREFUSED, 3, 2, 1, true}, // the window over: reported
-		{0, 1, unix.ECONNREFUSED, 4, 2, 1, false},          // the third report: down
+		{0, 0, session.ErrRefused, 1, 1, 0, true},
+		{time.Second, 0, session.ErrRefused, 2, 1, 0, true}, // within the window: not reported
+		{0, 0, errors.New("i/o error"), 2, 1, 1, true},
+		{time.Second, 0, session.ErrRefused, 3, 2, 1, true}, // the window over: reported
+		{0, 1, session.ErrRefused, 4, 2, 1, false},          // the third report: down
 	}
 	for i, st := range steps {
 		u.clk.Advance(st.after)
@@ -495,11 +485,8 @@ func TestCloseReleasesEverything(t *testing.T) {
 			s.Deliver(moved, []byte("confirmed"))
 			s.Sockets()[1].Deliver([]byte("reply"))
 			s.Deliver(netip.MustParseAddrPort("203.0.113.2:1000"), []byte("pending"))
-			var fds []int
-			for _, k := range s.Sockets() {
-				fds = append(fds, k.FD())
-			}
-			if st := u.h.Stats(); s.PeerAddr() != moved || len(fds) != 3 || st.UpstreamSockets != 3 || st.MovesPending != 1 {
+			socks := s.Sockets()
+			if st := u.h.Stats(); s.PeerAddr() != moved || len(socks) != 3 || st.UpstreamSockets != 3 || st.MovesPending != 1 {
 				t.Fatalf("at %v, %d sockets, %d pending moves: want a move, a probe confirmed, one pending", s.PeerAddr(), st.UpstreamSockets, st.MovesPending)
 			}
 			end(s)
@@ -507,9 +494,9 @@ func TestCloseReleasesEverything(t *testing.T) {
 			if st.UpstreamSockets != 0 || st.MovesPending != 0 || st.Backends[0].Sessions != 0 {
 				t.Errorf("%d sockets, %d pending moves, %d backend sessions left", st.UpstreamSockets, st.MovesPending, st.Backends[0].Sessions)
 			}
-			for _, fd := range fds {
-				if !isClosed(fd) {
-					t.Errorf("descriptor %d left open", fd)
+			for _, k := range socks {
+				if !k.Closed() {
+					t.Errorf("socket %v left open", k.LocalAddr())
 				}
 			}
 			u.open("203.0.113.1:2000") // the source share the session held
@@ -532,46 +519,26 @@ func TestImportSession(t *testing.T) {
 	if elsewhere == info.Backend {
 		elsewhere = u.h.backends[1]
 	}
-	dial := func(to netip.AddrPort) func() int {
-		return func() int {
-			sock, err := udpsys.DialUDP(to, udpsys.ListenConfig{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return sock.FD
-		}
-	}
 	gone, _ := netip.MustParseAddrPort("127.0.0.1:9").MarshalBinary()
 	tests := []struct {
-		name   string
-		client string
-		state  []byte
-		fd     func() int
-		err    string // in the error; "" for none
+		name     string
+		client   string
+		state    []byte
+		upstream netip.AddrPort // what the predecessor's socket is connected to
+		err      string         // in the error; "" for none
 	}{
-		{"adopted", "198.51.100.2:1000", state, dial(info.Backend), ""},
-		{"a state of no backend", "198.51.100.3:1000", []byte("x"), dial(info.Backend), "session state"},
-		{"a backend no longer configured", "198.51.100.3:1000", gone, dial(info.Backend), "no longer configured"},
-		{"no socket", "198.51.100.3:1000", state, func() int { return -1 }, "without its upstream socket"},
-		{"a socket connected elsewhere", "198.51.100.3:1000", state, dial(elsewhere), "connected to"},
-		{"a socket connected nowhere", "198.51.100.3:1000", state, func() int {
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return fd
-		}, "upstream socket"},
-		{"a source at its limit", "198.51.100.1:2000", state, dial(info.Backend), ErrSourceLimited.Error()},
+		{"adopted", "198.51.100.2:1000", state, info.Backend, ""},
+		{"a state of no backend", "198.51.100.3:1000", []byte("x"), info.Backend, "session state"},
+		{"a backend no longer configured", "198.51.100.3:1000", gone, info.Backend, "no longer configured"},
+		{"no socket", "198.51.100.3:1000", state, netip.AddrPort{}, "without its upstream socket"},
+		{"a socket connected elsewhere", "198.51.100.3:1000", state, elsewhere, "connected to"},
+		{"a source at its limit", "198.51.100.1:2000", state, info.Backend, ErrSourceLimited.Error()},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := u.h.Stats()
-			fd := tt.fd()
-			s, err := u.l.Import(netip.MustParseAddrPort(tt.client), tt.state, fd)
+			s, err := u.l.Import(netip.MustParseAddrPort(tt.client), tt.state, tt.upstream)
 			if tt.err != "" {
-				if fd >= 0 {
-					unix.Close(fd) // the engine's, when the handler refuses it
-				}
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("error %v, want one about %q", err, tt.err)
 				}
@@ -583,11 +550,12 @@ func TestImportSession(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got, _ := u.h.Session(s); got.Backend != info.Backend || upstreamOf(s).FD() != fd || u.h.Stats().UpstreamSockets != 2 {
-				t.Errorf("adopted on %v with descriptor %d; want %v and %d", got.Backend, upstreamOf(s).FD(), info.Backend, fd)
+			sock := upstreamOf(s)
+			if got, _ := u.h.Session(s); got.Backend != info.Backend || got.Source != sock.LocalAddr() || u.h.Stats().UpstreamSockets != 2 {
+				t.Errorf("adopted on %v from %v; want %v from %v", got.Backend, got.Source, info.Backend, sock.LocalAddr())
 			}
 			s.End(session.ReasonShutdown)
-			if !isClosed(fd) {
+			if !sock.Closed() {
 				t.Error("the adopted socket was left open")
 			}
 		})

@@ -11,10 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/internal/rate"
-	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -217,15 +214,8 @@ func (h *Handler) recoverySocket(q *loopQueue[*upstream]) bool {
 
 // ask opens a socket to backend b for s, with a Track of its own.
 func (h *Handler) ask(s session.Session, b int) (*asking, error) {
-	sock, err := udpsys.DialUDP(h.backends[b], h.buffers)
+	k, err := h.dialBackend(s, b)
 	if err != nil {
-		h.stats.dialErrors.Add(1)
-		return nil, err
-	}
-	k, err := s.Attach(sock.FD)
-	if err != nil {
-		sock.Close()
-		h.stats.dialErrors.Add(1)
 		return nil, err
 	}
 	return &asking{backend: b, sock: k, track: h.tracker.Track(s.Key().Scope())}, nil
@@ -318,8 +308,7 @@ func (h *Handler) giveUp(u *upstream) {
 func (h *Handler) endRecovery(u *upstream, keep *asking) {
 	for _, a := range u.rec.asked {
 		if a != keep {
-			a.sock.Detach()
-			unix.Close(a.sock.FD())
+			a.sock.Close()
 		}
 		h.recovery.sockets.Release()
 	}

@@ -56,8 +56,8 @@ func TestRecoveryAdoptsWhereTheBackendProvesIt(t *testing.T) {
 	}
 	asked[1].Deliver([]byte("proof"))
 	st := u.h.Stats()
-	if !asked[0].Detached() || asked[1].Detached() || st.Recovered != 1 || st.Recovering != 0 || st.RecoverySockets != 0 || st.UpstreamSockets != 1 {
-		t.Fatalf("after the proof: other socket closed %v, %d recovered, %d recovering, %d sockets", asked[0].Detached(), st.Recovered, st.Recovering, st.UpstreamSockets)
+	if !asked[0].Closed() || asked[1].Closed() || st.Recovered != 1 || st.Recovering != 0 || st.RecoverySockets != 0 || st.UpstreamSockets != 1 {
+		t.Fatalf("after the proof: other socket closed %v, %d recovered, %d recovering, %d sockets", asked[0].Closed(), st.Recovered, st.Recovering, st.UpstreamSockets)
 	}
 	if !sentAre(s.Sent(), "early", "proof") {
 		t.Errorf("the client got %q", s.Sent())
@@ -103,7 +103,7 @@ func TestRecoveryGivesUp(t *testing.T) {
 				t.Fatalf("ended %v; %d failed, %d recovering, %d sockets", s.Reason(), st.RecoveryFailed, st.Recovering, st.UpstreamSockets)
 			}
 			for _, k := range asked {
-				if !k.Detached() || !isClosed(k.FD()) {
+				if !k.Closed() {
 					t.Error("a socket left open")
 				}
 				if sent := k.Sent(); len(sent) == 0 || string(sent[len(sent)-1]) == "too late" {
@@ -181,7 +181,7 @@ func TestRecoveringSessionNeitherMovesNorMigrates(t *testing.T) {
 	if err != nil || state != nil {
 		t.Fatalf("ExportSession = %q, %v", state, err)
 	}
-	if _, err := u.l.Import(netip.MustParseAddrPort("198.51.100.2:1000"), state, -1); err == nil {
+	if _, err := u.l.Import(netip.MustParseAddrPort("198.51.100.2:1000"), state, netip.AddrPort{}); err == nil {
 		t.Error("a recovering session imported")
 	}
 	if info, ok := u.h.Session(s); !ok || info.Backend.IsValid() {

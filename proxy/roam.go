@@ -6,10 +6,7 @@ import (
 	"net/netip"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/flowtable"
-	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -161,16 +158,9 @@ func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort,
 		h.stats.probesEvicted.Add(1)
 		h.closeProbe(old)
 	}
-	var k session.Socket
-	sock, err := udpsys.DialUDP(h.backends[u.backend], h.buffers)
-	if err == nil {
-		if k, err = s.Attach(sock.FD); err != nil {
-			sock.Close()
-		}
-	}
+	k, err := h.dialBackend(s, u.backend)
 	if err != nil {
 		h.probes.Release()
-		h.stats.dialErrors.Add(1)
 		h.stats.movesRefused.Add(1)
 		return nil
 	}
@@ -184,8 +174,7 @@ func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort,
 // closeProbe closes pr, a probe of any session of the calling loop's.
 func (h *Handler) closeProbe(pr *probe) {
 	u := pr.u
-	pr.sock.Detach()
-	unix.Close(pr.sock.FD())
+	pr.sock.Close()
 	h.probes.Release()
 	if pr.pending != nil {
 		pr.pending.remove()

@@ -208,8 +208,8 @@ func TestRoamConfirmedByTheBackend(t *testing.T) {
 	port.Deliver([]byte("more"))
 	moved := netip.MustParseAddrPort("198.51.100.1:2000")
 	st := u.h.Stats()
-	if s.PeerAddr() != moved || !ip.Detached() || st.Moved != 1 || st.MovesPending != 0 || st.UpstreamSockets != 2 {
-		t.Fatalf("at %v, other probe closed %v, Moved %d, %d pending, %d sockets", s.PeerAddr(), ip.Detached(), st.Moved, st.MovesPending, st.UpstreamSockets)
+	if s.PeerAddr() != moved || !ip.Closed() || st.Moved != 1 || st.MovesPending != 0 || st.UpstreamSockets != 2 {
+		t.Fatalf("at %v, other probe closed %v, Moved %d, %d pending, %d sockets", s.PeerAddr(), ip.Closed(), st.Moved, st.MovesPending, st.UpstreamSockets)
 	}
 	if !sentAre(s.Sent(), "to the old address", "to the new port", "more") {
 		t.Errorf("the client got %q", s.Sent())
@@ -224,7 +224,7 @@ func TestRoamConfirmedByTheBackend(t *testing.T) {
 	}
 	u.clk.Advance(probeStale)
 	s.Deliver(moved, []byte("b4"))
-	if !port.Detached() || u.h.Stats().UpstreamSockets != 1 {
+	if !port.Closed() || u.h.Stats().UpstreamSockets != 1 {
 		t.Error("the probe outlived the backend's return to the session's socket")
 	}
 }
@@ -283,13 +283,13 @@ func TestStaleProbesClose(t *testing.T) {
 			pr := tt.roam(u, s)
 			u.clk.Advance(tt.idle - time.Nanosecond)
 			s.Deliver(s.PeerAddr(), []byte("here"))
-			if pr.Detached() {
+			if pr.Closed() {
 				t.Fatal("closed too early")
 			}
 			u.clk.Advance(time.Nanosecond)
 			s.Deliver(s.PeerAddr(), []byte("still here"))
-			if st := u.h.Stats(); !pr.Detached() || st.UpstreamSockets != 1 || st.MovesPending != 0 {
-				t.Errorf("closed %v, %d sockets, %d pending", pr.Detached(), st.UpstreamSockets, st.MovesPending)
+			if st := u.h.Stats(); !pr.Closed() || st.UpstreamSockets != 1 || st.MovesPending != 0 {
+				t.Errorf("closed %v, %d sockets, %d pending", pr.Closed(), st.UpstreamSockets, st.MovesPending)
 			}
 		})
 	}
@@ -310,7 +310,7 @@ func TestProbesCannotBePinned(t *testing.T) {
 		}
 		// The real client's new address, a moment later.
 		real := roamTo(s, "203.0.113.99:1000", "real")
-		if real == nil || !probes[0].Detached() || probes[1].Detached() {
+		if real == nil || !probes[0].Closed() || probes[1].Closed() {
 			t.Fatal("the newest address did not take the oldest's place")
 		}
 		if st := u.h.Stats(); st.MovesPending != maxProbes || st.ProbesEvicted != 1 || st.MovesRefused != 0 {
@@ -327,7 +327,7 @@ func TestProbesCannotBePinned(t *testing.T) {
 		pa := roamTo(a, "203.0.113.1:1000", "x")
 		pb := roamTo(b, "203.0.113.2:1000", "y")
 		pa2 := roamTo(a, "203.0.113.3:1000", "z")
-		if pa == nil || pb == nil || pa2 == nil || !pa.Detached() || pb.Detached() {
+		if pa == nil || pb == nil || pa2 == nil || !pa.Closed() || pb.Closed() {
 			t.Fatal("a probe beyond the budget did not take the place of the loop's oldest")
 		}
 		if st := u.h.Stats(); st.ProbeSockets != 2 || st.UpstreamSockets != 4 || st.ProbesEvicted != 1 || st.SocketLimited != 0 {
@@ -390,8 +390,8 @@ func TestMoveTakesTheNewSourcesShare(t *testing.T) {
 	holder := u.open("203.0.113.1:5000")
 	pr := roamTo(s, "203.0.113.1:1000", "x")
 	pr.Deliver([]byte("refused"))
-	if s.PeerAddr().String() != "198.51.100.1:1000" || !pr.Detached() || len(s.Sent()) != 0 || u.h.Stats().MovesRefused != 1 {
-		t.Fatalf("at %v, probe closed %v, the client got %q: want the move refused", s.PeerAddr(), pr.Detached(), s.Sent())
+	if s.PeerAddr().String() != "198.51.100.1:1000" || !pr.Closed() || len(s.Sent()) != 0 || u.h.Stats().MovesRefused != 1 {
+		t.Fatalf("at %v, probe closed %v, the client got %q: want the move refused", s.PeerAddr(), pr.Closed(), s.Sent())
 	}
 	holder.End(session.ReasonIdle)
 	roamTo(s, "203.0.113.1:1000", "y").Deliver([]byte("moved"))

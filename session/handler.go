@@ -78,14 +78,15 @@ type BatchHandler interface {
 }
 
 // UpstreamHandler is a Handler whose sessions own sockets (see
-// Session.Attach). Both methods run on the session's loop.
+// Session.Dial). Both methods run on the session's loop.
 type UpstreamHandler interface {
 	Handler
 	// Upstream is called for each datagram read from sock, one of s's
-	// attached sockets; p belongs to the loop, as in Datagram.
+	// sockets; p belongs to the loop, as in Datagram.
 	Upstream(s Session, sock Socket, p []byte)
-	// UpstreamError is called when reading sock fails, such as with
-	// ECONNREFUSED after an ICMP port unreachable from a backend.
+	// UpstreamError is called when reading sock fails, such as with an
+	// error that is ErrRefused after an ICMP port unreachable from a
+	// backend.
 	UpstreamError(s Session, sock Socket, err error)
 }
 
@@ -116,10 +117,12 @@ type Migrator interface {
 	// is a Precopier, it runs while every loop is paused, so it may read s's
 	// state without locks.
 	ExportSession(s Session) ([]byte, error)
-	// ImportSession restores state in the successor before s serves. upstream
-	// is the socket s had attached in the old process (-1 for none), now a
-	// descriptor of this process; the handler attaches it again.
-	ImportSession(s Session, state []byte, upstream int) error
+	// ImportSession restores state in the successor before s serves.
+	// upstream is the socket s had in the old process (nil for none): the
+	// same kernel socket, open in this process and watched by s's loop,
+	// which the handler keeps or closes. A session refused with an error
+	// loses it.
+	ImportSession(s Session, state []byte, upstream Socket) error
 }
 
 // Precopier is a Migrator whose exported state is fixed once the session
@@ -156,7 +159,7 @@ func (Echo) Stateless(r Responder, p []byte) { r.Write(p) }
 func (Echo) ExportSession(Session) ([]byte, error) { return nil, nil }
 
 // ImportSession restores nothing.
-func (Echo) ImportSession(Session, []byte, int) error { return nil }
+func (Echo) ImportSession(Session, []byte, Socket) error { return nil }
 
 // StateFixed reports true: there is no state to change.
 func (Echo) StateFixed() bool { return true }
@@ -181,7 +184,7 @@ func (Discard) Stateless(Responder, []byte) {}
 func (Discard) ExportSession(Session) ([]byte, error) { return nil, nil }
 
 // ImportSession restores nothing.
-func (Discard) ImportSession(Session, []byte, int) error { return nil }
+func (Discard) ImportSession(Session, []byte, Socket) error { return nil }
 
 // StateFixed reports true: there is no state to change.
 func (Discard) StateFixed() bool { return true }

@@ -60,6 +60,10 @@ var (
 	ErrClosed = errors.New("session: closed")
 	// ErrTooLarge: more than a UDP datagram holds (65535 bytes).
 	ErrTooLarge = errors.New("session: datagram too large")
+	// ErrRefused: the peer a socket is connected to refused its datagrams
+	// (an ICMP port unreachable came back; see UpstreamHandler), which an
+	// off-path attacker may forge.
+	ErrRefused = errors.New("session: refused by the peer")
 )
 
 // MaxKeysPerClass bounds the ID keys of one class a session holds (see
@@ -130,16 +134,15 @@ type Session interface {
 	// a session by itself. On a session that has ended it fails with
 	// ErrClosed.
 	Move(to netip.AddrPort) error
-	// Attach makes the session's loop watch fd, a non-blocking datagram
-	// socket of the session's own (a proxy's socket connected to its
-	// backend): the loop reads it in batches with the session's other work,
-	// with no lookup, and passes each datagram to the handler's Upstream,
-	// which the handler must implement (UpstreamHandler). The handler
-	// keeps ownership of fd and closes it after Socket.Detach or in Close;
-	// by then the loop has stopped watching it. Of the sockets a session
-	// has attached, the first still attached is its socket in a restart,
-	// which the successor gets with the session.
-	Attach(fd int) (Socket, error)
+	// Dial opens a UDP socket of the session's own, connected to addr (a
+	// proxy's socket to its backend): the session's loop reads it in
+	// batches with the session's other work, with no lookup, and passes
+	// each datagram to the handler's Upstream, which the handler must
+	// implement (UpstreamHandler). The socket is open until the handler
+	// closes it (Socket.Close) or the session ends. Of a session's sockets,
+	// the first still open is its socket in a restart, which the successor
+	// gets with the session (see Migrator).
+	Dial(addr netip.AddrPort, opts DialOptions) (Socket, error)
 	// State returns the handler's value set with SetState.
 	State() any
 	// SetState keeps a value of the handler's with the session.
@@ -148,22 +151,33 @@ type Session interface {
 	Stats() Stats
 }
 
-// Socket is a socket a session attached (see Session.Attach). Its methods
-// are for the session's handler callbacks.
+// DialOptions tune a socket Session.Dial opens.
+type DialOptions struct {
+	// RecvBuffer and SendBuffer size the socket's kernel buffers, in bytes;
+	// 0 keeps the kernel's default. A burst larger than the receive buffer
+	// is dropped by the kernel, and counted.
+	RecvBuffer, SendBuffer int
+}
+
+// Socket is a socket of a session's own (see Session.Dial). Its methods are
+// for the handler callbacks of the loop that owns the session.
 type Socket interface {
-	// FD returns the socket's descriptor.
-	FD() int
+	// LocalAddr returns the socket's address: the session's client, as the
+	// peer it is connected to sees it.
+	LocalAddr() netip.AddrPort
+	// RemoteAddr returns the address the socket is connected to.
+	RemoteAddr() netip.AddrPort
 	// Write queues p for the socket in the loop's send batch, which goes
 	// out with the loop's other datagrams (several to one socket as one
 	// segmented message where the kernel allows); it never waits. A
 	// datagram that finds the batch full while the socket's send buffer
 	// stays full is dropped and counted.
 	Write(p []byte) (int, error)
-	// Detach makes the loop stop watching the socket, after sending what
-	// the handler wrote to it in the current batch; the handler then closes
-	// it. What waited for room in a full send buffer is dropped and
-	// counted.
-	Detach()
+	// Close makes the loop stop watching the socket, after sending what the
+	// handler wrote to it in the current batch, and closes it. What waited
+	// for room in a full send buffer is dropped and counted. It is
+	// idempotent.
+	Close() error
 }
 
 // Stats is a snapshot of a session's counters and times.

@@ -181,7 +181,7 @@ func (counter) ExportSession(s session.Session) ([]byte, error) {
 	return binary.BigEndian.AppendUint64(nil, *s.State().(*uint64)), nil
 }
 
-func (counter) ImportSession(s session.Session, state []byte, _ int) error {
+func (counter) ImportSession(s session.Session, state []byte, _ session.Socket) error {
 	if len(state) != 8 {
 		return fmt.Errorf("counter state of %d bytes", len(state))
 	}

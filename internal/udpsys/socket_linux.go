@@ -33,8 +33,9 @@ type ListenConfig struct {
 type Socket struct {
 	FD     int
 	Family int
-	// Local is the bound address with the port the kernel chose.
-	Local netip.AddrPort
+	// Local is the bound address with the port the kernel chose; Remote the
+	// address the socket is connected to, or the zero AddrPort.
+	Local, Remote netip.AddrPort
 	// Wildcard reports a bind to 0.0.0.0 or ::; such a socket reports and sets
 	// the local address per datagram through packet info.
 	Wildcard bool
@@ -217,7 +218,7 @@ func (s *Socket) connect(remote netip.AddrPort, cfg ListenConfig) error {
 	if err != nil {
 		return fmt.Errorf("getsockname: %w", err)
 	}
-	s.Local = AddrPortOf(sa)
+	s.Local, s.Remote = AddrPortOf(sa), remote
 	return nil
 }
 
@@ -325,7 +326,11 @@ func fromFD(fd int) (*Socket, error) {
 		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
 	}
 	unix.CloseOnExec(fd)
-	return &Socket{FD: fd, Family: b.Family, Local: b.Local, Wildcard: b.Local.Addr().IsUnspecified(), GSO: SocketGSO(fd)}, nil
+	s := &Socket{FD: fd, Family: b.Family, Local: b.Local, Wildcard: b.Local.Addr().IsUnspecified(), GSO: SocketGSO(fd)}
+	if sa, err := unix.Getpeername(fd); err == nil {
+		s.Remote = AddrPortOf(sa)
+	}
+	return s, nil
 }
 
 // InspectFile is Inspect for f's descriptor.

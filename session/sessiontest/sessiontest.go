@@ -3,7 +3,7 @@
 // a network. A Loop stands for an event loop of package mux: the test, in the
 // place of the listener's socket, drives the handler's callbacks through it
 // and reads what the handler sent. Its sessions follow the engine's rules
-// for keys, moves, attached sockets and ends; nothing is read from or sent
+// for keys, moves, sockets and ends; nothing is read from or sent
 // to the network, so what a test sees depends on the test alone.
 package sessiontest
 
@@ -16,7 +16,6 @@ import (
 	"slices"
 	"time"
 
-	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/session"
@@ -58,10 +57,10 @@ type Loop struct {
 	// which session a datagram goes to.
 	Dissector session.Dissector
 
-	table  map[flowtable.Key][]*Session // each key's holders
-	keys   int                          // entries in table, against Capacity
-	fds    map[int]*Socket              // the attached sockets
-	lastID uint64
+	table    map[flowtable.Key][]*Session // each key's holders
+	keys     int                          // entries in table, against Capacity
+	lastID   uint64
+	lastPort uint16 // of the sockets' made-up local addresses
 	// depth counts the callbacks running; a Close asked for meanwhile waits
 	// in closes until they have returned, as it waits for the engine's loop.
 	depth  int
@@ -133,16 +132,26 @@ func (l *Loop) Recover(peer netip.AddrPort, id flowtable.Key, p []byte) (*Sessio
 
 // Import creates a session from peer, keyed by its 4-tuple, as a restart
 // hands it over from a predecessor process: the handler's ImportSession
-// runs with the predecessor's state and upstream socket (-1 for none) in
-// place of Open (see session.Migrator). It fails as Open does, and for a
-// handler that is not a Migrator.
-func (l *Loop) Import(peer netip.AddrPort, state []byte, upstream int) (*Session, error) {
+// runs with the predecessor's state and its socket, connected to upstream
+// (none for the zero AddrPort), in place of Open (see session.Migrator). It
+// fails as Open does, and for a handler that is not a Migrator.
+func (l *Loop) Import(peer netip.AddrPort, state []byte, upstream netip.AddrPort) (*Session, error) {
 	m, ok := l.Handler.(session.Migrator)
 	if !ok {
 		return nil, fmt.Errorf("sessiontest: %T is not a session.Migrator", l.Handler)
 	}
 	key := flowtable.TupleKey(l.Scope, l.local(), peer)
-	return l.open(key, flowtable.Key{}, peer, func(s *Session) error { return m.ImportSession(s, state, upstream) })
+	return l.open(key, flowtable.Key{}, peer, func(s *Session) error {
+		var sock session.Socket
+		if upstream.IsValid() {
+			k, err := s.socket(upstream)
+			if err != nil {
+				return err
+			}
+			sock = k
+		}
+		return m.ImportSession(s, state, sock)
+	})
 }
 
 // open files a new session and has the handler accept it.
@@ -284,7 +293,7 @@ type Session struct {
 	state       any
 	st          session.Stats
 	sent        [][]byte
-	socks       []*Socket // attached, oldest first
+	socks       []*Socket // open, oldest first
 	closing     bool      // Close waits for the running callbacks
 	ended       bool
 	reason      session.Reason
@@ -320,7 +329,7 @@ func (s *Session) Deliver(from netip.AddrPort, p []byte) {
 
 // End ends the session for reason r as the engine does, when it has been
 // idle (session.ReasonIdle), at shutdown or for a failure: its keys are
-// released and its sockets detached, then the handler's Close runs with r.
+// released and its sockets closed, then the handler's Close runs with r.
 // For a session that has ended it does nothing.
 func (s *Session) End(r session.Reason) {
 	if s.ended {
@@ -338,7 +347,7 @@ func (s *Session) stop(r session.Reason) {
 		s.loop.unfile(k, s)
 	}
 	for len(s.socks) > 0 {
-		s.socks[0].Detach()
+		s.socks[0].Close()
 	}
 }
 
@@ -346,8 +355,8 @@ func (s *Session) stop(r session.Reason) {
 // peer, oldest first.
 func (s *Session) Sent() [][]byte { return slices.Clone(s.sent) }
 
-// Sockets returns the sockets the session has attached and not detached,
-// oldest first: the first is the one that goes with it in a restart.
+// Sockets returns the session's open sockets, oldest first: the first is
+// the one that goes with it in a restart.
 func (s *Session) Sockets() []*Socket { return slices.Clone(s.socks) }
 
 // Reason returns why the session ended, and 0 while it lives. A session
@@ -492,29 +501,30 @@ func (s *Session) Move(to netip.AddrPort) error {
 	return nil
 }
 
-// Attach attaches fd, which must be an open descriptor that no session of
-// the loop has attached, and returns its Socket. It fails for a handler
-// that is not a session.UpstreamHandler and for a session that has ended.
-func (s *Session) Attach(fd int) (session.Socket, error) {
+// Dial opens a Socket of the session's, connected to addr, as the engine
+// does, but in memory: what the handler writes to it is recorded (Sent), and
+// the test delivers what the peer sends (Deliver). Its local address is
+// made up, 198.51.100.1 with a port of its own. It fails for a handler that
+// is not a session.UpstreamHandler and for a session that has ended.
+func (s *Session) Dial(addr netip.AddrPort, _ session.DialOptions) (session.Socket, error) {
+	k, err := s.socket(addr)
+	if err != nil {
+		return nil, err // not a nil *Socket in a non-nil interface
+	}
+	return k, nil
+}
+
+// socket opens a Socket of s's connected to remote.
+func (s *Session) socket(remote netip.AddrPort) (*Socket, error) {
 	l := s.loop
 	if _, ok := l.Handler.(session.UpstreamHandler); !ok {
-		return nil, fmt.Errorf("attach: %T does not implement session.UpstreamHandler", l.Handler)
+		return nil, fmt.Errorf("dial: %T does not implement session.UpstreamHandler", l.Handler)
 	}
 	if s.ended {
 		return nil, session.ErrClosed
 	}
-	// The engine's epoll_ctl would fail the same ways.
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
-		return nil, fmt.Errorf("attach %d: %w", fd, err)
-	}
-	if l.fds[fd] != nil {
-		return nil, fmt.Errorf("attach %d: %w", fd, unix.EEXIST)
-	}
-	if l.fds == nil {
-		l.fds = map[int]*Socket{}
-	}
-	k := &Socket{s: s, fd: fd}
-	l.fds[fd] = k
+	l.lastPort++
+	k := &Socket{s: s, remote: unmap(remote), local: netip.AddrPortFrom(socketAddr, 1024+l.lastPort%60000)}
 	s.socks = append(s.socks, k)
 	return k, nil
 }
@@ -534,31 +544,34 @@ func (s *Session) Stats() session.Stats {
 	return st
 }
 
-// Socket is a socket a Session attached: a session.Socket that records
+// Socket is a socket a Session dialed: a session.Socket that records
 // what the handler writes to it instead of sending it. Its descriptor
 // stays the handler's to close.
 type Socket struct {
-	s        *Session
-	fd       int
-	sent     [][]byte
-	detached bool
+	s             *Session
+	local, remote netip.AddrPort
+	sent          [][]byte
+	closed        bool
 }
+
+// socketAddr is the address of every Socket's made-up local address.
+var socketAddr = netip.MustParseAddr("198.51.100.1")
 
 // Deliver hands the handler p as a datagram read from the socket (see
 // session.UpstreamHandler.Upstream). The engine reads a socket only while
-// it is attached: for a detached one, Deliver does nothing.
+// it is open: for a closed one, Deliver does nothing.
 func (k *Socket) Deliver(p []byte) {
-	if !k.detached {
+	if !k.closed {
 		h := k.s.loop.Handler.(session.UpstreamHandler)
 		k.s.loop.lend(p, func(q []byte) { h.Upstream(k.s, k, q) })
 	}
 }
 
 // Fail hands the handler err as the failure of a read of the socket (see
-// session.UpstreamHandler.UpstreamError), such as unix.ECONNREFUSED after
-// an ICMP port unreachable. For a detached socket it does nothing.
+// session.UpstreamHandler.UpstreamError), such as session.ErrRefused after
+// an ICMP port unreachable. For a closed socket it does nothing.
 func (k *Socket) Fail(err error) {
-	if !k.detached {
+	if !k.closed {
 		h := k.s.loop.Handler.(session.UpstreamHandler)
 		k.s.loop.call(func() { h.UpstreamError(k.s, k, err) })
 	}
@@ -568,32 +581,35 @@ func (k *Socket) Fail(err error) {
 // oldest first.
 func (k *Socket) Sent() [][]byte { return slices.Clone(k.sent) }
 
-// Detached reports whether the socket was detached, by the handler or
-// because its session ended.
-func (k *Socket) Detached() bool { return k.detached }
+// Closed reports whether the socket was closed, by the handler or because
+// its session ended.
+func (k *Socket) Closed() bool { return k.closed }
 
 // The methods of session.Socket.
 
-// FD returns the socket's descriptor.
-func (k *Socket) FD() int { return k.fd }
+// LocalAddr returns the socket's made-up local address.
+func (k *Socket) LocalAddr() netip.AddrPort { return k.local }
+
+// RemoteAddr returns the address the socket is connected to.
+func (k *Socket) RemoteAddr() netip.AddrPort { return k.remote }
 
 // Write records a copy of p as sent on the socket.
 func (k *Socket) Write(p []byte) (int, error) {
-	if k.detached {
+	if k.closed {
 		return 0, session.ErrClosed
 	}
 	return record(&k.sent, p)
 }
 
-// Detach detaches the socket from its session.
-func (k *Socket) Detach() {
-	if k.detached {
-		return
+// Close closes the socket: the session no longer has it.
+func (k *Socket) Close() error {
+	if k.closed {
+		return nil
 	}
-	k.detached = true
+	k.closed = true
 	s := k.s
-	delete(s.loop.fds, k.fd)
 	s.socks = slices.DeleteFunc(s.socks, func(x *Socket) bool { return x == k })
+	return nil
 }
 
 // responder answers one stateless datagram (session.Responder), for the

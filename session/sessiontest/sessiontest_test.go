@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/session"
 	"github.com/udpmux/udpmux/session/sessiontest"
@@ -20,6 +18,7 @@ var (
 	local   = netip.MustParseAddrPort("192.0.2.1:9000") // the Loop's default
 	peer    = netip.MustParseAddrPort("198.51.100.1:1000")
 	other   = netip.MustParseAddrPort("198.51.100.2:2000")
+	backend = netip.MustParseAddrPort("203.0.113.9:51820")
 	errNope = errors.New("nope")
 )
 
@@ -76,11 +75,11 @@ func (h *recorder) Close(s session.Session, r session.Reason) {
 type upstream struct{ *recorder }
 
 func (h upstream) Upstream(s session.Session, k session.Socket, p []byte) {
-	h.log = append(h.log, fmt.Sprintf("upstream %d %s", k.FD(), p))
+	h.log = append(h.log, fmt.Sprintf("upstream %v %s", k.RemoteAddr(), p))
 }
 
 func (h upstream) UpstreamError(s session.Session, k session.Socket, err error) {
-	h.log = append(h.log, fmt.Sprintf("error %d %v", k.FD(), err))
+	h.log = append(h.log, fmt.Sprintf("error %v %v", k.RemoteAddr(), err))
 }
 
 func (h upstream) Roam(s session.Session, from netip.AddrPort, p []byte) {
@@ -108,17 +107,6 @@ func fails(t *testing.T, err error) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-}
-
-// socket returns an open descriptor, closed when the test ends.
-func socket(t *testing.T) int {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	return fd
 }
 
 // classOneIDs dissects every datagram into the ID key of class 1 that is
@@ -344,20 +332,23 @@ func TestClose(t *testing.T) {
 // if the handler closed it first; its keys and sockets are released.
 func TestRefused(t *testing.T) {
 	h := upstream{&recorder{}}
-	var fd int
+	var sock session.Socket
 	h.open = func(s session.Session) error {
-		if _, err := s.Attach(fd); err != nil {
+		var err error
+		if sock, err = s.Dial(backend, session.DialOptions{}); err != nil {
 			t.Error(err)
 		}
 		s.Close()
 		return errNope
 	}
 	l := &sessiontest.Loop{Handler: h}
-	fd = socket(t)
 	if s, err := l.Open(peer); s != nil || err != errNope {
 		t.Fatalf("Open: %v, %v", s, err)
 	}
-	h.open = func(s session.Session) error { _, err := s.Attach(fd); return err }
+	if !sock.(*sessiontest.Socket).Closed() {
+		t.Error("a refused session's socket is open")
+	}
+	h.open = func(s session.Session) error { _, err := s.Dial(backend, session.DialOptions{}); return err }
 	mustOpen(t, l, peer)
 	if want := []string{"open", "open"}; !slices.Equal(h.log, want) {
 		t.Errorf("handler saw %q, want %q", h.log, want)
@@ -414,7 +405,7 @@ func TestOpenDatagram(t *testing.T) {
 func TestWrite(t *testing.T) {
 	l := &sessiontest.Loop{Handler: upstream{&recorder{}}}
 	s := mustOpen(t, l, peer)
-	k, err := s.Attach(socket(t))
+	k, err := s.Dial(backend, session.DialOptions{})
 	must(t, err)
 	sock := k.(*sessiontest.Socket)
 	for _, w := range []struct {
@@ -423,7 +414,7 @@ func TestWrite(t *testing.T) {
 		sent  func() [][]byte
 		end   func()
 	}{
-		{"socket", k.Write, sock.Sent, k.Detach},
+		{"socket", k.Write, sock.Sent, func() { k.Close() }},
 		{"session", s.Write, s.Sent, func() { s.End(session.ReasonIdle) }},
 	} {
 		for _, tt := range []struct {
@@ -490,54 +481,45 @@ func TestDeliver(t *testing.T) {
 	}
 }
 
-// TestSockets: attaching, what the test delivers on a socket, and its
-// detaching.
+// TestSockets: dialing, what the test delivers on a socket, and its
+// closing.
 func TestSockets(t *testing.T) {
-	if _, err := mustOpen(t, &sessiontest.Loop{Handler: &recorder{}}, peer).Attach(socket(t)); err == nil {
-		t.Error("a handler that is not an UpstreamHandler attached a socket")
+	if _, err := mustOpen(t, &sessiontest.Loop{Handler: &recorder{}}, peer).Dial(backend, session.DialOptions{}); err == nil {
+		t.Error("a handler that is not an UpstreamHandler dialed a socket")
 	}
 	h := upstream{&recorder{}}
 	l := &sessiontest.Loop{Handler: h}
 	s := mustOpen(t, l, peer)
-	fd1, fd2 := socket(t), socket(t)
-	closed, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	k1, err := s.Dial(backend, session.DialOptions{})
 	must(t, err)
-	unix.Close(closed)
-	for _, fd := range []int{-1, closed} {
-		if _, err := s.Attach(fd); err == nil {
-			t.Errorf("attached descriptor %d", fd)
-		}
-	}
-	k1, err := s.Attach(fd1)
+	k2, err := s.Dial(other, session.DialOptions{})
 	must(t, err)
-	k2, err := s.Attach(fd2)
-	must(t, err)
-	if _, err := mustOpen(t, l, other).Attach(fd1); !errors.Is(err, unix.EEXIST) {
-		t.Errorf("attached one descriptor twice: %v", err)
-	}
 	if got := s.Sockets(); len(got) != 2 || got[0] != k1 || got[1] != k2 {
 		t.Errorf("Sockets() = %v", got)
 	}
+	if k1.RemoteAddr() != backend || k2.RemoteAddr() != other || k1.LocalAddr() == k2.LocalAddr() || !k1.LocalAddr().IsValid() {
+		t.Errorf("sockets %v->%v and %v->%v", k1.LocalAddr(), k1.RemoteAddr(), k2.LocalAddr(), k2.RemoteAddr())
+	}
 	sock1, sock2 := k1.(*sessiontest.Socket), k2.(*sessiontest.Socket)
 	sock1.Deliver([]byte("reply"))
-	sock2.Fail(unix.ECONNREFUSED)
-	k1.Detach()
-	k1.Detach()
+	sock2.Fail(session.ErrRefused)
+	k1.Close()
+	k1.Close()
 	sock1.Deliver([]byte("lost"))
-	if got := s.Sockets(); len(got) != 1 || got[0] != k2 || !sock1.Detached() {
-		t.Errorf("after Detach: Sockets() = %v", got)
+	if got := s.Sockets(); len(got) != 1 || got[0] != k2 || !sock1.Closed() {
+		t.Errorf("after Close: Sockets() = %v", got)
 	}
 	s.End(session.ReasonError)
-	sock2.Fail(unix.ECONNREFUSED)
-	if !sock2.Detached() || len(s.Sockets()) != 0 {
-		t.Error("an ended session's sockets stay attached")
+	sock2.Fail(session.ErrRefused)
+	if !sock2.Closed() || len(s.Sockets()) != 0 {
+		t.Error("an ended session's sockets stay open")
 	}
-	want := []string{"open", "open", fmt.Sprintf("upstream %d reply", fd1), fmt.Sprintf("error %d %v", fd2, unix.ECONNREFUSED), "close 1 error"}
+	if _, err := s.Dial(backend, session.DialOptions{}); !errors.Is(err, session.ErrClosed) {
+		t.Errorf("Dial on an ended session: %v", err)
+	}
+	want := []string{"open", fmt.Sprintf("upstream %v reply", backend), fmt.Sprintf("error %v %v", other, session.ErrRefused), "close 1 error"}
 	if !slices.Equal(h.log, want) {
 		t.Errorf("handler saw %q, want %q", h.log, want)
-	}
-	if _, err := mustOpen(t, l, peer).Attach(fd1); err != nil {
-		t.Errorf("a detached descriptor: %v", err)
 	}
 }
 
@@ -581,12 +563,12 @@ func TestStateless(t *testing.T) {
 // only.
 func TestImport(t *testing.T) {
 	l := &sessiontest.Loop{Handler: session.Echo{}}
-	s, err := l.Import(peer, nil, -1)
+	s, err := l.Import(peer, nil, netip.AddrPort{})
 	must(t, err)
 	if got := s.Keys(nil); !slices.Equal(got, []flowtable.Key{tuple(peer)}) {
 		t.Errorf("keys %v", got)
 	}
-	if _, err := (&sessiontest.Loop{Handler: &recorder{}}).Import(peer, nil, -1); err == nil || !strings.Contains(err.Error(), "Migrator") {
+	if _, err := (&sessiontest.Loop{Handler: &recorder{}}).Import(peer, nil, netip.AddrPort{}); err == nil || !strings.Contains(err.Error(), "Migrator") {
 		t.Errorf("import into a handler that is not a Migrator: %v", err)
 	}
 }
