@@ -16,7 +16,6 @@ import (
 	"slices"
 	"time"
 
-
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/session"
 )
