@@ -271,6 +271,8 @@ func (h *acceptHandler) Close(s session.Session, _ session.Reason) {
 	s.State().(*Conn).ended()
 }
 
+var _ session.Handler = (*acceptHandler)(nil)
+
 // Conn is one session as a net.Conn. Read returns one datagram per call (a
 // datagram larger than the buffer is cut, as with net.UDPConn); Write sends
 // one datagram. It is safe for concurrent use.

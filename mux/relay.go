@@ -152,6 +152,8 @@ func (h *relayHandler) Close(s session.Session, _ session.Reason) {
 	}
 }
 
+var _ session.Roamer = (*relayHandler)(nil)
+
 // start runs the readers of the predecessor's ended notices.
 func (h *relayHandler) start() {
 	if h == nil {

@@ -188,3 +188,11 @@ func (Discard) ImportSession(Session, []byte, Socket) error { return nil }
 
 // StateFixed reports true: there is no state to change.
 func (Discard) StateFixed() bool { return true }
+
+// Interface checks.
+var (
+	_ StatelessHandler = Echo{}
+	_ Precopier        = Echo{}
+	_ StatelessHandler = Discard{}
+	_ Precopier        = Discard{}
+)

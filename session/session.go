@@ -8,11 +8,24 @@
 // callback returns, and a handler that keeps data copies it.
 //
 // The surface, all a handler needs: Session and Socket (what the engine
-// hands a handler), Handler with its optional extensions (DatagramOpener,
-// BatchHandler, UpstreamHandler, Roamer, Recoverer, StatelessHandler,
-// Migrator, Precopier), Dissector and Tracker with Dissection, Verdict and Track,
-// Reason and Stats, and the ready-made Echo, Discard, Flow and Noop. The engine itself is package mux;
-// package sessiontest runs handlers without it, for their unit tests.
+// hands a handler), Handler, Dissector with Dissection and Verdict, Reason
+// and Stats, and the ready-made Echo, Discard, Flow and Noop. The engine
+// itself is package mux; package sessiontest runs handlers without it, for
+// their unit tests.
+//
+// The engine finds what else a handler or dissector does by type
+// assertion, so each of these optional interfaces is worth a compile-time
+// check in its implementation (var _ session.Roamer = (*Handler)(nil)):
+//
+//   - DatagramOpener: opens a session by the datagram that creates it.
+//   - BatchHandler: hears where a receive batch ends.
+//   - UpstreamHandler: its sessions own sockets (Session.Dial).
+//   - Roamer: its sessions may follow their client to a new address.
+//   - Recoverer: takes over sessions nobody here has seen.
+//   - StatelessHandler: serves datagrams without a session.
+//   - Migrator: hands its sessions to a successor process in a restart.
+//   - Precopier: a Migrator whose sessions a restart may copy early.
+//   - Tracker (a Dissector): follows each session's protocol (Track).
 package session
 
 import (

@@ -189,3 +189,5 @@ func (counter) ImportSession(s session.Session, state []byte, _ session.Socket) 
 	s.SetState(&n)
 	return nil
 }
+
+var _ session.Migrator = counter{}
