@@ -20,7 +20,8 @@ const (
 	KindID          // identifier that several flows may hold (see IDKey)
 )
 
-// MaxCIDLen is the longest connection ID a Key can hold, in bytes.
+// MaxCIDLen is the longest connection ID a Key can hold, in bytes: QUIC's
+// longest (quiclb.MaxCIDLen), which package dissect/quic checks.
 const MaxCIDLen = 20
 
 // KeySize is the length of a Key's binary encoding, and of a Key in

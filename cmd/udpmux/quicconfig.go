@@ -36,8 +36,8 @@ func (c *quicConfig) isZero() bool {
 // the configurations' length.
 func (l *listenerConfig) quicDissector(key func(string) string, bs backends) (*quic.Dissector, error) {
 	qc := &l.QUIC
-	if qc.CIDLen < 0 || qc.CIDLen > quic.MaxCIDLen {
-		return nil, fmt.Errorf("%s: %d is not within 0..%d (0 takes the QUIC-LB configurations' lengths)", key("quic.cid_len"), qc.CIDLen, quic.MaxCIDLen)
+	if qc.CIDLen < 0 || qc.CIDLen > quiclb.MaxCIDLen {
+		return nil, fmt.Errorf("%s: %d is not within 0..%d (0 takes the QUIC-LB configurations' lengths)", key("quic.cid_len"), qc.CIDLen, quiclb.MaxCIDLen)
 	}
 	var configs []quiclb.Config
 	for i, text := range qc.LBConfigs {

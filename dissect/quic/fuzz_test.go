@@ -102,7 +102,7 @@ func FuzzDissect(f *testing.F) {
 				t.Fatalf("dissector %d: a %v of %d octets", i, r.Type, len(p))
 			case !long && len(p) < MinShortDatagram:
 				t.Fatalf("dissector %d: a short header of %d octets", i, len(p))
-			case len(r.DCID()) > MaxCIDLen:
+			case len(r.DCID()) > quiclb.MaxCIDLen:
 				t.Fatalf("dissector %d: DCID of %d octets", i, len(r.DCID()))
 			}
 			if long && !bytes.Equal(r.DCID(), p[6:6+int(p[5])]) {

@@ -21,11 +21,12 @@ const (
 	Version2 uint32 = 0x6b3343cf
 )
 
-// Sizes from RFC 9000 and RFC 9001 that bound valid packets.
+// A session's key holds a whole connection ID.
+const _ = uint(flowtable.MaxCIDLen - quiclb.MaxCIDLen)
+
+// Sizes from RFC 9000 and RFC 9001 that bound valid packets (and
+// quiclb.MaxCIDLen, RFC 9000, section 17.2).
 const (
-	// MaxCIDLen is the longest connection ID of QUIC versions 1 and 2
-	// (RFC 9000, section 17.2).
-	MaxCIDLen = 20
 	// MinInitialDatagram is the smallest UDP payload that may carry a
 	// client's Initial packet (RFC 9000, section 14.1), and the smallest
 	// that a server answers with Version Negotiation (section 5.2.2).
@@ -135,8 +136,8 @@ type Dissector struct {
 // New returns a Dissector for c. It fails if c.CIDLen is out of range, or
 // a server ID in c.ServerIDs fits no configuration of c.Decoder.
 func New(c Config) (*Dissector, error) {
-	if c.CIDLen < 0 || c.CIDLen > MaxCIDLen {
-		return nil, fmt.Errorf("quic: connection ID length %d is not in 0..%d", c.CIDLen, MaxCIDLen)
+	if c.CIDLen < 0 || c.CIDLen > quiclb.MaxCIDLen {
+		return nil, fmt.Errorf("quic: connection ID length %d is not in 0..%d", c.CIDLen, quiclb.MaxCIDLen)
 	}
 	d := &Dissector{dec: c.Decoder, cidLen: c.CIDLen, grease: c.GreaseQUICBit}
 	if len(c.ServerIDs) > 0 {
@@ -196,7 +197,7 @@ func (d *Dissector) parse(p []byte) packet {
 	}
 	version := binary.BigEndian.Uint32(p[1:5])
 	dcidLen := int(p[5])
-	if dcidLen > MaxCIDLen {
+	if dcidLen > quiclb.MaxCIDLen {
 		// Versions 1 and 2 forbid it; other versions may allow up to
 		// 255 octets, which no session key or route here holds (see the
 		// package documentation).
@@ -209,7 +210,7 @@ func (d *Dissector) parse(p []byte) packet {
 	dcid := p[6:off:off]
 	scidLen := int(p[off])
 	off++
-	if scidLen > MaxCIDLen || len(p) < off+scidLen {
+	if scidLen > quiclb.MaxCIDLen || len(p) < off+scidLen {
 		return packet{}
 	}
 	off += scidLen
@@ -390,7 +391,7 @@ type Route struct {
 	// belongs to the backend with that server ID.
 	Routable bool
 
-	dcid    [MaxCIDLen]byte
+	dcid    [quiclb.MaxCIDLen]byte
 	dcidLen uint8
 }
 
