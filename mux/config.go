@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
@@ -108,7 +106,7 @@ const MaxWorkersPerCPU = 4
 // Validate reports the first problem New would find with c, without opening
 // anything: "key: what is wrong", in the keys of udpmux's config file.
 func (c Config) Validate() error {
-	cpus, err := allowedCPUs()
+	cpus, err := udpsys.AllowedCPUs()
 	if err != nil {
 		return err
 	}
@@ -155,7 +153,7 @@ func (c *Config) fill(ncpu int) error {
 	if c.MaxSessions == 0 {
 		c.MaxSessions = DefaultMaxSessions
 	}
-	if err := checkTableSize(c.MaxSessions, totalMemory()); err != nil {
+	if err := checkTableSize(c.MaxSessions, udpsys.TotalMemory()); err != nil {
 		return err
 	}
 	if c.RecvBuffer == 0 {
@@ -270,15 +268,6 @@ func checkTableSize(n int, total uint64) error {
 			n, need>>20, total>>20)
 	}
 	return nil
-}
-
-// totalMemory returns the machine's memory in bytes, or 0 if unknown.
-func totalMemory() uint64 {
-	var si unix.Sysinfo_t
-	if unix.Sysinfo(&si) != nil {
-		return 0
-	}
-	return uint64(si.Totalram) * uint64(si.Unit)
 }
 
 func checkBuffer(key string, n int) error {

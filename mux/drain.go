@@ -11,7 +11,6 @@ import (
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
-	"golang.org/x/sys/unix"
 )
 
 // Sessions whose handler is not a session.Migrator cannot move to a
@@ -53,7 +52,7 @@ type drain struct {
 func (d *drain) closeTheirs() {
 	for i := range d.pairs {
 		if d.pairs[i][1] >= 0 {
-			unix.Close(d.pairs[i][1])
+			udpsys.Close(d.pairs[i][1])
 			d.pairs[i][1] = -1
 		}
 	}
@@ -63,7 +62,7 @@ func (d *drain) close() {
 	d.closeTheirs()
 	for i := range d.pairs {
 		if d.pairs[i][0] >= 0 {
-			unix.Close(d.pairs[i][0])
+			udpsys.Close(d.pairs[i][0])
 			d.pairs[i][0] = -1
 		}
 	}
@@ -108,20 +107,12 @@ func (srv *Server) prepareRelays() ([]int, error) {
 	d := &drain{}
 	var theirs []int
 	for range srv.loops {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		fds, err := udpsys.DatagramPair(relayBuffer)
 		if err != nil {
 			d.close()
 			return nil, fmt.Errorf("relay socket pair: %w", err)
 		}
-		for _, fd := range fds {
-			// A Unix datagram's sender is limited by its send buffer alone.
-			// Best effort, as for listener sockets: past wmem_max only with
-			// CAP_NET_ADMIN.
-			if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, relayBuffer) != nil {
-				unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, relayBuffer)
-			}
-		}
-		d.pairs = append(d.pairs, [2]int{fds[0], fds[1]})
+		d.pairs = append(d.pairs, fds)
 		theirs = append(theirs, fds[1])
 	}
 	srv.drain = d
@@ -203,11 +194,11 @@ func (srv *Server) beginDrain(timeout time.Duration) {
 		}
 		l.relay = &ownerRelay{
 			fd:    d.pairs[i][0],
-			rx:    udpsys.NewBatch(relayBatch, udpsys.MaxDatagram+handoff.RelayHeaderSize, unix.AF_UNIX),
+			rx:    udpsys.NewBatch(relayBatch, udpsys.MaxDatagram+handoff.RelayHeaderSize, udpsys.FamilyUnix),
 			note:  make([]byte, 0, 8),
 			drain: d,
 		}
-		if err := l.watch(d.pairs[i][0], tokenRelay, 0); err != nil {
+		if err := l.poll.Add(d.pairs[i][0], udpsys.Token{Kind: tokenRelay}); err != nil {
 			srv.log.Error("draining loop cannot read its relay socket; its retained sessions get no more datagrams",
 				"loop", l.id, "err", err)
 		}
@@ -231,7 +222,7 @@ func (l *loop) readRelay() {
 	for round := 0; round < readRounds; round++ {
 		n, err := r.rx.Recv(r.fd)
 		if err != nil {
-			if err != unix.EAGAIN && err != unix.EINTR {
+			if err != udpsys.ErrAgain && err != udpsys.ErrInterrupted {
 				l.srv.log.Warn("relay read failed", "loop", l.id, "err", err)
 			}
 			return
@@ -288,5 +279,5 @@ func (l *loop) relayEnded(s *sess) {
 func (l *loop) sendEnded(id uint64) {
 	r := l.relay
 	r.note = handoff.AppendEnded(r.note[:0], id)
-	unix.Write(r.fd, r.note)
+	udpsys.Write(r.fd, r.note)
 }

@@ -230,8 +230,21 @@ func TestListenRefusesNoop(t *testing.T) {
 	}
 }
 
-// TestDeadLoopStopsTheServer: a loop whose epoll descriptor fails stops the
-// whole server, and Serve returns the error.
+// failingPoller is a loop's poller whose waits fail once failing is set.
+type failingPoller struct {
+	poller
+	failing atomic.Bool
+}
+
+func (p *failingPoller) Wait(soon bool) (int, bool, bool, error) {
+	if p.failing.Load() {
+		return 0, false, false, unix.EBADF
+	}
+	return p.poller.Wait(soon)
+}
+
+// TestDeadLoopStopsTheServer: a loop whose wait fails stops the whole
+// server, and Serve returns the error.
 func TestDeadLoopStopsTheServer(t *testing.T) {
 	cfg := echoConfig("127.0.0.1:0", 2)
 	cfg.Logger = quietLogger()
@@ -239,9 +252,12 @@ func TestDeadLoopStopsTheServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p := &failingPoller{poller: srv.loops[1].poll}
+	srv.loops[1].poll = p
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(context.Background()) }()
-	unix.Close(srv.loops[1].epfd) // its next epoll_wait fails
+	p.failing.Store(true) // its next wait fails
+	p.Wake()
 	select {
 	case err := <-served:
 		if err == nil || !strings.Contains(err.Error(), "loop 1: epoll_wait") {
@@ -295,35 +311,6 @@ func TestFreezeIsBounded(t *testing.T) {
 	roundTrip(t, c, []byte("serving on"))
 }
 
-// TestSignalAfterCloseWritesNothing: a loop's wake descriptor number, once
-// closed, may name another file; signalling the loop then must not write to
-// it.
-func TestSignalAfterCloseWritesNothing(t *testing.T) {
-	cfg := echoConfig("127.0.0.1:0", 1)
-	cfg.Logger = quietLogger()
-	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := srv.loops[0]
-	wake := l.wake
-	srv.Close()
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	if p[0] != wake && p[1] != wake {
-		t.Skipf("the pipe got descriptors %v, not the closed wake descriptor %d", p, wake)
-	}
-	l.signal()
-	buf := make([]byte, 16)
-	if n, _ := unix.Read(p[0], buf); n > 0 {
-		t.Fatalf("signal wrote %d bytes into the file that reused the wake descriptor", n)
-	}
-}
-
 // TestConnWriteAfterCloseFails: a Conn whose listener has closed refuses to
 // write: its session ended with the loops, which sent what was written
 // before.
@@ -360,10 +347,10 @@ func TestFullSendBufferWaitsForEPOLLOUT(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fds[1])
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ls.sock.FD, nil)
+	l.poll.Remove(ls.sock.FD)
 	unix.Close(ls.sock.FD)
 	ls.sock.FD, ls.sock.Wildcard = fds[0], false
-	if err := l.watch(ls.sock.FD, tokenSocket, 0); err != nil {
+	if err := l.poll.Add(ls.sock.FD, udpsys.Token{Kind: tokenSocket}); err != nil {
 		t.Fatal(err)
 	}
 	ls.tx = udpsys.NewBatch(8, 2048, unix.AF_INET) // small, and no UDP segmentation on a Unix socket

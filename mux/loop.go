@@ -8,24 +8,31 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
 
-// Epoll registrations carry a kind and an index instead of a pointer, which
-// the kernel cannot hold for the Go collector.
+// The kinds of what a loop's poller watches (udpsys.Token). Its wake-ups
+// (inbox, Conn writes, control queue, stop) and the tick that paces the
+// sweep are the poller's own.
 const (
-	tokenWake     int32 = iota // the loop's eventfd: inbox, Conn writes, control queue, stop
-	tokenSocket                // a listener socket; the index is the listener's
+	tokenSocket   int32 = iota // a listener socket; the index is the listener's
 	tokenUpstream              // a session's own socket; the index is its slot in loop.upstreams
 	tokenRelay                 // a draining loop's relay socket from the successor (relay.go)
-	tokenTick                  // the loop's timerfd, which paces the sweep (sweep.go)
 )
+
+// poller is what a loop waits on: a udpsys.Poller, or a test's fake.
+type poller interface {
+	Add(fd int, t udpsys.Token) error
+	Set(fd int, t udpsys.Token, read, write bool) error
+	Remove(fd int)
+	Wait(soon bool) (n int, woken, ticked bool, err error)
+	Event(i int) udpsys.Event
+	Wake()
+	Close()
+}
 
 // readRounds bounds how many batches one socket may read before the loop
 // looks at its other sockets and inboxes; epoll is level-triggered, so what is
@@ -38,12 +45,10 @@ type loop struct {
 	id    int
 	cpu   int
 	srv   *Server
-	epfd  int
-	wake  int // eventfd
+	poll  poller
 	socks []*loopSocket
 	rx    *udpsys.Batch
 
-	events []unix.EpollEvent
 	// stateless[scope] answers the listener's stateless datagrams, nil when
 	// its handler serves sessions only.
 	stateless []*responder
@@ -78,13 +83,7 @@ type loop struct {
 	// the backlog waits in the kernel's queues instead of being dropped.
 	deferred      []deferredForward
 	deferredBytes int
-	wakeBuf       [8]byte
-	one           [8]byte // eventfd increment; written once, read by every signaller
-	// wakeMu guards wake against its close: other goroutines signal the
-	// loop at any time, and a closed number may name another file by then.
-	wakeMu     sync.RWMutex
-	wakeClosed bool
-	stopping   atomic.Bool
+	stopping      atomic.Bool
 	// done is closed when run has returned.
 	done chan struct{}
 
@@ -116,7 +115,6 @@ type loop struct {
 	collect     func(*entry) bool
 
 	now       int64
-	tick      int // timerfd
 	sweepPos  int
 	expired   func(*entry)
 	batchEnds []session.BatchHandler
@@ -143,11 +141,20 @@ type closeRequest struct {
 }
 
 func newLoop(srv *Server, id, cpu int) (*loop, error) {
+	p, err := udpsys.NewPoller(64, sweepInterval/sweepTicks)
+	if err != nil {
+		return nil, err
+	}
+	return newLoopWith(srv, id, cpu, p), nil
+}
+
+// newLoopWith returns loop id of srv, on cpu, waiting on p.
+func newLoopWith(srv *Server, id, cpu int, p poller) *loop {
 	l := &loop{
-		id: id, cpu: cpu, srv: srv, epfd: -1, wake: -1, tick: -1, done: make(chan struct{}),
-		events: make([]unix.EpollEvent, 64),
-		in:     newInbox(),
-		woken:  make([]uint64, (srv.cfg.Workers+63)/64),
+		poll: p,
+		id:   id, cpu: cpu, srv: srv, done: make(chan struct{}),
+		in:    newInbox(),
+		woken: make([]uint64, (srv.cfg.Workers+63)/64),
 
 		keys:     make([]flowtable.Key, srv.cfg.Batch),
 		ids:      make([]flowtable.Key, srv.cfg.Batch),
@@ -162,53 +169,13 @@ func newLoop(srv *Server, id, cpu int) (*loop, error) {
 	}
 	l.expired = l.expire
 	l.collect = l.collectCandidate
-	l.one[0] = 1
-	var err error
-	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
-		return nil, fmt.Errorf("epoll_create1: %w", err)
-	}
-	if l.wake, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
-		l.close()
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
-	if err := l.watch(l.wake, tokenWake, 0); err != nil {
-		l.close()
-		return nil, err
-	}
-	if l.tick, err = newTicker(sweepInterval / sweepTicks); err != nil {
-		l.close()
-		return nil, err
-	}
-	if err := l.watch(l.tick, tokenTick, 0); err != nil {
-		l.close()
-		return nil, err
-	}
-	return l, nil
-}
-
-func (l *loop) watch(fd int, kind, index int32) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: kind, Pad: index}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl add: %w", err)
-	}
-	return nil
+	return l
 }
 
 // watchSocket sets what the loop waits for on a listener socket: datagrams
 // while it reads it, room in its send buffer while sends wait.
 func (l *loop) watchSocket(ls *loopSocket) error {
-	var events uint32
-	if ls.reading {
-		events |= unix.EPOLLIN
-	}
-	if ls.blocked {
-		events |= unix.EPOLLOUT
-	}
-	ev := unix.EpollEvent{Events: events, Fd: tokenSocket, Pad: int32(ls.ln.scope)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, ls.sock.FD, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl mod: %w", err)
-	}
-	return nil
+	return l.poll.Set(ls.sock.FD, udpsys.Token{Kind: tokenSocket, Index: int32(ls.ln.scope)}, ls.reading, ls.blocked)
 }
 
 // addSocket gives the loop its socket for listener ln: one the server
@@ -222,8 +189,8 @@ func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, opened bool) error {
 	}
 	l.enableGRO(sock.FD)
 	if l.rx == nil {
-		l.rx = udpsys.NewBatch(l.srv.cfg.Batch, l.srv.cfg.MaxDatagram, unix.AF_INET6)
-		l.up = upstreamQueue{b: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, unix.AF_INET6),
+		l.rx = udpsys.NewBatch(l.srv.cfg.Batch, l.srv.cfg.MaxDatagram, udpsys.FamilyIPv6)
+		l.up = upstreamQueue{b: udpsys.NewBatch(l.srv.cfg.Batch, udpsys.MaxDatagram, udpsys.FamilyIPv6),
 			dst: make([]*socket, l.srv.cfg.Batch)}
 		if sock.GSO {
 			l.up.b.EnableGSO() // a client's burst to its backend crosses the stack once
@@ -238,7 +205,7 @@ func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, opened bool) error {
 	if bh, ok := ln.handler.(session.BatchHandler); ok {
 		l.batchEnds = append(l.batchEnds, bh)
 	}
-	return l.watch(sock.FD, tokenSocket, int32(ln.scope))
+	return l.poll.Add(sock.FD, udpsys.Token{Kind: tokenSocket, Index: int32(ln.scope)})
 }
 
 // enableGRO lets a burst of one flow's datagrams arrive on socket fd as
@@ -255,7 +222,7 @@ func (l *loop) run() {
 	defer close(l.done)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if err := pinThread(l.cpu); err != nil {
+	if err := udpsys.PinThread(l.cpu); err != nil {
 		l.srv.log.Warn("cannot pin loop to its CPU", "loop", l.id, "cpu", l.cpu, "err", err)
 	}
 	l.now = clock()
@@ -276,38 +243,36 @@ func (l *loop) serveEvents() (err error) {
 			l.recovered(r)
 		}
 	}()
-	n, err := l.wait()
+	n, woken, ticked, err := l.poll.Wait(len(l.deferred) > 0)
 	if err != nil {
-		if err == unix.EINTR {
-			return nil
-		}
 		return err
 	}
 	l.now = clock()
 	if len(l.deferred) > 0 {
 		l.retryDeferred()
 	}
+	if woken {
+		l.onWake()
+	}
 	for i := 0; i < n && !l.stopping.Load(); i++ {
-		ev := &l.events[i]
-		switch ev.Fd {
-		case tokenWake:
-			l.onWake()
+		ev := l.poll.Event(i)
+		switch ev.Token.Kind {
 		case tokenSocket:
-			ls := l.socks[ev.Pad]
-			if ev.Events&unix.EPOLLOUT != 0 && ls.blocked {
+			ls := l.socks[ev.Token.Index]
+			if ev.Writable && ls.blocked {
 				l.flush(ls)
 			}
-			if ev.Events&unix.EPOLLIN != 0 && ls.reading {
+			if ev.Readable && ls.reading {
 				l.readSocket(ls)
 			}
 		case tokenUpstream:
-			l.upstreamReady(ev.Pad, ev.Events)
+			l.upstreamReady(ev)
 		case tokenRelay:
 			l.readRelay()
-		case tokenTick:
-			unix.Read(l.tick, l.wakeBuf[:])
-			l.sweep()
 		}
+	}
+	if ticked && !l.stopping.Load() {
+		l.sweep()
 	}
 	l.endBatch()
 	return nil
@@ -348,25 +313,6 @@ func (l *loop) protect(fn func()) {
 	fn()
 }
 
-// wait returns ready events. Under load some are almost always ready, and a
-// non-blocking epoll_pwait through RawSyscall finds them without handing the
-// thread's P to the scheduler and taking it back; only an idle loop blocks,
-// through the scheduler-aware call. It blocks without a timeout (the sweep's
-// timerfd wakes it), so that no wait arms and cancels a kernel timer of its
-// own.
-func (l *loop) wait() (int, error) {
-	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd),
-		uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
-	if errno == 0 && n > 0 {
-		return int(n), nil
-	}
-	timeout := -1
-	if len(l.deferred) > 0 {
-		timeout = 1 // retry soon: the other loop frees inbox room as it drains
-	}
-	return unix.EpollWait(l.epfd, l.events, timeout)
-}
-
 // stop asks the loop to finish; it returns at once.
 func (l *loop) stop() {
 	l.stopping.Store(true)
@@ -400,16 +346,5 @@ func (l *loop) close() {
 	for _, ls := range l.socks {
 		ls.sock.Close()
 	}
-	l.wakeMu.Lock()
-	if l.wake >= 0 && !l.wakeClosed {
-		unix.Close(l.wake)
-	}
-	l.wakeClosed = true
-	l.wakeMu.Unlock()
-	if l.tick >= 0 {
-		unix.Close(l.tick)
-	}
-	if l.epfd >= 0 {
-		unix.Close(l.epfd)
-	}
+	l.poll.Close()
 }

@@ -6,9 +6,8 @@ import (
 	"errors"
 	"fmt"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/internal/handoff"
+	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -147,11 +146,11 @@ func (srv *Server) copySession(s *sess, fn func(*handoff.Session, int) error, re
 		// the number may then name another socket. A duplicate taken while
 		// the session still held the number is its socket for good.
 		up := fd
-		if fd, err = unix.FcntlInt(uintptr(up), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+		if fd, err = udpsys.Dup(up); err != nil {
 			return fmt.Errorf("session %v: duplicating its socket: %w", s.Key(), err)
 		}
 		if again := s.upstreamFD(); again != up {
-			unix.Close(fd)
+			udpsys.Close(fd)
 			return nil // ended: not copied, so nothing to take back
 		}
 	}

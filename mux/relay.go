@@ -15,7 +15,6 @@ import (
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
-	"golang.org/x/sys/unix"
 )
 
 // relayHandler serves a successor's relay sessions: the sessions its
@@ -53,8 +52,7 @@ func (srv *Server) adoptRelays(fds []int) error {
 		return fmt.Errorf("%d relay sockets for %d loops", len(fds), len(srv.loops))
 	}
 	for i := range h.loops {
-		var st unix.Stat_t
-		if err := unix.Fstat(h.loops[i].fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		if !udpsys.IsSocket(h.loops[i].fd) {
 			return fmt.Errorf("relay descriptor %d is not a socket", i)
 		}
 		h.loops[i].buf = make([]byte, 0, udpsys.MaxDatagram+handoff.RelayHeaderSize)
@@ -62,7 +60,7 @@ func (srv *Server) adoptRelays(fds []int) error {
 		// poller, so that closing it ends a blocked read. Making it sets
 		// the shared description to blocking mode for a moment (os.File.Fd),
 		// harmless before the loops run, and back.
-		dup, err := unix.FcntlInt(uintptr(h.loops[i].fd), unix.F_DUPFD_CLOEXEC, 0)
+		dup, err := udpsys.Dup(h.loops[i].fd)
 		if err != nil {
 			return fmt.Errorf("relay socket %d: %w", i, err)
 		}
@@ -132,11 +130,11 @@ func (h *relayHandler) relay(s *sess, peer netip.AddrPort, p []byte) {
 	rl := &h.loops[id]
 	st := &h.srv.loops[id].socks[s.scope].stats
 	rl.buf = handoff.AppendRelay(rl.buf[:0], s.ID(), peer, p)
-	_, err := unix.Write(rl.fd, rl.buf)
+	_, err := udpsys.Write(rl.fd, rl.buf)
 	switch err {
 	case nil:
 		st.relayed.inc()
-	case unix.EAGAIN, unix.EINTR:
+	case udpsys.ErrAgain, udpsys.ErrInterrupted:
 		st.relayDrops.inc()
 	default:
 		st.relayDrops.inc()
@@ -225,7 +223,7 @@ func (h *relayHandler) close() {
 	}
 	for i := range h.loops {
 		if h.loops[i].fd >= 0 {
-			unix.Close(h.loops[i].fd)
+			udpsys.Close(h.loops[i].fd)
 			h.loops[i].fd = -1
 		}
 	}

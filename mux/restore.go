@@ -12,7 +12,6 @@ import (
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
-	"golang.org/x/sys/unix"
 )
 
 // adopt wraps the inherited sockets of listener ln, if any, and marks them
@@ -73,7 +72,7 @@ func (inh *Inheritance) closeUnused(used []bool, log func(string, ...any)) {
 // closeFDs closes descriptors nobody else owns.
 func closeFDs(fds []int) {
 	for _, fd := range fds {
-		unix.Close(fd)
+		udpsys.Close(fd)
 	}
 }
 
@@ -157,7 +156,7 @@ func (srv *Server) restoreBatch(records []handoff.Session, upstreams []int) erro
 		case ln == nil:
 			srv.restored.Dropped++
 			if up >= 0 {
-				unix.Close(up)
+				udpsys.Close(up)
 			}
 		case !srv.restoreSession(rec, ln, up, now): // which closed up
 			srv.restored.Dropped++
@@ -175,7 +174,7 @@ func (srv *Server) restoreBatch(records []handoff.Session, upstreams []int) erro
 func (srv *Server) finishRestore(upstreams []int) {
 	for i, fd := range upstreams {
 		if i >= len(srv.upstreamTaken) || !srv.upstreamTaken[i] {
-			unix.Close(fd)
+			udpsys.Close(fd)
 		}
 	}
 	srv.upstreamTaken = nil
@@ -241,7 +240,7 @@ func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, upstream i
 	_, ok := ln.handler.(session.Migrator)
 	if !ok {
 		if upstream >= 0 {
-			unix.Close(upstream)
+			udpsys.Close(upstream)
 		}
 		return false
 	}
@@ -257,7 +256,7 @@ func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, upstream i
 	})
 	if !l.fileRestored(s, keys) {
 		if upstream >= 0 {
-			unix.Close(upstream)
+			udpsys.Close(upstream)
 		}
 		return false
 	}

@@ -5,8 +5,6 @@ package mux
 import (
 	"net/netip"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
@@ -26,7 +24,7 @@ func (l *loop) readSocket(ls *loopSocket) {
 	for round := 0; round < readRounds; round++ {
 		n, err := l.rx.Recv(ls.sock.FD)
 		if err != nil {
-			if err != unix.EAGAIN && err != unix.EINTR {
+			if err != udpsys.ErrAgain && err != udpsys.ErrInterrupted {
 				l.srv.log.Warn("recvmmsg failed", "listener", ls.ln.name, "loop", l.id, "err", err)
 			}
 			return

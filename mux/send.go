@@ -5,8 +5,6 @@ package mux
 import (
 	"net/netip"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
@@ -95,7 +93,7 @@ func (l *loop) flush(ls *loopSocket) {
 		from += sent
 		switch {
 		case err == nil:
-		case err == unix.EAGAIN:
+		case err == udpsys.ErrAgain:
 			ls.ntx = ls.tx.Shift(from, ls.ntx)
 			l.blockListener(ls, true)
 			return
@@ -182,13 +180,13 @@ func (l *loop) flushUpstream() {
 			i += sent
 			switch err {
 			case nil:
-			case unix.EAGAIN:
+			case udpsys.ErrAgain:
 				if l.blockUpstream(k, true); !k.blocked {
 					st.upstreamSendDrops.add(uint64(end - i))
 					i = end
 				}
-			case unix.ECONNREFUSED:
-				l.upstreamFailed(k, err)
+			case udpsys.ErrRefused:
+				l.upstreamFailed(k, errRefused)
 				if retried {
 					i++
 				}
@@ -221,7 +219,7 @@ func (l *loop) unpark(k *socket) {
 	n := 0
 	for ; n < len(k.waiting); n++ {
 		p := k.waiting[n]
-		if _, err := unix.Write(k.fd, p); err == unix.EAGAIN {
+		if _, err := udpsys.Write(k.fd, p); err == udpsys.ErrAgain {
 			break
 		} else if err != nil {
 			st.upstreamSendErrors.inc()
@@ -246,12 +244,7 @@ func (l *loop) blockUpstream(k *socket, blocked bool) {
 		return
 	}
 	k.blocked = blocked
-	events := uint32(unix.EPOLLIN)
-	if blocked {
-		events |= unix.EPOLLOUT
-	}
-	ev := unix.EpollEvent{Events: events, Fd: tokenUpstream, Pad: k.slot}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, k.fd, &ev); err != nil {
+	if err := l.poll.Set(k.fd, udpsys.Token{Kind: tokenUpstream, Index: k.slot}, true, blocked); err != nil {
 		k.blocked = false
 		l.srv.log.Error("cannot wait for room in a session socket's send buffer", "loop", l.id, "err", err)
 	}

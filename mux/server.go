@@ -116,7 +116,7 @@ func New(cfg Config) (*Server, error) {
 }
 
 func newServer(cfg Config) (*Server, error) {
-	cpus, err := allowedCPUs()
+	cpus, err := udpsys.AllowedCPUs()
 	if err != nil {
 		return nil, err
 	}

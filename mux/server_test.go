@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -248,7 +249,7 @@ func TestInvalidConfig(t *testing.T) {
 }
 
 func cpuCount(t *testing.T) int {
-	cpus, err := allowedCPUs()
+	cpus, err := udpsys.AllowedCPUs()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/internal/udpsys"
 )
 
@@ -38,13 +36,13 @@ func (srv *Server) openSocket(ln *listener, l *loop, i int, addr netip.AddrPort)
 		}
 		sock, err := udpsys.AdoptUDP(fd, cfg)
 		if err != nil {
-			unix.Close(fd)
+			udpsys.Close(fd)
 			return nil, err
 		}
 		return sock, nil
 	}
 	sock, err := udpsys.ListenUDP(addr, cfg)
-	if len(ln.sockets) > 0 && errors.Is(err, unix.EADDRINUSE) {
+	if len(ln.sockets) > 0 && errors.Is(err, udpsys.ErrAddrInUse) {
 		// The group had SO_REUSEPORT (New checked); what the kernel
 		// refuses is another user's joining it.
 		return nil, fmt.Errorf("loop %d cannot join the SO_REUSEPORT group of the sockets it was given: were they created by another user (systemd as root)? Run as that user, give one socket per worker, or set workers to %d: %w",

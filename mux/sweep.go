@@ -3,10 +3,7 @@
 package mux
 
 import (
-	"fmt"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/session"
 )
@@ -34,21 +31,6 @@ func (l *loop) sweep() {
 			l.sweepPos = 0
 		}
 	}
-}
-
-// newTicker returns a non-blocking timerfd that expires every period.
-func newTicker(period time.Duration) (int, error) {
-	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
-	if err != nil {
-		return -1, fmt.Errorf("timerfd_create: %w", err)
-	}
-	ts := unix.NsecToTimespec(int64(period))
-	spec := unix.ItimerSpec{Interval: ts, Value: ts}
-	if err := unix.TimerfdSettime(fd, 0, &spec, nil); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("timerfd_settime: %w", err)
-	}
-	return fd, nil
 }
 
 // expire ends a session the sweep took out of the table; the owner does it.

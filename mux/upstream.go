@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/session"
 )
@@ -65,7 +63,7 @@ func (k *socket) close() error {
 		return nil
 	}
 	k.closed = true
-	return unix.Close(k.fd)
+	return udpsys.Close(k.fd)
 }
 
 // dropCounter follows one socket's cumulative SO_RXQ_OVFL counter, which
@@ -122,7 +120,7 @@ func (l *loop) adoptUpstream(s *sess, fd int) (*socket, error) {
 			return k, nil
 		}
 	}
-	unix.Close(fd)
+	udpsys.Close(fd)
 	return nil, fmt.Errorf("its upstream socket: %w", err)
 }
 
@@ -140,7 +138,7 @@ func (l *loop) attach(s *sess, sock *udpsys.Socket) (*socket, error) {
 		slot = int32(len(l.upstreams))
 		l.upstreams = append(l.upstreams, nil)
 	}
-	if err := l.watch(fd, tokenUpstream, slot); err != nil {
+	if err := l.poll.Add(fd, udpsys.Token{Kind: tokenUpstream, Index: slot}); err != nil {
 		l.freeSlots = append(l.freeSlots, slot)
 		return nil, err
 	}
@@ -208,7 +206,7 @@ func (l *loop) unwatch(k *socket) {
 	if len(k.waiting) > 0 {
 		l.socks[k.s.scope].stats.upstreamSendDrops.add(uint64(len(k.waiting)))
 	}
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, k.fd, nil)
+	l.poll.Remove(k.fd)
 	l.upstreams[k.slot] = nil
 	l.freeSlots = append(l.freeSlots, k.slot)
 	k.gone, k.waiting = true, nil
@@ -248,17 +246,17 @@ func closeAll(socks []*socket) {
 	}
 }
 
-// upstreamReady serves an event of an attached socket: room to send what
-// waited for it, datagrams to read.
-func (l *loop) upstreamReady(slot int32, events uint32) {
-	k := l.upstreams[slot]
+// upstreamReady serves an event of a session's socket: room to send what
+// waited for it, datagrams (or an error) to read.
+func (l *loop) upstreamReady(ev udpsys.Event) {
+	k := l.upstreams[ev.Token.Index]
 	if k == nil {
 		return // stale: the slot was freed earlier in the same wakeup
 	}
-	if events&unix.EPOLLOUT != 0 && k.blocked {
+	if ev.Writable && k.blocked {
 		l.unpark(k)
 	}
-	if events&(unix.EPOLLIN|unix.EPOLLERR) != 0 {
+	if ev.Readable {
 		l.readUpstream(k)
 	}
 }
@@ -278,8 +276,8 @@ func (l *loop) readUpstream(k *socket) {
 		n, err := l.rx.Recv(k.fd)
 		if err != nil {
 			switch err {
-			case unix.EAGAIN, unix.EINTR:
-			case unix.ECONNREFUSED:
+			case udpsys.ErrAgain, udpsys.ErrInterrupted:
+			case udpsys.ErrRefused:
 				h.UpstreamError(s, k, errRefused)
 			default:
 				h.UpstreamError(s, k, err)
@@ -307,6 +305,6 @@ func (l *loop) readUpstream(k *socket) {
 }
 
 // errRefused is ECONNREFUSED as a session.Socket reports it.
-var errRefused = fmt.Errorf("%w (%w)", session.ErrRefused, unix.ECONNREFUSED)
+var errRefused = fmt.Errorf("%w (%w)", session.ErrRefused, udpsys.ErrRefused)
 
 var _ session.Socket = (*socket)(nil)

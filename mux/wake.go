@@ -2,15 +2,13 @@
 
 package mux
 
-import "golang.org/x/sys/unix"
-
-// Other goroutines and loops reach a loop through its eventfd: datagrams
+// Other goroutines and loops reach a loop through its poller's wake-up
+// (udpsys.Poller.Wake): datagrams
 // forwarded to it (forward.go), Conns' writes (connwrite.go), closes asked
 // for anywhere, a handoff's pause and early copy.
 
 // onWake serves what other goroutines and loops left for this loop.
 func (l *loop) onWake() {
-	unix.Read(l.wake, l.wakeBuf[:])
 	l.drainQueues()
 	l.ctlMu.Lock()
 	reqs, pause, track := l.ctl, l.pause, l.track
@@ -64,10 +62,4 @@ func (l *loop) request(r closeRequest) {
 	l.signal()
 }
 
-func (l *loop) signal() {
-	l.wakeMu.RLock()
-	if !l.wakeClosed {
-		unix.Write(l.wake, l.one[:])
-	}
-	l.wakeMu.RUnlock()
-}
+func (l *loop) signal() { l.poll.Wake() }

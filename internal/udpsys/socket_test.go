@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -170,5 +171,74 @@ func TestAdoptUDP(t *testing.T) {
 	}
 	if s.RecvBuffer == 0 {
 		t.Error("the adopted socket's receive buffer was not read back")
+	}
+}
+
+// TestWakeAfterCloseWritesNothing: a Poller's wake descriptor number, once
+// closed, may name another file; Wake then must not write to it.
+func TestWakeAfterCloseWritesNothing(t *testing.T) {
+	p, err := NewPoller(4, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wake := p.wake
+	p.Close()
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	if fds[0] != wake && fds[1] != wake {
+		t.Skipf("the pipe got descriptors %v, not the closed wake descriptor %d", fds, wake)
+	}
+	p.Wake()
+	buf := make([]byte, 16)
+	if n, _ := unix.Read(fds[0], buf); n > 0 {
+		t.Fatalf("Wake wrote %d bytes into the file that reused the wake descriptor", n)
+	}
+}
+
+// TestPoller: what a Poller reports: a watched descriptor ready to read or
+// write by its token, its wake-ups and ticks apart from the events.
+func TestPoller(t *testing.T) {
+	p, err := NewPoller(4, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	tok := Token{Kind: 7, Index: 3}
+	if err := p.Add(fds[0], tok); err != nil {
+		t.Fatal(err)
+	}
+	unix.Write(fds[1], []byte("x"))
+	p.Wake()
+	n, woken, _, err := p.Wait(false)
+	if err != nil || n != 1 || !woken || p.Event(0) != (Event{Token: tok, Readable: true}) {
+		t.Fatalf("Wait = %d, woken %v, %v; event %+v", n, woken, err, p.Event(0))
+	}
+	if err := p.Add(fds[1], Token{Kind: 8}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Set(fds[1], Token{Kind: 8}, false, true); err != nil {
+		t.Fatal(err)
+	}
+	p.Remove(fds[0])
+	for ticked := false; !ticked; {
+		var n int
+		if n, _, ticked, err = p.Wait(false); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if ev := p.Event(i); ev != (Event{Token: Token{Kind: 8}, Writable: true}) {
+				t.Errorf("event %+v", ev)
+			}
+		}
 	}
 }
