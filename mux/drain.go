@@ -97,7 +97,7 @@ func retains(s *sess) bool {
 // The server keeps ownership of every descriptor: Drain uses its own ends,
 // and Drain, Handover and Thaw close the rest.
 func (srv *Server) prepareRelays() ([]int, error) {
-	if srv.drain != nil && srv.drain.active {
+	if srv.restart.drain != nil && srv.restart.drain.active {
 		return nil, errDraining
 	}
 	srv.discardDrain()
@@ -115,7 +115,7 @@ func (srv *Server) prepareRelays() ([]int, error) {
 		d.pairs = append(d.pairs, fds)
 		theirs = append(theirs, fds[1])
 	}
-	srv.drain = d
+	srv.restart.drain = d
 	return theirs, nil
 }
 
@@ -128,16 +128,16 @@ func (srv *Server) mayRetain() bool {
 			return true
 		}
 	}
-	return srv.relay != nil && srv.relay.live.Load() > 0
+	return srv.restart.relay != nil && srv.restart.relay.live.Load() > 0
 }
 
 // discardDrain closes a relay HandoffRelays prepared for a handoff that did
 // not happen. The server must be frozen. A drain under way stays: a server
 // that drains may still be frozen and thawed.
 func (srv *Server) discardDrain() {
-	if srv.drain != nil && !srv.drain.active {
-		srv.drain.close()
-		srv.drain = nil
+	if srv.restart.drain != nil && !srv.restart.drain.active {
+		srv.restart.drain.close()
+		srv.restart.drain = nil
 	}
 }
 
@@ -150,13 +150,13 @@ func (srv *Server) discardDrain() {
 // when timeout (0 means DefaultDrainTimeout) has passed; the sessions left
 // then end with ReasonShutdown. Without retained sessions Drain is Handover.
 func (srv *Server) beginDrain(timeout time.Duration) {
-	d := srv.drain
+	d := srv.restart.drain
 	if d == nil {
 		srv.handover()
 		return
 	}
 	if d.active {
-		close(srv.frozen) // draining already: resume
+		close(srv.restart.frozen) // draining already: resume
 		return
 	}
 	d.active = true
@@ -192,7 +192,7 @@ func (srv *Server) beginDrain(timeout time.Duration) {
 				srv.log.Error("draining loop cannot stop reading its listener socket", "loop", l.id, "listener", ls.ln.name, "err", err)
 			}
 		}
-		l.relay = &ownerRelay{
+		l.restart.relay = &ownerRelay{
 			fd:    d.pairs[i][0],
 			rx:    udpsys.NewBatch(relayBatch, udpsys.MaxDatagram+handoff.RelayHeaderSize, udpsys.FamilyUnix),
 			note:  make([]byte, 0, 8),
@@ -213,12 +213,12 @@ func (srv *Server) beginDrain(timeout time.Duration) {
 	if retained == 0 {
 		srv.stop()
 	}
-	close(srv.frozen)
+	close(srv.restart.frozen)
 }
 
 // readRelay reads datagrams the successor relayed for retained sessions.
 func (l *loop) readRelay() {
-	r := l.relay
+	r := l.restart.relay
 	for round := 0; round < readRounds; round++ {
 		n, err := r.rx.Recv(r.fd)
 		if err != nil {
@@ -247,7 +247,7 @@ func (l *loop) relayed(m *udpsys.Message) {
 		l.srv.log.Warn("malformed relayed datagram", "loop", l.id, "bytes", m.N, "err", err)
 		return
 	}
-	v, ok := l.relay.drain.retained.Load(id)
+	v, ok := l.restart.relay.drain.retained.Load(id)
 	if !ok || v.(*sess).closed.Load() {
 		l.socks[0].stats.relayDrops.inc()
 		l.sendEnded(id)
@@ -262,7 +262,7 @@ func (l *loop) relayed(m *udpsys.Message) {
 // relayEnded runs on a draining loop for each session that ends: the
 // successor forgets its relay session, and the server stops after the last.
 func (l *loop) relayEnded(s *sess) {
-	d := l.relay.drain
+	d := l.restart.relay.drain
 	l.sendEnded(s.ID())
 	if _, ok := d.retained.LoadAndDelete(s.ID()); !ok {
 		return
@@ -277,7 +277,7 @@ func (l *loop) relayEnded(s *sess) {
 // socket is non-blocking: a notice that finds it full is lost, and sent
 // again when the successor relays the next datagram for the session.
 func (l *loop) sendEnded(id uint64) {
-	r := l.relay
+	r := l.restart.relay
 	r.note = handoff.AppendEnded(r.note[:0], id)
 	udpsys.Write(r.fd, r.note)
 }

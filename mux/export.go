@@ -31,7 +31,7 @@ func (srv *Server) handoffListeners() ([]handoff.Listener, []int) {
 // copied. The server must be frozen.
 func (srv *Server) exportSessions(fn func(rec *handoff.Session, upstream int) error) (handoff.Counts, error) {
 	var es handoff.Counts
-	copied := srv.copying
+	copied := srv.restart.copying
 	if copied {
 		if err := srv.exportChanges(fn, &es); err != nil {
 			return es, err
@@ -53,7 +53,7 @@ func (srv *Server) exportSessions(fn func(rec *handoff.Session, upstream int) er
 			return true
 		}
 		m, ok := s.handler.(session.Migrator)
-		if !ok && srv.drain == nil {
+		if !ok && srv.restart.drain == nil {
 			es.Skipped++
 			return true
 		}
@@ -83,7 +83,7 @@ func (srv *Server) exportSessions(fn func(rec *handoff.Session, upstream int) er
 // (a listener's handler is no Precopier, or sessions are relayed for a
 // predecessor), so that ExportSessions must walk the table for them.
 func (srv *Server) walkNeeded() bool {
-	if srv.relay != nil && srv.relay.live.Load() > 0 {
+	if srv.restart.relay != nil && srv.restart.relay.live.Load() > 0 {
 		return true
 	}
 	for _, ln := range srv.listeners {

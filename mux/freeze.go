@@ -56,7 +56,7 @@ func (srv *Server) freeze(ctx context.Context) error {
 	for _, l := range srv.loops {
 		l.protect(l.endBatch)
 	}
-	srv.frozen = resume
+	srv.restart.frozen = resume
 	return nil
 }
 
@@ -65,7 +65,7 @@ func (srv *Server) freeze(ctx context.Context) error {
 func (srv *Server) thaw() {
 	srv.discardDrain()
 	srv.stopTracking()
-	close(srv.frozen)
+	close(srv.restart.frozen)
 }
 
 // Handover ends a frozen server whose state a successor has taken: the loops
@@ -77,6 +77,6 @@ func (srv *Server) handover() {
 	for _, l := range srv.loops {
 		l.stopping.Store(true)
 	}
-	close(srv.frozen)
+	close(srv.restart.frozen)
 	srv.stop()
 }

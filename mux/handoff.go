@@ -104,11 +104,11 @@ func (srv *Server) HandOff(ctx context.Context, conn *net.UnixConn, cfg HandoffC
 		c.Send(handoff.TypeReject, []byte(errNotServing.Error()), nil)
 		return HandoffStats{}, errNotServing
 	}
-	if !srv.handing.CompareAndSwap(false, true) {
+	if !srv.restart.handing.CompareAndSwap(false, true) {
 		c.Send(handoff.TypeReject, []byte(errHandoffBusy.Error()), nil)
 		return HandoffStats{}, errHandoffBusy
 	}
-	defer srv.handing.Store(false)
+	defer srv.restart.handing.Store(false)
 	files, err := rawDescriptors(cfg.Files)
 	if err != nil {
 		c.Send(handoff.TypeReject, []byte(err.Error()), nil)
@@ -185,7 +185,7 @@ func (o owner) Export(add func(*handoff.Session, int) error) (handoff.Counts, er
 }
 
 func (o owner) Finish(retained bool) {
-	o.srv.handedOff.Store(true)
+	o.srv.restart.handedOff.Store(true)
 	if retained {
 		o.srv.beginDrain(o.drainTimeout)
 	} else {
@@ -290,7 +290,7 @@ func (inh *Inheritance) fail(reason error) {
 }
 
 // Restored says what became of the predecessor's sessions.
-func (srv *Server) Restored() RestoreStats { return srv.restored }
+func (srv *Server) Restored() RestoreStats { return srv.restart.restored }
 
 // RestoreStats says what became of inherited sessions.
 type RestoreStats struct {

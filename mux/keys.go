@@ -77,7 +77,7 @@ func (l *loop) addKey(s *sess, k flowtable.Key) error {
 	}
 	if len(keep) != len(old) || err == nil {
 		s.setKeyEntries(keep)
-		l.noteKeys(s)
+		l.restart.note(s)
 	}
 	if err != nil {
 		l.socks[s.scope].stats.keysRefused.inc()
@@ -96,18 +96,11 @@ func (l *loop) removeKey(s *sess, k flowtable.Key) bool {
 		if e.Key() == k {
 			l.srv.table.Delete(e)
 			s.setKeyEntries(append(append([]*entry(nil), old[:i]...), old[i+1:]...))
-			l.noteKeys(s)
+			l.restart.note(s)
 			return true
 		}
 	}
 	return false
-}
-
-// noteKeys notes a change of s's keys for a restart's early copy.
-func (l *loop) noteKeys(s *sess) {
-	if l.trackGen != 0 {
-		l.noteChange(s)
-	}
 }
 
 // move moves s to to (Session.Move): s's 4-tuple with to replaces the one with
@@ -142,7 +135,7 @@ func (l *loop) move(s *sess, to netip.AddrPort) error {
 	}
 	s.setPeer(to)
 	ls.stats.moved.inc()
-	l.noteKeys(s)
+	l.restart.note(s)
 	return nil
 }
 

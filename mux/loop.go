@@ -92,14 +92,8 @@ type loop struct {
 	pause *pauseRequest  // a freeze asked for by Server.Freeze
 	track *trackRequest  // a handoff's early copy asked for by Server.Precopy
 
-	// trackGen is the generation of the handoff copying sessions early (see
-	// Server.Precopy), 0 when none is; changed lists, once each, the
-	// sessions this loop saw open, end or handle a datagram since.
-	trackGen uint32
-	changed  []*sess
-
-	// relay is set while the loop drains for a successor (relay.go).
-	relay *ownerRelay
+	// restart is the loop's side of a restart (restart.go).
+	restart loopRestart
 
 	// upstreams holds the sessions' own sockets this loop watches, by
 	// slot; freeSlots lists the empty slots; extras lists, for the sessions

@@ -61,11 +61,11 @@ func precopies(h session.Handler) bool {
 // ExportSession reads.
 func (srv *Server) precopy(fn func(rec *handoff.Session, upstream int) error, settle func() error) (handoff.Counts, error) {
 	var es handoff.Counts
-	srv.copyGen = srv.nextGeneration()
-	if _, err := srv.takeChanges(srv.copyGen); err != nil {
+	srv.restart.copyGen = srv.nextGeneration()
+	if _, err := srv.takeChanges(srv.restart.copyGen); err != nil {
 		return es, err
 	}
-	srv.copying = true
+	srv.restart.copying = true
 
 	var err error
 	var rec handoff.Session
@@ -104,10 +104,10 @@ func (srv *Server) precopy(fn func(rec *handoff.Session, upstream int) error, se
 // nextGeneration returns a generation number not used before; never 0,
 // which means no tracking.
 func (srv *Server) nextGeneration() uint32 {
-	if srv.lastGen++; srv.lastGen == 0 {
-		srv.lastGen++
+	if srv.restart.lastGen++; srv.restart.lastGen == 0 {
+		srv.restart.lastGen++
 	}
-	return srv.lastGen
+	return srv.restart.lastGen
 }
 
 // takeChanges has every loop start generation gen and returns the sessions
@@ -158,7 +158,7 @@ func (srv *Server) copySession(s *sess, fn func(*handoff.Session, int) error, re
 	if err := fn(rec, fd); err != nil {
 		return err
 	}
-	s.markCopied(srv.copyGen)
+	s.restart.markCopied(srv.restart.copyGen)
 	es.Migrated++
 	if live {
 		es.Early++
@@ -171,19 +171,19 @@ func (srv *Server) copySession(s *sess, fn func(*handoff.Session, int) error, re
 // the copied ones that handled datagrams, and the new ones whole. live is
 // set while the loops serve.
 func (srv *Server) sendChanges(lists [][]*sess, fn func(*handoff.Session, int) error, es *handoff.Counts, live bool) error {
-	id := srv.copyGen
+	id := srv.restart.copyGen
 	now := clock()
 	var rec handoff.Session
 	for _, list := range lists {
 		for _, s := range list {
 			// A session that ended is gone; one whose socket changed goes
 			// too, and comes again whole, with its new socket, below.
-			if (s.closed.Load() || s.recopy.Load()) && s.copied(id) {
+			if (s.closed.Load() || s.restart.recopy.Load()) && s.restart.copied(id) {
 				exportRecord(&rec, s, now, nil, handoff.ChangeGone)
 				if err := fn(&rec, -1); err != nil {
 					return err
 				}
-				s.markCopied(0) // its end is told; a later round may list it again
+				s.restart.markCopied(0) // its end is told; a later round may list it again
 				es.Gone++
 			}
 		}
@@ -194,7 +194,7 @@ func (srv *Server) sendChanges(lists [][]*sess, fn func(*handoff.Session, int) e
 			case s.closed.Load() || !precopies(s.handler):
 				// Ended (told above or in a later round), or left to the walk
 				// of ExportSessions.
-			case s.copied(id):
+			case s.restart.copied(id):
 				exportRecord(&rec, s, now, nil, handoff.ChangeUpdate)
 				if err := fn(&rec, -1); err != nil {
 					return err
@@ -216,7 +216,7 @@ func (srv *Server) exportChanges(fn func(rec *handoff.Session, upstream int) err
 	defer srv.stopTracking()
 	lists := make([][]*sess, 0, len(srv.loops))
 	for _, l := range srv.loops {
-		lists = append(lists, l.changed)
+		lists = append(lists, l.restart.changed)
 	}
 	return srv.sendChanges(lists, fn, es, false)
 }
@@ -224,14 +224,14 @@ func (srv *Server) exportChanges(fn func(rec *handoff.Session, upstream int) err
 // stopTracking ends a handoff's early copy on every loop. The server must
 // be frozen.
 func (srv *Server) stopTracking() {
-	if !srv.copying {
+	if !srv.restart.copying {
 		return
 	}
-	srv.copying = false
+	srv.restart.copying = false
 	for _, l := range srv.loops {
-		l.trackGen = 0
-		clear(l.changed)
-		l.changed = nil
+		l.restart.gen = 0
+		clear(l.restart.changed)
+		l.restart.changed = nil
 	}
 }
 

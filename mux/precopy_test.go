@@ -252,7 +252,7 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, l := range srv.loops {
-			if l.trackGen == 0 {
+			if l.restart.gen == 0 {
 				t.Errorf("round %d: loop %d does not note changes during the handoff", round, l.id)
 			}
 		}
@@ -263,8 +263,8 @@ func TestThawForgetsTheEarlyCopy(t *testing.T) {
 	}
 	defer srv.thaw()
 	for _, l := range srv.loops {
-		if l.trackGen != 0 || len(l.changed) != 0 {
-			t.Errorf("loop %d still notes changes (generation %d, %d listed) after Thaw", l.id, l.trackGen, len(l.changed))
+		if l.restart.gen != 0 || len(l.restart.changed) != 0 {
+			t.Errorf("loop %d still notes changes (generation %d, %d listed) after Thaw", l.id, l.restart.gen, len(l.restart.changed))
 		}
 	}
 	var w encodeRecords

@@ -44,7 +44,7 @@ type relayLoop struct {
 // loop. The server owns them from here on, also when adoptRelays fails.
 func (srv *Server) adoptRelays(fds []int) error {
 	h := &relayHandler{srv: srv}
-	srv.relay = h
+	srv.restart.relay = h
 	for _, fd := range fds {
 		h.loops = append(h.loops, relayLoop{fd: fd})
 	}
@@ -84,7 +84,7 @@ func (srv *Server) adoptRelays(fds []int) error {
 // under the record's keys: its datagrams then find it as they found the
 // predecessor's session.
 func (srv *Server) restoreRelay(rec *handoff.Session, ln *listener, now int64) bool {
-	h := srv.relay
+	h := srv.restart.relay
 	keys := recordKeys(rec, ln)
 	l := srv.loops[int(rec.Loop)%len(srv.loops)]
 	s := newSess(sessConfig{
@@ -231,9 +231,9 @@ func (h *relayHandler) close() {
 
 // closeRelays releases both kinds of relay once no loop runs.
 func (srv *Server) closeRelays() {
-	srv.relay.stopReaders()
-	srv.relay.close()
-	if srv.drain != nil {
-		srv.drain.close()
+	srv.restart.relay.stopReaders()
+	srv.restart.relay.close()
+	if srv.restart.drain != nil {
+		srv.restart.drain.close()
 	}
 }

@@ -258,9 +258,9 @@ func TestRetainedSessionsStayWithTheOwner(t *testing.T) {
 			expectReply(t, a, "succ 1")
 			expectReply(t, b, "succ 1")
 			expectReply(t, c, "succ 2")
-			succ.relay.mu.Lock()
-			closed := succ.relay.closed
-			succ.relay.mu.Unlock()
+			succ.restart.relay.mu.Lock()
+			closed := succ.restart.relay.closed
+			succ.restart.relay.mu.Unlock()
 			if !closed {
 				t.Error("the successor's relay is still open with no relay session left")
 			}
@@ -324,7 +324,7 @@ func TestThawClosesThePreparedRelay(t *testing.T) {
 		t.Fatalf("relays %v, %v", relays, err)
 	}
 	owner.thaw()
-	if owner.drain != nil {
+	if owner.restart.drain != nil {
 		t.Error("Thaw kept the relay")
 	}
 	for _, fd := range relays {

@@ -81,8 +81,8 @@ func closeFDs(fds []int) {
 // those that came with the Inheritance and those the predecessor sends
 // now, and confirms. The server owns every descriptor from here on.
 func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
-	srv.inherit = inh
-	srv.restoring = map[uint64]*sess{}
+	srv.restart.inherit = inh
+	srv.restart.restoring = map[uint64]*sess{}
 	relays := inh.relays
 	inh.relays = nil
 	if len(relays) > 0 {
@@ -102,7 +102,7 @@ func (srv *Server) restore(inh *Inheritance) (RestoreStats, error) {
 			err = inh.recv.Confirm()
 		}
 	}
-	return srv.restored, err
+	return srv.restart.restored, err
 }
 
 // restorer is the Server as handoff.Receiver.Restore fills it.
@@ -122,12 +122,12 @@ func (r restorer) FinishRestore(fds []int) { r.srv.finishRestore(fds) }
 // The server must have been created with Config.Inherit and not be serving
 // yet.
 func (srv *Server) restoreBatch(records []handoff.Session, upstreams []int) error {
-	inh := srv.inherit
+	inh := srv.restart.inherit
 	if inh == nil {
 		return errors.New("restore: the server inherited nothing")
 	}
-	if n := len(upstreams); n > len(srv.upstreamTaken) {
-		srv.upstreamTaken = append(srv.upstreamTaken, make([]bool, n-len(srv.upstreamTaken))...)
+	if n := len(upstreams); n > len(srv.restart.upstreamTaken) {
+		srv.restart.upstreamTaken = append(srv.restart.upstreamTaken, make([]bool, n-len(srv.restart.upstreamTaken))...)
 	}
 	now := clock()
 	for i := range records {
@@ -136,7 +136,7 @@ func (srv *Server) restoreBatch(records []handoff.Session, upstreams []int) erro
 		if old >= len(inh.listeners) {
 			return fmt.Errorf("session %d: listener %d of %d", i, old, len(inh.listeners))
 		}
-		if rec.Retained && srv.relay == nil {
+		if rec.Retained && srv.restart.relay == nil {
 			return fmt.Errorf("session %d: retained by the predecessor, which sent no relay sockets", i)
 		}
 		ln := srv.listenerAt(inh.listeners[old].addr)
@@ -146,24 +146,24 @@ func (srv *Server) restoreBatch(records []handoff.Session, upstreams []int) erro
 		}
 		up := -1
 		if rec.Upstream >= 0 {
-			if int(rec.Upstream) >= len(upstreams) || srv.upstreamTaken[rec.Upstream] {
+			if int(rec.Upstream) >= len(upstreams) || srv.restart.upstreamTaken[rec.Upstream] {
 				return fmt.Errorf("session %d: upstream descriptor %d of %d, or taken twice", i, rec.Upstream, len(upstreams))
 			}
-			srv.upstreamTaken[rec.Upstream] = true
+			srv.restart.upstreamTaken[rec.Upstream] = true
 			up = upstreams[rec.Upstream]
 		}
 		switch {
 		case ln == nil:
-			srv.restored.Dropped++
+			srv.restart.restored.Dropped++
 			if up >= 0 {
 				udpsys.Close(up)
 			}
 		case !srv.restoreSession(rec, ln, up, now): // which closed up
-			srv.restored.Dropped++
+			srv.restart.restored.Dropped++
 		case rec.Retained:
-			srv.restored.Relayed++
+			srv.restart.restored.Relayed++
 		default:
-			srv.restored.Restored++
+			srv.restart.restored.Restored++
 		}
 	}
 	return nil
@@ -173,13 +173,13 @@ func (srv *Server) restoreBatch(records []handoff.Session, upstreams []int) erro
 // the relay if no session stayed with the predecessor.
 func (srv *Server) finishRestore(upstreams []int) {
 	for i, fd := range upstreams {
-		if i >= len(srv.upstreamTaken) || !srv.upstreamTaken[i] {
+		if i >= len(srv.restart.upstreamTaken) || !srv.restart.upstreamTaken[i] {
 			udpsys.Close(fd)
 		}
 	}
-	srv.upstreamTaken = nil
-	if srv.relay != nil && srv.relay.live.Load() == 0 {
-		srv.relay.close() // nothing to relay: the predecessor's sessions all went
+	srv.restart.upstreamTaken = nil
+	if srv.restart.relay != nil && srv.restart.relay.live.Load() == 0 {
+		srv.restart.relay.close() // nothing to relay: the predecessor's sessions all went
 	}
 }
 
@@ -208,16 +208,16 @@ func recordKeys(rec *handoff.Session, ln *listener) []flowtable.Key {
 // by its ID; a record for a session this server dropped, or never had,
 // changes nothing.
 func (srv *Server) applyChange(rec *handoff.Session, ln *listener, now int64) {
-	s := srv.restoring[rec.ID]
+	s := srv.restart.restoring[rec.ID]
 	if ln == nil || s == nil || s.closed.Load() {
 		return
 	}
 	l := srv.loops[s.loop.id]
 	if rec.Change == handoff.ChangeGone {
 		l.end(s, session.ReasonHandoff)
-		delete(srv.restoring, rec.ID)
-		srv.restored.Restored--
-		srv.restored.Ended++
+		delete(srv.restart.restoring, rec.ID)
+		srv.restart.restored.Restored--
+		srv.restart.restored.Ended++
 		return
 	}
 	// As when restored: no longer idle than this configuration allows.
@@ -226,7 +226,7 @@ func (srv *Server) applyChange(rec *handoff.Session, ln *listener, now int64) {
 	s.setPeer(rec.Peer)
 	s.refresh(session.Stats{RxPackets: rec.RxPackets, RxBytes: rec.RxBytes,
 		TxPackets: rec.TxPackets, TxBytes: rec.TxBytes}, deadline)
-	srv.restored.Updated++
+	srv.restart.restored.Updated++
 }
 
 // restoreSession restores the session of rec on listener ln, with its
@@ -276,7 +276,7 @@ func (srv *Server) restoreSession(rec *handoff.Session, ln *listener, upstream i
 		srv.log.Warn("inherited session dropped", "listener", ln.name, "peer", rec.Peer, "err", err)
 		return false
 	}
-	srv.restoring[rec.ID] = s
+	srv.restart.restoring[rec.ID] = s
 	srv.live.Add(1)
 	l.socks[ln.scope].stats.opened.inc()
 	return true

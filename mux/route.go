@@ -222,16 +222,7 @@ func (l *loop) deliver(s *sess, peer netip.AddrPort, p []byte) {
 	l.current = s
 	s.deliver(p, l.now)
 	l.current = nil
-	if l.trackGen != 0 {
-		l.noteChange(s)
-	}
-}
-
-// noteChange lists s for the handoff copying sessions early, once.
-func (l *loop) noteChange(s *sess) {
-	if s.markChanged(l.trackGen) {
-		l.changed = append(l.changed, s)
-	}
+	l.restart.note(s)
 }
 
 // open creates the session for a flow's first datagram p, under key and, if
@@ -265,9 +256,7 @@ func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.Add
 	}
 	ls.stats.opened.inc()
 	l.srv.live.Add(1)
-	if l.trackGen != 0 {
-		l.noteChange(s)
-	}
+	l.restart.note(s)
 	return s
 }
 
@@ -293,12 +282,7 @@ func (l *loop) end(s *sess, r session.Reason) {
 	l.current = nil
 	if ended {
 		l.srv.live.Add(-1)
-		if l.trackGen != 0 {
-			l.noteChange(s)
-		}
 		l.socks[s.scope].stats.closedFor(r).inc()
-		if l.relay != nil {
-			l.relayEnded(s)
-		}
+		l.ended(s)
 	}
 }

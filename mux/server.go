@@ -64,34 +64,12 @@ type Server struct {
 	// endReason is what sessions are told when the loops stop: shutdown,
 	// or handoff once a successor has taken them.
 	endReason atomic.Uint32
-	frozen    chan struct{} // closed to resume loops paused by Freeze
 	stopOnce  sync.Once
 	stopped   chan struct{} // closed when the server must stop serving
-	restored  RestoreStats
-	// inherit is the predecessor's state while sessions are restored;
-	// upstreamTaken marks the session sockets a record has claimed.
-	inherit       *Inheritance
-	upstreamTaken []bool
-	// restoring finds the sessions restored so far by ID, for the records
-	// that update them.
-	restoring map[uint64]*sess
 
-	// lastGen is the last generation of changes the loops were asked to
-	// note (precopy.go), copyGen the first generation of the latest handoff
-	// that copied sessions early, which marks the sessions it copied, and
-	// copying is set while the loops note changes for it. All belong to
-	// the goroutine running a handoff.
-	lastGen, copyGen uint32
-	copying          bool
-
-	// drain is the relay a handoff that retained sessions needs on this
-	// side (HandoffRelays, Drain); relay the successor's side, serving the
-	// sessions a predecessor retained. Both are in relay.go.
-	drain *drain
-	relay *relayHandler
-	// handing is set while a handoff runs; handedOff once one succeeded,
-	// for Serve to return ErrHandedOff.
-	handing, handedOff atomic.Bool
+	// restart is everything of a restart: restore, early copy, freeze,
+	// handoff, drain and relay (restart.go).
+	restart restart
 }
 
 // New validates cfg and opens every socket, so that a bad address or a port
@@ -143,7 +121,7 @@ func newServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if cfg.Inherit != nil {
-		if srv.restored, err = srv.restore(cfg.Inherit); err != nil {
+		if srv.restart.restored, err = srv.restore(cfg.Inherit); err != nil {
 			srv.closeLoops()
 			return nil, fmt.Errorf("inherited sessions: %w", err)
 		}
@@ -274,7 +252,7 @@ func (srv *Server) Serve(ctx context.Context) error {
 	if !srv.serving.CompareAndSwap(false, true) {
 		return errors.New("mux: Serve called twice")
 	}
-	srv.inherit, srv.restoring = nil, nil // Restore is over
+	srv.restart.inherit, srv.restart.restoring = nil, nil // Restore is over
 	reserveProcs(len(srv.loops), srv.log)
 	defer releaseProcs(len(srv.loops))
 	var wg sync.WaitGroup
@@ -285,20 +263,20 @@ func (srv *Server) Serve(ctx context.Context) error {
 			l.run()
 		}()
 	}
-	srv.relay.start()
+	srv.restart.relay.start()
 	srv.log.Info("serving", "workers", len(srv.loops), "listeners", len(srv.listeners))
 	select {
 	case <-ctx.Done():
 	case <-srv.stopped:
 	}
-	srv.relay.stopReaders()
+	srv.restart.relay.stopReaders()
 	for _, l := range srv.loops {
 		l.stop()
 	}
 	wg.Wait()
 	srv.closeRelays()
 	switch {
-	case srv.handedOff.Load():
+	case srv.restart.handedOff.Load():
 		return ErrHandedOff
 	case srv.err() != nil:
 		return srv.err()

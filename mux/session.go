@@ -62,13 +62,9 @@ type sess struct {
 	// detach it.
 	upstream atomic.Pointer[socket]
 
-	// changedIn is the handoff generation in which the owning loop last
-	// noted a change to the session (see markChanged), copiedIn the one
-	// that copied it early (see markCopied); recopy is set when the
-	// session's socket changed after an early copy, which the successor
-	// must then get again, whole.
-	changedIn, copiedIn uint32
-	recopy              atomic.Bool
+	// restart is what a restart's early copy marks on the session
+	// (restart.go).
+	restart sessRestart
 
 	id uint64
 }
@@ -321,29 +317,6 @@ func (s *sess) importState(state []byte, upstream session.Socket) error {
 	s.opened.Store(true)
 	return nil
 }
-
-// markChanged notes that s changed during handoff generation gen (a
-// datagram, a new peer, new keys, its end) and reports whether this is the
-// first note in gen. The owning loop keeps a list of what it noted, so that
-// a restart that copied the session early sends it again. Owning loop; gen
-// is never 0.
-func (s *sess) markChanged(gen uint32) bool {
-	if s.changedIn == gen {
-		return false
-	}
-	s.changedIn = gen
-	return true
-}
-
-// markCopied notes that handoff generation gen copied s to the successor
-// early, and copied reports whether gen did. By the goroutine running that
-// handoff.
-func (s *sess) markCopied(gen uint32) {
-	s.copiedIn = gen
-	s.recopy.Store(false)
-}
-
-func (s *sess) copied(gen uint32) bool { return s.copiedIn == gen }
 
 // refresh brings a session copied early from a predecessor up to date: its
 // counters and idle deadline (which only moves forward), before it serves.

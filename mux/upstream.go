@@ -144,7 +144,7 @@ func (l *loop) attach(s *sess, sock *udpsys.Socket) (*socket, error) {
 	}
 	l.enableGRO(fd)
 	// A socket attached while sessions are restored is the predecessor's.
-	k := &socket{s: s, fd: fd, slot: slot, local: sock.Local, remote: sock.Remote, drops: dropCounter{known: l.srv.inherit == nil}}
+	k := &socket{s: s, fd: fd, slot: slot, local: sock.Local, remote: sock.Remote, drops: dropCounter{known: l.srv.restart.inherit == nil}}
 	l.upstreams[slot] = k
 	if s.upstream.Load() == nil {
 		s.upstream.Store(k)
@@ -170,11 +170,7 @@ func (l *loop) detach(k *socket) {
 			l.dropExtra(s, 0)
 		}
 		s.upstream.Store(next)
-		if l.trackGen != 0 {
-			// A copy of the session made early holds the old socket.
-			s.recopy.Store(true)
-			l.noteChange(s)
-		}
+		l.restart.socketChanged(s)
 		return
 	}
 	for i, x := range l.extras[s] {
@@ -267,9 +263,7 @@ func (l *loop) readUpstream(k *socket) {
 	s := k.s
 	h := s.handler.(session.UpstreamHandler)
 	ls := l.socks[s.scope]
-	if l.trackGen != 0 {
-		l.noteChange(s) // its replies count as the session's traffic
-	}
+	l.restart.note(s) // its replies count as the session's traffic
 	l.current = s
 	defer func() { l.current = nil }()
 	for round := 0; round < readRounds && !k.gone; round++ {

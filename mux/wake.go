@@ -17,18 +17,7 @@ func (l *loop) onWake() {
 	for _, r := range reqs {
 		l.end(r.s, r.r)
 	}
-	if track != nil {
-		track.changed <- l.changed
-		l.changed = nil
-		l.trackGen = track.gen
-	}
-	l.endBatch()
-	if pause != nil {
-		// Paused between batches: nothing half-handled, every send flushed.
-		pause.paused <- struct{}{}
-		<-pause.resume
-		l.now = clock()
-	}
+	l.serveRestart(track, pause)
 }
 
 // drainQueues serves the loop's lock-free queues: datagrams other loops
@@ -39,12 +28,6 @@ func (l *loop) drainQueues() {
 	if l.sendConnWrites() {
 		l.signal() // the rest next round
 	}
-}
-
-// pauseRequest stops a loop: it acknowledges on paused and waits for resume.
-type pauseRequest struct {
-	paused chan<- struct{}
-	resume <-chan struct{}
 }
 
 func (l *loop) requestPause(p *pauseRequest) {
