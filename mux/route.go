@@ -10,10 +10,15 @@ import (
 	"github.com/udpmux/udpmux/session"
 )
 
-// A loop's path for a datagram from a client: read in a batch, dissected,
-// looked up with the batch's other keys, routed to its session (created if
-// the dissector allows), handed to the loop that owns the session, and
-// delivered to the session's handler.
+// A loop's path for a datagram from a client, in the order of this file:
+// read in a batch (readSocket), dissected (classify), looked up with the
+// batch's other keys, routed to its session (route): by its key, by its ID
+// (resolve), or to a new session (open), created if the dissector allows or
+// recovered if the handler does; handed to the loop that owns the session
+// (toOwner; forward.go across loops), and delivered to the session's handler
+// (deliver), or to its Roam from another address (roam). A session ends in
+// end. What the handler writes goes out in the loop's batches (send.go);
+// what a session's own sockets read comes in through upstream.go.
 
 // readSocket reads and dispatches batches from one listener socket until it
 // is empty or the round limit is reached.
@@ -178,6 +183,74 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		}
 	}
 	l.toOwner(ls, s, peer, p)
+}
+
+// maxCandidates bounds the sessions one datagram's ID is delivered to when
+// it matches several (OpenVPN peer-ids repeat across backends): one per
+// backend, for any sensible number of backends.
+const maxCandidates = 16
+
+// resolve passes a datagram that carries the ID key id to the sessions
+// that hold it, and reports whether any does. The session whose peer sent
+// it is the one, if there is one; otherwise those whose peer has the
+// datagram's source address (a NAT that rebinds keeps it), or else all of
+// them: each one's handler decides (session.Roamer), and a proxy's backend
+// accepts the datagram only if it belongs there.
+func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p []byte) bool {
+	l.cands = l.cands[:0]
+	l.srv.table.LookupEach(id, l.collect)
+	cands := l.cands
+	if len(cands) == 0 {
+		return false
+	}
+	pick := l.pick[:0]
+	for _, s := range cands {
+		if s.PeerAddr() == from {
+			pick = append(pick[:0], s)
+			if held, _ := s.claims(id); held != nil {
+				s.noteUse(held)
+			}
+			break
+		}
+		if s.PeerAddr().Addr() == from.Addr() {
+			pick = append(pick, s)
+		}
+	}
+	if len(pick) == 0 {
+		pick = append(pick, cands...)
+	}
+	for _, s := range pick {
+		l.toOwner(ls, s, from, p)
+	}
+	clear(cands)
+	clear(pick)
+	l.pick = pick[:0]
+	return true
+}
+
+// collectCandidate is LookupEach's callback for resolve (l.collect, made
+// once per loop so that resolving allocates nothing).
+func (l *loop) collectCandidate(e *entry) bool {
+	if !e.Value.closed.Load() {
+		l.cands = append(l.cands, e.Value)
+	}
+	return len(l.cands) < maxCandidates
+}
+
+// roam hands a datagram of s from an address other than its peer's to the
+// handler, if it may follow its client there (session.Roamer); otherwise
+// the datagram is dropped and counted.
+func (l *loop) roam(s *sess, from netip.AddrPort, p []byte) {
+	st := &l.socks[s.scope].stats
+	r, ok := s.handler.(session.Roamer)
+	if !ok {
+		st.roamRefused.inc()
+		return
+	}
+	st.roamed.inc()
+	l.current = s
+	r.Roam(s, from, p)
+	l.current = nil
 }
 
 // mayRecover reports whether the listener's handler recovers sessions
