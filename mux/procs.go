@@ -13,9 +13,9 @@ import (
 // is idle, the runtime's monitor takes the P of any thread that has been in a
 // system call for 20 µs, and while it keeps finding such Ps it wakes every
 // 20 µs itself: a lightly loaded server, whose loops wait between every few
-// datagrams, then spends about a fifth of its CPU on that (README.md,
-// Performance). One P more than the loops that are serving leaves one idle
-// and the loops' Ps alone.
+// datagrams, then spends about a fifth of its CPU on that
+// (benchmarks/README.md). One P more than the loops that are serving leaves
+// one idle and the loops' Ps alone.
 
 // serving counts the loops of every Server that is serving.
 var serving struct {
