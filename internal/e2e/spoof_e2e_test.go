@@ -55,9 +55,10 @@ type attacker struct {
 }
 
 // newAttacker adds the attacker's namespace to bridge in mux, with
-// spoofAddrs addresses and spoofPorts sockets on each (ports picked by the
-// kernel), and starts counting what they receive.
-func newAttacker(t *testing.T, lab *netlab.Lab, mux *netlab.Namespace, bridge string) *attacker {
+// spoofAddrs addresses and ports sockets on each (ports picked by the
+// kernel), and starts counting what they receive. The sockets take turns
+// by address: one on each address, then the next on each.
+func newAttacker(t *testing.T, lab *netlab.Lab, mux *netlab.Namespace, bridge string, ports int) *attacker {
 	t.Helper()
 	a := &attacker{seed: uint64(time.Now().UnixNano())}
 	a.rnd = rand.New(rand.NewPCG(a.seed, a.seed>>1|1))
@@ -69,8 +70,8 @@ func newAttacker(t *testing.T, lab *netlab.Lab, mux *netlab.Namespace, bridge st
 		a.ns.AddAddr(link, netip.PrefixFrom(spoofAddr(k), 24).String())
 	}
 	if err := a.ns.Do(func() error {
-		for k := range spoofAddrs {
-			for range spoofPorts {
+		for range ports {
+			for k := range spoofAddrs {
 				c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(spoofAddr(k), 0)))
 				if err != nil {
 					return err
@@ -127,21 +128,23 @@ func (a *attacker) Received() (int, string) {
 	return a.received, a.first
 }
 
-// spray sends burst() from the attacker's sockets in turn, one burst per
-// spoofRound, to target for d.
-func (a *attacker) spray(t *testing.T, target netip.AddrPort, d time.Duration, burst func(r *rand.Rand) [][]byte) {
+// spray sends burst() from the attacker's sockets in turn, from perRound
+// of them each spoofRound, to target for d.
+func (a *attacker) spray(t *testing.T, target netip.AddrPort, d time.Duration, perRound int, burst func(r *rand.Rand) [][]byte) {
 	t.Helper()
 	end := time.Now().Add(d)
 	next := time.Now()
 	errs := 0
-	for i := 0; time.Now().Before(end); i++ {
-		c := a.conns[i%len(a.conns)]
-		for _, p := range burst(a.rnd) {
-			if _, err := c.WriteToUDPAddrPort(p, target); err != nil {
-				errs++
-				continue
+	for i := 0; time.Now().Before(end); i += perRound {
+		for j := range perRound {
+			c := a.conns[(i+j)%len(a.conns)]
+			for _, p := range burst(a.rnd) {
+				if _, err := c.WriteToUDPAddrPort(p, target); err != nil {
+					errs++
+					continue
+				}
+				a.sent++
 			}
-			a.sent++
 		}
 		next = next.Add(spoofRound)
 		time.Sleep(time.Until(next))
@@ -224,11 +227,7 @@ func wgSpoofBurst(r *rand.Rand) [][]byte {
 // unanswered for longer than spoofMaxGap during the spray.
 func checkSpoofed(t *testing.T, a *attacker, rs []*roamer, logs []pingLog, sprayStart, sprayEnd time.Time) {
 	t.Helper()
-	n, first := a.Received()
-	t.Logf("attacker: %d forged datagrams sent from %d sockets on %d addresses (seed %d); %d received", a.sent, len(a.conns), spoofAddrs, a.seed, n)
-	if n != 0 {
-		t.Errorf("the attacker's sockets received %d datagrams (first: %s); want none: udpmux sent a session's traffic, or a backend's reply to a forged datagram, to the attacker", n, first)
-	}
+	a.checkGotNothing(t)
 	for i, r := range rs {
 		l := logs[i]
 		gap := l.maxGap(sprayStart, sprayEnd)
@@ -240,6 +239,27 @@ func checkSpoofed(t *testing.T, a *attacker, rs []*roamer, logs []pingLog, spray
 			t.Errorf("%s: the tunnel went %v without an answer during the spray; want at most %v", r.Name, gap.Round(time.Millisecond), spoofMaxGap)
 		}
 	}
+}
+
+// checkGotNothing checks, once the spray is over, that the attacker's
+// sockets received nothing.
+func (a *attacker) checkGotNothing(t *testing.T) {
+	t.Helper()
+	n, first := a.Received()
+	t.Logf("attacker: %d forged datagrams sent from %d sockets on %d addresses (seed %d); %d received", a.sent, len(a.conns), spoofAddrs, a.seed, n)
+	if n != 0 {
+		t.Errorf("the attacker's sockets received %d datagrams (first: %s); want none: udpmux sent a session's traffic, or a backend's reply to a forged datagram, to the attacker", n, first)
+	}
+}
+
+// isAttacker reports whether addr is one of the attacker's.
+func isAttacker(addr netip.Addr) bool {
+	for k := range spoofAddrs {
+		if addr == spoofAddr(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // logSessions logs how many sessions udpmux holds (the attacker's
@@ -261,9 +281,9 @@ func logSessions(t *testing.T, sock string, clients int) {
 // backend, no new handshake, the same upstream socket (see wgRun.check).
 func TestWireGuardSpoofThroughUdpmux(t *testing.T) {
 	r := setupWireGuard(t, wgRoamOptions{key: true})
-	a := newAttacker(t, r.w.lab, r.w.mux, r.w.front)
+	a := newAttacker(t, r.w.lab, r.w.mux, r.w.front, spoofPorts)
 	sprayStart := time.Now()
-	a.spray(t, wgListen, spoofDuration, wgSpoofBurst)
+	a.spray(t, wgListen, spoofDuration, 1, wgSpoofBurst)
 	sprayEnd := time.Now()
 	time.Sleep(spoofLinger)
 	logs := stopRoamPings(t, r.rs)
@@ -279,9 +299,9 @@ func TestWireGuardSpoofThroughUdpmux(t *testing.T) {
 // and control packets with random session IDs (see ovpnRun.check).
 func TestOpenVPNSpoofThroughUdpmux(t *testing.T) {
 	r := setupOpenVPN(t, ovpnRoamOptions{})
-	a := newAttacker(t, r.v.lab, r.v.mux, r.v.bridge)
+	a := newAttacker(t, r.v.lab, r.v.mux, r.v.bridge, spoofPorts)
 	sprayStart := time.Now()
-	a.spray(t, muxListen, spoofDuration, ovpnSpoofBurst)
+	a.spray(t, muxListen, spoofDuration, 1, ovpnSpoofBurst)
 	sprayEnd := time.Now()
 	time.Sleep(spoofLinger)
 	logs := stopRoamPings(t, r.rs)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -312,6 +313,81 @@ type controlStatus struct {
 	Restored int `json:"sessions_restored"`
 	// Sessions is mux.Stats.Sessions: the sessions alive now.
 	Sessions int `json:"Sessions"`
+	// Proxies are the proxy listeners' counters, by listener name.
+	Proxies map[string]proxyStatus `json:"Proxies"`
+}
+
+// proxyStatus is the part of a proxy listener's counters (proxy.Stats) in
+// `udpmux status` the tests use: its recoveries.
+type proxyStatus struct {
+	Recovered, RecoveryProbes, RecoveryRefused, RecoveryFailed uint64
+	Recovering                                                 int64
+	RecoverySockets                                            int
+}
+
+func (p proxyStatus) String() string {
+	return fmt.Sprintf("Recovered %d, RecoveryProbes %d, RecoveryRefused %d, RecoveryFailed %d, Recovering %d, RecoverySockets %d",
+		p.Recovered, p.RecoveryProbes, p.RecoveryRefused, p.RecoveryFailed, p.Recovering, p.RecoverySockets)
+}
+
+// sessionRow is one line of `udpmux sessions`.
+type sessionRow struct {
+	Peer netip.AddrPort
+	// Backend and Upstream are a proxy session's backend and the source
+	// address of its socket there; both invalid for a session that is
+	// still recovering (no backend has proved it has it).
+	Backend, Upstream netip.AddrPort
+}
+
+// parseSessionList parses `udpmux sessions`: a header line, then per
+// session LISTENER PEER LOCAL LOOP IDLE RX_PKTS RX_BYTES TX_PKTS TX_BYTES
+// BACKEND UPSTREAM KEYS, where a recovering session's BACKEND and UPSTREAM
+// read "invalid AddrPort".
+func parseSessionList(out string) ([]sessionRow, error) {
+	var rows []sessionRow
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] == "LISTENER" {
+			continue
+		}
+		if len(f) < 11 {
+			return nil, fmt.Errorf("udpmux sessions: short line %q", line)
+		}
+		peer, err := netip.ParseAddrPort(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("udpmux sessions: peer in %q: %v", line, err)
+		}
+		r := sessionRow{Peer: peer}
+		rest := f[9:]
+		for _, addr := range []*netip.AddrPort{&r.Backend, &r.Upstream} {
+			switch {
+			case len(rest) >= 2 && rest[0] == "invalid" && rest[1] == "AddrPort":
+				rest = rest[2:]
+			case len(rest) >= 1:
+				if rest[0] != "-" {
+					if *addr, err = netip.ParseAddrPort(rest[0]); err != nil {
+						return nil, fmt.Errorf("udpmux sessions: address in %q: %v", line, err)
+					}
+				}
+				rest = rest[1:]
+			default:
+				return nil, fmt.Errorf("udpmux sessions: short line %q", line)
+			}
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// daemonSessions asks the daemon on its control socket sock for its
+// sessions, returning them parsed and as text.
+func daemonSessions(sock string) ([]sessionRow, string, error) {
+	out, err := controlRequest(sock, handoff.TypeSessionList)
+	if err != nil {
+		return nil, string(out), err
+	}
+	rows, err := parseSessionList(string(out))
+	return rows, string(out), err
 }
 
 // controlRequest sends one request to the daemon's control socket and
@@ -500,6 +576,36 @@ func TestHandlerRejected(t *testing.T) {
 	} {
 		if handlerRejected(s, "proxy") {
 			t.Errorf("wrongly recognised as a rejection of proxy: %q", s)
+		}
+	}
+}
+
+func TestParseSessionList(t *testing.T) {
+	const out = `LISTENER     PEER                                          LOCAL                                         LOOP IDLE                    RX_PKTS   RX_BYTES    TX_PKTS   TX_BYTES BACKEND                                       UPSTREAM                                      KEYS
+vpn          198.18.0.10:51900                             198.18.0.2:51820                                 1 12ms                        40       5120         38       4864 198.19.0.2:51820                              198.19.0.1:40312                              tuple:0:198.18.0.2:51820-198.18.0.10:51900,id:0:3:0a0b0c0d
+vpn          198.18.0.180:39000                            198.18.0.2:51820                                 0 1.5s                         1         48          0          0 invalid AddrPort                              invalid AddrPort                              tuple:0:198.18.0.2:51820-198.18.0.180:39000
+echo         198.18.0.11:4000                              198.18.0.2:9000                                  0 3ms                          1          1          1          1 -                                             -                                             tuple:1:198.18.0.2:9000-198.18.0.11:4000
+`
+	rows, err := parseSessionList(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []sessionRow{
+		{netip.MustParseAddrPort("198.18.0.10:51900"), netip.MustParseAddrPort("198.19.0.2:51820"), netip.MustParseAddrPort("198.19.0.1:40312")},
+		{Peer: netip.MustParseAddrPort("198.18.0.180:39000")},
+		{Peer: netip.MustParseAddrPort("198.18.0.11:4000")},
+	}
+	if len(rows) != len(want) {
+		t.Fatalf("rows = %v; want %v", rows, want)
+	}
+	for i := range want {
+		if rows[i] != want[i] {
+			t.Errorf("row %d = %+v; want %+v", i, rows[i], want[i])
+		}
+	}
+	for _, bad := range []string{"vpn x\n", "vpn nope 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 k\n", "vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 bogus 198.19.0.1:2 k\n"} {
+		if _, err := parseSessionList(bad); err == nil {
+			t.Errorf("parseSessionList(%q) accepted it", bad)
 		}
 	}
 }
