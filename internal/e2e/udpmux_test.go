@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"runtime"
 	"strings"
@@ -337,6 +338,21 @@ type sessionRow struct {
 	// address of its socket there; both invalid for a session that is
 	// still recovering (no backend has proved it has it).
 	Backend, Upstream netip.AddrPort
+	// Keys are the keys the session is found by, as flowtable.Key.String
+	// renders them: "0/198.18.0.2:1194-198.18.0.10:40000", "0/cid:...",
+	// "0/id:2:000001".
+	Keys []string
+}
+
+// hasCID reports whether the session is found by a connection ID, such
+// as an OpenVPN client's session ID.
+func (r sessionRow) hasCID() bool {
+	for _, k := range r.Keys {
+		if strings.Contains(k, "/cid:") {
+			return true
+		}
+	}
+	return false
 }
 
 // parseSessionList parses `udpmux sessions`: a header line, then per
@@ -374,6 +390,10 @@ func parseSessionList(out string) ([]sessionRow, error) {
 				return nil, fmt.Errorf("udpmux sessions: short line %q", line)
 			}
 		}
+		if len(rest) != 1 {
+			return nil, fmt.Errorf("udpmux sessions: no keys, or more than the keys, after the upstream in %q", line)
+		}
+		r.Keys = strings.Split(rest[0], ",")
 		rows = append(rows, r)
 	}
 	return rows, nil
@@ -582,26 +602,33 @@ func TestHandlerRejected(t *testing.T) {
 
 func TestParseSessionList(t *testing.T) {
 	const out = `LISTENER     PEER                                          LOCAL                                         LOOP IDLE                    RX_PKTS   RX_BYTES    TX_PKTS   TX_BYTES BACKEND                                       UPSTREAM                                      KEYS
-vpn          198.18.0.10:51900                             198.18.0.2:51820                                 1 12ms                        40       5120         38       4864 198.19.0.2:51820                              198.19.0.1:40312                              tuple:0:198.18.0.2:51820-198.18.0.10:51900,id:0:3:0a0b0c0d
-vpn          198.18.0.180:39000                            198.18.0.2:51820                                 0 1.5s                         1         48          0          0 invalid AddrPort                              invalid AddrPort                              tuple:0:198.18.0.2:51820-198.18.0.180:39000
-echo         198.18.0.11:4000                              198.18.0.2:9000                                  0 3ms                          1          1          1          1 -                                             -                                             tuple:1:198.18.0.2:9000-198.18.0.11:4000
+vpn          198.18.0.10:51900                             198.18.0.2:51820                                 1 12ms                        40       5120         38       4864 198.19.0.2:51820                              198.19.0.1:40312                              0/198.18.0.2:51820-198.18.0.10:51900,0/id:3:0a0b0c0d
+vpn          198.18.0.180:39000                            198.18.0.2:51820                                 0 1.5s                         1         48          0          0 invalid AddrPort                              invalid AddrPort                              0/198.18.0.2:51820-198.18.0.180:39000
+echo         198.18.0.11:4000                              198.18.0.2:9000                                  0 3ms                          1          1          1          1 -                                             -                                             1/198.18.0.2:9000-198.18.0.11:4000
+vpn          198.18.0.181:43163                            198.18.0.2:1194                                  0 4.229s                       10        650          0          0 198.19.0.2:1195                               198.19.0.1:60212                              0/cid:9d96ad67c76217af,0/198.18.0.2:1194-198.18.0.181:43163
 `
 	rows, err := parseSessionList(out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []sessionRow{
-		{netip.MustParseAddrPort("198.18.0.10:51900"), netip.MustParseAddrPort("198.19.0.2:51820"), netip.MustParseAddrPort("198.19.0.1:40312")},
-		{Peer: netip.MustParseAddrPort("198.18.0.180:39000")},
-		{Peer: netip.MustParseAddrPort("198.18.0.11:4000")},
+		{netip.MustParseAddrPort("198.18.0.10:51900"), netip.MustParseAddrPort("198.19.0.2:51820"), netip.MustParseAddrPort("198.19.0.1:40312"),
+			[]string{"0/198.18.0.2:51820-198.18.0.10:51900", "0/id:3:0a0b0c0d"}},
+		{Peer: netip.MustParseAddrPort("198.18.0.180:39000"), Keys: []string{"0/198.18.0.2:51820-198.18.0.180:39000"}},
+		{Peer: netip.MustParseAddrPort("198.18.0.11:4000"), Keys: []string{"1/198.18.0.2:9000-198.18.0.11:4000"}},
+		{netip.MustParseAddrPort("198.18.0.181:43163"), netip.MustParseAddrPort("198.19.0.2:1195"), netip.MustParseAddrPort("198.19.0.1:60212"),
+			[]string{"0/cid:9d96ad67c76217af", "0/198.18.0.2:1194-198.18.0.181:43163"}},
 	}
 	if len(rows) != len(want) {
 		t.Fatalf("rows = %v; want %v", rows, want)
 	}
 	for i := range want {
-		if rows[i] != want[i] {
+		if !reflect.DeepEqual(rows[i], want[i]) {
 			t.Errorf("row %d = %+v; want %+v", i, rows[i], want[i])
 		}
+	}
+	if rows[0].hasCID() || !rows[3].hasCID() {
+		t.Errorf("hasCID wrong")
 	}
 	for _, bad := range []string{"vpn x\n", "vpn nope 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 k\n", "vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 bogus 198.19.0.1:2 k\n"} {
 		if _, err := parseSessionList(bad); err == nil {
