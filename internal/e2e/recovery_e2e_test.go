@@ -47,6 +47,7 @@ const (
 	recoveryGap    = time.Second                       // longest a tunnel may go unanswered once it answered again
 	recoverySpray  = 4 * time.Second                   // of spraying, from the kill on
 	recoveryBurst  = 16                                // forged datagrams from each attacker socket, once
+	recoveryFirst  = 8                                 // the IDs the attacker's sockets begin with, in turn (see freshBurst)
 	recoveryPorts  = int(recoverySpray/spoofRound) + 1 // attacker sockets per address: a fresh one each round
 	recoverySample = 100 * time.Millisecond            // between two looks at the new udpmux's counters during a spray
 	killTimeout    = 5 * time.Second                   // for a SIGKILLed udpmux to be gone
@@ -220,13 +221,19 @@ func (s *standby) takeOver(c *recoveryCase) time.Time {
 	return time.Now()
 }
 
-// freshBurst returns recoveryBurst of burst's datagrams, in random order:
-// each attacker socket sends one such burst, whose first datagram, the one
-// that may begin a recovery, names any of the IDs burst has.
+// freshBurst returns recoveryBurst of burst's datagrams for each attacker
+// socket, which sends once: the n-th from burst's datagram n%recoveryFirst
+// on. Only a socket's first datagram may begin a recovery (the others find
+// the session it began, or none), so the attacker's recoveries take the
+// first IDs of burst in turn: OpenVPN's smallest peer-ids, which servers
+// hand out first; WireGuard's random receiver indexes.
 func freshBurst(burst func(*rand.Rand) [][]byte) func(*rand.Rand) [][]byte {
+	n := 0
 	return func(r *rand.Rand) [][]byte {
 		b := burst(r)
-		r.Shuffle(len(b), func(i, j int) { b[i], b[j] = b[j], b[i] })
+		k := n % recoveryFirst
+		n++
+		b = append(b[k:], b[:k]...)
 		return b[:min(len(b), recoveryBurst)]
 	}
 }
