@@ -194,7 +194,9 @@ func (r *ovpnRun) check(t *testing.T, during string, others bool) {
 				return fmt.Errorf("seen from %v after %s; want its last mapping %v (the server did not float it)", row.Real, during, want)
 			}
 		} else if r.via != nil {
-			if want := r.via[u.client.Name]; row.Real != want {
+			if want := r.via[u.client.Name]; !want.IsValid() {
+				return fmt.Errorf("seen from %v after %s: udpmux recovered no session for it", row.Real, during)
+			} else if row.Real != want {
 				return fmt.Errorf("seen from %v after %s; want the recovered session's upstream socket %v", row.Real, during, want)
 			}
 		} else if row.Real != was.Real {

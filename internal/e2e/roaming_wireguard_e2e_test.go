@@ -385,7 +385,9 @@ func (r *wgRun) check(t *testing.T, during string) {
 				t.Errorf("%s sees %s at %v after %s; want its last mapping %v (WireGuard follows a roaming peer)", bname, c.Name, is.Endpoint, during, want)
 			}
 		} else if r.via != nil {
-			if is.Endpoint != r.via[i] {
+			if !r.via[i].IsValid() {
+				t.Errorf("%s sees %s at %v after %s: udpmux recovered no session for it", bname, c.Name, is.Endpoint, during)
+			} else if is.Endpoint != r.via[i] {
 				t.Errorf("%s sees %s at %v after %s; want the recovered session's upstream socket %v", bname, c.Name, is.Endpoint, during, r.via[i])
 			}
 		} else if is.Endpoint != was.Endpoint {
