@@ -53,6 +53,12 @@ const (
 	killTimeout    = 5 * time.Second                   // for a SIGKILLed udpmux to be gone
 )
 
+// wgRecoveryClients is the WireGuard recovery tests' number of clients.
+// Without the private key udpmux places a session by the Maglev hash of
+// its client's address and port, the same in every run: the lab's first
+// five clients land on the first backend, the sixth on the second.
+const wgRecoveryClients = 6
+
 // The standby udpmux host's own addresses on the clients' and the
 // backends' bridges.
 var (
@@ -446,11 +452,12 @@ func (c *recoveryCase) checkCounters(t *testing.T, sock string, caps *capSampler
 }
 
 // runWireGuardRecovery is the recovery test with WireGuard tunnels (see
-// runRecovery), with or without the backends' private key (key); it also
+// runRecovery), with or without the backends' private key (key), and
+// wgRecoveryClients clients; it also
 // checks that the tunnels made no new handshake and that each backend sees
 // its clients at their recovered sessions' upstream sockets (wgRun.check).
 func runWireGuardRecovery(t *testing.T, key bool, o recoveryOptions) {
-	r := setupWireGuard(t, wgRoamOptions{key: key})
+	r := setupWireGuard(t, wgRoamOptions{key: key, clients: wgRecoveryClients})
 	c := &recoveryCase{lab: r.w.lab, mux: r.w.mux, front: r.w.front, back: r.w.back, dir: r.w.dir, configFor: r.configFor,
 		dissector: "wireguard", listen: wgListen, d: r.d, sock: r.sock, rs: r.rs, burst: wgSpoofBurst, logs: &r.w.logs}
 	for i := range r.rs {

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"os"
@@ -233,6 +234,7 @@ type wgRoamOptions struct {
 	direct  bool // clients talk to the backends directly, no udpmux
 	key     bool // give udpmux the backends' private key (wireguard: {private_key: FILE})
 	upgrade bool // upgrade udpmux (SIGUSR2) in the middle of the moves
+	clients int  // tunnels; 0 means roamClients
 }
 
 // wgListenerExtra is the listener's WireGuard options in the config: with
@@ -299,7 +301,8 @@ type wgRun struct {
 	via []netip.AddrPort
 }
 
-// setupWireGuard builds the WireGuard lab with roamClients clients, through
+// setupWireGuard builds the WireGuard lab with roamClients clients (or
+// o.clients), through
 // udpmux (which it starts) or direct, starts each client's continuous ping
 // and records which backend serves each client: backend i%2 from the
 // client's own address (direct) or any backend from udpmux's address.
@@ -319,7 +322,7 @@ func setupWireGuard(t *testing.T, o wgRoamOptions) *wgRun {
 		config = r.configFor(r.sock)
 		requireDissector(t, config, "wireguard")
 	}
-	r.w = newWGLab(t, o.direct, roamClients, key, keyFile, dir, r.start)
+	r.w = newWGLab(t, o.direct, cmp.Or(o.clients, roamClients), key, keyFile, dir, r.start)
 	if !o.direct {
 		r.d = startRoamingDaemon(t, r.w.lab, r.w.mux, dir, config, "wireguard", wgListen.Port())
 		r.w.logs = append(r.w.logs, r.d.Config, r.d.Log)
