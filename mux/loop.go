@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -112,6 +113,7 @@ type loop struct {
 	sweepPos  int
 	expired   func(*entry)
 	batchEnds []session.BatchHandler
+	tickers   []session.TickHandler
 }
 
 // loopSocket is a loop's socket for one listener.
@@ -199,6 +201,9 @@ func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, opened bool) error {
 	if bh, ok := ln.handler.(session.BatchHandler); ok {
 		l.batchEnds = append(l.batchEnds, bh)
 	}
+	if th, ok := ln.handler.(session.TickHandler); ok && !slices.Contains(l.tickers, th) {
+		l.tickers = append(l.tickers, th)
+	}
 	return l.poll.Add(sock.FD, udpsys.Token{Kind: tokenSocket, Index: int32(ln.scope)})
 }
 
@@ -267,6 +272,7 @@ func (l *loop) serveEvents() (err error) {
 	}
 	if ticked && !l.stopping.Load() {
 		l.sweep()
+		l.tick()
 	}
 	l.endBatch()
 	return nil

@@ -316,3 +316,25 @@ func (h *Handler) endRecovery(u *upstream, keep *asking) {
 	u.rec = nil
 	h.stats.recovering.Add(-1)
 }
+
+// Tick implements session.TickHandler: on loop, the recovering sessions
+// past their deadline give up, and pending probes through which nothing has
+// passed for probeIdle close, so that neither holds sockets for sessions
+// whose clients, or forgers, went silent.
+func (h *Handler) Tick(loop int, now time.Time) {
+	if r := h.recovery; r != nil {
+		q := r.queues.of(loop)
+		for old := q.oldest(); old != nil && now.After(old.rec.deadline); old = q.oldest() {
+			s := old.rec.s
+			h.giveUp(old)
+			s.Close()
+		}
+	}
+	for e := h.queues.of(loop).head; e != nil; {
+		pr := e.v
+		e = e.newer
+		if now.Sub(pr.last) >= probeIdle {
+			h.closeProbe(pr)
+		}
+	}
+}

@@ -82,7 +82,7 @@ func TestRecoveryAdoptsWhereTheBackendProvesIt(t *testing.T) {
 // at its client's next datagram, releasing its sockets and its source's
 // share; one that closes before, too.
 func TestRecoveryGivesUp(t *testing.T) {
-	for _, end := range []string{"deadline", "idle"} {
+	for _, end := range []string{"deadline", "tick", "idle"} {
 		t.Run(end, func(t *testing.T) {
 			u := newRecoveryUnit(t, 2, RecoveryConfig{Timeout: time.Second}, Config{Sources: NewSourceLimiter(1)})
 			s, err := u.recover("198.51.100.1:1000", "first")
@@ -90,12 +90,21 @@ func TestRecoveryGivesUp(t *testing.T) {
 				t.Fatal(err)
 			}
 			asked := s.Sockets()
-			if end == "deadline" {
+			switch end {
+			case "deadline":
 				u.clk.Advance(time.Second - time.Nanosecond)
 				s.Deliver(s.PeerAddr(), []byte("in time"))
 				u.clk.Advance(time.Nanosecond + 1)
 				s.Deliver(s.PeerAddr(), []byte("too late"))
-			} else {
+			case "tick": // the client went silent
+				u.clk.Advance(time.Second - time.Nanosecond)
+				u.h.Tick(0, u.clk.Now())
+				if s.Reason() != 0 {
+					t.Fatal("closed before its deadline")
+				}
+				u.clk.Advance(time.Nanosecond + 1)
+				u.h.Tick(0, u.clk.Now())
+			default:
 				s.End(session.ReasonIdle)
 			}
 			st := u.h.Stats()

@@ -1,6 +1,9 @@
 package session
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // Handler serves sessions. The engine calls it on the loop that owns the
 // session; calls for one loop never overlap, calls for different loops do.
@@ -75,6 +78,16 @@ type BatchHandler interface {
 	// EndBatch is called on loop after the datagrams of one receive batch
 	// have been delivered and before the loop waits again.
 	EndBatch(loop int)
+}
+
+// TickHandler is a Handler that keeps time of its own, such as a deadline by
+// which a session must have done something: Tick is called on every loop
+// about ten times a second, between receive batches.
+type TickHandler interface {
+	Handler
+	// Tick is called on loop with the time; it may end the loop's sessions
+	// and close their sockets, as any callback of theirs may.
+	Tick(loop int, now time.Time)
 }
 
 // UpstreamHandler is a Handler whose sessions own sockets (see

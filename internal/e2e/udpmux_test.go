@@ -357,8 +357,8 @@ func (r sessionRow) hasCID() bool {
 
 // parseSessionList parses `udpmux sessions`: a header line, then per
 // session LISTENER PEER LOCAL LOOP IDLE RX_PKTS RX_BYTES TX_PKTS TX_BYTES
-// BACKEND UPSTREAM KEYS, where a recovering session's BACKEND and UPSTREAM
-// read "invalid AddrPort".
+// BACKEND UPSTREAM KEYS, where a recovering session's BACKEND reads
+// "(recovering)" and its UPSTREAM "-".
 func parseSessionList(out string) ([]sessionRow, error) {
 	var rows []sessionRow
 	for _, line := range strings.Split(out, "\n") {
@@ -377,10 +377,8 @@ func parseSessionList(out string) ([]sessionRow, error) {
 		rest := f[9:]
 		for _, addr := range []*netip.AddrPort{&r.Backend, &r.Upstream} {
 			switch {
-			case len(rest) >= 2 && rest[0] == "invalid" && rest[1] == "AddrPort":
-				rest = rest[2:]
 			case len(rest) >= 1:
-				if rest[0] != "-" {
+				if rest[0] != "-" && rest[0] != "(recovering)" {
 					if *addr, err = netip.ParseAddrPort(rest[0]); err != nil {
 						return nil, fmt.Errorf("udpmux sessions: address in %q: %v", line, err)
 					}
@@ -603,7 +601,7 @@ func TestHandlerRejected(t *testing.T) {
 func TestParseSessionList(t *testing.T) {
 	const out = `LISTENER     PEER                                          LOCAL                                         LOOP IDLE                    RX_PKTS   RX_BYTES    TX_PKTS   TX_BYTES BACKEND                                       UPSTREAM                                      KEYS
 vpn          198.18.0.10:51900                             198.18.0.2:51820                                 1 12ms                        40       5120         38       4864 198.19.0.2:51820                              198.19.0.1:40312                              0/198.18.0.2:51820-198.18.0.10:51900,0/id:3:0a0b0c0d
-vpn          198.18.0.180:39000                            198.18.0.2:51820                                 0 1.5s                         1         48          0          0 invalid AddrPort                              invalid AddrPort                              0/198.18.0.2:51820-198.18.0.180:39000
+vpn          198.18.0.180:39000                            198.18.0.2:51820                                 0 1.5s                         1         48          0          0 (recovering)                                  -                                             0/198.18.0.2:51820-198.18.0.180:39000
 echo         198.18.0.11:4000                              198.18.0.2:9000                                  0 3ms                          1          1          1          1 -                                             -                                             1/198.18.0.2:9000-198.18.0.11:4000
 vpn          198.18.0.181:43163                            198.18.0.2:1194                                  0 4.229s                       10        650          0          0 198.19.0.2:1195                               198.19.0.1:60212                              0/cid:9d96ad67c76217af,0/198.18.0.2:1194-198.18.0.181:43163
 `
