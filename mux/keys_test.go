@@ -19,8 +19,8 @@ import (
 
 // The test protocol of this file: a datagram "c<name>" creates a session
 // (keyed by 4-tuple), "d<id>" is data that carries the 4-byte ID id, "e<id>"
-// data whose ID repeats across servers, and "k<id>" asks the handler to
-// learn id.
+// data whose ID repeats across servers, "l<cid>" data looked up by a
+// connection ID, and "k<id>" asks the handler to learn id.
 const testIDClass = 7
 
 type idDissector struct{}
@@ -37,6 +37,9 @@ func (idDissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) s
 		return session.Dissection{Key: tuple, Verdict: session.Create}
 	case len(p) >= 5 && p[0] == 'd':
 		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), Verdict: session.Lookup}
+	case len(p) >= 5 && p[0] == 'l': // looked up by a connection ID
+		k, _ := flowtable.CIDKey(scope, p[1:5])
+		return session.Dissection{Key: k, Verdict: session.Lookup}
 	case len(p) >= 5 && p[0] == 'e': // an ID that repeats across servers
 		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), IDRepeats: true, Verdict: session.Lookup}
 	}
@@ -513,4 +516,23 @@ type keyRoamerRecoverer struct {
 func (h keyRoamerRecoverer) MayRecover(p netip.AddrPort) bool { return h.r.MayRecover(p) }
 func (h keyRoamerRecoverer) Recover(s session.Session, p []byte) error {
 	return h.r.Recover(s, p)
+}
+
+// TestUnknownKeyFromAKnownAddress: a datagram looked up by a key no session
+// holds (a connection ID its session has not learned) goes to the session
+// its 4-tuple finds; from an address no session has, it is dropped.
+func TestUnknownKeyFromAKnownAddress(t *testing.T) {
+	kh := &keyHandler{roamed: map[string][]netip.AddrPort{}}
+	srv := startKeys(t, keyRoamer{kh})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	if got := exchangeKeys(t, a, "lCID1"); got != "a lCID1" {
+		t.Fatalf("from the session's address: %q", got)
+	}
+	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	b.Write([]byte("lCID1"))
+	silent(t, b, "a connection ID no session holds from an unknown address")
+	if st := srv.Stats(); st.Sessions != 1 || st.Listeners[0].UnknownFlow != 1 {
+		t.Errorf("%d sessions, %d unknown flows", st.Sessions, st.Listeners[0].UnknownFlow)
+	}
 }

@@ -167,6 +167,10 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict); s == nil {
 			return
 		}
+	case e == nil && verdict == session.Lookup && !hasID && !isTuple(l.keys[i]) && l.byTuple(ls, i):
+		// A key no session holds yet, from an address that has one: the
+		// session gets it (and its handler may learn the key).
+		s = l.found[i].Value
 	case e != nil || verdict == session.Lookup:
 		if hasID {
 			ls.stats.unknownID.inc()
@@ -251,6 +255,13 @@ func (l *loop) roam(s *sess, from netip.AddrPort, p []byte) {
 	l.current = s
 	r.Roam(s, from, p)
 	l.current = nil
+}
+
+// byTuple looks up the session of datagram i's 4-tuple, leaving its entry
+// in the batch's found slot, and reports whether there is one.
+func (l *loop) byTuple(ls *loopSocket, i int) bool {
+	l.found[i] = l.srv.table.Lookup(flowtable.TupleKey(ls.ln.scope, l.locals[i], l.peers[i]))
+	return l.found[i] != nil
 }
 
 // mayRecover reports whether the listener's handler recovers sessions
