@@ -422,22 +422,31 @@ type recoveringHandler struct {
 	mu        sync.Mutex
 	recovered []string
 	asked     int
+	// holders are the peers of the holders each recovered session got.
+	holders [][]netip.AddrPort
 }
 
-func (h *recoveringHandler) MayRecover(netip.AddrPort) bool {
+var _ session.Recoverer = (*recoveringHandler)(nil)
+
+func (h *recoveringHandler) MayRecover(netip.AddrPort, []session.Session) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.asked++
 	return true
 }
 
-func (h *recoveringHandler) Recover(s session.Session, p []byte) error {
+func (h *recoveringHandler) Recover(s session.Session, p []byte, holders []session.Session) error {
 	if p[1] != 'r' {
 		return errors.New("not recoverable")
 	}
 	s.SetState("recovered")
+	var peers []netip.AddrPort
+	for _, o := range holders {
+		peers = append(peers, o.PeerAddr())
+	}
 	h.mu.Lock()
 	h.recovered = append(h.recovered, string(p))
+	h.holders = append(h.holders, peers)
 	h.mu.Unlock()
 	return nil
 }
@@ -504,6 +513,9 @@ func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
 	if !slices.Equal(h.recovered, []string{"erabc"}) {
 		t.Errorf("recovered %q", h.recovered)
 	}
+	if want := netip.MustParseAddrPort(a.LocalAddr().String()); len(h.holders) != 1 || !slices.Equal(h.holders[0], []netip.AddrPort{want}) {
+		t.Errorf("the recovering session's holders: %v; want [[%v]], the session that holds the ID", h.holders, want)
+	}
 }
 
 // keyRoamerRecoverer is a keyRoamer whose sessions a recoveringHandler
@@ -513,9 +525,13 @@ type keyRoamerRecoverer struct {
 	r *recoveringHandler
 }
 
-func (h keyRoamerRecoverer) MayRecover(p netip.AddrPort) bool { return h.r.MayRecover(p) }
-func (h keyRoamerRecoverer) Recover(s session.Session, p []byte) error {
-	return h.r.Recover(s, p)
+var _ session.Recoverer = keyRoamerRecoverer{}
+
+func (h keyRoamerRecoverer) MayRecover(p netip.AddrPort, holders []session.Session) bool {
+	return h.r.MayRecover(p, holders)
+}
+func (h keyRoamerRecoverer) Recover(s session.Session, p []byte, holders []session.Session) error {
+	return h.r.Recover(s, p, holders)
 }
 
 // TestUnknownKeyFromAKnownAddress: a datagram looked up by a key no session

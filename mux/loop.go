@@ -105,8 +105,9 @@ type loop struct {
 	up        upstreamQueue
 
 	// cands and pick hold the sessions resolve finds for an ID, collect
-	// fills cands.
+	// fills cands; holders keeps the live ones for open.
 	cands, pick []*sess
+	holders     []session.Session
 	collect     func(*entry) bool
 
 	now       int64
@@ -159,6 +160,7 @@ func newLoopWith(srv *Server, id, cpu int, p poller) *loop {
 		extras:   map[*sess][]*socket{},
 		cands:    make([]*sess, 0, maxCandidates),
 		pick:     make([]*sess, 0, maxCandidates),
+		holders:  make([]session.Session, 0, maxCandidates),
 		locals:   make([]netip.AddrPort, srv.cfg.Batch),
 		peers:    make([]netip.AddrPort, srv.cfg.Batch),
 		found:    make([]*entry, srv.cfg.Batch),

@@ -22,10 +22,18 @@ func newRecoveryUnit(t *testing.T, backends int, rc RecoveryConfig, cfg Config) 
 }
 
 // recover has the unit recover the session of a datagram p from client
-// that carries ID "tunnel".
+// that carries an ID of its own, the client's address.
 func (u *unit) recover(client string, p string) (*sessiontest.Session, error) {
-	id, _ := flowtable.IDKey(0, 1, []byte("tunnel"))
-	s, err := u.l.Recover(netip.MustParseAddrPort(client), id, []byte(p))
+	return u.recoverID(client, []byte(client), p)
+}
+
+// recoverID is recover for a datagram with ID id.
+func (u *unit) recoverID(client string, id []byte, p string) (*sessiontest.Session, error) {
+	k, err := flowtable.IDKey(0, 1, id)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	s, err := u.l.Recover(netip.MustParseAddrPort(client), k, []byte(p))
 	if err == nil {
 		u.t.Cleanup(func() { s.End(session.ReasonShutdown) })
 		s.Deliver(s.PeerAddr(), []byte(p)) // as the engine does next
@@ -75,6 +83,58 @@ func TestRecoveryAdoptsWhereTheBackendProvesIt(t *testing.T) {
 	s.Deliver(s.PeerAddr(), []byte("third"))
 	if !sentAre(asked[1].Sent(), "first", "second", "third") {
 		t.Errorf("the adopted socket sent %q", asked[1].Sent())
+	}
+}
+
+// TestRecoveryAsksNoHolderBackend: a recovery for a datagram whose ID
+// sessions hold asks none of the backends they are settled on: a backend
+// that has the client would follow it to the socket that asked, away from
+// its session. With none left, none begins. A holder that recovers itself
+// proved nothing (an attacker may have begun it): its backends are asked.
+func TestRecoveryAsksNoHolderBackend(t *testing.T) {
+	u := newRecoveryUnit(t, 3, RecoveryConfig{Fanout: 3}, Config{})
+	id, _ := flowtable.IDKey(0, 1, []byte("tunnel"))
+	open := func(client string) *sessiontest.Session {
+		peer := netip.MustParseAddrPort(client)
+		s, err := u.l.OpenKey(flowtable.TupleKey(0, u.l.Local, peer), id, peer, []byte("hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.End(session.ReasonShutdown) })
+		return s
+	}
+	holder := open("198.51.100.1:1000")
+	settledOn := upstreamOf(holder).RemoteAddr()
+	if _, err := u.recoverID("198.51.100.9:9000", []byte("another"), "forged"); err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := u.recoverID("198.51.100.2:2000", []byte("tunnel"), "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := map[netip.AddrPort]bool{}
+	for _, k := range r.Sockets() {
+		asked[k.RemoteAddr()] = true
+	}
+	if len(asked) != 2 || asked[settledOn] {
+		t.Fatalf("asked %v; want the two backends other than the holder's %v", asked, settledOn)
+	}
+	if _, err := u.recoverID("198.51.100.3:3000", []byte("tunnel"), "again"); err != nil {
+		t.Errorf("a recovery with a recovering holder: %v", err)
+	}
+	on := map[netip.AddrPort]bool{settledOn: true}
+	for port := 4000; len(on) < 3; port++ {
+		if port > 4100 {
+			t.Fatalf("holders on %v only", on)
+		}
+		on[upstreamOf(open(fmt.Sprint("198.51.100.4:", port))).RemoteAddr()] = true
+	}
+	if _, err := u.recoverID("198.51.100.6:6000", []byte("tunnel"), "again"); err == nil {
+		t.Error("a recovery began with every backend a holder's")
+	}
+	if st := u.h.Stats(); st.Recovering != 3 || st.RecoveryRefused != 0 {
+		t.Errorf("%d recovering, %d refused; want 3 and none (no backend to ask is no rationing)", st.Recovering, st.RecoveryRefused)
 	}
 }
 
