@@ -17,8 +17,9 @@ const (
 	// DefaultRestartTime is the graceful restart time advertised to peers
 	// when graceful restart is enabled and no time is set: how long a peer
 	// keeps this speaker's routes after the session drops without a
-	// NOTIFICATION, waiting for a successor.
-	DefaultRestartTime = 30 * time.Second
+	// NOTIFICATION, waiting for a successor. A crashed speaker's routes stay
+	// that long too, so it is short; a successor dials within 2 s.
+	DefaultRestartTime = 10 * time.Second
 	// DefaultBFDInterval is the BFD transmit and receive interval when none
 	// is set.
 	DefaultBFDInterval = 300 * time.Millisecond
@@ -85,9 +86,12 @@ type Peer struct {
 	// seconds, less than the hold time: 0 means a third of the hold time.
 	KeepaliveInterval time.Duration
 	// BFD, if not nil, runs a BFD session (RFC 5880, single hop RFC 5881)
-	// with the router alongside BGP: a lost BFD session resets the BGP
-	// session, on both sides, within the BFD detection time rather than
-	// the hold time. The router must run BFD for this neighbor too.
+	// with the router while the BGP session is Established: a lost BFD
+	// session resets the BGP session, on both sides, within the BFD
+	// detection time rather than the hold time. The router must run BFD
+	// for this neighbor too (FRR: neighbor X bfd; with graceful restart
+	// also neighbor X bfd check-control-plane-failure, see GracefulRestart).
+	// The speaker listens on UDP port 3784.
 	BFD *BFD
 }
 
@@ -110,6 +114,15 @@ type BFD struct {
 // marked stale, for RestartTime after the session drops without a
 // NOTIFICATION (Speaker.Stop(true), or a crash), and forgets the stale ones
 // that the successor does not announce again before its End-of-RIB marker.
+//
+// A router cannot tell a crash from a graceful stop: both close the TCP
+// session without a NOTIFICATION. With graceful restart, a speaker killed
+// outright keeps its place in the ECMP set for RestartTime, traffic to it
+// lost meanwhile; one cut off from the router is still dropped within the
+// BFD detection time (the router's BFD resets the session with a
+// NOTIFICATION). With BFD the router must ignore BFD going down during a
+// restart, since this speaker's BFD stops with its process (FRR: neighbor X
+// bfd check-control-plane-failure), or the restart ends there.
 type GracefulRestart struct {
 	// Enabled advertises the graceful restart capability, for the unicast
 	// families, to every peer.

@@ -35,6 +35,10 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
+// gobgpLogLevel is the least level of GoBGP's own records that reach the
+// speaker's logger; tests lower it.
+var gobgpLogLevel = slog.LevelWarn
+
 // ReasonStop is the withdrawal reason counted for each route that
 // Stop(false) withdraws.
 const ReasonStop = "stop"
@@ -48,6 +52,14 @@ type Speaker struct {
 
 	cancelWatch context.CancelFunc
 	closing     atomic.Bool // set before GoBGP's Stop
+
+	// BFD follows each BGP session (see Peer.BFD): peerEvent sets bfdWant
+	// and kicks bfdLoop, which enables or disables GoBGP's BFD peer.
+	bfdMu   sync.Mutex
+	bfdWant map[netip.Addr]bool
+	bfdKick chan struct{}
+	bfdStop chan struct{}
+	bfdDone chan struct{}
 
 	mu          sync.Mutex
 	routes      map[netip.Prefix]Route
@@ -73,9 +85,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Speaker, error) 
 		cfg:         cfg,
 		routes:      make(map[netip.Prefix]Route),
 		withdrawals: make(map[string]uint64),
+		bfdWant:     make(map[netip.Addr]bool),
+		bfdKick:     make(chan struct{}, 1),
+		bfdStop:     make(chan struct{}),
+		bfdDone:     make(chan struct{}),
 	}
 	level := new(slog.LevelVar)
-	level.Set(slog.LevelWarn)
+	level.Set(gobgpLogLevel)
 	s.srv = server.NewBgpServer(server.LoggerOption(slog.New(&gobgpHandler{
 		Handler: log.With("component", "gobgp").Handler(),
 		level:   level,
@@ -100,19 +116,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Speaker, error) 
 		return nil, fmt.Errorf("bgp: watch peer events: %w", err)
 	}
 	for _, p := range cfg.Peers {
-		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p, cfg.GracefulRestart)}); err != nil {
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p, cfg.GracefulRestart, false)}); err != nil {
 			cancel()
 			s.srv.Stop()
 			return nil, fmt.Errorf("bgp: add peer %s AS %d: %w", p.Address, p.AS, err)
 		}
 	}
+	go s.bfdLoop()
 	log.Info("bgp speaker started", "as", cfg.LocalAS, "router_id", cfg.RouterID, "peers", len(cfg.Peers),
 		"graceful_restart", cfg.GracefulRestart.Enabled, "restarting", cfg.GracefulRestart.Restarting)
 	return s, nil
 }
 
-// apiPeer builds GoBGP's peer configuration.
-func apiPeer(p Peer, gr GracefulRestart) *api.Peer {
+// apiPeer builds GoBGP's peer configuration, with BFD enabled if p has BFD
+// and bfd is true.
+func apiPeer(p Peer, gr GracefulRestart, bfd bool) *api.Peer {
 	family := &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
 	if p.Address.Unmap().Is6() {
 		family = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
@@ -143,7 +161,7 @@ func apiPeer(p Peer, gr GracefulRestart) *api.Peer {
 		}
 		afi.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
-	if b := p.BFD; b != nil {
+	if b := p.BFD; b != nil && bfd {
 		ap.Bfd = &api.BfdPeerConfig{
 			Enabled:                  true,
 			DesiredMinimumTxInterval: uint32(b.TxInterval / time.Microsecond),
@@ -154,12 +172,21 @@ func apiPeer(p Peer, gr GracefulRestart) *api.Peer {
 	return ap
 }
 
-// peerEvent logs a peer's state changes.
+// peerEvent logs a peer's state changes and has BFD follow the session.
 func (s *Speaker) peerEvent(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
 	if ev.Type != apiutil.PEER_EVENT_STATE {
 		return
 	}
 	st := ev.Peer.State
+	if p, ok := s.peer(st.NeighborAddress); ok && p.BFD != nil {
+		s.bfdMu.Lock()
+		s.bfdWant[p.Address] = st.SessionState == gbgp.BGP_FSM_ESTABLISHED
+		s.bfdMu.Unlock()
+		select {
+		case s.bfdKick <- struct{}{}:
+		default:
+		}
+	}
 	attrs := []any{"peer", st.NeighborAddress, "as", st.PeerASN, "state", sessionState(st.SessionState)}
 	if st.SessionState != gbgp.BGP_FSM_ESTABLISHED && st.DisconnectReason != api.PeerState_DISCONNECT_REASON_UNSPECIFIED {
 		attrs = append(attrs, "reason", st.DisconnectReason.String())
@@ -168,6 +195,52 @@ func (s *Speaker) peerEvent(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time
 		}
 	}
 	s.log.Info("bgp peer state", attrs...)
+}
+
+// peer returns the configured peer with address a.
+func (s *Speaker) peer(a netip.Addr) (Peer, bool) {
+	for _, p := range s.cfg.Peers {
+		if p.Address.Unmap() == a.Unmap() {
+			return p, true
+		}
+	}
+	return Peer{}, false
+}
+
+// bfdLoop enables GoBGP's BFD peer for each peer with BFD while its session
+// is Established and disables it otherwise, until Stop.
+//
+// Started with the session, BFD never sees the peer's BFD session of before
+// the BGP session: FRR's bgpd, for one, re-creates its BFD session when BGP
+// comes up (it learns the interface then) and sends Down from the old one;
+// a GoBGP BFD peer running since before then takes it as the router
+// signalling Down, resets BGP, or is left waiting in Init for the old
+// session and resets BGP when it expires. Either way the route flaps once.
+func (s *Speaker) bfdLoop() {
+	defer close(s.bfdDone)
+	have := make(map[netip.Addr]bool)
+	for {
+		select {
+		case <-s.bfdStop:
+			return
+		case <-s.bfdKick:
+		}
+		s.bfdMu.Lock()
+		want := maps.Clone(s.bfdWant)
+		s.bfdMu.Unlock()
+		for addr, on := range want {
+			if have[addr] == on {
+				continue
+			}
+			p, _ := s.peer(addr)
+			if _, err := s.srv.UpdatePeer(context.Background(), &api.UpdatePeerRequest{Peer: apiPeer(p, s.cfg.GracefulRestart, on)}); err != nil {
+				s.log.Warn("bgp: cannot switch BFD", "peer", addr, "enable", on, "err", err)
+				continue
+			}
+			have[addr] = on
+			s.log.Debug("bgp BFD switched", "peer", addr, "enable", on)
+		}
+	}
 }
 
 // Announce announces r to every peer of its address family, now and
@@ -314,22 +387,24 @@ func (s *Speaker) Peers() ([]PeerState, error) {
 	var out []PeerState
 	err := s.srv.ListPeer(context.Background(), &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
 		ps := PeerState{}
-		if st := p.GetState(); st != nil {
-			ps.Address, _ = netip.ParseAddr(st.GetNeighborAddress())
-			ps.AS = st.GetPeerAsn()
-			ps.State = apiSessionState(st.GetSessionState())
-			if st.GetDisconnectReason() != api.PeerState_DISCONNECT_REASON_UNSPECIFIED {
-				ps.LastDown = st.GetDisconnectReason().String()
-				if m := st.GetDisconnectMessage(); m != "" {
-					ps.LastDown += ": " + m
-				}
+		st := p.GetState()
+		ps.Address, _ = netip.ParseAddr(st.GetNeighborAddress())
+		if !ps.Address.IsValid() {
+			ps.Address, _ = netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		}
+		ps.AS = st.GetPeerAsn()
+		ps.State = apiSessionState(st.GetSessionState())
+		if st.GetDisconnectReason() != api.PeerState_DISCONNECT_REASON_UNSPECIFIED {
+			ps.LastDown = st.GetDisconnectReason().String()
+			if m := st.GetDisconnectMessage(); m != "" {
+				ps.LastDown += ": " + m
 			}
+		}
+		if cp, ok := s.peer(ps.Address); ok && cp.BFD != nil {
+			ps.BFD = BFDDown
 			if p.GetBfd().GetEnabled() {
 				ps.BFD = bfdState(st.GetBfdState().GetSessionState())
 			}
-		}
-		if !ps.Address.IsValid() {
-			ps.Address, _ = netip.ParseAddr(p.GetConf().GetNeighborAddress())
 		}
 		if ps.State == StateEstablished {
 			if up := p.GetTimers().GetState().GetUptime(); up != nil && up.AsTime().Unix() > 0 {
@@ -381,6 +456,8 @@ func (s *Speaker) Stop(graceful bool) error {
 	}
 	s.stopped = true
 	s.mu.Unlock()
+	close(s.bfdStop)
+	<-s.bfdDone
 
 	if err := s.srv.StopBgp(context.Background(), &api.StopBgpRequest{AllowGracefulRestart: graceful}); err != nil {
 		errs = append(errs, fmt.Errorf("bgp: stop: %w", err))
