@@ -89,8 +89,8 @@ type Peer struct {
 	// with the router while the BGP session is Established: a lost BFD
 	// session resets the BGP session, on both sides, within the BFD
 	// detection time rather than the hold time. The router must run BFD
-	// for this neighbor too (FRR: neighbor X bfd; with graceful restart
-	// also neighbor X bfd check-control-plane-failure, see GracefulRestart).
+	// for this neighbor too (FRR: neighbor X bfd; see GracefulRestart for
+	// what not to add).
 	// The speaker listens on UDP port 3784.
 	BFD *BFD
 }
@@ -120,9 +120,12 @@ type BFD struct {
 // outright keeps its place in the ECMP set for RestartTime, traffic to it
 // lost meanwhile; one cut off from the router is still dropped within the
 // BFD detection time (the router's BFD resets the session with a
-// NOTIFICATION). With BFD the router must ignore BFD going down during a
-// restart, since this speaker's BFD stops with its process (FRR: neighbor X
-// bfd check-control-plane-failure), or the restart ends there.
+// NOTIFICATION). This speaker's BFD stops with its process, so the router's
+// BFD goes down during a restart too; FRR then finds the session down
+// already and keeps the stale routes. Do not set FRR's "neighbor X bfd
+// check-control-plane-failure": as this speaker's BFD has the C bit clear,
+// FRR then ignores BFD going down for a peer with graceful restart at any
+// time, and a cut-off speaker keeps its routes until the hold time.
 type GracefulRestart struct {
 	// Enabled advertises the graceful restart capability, for the unicast
 	// families, to every peer.

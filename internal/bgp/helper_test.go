@@ -130,7 +130,8 @@ func startSpeaker(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, name stri
 		t.Fatal(err)
 	}
 	cmd := ns.Command(os.Args[0], "-test.run=^TestHelperSpeaker$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperEnv+"="+string(b))
+	// The race detector's 1 s wait at exit would only delay a successor.
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(b), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
 	sp := &speakerProc{t: t, name: name, lines: make(chan string, 16)}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -159,10 +160,14 @@ func startSpeaker(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, name stri
 		}
 	}()
 	t.Cleanup(func() {
+		sp.mu.Lock()
+		defer sp.mu.Unlock()
+		// A race in the helper only shows in its output.
+		if strings.Contains(sp.stderr.String(), "WARNING: DATA RACE") {
+			t.Errorf("speaker %s: the race detector found a data race", name)
+		}
 		if t.Failed() {
-			sp.mu.Lock()
 			t.Logf("--- speaker %s log:\n%s", name, sp.stderr.String())
-			sp.mu.Unlock()
 		}
 	})
 	if l := sp.next(15 * time.Second); l != "ready" {
