@@ -14,7 +14,34 @@
 // restart (RFC 4724) lets a process hand its routes to a successor without
 // the routers withdrawing them: Stop(true) closes the sessions without a
 // NOTIFICATION, the routers keep the routes as stale, and a Speaker started
-// with GracefulRestart.Restarting refreshes them.
+// with GracefulRestart.Restarting refreshes them. The predecessor must have
+// stopped before the successor's speaker dials (within about 2 s of its
+// Start): both use the same address.
+//
+// # The router
+//
+// The tests run FRR as the router; the hosts of a fleet share one AS and
+// are neighbors of one peer group:
+//
+//	router bgp 65000
+//	 no bgp ebgp-requires-policy
+//	 bgp graceful-restart
+//	 neighbor fleet peer-group
+//	 neighbor fleet remote-as 65001
+//	 neighbor fleet passive
+//	 neighbor 198.18.0.11 peer-group fleet
+//	 neighbor 198.18.0.11 bfd
+//	 address-family ipv4 unicast
+//	  maximum-paths 8
+//	 exit-address-family
+//
+// maximum-paths installs one route with every host as a next hop; Linux
+// spreads flows over them by their addresses and, with
+// net.ipv4.fib_multipath_hash_policy=1, their ports. Measured there (see
+// the tests): a host whose process dies leaves the set within 0.1 s (its
+// kernel closes the session), one cut off within 1 s with BFD at 3 x 300 ms
+// and within the hold time (3 s at least) without; with graceful restart, a
+// dead host's route stays for the restart time (see GracefulRestart).
 package bgp
 
 import (
@@ -384,6 +411,12 @@ type PeerState struct {
 
 // Peers returns the state of every peer, sorted by address.
 func (s *Speaker) Peers() ([]PeerState, error) {
+	s.mu.Lock()
+	stopped := s.stopped
+	s.mu.Unlock()
+	if stopped {
+		return nil, errors.New("bgp: list peers: speaker stopped")
+	}
 	var out []PeerState
 	err := s.srv.ListPeer(context.Background(), &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
 		ps := PeerState{}

@@ -143,6 +143,9 @@ func TestSpeakerWithoutPeerUp(t *testing.T) {
 	if err := s.Withdraw(vip, "x"); err == nil {
 		t.Error("Withdraw after Stop succeeded")
 	}
+	if _, err := s.Peers(); err == nil {
+		t.Error("Peers after Stop succeeded")
+	}
 	if strings.Contains(logs.String(), "failed to stop") || strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("the log has errors:\n%s", logs.String())
 	}
