@@ -32,7 +32,13 @@ type echoBackend struct {
 
 func startBackend(t *testing.T, name string) *echoBackend {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return startBackendAt(t, name, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+}
+
+// startBackendAt is startBackend on the address at.
+func startBackendAt(t *testing.T, name string, at *net.UDPAddr) *echoBackend {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +81,12 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // handler the server gets.
 func startProxy(t *testing.T, cfg Config, idle time.Duration, maxSessions int, wrap ...func(*Handler) session.Handler) (*mux.Server, *Handler) {
 	t.Helper()
+	return startProxyAt(t, netip.MustParseAddrPort("127.0.0.1:0"), cfg, idle, maxSessions, wrap...)
+}
+
+// startProxyAt is startProxy on the listener address addr.
+func startProxyAt(t *testing.T, addr netip.AddrPort, cfg Config, idle time.Duration, maxSessions int, wrap ...func(*Handler) session.Handler) (*mux.Server, *Handler) {
+	t.Helper()
 	cfg.Logger = quiet()
 	h, err := New(cfg)
 	if err != nil {
@@ -87,7 +99,7 @@ func startProxy(t *testing.T, cfg Config, idle time.Duration, maxSessions int, w
 	srv, err := mux.New(mux.Config{
 		Workers: 2, MaxSessions: maxSessions, Logger: quiet(),
 		Listeners: []mux.ListenerConfig{{
-			Name: "proxy", Address: netip.MustParseAddrPort("127.0.0.1:0"), Handler: served, IdleTimeout: idle,
+			Name: "proxy", Address: addr, Handler: served, IdleTimeout: idle,
 		}},
 	})
 	if err != nil {
