@@ -5,11 +5,15 @@
 //
 //	udpmux -c config.yaml            run in the foreground until SIGTERM or SIGINT
 //	udpmux validate -c config.yaml   check a config file and exit
+//	udpmux status -c config.yaml     print a running udpmux's status
+//	udpmux backend drain -c config.yaml LISTENER BACKEND
+//	                                 give a backend no new sessions
 //	udpmux version                   print the version
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +24,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +32,7 @@ import (
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; otherwise
@@ -42,25 +48,49 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
 	if len(args) > 0 {
 		switch args[0] {
-		case "validate", "version", "status", "sessions", "drain":
+		case "validate", "version", "status", "sessions", "drain", "backend":
 			cmd, args = args[0], args[1:]
 		}
+	}
+	action := ""
+	if cmd == "backend" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		action, args = args[0], args[1:]
 	}
 	fs := flag.NewFlagSet("udpmux "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("c", "", "config file (YAML)")
-	sock := fs.String("s", "", "control socket (status, sessions, drain); default: control.socket of -c, or "+defaultControlSocket)
+	sock := fs.String("s", "", "control socket (status, sessions, drain, backend); default: control.socket of -c, or "+defaultControlSocket)
+	sessions := fs.String("sessions", "keep", "backend drain: keep the backend's live sessions until they idle out, or close them")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage:\n  udpmux -c config.yaml\n  udpmux validate -c config.yaml\n"+
 			"  udpmux status [-c config.yaml | -s socket]\n  udpmux sessions [-c config.yaml | -s socket]\n"+
-			"  udpmux drain -c config.yaml\n  udpmux version\n")
+			"  udpmux drain -c config.yaml\n"+
+			"  udpmux backend drain [-sessions keep|close] -c config.yaml LISTENER BACKEND\n"+
+			"  udpmux backend enable -c config.yaml LISTENER BACKEND\n"+
+			"  udpmux backend weight -c config.yaml LISTENER BACKEND WEIGHT\n"+
+			"  udpmux version\n"+
+			"A drained backend takes no new sessions and keeps its live ones until they idle out\n"+
+			"(-sessions close ends them); WEIGHT (0..%d) is its share of new sessions. BACKEND is\n"+
+			"ip:port as in the config; an upgrade (SIGUSR2) keeps both.\n", proxy.MaxWeight)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	// Flags may follow the positional arguments (udpmux backend drain vpn
+	// 10.0.0.1:1194 -sessions close): parse what follows each one too.
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "udpmux: unexpected argument %q\n", fs.Arg(0))
+	if cmd == "backend" {
+		return backendCommand(action, pos, *path, *sock, *sessions, stdout, stderr, fs.Usage)
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "udpmux: unexpected argument %q\n", pos[0])
 		fs.Usage()
 		return 2
 	}
@@ -69,7 +99,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if cmd == "status" || cmd == "sessions" || cmd == "drain" {
-		return query(cmd, *path, *sock, stdout, stderr)
+		return query(cmd, *path, *sock, nil, stdout, stderr)
 	}
 	if *path == "" {
 		fmt.Fprintln(stderr, "udpmux: -c config.yaml is required")
@@ -94,13 +124,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 const defaultControlSocket = "/run/udpmux/udpmux.sock"
 
-// query asks the running udpmux for its status or its sessions, or to
-// drain.
-func query(cmd, path, sock string, stdout, stderr io.Writer) int {
+// query asks the running udpmux for its status or its sessions, to drain,
+// or to change a backend (req, for cmd backend).
+func query(cmd, path, sock string, req *backendRequest, stdout, stderr io.Writer) int {
 	if cmd == "drain" && path == "" {
 		fmt.Fprintln(stderr, "udpmux drain: -c config.yaml is required: a drain withdraws what its bgp section announces")
 		return 2
 	}
+	var payload []byte
 	if path != "" {
 		cfg, err := loadConfig(path)
 		if err != nil {
@@ -111,6 +142,12 @@ func query(cmd, path, sock string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "udpmux drain: %s has no bgp section: there is nothing to withdraw; stop udpmux with SIGTERM\n", path)
 			return 1
 		}
+		if req != nil {
+			if err := req.check(cfg); err != nil {
+				fmt.Fprintf(stderr, "udpmux backend %s: %s: %v\n", req.Action, path, err)
+				return 1
+			}
+		}
 		if sock == "" {
 			sock = cfg.controlSocket
 		}
@@ -118,12 +155,36 @@ func query(cmd, path, sock string, stdout, stderr io.Writer) int {
 	if sock == "" {
 		sock = defaultControlSocket
 	}
-	t := map[string]handoff.Type{"status": handoff.TypeStatus, "sessions": handoff.TypeSessionList, "drain": handoff.TypeDrain}[cmd]
-	if err := request(sock, t, stdout); err != nil {
-		fmt.Fprintf(stderr, "udpmux %s: %v\n", cmd, err)
+	if req != nil {
+		payload, _ = json.Marshal(req)
+	}
+	t := map[string]handoff.Type{"status": handoff.TypeStatus, "sessions": handoff.TypeSessionList, "drain": handoff.TypeDrain,
+		"backend": handoff.TypeBackend}[cmd]
+	if err := request(sock, t, payload, stdout); err != nil {
+		name := cmd
+		if req != nil {
+			name += " " + req.Action
+		}
+		fmt.Fprintf(stderr, "udpmux %s: %v\n", name, err)
 		return 1
 	}
 	return 0
+}
+
+// backendCommand runs `udpmux backend ACTION`, with the positional
+// arguments pos and -sessions' value sessions.
+func backendCommand(action string, pos []string, path, sock, sessions string, stdout, stderr io.Writer, usage func()) int {
+	req, err := parseBackendArgs(action, pos, sessions)
+	if err != nil {
+		fmt.Fprintf(stderr, "udpmux backend: %v\n", err)
+		usage()
+		return 2
+	}
+	if path == "" && sock == "" {
+		fmt.Fprintf(stderr, "udpmux backend %s: -c config.yaml is required (or -s socket): it names the control socket and the listener's backends\n", action)
+		return 2
+	}
+	return query("backend", path, sock, &req, stdout, stderr)
 }
 
 func buildVersion() string {
@@ -180,7 +241,7 @@ func serve(cfg *config, stderr io.Writer) error {
 	exe, exeErr := os.Executable()
 
 	start := time.Now()
-	inh, err := takeOver(cfg)
+	inh, err := takeOver(cfg, log)
 	if err != nil {
 		return err
 	}

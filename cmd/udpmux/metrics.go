@@ -57,7 +57,9 @@ var (
 	descRecovery   = prometheus.NewDesc("udpmux_proxy_recoveries_total", "Sessions nobody here had seen (a crash, another host): adopted where a backend proved them (recovered), not begun for the rates or sockets (refused), or proved by no backend in time (failed).", []string{"listener", "result"}, nil)
 	descRecProbes  = prometheus.NewDesc("udpmux_proxy_recovery_probes_total", "Datagrams sent to backends to ask whether they have a recovering session.", []string{"listener"}, nil)
 	descRecovering = prometheus.NewDesc("udpmux_proxy_recovering", "Sessions recovering now, and the sockets they hold (sockets).", []string{"listener", "what"}, nil)
-	descBackendUp  = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off.", []string{"listener", "backend"}, nil)
+	descBackendUp  = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend is healthy (it takes new sessions unless drained or of weight 0), 0 while it is backing off.", []string{"listener", "backend"}, nil)
+	descBackendDr  = prometheus.NewDesc("udpmux_proxy_backend_drained", "1 while the backend takes no new sessions by the operator's word (udpmux backend drain), or for good once the configuration no longer lists it (retired) while sessions live on it.", []string{"listener", "backend"}, nil)
+	descBackendW   = prometheus.NewDesc("udpmux_proxy_backend_weight", "The backend's weight: its share of new sessions among the backends that take them (0 takes none).", []string{"listener", "backend"}, nil)
 	descBackendS   = prometheus.NewDesc("udpmux_proxy_backend_sessions", "Live sessions on the backend.", []string{"listener", "backend"}, nil)
 	descBackendD   = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
 	descUpstreams  = prometheus.NewDesc("udpmux_proxy_upstream_sockets", "Open upstream sockets.", []string{"listener"}, nil)
@@ -148,6 +150,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			addr := b.Addr.String()
 			gauge(descBackendUp, up, name, addr)
+			drained := 0.0
+			if b.Drained {
+				drained = 1
+			}
+			gauge(descBackendDr, drained, name, addr)
+			gauge(descBackendW, float64(b.Weight), name, addr)
 			gauge(descBackendS, float64(b.Sessions), name, addr)
 			counter(descBackendD, b.Downs, name, addr)
 		}

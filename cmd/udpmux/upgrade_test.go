@@ -91,7 +91,7 @@ func (b *recordingBackend) run() {
 func statusOf(sock string) (statusReport, error) {
 	var out bytes.Buffer
 	var st statusReport
-	if err := request(sock, handoff.TypeStatus, &out); err != nil {
+	if err := request(sock, handoff.TypeStatus, nil, &out); err != nil {
 		return st, err
 	}
 	return st, json.Unmarshal(out.Bytes(), &st)
