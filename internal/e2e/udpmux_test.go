@@ -319,11 +319,20 @@ type controlStatus struct {
 }
 
 // proxyStatus is the part of a proxy listener's counters (proxy.Stats) in
-// `udpmux status` the tests use: its recoveries.
+// `udpmux status` the tests use: its recoveries and backends.
 type proxyStatus struct {
 	Recovered, RecoveryProbes, RecoveryRefused, RecoveryFailed uint64
 	Recovering                                                 int64
 	RecoverySockets                                            int
+	Backends                                                   []backendStatus
+}
+
+// backendStatus is the part of proxy.BackendStatus the tests use.
+type backendStatus struct {
+	Addr     netip.AddrPort
+	Drained  bool
+	Weight   int
+	Sessions int64
 }
 
 func (p proxyStatus) String() string {
