@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,24 +72,7 @@ func TestBackendDrainAcrossUpgrades(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "ctl.sock")
 	b1, b2, b3 := "127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"
-	var backends []*recordingBackend
-	err := ns.Do(func() error {
-		for i := range 3 {
-			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7101 + i})
-			if err != nil {
-				return err
-			}
-			backends = append(backends, &recordingBackend{conn: c, sources: map[uint32]map[netip.AddrPort]bool{}})
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range backends {
-		go b.run()
-		defer b.conn.Close()
-	}
+	backends := startRecordingBackends(t, ns, 0, 7101, 7102, 7103)
 	cfgPath := filepath.Join(dir, "udpmux.yaml")
 	writeCfg := func(backends string) {
 		t.Helper()
@@ -109,18 +91,7 @@ listeners:
 		}
 	}
 	writeCfg(fmt.Sprintf("%q, %q", b1, b2))
-	logFile, _ := os.Create(filepath.Join(dir, "udpmux.log"))
-	defer logFile.Close()
-	cmd := ns.Command(bin, "-c", cfgPath)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	lab.Start(cmd)
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if log, _ := os.ReadFile(logFile.Name()); t.Failed() || testing.Verbose() {
-			t.Logf("udpmux log:\n%s", log)
-		}
-	})
+	startInNamespace(t, lab, ns, bin, cfgPath, dir)
 	pid := waitStatus(t, sock, func(statusReport) bool { return true }).PID
 
 	// Clients, each an id and a socket of its own; ask sends one datagram
