@@ -3,10 +3,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
 	"github.com/udpmux/udpmux/proxy"
 )
@@ -79,6 +84,7 @@ func TestBackendDrainAcrossUpgrades(t *testing.T) {
 		text := fmt.Sprintf(`
 workers: 2
 control: {socket: %q}
+metrics: {address: "127.0.0.1:9409"}
 listeners:
   - name: vpn
     address: "127.0.0.1:9400"
@@ -203,9 +209,42 @@ listeners:
 	if !bs[b1].Drained || bs[b1].Sessions != int64(len(first[0])) || bs[b2].Drained || bs[b2].Weight != 3 {
 		t.Fatalf("status: %+v", bs)
 	}
+	var metrics []byte
+	if err := ns.Do(func() error {
+		// Dialled here, in the namespace: http.Get would dial on a
+		// goroutine of its own, outside.
+		c, err := net.DialTimeout("tcp", "127.0.0.1:9409", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(c, "GET /metrics HTTP/1.1\r\nHost: udpmux\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		metrics, err = io.ReadAll(resp.Body)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`udpmux_proxy_backend_drained{backend="127.0.0.1:7101",listener="vpn"} 1`,
+		`udpmux_proxy_backend_drained{backend="127.0.0.1:7102",listener="vpn"} 0`,
+		`udpmux_proxy_backend_weight{backend="127.0.0.1:7101",listener="vpn"} 1`,
+		`udpmux_proxy_backend_weight{backend="127.0.0.1:7102",listener="vpn"} 3`,
+	} {
+		if !bytes.Contains(metrics, []byte(want)) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 
 	// Upgrade 1, same config: drained and weight stay.
-	upgrade(func(bs map[string]proxy.BackendStatus) bool { return bs[b1].Drained && bs[b2].Weight == 3 && !bs[b2].Drained })
+	upgrade(func(bs map[string]proxy.BackendStatus) bool {
+		return bs[b1].Drained && bs[b2].Weight == 3 && !bs[b2].Drained
+	})
 	stillOn("after upgrade 1", first[0], 0)
 	if got := open(20); len(got[0]) != 0 {
 		t.Fatalf("after upgrade 1, drained backend 1 got new sessions: %v", got)
@@ -238,4 +277,52 @@ listeners:
 		bs := backendsOf(st)
 		return bs[b3].Drained && bs[b3].Sessions == 0
 	})
+}
+
+// TestTakeOverFromAnOlderPredecessor: a predecessor that knows no backend
+// state hangs up on the question, as an older udpmux does on a request it
+// does not know; the successor asks again to take over, without the state.
+func TestTakeOverFromAnOlderPredecessor(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ctl.sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan handoff.Type, 2)
+	go func() {
+		for range 2 {
+			uc, err := ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			c := handoff.NewConn(uc)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			typ, _, _, err := c.Recv()
+			if err != nil {
+				uc.Close()
+				return
+			}
+			got <- typ
+			if typ == handoff.TypeHello {
+				c.Send(handoff.TypeReject, []byte("an older udpmux refuses, for the test"), nil)
+			}
+			uc.Close()
+		}
+	}()
+	cfg, err := parseConfig([]byte(fmt.Sprintf("control: {socket: %q, handoff_timeout: 5s}\nlisteners:\n  - {name: e, handler: echo, address: \"127.0.0.1:0\"}\n", sock)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	_, err = takeOver(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err == nil || !strings.Contains(err.Error(), "an older udpmux refuses") {
+		t.Errorf("takeOver: %v; want the predecessor's refusal of the Hello", err)
+	}
+	if a, b := <-got, <-got; a != handoff.TypeBackendState || b != handoff.TypeHello {
+		t.Errorf("the predecessor got %d then %d; want the state request, then a Hello", a, b)
+	}
+	if !strings.Contains(logs.String(), "the predecessor gave no backend state") {
+		t.Errorf("log: %s", logs.String())
+	}
 }
