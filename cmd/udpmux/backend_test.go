@@ -48,6 +48,7 @@ listeners:
 		{"bad sessions", []string{"backend", "drain", "-sessions", "kill", "-c", cfg, "vpn", "127.0.0.1:7101"}, 2, `-sessions "kill" is not keep or close`},
 		{"close with enable", []string{"backend", "enable", "-c", cfg, "vpn", "127.0.0.1:7101", "-sessions", "close"}, 2, "-sessions close goes with drain only"},
 		{"no config", []string{"backend", "drain", "vpn", "127.0.0.1:7101"}, 2, "-c config.yaml is required"},
+		{"sessions elsewhere", []string{"status", "-c", cfg, "-sessions", "close"}, 2, "-sessions goes with udpmux backend drain only"},
 		{"unknown listener", []string{"backend", "drain", "-c", cfg, "web", "127.0.0.1:7101"}, 1, `LISTENER "web": no such proxy listener (the proxies are: vpn)`},
 		{"not a proxy", []string{"backend", "drain", "-c", cfg, "echo", "127.0.0.1:7101"}, 1, `LISTENER "echo" is not a proxy`},
 		{"not its backend", []string{"backend", "enable", "-c", cfg, "vpn", "127.0.0.1:7103"}, 1, "BACKEND 127.0.0.1:7103 is not one of listener vpn's backends (127.0.0.1:7101, 127.0.0.1:7102)"},

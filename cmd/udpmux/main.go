@@ -89,6 +89,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cmd == "backend" {
 		return backendCommand(action, pos, *path, *sock, *sessions, stdout, stderr, fs.Usage)
 	}
+	misplaced := ""
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "sessions" {
+			misplaced = "-sessions goes with udpmux backend drain only"
+		}
+	})
+	if misplaced != "" {
+		fmt.Fprintf(stderr, "udpmux: %s\n", misplaced)
+		return 2
+	}
 	if len(pos) > 0 {
 		fmt.Fprintf(stderr, "udpmux: unexpected argument %q\n", pos[0])
 		fs.Usage()
