@@ -52,7 +52,7 @@ listeners:
 		{"unknown listener", []string{"backend", "drain", "-c", cfg, "web", "127.0.0.1:7101"}, 1, `LISTENER "web": no such proxy listener (the proxies are: vpn)`},
 		{"not a proxy", []string{"backend", "drain", "-c", cfg, "echo", "127.0.0.1:7101"}, 1, `LISTENER "echo" is not a proxy`},
 		{"not its backend", []string{"backend", "enable", "-c", cfg, "vpn", "127.0.0.1:7103"}, 1, "BACKEND 127.0.0.1:7103 is not one of listener vpn's backends (127.0.0.1:7101, 127.0.0.1:7102)"},
-		{"nobody answers", []string{"backend", "drain", "-c", cfg, "vpn", "127.0.0.1:7101", "-sessions", "close"}, 1, "udpmux backend drain: control socket"},
+		{"nobody answers", []string{"backend", "drain", "-c", cfg, "vpn", "127.0.0.1:7101", "--sessions", "close"}, 1, "udpmux backend drain: control socket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
