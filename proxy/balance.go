@@ -87,9 +87,9 @@ const MaxWeight = 1000
 // take new sessions (healthy, not drained, of weight > 0), in proportion to
 // their weights, and keeps per-backend live-session counts.
 //
-// Besides the configured backends it may hold retired ones (Retire): a
-// backend a predecessor's sessions are on that the configuration no longer
-// lists. A retired backend takes no new session; its sessions stay until
+// Besides the configured backends it may hold retired ones: a backend a
+// predecessor's sessions are on that the configuration no longer lists
+// (see Handler.ImportSession). A retired backend takes no new session; its sessions stay until
 // they end. Its index follows the configured backends'.
 //
 // A Balancer is safe for concurrent use. Pick, Opened, Closed, MarkUp (in the
@@ -111,7 +111,7 @@ type Balancer struct {
 	epoch  time.Time // origin of the int64 clock used internally
 
 	backends []backendState
-	// retired are the backends Retire added, in the order it added them;
+	// retired are the backends retire added, in the order it added them;
 	// copied on write, under mu.
 	retired atomic.Pointer[[]*retiredBackend]
 	snap    atomic.Pointer[snapshot]
@@ -150,7 +150,7 @@ type backendState struct {
 	_ [64]byte
 }
 
-// retiredBackend is a backend Retire added.
+// retiredBackend is a backend retire added.
 type retiredBackend struct {
 	addr netip.AddrPort
 	st   backendState
@@ -356,24 +356,24 @@ func (b *Balancer) Closed(backend int) {
 }
 
 // Len returns the number of configured backends; their indexes are 0
-// through Len()-1, and retired backends' follow (see Retire).
+// through Len()-1, and retired backends' follow (see retire).
 func (b *Balancer) Len() int { return len(b.addrs) }
 
-// Backends returns the number of backends, configured and retired: valid
-// backend indexes are 0 through Backends()-1.
-func (b *Balancer) Backends() int { return len(b.addrs) + len(*b.retired.Load()) }
+// count returns the number of backends, configured and retired: valid
+// backend indexes are 0 through count()-1.
+func (b *Balancer) count() int { return len(b.addrs) + len(*b.retired.Load()) }
 
-// Addr returns backend's address.
-func (b *Balancer) Addr(backend int) netip.AddrPort {
+// addr returns backend's address.
+func (b *Balancer) addr(backend int) netip.AddrPort {
 	if backend < len(b.addrs) {
 		return b.addrs[backend]
 	}
 	return (*b.retired.Load())[backend-len(b.addrs)].addr
 }
 
-// Index returns the index of the backend at addr, configured or retired,
+// index returns the index of the backend at addr, configured or retired,
 // and whether there is one.
-func (b *Balancer) Index(addr netip.AddrPort) (int, bool) {
+func (b *Balancer) index(addr netip.AddrPort) (int, bool) {
 	if i := slices.Index(b.addrs, addr); i >= 0 {
 		return i, true
 	}
@@ -385,15 +385,15 @@ func (b *Balancer) Index(addr netip.AddrPort) (int, bool) {
 	return -1, false
 }
 
-// Retire returns the index of a retired backend at addr, added unless
+// retire returns the index of a retired backend at addr, added unless
 // there is one: a backend that sessions are on (a predecessor's) but the
 // configuration no longer lists. It takes no new session and is not
 // watched for health; its sessions stay until they end. added reports
 // whether this call added it. addr must not be a configured backend's.
-func (b *Balancer) Retire(addr netip.AddrPort) (backend int, added bool) {
+func (b *Balancer) retire(addr netip.AddrPort) (backend int, added bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if i, ok := b.Index(addr); ok {
+	if i, ok := b.index(addr); ok {
 		return i, false
 	}
 	old := *b.retired.Load()
@@ -416,7 +416,7 @@ type BackendStatus struct {
 	// takes none.
 	Weight int
 	// Retired is set for a backend the configuration no longer lists whose
-	// sessions live on (see Retire).
+	// sessions live on (see Handler.ImportSession).
 	Retired  bool
 	Sessions int64  // live sessions (Opened minus Closed)
 	Failures int    // consecutive failures since the last success
@@ -430,7 +430,7 @@ type BackendStatus struct {
 func (b *Balancer) Status(backend int) BackendStatus {
 	st := b.state(backend)
 	return BackendStatus{
-		Addr:     b.Addr(backend),
+		Addr:     b.addr(backend),
 		Healthy:  !st.down.Load(),
 		Drained:  st.drained.Load(),
 		Weight:   int(st.weight.Load()),

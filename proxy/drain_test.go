@@ -126,7 +126,7 @@ func hasBoth(on []string) bool {
 func TestHandlerBackendErrors(t *testing.T) {
 	u := newUnit(t, 2, Config{})
 	gone := netip.MustParseAddrPort("127.0.0.1:9")
-	u.h.bal.Retire(gone)
+	u.h.bal.retire(gone)
 	tests := []struct {
 		name string
 		do   func() error

@@ -168,7 +168,7 @@ type Stats struct {
 	UpstreamSockets, ProbeSockets int
 	// Backends is each backend's health, drained state, weight and live
 	// sessions: the configured ones in their order, then the retired ones
-	// (see Balancer.Retire).
+	// (see ImportSession).
 	Backends []BackendStatus
 }
 
@@ -514,7 +514,7 @@ func (h *Handler) Stats() Stats {
 		st.RecoverySockets = h.recovery.sockets.InUse()
 		st.UpstreamSockets += st.RecoverySockets
 	}
-	for i := range h.bal.Backends() {
+	for i := range h.bal.count() {
 		st.Backends = append(st.Backends, h.bal.Status(i))
 	}
 	return st
@@ -558,7 +558,7 @@ func (h *Handler) SetWeight(addr netip.AddrPort, weight int) error {
 
 // configured returns the index of the configured backend at addr.
 func (h *Handler) configured(addr netip.AddrPort) (int, error) {
-	b, ok := h.bal.Index(addr)
+	b, ok := h.bal.index(addr)
 	switch {
 	case !ok:
 		return -1, fmt.Errorf("proxy: %s is not a backend of this listener", addr)
@@ -575,7 +575,7 @@ func (h *Handler) ExportSession(s session.Session) ([]byte, error) {
 	if st == nil {
 		return nil, nil // recovering: the successor refuses it (see ImportSession)
 	}
-	return h.bal.Addr(st.backend).MarshalBinary()
+	return h.bal.addr(st.backend).MarshalBinary()
 }
 
 // StateFixed reports true: a session keeps the backend Open chose, so a
@@ -585,7 +585,7 @@ func (h *Handler) StateFixed() bool { return true }
 // ImportSession adopts a predecessor's session: its upstream socket is the
 // same kernel socket, so the backend sees the same source address:port. A
 // session whose backend the new configuration dropped stays on it: the
-// backend is retired (Balancer.Retire), drained for good, and the session
+// backend is retired, drained for good, and the session
 // ends when it idles out, as a drained backend's do. A session the new
 // limits refuse is refused.
 func (h *Handler) ImportSession(s session.Session, state []byte, sock session.Socket) error {
@@ -606,9 +606,9 @@ func (h *Handler) ImportSession(s session.Session, state []byte, sock session.So
 	if err := h.acquire(src); err != nil {
 		return err
 	}
-	backend, ok := h.bal.Index(addr)
+	backend, ok := h.bal.index(addr)
 	if !ok {
-		backend, _ = h.bal.Retire(addr)
+		backend, _ = h.bal.retire(addr)
 		h.log.Info("backend no longer configured: retired, its sessions stay on it until they idle out", "backend", addr)
 	}
 	u := h.newUpstream(s, sock, backend)
@@ -641,7 +641,7 @@ func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
 	if st == nil {
 		return SessionInfo{}, true // recovering
 	}
-	return SessionInfo{Backend: h.bal.Addr(st.backend), Source: st.sock.LocalAddr()}, true
+	return SessionInfo{Backend: h.bal.addr(st.backend), Source: st.sock.LocalAddr()}, true
 }
 
 // Interface checks.

@@ -313,15 +313,15 @@ func TestBalancerRetire(t *testing.T) {
 		t.Fatal(err)
 	}
 	gone := netip.MustParseAddrPort("10.9.9.9:1194")
-	r, added := b.Retire(gone)
+	r, added := b.retire(gone)
 	if r != 2 || !added {
 		t.Fatalf("Retire = %d, %v; want 2, true", r, added)
 	}
-	if again, added := b.Retire(gone); again != r || added {
+	if again, added := b.retire(gone); again != r || added {
 		t.Fatalf("Retire again = %d, %v; want %d, false", again, added, r)
 	}
-	if i, ok := b.Index(gone); i != r || !ok || b.Addr(r) != gone || b.Backends() != 3 || b.Len() != 2 {
-		t.Fatalf("Index %d %v, Addr %v, Backends %d, Len %d", i, ok, b.Addr(r), b.Backends(), b.Len())
+	if i, ok := b.index(gone); i != r || !ok || b.addr(r) != gone || b.count() != 3 || b.Len() != 2 {
+		t.Fatalf("Index %d %v, Addr %v, Backends %d, Len %d", i, ok, b.addr(r), b.count(), b.Len())
 	}
 	b.Opened(r)
 	for _, k := range sessionKeys(100) {
@@ -373,8 +373,8 @@ func TestBalancerWeightsConcurrent(t *testing.T) {
 					} else {
 						b.Enable(i % 3)
 					}
-					b.Retire(netip.AddrPortFrom(netip.MustParseAddr("10.8.0.1"), uint16(i%10+1)))
-					_ = b.Status(b.Backends() - 1)
+					b.retire(netip.AddrPortFrom(netip.MustParseAddr("10.8.0.1"), uint16(i%10+1)))
+					_ = b.Status(b.count() - 1)
 				}
 			})
 			wg.Wait()
