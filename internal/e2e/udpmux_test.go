@@ -95,6 +95,12 @@ func udpmuxBinary(t testing.TB) string {
 	return buildBin
 }
 
+// raceQuickExit returns the environment for a short udpmux command (validate,
+// drain): built with -race, it would sleep a second before it exits, the
+// race detector's wait for reports from goroutines still running, of which
+// such a command has none.
+func raceQuickExit() []string { return append(os.Environ(), "GORACE=atexit_sleep_ms=0") }
+
 // sourceDir returns the directory of this source file when it is known (an
 // absolute path, i.e. not built with -trimpath), else "" (the working
 // directory, which go test sets to the package's directory).
@@ -201,7 +207,9 @@ func startDaemonWith(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, c
 	if err := os.WriteFile(d.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(bin, "validate", "-c", d.Config).CombinedOutput(); err != nil {
+	validate := exec.Command(bin, "validate", "-c", d.Config)
+	validate.Env = raceQuickExit()
+	if out, err := validate.CombinedOutput(); err != nil {
 		if why := unavailable(string(out)); why != "" {
 			t.Fatalf("%s: `udpmux validate` rejected the config: %v\n%s", why, err, out)
 		}

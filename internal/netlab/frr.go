@@ -56,12 +56,13 @@ type FRR struct {
 // frrStartTimeout bounds each daemon's start (zebra's socket, bgpd's vty).
 const frrStartTimeout = 10 * time.Second
 
-// StartFRR starts zebra, bfdd and bgpd in ns, each reading conf, an
-// integrated configuration (frr.conf: each daemon takes its own commands
-// and passes over the others'), and waits until bgpd answers. The daemons
-// are the lab's processes, stopped at teardown. Their logs (each daemon's
-// standard output: write "log stdout" in conf) and what the router shows
-// are logged when the test fails, or always with UDPMUX_FRR_DUMP set.
+// StartFRR starts zebra, bfdd and bgpd in ns, waits until bgpd answers and
+// configures them with conf, an integrated configuration (frr.conf), as
+// FRR's own start does: vtysh reads it and gives each daemon its commands.
+// The daemons are the lab's processes, stopped at teardown. Their logs
+// (each daemon's standard output: write "log stdout" in conf) and what the
+// router shows are logged when the test fails, or always with
+// UDPMUX_FRR_DUMP set.
 func (l *Lab) StartFRR(ns *Namespace, conf string) *FRR {
 	t := l.t
 	t.Helper()
@@ -76,9 +77,14 @@ func (l *Lab) StartFRR(ns *Namespace, conf string) *FRR {
 		t.Fatal(err)
 	}
 	r := &FRR{t: t, ns: ns, dir: dir}
-	file := filepath.Join(dir, "frr.conf")
-	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
+	// Each daemon starts with nothing but FRR's defaults: a daemon that
+	// reads the whole file itself takes another daemon's "exit" for its
+	// own and loses the rest.
+	boot, file := filepath.Join(dir, "boot.conf"), filepath.Join(dir, "frr.conf")
+	for name, text := range map[string]string{boot: "frr defaults traditional\n", file: conf} {
+		if err := os.WriteFile(name, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("UDPMUX_FRR_DUMP") != "" {
@@ -87,7 +93,7 @@ func (l *Lab) StartFRR(ns *Namespace, conf string) *FRR {
 	})
 	zserv := filepath.Join(dir, "zserv.api")
 	for _, d := range frrDaemons {
-		args := []string{"-f", file, "-i", filepath.Join(dir, d+".pid"), "-z", zserv, "--vty_socket", dir}
+		args := []string{"-f", boot, "-i", filepath.Join(dir, d+".pid"), "-z", zserv, "--vty_socket", dir}
 		if d == "bfdd" {
 			args = append(args, "--bfdctl", filepath.Join(dir, "bfdd.sock"))
 		}
@@ -115,6 +121,9 @@ func (l *Lab) StartFRR(ns *Namespace, conf string) *FRR {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	if out, err := r.vtyshArgs("-f", file); err != nil {
+		t.Fatalf("netlab: FRR's configuration: %v\n%s", err, out)
+	}
 	return r
 }
 
@@ -139,19 +148,32 @@ func (r *FRR) DumpLogs() {
 
 // Vtysh runs one vtysh command against the router's daemons and returns
 // what it printed.
-func (r *FRR) Vtysh(command string) (string, error) {
+func (r *FRR) Vtysh(command string) (string, error) { return r.vtyshArgs("-c", command) }
+
+// vtyshArgs runs vtysh with args against the router's daemons.
+func (r *FRR) vtyshArgs(args ...string) (string, error) {
 	vtysh, err := LookPath("vtysh")
 	if err != nil {
 		return "", err
 	}
 	var out, errb bytes.Buffer
-	cmd := exec.Command(vtysh, "--vty_socket", r.dir, "-c", command)
+	cmd := exec.Command(vtysh, append([]string{"--vty_socket", r.dir}, args...)...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.WaitDelay = time.Second
 	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("vtysh -c %q: %v: %s", command, err, strings.TrimSpace(errb.String()))
+		return out.String(), fmt.Errorf("vtysh %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
 	}
 	return out.String(), nil
+}
+
+// Configure runs commands in vtysh's configuration mode, as lines of
+// frr.conf would be.
+func (r *FRR) Configure(commands ...string) (string, error) {
+	args := []string{"-c", "configure terminal"}
+	for _, c := range commands {
+		args = append(args, "-c", c)
+	}
+	return r.vtyshArgs(args...)
 }
 
 // VtyshJSON runs a vtysh command that prints JSON and decodes it into v.
