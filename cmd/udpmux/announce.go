@@ -176,39 +176,41 @@ func (a *announcer) shutdown() {
 	}
 }
 
+// successorDialDelay is how long after a handoff the predecessor's speaker
+// stops, between two bounds that the successor's speaker sets. It starts
+// when the successor has taken over, and GoBGP dials a peer 1.5 to 2 s
+// after it is added (0.75 to 1 times its minimum connect retry of 2 s):
+//   - The predecessor's session must be closed by then: a router such as
+//     FRR that gets the successor's OPEN while the predecessor's session is
+//     up closes the old session but refuses the new one as a collision, and
+//     GoBGP then waits 5 s more.
+//   - The router's BFD session, whose packets stop with the predecessor,
+//     must have gone down before the successor's session is up (after
+//     maxHandoverBFD): a BFD session that goes down resets the BGP session
+//     it serves, the successor's.
+//   - The routers hold the routes as stale from the stop until the
+//     successor's session is up: 1.2 to 1.7 s, within the restart time
+//     (minRestartTime).
+const successorDialDelay = 300 * time.Millisecond
+
+// maxHandoverBFD bounds a peer's BFD detection time (interval times
+// multiplier) with graceful restart (see successorDialDelay).
+const maxHandoverBFD = time.Second
+
 // handOver holds the announcements as they are, for a successor process
 // that has taken the listeners over and starts its own speaker, marked as
-// restarting (bgp.GracefulRestart.Restarting). A router that is a graceful
-// restart helper closes this speaker's sessions when the successor's open
-// (RFC 4724, 4.2), keeping the routes; once no session of this speaker is
-// up, or after wait, it stops without a NOTIFICATION, so that the routers
-// keep the routes for the successor. It returns when the speaker has
-// stopped.
-func (a *announcer) handOver(wait time.Duration) {
+// restarting (bgp.GracefulRestart.Restarting); after delay it stops the
+// speaker without a NOTIFICATION, so that the routers keep the routes,
+// marked stale, until the successor's speaker announces them again (see
+// successorDialDelay). It returns when the speaker has stopped.
+func (a *announcer) handOver(delay time.Duration) {
 	a.mu.Lock()
 	a.held = heldHandedOver
 	a.mu.Unlock()
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) && a.anyEstablished() {
-		time.Sleep(syncInterval / 4) // polls GoBGP's state: it has no event to wait on here
-	}
+	time.Sleep(delay)
 	if err := a.sp.Stop(true); err != nil {
 		a.log.Error("bgp: stop for the successor", "err", err)
 	}
-}
-
-// anyEstablished reports whether a session of the speaker is up.
-func (a *announcer) anyEstablished() bool {
-	peers, err := a.sp.Peers()
-	if err != nil {
-		return false
-	}
-	for _, p := range peers {
-		if p.State == bgp.StateEstablished {
-			return true
-		}
-	}
-	return false
 }
 
 // bgpStatus is the bgp part of `udpmux status`.

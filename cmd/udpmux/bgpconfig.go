@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -56,6 +57,10 @@ type announceConfig struct {
 	Communities []string `mapstructure:"communities"`
 	MED         *int64   `mapstructure:"med"`
 }
+
+// minRestartTime bounds bgp.graceful_restart.restart_time from below (see
+// successorDialDelay).
+const minRestartTime = 2 * time.Second
 
 // bgpDefaults are the bgp section's defaults (see defaults). Graceful
 // restart is on, with a restart time short enough that a host killed
@@ -179,10 +184,21 @@ func (b *bgpFileConfig) speakerConfig(c *bgp.Config) error {
 	c.GracefulRestart.Enabled = b.GracefulRestart.Enabled
 	if b.GracefulRestart.Enabled {
 		d, err := time.ParseDuration(b.GracefulRestart.RestartTime)
-		if err != nil || d < time.Second || d > bgp.MaxRestartTime || d%time.Second != 0 {
-			return fmt.Errorf("bgp.graceful_restart.restart_time: %q is not whole seconds from 1s to %v", b.GracefulRestart.RestartTime, bgp.MaxRestartTime)
+		if err != nil || d < minRestartTime || d > bgp.MaxRestartTime || d%time.Second != 0 {
+			return fmt.Errorf("bgp.graceful_restart.restart_time: %q is not whole seconds from %v to %v (an upgrade's successor takes up to 2s to take the routes over)",
+				b.GracefulRestart.RestartTime, minRestartTime, bgp.MaxRestartTime)
 		}
 		c.GracefulRestart.RestartTime = d
+		for i, p := range c.Peers {
+			if p.BFD == nil {
+				continue
+			}
+			bfd := p.BFD
+			detect := time.Duration(cmp.Or(bfd.Multiplier, bgp.DefaultBFDMultiplier)) * max(cmp.Or(bfd.TxInterval, bgp.DefaultBFDInterval), cmp.Or(bfd.RxInterval, bgp.DefaultBFDInterval))
+			if detect > maxHandoverBFD {
+				return fmt.Errorf("bgp.peers[%d].bfd: detection time %v (interval × multiplier) is over %v: with graceful restart, the router's BFD would reset an upgrade's successor's session when the predecessor's BFD stops", i, detect, maxHandoverBFD)
+			}
+		}
 	}
 	// What the helpers above do not check, with the speaker's defaults.
 	if err := c.Validate(); err != nil {

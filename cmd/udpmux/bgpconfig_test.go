@@ -101,7 +101,8 @@ func TestFleetConfigErrorsNameTheKey(t *testing.T) {
 		{"BFD interval", host("interval: 300ms", "interval: 1ms"), `bgp.peers[0].bfd.interval: "1ms" is not a duration from 10ms to 10s`},
 		{"BFD multiplier", host("multiplier: 3", "multiplier: 300"), "bgp.peers[0].bfd.multiplier: 300 is not from 1 to 255"},
 		{"no peer of the VIP's family", v6Host, "no bgp.peers address of 2001:db8::100/128's family"},
-		{"restart time", fleetHost + "  graceful_restart: {restart_time: 500ms}\n", `bgp.graceful_restart.restart_time: "500ms" is not whole seconds from 1s to`},
+		{"restart time", fleetHost + "  graceful_restart: {restart_time: 1s}\n", `bgp.graceful_restart.restart_time: "1s" is not whole seconds from 2s to`},
+		{"slow BFD", host("interval: 300ms", "interval: 500ms"), "bgp.peers[0].bfd: detection time 1.5s (interval × multiplier) is over 1s"},
 		{"drain quiet", fleetHost + "  drain_quiet: 1m\n", "bgp.drain_quiet: 1m0s is longer than bgp.drain_timeout (30s)"},
 		{"drain timeout", fleetHost + "  drain_timeout: never\n", `bgp.drain_timeout: "never" is not a positive duration`},
 	}

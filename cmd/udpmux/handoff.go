@@ -39,7 +39,7 @@ func (c *control) handoff(uc *net.UnixConn) {
 	if err == nil && c.ann != nil {
 		// The successor's speaker takes the routes over.
 		go func() {
-			c.ann.handOver(c.cfg.handoffTimeout)
+			c.ann.handOver(successorDialDelay)
 			close(c.handedOver)
 		}()
 	}
