@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -45,6 +46,7 @@ const (
 	fleetFlowsUp      = 20 * time.Second       // for every flow's first answer
 	fleetExitTimeout  = 5 * time.Second        // for a killed or drained udpmux to be gone
 	fleetUpgradePoll  = 50 * time.Millisecond  // between two looks at the router during an upgrade
+	fleetBFDUp        = 10 * time.Second       // for BFD to be up with every serving host at the end
 )
 
 // fleetRun is the fleet test's state: the lab, the flows, what each began
@@ -58,7 +60,6 @@ type fleetRun struct {
 	backend     []string
 	backendAddr []netip.AddrPort
 	wg          *wgLab // the WireGuard devices, for their state
-	wgStart     wgState
 	vpn         *vpnLab // the OpenVPN servers, for their status files
 	ups         []upResult
 	quic        []*fleetQUICClient
@@ -74,7 +75,6 @@ type fleetQUICConn struct {
 // fleetSnapshot is what the run's programs report at one moment, to tell
 // what an event changed.
 type fleetSnapshot struct {
-	at           time.Time
 	wg           wgState
 	ovpnInits    []int // per OpenVPN client (ups)
 	ovpnRestarts []int
@@ -106,12 +106,10 @@ func TestFleet(t *testing.T) {
 // every host, then the clients, and waits until every flow is answered.
 func setupFleet(t *testing.T) *fleetRun {
 	t.Helper()
-	dir0 := t.TempDir()
-	echoBin, clientBin := quicPrograms(t, dir0)
 	f := newFleetLab(t)
 	r := &fleetRun{t: t, f: f}
-	dir := f.dir
-	lab := f.lab
+	dir, lab := f.dir, f.lab
+	echoBin, clientBin := quicPrograms(t, dir)
 
 	// The backends: WireGuard (one key, every client a peer), OpenVPN
 	// (one PKI), quicecho (one QUIC-LB configuration).
@@ -231,12 +229,12 @@ func setupFleet(t *testing.T) *fleetRun {
 	time.Sleep(fleetHold) // a warm-up: every flow settled on its host and backend
 
 	// What every flow began on.
-	r.wgStart = r.wg.state()
+	wgStart := r.wg.state()
 	for i := range r.wg.clients {
-		if err := r.wgStart.servedErrs[i]; err != nil {
+		if err := wgStart.servedErrs[i]; err != nil {
 			t.Fatalf("at the start: %v", err)
 		}
-		b := r.wgStart.servedBy[i]
+		b := wgStart.servedBy[i]
 		r.backend = append(r.backend, r.wg.backends[b].Name)
 		r.backendAddr = append(r.backendAddr, r.wg.backends[b].Listen)
 	}
@@ -273,7 +271,7 @@ func setupFleet(t *testing.T) *fleetRun {
 // snapshot records what the programs report now.
 func (r *fleetRun) snapshot() fleetSnapshot {
 	r.t.Helper()
-	s := fleetSnapshot{at: time.Now(), wg: r.wg.state()}
+	s := fleetSnapshot{wg: r.wg.state()}
 	for _, u := range r.ups {
 		log, _ := readFile(u.client.Log)
 		inits, restarts := openvpnEvents(log)
@@ -592,11 +590,19 @@ func (r *fleetRun) drainHost() {
 		}
 	}
 	h.d = nil
-	t.Logf("drain: `udpmux drain` on %s (pid %d, carrying %d flows) answered %q after %v; the router dropped %s %v after the command began; udpmux exited %v after that",
-		h, pid, n, strings.TrimSpace(string(out)), answered.Sub(at).Round(time.Millisecond), h, routed.Sub(at).Round(time.Millisecond), exited.Sub(routed).Round(time.Millisecond))
+	took := "?"
+	if m := drainedRE.FindSubmatch(log); m != nil {
+		took = string(m[1])
+	}
+	t.Logf("drain: `udpmux drain` on %s (pid %d, carrying %d flows) answered %q after %v; the router dropped %s %v after the command began; "+
+		"udpmux logged that it was quiet %s after the drain began, and was gone %v after the router's change",
+		h, pid, n, strings.TrimSpace(string(out)), answered.Sub(at).Round(time.Millisecond), h, routed.Sub(at).Round(time.Millisecond), took, exited.Sub(routed).Round(time.Millisecond))
 	r.measure(fleetEvent{name: fmt.Sprintf("drain %s", h), at: at, routed: routed, split: routed,
 		maxRecovery: routed.Sub(at) + fleetRecover, maxGap: fleetRecover}, b)
 }
+
+// drainedRE finds how long a drain took in udpmux's log.
+var drainedRE = regexp.MustCompile(`msg="drained: [^"]*"[^\n]* took=(\S+)`)
 
 // upgradeHost is scenario 4: udpmux on the serving host that carries the
 // most flows gets SIGUSR2 and hands over to a successor, whose speaker
@@ -673,7 +679,48 @@ func (r *fleetRun) finish() {
 		}
 	}
 	checkClientsUndisturbed(t, r.ups)
+	r.checkBFD()
 	stopHosts(t, r.f.serving())
+}
+
+// checkBFD checks that after all the events every serving host's session
+// with the router is up with BFD up on both sides, within fleetBFDUp: a
+// host whose BFD stayed down (after its upgrade, say) would stay in the
+// router's ECMP set for the hold time when cut off.
+func (r *fleetRun) checkBFD() {
+	t := r.t
+	start := time.Now()
+	deadline := start.Add(fleetBFDUp)
+	for {
+		var problems []string
+		peers, err := r.f.frr.BFDPeers()
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
+		for _, h := range r.f.serving() {
+			st, err := bgpStatus(h.sock)
+			switch {
+			case err != nil:
+				problems = append(problems, fmt.Sprintf("%s: %v", h, err))
+			case !st.established() || st.Peers[0].BFD != "up":
+				problems = append(problems, fmt.Sprintf("%s: %v", h, st))
+			}
+			if !slices.ContainsFunc(peers, func(p netlab.BFDPeer) bool { return p.Peer == h.Addr.String() && p.Status == "up" }) {
+				problems = append(problems, fmt.Sprintf("the router's BFD session with %s is not up: %+v", h, peers))
+			}
+		}
+		if len(problems) == 0 {
+			t.Logf("BGP and BFD up between the router and hosts %v, %v after the last event was measured", hostNumbers(r.f.serving()), time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, p := range problems {
+				t.Errorf("after the events, within %v: %s", fleetBFDUp, p)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // stopHosts stops the hosts' udpmux processes (daemon.Stop) all at once:
