@@ -59,7 +59,7 @@ type fleetRun struct {
 	// backendAddr the address udpmux sends the flow's datagrams to there.
 	backend     []string
 	backendAddr []netip.AddrPort
-	wg          *wgLab // the WireGuard devices, for their state
+	wg          *wgLab  // the WireGuard devices, for their state
 	vpn         *vpnLab // the OpenVPN servers, for their status files
 	ups         []upResult
 	quic        []*fleetQUICClient
