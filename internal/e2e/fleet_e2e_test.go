@@ -395,9 +395,13 @@ func (r *fleetRun) check(ev fleetEvent, before fleetSnapshot, carriersBefore []i
 	if !ev.routed.IsZero() {
 		detection = fmt.Sprintf("the router changed %v after it", ev.routed.Sub(ev.at).Round(time.Millisecond))
 	}
-	t.Logf("%s: %s; %d of %d flows moved to another host; longest gap %v; %d requests lost (%d of them sent after %v); "+
+	late := ""
+	if !ev.split.IsZero() {
+		late = fmt.Sprintf(" (%d of them sent after the router's change)", lostLate)
+	}
+	t.Logf("%s: %s; %d of %d flows moved to another host; longest gap %v; %d requests lost%s; "+
 		"%d WireGuard handshake messages, %d OpenVPN renegotiations, %d new tunnel addresses, %d QUIC connections lost, %d backend changes; per flow:\n%s",
-		ev.name, detection, moved, len(r.flows), worst.Round(time.Millisecond), lostTotal, lostLate, cmpTime(ev.split, ev.at).Sub(ev.at).Round(time.Millisecond),
+		ev.name, detection, moved, len(r.flows), worst.Round(time.Millisecond), lostTotal, late,
 		handshakes, renegotiations, newAddrs, quicLost, backendChanges, strings.Join(lines, "\n"))
 }
 
