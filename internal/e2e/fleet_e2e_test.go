@@ -653,8 +653,12 @@ func (r *fleetRun) upgradeHost() {
 	if len(last.Withdrawals) != 0 {
 		t.Errorf("upgrade of %s: the successor withdrew %v", h, last.Withdrawals)
 	}
+	// Nothing may be lost; a gap may be longer than a recovery's: the
+	// successor's start under the race detector, on two cores shared with
+	// every program of the lab, has held all flows back (not only the
+	// host's) for up to 0.9 s.
 	r.measure(fleetEvent{name: fmt.Sprintf("upgrade %s", h), at: at,
-		maxRecovery: fleetRecover, maxGap: fleetRecover, noLoss: true}, b)
+		maxRecovery: fleetRecover, maxGap: 2 * fleetRecover, noLoss: true}, b)
 }
 
 // finish stops the clients and the hosts and checks what they report of
