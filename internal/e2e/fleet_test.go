@@ -169,15 +169,21 @@ func (f *fleetLab) addClient(label string) (*netlab.Namespace, netip.Addr) {
 }
 
 // startRouter starts FRR in the router's namespace with
-// configs/fleet/frr.conf as it is.
+// configs/fleet/frr.conf as it is, but for its logging to syslog: the
+// machine's, shared by every namespace.
 func (f *fleetLab) startRouter() {
 	f.t.Helper()
 	netlab.RequireFRR(f.t)
-	conf, err := os.ReadFile(fleetConfigFile("frr.conf"))
+	b, err := os.ReadFile(fleetConfigFile("frr.conf"))
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	f.frr = f.lab.StartFRR(f.router, string(conf))
+	const syslog = "log syslog informational\n"
+	conf := string(b)
+	if !strings.Contains(conf, syslog) {
+		f.t.Fatalf("configs/fleet/frr.conf lacks %q, which the fleet test leaves out", syslog)
+	}
+	f.frr = f.lab.StartFRR(f.router, strings.Replace(conf, syslog, "", 1))
 	// What bgpd did with the hosts' sessions, for the logs of a failure:
 	// debugging is no part of the file an operator copies.
 	if out, err := f.frr.Configure("log stdout debugging", "debug bgp neighbor-events", "debug bgp graceful-restart", "debug bgp updates in"); err != nil {
