@@ -26,11 +26,26 @@ func printStatusText(sock string, out io.Writer) error {
 	if err := request(sock, handoff.TypeStatus, &buf); err != nil {
 		return err
 	}
-	var st statusReport
-	if err := json.Unmarshal(buf.Bytes(), &st); err != nil {
+	st, err := decodeStatus(buf.Bytes())
+	if err != nil {
 		return fmt.Errorf("control socket %s: status: %w", sock, err)
 	}
 	return writeStatusText(out, &st, time.Now())
+}
+
+// decodeStatus reads a status report. A udpmux from before the keys were
+// snake_case (an upgrade not yet done) answers with the counters under
+// their Go names, which would read as zeros: it is refused rather than
+// summed up wrong.
+func decodeStatus(b []byte) (statusReport, error) {
+	var st statusReport
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, err
+	}
+	if bytes.Contains(b, []byte(`"RxDatagrams":`)) {
+		return st, fmt.Errorf("the udpmux serving (version %s, pid %d) is older than this command and names its counters otherwise: use udpmux status -o json", st.Version, st.PID)
+	}
+	return st, nil
 }
 
 // writeStatusText writes the summary of st at now: the process, then a

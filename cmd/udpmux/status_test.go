@@ -140,3 +140,31 @@ func TestOutputFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeStatus: the summary reads the JSON the daemon writes, and
+// refuses that of a udpmux from before its keys were snake_case rather
+// than print its counters as zeros.
+func TestDecodeStatus(t *testing.T) {
+	tests := []struct {
+		name, json string
+		err        string
+		rx         uint64
+	}{
+		{"snake_case", `{"pid": 9, "listeners": [{"name": "a", "rx_datagrams": 4}]}`, "", 4},
+		{"Go names", `{"pid": 9, "version": "v0.9", "Listeners": [{"Name": "a", "RxDatagrams": 4}]}`,
+			"the udpmux serving (version v0.9, pid 9) is older than this command", 0},
+		{"not JSON", `pid 9`, "invalid character", 0},
+	}
+	for _, tc := range tests {
+		st, err := decodeStatus([]byte(tc.json))
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: error %v; want %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || len(st.Listeners) != 1 || st.Listeners[0].RxDatagrams != tc.rx {
+			t.Errorf("%s: %+v, %v", tc.name, st, err)
+		}
+	}
+}
