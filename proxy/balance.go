@@ -405,23 +405,24 @@ func (b *Balancer) retire(addr netip.AddrPort) (backend int, added bool) {
 }
 
 // BackendStatus is a point-in-time view of one backend, for metrics and
-// status pages.
+// status pages; its JSON keys are in snake_case, the address's "address"
+// as a listener's is.
 type BackendStatus struct {
-	Addr    netip.AddrPort // as configured
-	Healthy bool           // not marked down (see MarkDown)
+	Addr    netip.AddrPort `json:"address"` // as configured
+	Healthy bool           `json:"healthy"` // not marked down (see MarkDown)
 	// Drained is set while the backend takes no new sessions by the
 	// operator's word (Drain), or for good when it is Retired.
-	Drained bool
+	Drained bool `json:"drained"`
 	// Weight is its share of new sessions among those that take them; 0
 	// takes none.
-	Weight int
+	Weight int `json:"weight"`
 	// Retired is set for a backend the configuration no longer lists whose
 	// sessions live on (see Handler.ImportSession).
-	Retired  bool
-	Sessions int64  // live sessions (Opened minus Closed)
-	Failures int    // consecutive failures since the last success
-	Downs    uint64 // transitions to down
-	Ups      uint64 // transitions back to healthy, after back-off or on success
+	Retired  bool   `json:"retired"`
+	Sessions int64  `json:"sessions"` // live sessions (Opened minus Closed)
+	Failures int    `json:"failures"` // consecutive failures since the last success
+	Downs    uint64 `json:"downs"`    // transitions to down
+	Ups      uint64 `json:"ups"`      // transitions back to healthy, after back-off or on success
 }
 
 // Status returns the current status of backend without taking a lock; the
