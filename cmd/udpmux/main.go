@@ -262,6 +262,9 @@ func serve(cfg *config, stderr io.Writer) error {
 	}
 	log := slog.New(handler)
 	cfg.mux.Logger = log
+	// The proxies, built with the config before the log's format was known,
+	// log through the default logger: make it this one.
+	slog.SetDefault(log)
 	var sessions *sessionLog
 	if cfg.sessionLog != nil {
 		sessions = newSessionLog(*cfg.sessionLog, cfg.mux.Listeners, log)
