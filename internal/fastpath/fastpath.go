@@ -1,0 +1,232 @@
+// Package fastpath makes the kernel forward the data datagrams of
+// established proxy sessions, while everything that needs a decision stays in
+// udpmux: an nftables table of udpmux's own, whose map elements rewrite a
+// session's datagrams to the addresses the userspace path uses (client ↔
+// listener address, udpmux's upstream address:port ↔ backend), keyed on the
+// full 4-tuples both ways and on the protocol's type byte, so that control
+// messages (WireGuard handshakes, OpenVPN control opcodes, QUIC long
+// headers) and datagrams from any other address still reach udpmux.
+//
+// How the kernel forwards (see nft_linux.go): a datagram that matches a
+// session's element in the prerouting hook, before conntrack, is untracked,
+// marked (Mark) and gets its destination rewritten, so that the kernel
+// routes it on to the backend (or the client); in the postrouting hook a
+// marked datagram gets its source rewritten by a second map, keyed on the
+// rewritten 4-tuple, and loses the mark. A datagram that enters the host
+// with the rewritten addresses but without the mark (a forger sending
+// straight to the backend through this host) is not touched: only what
+// passed the first match, on the full original 4-tuple, is rewritten.
+//
+// Elements carry counters, which a Table polls off the packet path; a
+// Table installs, moves and removes elements from one goroutine in
+// nftables transactions, at a bounded rate and up to a bounded number. The
+// table outlives the process that made it, so that the kernel keeps
+// forwarding across an upgrade or a crash; the next process adopts it (see
+// Open) and one that stops for good removes it (Table.Close).
+package fastpath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Kind says which datagrams of a session are data, forwarded by the
+// kernel; the others go to udpmux.
+type Kind uint8
+
+// The kinds, by the listener's dissector.
+const (
+	// Any: every datagram of the session (dissector flow).
+	Any Kind = iota
+	// WireGuard: transport messages (type 4, reserved bytes zero); the
+	// handshake initiation, response and cookie reply (types 1–3) go to
+	// udpmux.
+	WireGuard
+	// OpenVPN: P_DATA_V2 (opcode 9, any key ID); control packets, acks and
+	// P_DATA_V1 go to udpmux.
+	OpenVPN
+	// QUIC: short-header packets (header form 0, fixed bit 1); long headers
+	// (Initial, Handshake, 0-RTT, Retry) and version negotiation go to
+	// udpmux.
+	QUIC
+	numKinds
+)
+
+var kindNames = [numKinds]string{"any", "wireguard", "openvpn", "quic"}
+
+// String returns the kind's name, as the table's map names use it.
+func (k Kind) String() string {
+	if k < numKinds {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind%d", uint8(k))
+}
+
+// Flow is what the kernel needs to forward one session both ways with the
+// userspace path's addresses.
+type Flow struct {
+	Kind Kind
+	// Client is the session's client; Local the listener address it
+	// writes to.
+	Client, Local netip.AddrPort
+	// Source is the local address of the session's upstream socket, the
+	// client as the backend sees it; Backend the backend.
+	Source, Backend netip.AddrPort
+}
+
+// valid reports whether the kernel can forward f: IPv4 addresses only (the
+// table is of family ip), no port 0, and a backend on another host: a
+// datagram to a local backend is delivered, not routed, and the
+// postrouting rewrite would never see it.
+func (f Flow) valid() error {
+	for _, a := range [...]netip.AddrPort{f.Client, f.Local, f.Source, f.Backend} {
+		if !a.Addr().Unmap().Is4() || a.Port() == 0 {
+			return fmt.Errorf("fastpath: %s: only IPv4 addresses with a port are forwarded", a)
+		}
+	}
+	if f.Kind >= numKinds {
+		return fmt.Errorf("fastpath: unknown kind %d", f.Kind)
+	}
+	if b := f.Backend.Addr().Unmap(); b.IsLoopback() || b == f.Source.Addr().Unmap() {
+		return ErrLocalBackend
+	}
+	return nil
+}
+
+// unmap returns f with IPv4-mapped IPv6 addresses as IPv4 ones.
+func (f Flow) unmap() Flow {
+	u := func(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+	return Flow{Kind: f.Kind, Client: u(f.Client), Local: u(f.Local), Source: u(f.Source), Backend: u(f.Backend)}
+}
+
+// ErrLocalBackend: the session's backend is on this host (or is a
+// loopback address), where the kernel delivers datagrams instead of routing
+// them; such sessions stay in userspace.
+var ErrLocalBackend = errors.New("fastpath: the backend is on this host: its datagrams are delivered, not routed, so the kernel cannot forward them")
+
+// Counts are what the kernel forwarded for a session: from the client
+// (Rx) and to it (Tx).
+type Counts struct {
+	RxPackets, RxBytes, TxPackets, TxBytes uint64
+}
+
+// Sub returns c - o, field by field.
+func (c Counts) Sub(o Counts) Counts {
+	return Counts{c.RxPackets - o.RxPackets, c.RxBytes - o.RxBytes, c.TxPackets - o.TxPackets, c.TxBytes - o.TxBytes}
+}
+
+// Add returns c + o, field by field.
+func (c Counts) Add(o Counts) Counts {
+	return Counts{c.RxPackets + o.RxPackets, c.RxBytes + o.RxBytes, c.TxPackets + o.TxPackets, c.TxBytes + o.TxBytes}
+}
+
+// Zero reports whether nothing was counted.
+func (c Counts) Zero() bool { return c == Counts{} }
+
+// State is where an Entry stands.
+type State uint32
+
+// The states of an Entry.
+const (
+	// Pending: queued, not in the kernel yet.
+	Pending State = iota
+	// Installed: the kernel forwards the session's data.
+	Installed
+	// Refused: not installed, and it will not be: its keys clash with
+	// another session's, or the kernel refused the elements. The session
+	// stays in userspace.
+	Refused
+	// Removed: taken out of the kernel (or never put in).
+	Removed
+)
+
+var stateNames = [...]string{"pending", "installed", "refused", "removed"}
+
+// String returns the state's name.
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "unknown"
+}
+
+// Config configures a Table.
+type Config struct {
+	// Name is the nftables table's name (family ip); empty means "udpmux".
+	Name string
+	// Max bounds the sessions the kernel forwards (sessions.max); 0 means
+	// DefaultMax.
+	Max int
+	// Rate bounds installs per second, in bursts of a tenth of it, so that
+	// a flood of new sessions never becomes a flood of netlink messages;
+	// 0 means DefaultRate. Moves and removals are not rationed.
+	Rate int
+	// Kinds are the kinds of sessions this process offloads; the table
+	// matches the type bytes of these only (and of those it adopts).
+	Kinds []Kind
+	// Poll is how often element counters are read (and the table
+	// reconciled with the kernel); 0 means DefaultPoll.
+	Poll time.Duration
+	// OrphanIdle is how long an adopted element that no session claims
+	// stays while the kernel forwards nothing for it; 0 means
+	// DefaultOrphanIdle.
+	OrphanIdle time.Duration
+	// TTL is written into every datagram the kernel forwards, as the
+	// userspace path's sockets send them; 0 means the host's
+	// net.ipv4.ip_default_ttl.
+	TTL uint8
+}
+
+// Defaults of Config.
+const (
+	DefaultName       = "udpmux"
+	DefaultMax        = 1 << 20
+	DefaultRate       = 2000
+	DefaultPoll       = time.Second
+	DefaultOrphanIdle = 3 * time.Minute
+)
+
+// Mark is the packet mark bit that the table sets on a datagram it
+// rewrites in prerouting and clears in postrouting. Other rules of the
+// host must neither set nor clear it.
+const Mark = 0x10000000
+
+// Stats are a Table's counters. The JSON keys are the fields' names in
+// snake_case.
+type Stats struct {
+	// Offloaded is the number of sessions the kernel forwards now, of which
+	// Adopted were found in the table when this process started and no
+	// session of this process has claimed yet.
+	Offloaded int `json:"offloaded"`
+	Adopted   int `json:"adopted"`
+	// Installs, Moves and Removals count the transactions' changes;
+	// Errors netlink transactions that failed.
+	Installs uint64 `json:"installs"`
+	Moves    uint64 `json:"moves"`
+	Removals uint64 `json:"removals"`
+	Errors   uint64 `json:"errors"`
+	// RefusedFull counts offloads refused by Max, RefusedConflict those
+	// whose keys another session's elements hold, RefusedLocal those of
+	// sessions whose backend is on this host or that are not IPv4;
+	// Deferred installs put off by Rate (they go in later).
+	RefusedFull     uint64 `json:"refused_full"`
+	RefusedConflict uint64 `json:"refused_conflict"`
+	RefusedLocal    uint64 `json:"refused_local"`
+	Deferred        uint64 `json:"deferred"`
+	// OrphansRemoved counts adopted sessions removed: idle for
+	// OrphanIdle, or replaced by a session of this process for the same
+	// client; Strays elements of no session deleted (left by a
+	// predecessor's incomplete transaction or a failed one).
+	OrphansRemoved uint64 `json:"orphans_removed"`
+	Strays         uint64 `json:"strays"`
+	// Forwarded is what the kernel forwarded for the sessions it forwards
+	// now (and those it forwarded since this process started).
+	RxPackets uint64 `json:"rx_datagrams"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	TxPackets uint64 `json:"tx_datagrams"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	// Polls counts the reads of the counters.
+	Polls uint64 `json:"polls"`
+}
