@@ -49,6 +49,8 @@ type sess struct {
 	// Counters have one writer, the owning loop, so Store(Load()+n) is
 	// enough and avoids a locked instruction per datagram.
 	rxPackets, rxBytes, txPackets, txBytes atomic.Uint64
+	// kernel counts, of the above, what the kernel forwarded (Forwarded).
+	kernel [4]atomic.Uint64
 
 	// opened is set once the handler has accepted the session, closed once
 	// it has ended. A restart's early copy reads sessions from another
@@ -182,7 +184,23 @@ func (s *sess) Stats() session.Stats {
 	return session.Stats{
 		RxPackets: s.rxPackets.Load(), RxBytes: s.rxBytes.Load(),
 		TxPackets: s.txPackets.Load(), TxBytes: s.txBytes.Load(),
+		KernelRxPackets: s.kernel[0].Load(), KernelRxBytes: s.kernel[1].Load(),
+		KernelTxPackets: s.kernel[2].Load(), KernelTxBytes: s.kernel[3].Load(),
 		Created: s.created, LastSeen: s.lastSeen(), IdleTimeout: s.idle, Loop: s.loop.id,
+	}
+}
+
+// Forwarded counts what the kernel forwarded for s; owning loop.
+func (s *sess) Forwarded(rxPackets, rxBytes, txPackets, txBytes uint64) {
+	for i, n := range [...]uint64{rxPackets, rxBytes, txPackets, txBytes} {
+		s.kernel[i].Store(s.kernel[i].Load() + n)
+	}
+	s.rxPackets.Store(s.rxPackets.Load() + rxPackets)
+	s.rxBytes.Store(s.rxBytes.Load() + rxBytes)
+	s.txPackets.Store(s.txPackets.Load() + txPackets)
+	s.txBytes.Store(s.txBytes.Load() + txBytes)
+	if rxPackets > 0 {
+		s.anchorEntry().Touch(clock() + int64(s.idle))
 	}
 }
 

@@ -98,7 +98,7 @@ func (l *loop) dial(s *sess, addr netip.AddrPort, opts session.DialOptions) (*so
 	if _, ok := s.handler.(session.UpstreamHandler); !ok {
 		return nil, fmt.Errorf("%w (%T)", errNotUpstream, s.handler)
 	}
-	sock, err := udpsys.DialUDP(addr, udpsys.ListenConfig{RecvBuffer: opts.RecvBuffer, SendBuffer: opts.SendBuffer})
+	sock, err := udpsys.DialUDPFrom(opts.Local, addr, udpsys.ListenConfig{RecvBuffer: opts.RecvBuffer, SendBuffer: opts.SendBuffer})
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}

@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/fastpath"
 	"github.com/udpmux/udpmux/session"
 )
 
@@ -65,6 +67,9 @@ type Config struct {
 	Probes *Budget
 	// Health tunes how long a refusing backend is left out.
 	Health HealthConfig
+	// FastPath, if not nil, has the kernel forward established sessions'
+	// data datagrams (see FastPath); nil keeps every datagram in userspace.
+	FastPath *FastPath
 	// RecvBuffer and SendBuffer size each upstream socket's kernel buffers,
 	// in bytes; 0 keeps the kernel's default. A burst of replies larger
 	// than the receive buffer is dropped by the kernel (and counted, as
@@ -91,6 +96,11 @@ type Handler struct {
 	recovery *recovery          // nil: no session is recovered
 	log      *slog.Logger
 	stats    handlerStats
+	// fast is the kernel's fast path, nil without one; fastLoops holds
+	// each event loop's offloaded sessions (int -> *fastLoop).
+	fast      *FastPath
+	fastLoops sync.Map
+	fastStats fastStats
 	// refusalWindow is the balancer's: a session reports a refusal at
 	// most once per window.
 	refusalWindow time.Duration
@@ -174,6 +184,19 @@ type Stats struct {
 	// the Router's hash key instead.
 	Routed         uint64 `json:"routed"`
 	RouteFallbacks uint64 `json:"route_fallbacks"`
+	// Offloaded is the number of sessions whose data the kernel forwards
+	// now (Config.FastPath); Offloads counts sessions put in the kernel's
+	// table, OffloadsRefused those the table refused (sessions.max, a
+	// backend on this host), which stay in userspace. KernelRxDatagrams
+	// and KernelRxBytes count what the kernel forwarded from clients,
+	// KernelTxDatagrams and KernelTxBytes to them, as of its last poll.
+	Offloaded         int64  `json:"offloaded"`
+	Offloads          uint64 `json:"offloads"`
+	OffloadsRefused   uint64 `json:"offloads_refused"`
+	KernelRxDatagrams uint64 `json:"kernel_rx_datagrams"`
+	KernelRxBytes     uint64 `json:"kernel_rx_bytes"`
+	KernelTxDatagrams uint64 `json:"kernel_tx_datagrams"`
+	KernelTxBytes     uint64 `json:"kernel_tx_bytes"`
 	// UpstreamSockets is the number of upstream sockets open now, and
 	// ProbeSockets the number of probes among them.
 	UpstreamSockets int `json:"upstream_sockets"`
@@ -215,6 +238,13 @@ type upstream struct {
 	probes []*probe
 	left   netip.AddrPort
 	leftAt time.Time
+	// replies counts the backend's datagrams on the session's own socket up
+	// to offloadAfter; fast is the session's place in the fast path (nil
+	// without one), and offloaded its entry once in the table, for other
+	// goroutines (Session).
+	replies   int
+	fast      *fastSess
+	offloaded atomic.Pointer[fastpath.Entry]
 }
 
 // settled is a session's backend and socket.
@@ -240,7 +270,7 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{backends: cfg.Backends, routes: routes, tracker: cfg.Tracker, sources: cfg.Sources, sockets: cfg.Sockets,
-		probes: cfg.Probes, log: cfg.Logger, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
+		probes: cfg.Probes, log: cfg.Logger, fast: cfg.FastPath, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -322,6 +352,18 @@ func (h *Handler) newUpstream(s session.Session, k session.Socket, backend int) 
 }
 
 func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
+	if f, b, ok := h.orphanFor(s); ok {
+		// What a crashed predecessor left in the kernel for this client:
+		// the same backend, from the same source address, so that the
+		// kernel's forwarding carries on under this session.
+		opts := h.buffers
+		opts.Local = f.Source
+		if k, err := s.Dial(f.Backend, opts); err == nil {
+			u := h.newUpstream(s, k, b)
+			h.adoptFast(s, u)
+			return u, nil
+		}
+	}
 	b, ok := h.pick(s, p)
 	if !ok {
 		h.stats.noBackend.Add(1)
@@ -415,6 +457,9 @@ func (h *Handler) Upstream(s session.Session, sock session.Socket, p []byte) {
 	u.heard, u.answered = true, true
 	h.bal.MarkUp(u.backend)
 	s.Write(p)
+	if sock == u.sock {
+		h.countReply(s, u)
+	}
 }
 
 // UpstreamError handles a failed read of an upstream socket; a probe's
@@ -446,8 +491,9 @@ func (h *Handler) upstreamFailed(s session.Session, u *upstream, err error) {
 
 // Close releases the session's upstream sockets and its limits; the engine
 // has sent what was queued for them and stopped watching them.
-func (h *Handler) Close(s session.Session, _ session.Reason) {
+func (h *Handler) Close(s session.Session, r session.Reason) {
 	u := s.State().(*upstream)
+	h.closeFast(u, r)
 	if u.rec != nil {
 		h.giveUp(u)
 	}
@@ -497,30 +543,37 @@ func (h *Handler) BackendUp() bool {
 // Stats returns the proxy's counters.
 func (h *Handler) Stats() Stats {
 	st := Stats{
-		NoBackend:        h.stats.noBackend.Load(),
-		SourceLimited:    h.sources.Refused(),
-		SocketLimited:    h.sockets.Refused(),
-		DialErrors:       h.stats.dialErrors.Load(),
-		UpstreamErrors:   h.stats.upstreamErrors.Load(),
-		RefusedByBackend: h.stats.refusedByBackend.Load(),
-		IgnoredRefusals:  h.bal.IgnoredRefusals(),
-		Abandoned:        h.stats.abandoned.Load(),
-		Moved:            h.stats.moved.Load(),
-		MovesRefused:     h.stats.movesRefused.Load(),
-		MovesPending:     h.stats.pending.Load(),
-		MovesImplausible: h.stats.implausible.Load(),
-		UnvouchedAnswers: h.stats.unvouched.Load(),
-		ProbesEvicted:    h.stats.probesEvicted.Load(),
-		LateDatagrams:    h.stats.lateDatagrams.Load(),
-		Routed:           h.stats.routed.Load(),
-		RouteFallbacks:   h.stats.routeFallbacks.Load(),
-		UpstreamSockets:  h.sockets.InUse() + h.probes.InUse(),
-		ProbeSockets:     h.probes.InUse(),
-		Recovered:        h.stats.recovered.Load(),
-		RecoveryProbes:   h.stats.recoveryProbes.Load(),
-		RecoveryRefused:  h.stats.recoveryRefused.Load(),
-		RecoveryFailed:   h.stats.recoveryFailed.Load(),
-		Recovering:       h.stats.recovering.Load(),
+		NoBackend:         h.stats.noBackend.Load(),
+		SourceLimited:     h.sources.Refused(),
+		SocketLimited:     h.sockets.Refused(),
+		DialErrors:        h.stats.dialErrors.Load(),
+		UpstreamErrors:    h.stats.upstreamErrors.Load(),
+		RefusedByBackend:  h.stats.refusedByBackend.Load(),
+		IgnoredRefusals:   h.bal.IgnoredRefusals(),
+		Abandoned:         h.stats.abandoned.Load(),
+		Moved:             h.stats.moved.Load(),
+		MovesRefused:      h.stats.movesRefused.Load(),
+		MovesPending:      h.stats.pending.Load(),
+		MovesImplausible:  h.stats.implausible.Load(),
+		UnvouchedAnswers:  h.stats.unvouched.Load(),
+		ProbesEvicted:     h.stats.probesEvicted.Load(),
+		LateDatagrams:     h.stats.lateDatagrams.Load(),
+		Routed:            h.stats.routed.Load(),
+		Offloaded:         h.fastStats.offloaded.Load(),
+		Offloads:          h.fastStats.offloads.Load(),
+		OffloadsRefused:   h.fastStats.refused.Load(),
+		KernelRxDatagrams: h.fastStats.rx.Load(),
+		KernelRxBytes:     h.fastStats.rxBytes.Load(),
+		KernelTxDatagrams: h.fastStats.tx.Load(),
+		KernelTxBytes:     h.fastStats.txBytes.Load(),
+		RouteFallbacks:    h.stats.routeFallbacks.Load(),
+		UpstreamSockets:   h.sockets.InUse() + h.probes.InUse(),
+		ProbeSockets:      h.probes.InUse(),
+		Recovered:         h.stats.recovered.Load(),
+		RecoveryProbes:    h.stats.recoveryProbes.Load(),
+		RecoveryRefused:   h.stats.recoveryRefused.Load(),
+		RecoveryFailed:    h.stats.recoveryFailed.Load(),
+		Recovering:        h.stats.recovering.Load(),
 	}
 	if h.recovery != nil {
 		st.RecoverySockets = h.recovery.sockets.InUse()
@@ -627,6 +680,7 @@ func (h *Handler) ImportSession(s session.Session, state []byte, sock session.So
 	u.source = src
 	s.SetState(u)
 	h.bal.Opened(backend)
+	h.adoptFast(s, u)
 	return nil
 }
 
@@ -637,6 +691,9 @@ type SessionInfo struct {
 	// Source is the local address of the session's upstream socket: the
 	// client as the backend sees it.
 	Source netip.AddrPort
+	// Offloaded reports that the kernel forwards the session's data
+	// datagrams (Config.FastPath).
+	Offloaded bool
 }
 
 // Session describes s, a session of this handler, as listed by
@@ -653,7 +710,9 @@ func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
 	if st == nil {
 		return SessionInfo{}, true // recovering
 	}
-	return SessionInfo{Backend: h.bal.addr(st.backend), Source: st.sock.LocalAddr()}, true
+	e := u.offloaded.Load()
+	return SessionInfo{Backend: h.bal.addr(st.backend), Source: st.sock.LocalAddr(),
+		Offloaded: e != nil && e.State() == fastpath.Installed}, true
 }
 
 // Interface checks.

@@ -349,11 +349,13 @@ func (h *Handler) endRecovery(u *upstream, keep *asking) {
 	h.stats.recovering.Add(-1)
 }
 
-// Tick implements session.TickHandler: on loop, the recovering sessions
+// Tick implements session.TickHandler: on loop, the fast path does its
+// work (tickFast), the recovering sessions
 // past their deadline give up, and pending probes through which nothing has
 // passed for probeIdle close, so that neither holds sockets for sessions
 // whose clients, or forgers, went silent.
 func (h *Handler) Tick(loop int, now time.Time) {
+	h.tickFast(loop)
 	if r := h.recovery; r != nil {
 		q := r.queues.of(loop)
 		for old := q.oldest(); old != nil && now.After(old.rec.deadline); old = q.oldest() {

@@ -102,6 +102,7 @@ func (h *Handler) Roam(s session.Session, from netip.AddrPort, p []byte) {
 		h.stats.movesRefused.Add(1)
 		return
 	}
+	h.roamFast(u)
 	own, plausible := u.track.Client(s, p, true)
 	if !plausible {
 		h.stats.implausible.Add(1)
@@ -250,6 +251,7 @@ func (h *Handler) confirm(s session.Session, u *upstream, pr *probe) bool {
 		return false
 	}
 	u.left, u.leftAt = old, h.now()
+	h.fastMoved(u, s)
 	for i := len(u.probes) - 1; i >= 0; i-- {
 		if u.probes[i] != pr {
 			h.closeProbe(u.probes[i])

@@ -121,6 +121,16 @@ type Track interface {
 	Recovers(s Session, p []byte) (own flowtable.Key, ok bool)
 }
 
+// Forgetter is a Track whose session's datagrams may stop passing by it:
+// while the kernel forwards a session's data (a proxy's fast path), what the
+// Track knew of their sequence numbers goes stale. Forget makes it judge
+// datagrams on a new path as it does before it has seen any (as in a
+// successor process), rather than against a sequence left far behind. It
+// runs on the session's loop, as the Track's other methods do.
+type Forgetter interface {
+	Forget()
+}
+
 // Flow keys sessions by 4-tuple: one session per peer address and port.
 type Flow struct{}
 

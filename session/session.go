@@ -163,10 +163,21 @@ type Session interface {
 	SetState(v any)
 	// Stats returns the session's counters and times.
 	Stats() Stats
+	// Forwarded counts datagrams that the kernel forwarded for the session
+	// past its sockets (a proxy's fast path), as read from the kernel's
+	// counters since the last call: they are in Stats, and those from the
+	// client renew the idle deadline as the client's own datagrams do, so
+	// that a session the kernel carries does not idle out.
+	Forwarded(rxPackets, rxBytes, txPackets, txBytes uint64)
 }
 
 // DialOptions tune a socket Session.Dial opens.
 type DialOptions struct {
+	// Local, if valid, is the address the socket is bound to before it
+	// connects; the zero value lets the kernel choose. A proxy binds the
+	// address a session had in a crashed predecessor, which the kernel's
+	// fast path still forwards from.
+	Local netip.AddrPort
 	// RecvBuffer and SendBuffer size the socket's kernel buffers, in bytes;
 	// 0 keeps the kernel's default. A burst larger than the receive buffer
 	// is dropped by the kernel, and counted.
@@ -197,8 +208,12 @@ type Socket interface {
 // Stats is a snapshot of a session's counters and times.
 type Stats struct {
 	// RxPackets and RxBytes count the datagrams from the client, TxPackets
-	// and TxBytes those sent to it.
+	// and TxBytes those sent to it, the kernel's included.
 	RxPackets, RxBytes, TxPackets, TxBytes uint64
+	// KernelRxPackets, KernelRxBytes, KernelTxPackets and KernelTxBytes
+	// count those of them that the kernel forwarded past the session's
+	// sockets (see Session.Forwarded), in this process.
+	KernelRxPackets, KernelRxBytes, KernelTxPackets, KernelTxBytes uint64
 	// Created is when the session began; LastSeen when its client was last
 	// heard from, to within flowtable.TouchGranularity.
 	Created, LastSeen time.Time

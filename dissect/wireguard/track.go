@@ -86,6 +86,11 @@ func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, 
 	return flowtable.Key{}, true
 }
 
+// Forget drops the counters the client used (session.Forgetter): while the
+// kernel forwards the session's transport messages, they run on unseen,
+// and a message from a new address is judged as if none were known.
+func (t *track) Forget() { clear(t.sent[:]) }
+
 // note records counter n, which the client used with receiver index r.
 func (t *track) note(r [4]byte, n uint64) {
 	if t.sent[0].set && t.sent[0].index == r {
@@ -170,5 +175,7 @@ func (t *track) Recovers(s session.Session, p []byte) (flowtable.Key, bool) {
 	}
 	return t.clientIndex(r[:]), true
 }
+
+var _ session.Forgetter = (*track)(nil)
 
 var _ session.Tracker = (*Dissector)(nil)

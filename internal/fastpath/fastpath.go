@@ -221,6 +221,9 @@ type Stats struct {
 	// predecessor's incomplete transaction or a failed one).
 	OrphansRemoved uint64 `json:"orphans_removed"`
 	Strays         uint64 `json:"strays"`
+	// Reinstalls counts sessions whose elements were found missing from
+	// the kernel and put back.
+	Reinstalls uint64 `json:"reinstalls"`
 	// Forwarded is what the kernel forwarded for the sessions it forwards
 	// now (and those it forwarded since this process started).
 	RxPackets uint64 `json:"rx_datagrams"`

@@ -96,11 +96,11 @@ type Table struct {
 	gen  atomic.Uint64 // polls done
 
 	st struct {
-		installs, moves, removals, errors          atomic.Uint64
-		refusedFull, refusedConflict, refusedLocal atomic.Uint64
-		deferred, orphansRemoved, strays, polls    atomic.Uint64
-		rx, rxBytes, tx, txBytes                   atomic.Uint64
-		offloaded, adopted                         atomic.Int64
+		installs, moves, removals, errors                   atomic.Uint64
+		refusedFull, refusedConflict, refusedLocal          atomic.Uint64
+		deferred, orphansRemoved, strays, reinstalls, polls atomic.Uint64
+		rx, rxBytes, tx, txBytes                            atomic.Uint64
+		offloaded, adopted                                  atomic.Int64
 	}
 }
 
@@ -365,7 +365,7 @@ func (t *Table) Stats() Stats {
 		Offloaded: int(t.st.offloaded.Load()), Adopted: int(t.st.adopted.Load()),
 		Installs: t.st.installs.Load(), Moves: t.st.moves.Load(), Removals: t.st.removals.Load(), Errors: t.st.errors.Load(),
 		RefusedFull: t.st.refusedFull.Load(), RefusedConflict: t.st.refusedConflict.Load(), RefusedLocal: t.st.refusedLocal.Load(),
-		Deferred: t.st.deferred.Load(), OrphansRemoved: t.st.orphansRemoved.Load(), Strays: t.st.strays.Load(), Polls: t.st.polls.Load(),
+		Deferred: t.st.deferred.Load(), OrphansRemoved: t.st.orphansRemoved.Load(), Strays: t.st.strays.Load(), Reinstalls: t.st.reinstalls.Load(), Polls: t.st.polls.Load(),
 		RxPackets: t.st.rx.Load(), RxBytes: t.st.rxBytes.Load(), TxPackets: t.st.tx.Load(), TxBytes: t.st.txBytes.Load(),
 	}
 }
@@ -429,13 +429,10 @@ func (t *Table) apply(now time.Time) {
 	var changes []change
 	for _, e := range queue {
 		e.queued = false
-		c, requeue := t.plan(e, now)
+		var requeue bool
+		changes, requeue = t.plan(changes, e, now)
 		if requeue {
 			t.queue(e)
-			continue
-		}
-		if c.del || c.add || c.removed {
-			changes = append(changes, c)
 		}
 	}
 	t.mu.Unlock()
@@ -464,24 +461,33 @@ func (t *Table) apply(now time.Time) {
 	}
 }
 
-// plan decides e's change, with t.mu held, and claims (or releases) its
-// keys in byKey; requeue says the install waits for the rate.
-func (t *Table) plan(e *Entry, now time.Time) (c change, requeue bool) {
-	c.e = e
+// plan appends e's change to changes, with t.mu held, and claims (or
+// releases) its keys in byKey; an orphan in its way goes first. requeue
+// says the install waits for the rate.
+func (t *Table) plan(changes []change, e *Entry, now time.Time) (out []change, requeue bool) {
+	if st := e.State(); st == Removed || st == Refused {
+		return changes, false // done with already (an orphan that made way)
+	}
+	c := change{e: e}
+	defer func() {
+		if !requeue && (c.del || c.add || c.removed) {
+			out = append(out, c)
+		}
+	}()
 	if e.gone {
 		t.release(e, e.want)
 		if e.installed {
 			t.release(e, e.have)
 		}
 		c.del, c.removed = e.installed, true
-		return c, false
+		return changes, false
 	}
 	if e.installed && e.have == e.want {
-		return c, false
+		return changes, false
 	}
 	if !e.installed && !t.limit.Allow(now.UnixNano()) {
 		t.st.deferred.Add(1)
-		return c, true
+		return changes, true
 	}
 	for _, el := range t.elements(e.want) {
 		other := t.byKey[el.key]
@@ -499,11 +505,14 @@ func (t *Table) plan(e *Entry, now time.Time) (c change, requeue bool) {
 				c.removed = true
 			}
 			e.gone, c.refused = true, true
-			return c, false
+			return changes, false
 		}
-		// An orphan the predecessor left for this client: it makes way.
+		// An orphan a predecessor left for this client: it makes way, its
+		// elements deleted in the same transaction, before e's are added.
 		other.gone = true
-		t.queue(other)
+		t.release(other, other.want)
+		t.release(other, other.have)
+		changes = append(changes, change{e: other, del: other.installed, removed: true})
 	}
 	if e.installed {
 		t.release(e, e.have)
@@ -513,7 +522,7 @@ func (t *Table) plan(e *Entry, now time.Time) (c change, requeue bool) {
 		t.byKey[el.key] = e
 	}
 	c.add, c.want = true, e.want
-	return c, false
+	return changes, false
 }
 
 // release forgets f's keys where they are e's. t.mu is held.
@@ -626,6 +635,7 @@ func (t *Table) poll(now time.Time) {
 	t.st.polls.Add(1)
 	var stray []element
 	seen := make(map[*Entry]bool)
+	complete := true
 	read := func(set *nftables.Set) bool {
 		els, err := t.conn.GetSetElements(set)
 		if err != nil {
@@ -665,9 +675,9 @@ func (t *Table) poll(now time.Time) {
 		return true
 	}
 	for _, set := range t.fwd {
-		read(set)
+		complete = read(set) && complete
 	}
-	read(t.src)
+	complete = read(t.src) && complete
 	if len(stray) > 0 {
 		for _, el := range stray {
 			t.conn.SetDeleteElements(el.set, []nftables.SetElement{{Key: el.key[:]}})
@@ -687,6 +697,15 @@ func (t *Table) poll(now time.Time) {
 			continue // each entry once: by its first key
 		}
 		total = total.Add(e.base).Add(e.last)
+		if complete && e.installed && !e.gone && !seen[e] {
+			// Its elements are gone from the kernel (someone deleted them, or
+			// a predecessor's last poll took them for strays): again.
+			e.installed = false
+			t.installed--
+			t.st.reinstalls.Add(1)
+			t.queue(e)
+			continue
+		}
 		if !e.claimed && !e.gone && e.installed && now.Sub(e.active) >= t.cfg.OrphanIdle {
 			e.gone = true
 			t.queue(e)
@@ -711,4 +730,19 @@ func (e *Entry) hasKey(t *Table, k key) bool {
 		}
 	}
 	return false
+}
+
+// Orphan returns the flow a predecessor left in the table for client on
+// local, if no session of this process has claimed it: a crashed
+// predecessor's, which a new session for that client takes over (Claim)
+// by binding its socket to the flow's source.
+func (t *Table) Orphan(client, local netip.AddrPort) (Flow, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	u := func(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+	e := t.byKey[tupleKey(u(client), u(local))]
+	if e == nil || e.claimed || e.gone || !e.installed {
+		return Flow{}, false
+	}
+	return e.want, true
 }

@@ -190,11 +190,24 @@ func (s *Socket) sizeBuffers(recv, send int) error {
 // cfg says (IncomingCPU is ignored) and it reports its receive-queue drops
 // (SO_RXQ_OVFL), as a listening socket does.
 func DialUDP(remote netip.AddrPort, cfg ListenConfig) (*Socket, error) {
+	return DialUDPFrom(netip.AddrPort{}, remote, cfg)
+}
+
+// DialUDPFrom is DialUDP with the socket bound to local first, if local is
+// valid (an address of the remote's family).
+func DialUDPFrom(local, remote netip.AddrPort, cfg ListenConfig) (*Socket, error) {
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	family := familyOf(remote.Addr())
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if local.IsValid() {
+		local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+		if err := unix.Bind(fd, SockaddrFor(local, family)); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("bind %s: %w", local, err)
+		}
 	}
 	s := &Socket{FD: fd, Family: family, GSO: SocketGSO(fd)}
 	if err := s.connect(remote, cfg); err != nil {

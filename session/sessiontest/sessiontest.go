@@ -549,6 +549,23 @@ func (s *Session) Stats() session.Stats {
 	return st
 }
 
+// Forwarded counts what a fast path forwarded for the session, as the
+// engine does: in its Stats, and from the client as a datagram received at
+// the loop's clock.
+func (s *Session) Forwarded(rxPackets, rxBytes, txPackets, txBytes uint64) {
+	s.st.RxPackets += rxPackets
+	s.st.RxBytes += rxBytes
+	s.st.TxPackets += txPackets
+	s.st.TxBytes += txBytes
+	s.st.KernelRxPackets += rxPackets
+	s.st.KernelRxBytes += rxBytes
+	s.st.KernelTxPackets += txPackets
+	s.st.KernelTxBytes += txBytes
+	if rxPackets > 0 {
+		s.st.LastSeen = s.loop.now()
+	}
+}
+
 // Socket is a socket a Session dialed: a session.Socket that records
 // what the handler writes to it instead of sending it. Its descriptor
 // stays the handler's to close.
