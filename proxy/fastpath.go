@@ -77,7 +77,7 @@ func (h *Handler) fastLoop(loop int) *fastLoop {
 // countReply counts a backend datagram on the session's own socket, and
 // lists the session for offloading at the offloadAfter-th.
 func (h *Handler) countReply(s session.Session, u *upstream) {
-	if h.fast == nil || u.fast != nil || len(u.probes) > 0 {
+	if !h.fastOn() || u.fast != nil || len(u.probes) > 0 {
 		return
 	}
 	if u.replies++; u.replies < offloadAfter {
@@ -98,7 +98,7 @@ func (h *Handler) flow(s session.Session, u *upstream) fastpath.Flow {
 // after each poll of the table, reports what the kernel forwarded to each
 // session.
 func (h *Handler) tickFast(loop int) {
-	if h.fast == nil {
+	if !h.fastOn() {
 		return
 	}
 	fl := h.fastLoop(loop)
@@ -239,7 +239,7 @@ func (h *Handler) closeFast(u *upstream, r session.Reason) {
 // lists it on its loop. The session's socket must have the entry's source
 // address; the counts the kernel made before are the predecessor's.
 func (h *Handler) adoptFast(s session.Session, u *upstream) {
-	if h.fast == nil {
+	if !h.fastOn() {
 		return
 	}
 	e := h.fast.Table.Claim(h.flow(s, u))
@@ -261,7 +261,7 @@ func (h *Handler) adoptFast(s session.Session, u *upstream) {
 // the session is then opened on that backend, from that source address,
 // and the kernel's forwarding carries on under it.
 func (h *Handler) orphanFor(s session.Session) (fastpath.Flow, int, bool) {
-	if h.fast == nil {
+	if !h.fastOn() {
 		return fastpath.Flow{}, 0, false
 	}
 	f, ok := h.fast.Table.Orphan(s.PeerAddr(), s.LocalAddr())
@@ -271,3 +271,7 @@ func (h *Handler) orphanFor(s session.Session) (fastpath.Flow, int, bool) {
 	b, ok := h.bal.index(f.Backend)
 	return f, b, ok
 }
+
+// fastOn reports whether the handler has a fast path with a table (a
+// daemon that could not open one serves without).
+func (h *Handler) fastOn() bool { return h.fast != nil && h.fast.Table != nil }

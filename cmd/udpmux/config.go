@@ -24,6 +24,7 @@ import (
 	"github.com/udpmux/udpmux/dissect/openvpn"
 	"github.com/udpmux/udpmux/dissect/quic"
 	"github.com/udpmux/udpmux/dissect/wireguard"
+	"github.com/udpmux/udpmux/internal/fastpath"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"
 	"github.com/udpmux/udpmux/quiclb"
@@ -75,6 +76,7 @@ type listenerConfig struct {
 	Backends    []backendConfig `mapstructure:"backends"`
 	Balance     string          `mapstructure:"balance"`
 	Announce    *announceConfig `mapstructure:"announce"`
+	FastPath    string          `mapstructure:"fast_path"`
 	// checked are a proxy's backends once check has read them.
 	checked backends
 }
@@ -250,7 +252,9 @@ type config struct {
 	metricsAddress string
 	// fleet is the bgp section, nil without one.
 	fleet *fleetConfig
-	text  []byte
+	// fast are the listeners' fast paths (fast_path: nftables).
+	fast *fastPaths
+	text []byte
 }
 
 // proxyLimits are shared by every proxy listener: the bounds are per
@@ -262,6 +266,8 @@ type proxyLimits struct {
 	// recovery is nil when recovery.enabled is false; its Sockets are
 	// shared by every listener.
 	recovery *proxy.RecoveryConfig
+	// fast collects the listeners' fast paths.
+	fast *fastPaths
 }
 
 // check validates every key and builds the engine's configuration; the first
@@ -318,6 +324,8 @@ func (fc *fileConfig) check() (*config, error) {
 		recvBuffer: cmp.Or(fc.Socket.UpstreamRecvBuffer, fc.Socket.RecvBuffer),
 		sendBuffer: cmp.Or(fc.Socket.UpstreamSendBuffer, fc.Socket.SendBuffer),
 	}
+	c.fast = new(fastPaths)
+	c.limits.fast = c.fast
 	if c.limits.recovery, err = fc.Recovery.check(); err != nil {
 		return nil, err
 	}
@@ -340,6 +348,9 @@ func (fc *fileConfig) check() (*config, error) {
 			return nil, err
 		}
 		c.mux.Listeners = append(c.mux.Listeners, lc)
+		if fc.Listeners[i].FastPath == "nftables" {
+			c.fast.idle = max(c.fast.idle, lc.IdleTimeout)
+		}
 	}
 	var addrs []netip.AddrPort
 	for _, lc := range c.mux.Listeners {
@@ -454,6 +465,10 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	if l.Handler != "proxy" && l.Balance != "" {
 		return lc, fmt.Errorf("%s: only the proxy handler balances", key("balance"))
 	}
+	fast, err := l.fastPathKind(key, addr)
+	if err != nil {
+		return lc, err
+	}
 	var bs backends
 	if l.Handler == "proxy" {
 		if bs, err = l.backends(key); err != nil {
@@ -472,7 +487,7 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	case "discard":
 		lc.Handler = session.Discard{}
 	case "proxy":
-		h, err := l.proxyHandler(key, limits, bs, d)
+		h, err := l.proxyHandler(key, limits, bs, d, fast)
 		if err != nil {
 			return lc, err
 		}
@@ -633,7 +648,7 @@ func (l *listenerConfig) backends(key func(string) string) (backends, error) {
 // proxyHandler checks a proxy listener's balance policy and builds its
 // handler for backends bs. A QUIC dissector d routes the proxy's new
 // sessions too; a session.Tracker follows their protocol.
-func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimits, bs backends, d session.Dissector) (*proxy.Handler, error) {
+func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimits, bs backends, d session.Dissector, fast *fastpath.Kind) (*proxy.Handler, error) {
 	policy, err := proxy.ParsePolicy(l.Balance)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %q is not one of maglev, least-sessions, round-robin", key("balance"), l.Balance)
@@ -649,6 +664,13 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 				key("balance"), l.Balance)
 		}
 		cfg.Recovery = limits.recovery
+	}
+	if fast != nil {
+		cfg.FastPath = &proxy.FastPath{Kind: *fast}
+		if limits.fast.key == "" {
+			limits.fast.key = key("fast_path")
+		}
+		limits.fast.paths = append(limits.fast.paths, cfg.FastPath)
 	}
 	if router, ok := d.(*quic.Dissector); ok {
 		cfg.Router = router

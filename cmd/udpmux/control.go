@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/fastpath"
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"
@@ -40,7 +41,9 @@ type control struct {
 	ann        *announcer
 	handedOver chan struct{}
 	// sessions is the session log, nil while log.sessions is off.
-	sessions    *sessionLog
+	sessions *sessionLog
+	// fast is the fast path's table, nil without one.
+	fast        *fastpath.Table
 	stopServing context.CancelFunc
 	draining    atomic.Bool
 	// adminMu serializes backend commands, and holds them while a
@@ -212,6 +215,8 @@ type statusReport struct {
 	// SessionLog is the session log's counters, absent while log.sessions
 	// is off.
 	SessionLog *sessionLogStatus `json:"session_log,omitempty"`
+	// FastPath is the fast path's table, absent without one.
+	FastPath *fastpath.Stats `json:"fast_path,omitempty"`
 }
 
 func (c *control) status() []byte {
@@ -234,17 +239,23 @@ func (c *control) status() []byte {
 	if c.sessions != nil {
 		st.SessionLog = c.sessions.status()
 	}
+	if c.fast != nil {
+		fs := c.fast.Stats()
+		st.FastPath = &fs
+	}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	return append(b, '\n')
 }
 
 // sessionList is what `udpmux sessions` prints: a line per session, with
 // the backend and upstream source address of proxy sessions (- for others)
-// and every key the session is found by, its anchor first.
+// whether the kernel forwards its data (PATH kernel) or udpmux (user), and
+// every key the session is found by, its anchor first. RX and TX count
+// what the kernel forwarded too.
 func (c *control) sessionList() []byte {
 	var b []byte
-	b = fmt.Appendf(b, "%-12s %-45s %-45s %4s %-20s %10s %10s %10s %10s %-45s %-45s %s\n",
-		"LISTENER", "PEER", "LOCAL", "LOOP", "IDLE", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "BACKEND", "UPSTREAM", "KEYS")
+	b = fmt.Appendf(b, "%-12s %-45s %-45s %4s %-20s %10s %10s %10s %10s %-45s %-45s %-6s %s\n",
+		"LISTENER", "PEER", "LOCAL", "LOOP", "IDLE", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "BACKEND", "UPSTREAM", "PATH", "KEYS")
 	names := c.srv.ListenerNames()
 	proxies := make([]*proxy.Handler, len(names))
 	for i, lc := range c.cfg.mux.Listeners {
@@ -261,9 +272,13 @@ func (c *control) sessionList() []byte {
 			info, proxied = h.Session(s)
 		}
 		backend, upstream := proxyEndpoints(info, proxied)
-		b = fmt.Appendf(b, "%-12s %-45s %-45s %4d %-20s %10d %10d %10d %10d %-45s %-45s ",
+		path := "user"
+		if info.Offloaded {
+			path = "kernel"
+		}
+		b = fmt.Appendf(b, "%-12s %-45s %-45s %4d %-20s %10d %10d %10d %10d %-45s %-45s %-6s ",
 			names[scope], s.PeerAddr(), s.LocalAddr(), st.Loop, now.Sub(st.LastSeen).Truncate(time.Millisecond),
-			st.RxPackets, st.RxBytes, st.TxPackets, st.TxBytes, backend, upstream)
+			st.RxPackets, st.RxBytes, st.TxPackets, st.TxBytes, backend, upstream, path)
 		keys = s.Keys(keys[:0])
 		for i, k := range keys {
 			if i > 0 {

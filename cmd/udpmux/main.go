@@ -136,6 +136,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if cmd == "validate" {
+		if err := cfg.checkFastPath(); err != nil {
+			fmt.Fprintf(stderr, "udpmux: config: %v\n", err)
+			return 1
+		}
 		fmt.Fprintf(stdout, "%s: ok (%d listeners)\n", *path, len(cfg.mux.Listeners))
 		return 0
 	}
@@ -299,6 +303,20 @@ func serve(cfg *config, stderr io.Writer) error {
 	} else if err := adoptActivated(cfg.mux.Listeners, log); err != nil {
 		return err
 	}
+	// The fast path's table before the server: an upgrade's sessions
+	// claim their elements as they arrive (proxy.Handler.ImportSession).
+	// It stays in the kernel unless this process stops for good: on a
+	// failed start a predecessor may still forward with it.
+	fast := cfg.openFastPath(log)
+	handedOff := false
+	if fast != nil {
+		defer func() {
+			if err := fast.Close(handedOff); err != nil {
+				log.Warn("fast path: table not removed", "err", err)
+			}
+		}()
+		handedOff = true // until Serve has ended otherwise
+	}
 	srv, err := mux.New(cfg.mux) // with an Inheritance, takes over
 	closeActivated(cfg.mux.Listeners)
 	if err != nil {
@@ -333,7 +351,7 @@ func serve(cfg *config, stderr io.Writer) error {
 	// or when a drain is over.
 	ctx, stopServing := context.WithCancel(context.Background())
 	defer stopServing()
-	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, stopServing: stopServing, handedOver: make(chan struct{}), sessions: sessions}
+	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, stopServing: stopServing, handedOver: make(chan struct{}), sessions: sessions, fast: fast}
 	if cfg.fleet != nil {
 		if ctl.ann, err = startAnnouncer(cfg, inh != nil, log); err != nil {
 			if ln != nil {
@@ -396,7 +414,7 @@ func serve(cfg *config, stderr io.Writer) error {
 	}
 	daemon.SdNotify(false, fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
 	err = srv.Serve(ctx)
-	handedOff := errors.Is(err, mux.ErrHandedOff)
+	handedOff = errors.Is(err, mux.ErrHandedOff)
 	if err != nil && !handedOff && !errors.Is(err, context.Canceled) {
 		return err
 	}

@@ -92,10 +92,16 @@ func (b *recordingBackend) run() {
 // the test ends.
 func startRecordingBackends(t *testing.T, ns *netlab.Namespace, buf int, ports ...int) []*recordingBackend {
 	t.Helper()
+	return startRecordingBackendsOn(t, ns, netip.MustParseAddr("127.0.0.1"), buf, ports...)
+}
+
+// startRecordingBackendsOn is startRecordingBackends on the address ip.
+func startRecordingBackendsOn(t *testing.T, ns *netlab.Namespace, ip netip.Addr, buf int, ports ...int) []*recordingBackend {
+	t.Helper()
 	var backends []*recordingBackend
 	err := ns.Do(func() error {
 		for _, port := range ports {
-			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+			c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port))))
 			if err != nil {
 				return err
 			}

@@ -343,6 +343,8 @@ type sessionRow struct {
 	// address of its socket there; both invalid for a session that is
 	// still recovering (no backend has proved it has it).
 	Backend, Upstream netip.AddrPort
+	// Kernel says the kernel forwards the session's data (PATH kernel).
+	Kernel bool
 	// Keys are the keys the session is found by, as flowtable.Key.String
 	// renders them: "0/198.18.0.2:1194-198.18.0.10:40000", "0/cid:...",
 	// "0/id:2:000001".
@@ -362,7 +364,7 @@ func (r sessionRow) hasCID() bool {
 
 // parseSessionList parses `udpmux sessions`: a header line, then per
 // session LISTENER PEER LOCAL LOOP IDLE RX_PKTS RX_BYTES TX_PKTS TX_BYTES
-// BACKEND UPSTREAM KEYS, where a recovering session's BACKEND reads
+// BACKEND UPSTREAM PATH KEYS, where a recovering session's BACKEND reads
 // "(recovering)" and its UPSTREAM "-".
 func parseSessionList(out string) ([]sessionRow, error) {
 	var rows []sessionRow
@@ -393,10 +395,11 @@ func parseSessionList(out string) ([]sessionRow, error) {
 				return nil, fmt.Errorf("udpmux sessions: short line %q", line)
 			}
 		}
-		if len(rest) != 1 {
-			return nil, fmt.Errorf("udpmux sessions: no keys, or more than the keys, after the upstream in %q", line)
+		if len(rest) != 2 {
+			return nil, fmt.Errorf("udpmux sessions: no path and keys, or more than them, after the upstream in %q", line)
 		}
-		r.Keys = strings.Split(rest[0], ",")
+		r.Kernel = rest[0] == "kernel"
+		r.Keys = strings.Split(rest[1], ",")
 		rows = append(rows, r)
 	}
 	return rows, nil

@@ -170,6 +170,8 @@ func Open(cfg Config, log *slog.Logger) (*Table, error) {
 		t.installed++
 		t.orphans++
 	}
+	t.st.offloaded.Store(int64(t.installed))
+	t.st.adopted.Store(int64(t.orphans))
 	if len(adopted) > 0 {
 		log.Info("fast path: adopted the sessions a predecessor left in the kernel", "table", cfg.Name, "sessions", len(adopted))
 	}
@@ -632,7 +634,6 @@ func (t *Table) failed(c change, err error) {
 // removes orphans idle for OrphanIdle. It runs on the table's goroutine,
 // as apply does.
 func (t *Table) poll(now time.Time) {
-	t.st.polls.Add(1)
 	var stray []element
 	seen := make(map[*Entry]bool)
 	complete := true
@@ -718,6 +719,7 @@ func (t *Table) poll(now time.Time) {
 	t.st.rxBytes.Store(total.RxBytes)
 	t.st.tx.Store(total.TxPackets)
 	t.st.txBytes.Store(total.TxBytes)
+	t.st.polls.Add(1)
 	t.gen.Add(1)
 }
 
