@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -347,5 +349,103 @@ listeners:
 	waitExit(t, st.PID)
 	if names := fastTables(t, mx); len(names) != 0 {
 		t.Errorf("tables after SIGTERM: %v, want none", names)
+	}
+}
+
+func TestFastPathConfigErrorsNameTheKey(t *testing.T) {
+	proxy := func(extra string) string {
+		return "listeners:\n  - {name: a, handler: proxy, address: \"198.18.0.2:9\", backends: [\"198.18.1.2:7\"]" + extra + "}"
+	}
+	for _, tc := range []struct{ name, body, want string }{
+		{"bad value", proxy(", fast_path: ebpf"), `listeners[0].fast_path: "ebpf" is not one of off, nftables`},
+		{"echo", "listeners:\n  - {name: a, handler: echo, address: \"127.0.0.1:9\", fast_path: nftables}", "listeners[0].fast_path: only the proxy handler has a fast path"},
+		{"IPv6", "listeners:\n  - {name: a, handler: proxy, address: \"[2001:db8::1]:9\", backends: [\"[2001:db8::2]:7\"], fast_path: nftables}", "listeners[0].fast_path: the fast path forwards IPv4 only"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadConfig(writeConfig(t, tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		body string
+		kind string
+	}{
+		{proxy(", fast_path: nftables"), "any"},
+		{proxy(", fast_path: nftables, dissector: wireguard"), "wireguard"},
+		{proxy(", fast_path: nftables, dissector: openvpn"), "openvpn"},
+		{proxy(", fast_path: off"), ""},
+		{proxy(""), ""},
+	} {
+		cfg, err := loadConfig(writeConfig(t, tc.body))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.body, err)
+		}
+		var got string
+		if len(cfg.fast.paths) > 0 {
+			got = cfg.fast.paths[0].Kind.String()
+		}
+		if got != tc.kind {
+			t.Errorf("%s: fast path of kind %q, want %q", tc.body, got, tc.kind)
+		}
+	}
+}
+
+// TestValidateRefusesFastPathThatCannotWork: validate checks the host as
+// well as the file: IPv4 forwarding off in the namespace, or a user without
+// CAP_NET_ADMIN, is refused, naming the key; the same config passes where
+// it can work.
+func TestValidateRefusesFastPathThatCannotWork(t *testing.T) {
+	netlab.RequireRoot(t)
+	lab := netlab.New(t)
+	ns := lab.NewNamespace("validate")
+	// A directory that nobody (below) may read too, unlike t.TempDir's.
+	dir, err := os.MkdirTemp("", "udpmux-validate-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "config.yaml")
+	body := "listeners:\n  - {name: a, handler: proxy, address: \"198.18.0.2:9\", backends: [\"198.18.1.2:7\"], fast_path: nftables}\n"
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func() (err error) {
+		if e := ns.Do(func() error { err = cfg.checkFastPath(); return nil }); e != nil {
+			t.Fatal(e)
+		}
+		return err
+	}
+	if err := check(); err == nil || !strings.Contains(err.Error(), "listeners[0].fast_path: needs IPv4 forwarding") {
+		t.Errorf("forwarding off: %v", err)
+	}
+	ns.EnableForwarding()
+	if err := check(); err != nil {
+		t.Errorf("forwarding on, as root: %v", err)
+	}
+
+	// A user without CAP_NET_ADMIN (capabilities are checked first, so the
+	// namespace does not matter).
+	exe, err := os.ReadFile(buildDaemon(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "udpmux")
+	if err := os.WriteFile(bin, exe, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "validate", "-c", path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "listeners[0].fast_path: needs CAP_NET_ADMIN") {
+		t.Errorf("validate as nobody: %v\n%s", err, out)
 	}
 }
