@@ -20,6 +20,7 @@ import (
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
+	"github.com/udpmux/udpmux/proxy"
 )
 
 // The machinery of the roaming tests: clients behind an emulated NAT (see
@@ -454,6 +455,40 @@ func startRoamingDaemon(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, dir
 		}
 		return ""
 	})
+}
+
+// checkOffloaded checks that every one of want sessions is in the kernel
+// (fast_path: nftables) and that the kernel forwarded datagrams both ways:
+// polled for up to 5 s, for a session moved a moment ago whose elements the
+// fast path's goroutine is still moving.
+func checkOffloaded(t *testing.T, sock string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := daemonStatus(sock)
+		rows, list, lerr := daemonSessions(sock)
+		kernel := 0
+		for _, r := range rows {
+			if r.Kernel {
+				kernel++
+			}
+		}
+		var p proxy.Stats
+		if err == nil {
+			p = st.Proxies["vpn"]
+		}
+		if err == nil && lerr == nil && kernel == want && p.Offloaded == int64(want) && p.KernelRxDatagrams > 0 && p.KernelTxDatagrams > 0 {
+			t.Logf("fast path: %d sessions in the kernel; it forwarded %d datagrams from the clients, %d to them; %d offloads",
+				kernel, p.KernelRxDatagrams, p.KernelTxDatagrams, p.Offloads)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("fast path: %d of %d sessions on path kernel, %d offloaded, kernel rx %d tx %d (status error %v, sessions error %v)\n%s",
+				kernel, want, p.Offloaded, p.KernelRxDatagrams, p.KernelTxDatagrams, err, lerr, list)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // checkSessionCount checks that udpmux holds exactly want sessions (its

@@ -253,7 +253,16 @@ type wgRoamOptions struct {
 	direct  bool // clients talk to the backends directly, no udpmux
 	key     bool // give udpmux the backends' private key (wireguard: {private_key: FILE})
 	upgrade bool // upgrade udpmux (SIGUSR2) in the middle of the moves
+	fast    bool // fast_path: nftables (the udpmux namespace forwards)
 	clients int  // tunnels; 0 means roamClients
+}
+
+// fastPathExtra is the listener's fast_path key, with fast.
+func fastPathExtra(fast bool) string {
+	if !fast {
+		return ""
+	}
+	return "    fast_path: nftables\n"
 }
 
 // wgListenerExtra is the listener's WireGuard options in the config: with
@@ -296,6 +305,9 @@ func runWireGuardRoaming(t *testing.T, o wgRoamOptions) {
 	logs := stopRoamPings(t, r.rs)
 	checkRecoveries(t, r.rs, moves, logs, stopped)
 	r.check(t, "the moves")
+	if o.fast {
+		checkOffloaded(t, r.sock, len(r.rs))
+	}
 	if r.d != nil {
 		checkSessionCount(t, r.sock, len(r.rs))
 		r.d.Stop(t)
@@ -334,14 +346,19 @@ func setupWireGuard(t *testing.T, o wgRoamOptions) *wgRun {
 	keyFile := key.writeKey(t, dir, "backend.key")
 	r.sock = filepath.Join(dir, "ctl.sock")
 	r.configFor = func(sock string) string {
-		return roamingConfig(wgListen, wgBackends, "wireguard", wgListenerExtra(o.key, keyFile), sock)
+		return roamingConfig(wgListen, wgBackends, "wireguard", wgListenerExtra(o.key, keyFile)+fastPathExtra(o.fast), sock)
 	}
 	var config string
 	if !o.direct {
 		config = r.configFor(r.sock)
-		requireDissector(t, config, "wireguard")
+		if !o.fast { // validate checks this host's forwarding, not the lab's
+			requireDissector(t, config, "wireguard")
+		}
 	}
 	r.w = newWGLab(t, o.direct, cmp.Or(o.clients, roamClients), key, keyFile, dir, r.start)
+	if o.fast {
+		r.w.mux.EnableForwarding()
+	}
 	if !o.direct {
 		r.d = startRoamingDaemon(t, r.w.lab, r.w.mux, dir, config, "wireguard", wgListen.Port())
 		r.w.logs = append(r.w.logs, r.d.Config, r.d.Log)
@@ -454,6 +471,22 @@ func TestWireGuardRoamingThroughUdpmux(t *testing.T) {
 // what it learns from the backends' replies (receiver indexes).
 func TestWireGuardRoamingThroughUdpmuxNoKey(t *testing.T) {
 	runWireGuardRoaming(t, wgRoamOptions{})
+}
+
+// TestWireGuardRoamingFastPath is TestWireGuardRoamingThroughUdpmux with
+// fast_path: nftables: the tunnels' transport messages go through the
+// kernel, and their moves still through udpmux, which moves the kernel's
+// elements with the session. Every session must be in the kernel at the end,
+// and the kernel must have carried their pings.
+func TestWireGuardRoamingFastPath(t *testing.T) {
+	runWireGuardRoaming(t, wgRoamOptions{key: true, fast: true})
+}
+
+// TestWireGuardRoamingFastPathThroughUpgrade is
+// TestWireGuardRoamingThroughUpgrade with the fast path: the successor
+// claims the kernel's elements of the sessions it takes over.
+func TestWireGuardRoamingFastPathThroughUpgrade(t *testing.T) {
+	runWireGuardRoaming(t, wgRoamOptions{key: true, fast: true, upgrade: true})
 }
 
 // TestWireGuardRoamingThroughUpgrade upgrades udpmux (SIGUSR2) in the

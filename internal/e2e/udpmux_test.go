@@ -209,7 +209,9 @@ func startDaemonWith(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, dir, c
 	if err := os.WriteFile(d.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	validate := exec.Command(bin, "validate", "-c", d.Config)
+	// In the daemon's namespace: validate checks the host it runs on too
+	// (fast_path: IPv4 forwarding there).
+	validate := ns.Command(bin, "validate", "-c", d.Config)
 	validate.Env = raceQuickExit()
 	if out, err := validate.CombinedOutput(); err != nil {
 		if why := unavailable(string(out)); why != "" {
@@ -608,11 +610,11 @@ func TestHandlerRejected(t *testing.T) {
 }
 
 func TestParseSessionList(t *testing.T) {
-	const out = `LISTENER     PEER                                          LOCAL                                         LOOP IDLE                    RX_PKTS   RX_BYTES    TX_PKTS   TX_BYTES BACKEND                                       UPSTREAM                                      KEYS
-vpn          198.18.0.10:51900                             198.18.0.2:51820                                 1 12ms                        40       5120         38       4864 198.19.0.2:51820                              198.19.0.1:40312                              0/198.18.0.2:51820-198.18.0.10:51900,0/id:3:0a0b0c0d
-vpn          198.18.0.180:39000                            198.18.0.2:51820                                 0 1.5s                         1         48          0          0 (recovering)                                  -                                             0/198.18.0.2:51820-198.18.0.180:39000
-echo         198.18.0.11:4000                              198.18.0.2:9000                                  0 3ms                          1          1          1          1 -                                             -                                             1/198.18.0.2:9000-198.18.0.11:4000
-vpn          198.18.0.181:43163                            198.18.0.2:1194                                  0 4.229s                       10        650          0          0 198.19.0.2:1195                               198.19.0.1:60212                              0/cid:9d96ad67c76217af,0/198.18.0.2:1194-198.18.0.181:43163
+	const out = `LISTENER     PEER                                          LOCAL                                         LOOP IDLE                    RX_PKTS   RX_BYTES    TX_PKTS   TX_BYTES BACKEND                                       UPSTREAM                                      PATH   KEYS
+vpn          198.18.0.10:51900                             198.18.0.2:51820                                 1 12ms                        40       5120         38       4864 198.19.0.2:51820                              198.19.0.1:40312                              kernel 0/198.18.0.2:51820-198.18.0.10:51900,0/id:3:0a0b0c0d
+vpn          198.18.0.180:39000                            198.18.0.2:51820                                 0 1.5s                         1         48          0          0 (recovering)                                  -                                             user   0/198.18.0.2:51820-198.18.0.180:39000
+echo         198.18.0.11:4000                              198.18.0.2:9000                                  0 3ms                          1          1          1          1 -                                             -                                             user   1/198.18.0.2:9000-198.18.0.11:4000
+vpn          198.18.0.181:43163                            198.18.0.2:1194                                  0 4.229s                       10        650          0          0 198.19.0.2:1195                               198.19.0.1:60212                              user   0/cid:9d96ad67c76217af,0/198.18.0.2:1194-198.18.0.181:43163
 `
 	rows, err := parseSessionList(out)
 	if err != nil {
@@ -620,11 +622,11 @@ vpn          198.18.0.181:43163                            198.18.0.2:1194      
 	}
 	want := []sessionRow{
 		{netip.MustParseAddrPort("198.18.0.10:51900"), netip.MustParseAddrPort("198.19.0.2:51820"), netip.MustParseAddrPort("198.19.0.1:40312"),
-			[]string{"0/198.18.0.2:51820-198.18.0.10:51900", "0/id:3:0a0b0c0d"}},
+			true, []string{"0/198.18.0.2:51820-198.18.0.10:51900", "0/id:3:0a0b0c0d"}},
 		{Peer: netip.MustParseAddrPort("198.18.0.180:39000"), Keys: []string{"0/198.18.0.2:51820-198.18.0.180:39000"}},
 		{Peer: netip.MustParseAddrPort("198.18.0.11:4000"), Keys: []string{"1/198.18.0.2:9000-198.18.0.11:4000"}},
 		{netip.MustParseAddrPort("198.18.0.181:43163"), netip.MustParseAddrPort("198.19.0.2:1195"), netip.MustParseAddrPort("198.19.0.1:60212"),
-			[]string{"0/cid:9d96ad67c76217af", "0/198.18.0.2:1194-198.18.0.181:43163"}},
+			false, []string{"0/cid:9d96ad67c76217af", "0/198.18.0.2:1194-198.18.0.181:43163"}},
 	}
 	if len(rows) != len(want) {
 		t.Fatalf("rows = %v; want %v", rows, want)
@@ -637,7 +639,8 @@ vpn          198.18.0.181:43163                            198.18.0.2:1194      
 	if rows[0].hasCID() || !rows[3].hasCID() {
 		t.Errorf("hasCID wrong")
 	}
-	for _, bad := range []string{"vpn x\n", "vpn nope 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 k\n", "vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 bogus 198.19.0.1:2 k\n"} {
+	for _, bad := range []string{"vpn x\n", "vpn nope 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 user k\n",
+		"vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 bogus 198.19.0.1:2 user k\n", "vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 k\n"} {
 		if _, err := parseSessionList(bad); err == nil {
 			t.Errorf("parseSessionList(%q) accepted it", bad)
 		}
