@@ -20,6 +20,7 @@ type ovpnRoamOptions struct {
 	upgrade    bool // upgrade udpmux (SIGUSR2) in the middle of the moves
 	backBridge bool // the servers' namespace hangs off a bridge (vpnOptions)
 	spread     bool // more clients, if need be, until both servers have some
+	fast       bool // fast_path: nftables (the udpmux namespace forwards)
 }
 
 // ovpnBackends are the OpenVPN lab's servers' listening addresses.
@@ -62,6 +63,9 @@ func runOpenVPNRoaming(t *testing.T, o ovpnRoamOptions) {
 	logs := stopRoamPings(t, r.rs)
 	checkRecoveries(t, r.rs, moves, logs, stopped)
 	r.check(t, "the moves", false)
+	if o.fast {
+		checkOffloaded(t, r.sock, len(r.rs))
+	}
 	if r.d != nil {
 		checkSessionCount(t, r.sock, len(r.rs))
 		r.d.Stop(t)
@@ -99,11 +103,15 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 	r := &ovpnRun{o: o, start: time.Now()}
 	requireRoaming(t, false)
 	r.sock = filepath.Join(t.TempDir(), "ctl.sock")
-	r.configFor = func(sock string) string { return roamingConfig(muxListen, ovpnBackends(), "openvpn", "", sock) }
+	r.configFor = func(sock string) string {
+		return roamingConfig(muxListen, ovpnBackends(), "openvpn", fastPathExtra(o.fast), sock)
+	}
 	var config string
 	if !o.direct {
 		config = r.configFor(r.sock)
-		requireDissector(t, config, "openvpn")
+		if !o.fast { // validate checks this host's forwarding, not the lab's
+			requireDissector(t, config, "openvpn")
+		}
 	}
 	var serverArgs []string
 	if o.float {
@@ -113,6 +121,9 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 	r.v = v
 	r.muxNS = v.mux
 	remote := func(i int) netip.AddrPort { return v.servers[i%2].Listen }
+	if o.fast {
+		v.mux.EnableForwarding()
+	}
 	if !o.direct {
 		r.d = startRoamingDaemon(t, v.lab, v.mux, v.dir, config, "openvpn", muxListen.Port())
 		v.logs = append(v.logs, r.d.Config, r.d.Log)
@@ -300,6 +311,16 @@ func TestOpenVPNRoamingDirectNoFloat(t *testing.T) {
 // through udpmux (proxy to two servers, maglev, dissector openvpn).
 func TestOpenVPNRoamingThroughUdpmux(t *testing.T) {
 	runOpenVPNRoaming(t, ovpnRoamOptions{})
+}
+
+// TestOpenVPNRoamingFastPath is TestOpenVPNRoamingThroughUdpmux with
+// fast_path: nftables: the tunnels' P_DATA_V2 packets go through the
+// kernel, control packets and moves through udpmux. A moved client's
+// session is vouched for as after a restart (the Track forgets the
+// packet-ids the kernel's forwarding left behind): by a run of the
+// server's packets on the probe.
+func TestOpenVPNRoamingFastPath(t *testing.T) {
+	runOpenVPNRoaming(t, ovpnRoamOptions{fast: true})
 }
 
 // TestOpenVPNRoamingThroughUpgrade upgrades udpmux (SIGUSR2) in the middle

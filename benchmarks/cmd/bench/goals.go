@@ -18,6 +18,10 @@ const (
 	goalLookupVsMap            = 0.5  // batched flow-table lookup at 1M ≤ this × the sharded Go map
 	goalGROCPU                 = 0.75 // CPU per datagram with GRO ≤ this × without
 	goalTunnelCPU              = 1.1  // dissector wireguard CPU per round trip ≤ this × flow's
+	// Issue 23: with fast_path: nftables the kernel forwards established
+	// sessions' data.
+	goalFastVsNATCPU        = 1.2  // CPU per round trip ≤ this × kernel NAT's at equal load
+	goalFastVsNATThroughput = 0.95 // throughput ≥ this × kernel NAT's
 )
 
 // check is one measured ratio of a goal.
@@ -110,6 +114,12 @@ func (h *harness) goals() []goal {
 			h.groChecks()},
 		{fmt.Sprintf("tunnel: `dissector: wireguard` CPU per round trip ≤ %.1f× `dissector: flow`'s", goalTunnelCPU),
 			h.cpuChecks(seriesTunnel, kindProxy, "udpmux-wg", "udpmux", goalTunnelCPU, false)},
+		{fmt.Sprintf("fast path: proxy CPU per round trip ≤ %.1f× kernel NAT's at equal load", goalFastVsNATCPU),
+			h.cpuChecks(seriesMatrix, kindProxy, "udpmux-fast", "nat", goalFastVsNATCPU, false)},
+		{fmt.Sprintf("fast path: proxy throughput ≥ %.2f× kernel NAT's", goalFastVsNATThroughput),
+			h.throughputChecks(seriesMatrix, kindProxy, "udpmux-fast", "nat", goalFastVsNATThroughput)},
+		{fmt.Sprintf("fast path: WireGuard transport messages, CPU per round trip ≤ %.1f× kernel NAT's", goalFastVsNATCPU),
+			h.cpuChecks(seriesTunnel, kindProxy, "udpmux-wg-fast", "nat", goalFastVsNATCPU, false)},
 	}
 }
 

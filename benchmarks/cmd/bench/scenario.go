@@ -102,9 +102,9 @@ var (
 	sinkPeers     = []string{"bare", "gonet", "gnet", "udpmux"}
 	echoPeers     = []string{"bare-gso", "bare", "gonet", "gnet", "udpmux"}
 	growthPeers   = []string{"bare-gso", "bare", "udpmux"}
-	proxyPeers    = []string{"nginx", "udpmux", "nat", "route"}
+	proxyPeers    = []string{"nginx", "udpmux", "udpmux-fast", "nat", "route"}
 	listenerPeers = []string{"pion", "muxlisten"}
-	tunnelPeers   = []string{"udpmux", "udpmux-wg"}
+	tunnelPeers   = []string{"udpmux", "udpmux-wg", "udpmux-wg-fast", "nat"}
 	groEchoPeers  = []string{"udpmux", "bare-gro"}
 	groProxyPeers = []string{"udpmux"}
 )
@@ -147,7 +147,7 @@ func (h *harness) scenarios() []scenario {
 			searched: set("bare-gso", "bare", "udpmux"), profiled: set("bare-gso", "udpmux"), configs: plain(seriesMatrix, kindEcho, full)},
 		{part: kindEcho, series: seriesGrowth, kind: kindEcho, peers: growthPeers, configs: growth},
 		{part: kindProxy, series: seriesMatrix, kind: kindProxy, peers: proxyPeers, crossCk: true,
-			searched: set(proxyPeers...), profiled: set("udpmux", "nat"), configs: plain(seriesMatrix, kindProxy, full)},
+			searched: set(proxyPeers...), profiled: set("udpmux", "udpmux-fast", "nat"), configs: plain(seriesMatrix, kindProxy, full)},
 		{part: partListener, series: seriesListener, kind: kindEcho, peers: listenerPeers, crossCk: true,
 			searched: set(listenerPeers...), profiled: set("muxlisten"), configs: plain(seriesListener, kindEcho, full)},
 		{part: partTunnel, series: seriesTunnel, kind: kindProxy, peers: tunnelPeers, crossCk: true, profiled: set("udpmux-wg"), configs: h.configs(wg, tunnel)},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -34,8 +35,12 @@ var backendAddrs = []string{"198.19.0.2:7000", "198.19.0.2:7001"}
 // kernel's own paths (NAT, routing), configuration of bs that undo removes.
 type server struct {
 	proc *process // nil for the kernel paths
-	undo func()   // set for the kernel paths
+	undo func()   // set for the kernel paths, and the fast path's forwarding
 	dst  string   // where the generator sends: the server, or the backends
+	// settled, if set, reports whether the server has made flows sessions
+	// ready for measuring (udpmux's fast path: every session in the
+	// kernel), after a warm-up run.
+	settled func(flows int) (bool, error)
 }
 
 // stop ends the server or removes its configuration.
@@ -88,18 +93,22 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 			return nil, err
 		}
 		args = []string{"nginx", "-p", filepath.Dir(conf), "-c", conf}
-	case peer == "udpmux" || peer == "udpmux-wg":
+	case udpmuxPeers[peer]:
 		bin := h.binary("udpmux")
 		if _, err := os.Stat(bin); err != nil {
 			return nil, fmt.Errorf("udpmux %s: not available (the daemon was not built)", sc.kind)
 		}
 		dissector := "flow"
-		if peer == "udpmux-wg" {
+		if strings.HasPrefix(peer, "udpmux-wg") {
 			dissector = "wireguard"
 		}
-		conf, err := h.udpmuxConf(sc.kind, dissector)
+		fast := strings.HasSuffix(peer, "-fast")
+		conf, err := h.udpmuxConf(sc.kind, dissector, fast)
 		if err != nil {
 			return nil, err
+		}
+		if fast {
+			return h.startFastPath(sc, peer, append(append([]string{"env"}, h.opts.udpmuxEnv...), bin, "-c", conf))
 		}
 		args = append(append([]string{"env"}, h.opts.udpmuxEnv...), bin, "-c", conf)
 	default:
@@ -115,6 +124,52 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 	}
 	return &server{proc: p, dst: serverAddr}, nil
 }
+
+// udpmuxPeers are the peers that are the udpmux daemon: with dissector
+// flow or wireguard, in userspace or with the fast path (the kernel
+// forwards established sessions' data, fast_path: nftables).
+var udpmuxPeers = map[string]bool{"udpmux": true, "udpmux-wg": true, "udpmux-fast": true, "udpmux-wg-fast": true}
+
+// startFastPath starts the daemon (args) with fast_path: nftables, which
+// needs IPv4 forwarding in bs, as the NAT and routing peers do; its
+// sessions are settled once every flow's is in the kernel.
+func (h *harness) startFastPath(sc scenario, peer string, args []string) (*server, error) {
+	if err := forwarding(true); err != nil {
+		return nil, err
+	}
+	p, err := spawn(h.opts.work, sc.series+"-"+sc.kind+"-"+peer, nsServer, cpuServer, args...)
+	if err != nil {
+		forwarding(false)
+		return nil, err
+	}
+	if err := waitUDP(p, nsServer, serverPort, 5*time.Second); err != nil {
+		p.stop()
+		forwarding(false)
+		return nil, fmt.Errorf("%s %s: not available (%v)", peer, sc.kind, err)
+	}
+	sock := h.controlSocket()
+	settled := func(flows int) (bool, error) {
+		out, err := exec.Command(h.binary("udpmux"), "status", "-s", sock, "-o", "json").Output()
+		if err != nil {
+			return false, fmt.Errorf("udpmux status: %v", err)
+		}
+		var st struct {
+			Proxies map[string]struct {
+				Offloaded int `json:"offloaded"`
+			} `json:"proxies"`
+		}
+		if err := json.Unmarshal(out, &st); err != nil {
+			return false, fmt.Errorf("udpmux status: %v", err)
+		}
+		return st.Proxies["bench"].Offloaded >= flows, nil
+	}
+	return &server{proc: p, undo: func() { forwarding(false) }, dst: serverAddr, settled: settled}, nil
+}
+
+// controlSocket is the daemon's control socket, in the session's work
+// directory rather than the default path other processes of the machine
+// may use.
+func (h *harness) controlSocket() string { return filepath.Join(h.opts.work, "udpmux.sock") }
 
 // startBackends runs the bare echo peer on every backend address in bb.
 func (h *harness) startBackends() (*process, error) {
@@ -306,7 +361,7 @@ func napiThreads(dev string) (map[int]bool, error) {
 
 // udpmuxConf writes the daemon's configuration for a scenario kind with the
 // given dissector.
-func (h *harness) udpmuxConf(kind, dissector string) (string, error) {
+func (h *harness) udpmuxConf(kind, dissector string, fast bool) (string, error) {
 	handler := map[string]string{kindSink: "discard", kindEcho: "echo", kindProxy: "proxy"}[kind]
 	var b strings.Builder
 	fmt.Fprintf(&b, "workers: 1\nbatch: 64\nsocket:\n  recv_buffer: %d\n  send_buffer: %d\n", sockBuf, sockBuf)
@@ -315,8 +370,13 @@ func (h *harness) udpmuxConf(kind, dissector string) (string, error) {
 	if kind == kindProxy {
 		fmt.Fprintf(&b, "    backends: [%q, %q]\n    balance: maglev\n", backendAddrs[0], backendAddrs[1])
 	}
-	fmt.Fprintf(&b, "sessions:\n  max: 1000000\n")
-	path := filepath.Join(h.opts.work, "udpmux-"+kind+"-"+dissector+".yaml")
+	name := "udpmux-" + kind + "-" + dissector
+	if fast {
+		fmt.Fprintf(&b, "    fast_path: nftables\n")
+		name += "-fast"
+	}
+	fmt.Fprintf(&b, "sessions:\n  max: 1000000\ncontrol:\n  socket: %q\n", h.controlSocket())
+	path := filepath.Join(h.opts.work, name+".yaml")
 	return path, os.WriteFile(path, []byte(b.String()), 0o644)
 }
 

@@ -1,0 +1,89 @@
+//go:build linux
+
+package fastpath
+
+import (
+	"bufio"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/udpmux/udpmux/internal/netlab"
+)
+
+// meminfo returns the kernel's Slab and Percpu memory, in bytes.
+func meminfo(b *testing.B) (slab, percpu int64) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(fs[1], 10, 64)
+		switch fs[0] {
+		case "Slab:":
+			slab = n << 10
+		case "Percpu:":
+			percpu = n << 10
+		}
+	}
+	return slab, percpu
+}
+
+// BenchmarkInstall installs b.N sessions' elements in a namespace's table
+// at an unbounded rate and reports what a session costs: the netlink work
+// per install (ns/op, the table's goroutine, batched as udpmux batches
+// them) and the kernel memory its four elements and their counters take
+// (slab-bytes/session, percpu-bytes/session, read from /proc/meminfo, which
+// other processes move too: use a large -benchtime, such as 20000x).
+//
+//	go test -run XXX -bench BenchmarkInstall -benchtime 20000x ./internal/fastpath/
+func BenchmarkInstall(b *testing.B) {
+	netlab.RequireRoot(b)
+	lab := netlab.New(b)
+	ns := lab.NewNamespace("bench")
+	var tb *Table
+	if err := ns.Do(func() (err error) {
+		tb, err = Open(Config{Rate: 1 << 30, Max: b.N + 1, Kinds: []Kind{Any}}, nil)
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer tb.Close(false)
+	flow := func(i int) Flow {
+		c := netip.AddrFrom4([4]byte{198, 18, byte(i >> 16), byte(i >> 8)})
+		return Flow{Kind: Any, Client: netip.AddrPortFrom(c, uint16(1024+i&0xff)),
+			Local:   netip.MustParseAddrPort("198.18.255.1:51820"),
+			Source:  netip.AddrPortFrom(netip.MustParseAddr("198.19.0.1"), uint16(1024+i%60000)),
+			Backend: netip.AddrPortFrom(netip.MustParseAddr("198.19.0.2"), uint16(51820+i/60000))}
+	}
+	slab0, pcpu0 := meminfo(b)
+	b.ResetTimer()
+	entries := make([]*Entry, b.N)
+	for i := range b.N {
+		e, err := tb.Offload(flow(i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		entries[i] = e
+	}
+	deadline := time.Now().Add(time.Minute)
+	for tb.Stats().Installs < uint64(b.N) {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d installed after a minute", tb.Stats().Installs, b.N)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	slab1, pcpu1 := meminfo(b)
+	b.ReportMetric(float64(slab1-slab0)/float64(b.N), "slab-bytes/session")
+	b.ReportMetric(float64(pcpu1-pcpu0)/float64(b.N), "percpu-bytes/session")
+}
