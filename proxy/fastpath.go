@@ -26,11 +26,12 @@ type FastPath struct {
 	Kind fastpath.Kind
 }
 
-// offloadAfter is the number of backend datagrams on a session's own
-// socket before it is offloaded: the backend has answered it, its Track has
-// learned what the first replies teach (a WireGuard index, an OpenVPN
-// peer-id), and a flood of new sources that the backends never answer
-// costs no netlink message.
+// offloadAfter is the number of the backend's data datagrams (those the
+// kernel would forward) on a session's own socket before it is offloaded:
+// the backend has answered it, the handshake is over, its Track has learned
+// what the first data teaches (an OpenVPN peer-id, which its client's moved
+// datagrams are found by), and a flood of new sources that the backends
+// never answer costs no netlink message.
 const offloadAfter = 4
 
 // fastSess is an offloaded session of the handler's, in its loop's list:
@@ -41,10 +42,10 @@ type fastSess struct {
 	e    *fastpath.Entry
 	node *queued[*fastSess]
 	// reported is what the entry had counted at the last report to the
-	// session; forgot is set once the session's Track has been told that
-	// its data passes it by.
+	// session; stale is set when the kernel has forwarded data since the
+	// session's Track was last told that its data passes it by (Forget).
 	reported fastpath.Counts
-	forgot   bool
+	stale    bool
 }
 
 // fastLoop is one event loop's offloaded sessions: those waiting to go in
@@ -74,10 +75,11 @@ func (h *Handler) fastLoop(loop int) *fastLoop {
 	return v.(*fastLoop)
 }
 
-// countReply counts a backend datagram on the session's own socket, and
-// lists the session for offloading at the offloadAfter-th.
-func (h *Handler) countReply(s session.Session, u *upstream) {
-	if !h.fastOn() || u.fast != nil || len(u.probes) > 0 {
+// countReply counts a backend datagram p on the session's own socket, if
+// the kernel would forward it, and lists the session for offloading at the
+// offloadAfter-th.
+func (h *Handler) countReply(s session.Session, u *upstream, p []byte) {
+	if !h.fastOn() || u.fast != nil || len(u.probes) > 0 || !fastpath.IsData(h.fast.Kind, p) {
 		return
 	}
 	if u.replies++; u.replies < offloadAfter {
@@ -164,8 +166,6 @@ func (h *Handler) report(fs *fastSess) {
 	case fastpath.Refused, fastpath.Removed:
 		h.unlist(fs)
 		return
-	case fastpath.Installed:
-		h.forget(fs)
 	}
 	c := fs.e.Counts()
 	d := c.Sub(fs.reported)
@@ -173,6 +173,7 @@ func (h *Handler) report(fs *fastSess) {
 		return
 	}
 	fs.reported = c
+	fs.stale = true
 	fs.s.Forwarded(d.RxPackets, d.RxBytes, d.TxPackets, d.TxBytes)
 	h.fastStats.rx.Add(d.RxPackets)
 	h.fastStats.rxBytes.Add(d.RxBytes)
@@ -180,13 +181,14 @@ func (h *Handler) report(fs *fastSess) {
 	h.fastStats.txBytes.Add(d.TxBytes)
 }
 
-// forget tells the session's Track, once, that its data passes it by
-// (session.Forgetter), when the kernel has begun to forward it.
+// forget tells the session's Track that its data passed it by
+// (session.Forgetter) if the kernel has forwarded some since it was last
+// told.
 func (h *Handler) forget(fs *fastSess) {
-	if fs.forgot {
+	if !fs.stale {
 		return
 	}
-	fs.forgot = true
+	fs.stale = false
 	if f, ok := fs.u.track.(session.Forgetter); ok {
 		f.Forget()
 	}
@@ -214,11 +216,21 @@ func (h *Handler) fastMoved(u *upstream, s session.Session) {
 }
 
 // roamFast readies an offloaded session's Track for a datagram from a new
-// address: what it knew of the data's sequence numbers is stale.
+// address that begins a move: what it knew of the data's sequence numbers
+// is stale if the kernel has forwarded data since it last saw some (at the
+// last move, say). Not while a move is under way: the Track counts the
+// backend's answers on the probe towards its proof.
 func (h *Handler) roamFast(u *upstream) {
-	if fs := u.fast; fs != nil && fs.e != nil && fs.e.State() == fastpath.Installed {
-		h.forget(fs)
+	fs := u.fast
+	if fs == nil || fs.e == nil {
+		return
 	}
+	for _, pr := range u.probes {
+		if !pr.confirmed {
+			return
+		}
+	}
+	h.forget(fs)
 }
 
 // closeFast takes a closing session out of the table, unless it goes to a

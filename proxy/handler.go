@@ -458,7 +458,7 @@ func (h *Handler) Upstream(s session.Session, sock session.Socket, p []byte) {
 	h.bal.MarkUp(u.backend)
 	s.Write(p)
 	if sock == u.sock {
-		h.countReply(s, u)
+		h.countReply(s, u, p)
 	}
 }
 

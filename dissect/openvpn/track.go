@@ -196,17 +196,6 @@ func (t *track) Vouches(s session.Session, p []byte) bool {
 	return q.estSet && pid > q.est && pid-q.est <= vouchWindow
 }
 
-// Forget drops both sides' packet-id sequences (session.Forgetter): while
-// the kernel forwards the session's data packets, they run on unseen. A
-// packet from a new address is then judged as before any was seen: the
-// client's plausible, the server's vouching only as a run on new paths, as
-// in a successor process whose client moved during the restart. The
-// peer-id the client uses stays.
-func (t *track) Forget() {
-	t.client, t.server = [keyIDs]seq{}, [keyIDs]seq{}
-	t.heard, t.probe = false, seq{}
-}
-
 // run notes packet-id pid of the server's on key, on a new path, and
 // reports whether it completes a run that founds a sequence (see seq).
 func (t *track) run(key uint8, pid uint32) bool {
@@ -234,7 +223,4 @@ func (t *track) Recovers(s session.Session, p []byte) (flowtable.Key, bool) {
 	return flowtable.Key{}, t.run(key, pid)
 }
 
-var (
-	_ session.Tracker   = (*Dissector)(nil)
-	_ session.Forgetter = (*track)(nil)
-)
+var _ session.Tracker = (*Dissector)(nil)

@@ -313,16 +313,6 @@ func TestOpenVPNRoamingThroughUdpmux(t *testing.T) {
 	runOpenVPNRoaming(t, ovpnRoamOptions{})
 }
 
-// TestOpenVPNRoamingFastPath is TestOpenVPNRoamingThroughUdpmux with
-// fast_path: nftables: the tunnels' P_DATA_V2 packets go through the
-// kernel, control packets and moves through udpmux. A moved client's
-// session is vouched for as after a restart (the Track forgets the
-// packet-ids the kernel's forwarding left behind): by a run of the
-// server's packets on the probe.
-func TestOpenVPNRoamingFastPath(t *testing.T) {
-	runOpenVPNRoaming(t, ovpnRoamOptions{fast: true})
-}
-
 // TestOpenVPNRoamingThroughUpgrade upgrades udpmux (SIGUSR2) in the middle
 // of the moves: the sessions, and what they learned about their clients,
 // must survive it.

@@ -64,6 +64,23 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind%d", uint8(k))
 }
 
+// IsData reports whether the kernel forwards p, a UDP payload of a session
+// of kind k, once the session is in the table: the type-byte match of the
+// table's rules (nft_linux.go, dataByte), in Go.
+func IsData(k Kind, p []byte) bool {
+	switch k {
+	case Any:
+		return true
+	case WireGuard:
+		return len(p) >= 4 && p[0] == 4 && p[1] == 0 && p[2] == 0 && p[3] == 0
+	case OpenVPN:
+		return len(p) >= 1 && p[0]&0xf8 == 9<<3
+	case QUIC:
+		return len(p) >= 1 && p[0]&0xc0 == 0x40
+	}
+	return false
+}
+
 // Flow is what the kernel needs to forward one session both ways with the
 // userspace path's addresses.
 type Flow struct {

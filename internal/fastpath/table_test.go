@@ -44,6 +44,38 @@ func TestFlowValid(t *testing.T) {
 	}
 }
 
+func TestIsData(t *testing.T) {
+	for _, tc := range []struct {
+		kind Kind
+		p    []byte
+		want bool
+	}{
+		{Any, nil, true},
+		{Any, []byte{1}, true},
+		{WireGuard, []byte{4, 0, 0, 0, 1}, true},
+		{WireGuard, []byte{1, 0, 0, 0}, false}, // initiation
+		{WireGuard, []byte{2, 0, 0, 0}, false}, // response
+		{WireGuard, []byte{3, 0, 0, 0}, false}, // cookie reply
+		{WireGuard, []byte{4, 0, 0, 1}, false}, // reserved bytes set
+		{WireGuard, []byte{4, 0, 0}, false},
+		{OpenVPN, []byte{9<<3 | 0}, true}, // P_DATA_V2, key 0
+		{OpenVPN, []byte{9<<3 | 7}, true},
+		{OpenVPN, []byte{6 << 3}, false}, // P_DATA_V1
+		{OpenVPN, []byte{4 << 3}, false}, // P_CONTROL_V1
+		{OpenVPN, []byte{7 << 3}, false}, // P_CONTROL_HARD_RESET_CLIENT_V2
+		{OpenVPN, nil, false},
+		{QUIC, []byte{0x40}, true},
+		{QUIC, []byte{0x7f}, true},
+		{QUIC, []byte{0xc0}, false}, // long header
+		{QUIC, []byte{0x00}, false}, // fixed bit clear
+		{numKinds, []byte{4, 0, 0, 0}, false},
+	} {
+		if got := IsData(tc.kind, tc.p); got != tc.want {
+			t.Errorf("IsData(%s, % x) = %v, want %v", tc.kind, tc.p, got, tc.want)
+		}
+	}
+}
+
 func TestKeyRoundTrip(t *testing.T) {
 	for _, tc := range []struct{ a, b string }{
 		{"198.18.0.1:4000", "198.18.0.2:9000"},
