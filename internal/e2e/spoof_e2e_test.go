@@ -294,6 +294,29 @@ func TestWireGuardSpoofThroughUdpmux(t *testing.T) {
 	t.Logf("%d WireGuard tunnels under a spray of %d forged datagrams in %v", len(r.rs), a.sent, time.Since(r.start).Round(time.Millisecond))
 }
 
+// TestWireGuardSpoofFastPath is TestWireGuardSpoofThroughUdpmux with
+// fast_path: nftables, the spray aimed at tunnels whose transport messages
+// the kernel forwards: the forged datagrams, from the attacker's own
+// addresses, match no kernel element and reach udpmux, which must treat
+// them as it does without the fast path, and leave every session in the
+// kernel.
+func TestWireGuardSpoofFastPath(t *testing.T) {
+	r := setupWireGuard(t, wgRoamOptions{key: true, fast: true})
+	checkOffloaded(t, r.sock, len(r.rs))
+	a := newAttacker(t, r.w.lab, r.w.mux, r.w.front, spoofPorts)
+	sprayStart := time.Now()
+	a.spray(t, wgListen, spoofDuration, 1, wgSpoofBurst)
+	sprayEnd := time.Now()
+	time.Sleep(spoofLinger)
+	logs := stopRoamPings(t, r.rs)
+	checkSpoofed(t, a, r.rs, logs, sprayStart, sprayEnd)
+	r.check(t, "the spray")
+	checkOffloaded(t, r.sock, len(r.rs))
+	logSessions(t, r.sock, len(r.rs))
+	r.d.Stop(t)
+	t.Logf("%d WireGuard tunnels in the kernel under a spray of %d forged datagrams in %v", len(r.rs), a.sent, time.Since(r.start).Round(time.Millisecond))
+}
+
 // TestOpenVPNSpoofThroughUdpmux is TestWireGuardSpoofThroughUdpmux for
 // OpenVPN (dissector openvpn): forged P_DATA_V2 for every small peer-id
 // and control packets with random session IDs (see ovpnRun.check).
