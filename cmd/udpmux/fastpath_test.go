@@ -81,16 +81,57 @@ func newFlows(t *testing.T, ns *netlab.Namespace, n int, to netip.AddrPort) *flo
 	return f
 }
 
-// send sends client i's next datagram.
+// send sends client i's next datagram, counted as sent if the socket took
+// it. One goroutine at a time sends for a client.
 func (f *flows) send(i int) {
 	var msg [8]byte
 	f.mu.Lock()
 	seq := f.sent[i]
-	f.sent[i]++
 	f.mu.Unlock()
 	binary.BigEndian.PutUint32(msg[:], uint32(i))
 	binary.BigEndian.PutUint32(msg[4:], seq)
-	f.conns[i].Write(msg[:])
+	if _, err := f.conns[i].Write(msg[:]); err == nil {
+		f.mu.Lock()
+		f.sent[i]++
+		f.mu.Unlock()
+	}
+}
+
+// sendEvery has clients 0..n-1 each send a datagram every interval until
+// the returned stop is called, which returns once they have stopped.
+func (f *flows) sendEvery(interval time.Duration, n int) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+			}
+			for i := range n {
+				f.send(i)
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(quit) })
+		<-done
+	}
+}
+
+// total returns how many datagrams were sent.
+func (f *flows) total() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, s := range f.sent {
+		n += int(s)
+	}
+	return n
 }
 
 // lost returns how many datagrams sent did not come back.
@@ -108,10 +149,10 @@ func (f *flows) lost() int {
 	return n
 }
 
-// waitBack waits, up to 5 s, until every datagram sent came back, and
+// waitBack waits, up to d, until every datagram sent came back, and
 // reports how many did not.
-func (f *flows) waitBack() int {
-	deadline := time.Now().Add(5 * time.Second)
+func (f *flows) waitBack(d time.Duration) int {
+	deadline := time.Now().Add(d)
 	for f.lost() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -210,7 +251,7 @@ listeners:
 			f.send(i)
 		}
 	}
-	if n := f.waitBack(); n > 0 {
+	if n := f.waitBack(5 * time.Second); n > 0 {
 		t.Fatalf("%d datagrams lost before the fast path", n)
 	}
 	st := waitStatus(t, sock, func(st statusReport) bool {
@@ -224,7 +265,7 @@ listeners:
 			f.send(i)
 		}
 	}
-	if n := f.waitBack(); n > 0 {
+	if n := f.waitBack(5 * time.Second); n > 0 {
 		t.Fatalf("%d datagrams lost through the kernel", n)
 	}
 	k0 := st.Proxies["vpn"]
@@ -249,31 +290,8 @@ listeners:
 	}
 
 	// Idle: the busy clients' sessions live on the kernel's counters alone.
-	stop := make(chan struct{})
-	senderDone := make(chan struct{})
-	go func() {
-		defer close(senderDone)
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			for i := range busy {
-				f.send(i)
-			}
-		}
-	}()
-	defer func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
-		}
-		<-senderDone
-	}()
+	stopSending := f.sendEvery(20*time.Millisecond, busy)
+	defer stopSending()
 	// The idle ones end after 3 s, the busy ones must not: wait well past
 	// the timeout (a sweep has a resolution of 1 s).
 	time.Sleep(5 * time.Second)
@@ -321,9 +339,8 @@ listeners:
 		t.Errorf("after kill -9 and a restart: %d sessions in the kernel, %d adopted; want %d, %d (%+v)", st.FastPath.Offloaded, st.FastPath.Adopted, busy, busy, *st.FastPath)
 	}
 	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	<-senderDone
-	if n := f.waitBack(); n > 0 {
+	stopSending()
+	if n := f.waitBack(5 * time.Second); n > 0 {
 		t.Errorf("%d datagrams lost across the upgrade, the kill -9 and the restart", n)
 	}
 	if n := f.misrouted.Load(); n > 0 {

@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -187,20 +186,7 @@ func TestUpgradesLoseNothing(t *testing.T) {
 	sock := filepath.Join(dir, "ctl.sock")
 
 	backends := startRecordingBackends(t, ns, 8<<20, 7001, 7002)
-	var clientConns []*net.UDPConn
-	err := ns.Do(func() error {
-		for i := 0; i < clients; i++ {
-			c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9300})
-			if err != nil {
-				return err
-			}
-			clientConns = append(clientConns, c)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newFlows(t, ns, clients, netip.MustParseAddrPort("127.0.0.1:9300"))
 	// The test is about the handoff, whose pause lasts milliseconds; the
 	// larger buffer (about 1.3 s of this traffic, against 0.2 s by default)
 	// absorbs the CPU that the tests running beside this one take from
@@ -222,60 +208,10 @@ listeners:
 	first := waitStatus(t, sock, func(st statusReport) bool { return true })
 	dropsBefore := rcvbufErrors(t, ns)
 
-	// Receivers: each client checks that every reply is its own.
-	var misrouted atomic.Int64
-	got := make([][]bool, clients)
-	var gotMu sync.Mutex
-	var rwg sync.WaitGroup
-	for i, c := range clientConns {
-		got[i] = make([]bool, 0, 1024)
-		rwg.Add(1)
-		go func() {
-			defer rwg.Done()
-			buf := make([]byte, 64)
-			for {
-				n, err := c.Read(buf)
-				if err != nil {
-					return
-				}
-				if n != 8 || binary.BigEndian.Uint32(buf) != uint32(i) {
-					misrouted.Add(1)
-					continue
-				}
-				seq := int(binary.BigEndian.Uint32(buf[4:]))
-				gotMu.Lock()
-				for len(got[i]) <= seq {
-					got[i] = append(got[i], false)
-				}
-				got[i][seq] = true
-				gotMu.Unlock()
-			}
-		}()
-	}
-	// Sender: every client sends one datagram per interval.
-	stop := make(chan struct{})
-	sent := make([]int, clients)
-	senderDone := make(chan struct{})
-	go func() {
-		defer close(senderDone)
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		msg := make([]byte, 8)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			for i, c := range clientConns {
-				binary.BigEndian.PutUint32(msg, uint32(i))
-				binary.BigEndian.PutUint32(msg[4:], uint32(sent[i]))
-				if _, err := c.Write(msg); err == nil {
-					sent[i]++
-				}
-			}
-		}
-	}()
+	// Every client sends one datagram per interval, and checks that every
+	// reply is its own (flows).
+	stopSending := f.sendEvery(interval, clients)
+	defer stopSending()
 
 	time.Sleep(time.Second)
 	pid := first.PID
@@ -295,54 +231,21 @@ listeners:
 		pid = st.PID
 		time.Sleep(700 * time.Millisecond)
 	}
-	close(stop)
-	<-senderDone
-	total := 0
-	for _, n := range sent {
-		total += n
-	}
+	stopSending()
+	total := f.total()
 	// Wait for the last replies; under the race detector this test's own
 	// readers are the slow part.
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		n := 0
-		gotMu.Lock()
-		for i := range got {
-			for _, ok := range got[i] {
-				if ok {
-					n++
-				}
-			}
-		}
-		gotMu.Unlock()
-		if n == total {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	lost := f.waitBack(15 * time.Second)
 	if st, err := statusOf(sock); err == nil {
 		b, _ := json.Marshal(st.Stats)
 		t.Logf("final udpmux counters: %s", b)
 	}
 	t.Logf("namespace UDP counters:\n%s", regexp.MustCompile(`(?m)^Udp:.*$`).FindAllString(ns.Run("cat", "/proc/net/snmp"), -1))
-	for _, c := range clientConns {
-		c.Close()
-	}
-	rwg.Wait()
-
-	lost := 0
-	for i := range clientConns {
-		for seq := 0; seq < sent[i]; seq++ {
-			if seq >= len(got[i]) || !got[i][seq] {
-				lost++
-			}
-		}
-	}
 	t.Logf("%d datagrams from %d clients through %d upgrades", total, clients, upgrades)
 	if lost > 0 {
 		t.Errorf("%d of %d datagrams did not come back", lost, total)
 	}
-	if n := misrouted.Load(); n > 0 {
+	if n := f.misrouted.Load(); n > 0 {
 		t.Errorf("%d replies reached the wrong client", n)
 	}
 	seen := 0

@@ -92,23 +92,30 @@ func TestTopSymbols(t *testing.T) {
 }
 
 // The full session's scenarios: every shape at the fixed rate, then at the
-// maximum; no configuration twice in one table.
+// maximum; no configuration twice for one peer (the growth series runs in
+// two parts, the connected peer's apart).
 func TestScenarios(t *testing.T) {
 	h := &harness{opts: options{rates: []float64{20000}}}
 	want := map[string]int{"sink/matrix": 4, "echo/matrix": 8, "echo/growth": 3, "proxy/matrix": 8,
-		"echo/listener": 8, "proxy/tunnel": 8, "echo/gro": 4, "proxy/gro": 4}
-	seen := map[config]bool{}
+		"echo/listener": 8, "proxy/tunnel": 8, "echo/gro": 4, "proxy/gro": 4, "echo/flood": 1}
+	type measured struct {
+		c    config
+		peer string
+	}
+	seen := map[measured]bool{}
 	for _, sc := range h.scenarios() {
 		key := sc.kind + "/" + sc.series
 		if got := len(sc.configs); got != want[key] {
 			t.Errorf("%s: %d configurations, want %d", key, got, want[key])
 		}
 		for i, c := range sc.configs {
-			if seen[c] {
-				t.Errorf("%s: %v twice", key, c)
+			for _, p := range sc.peers {
+				if seen[measured{c, p}] {
+					t.Errorf("%s: %v twice for %s", key, c, p)
+				}
+				seen[measured{c, p}] = true
 			}
-			seen[c] = true
-			if sc.series != seriesGrowth && (i%2 == 0) != (c.Rate > 0) {
+			if sc.series != seriesGrowth && sc.series != seriesFlood && (i%2 == 0) != (c.Rate > 0) {
 				t.Errorf("%s: %v out of order (fixed rate first, then the maximum)", key, c)
 			}
 		}

@@ -380,11 +380,17 @@ func (h *harness) measure(srv *server, c config, rate float64, xc *crossChecker)
 	} else { // the spinner keeps CPU 1 busy on purpose
 		r.Noisy = !h.waitQuiet()
 	}
-	before, err := h.take(srv, spin)
+	stopFlood, err := h.flood(srv, c)
 	if err != nil {
 		return r, err
 	}
+	before, err := h.take(srv, spin)
+	if err != nil {
+		stopFlood()
+		return r, err
+	}
 	gen, err := h.loadgen(srv, c, rate, h.opts.duration)
+	stopFlood()
 	if err != nil {
 		return r, err
 	}
@@ -425,6 +431,28 @@ func (h *harness) measure(srv *server, c config, rate float64, xc *crossChecker)
 		h.rec.Noisy++
 	}
 	return r, nil
+}
+
+// floodLead is how long the flood runs before the measured generator
+// starts (its 20 000 sockets take a moment to open) and after it ends.
+const floodLead = 500 * time.Millisecond
+
+// flood starts c's flood of new sources (config.Flood): a second generator
+// in sink mode on the same core, floodRate datagrams a second from
+// c.Flood new flows, from floodLead before the measured run to floodLead
+// after. The returned stop waits for it. Without a flood it does nothing.
+func (h *harness) flood(srv *server, c config) (stop func(), err error) {
+	if c.Flood == 0 {
+		return func() {}, nil
+	}
+	cmd := exec.Command("ip", "netns", "exec", nsClient, "taskset", "-c", cpuClient, h.binary("loadgen"),
+		"-dst", srv.dst, "-src", clientSrcs, "-mode", kindSink, "-flows", strconv.Itoa(c.Flood), "-size", strconv.Itoa(c.Size),
+		"-rate", strconv.Itoa(floodRate), "-burst", "1", "-duration", (h.opts.duration + 2*floodLead).String())
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("flood: %w", err)
+	}
+	time.Sleep(floodLead)
+	return func() { cmd.Wait() }, nil
 }
 
 // loadgen runs the generator in bc on CPU 0 at rate for d and decodes its

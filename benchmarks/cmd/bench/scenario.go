@@ -19,6 +19,7 @@ const (
 	seriesListener = "listener" // net.Conn-per-peer listeners (pion, mux.Listen)
 	seriesTunnel   = "tunnel"   // the proxy with WireGuard transport messages
 	seriesGRO      = "gro"      // bursts of 1400-byte datagrams, with and without GRO on the veths
+	seriesFlood    = "flood"    // established sessions while new sources flood the server beyond its capacity
 )
 
 // Generator protocols (loadgen -proto).
@@ -36,6 +37,11 @@ type config struct {
 	Burst  int     `json:"burst"`  // datagrams per flow per sendmmsg
 	Series string  `json:"series"` // which table (series… constants)
 	Proto  string  `json:"proto,omitempty"`
+	// Flood is the number of new sources that send floodRate datagrams a
+	// second beside the measured flows in each measured run (not the
+	// warm-up), from the same generator core; the server then holds at
+	// most Flows+floodRoom sessions, so most of them find it full.
+	Flood int `json:"flood,omitempty"`
 	// GRO names the server-side veth with generic receive offload turned
 	// on for this configuration ("vs": datagrams from the clients, "vsb":
 	// from the backends), or is empty for GRO off on both.
@@ -54,6 +60,9 @@ func (c config) String() string {
 	if c.GRO != "" {
 		s += " gro:" + c.GRO
 	}
+	if c.Flood > 0 {
+		s += fmt.Sprintf(" flood:%d", c.Flood)
+	}
 	return s
 }
 
@@ -71,6 +80,9 @@ type scenario struct {
 	crossCk  bool            // one run per peer with the SCHED_IDLE spinner
 	profiled map[string]bool // peers profiled with perf in one extra run
 	configs  []config
+	// capacity, if not 0, bounds the server's sessions (udpmux's
+	// sessions.max, connected's -max-sessions).
+	capacity int
 }
 
 // Part names that -only may give beyond the scenario kinds.
@@ -79,16 +91,26 @@ const (
 	partTunnel    = "tunnel"
 	partGRO       = "gro"
 	partFlowtable = "flowtable"
+	partConnected = "connected" // the connected-socket peer: growth and flood
 )
 
 // parts are what -only may name.
-var parts = []string{kindSink, kindEcho, kindProxy, partListener, partTunnel, partGRO, partFlowtable}
+var parts = []string{kindSink, kindEcho, kindProxy, partListener, partTunnel, partGRO, partFlowtable, partConnected}
 
 // growthFlows are the flow counts of the "how cost grows" series, measured
 // at growthRate with one datagram per flow per send.
 var growthFlows = []int{256, 10000, 100000}
 
 const growthRate = 50000
+
+// The flood series: floodSources new sources sending floodRate datagrams a
+// second in all, while the server has room for floodRoom sessions beyond
+// the established flows.
+const (
+	floodSources = 20000
+	floodRate    = 50000
+	floodRoom    = 1000
+)
 
 // Sizes of the tunnel series: WireGuard transport messages are 32 bytes
 // plus a multiple of 16.
@@ -107,6 +129,7 @@ var (
 	tunnelPeers   = []string{"udpmux", "udpmux-wg", "udpmux-wg-fast", "nat"}
 	groEchoPeers  = []string{"udpmux", "bare-gro"}
 	groProxyPeers = []string{"udpmux"}
+	floodPeers    = []string{"udpmux", "connected"}
 )
 
 // set returns a set of names.
@@ -154,8 +177,21 @@ func (h *harness) scenarios() []scenario {
 		{part: partGRO, series: seriesGRO, kind: kindEcho, peers: groEchoPeers, configs: groCfgs(kindEcho, "vs")},
 		{part: partGRO, series: seriesGRO, kind: kindProxy, peers: groProxyPeers, configs: groCfgs(kindProxy, "vsb")},
 	}
+	// The connected-socket peer beside udpmux at the growth series' flow
+	// counts, and in a flood of new sources beyond capacity at each. With
+	// the echo part in the session, growth has bare-gso and udpmux already.
+	connGrowth := []string{"connected"}
+	if !h.opts.includes(kindEcho) {
+		connGrowth = []string{"bare-gso", "udpmux", "connected"}
+	}
+	all = append(all, scenario{part: partConnected, series: seriesGrowth, kind: kindEcho, peers: connGrowth, configs: growth})
+	for _, f := range growthFlows {
+		c := config{Kind: kindEcho, Flows: f, Size: 64, Rate: growthRate, Burst: 1, Series: seriesFlood, Flood: floodSources}
+		all = append(all, scenario{part: partConnected, series: seriesFlood, kind: kindEcho, peers: floodPeers,
+			configs: []config{c}, capacity: f + floodRoom})
+	}
 	if h.opts.quick {
-		all = slices.DeleteFunc(all, func(s scenario) bool { return s.series == seriesGrowth })
+		all = slices.DeleteFunc(all, func(s scenario) bool { return s.series == seriesGrowth || s.series == seriesFlood })
 	}
 	return all
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -71,6 +72,7 @@ var peerArgs = map[string][]string{
 	"gnet":      {"-kind", "gnet"},
 	"pion":      {"-kind", "pion"},
 	"muxlisten": {"-kind", "muxlisten"},
+	"connected": {"-kind", "connected"},
 }
 
 // startServer starts peer for scenario sc and waits until it serves.
@@ -87,6 +89,9 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 		args = append([]string{h.binary("peer")}, peerArgs[peer]...)
 		args = append(args, "-mode", sc.kind, "-addr", serverAddr,
 			"-rcvbuf", strconv.Itoa(sockBuf), "-sndbuf", strconv.Itoa(sockBuf))
+		if peer == "connected" {
+			args = append(args, "-max-sessions", strconv.Itoa(cmp.Or(sc.capacity, connectedMax)))
+		}
 	case peer == "nginx":
 		conf, err := h.nginxConf()
 		if err != nil {
@@ -103,7 +108,7 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 			dissector = "wireguard"
 		}
 		fast := strings.HasSuffix(peer, "-fast")
-		conf, err := h.udpmuxConf(sc.kind, dissector, fast)
+		conf, err := h.udpmuxConf(sc.kind, dissector, fast, sc.capacity)
 		if err != nil {
 			return nil, err
 		}
@@ -124,6 +129,11 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 	}
 	return &server{proc: p, dst: serverAddr}, nil
 }
+
+// connectedMax bounds the connected peer's sockets outside the flood
+// series: the growth series' 100 000 sessions and room to spare, within
+// the kernel's fs.nr_open.
+const connectedMax = 200000
 
 // udpmuxPeers are the peers that are the udpmux daemon: with dissector
 // flow or wireguard, in userspace or with the fast path (the kernel
@@ -361,7 +371,7 @@ func napiThreads(dev string) (map[int]bool, error) {
 
 // udpmuxConf writes the daemon's configuration for a scenario kind with the
 // given dissector.
-func (h *harness) udpmuxConf(kind, dissector string, fast bool) (string, error) {
+func (h *harness) udpmuxConf(kind, dissector string, fast bool, capacity int) (string, error) {
 	handler := map[string]string{kindSink: "discard", kindEcho: "echo", kindProxy: "proxy"}[kind]
 	var b strings.Builder
 	fmt.Fprintf(&b, "workers: 1\nbatch: 64\nsocket:\n  recv_buffer: %d\n  send_buffer: %d\n", sockBuf, sockBuf)
@@ -375,7 +385,10 @@ func (h *harness) udpmuxConf(kind, dissector string, fast bool) (string, error) 
 		fmt.Fprintf(&b, "    fast_path: nftables\n")
 		name += "-fast"
 	}
-	fmt.Fprintf(&b, "sessions:\n  max: 1000000\ncontrol:\n  socket: %q\n", h.controlSocket())
+	fmt.Fprintf(&b, "sessions:\n  max: %d\ncontrol:\n  socket: %q\n", cmp.Or(capacity, 1000000), h.controlSocket())
+	if capacity > 0 {
+		name += "-" + strconv.Itoa(capacity)
+	}
 	path := filepath.Join(h.opts.work, name+".yaml")
 	return path, os.WriteFile(path, []byte(b.String()), 0o644)
 }

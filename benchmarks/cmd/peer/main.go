@@ -14,6 +14,10 @@
 //	-kind pion   pion/transport's udp.Listener: a net.Conn per peer, a
 //	             goroutine per Conn reading and writing it.
 //	-kind muxlisten udpmux's mux.Listen, the same way.
+//	-kind connected the seeds' "UDP accept": a socket per peer, bound to the
+//	             service address and connected to the peer, found by the
+//	             kernel's 4-tuple lookup, served from one epoll loop; at
+//	             most -max-sessions (connected.go).
 //
 // On SIGINT or SIGTERM it prints {"received":N,"sent":M,"messages":K} and
 // exits (messages: recvmmsg slots of the bare loop, fewer than received when
@@ -45,11 +49,12 @@ type counters struct {
 	Received atomic.Uint64
 	Sent     atomic.Uint64
 	Messages atomic.Uint64 // received messages: fewer than Received when the kernel coalesced (UDP_GRO)
+	Refused  atomic.Uint64 // connected: datagrams of new peers beyond -max-sessions, dropped
 }
 
 func main() {
 	var (
-		kind   = flag.String("kind", "bare", "bare, gonet, gnet, pion or muxlisten")
+		kind   = flag.String("kind", "bare", "bare, gonet, gnet, pion, muxlisten or connected")
 		gso    = flag.Bool("gso", false, "bare: echo runs of datagrams to one peer as UDP GSO messages")
 		gro    = flag.Bool("gro", false, "bare: receive coalesced datagrams (UDP_GRO); implies -gso")
 		mode   = flag.String("mode", "echo", "echo or sink")
@@ -57,6 +62,7 @@ func main() {
 		batch  = flag.Int("batch", 64, "bare: datagrams per recvmmsg/sendmmsg")
 		rcvbuf = flag.Int("rcvbuf", 0, "socket receive buffer bytes; 0 = system default")
 		sndbuf = flag.Int("sndbuf", 0, "socket send buffer bytes; 0 = system default")
+		maxSes = flag.Int("max-sessions", 1<<20, "connected: sockets (sessions) at most")
 	)
 	flag.Parse()
 	echo := *mode == "echo"
@@ -103,6 +109,8 @@ func main() {
 		go func() { errc <- serveGoNet(list[0], *rcvbuf, *sndbuf, echo, &c) }()
 	case "gnet":
 		go func() { errc <- serveGnet(list[0], *rcvbuf, *sndbuf, echo, &c) }()
+	case "connected":
+		go func() { errc <- serveConnected(list[0], *rcvbuf, *sndbuf, *maxSes, echo, &c) }()
 	case "pion", "muxlisten":
 		ln, err := listen(*kind, list[0], *rcvbuf, *sndbuf)
 		if err != nil {
@@ -110,14 +118,14 @@ func main() {
 		}
 		go func() { errc <- serveListener(ln, echo, &c) }()
 	default:
-		fail(fmt.Errorf("-kind %q: want bare, gonet, gnet, pion or muxlisten", *kind))
+		fail(fmt.Errorf("-kind %q: want bare, gonet, gnet, pion, muxlisten or connected", *kind))
 	}
 	select {
 	case <-sig:
 	case err := <-errc:
 		fail(err)
 	}
-	out, _ := json.Marshal(map[string]uint64{"received": c.Received.Load(), "sent": c.Sent.Load(), "messages": c.Messages.Load()})
+	out, _ := json.Marshal(map[string]uint64{"received": c.Received.Load(), "sent": c.Sent.Load(), "messages": c.Messages.Load(), "refused": c.Refused.Load()})
 	fmt.Println(string(out))
 }
 
