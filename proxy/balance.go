@@ -104,13 +104,19 @@ type Balancer struct {
 	// table was built; building is set while a goroutine builds tables.
 	tableWanted, building atomic.Bool
 	ignored               atomic.Uint64 // refusal reports that marked nothing down
+	// checking is set once active health checks report (Checked).
+	checking atomic.Bool
 }
 
 // backendState is the mutable state of one backend. Fields written by health
 // transitions are atomics (written under Balancer.mu) so that the hot paths
 // can read them without the lock.
 type backendState struct {
-	sessions  atomic.Int64
+	sessions atomic.Int64
+	// out is what Pick reads: down (passive: refused, backing off) or
+	// checkDown (failed its active health checks), kept under
+	// Balancer.mu by setOutLocked.
+	out       atomic.Bool
 	down      atomic.Bool
 	failures  atomic.Int32 // consecutive failures since the last success
 	downUntil atomic.Int64 // end of the current back-off, Balancer clock
@@ -121,6 +127,14 @@ type backendState struct {
 	heard      atomic.Bool
 	quietSince atomic.Int64
 	refusals   atomic.Int32
+	// The active health check's state (check.go): checkDown once Fall
+	// probes in a row failed, until Rise in a row succeed; streak counts
+	// the latest run of results, successes positive and failures
+	// negative; lastFailure is the latest failed probe.
+	checkDown              atomic.Bool
+	streak                 atomic.Int32
+	probesOK, probesFailed atomic.Uint64
+	lastFailure            atomic.Pointer[CheckFailure]
 	// Sessions counters of different backends are updated concurrently by
 	// different event loops; keep them on separate cache lines.
 	_ [64]byte
@@ -219,7 +233,7 @@ func (b *Balancer) Pick(keyHash uint64) (backend int, ok bool) {
 		return best, true
 	default:
 		if s.table != nil {
-			if be := s.table.Pick(keyHash); !b.backends[be].down.Load() {
+			if be := s.table.Pick(keyHash); !b.backends[be].out.Load() {
 				return be, true
 			}
 		}
@@ -236,7 +250,7 @@ func (b *Balancer) Pick(keyHash uint64) (backend int, ok bool) {
 // (a session that names its server).
 func (b *Balancer) Available(backend int) bool {
 	b.current()
-	return !b.backends[backend].down.Load()
+	return !b.backends[backend].out.Load()
 }
 
 // current returns the snapshot to pick from, after returning to service the
@@ -278,9 +292,18 @@ type BackendStatus struct {
 	Addr     netip.AddrPort // as configured
 	Healthy  bool           // currently eligible for new sessions
 	Sessions int64          // live sessions (Opened minus Closed)
-	Failures int            // consecutive failures since the last success
-	Downs    uint64         // transitions to down
+	Failures int            // consecutive refusals since the last sign of life
+	Downs    uint64         // transitions out of service, for either signal
 	Ups      uint64         // transitions back to healthy, after back-off or on success
+	// Check is the active health check's verdict: "up" or "down", or ""
+	// without one.
+	Check string `json:",omitempty"`
+	// ProbesOK and ProbesFailed count the health probes the backend
+	// answered and did not.
+	ProbesOK     uint64 `json:",omitempty"`
+	ProbesFailed uint64 `json:",omitempty"`
+	// LastFailure is the latest failed probe, nil if none failed.
+	LastFailure *CheckFailure `json:",omitempty"`
 }
 
 // Status returns the current status of backend without taking a lock; the
@@ -288,14 +311,24 @@ type BackendStatus struct {
 // transition is in progress.
 func (b *Balancer) Status(backend int) BackendStatus {
 	st := &b.backends[backend]
-	return BackendStatus{
-		Addr:     b.addrs[backend],
-		Healthy:  !st.down.Load(),
-		Sessions: st.sessions.Load(),
-		Failures: int(st.failures.Load()),
-		Downs:    st.downs.Load(),
-		Ups:      st.ups.Load(),
+	bs := BackendStatus{
+		Addr:         b.addrs[backend],
+		Healthy:      !st.out.Load(),
+		Sessions:     st.sessions.Load(),
+		Failures:     int(st.failures.Load()),
+		Downs:        st.downs.Load(),
+		Ups:          st.ups.Load(),
+		ProbesOK:     st.probesOK.Load(),
+		ProbesFailed: st.probesFailed.Load(),
+		LastFailure:  st.lastFailure.Load(),
 	}
+	if b.checking.Load() {
+		bs.Check = "up"
+		if st.checkDown.Load() {
+			bs.Check = "down"
+		}
+	}
+	return bs
 }
 
 // clock converts t to the Balancer's internal monotonic nanosecond clock.
@@ -316,7 +349,7 @@ func (b *Balancer) rebuildLocked(upChanged bool) {
 	if upChanged || old == nil {
 		s.up = make([]int, 0, len(b.backends))
 		for i := range b.backends {
-			if !b.backends[i].down.Load() {
+			if !b.backends[i].out.Load() {
 				s.up = append(s.up, i)
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -60,8 +61,12 @@ type Config struct {
 	// need; nil means DefaultProbes. Share one among listeners for a
 	// process-wide bound.
 	Probes *Budget
-	// Health tunes how long a refusing backend is left out.
+	// Health tunes how long a refusing backend is left out, and the runs
+	// of health probes that take a backend out and bring it back.
 	Health HealthConfig
+	// Check, if not nil, probes the backends actively (RunChecks runs the
+	// probes); nil leaves the passive signal alone.
+	Check *CheckConfig
 	// RecvBuffer and SendBuffer size each upstream socket's kernel buffers,
 	// in bytes; 0 keeps the kernel's default. A burst of replies larger
 	// than the receive buffer is dropped by the kernel (and counted, as
@@ -86,6 +91,7 @@ type Handler struct {
 	probes   *Budget
 	queues   loopQueues[*probe] // the pending probes of each event loop
 	recovery *recovery          // nil: no session is recovered
+	checker  *checker           // nil: no active health checks
 	log      *slog.Logger
 	stats    handlerStats
 	// refusalWindow is the balancer's: a session reports a refusal at
@@ -241,9 +247,15 @@ func New(cfg Config) (*Handler, error) {
 	health := cfg.Health
 	userChange := health.OnChange
 	health.OnChange = func(ev HealthEvent) {
-		if ev.Up {
+		switch {
+		case ev.Up && ev.Check:
+			h.log.Info("backend up: it answered its health probes", "backend", ev.Addr)
+		case ev.Up:
 			h.log.Info("backend up", "backend", ev.Addr)
-		} else {
+		case ev.Check:
+			h.log.Warn("backend down: its health probes went unanswered; no new sessions until it answers again",
+				"backend", ev.Addr, "reason", ev.Reason)
+		default:
 			h.log.Warn("backend down: its sessions' datagrams were refused (ICMP port unreachable) while it answered none; no new sessions until back-off ends",
 				"backend", ev.Addr, "failures", ev.Failures, "backoff", ev.Backoff)
 		}
@@ -256,6 +268,16 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h.bal = bal
+	if cfg.Check != nil {
+		cc, err := cfg.Check.normalize()
+		if err != nil {
+			return nil, err
+		}
+		h.checker = &checker{cfg: cc, bal: bal}
+		for _, b := range cfg.Backends {
+			h.checker.backends = append(h.checker.backends, *net.UDPAddrFromAddrPort(b))
+		}
+	}
 	h.refusalWindow = bal.health.RefusalWindow
 	h.now = bal.now
 	return h, nil
