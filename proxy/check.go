@@ -57,8 +57,25 @@ func (c CheckConfig) normalize() (CheckConfig, error) {
 
 // CheckFailure is a backend's latest failed health probe.
 type CheckFailure struct {
-	Reason string    // why it failed: no answer, a refusal, an answer that proved nothing
-	At     time.Time // when it was sent
+	// Kind is what failed, for metrics: "timeout" (no answer), "refused"
+	// (ICMP port unreachable and no answer), "unproven" (answers that did
+	// not prove the backend) or "error" (the probe could not be sent).
+	Kind   string
+	Reason string    // the whole story
+	At     time.Time // when the probe was sent
+}
+
+// failureKind classifies a probe's error for CheckFailure.Kind.
+func failureKind(err error) string {
+	switch {
+	case errors.Is(err, check.ErrTimeout):
+		return "timeout"
+	case errors.Is(err, check.ErrRefused):
+		return "refused"
+	case errors.Is(err, check.ErrNotAnswer):
+		return "unproven"
+	}
+	return "error"
 }
 
 // Checked records the result of an active health probe of backend sent at
@@ -81,7 +98,7 @@ func (b *Balancer) Checked(backend int, failure error, now time.Time) bool {
 		}
 	} else {
 		st.probesFailed.Add(1)
-		st.lastFailure.Store(&CheckFailure{Reason: failure.Error(), At: now})
+		st.lastFailure.Store(&CheckFailure{Kind: failureKind(failure), Reason: failure.Error(), At: now})
 		n := min(st.streak.Load(), 0) - 1
 		st.streak.Store(n)
 		if st.checkDown.Load() || int(-n) < b.health.Fall {
@@ -129,6 +146,15 @@ func (h *Handler) RunChecks(ctx context.Context) {
 		wg.Go(func() { c.run(ctx, i) })
 	}
 	wg.Wait()
+}
+
+// CheckSockets returns the most sockets RunChecks holds open at once:
+// one per backend with health checks, none without.
+func (h *Handler) CheckSockets() int {
+	if h.checker == nil {
+		return 0
+	}
+	return len(h.checker.backends)
 }
 
 // run probes backend i every interval until ctx ends. The first probe

@@ -74,6 +74,7 @@ type listenerConfig struct {
 	Backends    []backendConfig `mapstructure:"backends"`
 	Balance     string          `mapstructure:"balance"`
 	Announce    *announceConfig `mapstructure:"announce"`
+	Health      healthConfig    `mapstructure:"health"`
 }
 
 // backendConfig is one of a proxy's backends: "ip:port" in the file, or a
@@ -396,6 +397,9 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	if l.Handler != "proxy" && l.Balance != "" {
 		return lc, fmt.Errorf("%s: only the proxy handler balances", key("balance"))
 	}
+	if l.Handler != "proxy" && l.Health != (healthConfig{}) {
+		return lc, fmt.Errorf("%s: only the proxy handler has backends to check", key("health"))
+	}
 	var bs backends
 	if l.Handler == "proxy" {
 		if bs, err = l.backends(key); err != nil {
@@ -569,6 +573,9 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 	cfg := proxy.Config{
 		Backends: bs.addrs, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
 		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
+	}
+	if cfg.Check, cfg.Health, err = l.Health.check(key, l); err != nil {
+		return nil, err
 	}
 	cfg.Tracker, _ = d.(session.Tracker)
 	if cfg.Tracker != nil && limits.recovery != nil {

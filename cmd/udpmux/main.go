@@ -27,6 +27,7 @@ import (
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; otherwise
@@ -247,6 +248,11 @@ func serve(cfg *config, stderr io.Writer) error {
 	}
 	if ln != nil {
 		go ctl.serve()
+	}
+	for _, lc := range cfg.mux.Listeners {
+		if h, ok := lc.Handler.(*proxy.Handler); ok {
+			go h.RunChecks(ctx)
+		}
 	}
 	signals, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()

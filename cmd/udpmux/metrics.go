@@ -57,9 +57,12 @@ var (
 	descRecovery   = prometheus.NewDesc("udpmux_proxy_recoveries_total", "Sessions nobody here had seen (a crash, another host): adopted where a backend proved them (recovered), not begun for the rates or sockets (refused), or proved by no backend in time (failed).", []string{"listener", "result"}, nil)
 	descRecProbes  = prometheus.NewDesc("udpmux_proxy_recovery_probes_total", "Datagrams sent to backends to ask whether they have a recovering session.", []string{"listener"}, nil)
 	descRecovering = prometheus.NewDesc("udpmux_proxy_recovering", "Sessions recovering now, and the sockets they hold (sockets).", []string{"listener", "what"}, nil)
-	descBackendUp  = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off.", []string{"listener", "backend"}, nil)
+	descBackendUp  = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off or fails its health checks.", []string{"listener", "backend"}, nil)
+	descCheckUp    = prometheus.NewDesc("udpmux_proxy_backend_check_up", "1 if the backend passes its active health checks, 0 if not (listeners with health.probe only).", []string{"listener", "backend"}, nil)
+	descCheckProbe = prometheus.NewDesc("udpmux_proxy_health_probes_total", "Active health probes, by result: answered (ok) or not (failed).", []string{"listener", "backend", "result"}, nil)
+	descCheckFail  = prometheus.NewDesc("udpmux_proxy_backend_check_failure_timestamp_seconds", "When the backend's latest failed health probe was sent, by why it failed: timeout, refused (ICMP port unreachable), unproven (answers that did not prove the backend) or error.", []string{"listener", "backend", "reason"}, nil)
 	descBackendS   = prometheus.NewDesc("udpmux_proxy_backend_sessions", "Live sessions on the backend.", []string{"listener", "backend"}, nil)
-	descBackendD   = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
+	descBackendD   = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was taken out of new picks (ICMP port unreachable, or failed health checks).", []string{"listener", "backend"}, nil)
 	descUpstreams  = prometheus.NewDesc("udpmux_proxy_upstream_sockets", "Open upstream sockets.", []string{"listener"}, nil)
 	descProxyErr   = prometheus.NewDesc("udpmux_proxy_upstream_errors_total", "Upstream failures, by kind.", []string{"listener", "kind"}, nil)
 	descBGPPeer    = prometheus.NewDesc("udpmux_bgp_peer_established", "1 while the BGP session with the peer is established.", []string{"peer"}, nil)
@@ -150,6 +153,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descBackendUp, up, name, addr)
 			gauge(descBackendS, float64(b.Sessions), name, addr)
 			counter(descBackendD, b.Downs, name, addr)
+			if b.Check == "" {
+				continue
+			}
+			checkUp := 0.0
+			if b.Check == "up" {
+				checkUp = 1
+			}
+			gauge(descCheckUp, checkUp, name, addr)
+			counter(descCheckProbe, b.ProbesOK, name, addr, "ok")
+			counter(descCheckProbe, b.ProbesFailed, name, addr, "failed")
+			if f := b.LastFailure; f != nil {
+				gauge(descCheckFail, float64(f.At.UnixNano())/1e9, name, addr, f.Kind)
+			}
 		}
 	}
 	if c.ann != nil {
