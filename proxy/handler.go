@@ -274,6 +274,7 @@ func New(cfg Config) (*Handler, error) {
 			return nil, err
 		}
 		h.checker = &checker{cfg: cc, bal: bal}
+		bal.checking.Store(true) // up until the probes say otherwise
 		for _, b := range cfg.Backends {
 			h.checker.backends = append(h.checker.backends, *net.UDPAddrFromAddrPort(b))
 		}
