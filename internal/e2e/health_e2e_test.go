@@ -113,6 +113,8 @@ type hcProto struct {
 	// refused is what the last failed probe of a stopped backend says:
 	// ICMP port unreachable, unless the backend's host answers none.
 	refused string
+	// serverIDs are the backends' QUIC-LB server IDs, nil for none.
+	serverIDs []string
 }
 
 // hcHealth is the health section for probe with the probe's own lines.
@@ -162,6 +164,14 @@ func newHCLab(t *testing.T, p *hcProto) (*hcLab, [2]*hcBackend) {
 	for i := range bs {
 		bs[i] = p.start(h, i)
 	}
+	var backends string
+	for i, a := range hcBackAddrs {
+		if p.serverIDs != nil {
+			backends += fmt.Sprintf("      - {address: %q, server_id: %q}\n", netip.AddrPortFrom(a, p.port), p.serverIDs[i])
+		} else {
+			backends += fmt.Sprintf("      - %q\n", netip.AddrPortFrom(a, p.port))
+		}
+	}
 	config := fmt.Sprintf(`workers: 2
 listeners:
   - name: hc
@@ -169,14 +179,14 @@ listeners:
     handler: proxy
     balance: round-robin
     idle_timeout: 60s
-    backends: [%q, %q]
-%srecovery:
+    backends:
+%s%srecovery:
   enabled: false
 sessions:
   max: 10000
 log:
   level: debug
-`, h.listen, netip.AddrPortFrom(hcBackAddrs[0], p.port), netip.AddrPortFrom(hcBackAddrs[1], p.port), p.listener(h))
+`, h.listen, backends, p.listener(h))
 	h.d = startDaemon(t, h.lab, h.mux, h.dir, config, "proxy", p.port)
 	h.logs = append(h.logs, h.d.Config, h.d.Log)
 	return h, bs
@@ -733,13 +743,16 @@ func TestHealthChecksQUIC(t *testing.T) {
 			return startQUICLive(h, i)
 		},
 		flow: func(h *hcLab, ns *netlab.Namespace) uint16 {
-			// An Initial's long header with a random connection ID, padded
-			// as clients pad theirs; the backend gets nothing it can use.
+			// An Initial's header with a random connection ID (no source
+			// connection ID, no token, a two-octet length: 18 octets), the
+			// rest of 1200 octets its payload, as clients pad theirs; the
+			// backend gets nothing it can use.
 			p := append([]byte{0xc0, 0, 0, 0, 1, 8}, randomBytes(8)...)
-			p = append(p, 0, 0, 0x44, 0xb0)
+			p = append(p, 0, 0, 0x40|(1200-18)>>8, (1200-18)&0xff)
 			return h.sendFrom(ns, append(p, make([]byte, 1200-len(p))...))
 		},
-		refused: "refused",
+		refused:   "refused",
+		serverIDs: []string{quicBackends[0].SID, quicBackends[1].SID},
 	})
 }
 
