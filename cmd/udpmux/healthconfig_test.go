@@ -115,9 +115,7 @@ func typeName(p check.Probe) string { return fmt.Sprintf("%T", p) }
 func TestHealthConfigErrorsNameTheKey(t *testing.T) {
 	f := newHealthFiles(t)
 	const h = "listeners[0].health."
-	tests := []struct {
-		name, body, want string
-	}{
+	tests := []configError{
 		{"unknown probe", healthListener("flow", "", "      probe: icmp\n"), h + `probe: "icmp" is not one of none, openvpn, wireguard, quic, generic`},
 		{"interval without a probe", healthListener("flow", "", "      interval: 1s\n"), h + "probe: missing"},
 		{"bad interval", healthListener("quic", "", "      probe: quic\n      interval: 10ms\n"), h + `interval: "10ms" is not a duration from 100ms to 1h0m0s`},
@@ -145,15 +143,5 @@ func TestHealthConfigErrorsNameTheKey(t *testing.T) {
 		{"unknown key", healthListener("flow", "", "      probe: quic\n      intervall: 1s\n"), "intervall"},
 		{"health on echo", "listeners:\n  - {name: a, handler: echo, address: \"127.0.0.1:1\", health: {probe: quic}}", "listeners[0].health: only the proxy handler has backends to check"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := loadConfig(writeConfig(t, tc.body))
-			if err == nil {
-				t.Fatalf("accepted:\n%s", tc.body)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q does not contain %q", err, tc.want)
-			}
-		})
-	}
+	testConfigErrors(t, tests)
 }

@@ -64,19 +64,23 @@ func serverWrap(t *testing.T, cfg OpenVPNConfig) ovpnWrap {
 	return plain{}
 }
 
+// ovpnCase is a server's answer to an OpenVPN probe and whether Check
+// must take it.
+type ovpnCase struct {
+	name string
+	cfg  OpenVPNConfig
+	// reply makes the server's answer to the request's session ID.
+	reply func(t *testing.T, sid []byte) []byte
+	ok    bool
+}
+
 func TestOpenVPNProbe(t *testing.T) {
 	other := testKey()
 	other[70] ^= 1 // the HMAC keys of both directions, within SHA1's 20 bytes
 	other[200] ^= 1
 	other[10] ^= 1 // and the cipher keys'
 	other[140] ^= 1
-	cases := []struct {
-		name string
-		cfg  OpenVPNConfig
-		// reply makes the server's answer to the request's session ID.
-		reply func(t *testing.T, sid []byte) []byte
-		ok    bool
-	}{
+	cases := []ovpnCase{
 		{"plain", OpenVPNConfig{}, func(t *testing.T, sid []byte) []byte { return ovpnServerReset(sid, 1) }, true},
 		{"plain, two acks and a payload", OpenVPNConfig{}, func(t *testing.T, sid []byte) []byte { return ovpnServerReset(sid, 2, 0x0f, 0, 2, 0) }, true},
 		{"plain, another session ID", OpenVPNConfig{}, func(t *testing.T, sid []byte) []byte {
@@ -109,38 +113,18 @@ func TestOpenVPNProbe(t *testing.T) {
 	} {
 		name := wrap.Wrap + " " + wrap.Digest
 		cases = append(cases,
-			struct {
-				name  string
-				cfg   OpenVPNConfig
-				reply func(t *testing.T, sid []byte) []byte
-				ok    bool
-			}{name, wrap, func(t *testing.T, sid []byte) []byte {
+			ovpnCase{name, wrap, func(t *testing.T, sid []byte) []byte {
 				p := ovpnServerReset(sid, 1)
 				return serverWrap(t, wrap).seal(p[:ovpnHeader], p[ovpnHeader:], t0)
 			}, true},
-			struct {
-				name  string
-				cfg   OpenVPNConfig
-				reply func(t *testing.T, sid []byte) []byte
-				ok    bool
-			}{name + ", another key", wrap, func(t *testing.T, sid []byte) []byte {
+			ovpnCase{name + ", another key", wrap, func(t *testing.T, sid []byte) []byte {
 				w := wrap
 				w.Key = other
 				p := ovpnServerReset(sid, 1)
 				return serverWrap(t, w).seal(p[:ovpnHeader], p[ovpnHeader:], t0)
 			}, false},
-			struct {
-				name  string
-				cfg   OpenVPNConfig
-				reply func(t *testing.T, sid []byte) []byte
-				ok    bool
-			}{name + ", unwrapped", wrap, func(t *testing.T, sid []byte) []byte { return ovpnServerReset(sid, 1) }, false},
-			struct {
-				name  string
-				cfg   OpenVPNConfig
-				reply func(t *testing.T, sid []byte) []byte
-				ok    bool
-			}{name + ", a bit flipped", wrap, func(t *testing.T, sid []byte) []byte {
+			ovpnCase{name + ", unwrapped", wrap, func(t *testing.T, sid []byte) []byte { return ovpnServerReset(sid, 1) }, false},
+			ovpnCase{name + ", a bit flipped", wrap, func(t *testing.T, sid []byte) []byte {
 				p := ovpnServerReset(sid, 1)
 				p = serverWrap(t, wrap).seal(p[:ovpnHeader], p[ovpnHeader:], t0)
 				p[len(p)-1] ^= 1
@@ -151,13 +135,7 @@ func TestOpenVPNProbe(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p, err := NewOpenVPN(c.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			a, err := p.Start(t0)
-			if err != nil {
-				t.Fatal(err)
-			}
+			a := startAttempt(t)(p, err)
 			req := a.Request()
 			if req[0] != ovpnResetClient {
 				t.Fatalf("request opcode byte %#x", req[0])
@@ -295,14 +273,7 @@ func TestGenericProbe(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p, err := NewGeneric(c.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			a, err := p.Start(t0)
-			if err != nil {
-				t.Fatal(err)
-			}
+			a := startAttempt(t)(NewGeneric(c.cfg))
 			if strings.Contains(string(a.Request()), Nonce) {
 				t.Fatalf("request %q still names the nonce", a.Request())
 			}
@@ -340,4 +311,21 @@ func wgPairSeed(seed byte) (priv, pub [32]byte) {
 	}
 	copy(pub[:], k.PublicKey().Bytes())
 	return priv, pub
+}
+
+// startAttempt returns a function that starts an attempt at t0 of the
+// probe a constructor returned, failing t if either failed:
+// startAttempt(t)(NewGeneric(cfg)).
+func startAttempt(t *testing.T) func(Probe, error) Attempt {
+	return func(p Probe, err error) Attempt {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := p.Start(t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
 }

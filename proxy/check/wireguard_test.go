@@ -160,15 +160,8 @@ func TestWireGuardProbe(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p, err := NewWireGuard(hpriv, spub)
-			if err != nil {
-				t.Fatal(err)
-			}
-			a, err := p.Start(t0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = a.Check(c.reply(a.Request()))
+			a := startAttempt(t)(NewWireGuard(hpriv, spub))
+			err := a.Check(c.reply(a.Request()))
 			if (err == nil) != c.ok {
 				t.Fatalf("Check: %v; want ok %v", err, c.ok)
 			}
