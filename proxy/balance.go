@@ -127,7 +127,7 @@ type backendState struct {
 	heard      atomic.Bool
 	quietSince atomic.Int64
 	refusals   atomic.Int32
-	// The active health check's state (check.go): checkDown once Fall
+	// The active health check's state (checks.go): checkDown once Fall
 	// probes in a row failed, until Rise in a row succeed; streak counts
 	// the latest run of results, successes positive and failures
 	// negative; lastFailure is the latest failed probe.

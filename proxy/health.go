@@ -63,8 +63,8 @@ type HealthConfig struct {
 	// backend, including automatic returns after a back-off, so that the
 	// caller can log each transition exactly once. Calls are made in
 	// transition order while the Balancer's health lock is held: OnChange
-	// must be quick and must not call MarkDown, MarkUp or Refresh (Pick and
-	// Status are fine).
+	// must be quick and must not call MarkDown, MarkUp, Refresh or Checked
+	// (Pick and Status are fine).
 	OnChange func(HealthEvent)
 	// Now is the clock Pick uses to notice that a back-off has ended, and
 	// a Handler's clock; nil means time.Now. It exists for tests; times
@@ -167,10 +167,12 @@ func (b *Balancer) MarkDown(backend int, now time.Time) bool {
 		return false
 	}
 	st.down.Store(true)
-	if b.setOutLocked(backend) {
-		b.rebuildLocked(true)
-		b.changed(HealthEvent{Backend: backend, Addr: b.addrs[backend], Failures: int(f), Backoff: d})
+	if !b.setOutLocked(backend) {
+		b.rebuildLocked(false) // out for its checks already: only retryAt changes
+		return true
 	}
+	b.rebuildLocked(true)
+	b.changed(HealthEvent{Backend: backend, Addr: b.addrs[backend], Failures: int(f), Backoff: d})
 	return true
 }
 
@@ -234,10 +236,12 @@ func (b *Balancer) MarkUp(backend int) bool {
 		return false
 	}
 	st.down.Store(false)
-	if b.setOutLocked(backend) {
-		b.rebuildLocked(true)
-		b.changed(HealthEvent{Backend: backend, Addr: b.addrs[backend], Up: true})
+	if !b.setOutLocked(backend) {
+		b.rebuildLocked(false) // still out for its checks: only retryAt changes
+		return true
 	}
+	b.rebuildLocked(true)
+	b.changed(HealthEvent{Backend: backend, Addr: b.addrs[backend], Up: true})
 	return true
 }
 

@@ -197,7 +197,7 @@ func (w *wireguardHealth) probe(hkey func(string) string, l *listenerConfig) (ch
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", hkey("wireguard.backend_public_key"), err)
 		}
-		server, err = check.PublicKey(k)
+		server, err = check.WireGuardPublicKey(k)
 		clear(k[:])
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", hkey("wireguard.backend_public_key"), err)
@@ -205,7 +205,7 @@ func (w *wireguardHealth) probe(hkey func(string) string, l *listenerConfig) (ch
 	default:
 		return nil, fmt.Errorf("%s: missing: the backends' public key (or the listener's wireguard.private_key)", hkey("wireguard.backend_public_key"))
 	}
-	if pub, _ := check.PublicKey(priv); pub == server {
+	if pub, _ := check.WireGuardPublicKey(priv); pub == server {
 		return nil, fmt.Errorf("%s: this is the backends' own key; the health peer needs a key of its own (wg genkey)", hkey("wireguard.private_key"))
 	}
 	p, err := check.NewWireGuard(priv, server)

@@ -23,15 +23,10 @@ func Exchange(conn *net.UDPConn, a Attempt, deadline time.Time, buf []byte) erro
 	if err := conn.SetDeadline(deadline); err != nil {
 		return fmt.Errorf("check: %w", err)
 	}
+	// conn is the attempt's own: no earlier datagram's refusal can be
+	// pending on it.
 	if _, err := conn.Write(a.Request()); err != nil {
-		// A refusal of an earlier datagram may surface here; what the
-		// request meets is for the reads to see.
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("check: send: %w", err)
-		}
-		if _, err := conn.Write(a.Request()); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("check: send: %w", err)
-		}
+		return fmt.Errorf("check: send: %w", err)
 	}
 	var refused bool
 	var wrong error

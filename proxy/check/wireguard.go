@@ -52,7 +52,7 @@ type wireGuard struct {
 
 // NewWireGuard returns a probe that starts handshakes with a WireGuard
 // backend whose public key is server, as the peer whose private key is
-// private. Each backend must list that peer (its public key, PublicKey);
+// private. Each backend must list that peer (its public key, WireGuardPublicKey);
 // with no allowed IPs it can carry no traffic. A peer's handshakes must
 // carry ever later timestamps: give every udpmux host (and every listener
 // that probes the same backend) a health key of its own.
@@ -76,9 +76,9 @@ func NewWireGuard(private, server [32]byte) (Probe, error) {
 	return w, nil
 }
 
-// PublicKey returns the public key of a WireGuard health key: the peer
+// WireGuardPublicKey returns the public key of a WireGuard health key: the peer
 // every backend must list.
-func PublicKey(private [32]byte) ([32]byte, error) {
+func WireGuardPublicKey(private [32]byte) ([32]byte, error) {
 	var pub [32]byte
 	k, err := ecdh.X25519().NewPrivateKey(private[:])
 	if err != nil {

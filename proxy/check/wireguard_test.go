@@ -179,10 +179,10 @@ func TestWireGuardProbe(t *testing.T) {
 	}
 }
 
-func TestPublicKey(t *testing.T) {
+func TestWireGuardPublicKey(t *testing.T) {
 	priv, pub := wgPair(t)
-	got, err := PublicKey(priv)
+	got, err := WireGuardPublicKey(priv)
 	if err != nil || got != pub {
-		t.Fatalf("PublicKey: %x, %v; want %x", got, err, pub)
+		t.Fatalf("WireGuardPublicKey: %x, %v; want %x", got, err, pub)
 	}
 }
