@@ -189,6 +189,17 @@ log:
 `, h.listen, backends, p.listener(h))
 	h.d = startDaemon(t, h.lab, h.mux, h.dir, config, "proxy", p.port)
 	h.logs = append(h.logs, h.d.Config, h.d.Log)
+	// udpmux binds its listeners before it opens its control socket.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := controlRequest(h.sock, handoff.TypeStatus)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("udpmux status: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	return h, bs
 }
 
