@@ -153,23 +153,30 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descBackendUp, up, name, addr)
 			gauge(descBackendS, float64(b.Sessions), name, addr)
 			counter(descBackendD, b.Downs, name, addr)
-			if b.Check == "" {
-				continue
-			}
-			checkUp := 0.0
-			if b.Check == "up" {
-				checkUp = 1
-			}
-			gauge(descCheckUp, checkUp, name, addr)
-			counter(descCheckProbe, b.ProbesOK, name, addr, "ok")
-			counter(descCheckProbe, b.ProbesFailed, name, addr, "failed")
-			if f := b.LastFailure; f != nil {
-				gauge(descCheckFail, float64(f.At.UnixNano())/1e9, name, addr, f.Kind)
-			}
+			collectChecks(ch, name, b)
 		}
 	}
 	if c.ann != nil {
 		c.collectBGP(ch)
+	}
+}
+
+// collectChecks reports the active health checks of backend b of the
+// proxy listener name, if it has any.
+func collectChecks(ch chan<- prometheus.Metric, name string, b proxy.BackendStatus) {
+	if b.Check == "" {
+		return
+	}
+	addr := b.Addr.String()
+	up := 0.0
+	if b.Check == "up" {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descCheckUp, prometheus.GaugeValue, up, name, addr)
+	ch <- prometheus.MustNewConstMetric(descCheckProbe, prometheus.CounterValue, float64(b.ProbesOK), name, addr, "ok")
+	ch <- prometheus.MustNewConstMetric(descCheckProbe, prometheus.CounterValue, float64(b.ProbesFailed), name, addr, "failed")
+	if f := b.LastFailure; f != nil {
+		ch <- prometheus.MustNewConstMetric(descCheckFail, prometheus.GaugeValue, float64(f.At.UnixNano())/1e9, name, addr, f.Kind)
 	}
 }
 
