@@ -106,6 +106,18 @@ func (hc *healthConfig) check(key func(string) string, l *listenerConfig) (*prox
 	if cc.Timeout > cc.Interval {
 		return nil, health, fmt.Errorf("%s: %v is longer than health.interval (%v): a backend would have two probes in flight", hkey("timeout"), cc.Timeout, cc.Interval)
 	}
+	// A tunnel or QUIC dissector says what the backends speak: another
+	// protocol's probe would go unanswered and mark every backend down.
+	switch hc.Probe {
+	case "openvpn", "wireguard", "quic":
+		switch l.Dissector {
+		case "openvpn", "wireguard", "quic":
+			if l.Dissector != hc.Probe {
+				return nil, health, fmt.Errorf("%s: %s probes cannot check the backends of dissector: %s, which would never answer them; use probe: %s (or generic)",
+					hkey("probe"), hc.Probe, l.Dissector, l.Dissector)
+			}
+		}
+	}
 	var err error
 	switch hc.Probe {
 	case "", "none":

@@ -141,6 +141,7 @@ func TestHealthConfigErrorsNameTheKey(t *testing.T) {
 		{"generic without send", healthListener("flow", "", "      probe: generic\n      generic: {expect_prefix: x}\n"), h + "generic.send: missing"},
 		{"generic bad regexp", healthListener("flow", "", "      probe: generic\n      generic: {send: x, expect_regexp: \"(\"}\n"), h + "generic.expect_regexp: "},
 		{"unknown key", healthListener("flow", "", "      probe: quic\n      intervall: 1s\n"), "intervall"},
+		{"another protocol's probe", healthListener("openvpn", "", "      probe: quic\n"), h + "probe: quic probes cannot check the backends of dissector: openvpn"},
 		{"health on echo", "listeners:\n  - {name: a, handler: echo, address: \"127.0.0.1:1\", health: {probe: quic}}", "listeners[0].health: only the proxy handler has backends to check"},
 	}
 	testConfigErrors(t, tests)
