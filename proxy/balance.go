@@ -287,23 +287,24 @@ func (b *Balancer) Closed(backend int) {
 func (b *Balancer) Len() int { return len(b.addrs) }
 
 // BackendStatus is a point-in-time view of one backend, for metrics and
-// status pages.
+// status pages; its JSON keys are in snake_case, the address's "address"
+// as a listener's is.
 type BackendStatus struct {
-	Addr     netip.AddrPort // as configured
-	Healthy  bool           // currently eligible for new sessions
-	Sessions int64          // live sessions (Opened minus Closed)
-	Failures int            // consecutive refusals since the last sign of life
-	Downs    uint64         // transitions out of service, for either signal
-	Ups      uint64         // transitions back to healthy, after back-off or on success
+	Addr     netip.AddrPort `json:"address"`  // as configured
+	Healthy  bool           `json:"healthy"`  // currently eligible for new sessions, by both signals
+	Sessions int64          `json:"sessions"` // live sessions (Opened minus Closed)
+	Failures int            `json:"failures"` // consecutive refusals since the last sign of life
+	Downs    uint64         `json:"downs"`    // transitions out of service, for either signal
+	Ups      uint64         `json:"ups"`      // transitions back to healthy, after back-off or on success
 	// Check is the active health check's verdict: "up" or "down", or ""
 	// without one.
-	Check string `json:",omitempty"`
+	Check string `json:"check,omitempty"`
 	// ProbesOK and ProbesFailed count the health probes the backend
 	// answered and did not.
-	ProbesOK     uint64 `json:",omitempty"`
-	ProbesFailed uint64 `json:",omitempty"`
+	ProbesOK     uint64 `json:"probes_ok,omitempty"`
+	ProbesFailed uint64 `json:"probes_failed,omitempty"`
 	// LastFailure is the latest failed probe, nil if none failed.
-	LastFailure *CheckFailure `json:",omitempty"`
+	LastFailure *CheckFailure `json:"last_failure,omitempty"`
 }
 
 // Status returns the current status of backend without taking a lock; the

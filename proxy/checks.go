@@ -60,9 +60,9 @@ type CheckFailure struct {
 	// Kind is what failed, for metrics: "timeout" (no answer), "refused"
 	// (ICMP port unreachable and no answer), "unproven" (answers that did
 	// not prove the backend) or "error" (the probe could not be sent).
-	Kind   string
-	Reason string    // the whole story
-	At     time.Time // when the probe was sent
+	Kind   string    `json:"kind"`
+	Reason string    `json:"reason"` // the whole story
+	At     time.Time `json:"at"`     // when the probe was sent
 }
 
 // failureKind classifies a probe's error for CheckFailure.Kind.

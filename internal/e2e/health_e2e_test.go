@@ -20,6 +20,7 @@ import (
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
+	"github.com/udpmux/udpmux/proxy"
 )
 
 // The health check lab: udpmux proxies one listener to two backends of
@@ -203,39 +204,25 @@ log:
 	return h, bs
 }
 
-// hcBackendStatus is a backend's part of `udpmux status` (proxy.BackendStatus).
-type hcBackendStatus struct {
-	Addr                   netip.AddrPort
-	Healthy                bool
-	Check                  string
-	ProbesOK, ProbesFailed uint64
-	LastFailure            *struct {
-		Kind, Reason string
-		At           time.Time
-	}
-}
-
 // backends returns the listener's backends as udpmux's status shows them.
-func (h *hcLab) backends() [2]hcBackendStatus {
+func (h *hcLab) backends() [2]proxy.BackendStatus {
 	h.t.Helper()
 	out, err := controlRequest(h.sock, handoff.TypeStatus)
 	if err != nil {
 		h.t.Fatalf("udpmux status: %v", err)
 	}
-	var st struct {
-		Proxies map[string]struct{ Backends []hcBackendStatus }
-	}
+	var st controlStatus
 	if err := json.Unmarshal(out, &st); err != nil || len(st.Proxies["hc"].Backends) != 2 {
 		h.t.Fatalf("udpmux status: %v\n%s", err, out)
 	}
-	return [2]hcBackendStatus(st.Proxies["hc"].Backends)
+	return [2]proxy.BackendStatus(st.Proxies["hc"].Backends)
 }
 
 // waitBackend0 polls udpmux's status until backend 0's check reads want
 // and udpmux picks it (or not) accordingly, and returns when it first did;
 // backend 1 must read up and healthy all along. It fails the test after
 // bound.
-func (h *hcLab) waitBackend0(want string, since time.Time, bound time.Duration) (hcBackendStatus, time.Time) {
+func (h *hcLab) waitBackend0(want string, since time.Time, bound time.Duration) (proxy.BackendStatus, time.Time) {
 	h.t.Helper()
 	for {
 		bs := h.backends()
