@@ -47,5 +47,14 @@
 // eight backends. They need what the roaming tests need (but nft and
 // conntrack) and FRR (frr).
 //
+// The health check tests (health_e2e_test.go) run two backends of one kind
+// behind udpmux with active health checks (listeners[].health) -- udpmux's
+// own echo handler, OpenVPN with tls-crypt, wireguard-go with udpmux's
+// health peer, quic-go's quicecho -- and make one fail firewalled (nft
+// drop), hung (SIGSTOP) and stopped, then bring it back: udpmux must take
+// it out within fall probe intervals and back within rise, put every new
+// session on the other, and the other's live session must lose nothing.
+// They need root, ip, nft and ping, and each kind's programs as above.
+//
 // Run them with: go test -race -v ./internal/e2e
 package e2e
