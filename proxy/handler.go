@@ -27,6 +27,9 @@ import (
 type Config struct {
 	// Backends are the backend addresses.
 	Backends []netip.AddrPort
+	// Weights are the backends' weights, in the order of Backends (see
+	// BalancerConfig.Weights); nil means 1 each.
+	Weights []int
 	// Balance picks new sessions' backends.
 	Balance Policy
 	// Router, if not nil, routes each new session by the datagram that
@@ -114,7 +117,8 @@ type handlerStats struct {
 // Stats are the proxy's own counters. The JSON keys are the fields' names
 // in snake_case, as mux.Stats has.
 type Stats struct {
-	// NoBackend counts new sessions refused because every backend was down.
+	// NoBackend counts new sessions refused because no backend took new
+	// sessions: every one was down, drained or of weight 0.
 	NoBackend uint64 `json:"no_backend"`
 	// SourceLimited counts new sessions refused by sessions.max_per_source;
 	// SocketLimited those refused by the upstream socket bound.
@@ -180,7 +184,9 @@ type Stats struct {
 	// ProbeSockets the number of probes among them.
 	UpstreamSockets int `json:"upstream_sockets"`
 	ProbeSockets    int `json:"probe_sockets"`
-	// Backends is each backend's health and live sessions.
+	// Backends is each backend's health, drained state, weight and live
+	// sessions: the configured ones in their order, then the retired ones
+	// (see ImportSession).
 	Backends []BackendStatus `json:"backends"`
 }
 
@@ -225,7 +231,7 @@ type settled struct {
 
 // Errors returned by Open; the engine counts them as refused sessions.
 var (
-	ErrNoBackend     = errors.New("proxy: every backend is down")
+	ErrNoBackend     = errors.New("proxy: no backend takes new sessions (down, drained or of weight 0)")
 	ErrSourceLimited = errors.New("proxy: too many sessions from this source")
 	ErrSocketLimited = errors.New("proxy: upstream socket limit reached")
 )
@@ -275,7 +281,7 @@ func New(cfg Config) (*Handler, error) {
 			userChange(ev)
 		}
 	}
-	bal, err := NewBalancer(BalancerConfig{Backends: cfg.Backends, Policy: cfg.Balance, Health: health})
+	bal, err := NewBalancer(BalancerConfig{Backends: cfg.Backends, Weights: cfg.Weights, Policy: cfg.Balance, Health: health})
 	if err != nil {
 		return nil, err
 	}
@@ -543,10 +549,58 @@ func (h *Handler) Stats() Stats {
 		st.RecoverySockets = h.recovery.sockets.InUse()
 		st.UpstreamSockets += st.RecoverySockets
 	}
-	for i := range h.backends {
+	for i := range h.bal.count() {
 		st.Backends = append(st.Backends, h.bal.Status(i))
 	}
 	return st
+}
+
+// Drain stops new sessions from going to the backend at addr; its sessions
+// stay until they end (see Balancer.Drain). A drained backend is still
+// asked by recoveries, and still gets the sessions whose first datagram
+// names it by its server ID (Config.Router): those are sessions it has,
+// which a udpmux that never saw them finds again. It reports whether the
+// backend took new sessions before. Safe from any goroutine.
+func (h *Handler) Drain(addr netip.AddrPort) (bool, error) {
+	b, err := h.configured(addr)
+	if err != nil {
+		return false, err
+	}
+	return h.bal.Drain(b), nil
+}
+
+// Enable undoes Drain; it reports whether the backend was drained.
+func (h *Handler) Enable(addr netip.AddrPort) (bool, error) {
+	b, err := h.configured(addr)
+	if err != nil {
+		return false, err
+	}
+	return h.bal.Enable(b), nil
+}
+
+// SetWeight sets the weight of the backend at addr (see
+// BalancerConfig.Weights).
+func (h *Handler) SetWeight(addr netip.AddrPort, weight int) error {
+	b, err := h.configured(addr)
+	if err != nil {
+		return err
+	}
+	if err := h.bal.SetWeight(b, weight); err != nil {
+		return fmt.Errorf("proxy: backend %s: %w", addr, err)
+	}
+	return nil
+}
+
+// configured returns the index of the configured backend at addr.
+func (h *Handler) configured(addr netip.AddrPort) (int, error) {
+	b, ok := h.bal.index(addr)
+	switch {
+	case !ok:
+		return -1, fmt.Errorf("proxy: %s is not a backend of this listener", addr)
+	case b >= h.bal.Len():
+		return -1, fmt.Errorf("proxy: backend %s is retired (no longer configured): it takes no new sessions, and its sessions stay until they end", addr)
+	}
+	return b, nil
 }
 
 // ExportSession returns the session's backend address, which the successor
@@ -556,7 +610,7 @@ func (h *Handler) ExportSession(s session.Session) ([]byte, error) {
 	if st == nil {
 		return nil, nil // recovering: the successor refuses it (see ImportSession)
 	}
-	return h.backends[st.backend].MarshalBinary()
+	return h.bal.addr(st.backend).MarshalBinary()
 }
 
 // StateFixed reports true: a session keeps the backend Open chose, so a
@@ -565,8 +619,10 @@ func (h *Handler) StateFixed() bool { return true }
 
 // ImportSession adopts a predecessor's session: its upstream socket is the
 // same kernel socket, so the backend sees the same source address:port. A
-// session whose backend the new configuration dropped, or that the new limits
-// refuse, is refused.
+// session whose backend the new configuration dropped stays on it: the
+// backend is retired, drained for good, and the session
+// ends when it idles out, as a drained backend's do. A session the new
+// limits refuse is refused.
 func (h *Handler) ImportSession(s session.Session, state []byte, sock session.Socket) error {
 	if len(state) == 0 {
 		return errors.New("proxy: the session was still recovering: its client's next datagram recovers it here")
@@ -574,15 +630,6 @@ func (h *Handler) ImportSession(s session.Session, state []byte, sock session.So
 	var addr netip.AddrPort
 	if err := addr.UnmarshalBinary(state); err != nil {
 		return fmt.Errorf("proxy: session state: %w", err)
-	}
-	backend := -1
-	for i, b := range h.backends {
-		if b == addr {
-			backend = i
-		}
-	}
-	if backend < 0 {
-		return fmt.Errorf("proxy: backend %s is no longer configured", addr)
 	}
 	if sock == nil {
 		return errors.New("proxy: session arrived without its upstream socket")
@@ -593,6 +640,11 @@ func (h *Handler) ImportSession(s session.Session, state []byte, sock session.So
 	src := s.PeerAddr().Addr()
 	if err := h.acquire(src); err != nil {
 		return err
+	}
+	backend, ok := h.bal.index(addr)
+	if !ok {
+		backend, _ = h.bal.retire(addr)
+		h.log.Info("backend no longer configured: retired, its sessions stay on it until they idle out", "backend", addr)
 	}
 	u := h.newUpstream(s, sock, backend)
 	u.source = src
@@ -624,7 +676,7 @@ func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
 	if st == nil {
 		return SessionInfo{}, true // recovering
 	}
-	return SessionInfo{Backend: h.backends[st.backend], Source: st.sock.LocalAddr()}, true
+	return SessionInfo{Backend: h.bal.addr(st.backend), Source: st.sock.LocalAddr()}, true
 }
 
 // Interface checks.

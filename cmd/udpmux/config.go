@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,12 +76,17 @@ type listenerConfig struct {
 	Balance     string          `mapstructure:"balance"`
 	Announce    *announceConfig `mapstructure:"announce"`
 	Health      healthConfig    `mapstructure:"health"`
+	// checked are a proxy's backends once check has read them.
+	checked backends
 }
 
 // backendConfig is one of a proxy's backends: "ip:port" in the file, or a
-// map with its address and the QUIC-LB server ID of dissector: quic.
+// map with its address, its weight and the QUIC-LB server ID of dissector:
+// quic.
 type backendConfig struct {
 	Address string `mapstructure:"address"`
+	// Weight is its share of new sessions, 1 when left out (nil).
+	Weight *int `mapstructure:"weight"`
 	// ServerID is what YAML made of the value: a string of hex digits, or
 	// whatever else an unquoted value reads as (0102 is a number), which
 	// check refuses rather than guess at.
@@ -457,6 +463,7 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 		if bs, err = l.backends(key); err != nil {
 			return lc, err
 		}
+		l.checked = bs
 	}
 	d, err := l.dissector(key, bs)
 	if err != nil {
@@ -560,6 +567,8 @@ func parseAddress(s string) (netip.AddrPort, error) {
 // backends are a proxy listener's checked backends.
 type backends struct {
 	addrs []netip.AddrPort
+	// weights are their weights, in the order of addrs.
+	weights []int
 	// sids are the backends' QUIC-LB server IDs, in the order of addrs, the
 	// zero ServerID for a backend without one; nil when none has one.
 	sids []quiclb.ServerID
@@ -588,6 +597,14 @@ func (l *listenerConfig) backends(key func(string) string) (backends, error) {
 		}
 		seen[ap] = j
 		bs.addrs = append(bs.addrs, ap)
+		w := 1
+		if b.Weight != nil {
+			w = *b.Weight
+		}
+		if w < 0 || w > proxy.MaxWeight {
+			return bs, fmt.Errorf("%s: %d is not within 0..%d (0 takes no new sessions, as a drained backend)", bkey(".weight"), w, proxy.MaxWeight)
+		}
+		bs.weights = append(bs.weights, w)
 		if b.ServerID == nil {
 			continue
 		}
@@ -611,6 +628,9 @@ func (l *listenerConfig) backends(key func(string) string) (backends, error) {
 		}
 		bs.sids[j] = id
 	}
+	if !slices.ContainsFunc(bs.weights, func(w int) bool { return w > 0 }) {
+		return bs, fmt.Errorf("%s: every backend has weight 0: the listener could take no new session", key("backends"))
+	}
 	return bs, nil
 }
 
@@ -623,7 +643,7 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 		return nil, fmt.Errorf("%s: %q is not one of maglev, least-sessions, round-robin", key("balance"), l.Balance)
 	}
 	cfg := proxy.Config{
-		Backends: bs.addrs, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
+		Backends: bs.addrs, Weights: bs.weights, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
 		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
 	}
 	if cfg.Check, cfg.Health, err = l.Health.check(key, l); err != nil {
