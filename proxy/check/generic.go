@@ -62,6 +62,8 @@ type genericAttempt struct {
 	re          *regexp.Regexp
 }
 
+// Start makes the request with a fresh nonce, and the expectations that
+// name it.
 func (g *generic) Start(time.Time) (Attempt, error) {
 	var n [8]byte
 	random(n[:])
@@ -82,6 +84,8 @@ func (g *generic) Start(time.Time) (Attempt, error) {
 
 func (a *genericAttempt) Request() []byte { return a.req }
 
+// Check accepts an answer with the expected prefix that matches the
+// expected expression.
 func (a *genericAttempt) Check(p []byte) error {
 	if !bytes.HasPrefix(p, a.prefix) {
 		return notAnswer("generic: does not begin with the expected prefix")
