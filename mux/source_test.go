@@ -38,7 +38,7 @@ func (h *sourceRelay) Open(s session.Session) error {
 	s.SetState(k)
 	return nil
 }
-func (h *sourceRelay) Datagram(s session.Session, p []byte) { s.State().(session.Socket).Write(p) }
+func (h *sourceRelay) Datagram(s session.Session, p []byte)  { s.State().(session.Socket).Write(p) }
 func (h *sourceRelay) Close(session.Session, session.Reason) {}
 func (h *sourceRelay) Upstream(s session.Session, _ session.Socket, p []byte) {
 	s.Write(p)
