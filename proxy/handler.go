@@ -90,16 +90,16 @@ type Handler struct {
 	buffers  session.DialOptions
 	// clientSource is Config.ClientSource.
 	clientSource bool
-	bal      *Balancer
-	routes   *routes // nil without a Router
-	tracker  session.Tracker
-	sources  *SourceLimiter
-	sockets  *Budget
-	probes   *Budget
-	queues   loopQueues[*probe] // the pending probes of each event loop
-	recovery *recovery          // nil: no session is recovered
-	log      *slog.Logger
-	stats    handlerStats
+	bal          *Balancer
+	routes       *routes // nil without a Router
+	tracker      session.Tracker
+	sources      *SourceLimiter
+	sockets      *Budget
+	probes       *Budget
+	queues       loopQueues[*probe] // the pending probes of each event loop
+	recovery     *recovery          // nil: no session is recovered
+	log          *slog.Logger
+	stats        handlerStats
 	// refusalWindow is the balancer's: a session reports a refusal at
 	// most once per window.
 	refusalWindow time.Duration
