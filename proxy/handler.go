@@ -26,6 +26,9 @@ import (
 type Config struct {
 	// Backends are the backend addresses.
 	Backends []netip.AddrPort
+	// Weights are the backends' weights, in the order of Backends (see
+	// BalancerConfig.Weights); nil means 1 each.
+	Weights []int
 	// Balance picks new sessions' backends.
 	Balance Policy
 	// Router, if not nil, routes each new session by the datagram that
@@ -117,45 +120,53 @@ type handlerStats struct {
 	pending, recovering                                                atomic.Int64
 }
 
-// Stats are the proxy's own counters.
+// Stats are the proxy's own counters. The JSON keys are the fields' names
+// in snake_case, as mux.Stats has.
 type Stats struct {
-	// NoBackend counts new sessions refused because every backend was down.
-	NoBackend uint64
+	// NoBackend counts new sessions refused because no backend took new
+	// sessions: every one was down, drained or of weight 0.
+	NoBackend uint64 `json:"no_backend"`
 	// SourceLimited counts new sessions refused by sessions.max_per_source;
 	// SocketLimited those refused by the upstream socket bound.
-	SourceLimited, SocketLimited uint64
+	SourceLimited uint64 `json:"source_limited"`
+	SocketLimited uint64 `json:"socket_limited"`
 	// DialErrors counts upstream sockets that could not be opened.
-	DialErrors uint64
+	DialErrors uint64 `json:"dial_errors"`
 	// UpstreamErrors counts failed sends and receives on upstream sockets
 	// other than refusals (datagrams the engine dropped for a full send
 	// buffer are mux's UpstreamSendDrops); RefusedByBackend ICMP
 	// port-unreachable reports, of which IgnoredRefusals did not mark a
 	// backend down (see Balancer.Refused).
-	UpstreamErrors, RefusedByBackend, IgnoredRefusals uint64
+	UpstreamErrors   uint64 `json:"upstream_errors"`
+	RefusedByBackend uint64 `json:"refused_by_backend"`
+	IgnoredRefusals  uint64 `json:"ignored_refusals"`
 	// Abandoned counts sessions closed because their backend was down and
 	// had not answered them (for their idle timeout, or ever), so that
 	// their clients' next datagrams open sessions on a healthy backend.
-	Abandoned uint64
+	Abandoned uint64 `json:"abandoned"`
 	// Moved counts sessions that followed their client to a new address,
 	// confirmed by the backend (see Roam); MovesRefused new addresses given
 	// no probe (no Tracker, a failed dial, no probe of the event loop's to
 	// take the place of) or refused by sessions.max_per_source;
 	// MovesPending is the number of probes open now, each a new address
 	// waiting for the backend's word.
-	Moved, MovesRefused uint64
-	MovesPending        int64
+	Moved        uint64 `json:"moved"`
+	MovesRefused uint64 `json:"moves_refused"`
+	MovesPending int64  `json:"moves_pending"`
 	// MovesImplausible counts datagrams from a new address that the
 	// session's Tracker found impossible for its client, dropped;
 	// UnvouchedAnswers datagrams on a pending probe that it did not vouch
 	// for (forged, or a backend message that proves nothing), dropped;
 	// ProbesEvicted pending probes closed for a newer address (a session's
 	// fifth, or one the probe budget had no room for).
-	MovesImplausible, UnvouchedAnswers, ProbesEvicted uint64
+	MovesImplausible uint64 `json:"moves_implausible"`
+	UnvouchedAnswers uint64 `json:"unvouched_answers"`
+	ProbesEvicted    uint64 `json:"probes_evicted"`
 	// LateDatagrams counts datagrams dropped because they came from the
 	// address a session had left less than a second before: overtaken by
 	// the client's datagrams from its new address, they would take the
 	// session back.
-	LateDatagrams uint64
+	LateDatagrams uint64 `json:"late_datagrams"`
 	// Recovered counts sessions nobody here knew (a crash, another host)
 	// adopted on the backend that proved it had them (see Recover);
 	// RecoveryProbes the datagrams sent to backends to ask; RecoveryRefused
@@ -163,19 +174,26 @@ type Stats struct {
 	// healthy backend); RecoveryFailed recovering sessions no backend proved
 	// by the deadline; Recovering is the number recovering now, and
 	// RecoverySockets the sockets they hold.
-	Recovered, RecoveryProbes, RecoveryRefused, RecoveryFailed uint64
-	Recovering                                                 int64
-	RecoverySockets                                            int
+	Recovered       uint64 `json:"recovered"`
+	RecoveryProbes  uint64 `json:"recovery_probes"`
+	RecoveryRefused uint64 `json:"recovery_refused"`
+	RecoveryFailed  uint64 `json:"recovery_failed"`
+	Recovering      int64  `json:"recovering"`
+	RecoverySockets int    `json:"recovery_sockets"`
 	// Routed counts new sessions sent to the backend whose server ID their
 	// first datagram named (Config.Router); RouteFallbacks those whose
 	// datagram named a server ID that no healthy backend has, balanced by
 	// the Router's hash key instead.
-	Routed, RouteFallbacks uint64
+	Routed         uint64 `json:"routed"`
+	RouteFallbacks uint64 `json:"route_fallbacks"`
 	// UpstreamSockets is the number of upstream sockets open now, and
 	// ProbeSockets the number of probes among them.
-	UpstreamSockets, ProbeSockets int
-	// Backends is each backend's health and live sessions.
-	Backends []BackendStatus
+	UpstreamSockets int `json:"upstream_sockets"`
+	ProbeSockets    int `json:"probe_sockets"`
+	// Backends is each backend's health, drained state, weight and live
+	// sessions: the configured ones in their order, then the retired ones
+	// (see ImportSession).
+	Backends []BackendStatus `json:"backends"`
 }
 
 // upstream is a session's proxy state.
@@ -219,7 +237,7 @@ type settled struct {
 
 // Errors returned by Open; the engine counts them as refused sessions.
 var (
-	ErrNoBackend     = errors.New("proxy: every backend is down")
+	ErrNoBackend     = errors.New("proxy: no backend takes new sessions (down, drained or of weight 0)")
 	ErrSourceLimited = errors.New("proxy: too many sessions from this source")
 	ErrSocketLimited = errors.New("proxy: upstream socket limit reached")
 )
@@ -264,7 +282,7 @@ func New(cfg Config) (*Handler, error) {
 			userChange(ev)
 		}
 	}
-	bal, err := NewBalancer(BalancerConfig{Backends: cfg.Backends, Policy: cfg.Balance, Health: health})
+	bal, err := NewBalancer(BalancerConfig{Backends: cfg.Backends, Weights: cfg.Weights, Policy: cfg.Balance, Health: health})
 	if err != nil {
 		return nil, err
 	}
@@ -526,10 +544,58 @@ func (h *Handler) Stats() Stats {
 		st.RecoverySockets = h.recovery.sockets.InUse()
 		st.UpstreamSockets += st.RecoverySockets
 	}
-	for i := range h.backends {
+	for i := range h.bal.count() {
 		st.Backends = append(st.Backends, h.bal.Status(i))
 	}
 	return st
+}
+
+// Drain stops new sessions from going to the backend at addr; its sessions
+// stay until they end (see Balancer.Drain). A drained backend is still
+// asked by recoveries, and still gets the sessions whose first datagram
+// names it by its server ID (Config.Router): those are sessions it has,
+// which a udpmux that never saw them finds again. It reports whether the
+// backend took new sessions before. Safe from any goroutine.
+func (h *Handler) Drain(addr netip.AddrPort) (bool, error) {
+	b, err := h.configured(addr)
+	if err != nil {
+		return false, err
+	}
+	return h.bal.Drain(b), nil
+}
+
+// Enable undoes Drain; it reports whether the backend was drained.
+func (h *Handler) Enable(addr netip.AddrPort) (bool, error) {
+	b, err := h.configured(addr)
+	if err != nil {
+		return false, err
+	}
+	return h.bal.Enable(b), nil
+}
+
+// SetWeight sets the weight of the backend at addr (see
+// BalancerConfig.Weights).
+func (h *Handler) SetWeight(addr netip.AddrPort, weight int) error {
+	b, err := h.configured(addr)
+	if err != nil {
+		return err
+	}
+	if err := h.bal.SetWeight(b, weight); err != nil {
+		return fmt.Errorf("proxy: backend %s: %w", addr, err)
+	}
+	return nil
+}
+
+// configured returns the index of the configured backend at addr.
+func (h *Handler) configured(addr netip.AddrPort) (int, error) {
+	b, ok := h.bal.index(addr)
+	switch {
+	case !ok:
+		return -1, fmt.Errorf("proxy: %s is not a backend of this listener", addr)
+	case b >= h.bal.Len():
+		return -1, fmt.Errorf("proxy: backend %s is retired (no longer configured): it takes no new sessions, and its sessions stay until they end", addr)
+	}
+	return b, nil
 }
 
 // ExportSession returns the session's backend address, which the successor
@@ -539,7 +605,7 @@ func (h *Handler) ExportSession(s session.Session) ([]byte, error) {
 	if st == nil {
 		return nil, nil // recovering: the successor refuses it (see ImportSession)
 	}
-	return h.backends[st.backend].MarshalBinary()
+	return h.bal.addr(st.backend).MarshalBinary()
 }
 
 // StateFixed reports true: a session keeps the backend Open chose, so a
@@ -548,8 +614,10 @@ func (h *Handler) StateFixed() bool { return true }
 
 // ImportSession adopts a predecessor's session: its upstream socket is the
 // same kernel socket, so the backend sees the same source address:port. A
-// session whose backend the new configuration dropped, or that the new limits
-// refuse, is refused.
+// session whose backend the new configuration dropped stays on it: the
+// backend is retired, drained for good, and the session
+// ends when it idles out, as a drained backend's do. A session the new
+// limits refuse is refused.
 func (h *Handler) ImportSession(s session.Session, state []byte, sock session.Socket) error {
 	if len(state) == 0 {
 		return errors.New("proxy: the session was still recovering: its client's next datagram recovers it here")
@@ -557,15 +625,6 @@ func (h *Handler) ImportSession(s session.Session, state []byte, sock session.So
 	var addr netip.AddrPort
 	if err := addr.UnmarshalBinary(state); err != nil {
 		return fmt.Errorf("proxy: session state: %w", err)
-	}
-	backend := -1
-	for i, b := range h.backends {
-		if b == addr {
-			backend = i
-		}
-	}
-	if backend < 0 {
-		return fmt.Errorf("proxy: backend %s is no longer configured", addr)
 	}
 	if sock == nil {
 		return errors.New("proxy: session arrived without its upstream socket")
@@ -576,6 +635,11 @@ func (h *Handler) ImportSession(s session.Session, state []byte, sock session.So
 	src := s.PeerAddr().Addr()
 	if err := h.acquire(src); err != nil {
 		return err
+	}
+	backend, ok := h.bal.index(addr)
+	if !ok {
+		backend, _ = h.bal.retire(addr)
+		h.log.Info("backend no longer configured: retired, its sessions stay on it until they idle out", "backend", addr)
 	}
 	u := h.newUpstream(s, sock, backend)
 	u.source = src
@@ -607,7 +671,7 @@ func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
 	if st == nil {
 		return SessionInfo{}, true // recovering
 	}
-	return SessionInfo{Backend: h.backends[st.backend], Source: st.sock.LocalAddr()}, true
+	return SessionInfo{Backend: h.bal.addr(st.backend), Source: st.sock.LocalAddr()}, true
 }
 
 // Interface checks.

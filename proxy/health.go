@@ -122,6 +122,9 @@ const maxFailures = 1 << 20
 // no lock; a transition rebuilds the Maglev table, which takes about a
 // millisecond at the default table size.
 func (b *Balancer) MarkDown(backend int, now time.Time) bool {
+	if backend >= len(b.backends) {
+		return false // retired: its sessions are left to end, whatever it does
+	}
 	st := &b.backends[backend]
 	t := b.clock(now)
 	if st.down.Load() && t < st.downUntil.Load() {
@@ -167,6 +170,10 @@ func (b *Balancer) MarkDown(backend int, now time.Time) bool {
 // backend's address. A backend that answers any session within the window
 // is never marked down by them, and a report never ends a session.
 func (b *Balancer) Refused(backend int, now time.Time) bool {
+	if backend >= len(b.backends) {
+		b.ignored.Add(1)
+		return false
+	}
 	st := &b.backends[backend]
 	t := b.clock(now)
 	if st.heard.Swap(false) {
@@ -186,8 +193,11 @@ func (b *Balancer) Refused(backend int, now time.Time) bool {
 // IgnoredRefusals counts the Refused reports that marked no backend down.
 func (b *Balancer) IgnoredRefusals() uint64 { return b.ignored.Load() }
 
-// Down reports whether backend is out of new picks now.
-func (b *Balancer) Down(backend int) bool { return b.backends[backend].down.Load() }
+// Down reports whether backend is marked down now (a retired backend
+// never is).
+func (b *Balancer) Down(backend int) bool {
+	return backend < len(b.backends) && b.backends[backend].down.Load()
+}
 
 // MarkUp records a sign of life from backend, normally a datagram received
 // from it: the consecutive-failure count is reset and, if the backend was
@@ -196,6 +206,9 @@ func (b *Balancer) Down(backend int) bool { return b.backends[backend].down.Load
 // backend: when the backend is healthy with no failures on record, it costs
 // three atomic loads.
 func (b *Balancer) MarkUp(backend int) bool {
+	if backend >= len(b.backends) {
+		return false
+	}
 	st := &b.backends[backend]
 	if !st.heard.Load() {
 		st.heard.Store(true)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -79,12 +80,17 @@ type listenerConfig struct {
 	// client address: a transparent proxy).
 	Source   string          `mapstructure:"source"`
 	Announce *announceConfig `mapstructure:"announce"`
+	// checked are a proxy's backends once check has read them.
+	checked backends
 }
 
 // backendConfig is one of a proxy's backends: "ip:port" in the file, or a
-// map with its address and the QUIC-LB server ID of dissector: quic.
+// map with its address, its weight and the QUIC-LB server ID of dissector:
+// quic.
 type backendConfig struct {
 	Address string `mapstructure:"address"`
+	// Weight is its share of new sessions, 1 when left out (nil).
+	Weight *int `mapstructure:"weight"`
 	// ServerID is what YAML made of the value: a string of hex digits, or
 	// whatever else an unquoted value reads as (0102 is a number), which
 	// check refuses rather than guess at.
@@ -129,7 +135,13 @@ type recoveryConfig struct {
 }
 
 type logConfig struct {
-	Level string `mapstructure:"level"`
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+	// Sessions logs a line per ended session, at most SessionsRate a
+	// second with bursts of SessionsBurst.
+	Sessions      bool `mapstructure:"sessions"`
+	SessionsRate  int  `mapstructure:"sessions_rate"`
+	SessionsBurst int  `mapstructure:"sessions_burst"`
 }
 
 // defaults are the values of keys a config file leaves out. Every scalar key
@@ -154,6 +166,10 @@ var defaults = map[string]any{
 	"recovery.max_sockets":          proxy.DefaultRecoverySockets,
 	"recovery.timeout":              proxy.DefaultRecoveryTimeout.String(),
 	"log.level":                     "info",
+	"log.format":                    "text",
+	"log.sessions":                  false,
+	"log.sessions_rate":             defaultSessionsRate,
+	"log.sessions_burst":            defaultSessionsBurst,
 	"control.socket":                defaultControlSocket,
 	"control.handoff_timeout":       "10s",
 	"control.drain_timeout":         "5m",
@@ -218,6 +234,10 @@ func cleanDecodeError(err error) error {
 type config struct {
 	mux      mux.Config
 	logLevel string
+	// logJSON is log.format: json.
+	logJSON bool
+	// sessionLog is the log.sessions settings, nil while off.
+	sessionLog *sessionLogConfig
 	// backends and balance per listener, for handlers that need them.
 	listeners []listenerConfig
 	limits    proxyLimits
@@ -253,10 +273,9 @@ type proxyLimits struct {
 // problem found is returned as "key: what is wrong".
 func (fc *fileConfig) check() (*config, error) {
 	c := &config{logLevel: fc.Log.Level, listeners: fc.Listeners}
-	switch fc.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return nil, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", fc.Log.Level)
+	var err error
+	if c.logJSON, c.sessionLog, err = fc.Log.check(); err != nil {
+		return nil, err
 	}
 	if fc.Control.Socket == "" || !filepath.IsAbs(fc.Control.Socket) {
 		return nil, fmt.Errorf("control.socket: %q is not an absolute path", fc.Control.Socket)
@@ -265,7 +284,6 @@ func (fc *fileConfig) check() (*config, error) {
 		return nil, fmt.Errorf("control.socket: %d bytes is longer than a Unix socket path may be (107)", len(fc.Control.Socket))
 	}
 	c.controlSocket = fc.Control.Socket
-	var err error
 	if c.handoffTimeout, err = positiveDuration("control.handoff_timeout", fc.Control.HandoffTimeout); err != nil {
 		return nil, err
 	}
@@ -344,6 +362,46 @@ func (fc *fileConfig) check() (*config, error) {
 	return c, nil
 }
 
+// Defaults and bounds of the session log (log.sessions): a line is some
+// 400 bytes, so the default rate writes at most 40 kB a second. The burst
+// is also the queue's length, which it bounds for the memory's sake.
+const (
+	defaultSessionsRate  = 100
+	defaultSessionsBurst = 200
+	maxSessionsRate      = 100_000
+	maxSessionsBurst     = 100_000
+)
+
+// check validates the log section: it returns whether the format is JSON,
+// and the session log's settings, nil while log.sessions is off.
+func (l *logConfig) check() (jsonFormat bool, sessions *sessionLogConfig, err error) {
+	switch l.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return false, nil, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", l.Level)
+	}
+	switch l.Format {
+	case "text", "json":
+	default:
+		return false, nil, fmt.Errorf("log.format: %q is not one of text, json", l.Format)
+	}
+	if l.SessionsRate < 1 || l.SessionsRate > maxSessionsRate {
+		return false, nil, fmt.Errorf("log.sessions_rate: %d is not within 1..%d lines per second", l.SessionsRate, maxSessionsRate)
+	}
+	if l.SessionsBurst < 1 || l.SessionsBurst > maxSessionsBurst {
+		return false, nil, fmt.Errorf("log.sessions_burst: %d is not within 1..%d lines", l.SessionsBurst, maxSessionsBurst)
+	}
+	if l.Sessions {
+		// The lines are at level info; warn or error would drop every
+		// one of them, silently.
+		if l.Level != "debug" && l.Level != "info" {
+			return false, nil, fmt.Errorf("log.sessions: the session lines are at level info, which log.level %s leaves out; set log.level to info", l.Level)
+		}
+		sessions = &sessionLogConfig{rate: l.SessionsRate, burst: l.SessionsBurst}
+	}
+	return l.Format == "json", sessions, nil
+}
+
 // check validates the recovery section and returns the proxies' recovery
 // configuration, nil when disabled.
 func (r *recoveryConfig) check() (*proxy.RecoveryConfig, error) {
@@ -406,6 +464,7 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 		if bs, err = l.backends(key); err != nil {
 			return lc, err
 		}
+		l.checked = bs
 	}
 	if err := l.checkSource(key, addr, bs); err != nil {
 		return lc, err
@@ -512,6 +571,8 @@ func parseAddress(s string) (netip.AddrPort, error) {
 // backends are a proxy listener's checked backends.
 type backends struct {
 	addrs []netip.AddrPort
+	// weights are their weights, in the order of addrs.
+	weights []int
 	// sids are the backends' QUIC-LB server IDs, in the order of addrs, the
 	// zero ServerID for a backend without one; nil when none has one.
 	sids []quiclb.ServerID
@@ -540,6 +601,14 @@ func (l *listenerConfig) backends(key func(string) string) (backends, error) {
 		}
 		seen[ap] = j
 		bs.addrs = append(bs.addrs, ap)
+		w := 1
+		if b.Weight != nil {
+			w = *b.Weight
+		}
+		if w < 0 || w > proxy.MaxWeight {
+			return bs, fmt.Errorf("%s: %d is not within 0..%d (0 takes no new sessions, as a drained backend)", bkey(".weight"), w, proxy.MaxWeight)
+		}
+		bs.weights = append(bs.weights, w)
 		if b.ServerID == nil {
 			continue
 		}
@@ -563,6 +632,9 @@ func (l *listenerConfig) backends(key func(string) string) (backends, error) {
 		}
 		bs.sids[j] = id
 	}
+	if !slices.ContainsFunc(bs.weights, func(w int) bool { return w > 0 }) {
+		return bs, fmt.Errorf("%s: every backend has weight 0: the listener could take no new session", key("backends"))
+	}
 	return bs, nil
 }
 
@@ -575,7 +647,7 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 		return nil, fmt.Errorf("%s: %q is not one of maglev, least-sessions, round-robin", key("balance"), l.Balance)
 	}
 	cfg := proxy.Config{
-		Backends: bs.addrs, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
+		Backends: bs.addrs, Weights: bs.weights, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
 		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer, ClientSource: l.Source == sourceClient,
 	}
 	cfg.Tracker, _ = d.(session.Tracker)

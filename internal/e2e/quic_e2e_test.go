@@ -463,15 +463,9 @@ func quicSessions(t *testing.T, sock string) map[string][]netip.AddrPort {
 // quicRouted returns the proxy's Routed and RouteFallbacks counters of the
 // udpmux whose control socket is sock.
 func quicRouted(sock string) (routed, fallbacks uint64, err error) {
-	out, err := controlRequest(sock, handoff.TypeStatus)
+	st, err := daemonStatus(sock)
 	if err != nil {
 		return 0, 0, err
-	}
-	var st struct {
-		Proxies map[string]struct{ Routed, RouteFallbacks uint64 }
-	}
-	if err := json.Unmarshal(out, &st); err != nil {
-		return 0, 0, fmt.Errorf("status %q: %v", out, err)
 	}
 	p := st.Proxies["quic"]
 	return p.Routed, p.RouteFallbacks, nil

@@ -423,7 +423,7 @@ func (c *recoveryCase) checkCounters(t *testing.T, sock string, caps *capSampler
 		t.Errorf("udpmux status has no counters of the proxy listener vpn: %+v", st)
 		return
 	}
-	t.Logf("udpmux status: %v; %d sessions", ps, st.Sessions)
+	t.Logf("udpmux status: %s; %d sessions", recoveryCounters(ps), st.Sessions)
 	if ps.Recovered != uint64(len(c.rs)) {
 		t.Errorf("udpmux recovered %d sessions; want %d, one per client", ps.Recovered, len(c.rs))
 	}

@@ -24,6 +24,8 @@ import (
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
 	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
 )
 
 // daemonPkg is the import path of the udpmux daemon.
@@ -316,26 +318,21 @@ func (d *daemon) exitStatus() string {
 	return "status unknown: not a child of the test"
 }
 
-// controlStatus is the part of `udpmux status` the tests use.
+// controlStatus is the part of `udpmux status -o json` the tests use.
 type controlStatus struct {
 	PID      int `json:"pid"`
 	Restored int `json:"sessions_restored"`
-	// Sessions is mux.Stats.Sessions: the sessions alive now.
-	Sessions int `json:"Sessions"`
-	// Proxies are the proxy listeners' counters, by listener name.
-	Proxies map[string]proxyStatus `json:"Proxies"`
+	// mux.Stats are the engine's counters: Sessions is the sessions alive
+	// now, Listeners each listener's counters.
+	mux.Stats
+	// Proxies are the proxy listeners' own counters, by listener name.
+	Proxies map[string]proxy.Stats `json:"proxies"`
 }
 
-// proxyStatus is the part of a proxy listener's counters (proxy.Stats) in
-// `udpmux status` the tests use: its recoveries.
-type proxyStatus struct {
-	Recovered, RecoveryProbes, RecoveryRefused, RecoveryFailed uint64
-	Recovering                                                 int64
-	RecoverySockets                                            int
-}
-
-func (p proxyStatus) String() string {
-	return fmt.Sprintf("Recovered %d, RecoveryProbes %d, RecoveryRefused %d, RecoveryFailed %d, Recovering %d, RecoverySockets %d",
+// recoveryCounters renders a proxy listener's recovery counters, which the
+// recovery tests log, under their keys in `udpmux status -o json`.
+func recoveryCounters(p proxy.Stats) string {
+	return fmt.Sprintf("recovered %d, recovery_probes %d, recovery_refused %d, recovery_failed %d, recovering %d, recovery_sockets %d",
 		p.Recovered, p.RecoveryProbes, p.RecoveryRefused, p.RecoveryFailed, p.Recovering, p.RecoverySockets)
 }
 
