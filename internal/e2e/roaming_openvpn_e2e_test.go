@@ -46,8 +46,11 @@ func ovpnBackends() []netip.AddrPort {
 // tunnel address, so stays on its server (their subnets differ); and each
 // server's view of the client's address: the client's last mapping (direct:
 // the server floated the client) or udpmux's unchanged upstream socket,
-// one per session. Through udpmux, it also checks that udpmux holds one
-// session per client afterwards and shuts down cleanly.
+// one per session (with transparent: the client's last mapping, as
+// direct). Through udpmux, it also checks that udpmux holds one session per
+// client afterwards and shuts down cleanly, and with transparent and
+// upgrade that no echo request sent during the upgrade was lost. It
+// returns the run, for more checks.
 func runOpenVPNRoaming(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 	r := setupOpenVPN(t, o)
 	sched := moveSchedule(roamAddrs(r.rs))

@@ -290,8 +290,11 @@ const sourceClientKey = "    source: client\n"
 // throughout, and no other backend ever had a handshake with it; and the
 // backend's view of the client's endpoint: the client's last mapping
 // (direct: WireGuard follows it) or udpmux's unchanged upstream socket.
-// Through udpmux, it also checks that udpmux holds one session per client
-// afterwards and shuts down cleanly.
+// With transparent, the backend sees the client as direct. Through udpmux,
+// it also checks that udpmux holds one session per client afterwards and
+// shuts down cleanly, and with transparent and upgrade that no echo
+// request sent during the upgrade was lost. It returns the run, for more
+// checks.
 func runWireGuardRoaming(t *testing.T, o wgRoamOptions) *wgRun {
 	r := setupWireGuard(t, o)
 	sched := moveSchedule(roamAddrs(r.rs))
