@@ -127,7 +127,9 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 		// where the source is what is tested.
 		top = "recovery:\n  enabled: false\n"
 	}
-	r.configFor = func(sock string) string { return roamingConfig(muxListen, ovpnBackends(), "openvpn", extra, sock) + top }
+	r.configFor = func(sock string) string {
+		return roamingConfig(muxListen, ovpnBackends(), "openvpn", extra, sock) + top
+	}
 	var config string
 	if !o.direct {
 		config = r.configFor(r.sock)
