@@ -30,9 +30,10 @@ type socket struct {
 	// was queued for it is dropped. closed is set once its descriptor is
 	// closed.
 	gone, closed bool
-	// sourced is set while it holds its local and remote pair in the
-	// server's sources: it sends from an address not the host's.
+	// sourced is set while it holds pair in the server's sources: it
+	// sends from an address not the host's.
 	sourced bool
+	pair    sourcePair
 	// blocked is set while the send buffer is full (send.go); waiting
 	// holds copies of what waits for room, waitBytes their size.
 	blocked   bool
@@ -67,7 +68,7 @@ func (k *socket) close() error {
 	}
 	k.closed = true
 	if k.sourced {
-		k.s.loop.srv.sources.release(sourcePair{k.local, k.remote})
+		k.s.loop.srv.sources.release(k.pair)
 	}
 	return udpsys.Close(k.fd)
 }
@@ -115,7 +116,7 @@ func (l *loop) dial(s *sess, addr netip.AddrPort, opts session.DialOptions) (*so
 	if err == nil {
 		var k *socket
 		if k, err = l.attach(s, sock); err == nil {
-			k.sourced = opts.Source.IsValid()
+			k.sourced, k.pair = opts.Source.IsValid(), pair
 			return k, nil
 		}
 		sock.Close()
@@ -135,7 +136,8 @@ func (l *loop) adoptUpstream(s *sess, fd int) (*socket, error) {
 		if k, err = l.attach(s, sock); err == nil {
 			// A transparent socket holds its pair here too, for the dials
 			// to come; the predecessor's held each pair once.
-			k.sourced = sock.Transparent && l.srv.sources.take(sourcePair{k.local, k.remote})
+			k.pair = sourcePair{k.local, k.remote}
+			k.sourced = sock.Transparent && l.srv.sources.take(k.pair)
 			return k, nil
 		}
 	}
