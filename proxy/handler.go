@@ -70,6 +70,16 @@ type Config struct {
 	// Check, if not nil, probes the backends actively (RunChecks runs the
 	// probes); nil leaves the passive signal alone.
 	Check *CheckConfig
+	// ClientSource sends each session's datagrams to its backend from the
+	// session's client address instead of this host's (a transparent
+	// proxy; session.DialOptions.Source), so that the backend sees its
+	// clients: its probes from the client's new address, its recovery
+	// sockets from the client's. It needs CAP_NET_ADMIN or CAP_NET_RAW, and
+	// routes that bring the backends' replies to clients back to this
+	// host, where policy routing delivers them locally (docs/operations.md).
+	// A second session of one client address:port to one backend (from
+	// another listener) is refused: the backend could not tell them apart.
+	ClientSource bool
 	// RecvBuffer and SendBuffer size each upstream socket's kernel buffers,
 	// in bytes; 0 keeps the kernel's default. A burst of replies larger
 	// than the receive buffer is dropped by the kernel (and counted, as
@@ -86,17 +96,19 @@ const DefaultProbes = 1024
 type Handler struct {
 	backends []netip.AddrPort
 	buffers  session.DialOptions
-	bal      *Balancer
-	routes   *routes // nil without a Router
-	tracker  session.Tracker
-	sources  *SourceLimiter
-	sockets  *Budget
-	probes   *Budget
-	queues   loopQueues[*probe] // the pending probes of each event loop
-	recovery *recovery          // nil: no session is recovered
-	checker  *checker           // nil: no active health checks
-	log      *slog.Logger
-	stats    handlerStats
+	// clientSource is Config.ClientSource.
+	clientSource bool
+	bal          *Balancer
+	routes       *routes // nil without a Router
+	tracker      session.Tracker
+	sources      *SourceLimiter
+	sockets      *Budget
+	probes       *Budget
+	queues       loopQueues[*probe] // the pending probes of each event loop
+	recovery     *recovery          // nil: no session is recovered
+	checker      *checker           // nil: no active health checks
+	log          *slog.Logger
+	stats        handlerStats
 	// refusalWindow is the balancer's: a session reports a refusal at
 	// most once per window.
 	refusalWindow time.Duration
@@ -246,7 +258,8 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{backends: cfg.Backends, routes: routes, tracker: cfg.Tracker, sources: cfg.Sources, sockets: cfg.Sockets,
-		probes: cfg.Probes, log: cfg.Logger, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
+		probes: cfg.Probes, log: cfg.Logger, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer},
+		clientSource: cfg.ClientSource}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -350,16 +363,21 @@ func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
 		h.stats.noBackend.Add(1)
 		return nil, ErrNoBackend
 	}
-	k, err := h.dialBackend(s, b)
+	k, err := h.dialBackend(s, b, s.PeerAddr())
 	if err != nil {
 		return nil, err
 	}
 	return h.newUpstream(s, k, b), nil
 }
 
-// dialBackend opens a socket of s's to backend b, counting a failure.
-func (h *Handler) dialBackend(s session.Session, b int) (session.Socket, error) {
-	k, err := s.Dial(h.backends[b], h.buffers)
+// dialBackend opens a socket of s's to backend b for the client at from,
+// which it sends from with Config.ClientSource, counting a failure.
+func (h *Handler) dialBackend(s session.Session, b int, from netip.AddrPort) (session.Socket, error) {
+	opts := h.buffers
+	if h.clientSource {
+		opts.Source = from
+	}
+	k, err := s.Dial(h.backends[b], opts)
 	if err != nil {
 		h.stats.dialErrors.Add(1)
 		return nil, fmt.Errorf("proxy: backend %s: %w", h.backends[b], err)

@@ -15,6 +15,15 @@
 // udpmux; the spoofing tests (spoof_e2e_test.go) spray forged tunnel
 // packets at udpmux.
 //
+// The transparent source tests (transparent_e2e_test.go) run the OpenVPN
+// and WireGuard roaming tests with `source: client`: the backends route
+// the clients' network through udpmux's namespace, which delivers their
+// replies to udpmux's sockets bound to the clients' addresses as
+// docs/operations.md sets it up (configs/transparent.nft, an ip rule and a
+// local route), and check that the backends see each client's own address,
+// and after its moves its last mapping, with an upgrade in the middle that
+// loses no echo request. They need what the roaming tests need.
+//
 // The recovery tests (recovery_e2e_test.go) kill udpmux with SIGKILL while
 // WireGuard and OpenVPN tunnels carry pings through it, and have a udpmux
 // that never saw the tunnels take over: a fresh one in the same namespace,
