@@ -124,13 +124,19 @@ type Balancer struct {
 	// table was built; building is set while a goroutine builds tables.
 	tableWanted, building atomic.Bool
 	ignored               atomic.Uint64 // refusal reports that marked nothing down
+	// checking is set once active health checks report (Checked).
+	checking atomic.Bool
 }
 
 // backendState is the mutable state of one backend. Fields written by health
 // transitions are atomics (written under Balancer.mu) so that the hot paths
 // can read them without the lock.
 type backendState struct {
-	sessions  atomic.Int64
+	sessions atomic.Int64
+	// out is what Pick reads: down (passive: refused, backing off) or
+	// checkDown (failed its active health checks), kept under
+	// Balancer.mu by setOutLocked.
+	out       atomic.Bool
 	down      atomic.Bool
 	failures  atomic.Int32 // consecutive failures since the last success
 	downUntil atomic.Int64 // end of the current back-off, Balancer clock
@@ -141,6 +147,14 @@ type backendState struct {
 	heard      atomic.Bool
 	quietSince atomic.Int64
 	refusals   atomic.Int32
+	// The active health check's state (checks.go): checkDown once Fall
+	// probes in a row failed, until Rise in a row succeed; streak counts
+	// the latest run of results, successes positive and failures
+	// negative; lastFailure is the latest failed probe.
+	checkDown              atomic.Bool
+	streak                 atomic.Int32
+	probesOK, probesFailed atomic.Uint64
+	lastFailure            atomic.Pointer[CheckFailure]
 	// drained and weight are the operator's (Drain, SetWeight), written
 	// under Balancer.mu.
 	drained atomic.Bool
@@ -252,10 +266,10 @@ func (b *Balancer) state(backend int) *backendState {
 	return &(*b.retired.Load())[backend-len(b.backends)].st
 }
 
-// takes reports whether backend takes new sessions: healthy, not drained,
-// of weight > 0.
+// takes reports whether backend takes new sessions: healthy by both
+// signals (out), not drained, of weight > 0.
 func (st *backendState) takes() bool {
-	return !st.down.Load() && !st.drained.Load() && st.weight.Load() > 0
+	return !st.out.Load() && !st.drained.Load() && st.weight.Load() > 0
 }
 
 // Pick returns the backend for a new session whose key hashes to keyHash,
@@ -323,7 +337,7 @@ func (s *snapshot) at(x uint64) int {
 // and those are what such callers look for. A retired one is not.
 func (b *Balancer) Available(backend int) bool {
 	b.current()
-	return backend < len(b.backends) && !b.backends[backend].down.Load()
+	return backend < len(b.backends) && !b.backends[backend].out.Load()
 }
 
 // current returns the snapshot to pick from, after returning to service the
@@ -409,7 +423,7 @@ func (b *Balancer) retire(addr netip.AddrPort) (backend int, added bool) {
 // as a listener's is.
 type BackendStatus struct {
 	Addr    netip.AddrPort `json:"address"` // as configured
-	Healthy bool           `json:"healthy"` // not marked down (see MarkDown)
+	Healthy bool           `json:"healthy"` // not out for refusals (see MarkDown) nor for failed health checks (see Checked)
 	// Drained is set while the backend takes no new sessions by the
 	// operator's word (Drain), or for good when it is Retired.
 	Drained bool `json:"drained"`
@@ -420,9 +434,18 @@ type BackendStatus struct {
 	// sessions live on (see Handler.ImportSession).
 	Retired  bool   `json:"retired"`
 	Sessions int64  `json:"sessions"` // live sessions (Opened minus Closed)
-	Failures int    `json:"failures"` // consecutive failures since the last success
-	Downs    uint64 `json:"downs"`    // transitions to down
+	Failures int    `json:"failures"` // consecutive refusals since the last sign of life
+	Downs    uint64 `json:"downs"`    // transitions out of service, for either signal
 	Ups      uint64 `json:"ups"`      // transitions back to healthy, after back-off or on success
+	// Check is the active health check's verdict: "up" or "down", or ""
+	// without one (or for a retired backend, which is not probed).
+	Check string `json:"check,omitempty"`
+	// ProbesOK and ProbesFailed count the health probes the backend
+	// answered and did not.
+	ProbesOK     uint64 `json:"probes_ok,omitempty"`
+	ProbesFailed uint64 `json:"probes_failed,omitempty"`
+	// LastFailure is the latest failed probe, nil if none failed.
+	LastFailure *CheckFailure `json:"last_failure,omitempty"`
 }
 
 // Status returns the current status of backend without taking a lock; the
@@ -430,17 +453,27 @@ type BackendStatus struct {
 // transition is in progress.
 func (b *Balancer) Status(backend int) BackendStatus {
 	st := b.state(backend)
-	return BackendStatus{
-		Addr:     b.addr(backend),
-		Healthy:  !st.down.Load(),
-		Drained:  st.drained.Load(),
-		Weight:   int(st.weight.Load()),
-		Retired:  backend >= len(b.backends),
-		Sessions: st.sessions.Load(),
-		Failures: int(st.failures.Load()),
-		Downs:    st.downs.Load(),
-		Ups:      st.ups.Load(),
+	bs := BackendStatus{
+		Addr:         b.addr(backend),
+		Healthy:      !st.out.Load(),
+		Drained:      st.drained.Load(),
+		Weight:       int(st.weight.Load()),
+		Retired:      backend >= len(b.backends),
+		Sessions:     st.sessions.Load(),
+		Failures:     int(st.failures.Load()),
+		Downs:        st.downs.Load(),
+		Ups:          st.ups.Load(),
+		ProbesOK:     st.probesOK.Load(),
+		ProbesFailed: st.probesFailed.Load(),
+		LastFailure:  st.lastFailure.Load(),
 	}
+	if b.checking.Load() && !bs.Retired {
+		bs.Check = "up"
+		if st.checkDown.Load() {
+			bs.Check = "down"
+		}
+	}
+	return bs
 }
 
 // Drain stops new sessions from going to backend (Pick passes it by); its

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -65,8 +66,22 @@ type Config struct {
 	// need; nil means DefaultProbes. Share one among listeners for a
 	// process-wide bound.
 	Probes *Budget
-	// Health tunes how long a refusing backend is left out.
+	// Health tunes how long a refusing backend is left out, and the runs
+	// of health probes that take a backend out and bring it back.
 	Health HealthConfig
+	// Check, if not nil, probes the backends actively (RunChecks runs the
+	// probes); nil leaves the passive signal alone.
+	Check *CheckConfig
+	// ClientSource sends each session's datagrams to its backend from the
+	// session's client address instead of this host's (a transparent
+	// proxy; session.DialOptions.Source), so that the backend sees its
+	// clients: its probes from the client's new address, its recovery
+	// sockets from the client's. It needs CAP_NET_ADMIN or CAP_NET_RAW, and
+	// routes that bring the backends' replies to clients back to this
+	// host, where policy routing delivers them locally (docs/operations.md).
+	// A second session of one client address:port to one backend (from
+	// another listener) is refused: the backend could not tell them apart.
+	ClientSource bool
 	// FastPath, if not nil, has the kernel forward established sessions'
 	// data datagrams (see FastPath); nil keeps every datagram in userspace.
 	FastPath *FastPath
@@ -86,16 +101,19 @@ const DefaultProbes = 1024
 type Handler struct {
 	backends []netip.AddrPort
 	buffers  session.DialOptions
-	bal      *Balancer
-	routes   *routes // nil without a Router
-	tracker  session.Tracker
-	sources  *SourceLimiter
-	sockets  *Budget
-	probes   *Budget
-	queues   loopQueues[*probe] // the pending probes of each event loop
-	recovery *recovery          // nil: no session is recovered
-	log      *slog.Logger
-	stats    handlerStats
+	// clientSource is Config.ClientSource.
+	clientSource bool
+	bal          *Balancer
+	routes       *routes // nil without a Router
+	tracker      session.Tracker
+	sources      *SourceLimiter
+	sockets      *Budget
+	probes       *Budget
+	queues       loopQueues[*probe] // the pending probes of each event loop
+	recovery     *recovery          // nil: no session is recovered
+	checker      *checker           // nil: no active health checks
+	log          *slog.Logger
+	stats        handlerStats
 	// fast is the kernel's fast path, nil without one; fastLoops holds
 	// each event loop's offloaded sessions (int -> *fastLoop).
 	fast      *FastPath
@@ -270,7 +288,8 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{backends: cfg.Backends, routes: routes, tracker: cfg.Tracker, sources: cfg.Sources, sockets: cfg.Sockets,
-		probes: cfg.Probes, log: cfg.Logger, fast: cfg.FastPath, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
+		probes: cfg.Probes, log: cfg.Logger, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer},
+		clientSource: cfg.ClientSource, fast: cfg.FastPath}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -289,9 +308,15 @@ func New(cfg Config) (*Handler, error) {
 	health := cfg.Health
 	userChange := health.OnChange
 	health.OnChange = func(ev HealthEvent) {
-		if ev.Up {
+		switch {
+		case ev.Up && ev.Check:
+			h.log.Info("backend up: it answered its health probes", "backend", ev.Addr)
+		case ev.Up:
 			h.log.Info("backend up", "backend", ev.Addr)
-		} else {
+		case ev.Check:
+			h.log.Warn("backend down: its health probes went unanswered; no new sessions until it answers again",
+				"backend", ev.Addr, "reason", ev.Reason)
+		default:
 			h.log.Warn("backend down: its sessions' datagrams were refused (ICMP port unreachable) while it answered none; no new sessions until back-off ends",
 				"backend", ev.Addr, "failures", ev.Failures, "backoff", ev.Backoff)
 		}
@@ -304,6 +329,17 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h.bal = bal
+	if cfg.Check != nil {
+		cc, err := cfg.Check.normalize()
+		if err != nil {
+			return nil, err
+		}
+		h.checker = &checker{cfg: cc, bal: bal}
+		bal.checking.Store(true) // up until the probes say otherwise
+		for _, b := range cfg.Backends {
+			h.checker.backends = append(h.checker.backends, *net.UDPAddrFromAddrPort(b))
+		}
+	}
 	h.refusalWindow = bal.health.RefusalWindow
 	h.now = bal.now
 	return h, nil
@@ -369,16 +405,21 @@ func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
 		h.stats.noBackend.Add(1)
 		return nil, ErrNoBackend
 	}
-	k, err := h.dialBackend(s, b)
+	k, err := h.dialBackend(s, b, s.PeerAddr())
 	if err != nil {
 		return nil, err
 	}
 	return h.newUpstream(s, k, b), nil
 }
 
-// dialBackend opens a socket of s's to backend b, counting a failure.
-func (h *Handler) dialBackend(s session.Session, b int) (session.Socket, error) {
-	k, err := s.Dial(h.backends[b], h.buffers)
+// dialBackend opens a socket of s's to backend b for the client at from,
+// which it sends from with Config.ClientSource, counting a failure.
+func (h *Handler) dialBackend(s session.Session, b int, from netip.AddrPort) (session.Socket, error) {
+	opts := h.buffers
+	if h.clientSource {
+		opts.Source = from
+	}
+	k, err := s.Dial(h.backends[b], opts)
 	if err != nil {
 		h.stats.dialErrors.Add(1)
 		return nil, fmt.Errorf("proxy: backend %s: %w", h.backends[b], err)

@@ -246,7 +246,7 @@ func (h *Handler) recoverySocket(q *loopQueue[*upstream]) bool {
 
 // ask opens a socket to backend b for s, with a Track of its own.
 func (h *Handler) ask(s session.Session, b int) (*asking, error) {
-	k, err := h.dialBackend(s, b)
+	k, err := h.dialBackend(s, b, s.PeerAddr())
 	if err != nil {
 		return nil, err
 	}

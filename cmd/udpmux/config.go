@@ -25,6 +25,7 @@ import (
 	"github.com/udpmux/udpmux/dissect/quic"
 	"github.com/udpmux/udpmux/dissect/wireguard"
 	"github.com/udpmux/udpmux/internal/fastpath"
+	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"
 	"github.com/udpmux/udpmux/quiclb"
@@ -75,8 +76,13 @@ type listenerConfig struct {
 	IdleTimeout string          `mapstructure:"idle_timeout"`
 	Backends    []backendConfig `mapstructure:"backends"`
 	Balance     string          `mapstructure:"balance"`
-	Announce    *announceConfig `mapstructure:"announce"`
-	FastPath    string          `mapstructure:"fast_path"`
+	// Source is where a proxy's upstream sockets send from: "udpmux" (this
+	// host's address; empty means the same) or "client" (each session's
+	// client address: a transparent proxy).
+	Source   string          `mapstructure:"source"`
+	Announce *announceConfig `mapstructure:"announce"`
+	Health   healthConfig    `mapstructure:"health"`
+	FastPath string          `mapstructure:"fast_path"`
 	// checked are a proxy's backends once check has read them.
 	checked backends
 }
@@ -469,12 +475,18 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	if err != nil {
 		return lc, err
 	}
+	if l.Handler != "proxy" && l.Health != (healthConfig{}) {
+		return lc, fmt.Errorf("%s: only the proxy handler has backends to check", key("health"))
+	}
 	var bs backends
 	if l.Handler == "proxy" {
 		if bs, err = l.backends(key); err != nil {
 			return lc, err
 		}
 		l.checked = bs
+	}
+	if err := l.checkSource(key, addr, bs); err != nil {
+		return lc, err
 	}
 	d, err := l.dissector(key, bs)
 	if err != nil {
@@ -655,7 +667,10 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 	}
 	cfg := proxy.Config{
 		Backends: bs.addrs, Weights: bs.weights, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
-		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
+		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer, ClientSource: l.Source == sourceClient,
+	}
+	if cfg.Check, cfg.Health, err = l.Health.check(key, l); err != nil {
+		return nil, err
 	}
 	cfg.Tracker, _ = d.(session.Tracker)
 	if cfg.Tracker != nil && limits.recovery != nil {
@@ -683,4 +698,51 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 		return nil, fmt.Errorf("%s: %w", key("backends"), err)
 	}
 	return h, nil
+}
+
+// The values of listeners[].source.
+const (
+	sourceUdpmux = "udpmux"
+	sourceClient = "client"
+)
+
+// canBindTransparent reports whether the process may send from its
+// clients' addresses; tests replace it.
+var canBindTransparent = udpsys.CanBindTransparent
+
+// checkSource checks listeners[].source: "client" needs a proxy whose
+// sessions are sessions (not dissector: noop), the capability that
+// IP_TRANSPARENT needs, and backends of the family of every client the
+// listener at addr takes, since a client can be the source of datagrams
+// to a backend of its own family only.
+func (l *listenerConfig) checkSource(key func(string) string, addr netip.AddrPort, bs backends) error {
+	switch l.Source {
+	case "", sourceUdpmux:
+		return nil
+	case sourceClient:
+	default:
+		return fmt.Errorf("%s: %q is not one of udpmux, client", key("source"), l.Source)
+	}
+	if l.Handler != "proxy" {
+		return fmt.Errorf("%s: client: only the proxy handler sends to backends", key("source"))
+	}
+	if l.Dissector == "noop" {
+		return fmt.Errorf("%s: client sends each session's datagrams from its client's address, and dissector: noop makes no sessions", key("source"))
+	}
+	ok, err := canBindTransparent()
+	if err != nil {
+		return fmt.Errorf("%s: client: %w", key("source"), err)
+	}
+	if !ok {
+		return fmt.Errorf("%s: client sends from clients' addresses (IP_TRANSPARENT), which needs CAP_NET_ADMIN (or CAP_NET_RAW), and this process has neither in its effective set", key("source"))
+	}
+	if a := addr.Addr(); a.Is6() && a.IsUnspecified() {
+		return fmt.Errorf("%s: client on %s, which takes IPv4 and IPv6 clients alike: a client can send only to backends of its own family; listen on an address of the backends' family", key("source"), addr)
+	}
+	for j, b := range bs.addrs {
+		if b.Addr().Is4() != addr.Addr().Is4() {
+			return fmt.Errorf("%s: %s: with source: client, a backend must be of the family of the clients of %s, which it is sent from", key(fmt.Sprintf("backends[%d]", j)), b, addr)
+		}
+	}
+	return nil
 }

@@ -99,9 +99,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	listener := func(fields string) string {
 		return "listeners:\n  - name: a\n    handler: echo\n" + fields
 	}
-	tests := []struct {
-		name, body, want string
-	}{
+	tests := []configError{
 		{"missing port", listener(`    address: "0.0.0.0"`), "listeners[0].address: missing port in address"},
 		{"name as host", listener(`    address: "localhost:9000"`), `listeners[0].address: "localhost" is not an IP address`},
 		{"bad port", listener(`    address: "127.0.0.1:70000"`), `listeners[0].address: port "70000" is not a number within 0..65535`},
@@ -152,6 +150,15 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"drain timeout", "control:\n  drain_timeout: 0s\n" + listener(`    address: "127.0.0.1:1"`), `control.drain_timeout: "0s" is not a positive duration`},
 		{"not yaml", "listeners: [", "read"},
 	}
+	testConfigErrors(t, tests)
+}
+
+// configError is a config that loadConfig must refuse with an error that
+// contains want.
+type configError struct{ name, body, want string }
+
+// testConfigErrors runs a subtest per config error.
+func testConfigErrors(t *testing.T, tests []configError) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := loadConfig(writeConfig(t, tc.body))

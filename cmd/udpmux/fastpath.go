@@ -39,6 +39,11 @@ func (l *listenerConfig) fastPathKind(key func(string) string, addr netip.AddrPo
 	if l.Handler != "proxy" {
 		return nil, fmt.Errorf("%s: only the proxy handler has a fast path", key("fast_path"))
 	}
+	if l.Source == sourceClient {
+		// The backends' replies to a client's address are delivered to
+		// udpmux's transparent sockets by policy routing, not routed on.
+		return nil, fmt.Errorf("%s: not with source: client: the backends' replies to clients' addresses are delivered to this host by its policy routing, which the kernel's forwarding would have to route on", key("fast_path"))
+	}
 	if a := addr.Addr(); a.Is6() && !a.Is4In6() && !a.IsUnspecified() {
 		return nil, fmt.Errorf("%s: the fast path forwards IPv4 only; %s is an IPv6 address", key("fast_path"), addr)
 	}

@@ -365,6 +365,11 @@ func serve(cfg *config, stderr io.Writer) error {
 	if ln != nil {
 		go ctl.serve()
 	}
+	for _, lc := range cfg.mux.Listeners {
+		if h, ok := lc.Handler.(*proxy.Handler); ok {
+			go h.RunChecks(ctx)
+		}
+	}
 	signals, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()
 	go func() {
