@@ -15,6 +15,13 @@
 // udpmux; the spoofing tests (spoof_e2e_test.go) spray forged tunnel
 // packets at udpmux.
 //
+// The fast path variants (TestWireGuardRoamingFastPath, its upgrade
+// variant, TestWireGuardSpoofFastPath) run the WireGuard roaming and
+// spoofing tests with fast_path: nftables and IPv4 forwarding on in
+// udpmux's namespace: the tunnels' transport messages go through the
+// kernel, and every session must be in it at the end, the kernel having
+// forwarded datagrams both ways (checkOffloaded).
+//
 // The transparent source tests (transparent_e2e_test.go) run the OpenVPN
 // and WireGuard roaming tests with `source: client`: the backends route
 // the clients' network through udpmux's namespace, which delivers their
