@@ -99,8 +99,8 @@ type Flow struct {
 // postrouting rewrite would never see it.
 func (f Flow) valid() error {
 	for _, a := range [...]netip.AddrPort{f.Client, f.Local, f.Source, f.Backend} {
-		if !a.Addr().Unmap().Is4() || a.Port() == 0 {
-			return fmt.Errorf("fastpath: %s: only IPv4 addresses with a port are forwarded", a)
+		if ip := a.Addr().Unmap(); !ip.Is4() || ip.IsUnspecified() || a.Port() == 0 {
+			return fmt.Errorf("fastpath: %s: only IPv4 addresses (not 0.0.0.0) with a port are forwarded", a)
 		}
 	}
 	if f.Kind >= numKinds {

@@ -28,6 +28,7 @@ func TestFlowValid(t *testing.T) {
 		{"backend on this host", with(func(f *Flow) { f.Backend = ap("198.18.1.1:7000") }), true, false},
 		{"IPv6", with(func(f *Flow) { f.Client = ap("[2001:db8::1]:4000") }), false, true},
 		{"port 0", with(func(f *Flow) { f.Source = ap("198.18.1.1:0") }), false, true},
+		{"wildcard local", with(func(f *Flow) { f.Local = ap("0.0.0.0:9000") }), false, true},
 		{"unknown kind", with(func(f *Flow) { f.Kind = numKinds }), false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
