@@ -106,6 +106,21 @@ func TestTrack(t *testing.T) {
 				t.Error("a counter of an index forgotten is judged")
 			}
 		}},
+		{"after Forget (the kernel forwarded the transport messages), any counter from elsewhere may be the client's", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			tr.Client(held, indexed(4, "", "BACK", 100), false)
+			far := uint64(100 + 10*counterWindow) // as after the kernel forwarded many
+			if _, ok := tr.Client(held, indexed(4, "", "BACK", far), true); ok {
+				t.Fatal("before Forget: a counter far ahead is plausible")
+			}
+			tr.(session.Forgetter).Forget()
+			if _, ok := tr.Client(held, indexed(4, "", "BACK", far), true); !ok {
+				t.Error("after Forget: a counter far ahead is not plausible")
+			}
+			tr.Client(held, indexed(4, "", "BACK", far), false) // seen from its own address again
+			if _, ok := tr.Client(held, indexed(4, "", "BACK", far), true); ok {
+				t.Error("a counter used already is plausible once it is known again")
+			}
+		}},
 		{"the backend's index: from its initiations, and its responses to the client's", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			held.AddKey(clientIndex(scope, []byte("MINE")))
 			for _, c := range []struct {
