@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +24,8 @@ import (
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
 	"github.com/udpmux/udpmux/internal/udpsys"
+	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
 )
 
 // daemonPkg is the import path of the udpmux daemon.
@@ -310,8 +314,11 @@ func (d *daemon) exitStatus() string {
 type controlStatus struct {
 	PID      int `json:"pid"`
 	Restored int `json:"sessions_restored"`
-	// Sessions is mux.Stats.Sessions: the sessions alive now.
-	Sessions int `json:"Sessions"`
+	// mux.Stats are the engine's counters: Sessions is the sessions alive
+	// now, Listeners each listener's counters.
+	mux.Stats
+	// Proxies are the proxy listeners' own counters, by listener name.
+	Proxies map[string]proxy.Stats
 }
 
 // controlRequest sends one request to the daemon's control socket and
@@ -354,6 +361,47 @@ func daemonStatus(sock string) (controlStatus, error) {
 		return st, fmt.Errorf("control socket %s: status %q: %v", sock, out, err)
 	}
 	return st, nil
+}
+
+// sessionRow is one line of `udpmux sessions`.
+type sessionRow struct {
+	Listener string
+	Peer     string         // the client's address
+	Backend  netip.AddrPort // a proxy session's; invalid for others, and while it recovers
+	Tx       uint64         // datagrams sent to the peer
+	Keys     []string       // the keys the session is found by, its anchor first
+	Line     string
+}
+
+// daemonSessions lists the sessions of the udpmux whose control socket is
+// sock (`udpmux sessions`: a header line, then LISTENER PEER LOCAL LOOP
+// IDLE RX_PKTS RX_BYTES TX_PKTS TX_BYTES BACKEND UPSTREAM KEYS).
+func daemonSessions(sock string) ([]sessionRow, error) {
+	out, err := controlRequest(sock, handoff.TypeSessionList)
+	if err != nil {
+		return nil, err
+	}
+	var rows []sessionRow
+	for _, line := range strings.Split(string(out), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 {
+			continue
+		}
+		r := sessionRow{Listener: f[0], Peer: f[1], Line: line}
+		if r.Tx, err = strconv.ParseUint(f[7], 10, 64); err != nil {
+			return nil, fmt.Errorf("udpmux sessions: TX_PKTS %q in %q", f[7], line)
+		}
+		if b, err := netip.ParseAddrPort(f[9]); err == nil {
+			r.Backend = b
+		} else if f[9] != "-" && f[9] != "invalid" { // "invalid AddrPort": a recovering session's
+			return nil, fmt.Errorf("udpmux sessions: backend %q in %q", f[9], line)
+		}
+		if len(f) > 11 {
+			r.Keys = strings.Split(f[11], ",")
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
 }
 
 // upgrade is what Upgrade saw of one upgrade.
