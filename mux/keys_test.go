@@ -19,8 +19,8 @@ import (
 
 // The test protocol of this file: a datagram "c<name>" creates a session
 // (keyed by 4-tuple), "d<id>" is data that carries the 4-byte ID id, "e<id>"
-// data whose ID repeats across servers, and "k<id>" asks the handler to
-// learn id.
+// data whose ID repeats across servers, "l<cid>" data looked up by a
+// connection ID, and "k<id>" asks the handler to learn id.
 const testIDClass = 7
 
 type idDissector struct{}
@@ -37,6 +37,9 @@ func (idDissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) s
 		return session.Dissection{Key: tuple, Verdict: session.Create}
 	case len(p) >= 5 && p[0] == 'd':
 		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), Verdict: session.Lookup}
+	case len(p) >= 5 && p[0] == 'l': // looked up by a connection ID
+		k, _ := flowtable.CIDKey(scope, p[1:5])
+		return session.Dissection{Key: k, Verdict: session.Lookup}
 	case len(p) >= 5 && p[0] == 'e': // an ID that repeats across servers
 		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), IDRepeats: true, Verdict: session.Lookup}
 	}
@@ -419,22 +422,31 @@ type recoveringHandler struct {
 	mu        sync.Mutex
 	recovered []string
 	asked     int
+	// holders are the peers of the holders each recovered session got.
+	holders [][]netip.AddrPort
 }
 
-func (h *recoveringHandler) MayRecover(netip.AddrPort) bool {
+var _ session.Recoverer = (*recoveringHandler)(nil)
+
+func (h *recoveringHandler) MayRecover(netip.AddrPort, []session.Session) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.asked++
 	return true
 }
 
-func (h *recoveringHandler) Recover(s session.Session, p []byte) error {
+func (h *recoveringHandler) Recover(s session.Session, p []byte, holders []session.Session) error {
 	if p[1] != 'r' {
 		return errors.New("not recoverable")
 	}
 	s.SetState("recovered")
+	var peers []netip.AddrPort
+	for _, o := range holders {
+		peers = append(peers, o.PeerAddr())
+	}
 	h.mu.Lock()
 	h.recovered = append(h.recovered, string(p))
+	h.holders = append(h.holders, peers)
 	h.mu.Unlock()
 	return nil
 }
@@ -501,6 +513,9 @@ func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
 	if !slices.Equal(h.recovered, []string{"erabc"}) {
 		t.Errorf("recovered %q", h.recovered)
 	}
+	if want := netip.MustParseAddrPort(a.LocalAddr().String()); len(h.holders) != 1 || !slices.Equal(h.holders[0], []netip.AddrPort{want}) {
+		t.Errorf("the recovering session's holders: %v; want [[%v]], the session that holds the ID", h.holders, want)
+	}
 }
 
 // keyRoamerRecoverer is a keyRoamer whose sessions a recoveringHandler
@@ -510,7 +525,30 @@ type keyRoamerRecoverer struct {
 	r *recoveringHandler
 }
 
-func (h keyRoamerRecoverer) MayRecover(p netip.AddrPort) bool { return h.r.MayRecover(p) }
-func (h keyRoamerRecoverer) Recover(s session.Session, p []byte) error {
-	return h.r.Recover(s, p)
+var _ session.Recoverer = keyRoamerRecoverer{}
+
+func (h keyRoamerRecoverer) MayRecover(p netip.AddrPort, holders []session.Session) bool {
+	return h.r.MayRecover(p, holders)
+}
+func (h keyRoamerRecoverer) Recover(s session.Session, p []byte, holders []session.Session) error {
+	return h.r.Recover(s, p, holders)
+}
+
+// TestUnknownKeyFromAKnownAddress: a datagram looked up by a key no session
+// holds (a connection ID its session has not learned) goes to the session
+// its 4-tuple finds; from an address no session has, it is dropped.
+func TestUnknownKeyFromAKnownAddress(t *testing.T) {
+	kh := &keyHandler{roamed: map[string][]netip.AddrPort{}}
+	srv := startKeys(t, keyRoamer{kh})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	if got := exchangeKeys(t, a, "lCID1"); got != "a lCID1" {
+		t.Fatalf("from the session's address: %q", got)
+	}
+	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	b.Write([]byte("lCID1"))
+	silent(t, b, "a connection ID no session holds from an unknown address")
+	if st := srv.Stats(); st.Sessions != 1 || st.Listeners[0].UnknownFlow != 1 {
+		t.Errorf("%d sessions, %d unknown flows", st.Sessions, st.Listeners[0].UnknownFlow)
+	}
 }

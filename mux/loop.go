@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -104,14 +105,16 @@ type loop struct {
 	up        upstreamQueue
 
 	// cands and pick hold the sessions resolve finds for an ID, collect
-	// fills cands.
+	// fills cands; holders keeps the live ones for open.
 	cands, pick []*sess
+	holders     []session.Session
 	collect     func(*entry) bool
 
 	now       int64
 	sweepPos  int
 	expired   func(*entry)
 	batchEnds []session.BatchHandler
+	tickers   []session.TickHandler
 }
 
 // loopSocket is a loop's socket for one listener.
@@ -157,6 +160,7 @@ func newLoopWith(srv *Server, id, cpu int, p poller) *loop {
 		extras:   map[*sess][]*socket{},
 		cands:    make([]*sess, 0, maxCandidates),
 		pick:     make([]*sess, 0, maxCandidates),
+		holders:  make([]session.Session, 0, maxCandidates),
 		locals:   make([]netip.AddrPort, srv.cfg.Batch),
 		peers:    make([]netip.AddrPort, srv.cfg.Batch),
 		found:    make([]*entry, srv.cfg.Batch),
@@ -198,6 +202,9 @@ func (l *loop) addSocket(ln *listener, sock *udpsys.Socket, opened bool) error {
 	l.stateless = append(l.stateless, r)
 	if bh, ok := ln.handler.(session.BatchHandler); ok {
 		l.batchEnds = append(l.batchEnds, bh)
+	}
+	if th, ok := ln.handler.(session.TickHandler); ok && !slices.Contains(l.tickers, th) {
+		l.tickers = append(l.tickers, th)
 	}
 	return l.poll.Add(sock.FD, udpsys.Token{Kind: tokenSocket, Index: int32(ln.scope)})
 }
@@ -267,6 +274,7 @@ func (l *loop) serveEvents() (err error) {
 	}
 	if ticked && !l.stopping.Load() {
 		l.sweep()
+		l.tick()
 	}
 	l.endBatch()
 	return nil

@@ -155,18 +155,24 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		}
 	case hasID && l.resolve(ls, id, peer, p):
 		// Its ID's sessions have it; one of another server's that nobody
-		// here has seen may have it too if the ID repeats across servers.
-		if e != nil || !l.repeats[i] || !l.mayRecover(ls, peer) {
+		// here has seen may have it too if the ID repeats across servers,
+		// and the handler asks the servers none of them is on.
+		defer l.dropHolders()
+		if e != nil || !l.repeats[i] || !l.mayRecover(ls, peer, l.holders) {
 			return
 		}
-		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict); s == nil {
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, l.holders); s == nil {
 			return
 		}
-	case e == nil && hasID && l.mayRecover(ls, peer):
+	case e == nil && hasID && l.mayRecover(ls, peer, nil):
 		// A session nobody here has seen: the handler finds it.
-		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict); s == nil {
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, nil); s == nil {
 			return
 		}
+	case e == nil && verdict == session.Lookup && !hasID && !isTuple(l.keys[i]) && l.byTuple(ls, i):
+		// A key no session holds yet, from an address that has one: the
+		// session gets it (and its handler may learn the key).
+		s = l.found[i].Value
 	case e != nil || verdict == session.Lookup:
 		if hasID {
 			ls.stats.unknownID.inc()
@@ -175,7 +181,7 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		}
 		return
 	default:
-		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict); s == nil {
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, nil); s == nil {
 			// Refused. (A flow whose session an earlier datagram of this
 			// batch opened is not refused: open's insert finds and
 			// returns it.)
@@ -195,7 +201,9 @@ const maxCandidates = 16
 // it is the one, if there is one; otherwise those whose peer has the
 // datagram's source address (a NAT that rebinds keeps it), or else all of
 // them: each one's handler decides (session.Roamer), and a proxy's backend
-// accepts the datagram only if it belongs there.
+// accepts the datagram only if it belongs there. It leaves the live ones
+// in l.holders, for a session to recover (see session.Recoverer), until
+// dropHolders.
 func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p []byte) bool {
 	l.cands = l.cands[:0]
 	l.srv.table.LookupEach(id, l.collect)
@@ -222,10 +230,21 @@ func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p 
 	for _, s := range pick {
 		l.toOwner(ls, s, from, p)
 	}
+	for _, s := range cands {
+		if s.live() {
+			l.holders = append(l.holders, s)
+		}
+	}
 	clear(cands)
 	clear(pick)
 	l.pick = pick[:0]
 	return true
+}
+
+// dropHolders forgets the sessions resolve left in l.holders.
+func (l *loop) dropHolders() {
+	clear(l.holders)
+	l.holders = l.holders[:0]
 }
 
 // collectCandidate is LookupEach's callback for resolve (l.collect, made
@@ -253,12 +272,19 @@ func (l *loop) roam(s *sess, from netip.AddrPort, p []byte) {
 	l.current = nil
 }
 
+// byTuple looks up the session of datagram i's 4-tuple, leaving its entry
+// in the batch's found slot, and reports whether there is one.
+func (l *loop) byTuple(ls *loopSocket, i int) bool {
+	l.found[i] = l.srv.table.Lookup(flowtable.TupleKey(ls.ln.scope, l.locals[i], l.peers[i]))
+	return l.found[i] != nil
+}
+
 // mayRecover reports whether the listener's handler recovers sessions
 // nobody here has seen (session.Recoverer) and one may begin for a datagram
-// from peer now.
-func (l *loop) mayRecover(ls *loopSocket, peer netip.AddrPort) bool {
+// from peer, whose ID holders hold, now.
+func (l *loop) mayRecover(ls *loopSocket, peer netip.AddrPort, holders []session.Session) bool {
 	r := ls.ln.recoverer
-	return r != nil && r.MayRecover(peer)
+	return r != nil && r.MayRecover(peer, holders)
 }
 
 // toOwner hands p from peer to s on the loop that owns s.
@@ -304,7 +330,7 @@ func (l *loop) deliver(s *sess, peer netip.AddrPort, p []byte) {
 // decides. It returns nil when
 // the flow is refused, and another loop's session when that loop created the
 // same flow first.
-func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort, p []byte, verdict session.Verdict) *sess {
+func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort, p []byte, verdict session.Verdict, holders []session.Session) *sess {
 	ln := ls.ln
 	s := newSess(sessConfig{
 		key: key, scope: ln.scope, local: local, peer: peer, loop: l, handler: ln.handler,
@@ -321,7 +347,7 @@ func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.Add
 	}
 	l.fileKeys(s, flowtable.TupleKey(ln.scope, local, peer), id)
 	l.current = s
-	err = s.open(p, verdict == session.Lookup)
+	err = s.open(p, verdict == session.Lookup, holders)
 	l.current = nil
 	if err != nil {
 		l.refuse(s)

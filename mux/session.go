@@ -286,10 +286,10 @@ var errNotMigrator = errors.New("mux: the handler cannot import sessions")
 // the handler refuses has ended: a Close it asked for before refusing finds
 // it closed, so that the handler's Close never runs for it
 // (session.Handler).
-func (s *sess) open(p []byte, recover bool) error {
+func (s *sess) open(p []byte, recover bool, holders []session.Session) error {
 	var err error
 	if recover {
-		err = s.handler.(session.Recoverer).Recover(s, p)
+		err = s.handler.(session.Recoverer).Recover(s, p, holders)
 	} else if o, ok := s.handler.(session.DatagramOpener); ok {
 		err = o.OpenDatagram(s, p)
 	} else {

@@ -33,6 +33,17 @@ func (l *loop) sweep() {
 	}
 }
 
+// tick gives the handlers that keep time their tick (session.TickHandler).
+func (l *loop) tick() {
+	if len(l.tickers) == 0 {
+		return
+	}
+	now := clockTime(l.now)
+	for _, th := range l.tickers {
+		l.protect(func() { th.Tick(l.id, now) })
+	}
+}
+
 // expire ends a session the sweep took out of the table; the owner does it.
 // Only anchors expire; one a move has just replaced was on its way out.
 func (l *loop) expire(e *entry) {

@@ -585,5 +585,6 @@ var (
 	_ session.DatagramOpener  = (*Handler)(nil)
 	_ session.Roamer          = (*Handler)(nil)
 	_ session.Recoverer       = (*Handler)(nil)
+	_ session.TickHandler     = (*Handler)(nil)
 	_ session.Precopier       = (*Handler)(nil)
 )

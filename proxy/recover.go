@@ -139,11 +139,12 @@ type recovering struct {
 }
 
 // MayRecover implements session.Recoverer: a recovery is begun within the
-// rates, per client address and in all, unless the handler recovers
+// rates, per client address and in all, if a healthy backend none of the
+// holders is settled on is left to ask, unless the handler recovers
 // nothing.
-func (h *Handler) MayRecover(peer netip.AddrPort) bool {
+func (h *Handler) MayRecover(peer netip.AddrPort, holders []session.Session) bool {
 	r := h.recovery
-	if r == nil {
+	if r == nil || !h.anyToAsk(holders) {
 		return false
 	}
 	now := h.now().UnixNano()
@@ -154,12 +155,26 @@ func (h *Handler) MayRecover(peer netip.AddrPort) bool {
 	return true
 }
 
+// anyToAsk reports whether a healthy backend none of holders is settled on
+// is left for a recovery to ask.
+func (h *Handler) anyToAsk(holders []session.Session) bool {
+	for b := range h.bal.Len() {
+		if h.bal.Available(b) && !servedBy(holders, b) {
+			return true
+		}
+	}
+	return false
+}
+
 // Recover implements session.Recoverer: it opens a socket to each of up to
 // Fanout healthy backends for s, a session nobody here knew, whose
 // datagrams, p the first, then go to all of them, to be adopted where one
-// proves it has the session (see recoveringUpstream). The session takes its share of sessions.max_per_source
-// as a new one does.
-func (h *Handler) Recover(s session.Session, p []byte) error {
+// proves it has the session (see recoveringUpstream). It asks none of the
+// backends the holders of p's ID are settled on: a backend that follows
+// its client to the socket that asked it would take the client from its
+// own session, which p went to as well. The session takes its share of
+// sessions.max_per_source as a new one does.
+func (h *Handler) Recover(s session.Session, p []byte, holders []session.Session) error {
 	r := h.recovery
 	src := s.PeerAddr().Addr()
 	if !h.sources.Acquire(src) {
@@ -171,7 +186,7 @@ func (h *Handler) Recover(s session.Session, p []byte) error {
 	start := int(r.next.Add(1))
 	for i := 0; i < n && len(u.rec.asked) < r.fanout; i++ {
 		b := (start + i) % n
-		if !h.bal.Available(b) {
+		if !h.bal.Available(b) || servedBy(holders, b) {
 			continue
 		}
 		if !h.recoverySocket(q) {
@@ -193,6 +208,20 @@ func (h *Handler) Recover(s session.Session, p []byte) error {
 	s.SetState(u)
 	h.stats.recovering.Add(1)
 	return nil // the engine delivers p next, to Datagram, which asks
+}
+
+// servedBy reports whether one of sessions, the proxy's, is settled on
+// backend b. One that recovers proved nothing yet: an attacker's datagram
+// may have begun it, and the backends it asks are asked again.
+func servedBy(sessions []session.Session, b int) bool {
+	for _, s := range sessions {
+		if u, _ := s.State().(*upstream); u != nil {
+			if st := u.settled.Load(); st != nil && st.backend == b {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // recoverySocket takes a unit of the recovery socket budget, in the place
@@ -315,4 +344,26 @@ func (h *Handler) endRecovery(u *upstream, keep *asking) {
 	u.rec.entry.remove()
 	u.rec = nil
 	h.stats.recovering.Add(-1)
+}
+
+// Tick implements session.TickHandler: on loop, the recovering sessions
+// past their deadline give up, and pending probes through which nothing has
+// passed for probeIdle close, so that neither holds sockets for sessions
+// whose clients, or forgers, went silent.
+func (h *Handler) Tick(loop int, now time.Time) {
+	if r := h.recovery; r != nil {
+		q := r.queues.of(loop)
+		for old := q.oldest(); old != nil && now.After(old.rec.deadline); old = q.oldest() {
+			s := old.rec.s
+			h.giveUp(old)
+			s.Close()
+		}
+	}
+	for e := h.queues.of(loop).head; e != nil; {
+		pr := e.v
+		e = e.newer
+		if now.Sub(pr.last) >= probeIdle {
+			h.closeProbe(pr)
+		}
+	}
 }

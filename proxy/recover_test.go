@@ -22,10 +22,18 @@ func newRecoveryUnit(t *testing.T, backends int, rc RecoveryConfig, cfg Config) 
 }
 
 // recover has the unit recover the session of a datagram p from client
-// that carries ID "tunnel".
+// that carries an ID of its own, the client's address.
 func (u *unit) recover(client string, p string) (*sessiontest.Session, error) {
-	id, _ := flowtable.IDKey(0, 1, []byte("tunnel"))
-	s, err := u.l.Recover(netip.MustParseAddrPort(client), id, []byte(p))
+	return u.recoverID(client, []byte(client), p)
+}
+
+// recoverID is recover for a datagram with ID id.
+func (u *unit) recoverID(client string, id []byte, p string) (*sessiontest.Session, error) {
+	k, err := flowtable.IDKey(0, 1, id)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	s, err := u.l.Recover(netip.MustParseAddrPort(client), k, []byte(p))
 	if err == nil {
 		u.t.Cleanup(func() { s.End(session.ReasonShutdown) })
 		s.Deliver(s.PeerAddr(), []byte(p)) // as the engine does next
@@ -78,11 +86,63 @@ func TestRecoveryAdoptsWhereTheBackendProvesIt(t *testing.T) {
 	}
 }
 
+// TestRecoveryAsksNoHolderBackend: a recovery for a datagram whose ID
+// sessions hold asks none of the backends they are settled on: a backend
+// that has the client would follow it to the socket that asked, away from
+// its session. With none left, none begins. A holder that recovers itself
+// proved nothing (an attacker may have begun it): its backends are asked.
+func TestRecoveryAsksNoHolderBackend(t *testing.T) {
+	u := newRecoveryUnit(t, 3, RecoveryConfig{Fanout: 3}, Config{})
+	id, _ := flowtable.IDKey(0, 1, []byte("tunnel"))
+	open := func(client string) *sessiontest.Session {
+		peer := netip.MustParseAddrPort(client)
+		s, err := u.l.OpenKey(flowtable.TupleKey(0, u.l.Local, peer), id, peer, []byte("hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.End(session.ReasonShutdown) })
+		return s
+	}
+	holder := open("198.51.100.1:1000")
+	settledOn := upstreamOf(holder).RemoteAddr()
+	if _, err := u.recoverID("198.51.100.9:9000", []byte("another"), "forged"); err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := u.recoverID("198.51.100.2:2000", []byte("tunnel"), "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := map[netip.AddrPort]bool{}
+	for _, k := range r.Sockets() {
+		asked[k.RemoteAddr()] = true
+	}
+	if len(asked) != 2 || asked[settledOn] {
+		t.Fatalf("asked %v; want the two backends other than the holder's %v", asked, settledOn)
+	}
+	if _, err := u.recoverID("198.51.100.3:3000", []byte("tunnel"), "again"); err != nil {
+		t.Errorf("a recovery with a recovering holder: %v", err)
+	}
+	on := map[netip.AddrPort]bool{settledOn: true}
+	for port := 4000; len(on) < 3; port++ {
+		if port > 4100 {
+			t.Fatalf("holders on %v only", on)
+		}
+		on[upstreamOf(open(fmt.Sprint("198.51.100.4:", port))).RemoteAddr()] = true
+	}
+	if _, err := u.recoverID("198.51.100.6:6000", []byte("tunnel"), "again"); err == nil {
+		t.Error("a recovery began with every backend a holder's")
+	}
+	if st := u.h.Stats(); st.Recovering != 3 || st.RecoveryRefused != 0 {
+		t.Errorf("%d recovering, %d refused; want 3 and none (no backend to ask is no rationing)", st.Recovering, st.RecoveryRefused)
+	}
+}
+
 // TestRecoveryGivesUp: a session no backend proves by the deadline closes
 // at its client's next datagram, releasing its sockets and its source's
 // share; one that closes before, too.
 func TestRecoveryGivesUp(t *testing.T) {
-	for _, end := range []string{"deadline", "idle"} {
+	for _, end := range []string{"deadline", "tick", "idle"} {
 		t.Run(end, func(t *testing.T) {
 			u := newRecoveryUnit(t, 2, RecoveryConfig{Timeout: time.Second}, Config{Sources: NewSourceLimiter(1)})
 			s, err := u.recover("198.51.100.1:1000", "first")
@@ -90,12 +150,21 @@ func TestRecoveryGivesUp(t *testing.T) {
 				t.Fatal(err)
 			}
 			asked := s.Sockets()
-			if end == "deadline" {
+			switch end {
+			case "deadline":
 				u.clk.Advance(time.Second - time.Nanosecond)
 				s.Deliver(s.PeerAddr(), []byte("in time"))
 				u.clk.Advance(time.Nanosecond + 1)
 				s.Deliver(s.PeerAddr(), []byte("too late"))
-			} else {
+			case "tick": // the client went silent
+				u.clk.Advance(time.Second - time.Nanosecond)
+				u.h.Tick(0, u.clk.Now())
+				if s.Reason() != 0 {
+					t.Fatal("closed before its deadline")
+				}
+				u.clk.Advance(time.Nanosecond + 1)
+				u.h.Tick(0, u.clk.Now())
+			default:
 				s.End(session.ReasonIdle)
 			}
 			st := u.h.Stats()

@@ -339,6 +339,25 @@ func TestProbesCannotBePinned(t *testing.T) {
 	})
 }
 
+// TestSilentProbesClose: a pending probe through which nothing has passed
+// for probeIdle closes at the handler's next tick, also when the session's
+// client sends nothing either.
+func TestSilentProbesClose(t *testing.T) {
+	u := newRoamUnit(t, Config{})
+	s := u.open("198.51.100.1:1000")
+	pr := roamTo(s, "203.0.113.1:1000", "forged, and then silence")
+	u.clk.Advance(probeIdle - time.Nanosecond)
+	u.h.Tick(0, u.clk.Now())
+	if pr.Closed() {
+		t.Fatal("closed too early")
+	}
+	u.clk.Advance(time.Nanosecond)
+	u.h.Tick(0, u.clk.Now())
+	if st := u.h.Stats(); !pr.Closed() || st.MovesPending != 0 || st.ProbeSockets != 0 {
+		t.Errorf("closed %v, %d pending, %d probe sockets", pr.Closed(), st.MovesPending, st.ProbeSockets)
+	}
+}
+
 // TestUnvouchedAnswersMoveNothing: a datagram on a pending probe that the
 // session's Track does not vouch for (forged from the backend's address) is
 // dropped and moves nothing; the backend's own answer then does.

@@ -15,7 +15,9 @@ const (
 	Create Verdict = iota
 	// Lookup: deliver to the key's session if it exists, otherwise drop and
 	// count; for datagrams that cannot start a flow (a connection ID the
-	// server never issued).
+	// server never issued). A key that no session holds and is no 4-tuple,
+	// of a datagram without an ID, finds the session of the datagram's
+	// 4-tuple, if any: one that has not learned the key yet.
 	Lookup
 	// Stateless: handle the datagram alone, with no session (DNS-like). Only
 	// a StatelessHandler serves such datagrams; for any other handler they

@@ -1,6 +1,9 @@
 package session
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // Handler serves sessions. The engine calls it on the loop that owns the
 // session; calls for one loop never overlap, calls for different loops do.
@@ -37,22 +40,30 @@ type DatagramOpener interface {
 // under the datagram's 4-tuple and its ID, and calls Recover in place of
 // Open. It does so too for a datagram from an address no session has whose
 // ID sessions hold if the ID repeats across servers (Dissection.IDRepeats),
-// after handing it to those sessions (see Roamer). The handler finds where the session belongs (a proxy asks its
-// backends, and adopts the session where one proves it has it) or refuses
-// it. A restored session still gets ImportSession (see Migrator).
+// after handing it to those sessions (see Roamer): the session may be
+// another server's. The handler finds where the session belongs (a proxy
+// asks its backends, and adopts the session where one proves it has it) or
+// refuses it. A restored session still gets ImportSession (see Migrator).
 type Recoverer interface {
 	Handler
 	// MayRecover reports whether a datagram from peer may create a session
 	// to recover, before the engine creates it: a handler that rations
 	// recoveries (they cost its servers datagrams) says no beyond its
-	// limits, and the datagram is dropped and counted as of an unknown ID.
-	// It runs on the loop that read the datagram.
-	MayRecover(peer netip.AddrPort) bool
+	// limits, and one says no when only the holders' servers could have
+	// the session; the datagram is dropped (and counted as of an unknown
+	// ID if no session holds its ID). It runs on the loop that read the
+	// datagram. holders are the live sessions of this handler's that hold
+	// the datagram's ID, which it went to first (nil if none does): the
+	// session to recover is none of theirs, so a proxy asks only the
+	// servers none of them is on, lest it take a client from its own
+	// session. Their State may be read (the handler set it before they
+	// opened); the slice is the engine's, valid during the call.
+	MayRecover(peer netip.AddrPort, holders []Session) bool
 	// Recover is Open for the session s that datagram p, of a session
 	// nobody here knew, creates, with Open's rules: it runs before p is
 	// delivered to Datagram, and an error refuses the session. p belongs
-	// to the loop, as in Datagram.
-	Recover(s Session, p []byte) error
+	// to the loop, as in Datagram. holders are MayRecover's.
+	Recover(s Session, p []byte, holders []Session) error
 }
 
 // StatelessHandler serves the datagrams a Dissector hands over without a
@@ -75,6 +86,16 @@ type BatchHandler interface {
 	// EndBatch is called on loop after the datagrams of one receive batch
 	// have been delivered and before the loop waits again.
 	EndBatch(loop int)
+}
+
+// TickHandler is a Handler that keeps time of its own, such as a deadline by
+// which a session must have done something: Tick is called on every loop
+// about ten times a second, between receive batches.
+type TickHandler interface {
+	Handler
+	// Tick is called on loop with the time; it may end the loop's sessions
+	// and close their sockets, as any callback of theirs may.
+	Tick(loop int, now time.Time)
 }
 
 // UpstreamHandler is a Handler whose sessions own sockets (see

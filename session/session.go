@@ -19,6 +19,7 @@
 //
 //   - DatagramOpener: opens a session by the datagram that creates it.
 //   - BatchHandler: hears where a receive batch ends.
+//   - TickHandler: keeps time (Tick, ten times a second).
 //   - UpstreamHandler: its sessions own sockets (Session.Dial).
 //   - Roamer: its sessions may follow their client to a new address.
 //   - Recoverer: takes over sessions nobody here has seen.

@@ -215,8 +215,10 @@ func (c *control) sessionList() []byte {
 		scope := s.Key().Scope()
 		backend, upstream := "-", "-"
 		if h := proxies[scope]; h != nil {
-			if info, ok := h.Session(s); ok {
+			if info, ok := h.Session(s); ok && info.Backend.IsValid() {
 				backend, upstream = info.Backend.String(), info.Source.String()
+			} else if ok {
+				backend = "(recovering)"
 			}
 		}
 		b = fmt.Appendf(b, "%-12s %-45s %-45s %4d %-20s %10d %10d %10d %10d %-45s %-45s ",

@@ -158,7 +158,7 @@ func TestCaptures(t *testing.T) {
 						t.Errorf("%s: got %+v; want %+v (session ID %x)", where, got, w, truth.sessionID)
 					}
 				case opSoftResetV1, opControlV1, opAckV1, opControlWKCV1:
-					w := session.Dissection{Key: mustCID(t, truth.sessionID), Verdict: session.Create}
+					w := session.Dissection{Key: mustCID(t, truth.sessionID), Verdict: session.Lookup}
 					if got != w {
 						t.Errorf("%s: got %+v; want %+v (session ID %x)", where, got, w, truth.sessionID)
 					}

@@ -21,14 +21,13 @@
 //   - P_CONTROL_HARD_RESET_CLIENT_V2 and _V3 (tls-crypt-v2) start a session:
 //     verdict session.Create.
 //   - P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1, P_ACK_V1 and P_CONTROL_WKC_V1
-//     (tls-crypt-v2) belong to a session that a hard reset started, and
-//     find it by its session ID; on a udpmux that never saw the session (a
-//     crash, another host) they create it again (verdict session.Create
-//     too), and the proxy, which balances new sessions by a hash of their
-//     key, sends it to the backend the hard reset went to. With OpenVPN 2.6
-//     this also keeps the second packet of the three-way handshake with the
-//     server that answered the first one, since only that server can check
-//     the cookie in it.
+//     (tls-crypt-v2) belong to a session that a hard reset started:
+//     verdict session.Lookup. With OpenVPN 2.6 this also keeps the second
+//     packet of the three-way handshake with the server that answered the
+//     first one, since only that server can check the cookie in it. A
+//     session that does not know its client's session ID (one a udpmux that
+//     never saw it recovered from the client's data) gets them by their
+//     4-tuple, and learns the session ID from the first (its Track).
 //
 // Data packets carry no identifier of the client's choosing:
 //
@@ -114,9 +113,10 @@
 //     connect-freq-initial.
 //   - cannot reach an existing session with forged control packets: their
 //     key is a 64-bit session ID that the client chose at random and that
-//     the attacker never sees. A P_CONTROL_V1, P_ACK_V1, soft reset or
-//     P_CONTROL_WKC_V1 whose session ID no session holds creates a session
-//     of its own, as a forged hard reset does, whose backend drops it.
+//     the attacker never sees, and a P_CONTROL_V1, P_ACK_V1, soft reset or
+//     P_CONTROL_WKC_V1 whose session ID no session holds is dropped by
+//     udpmux (verdict Lookup) without reaching a server, unless its 4-tuple,
+//     the client's own address and port, finds a session.
 //   - can reach a session with forged data packets from the client's
 //     current address, if it knows or guesses that address and port, as
 //     under any 4-tuple dissector: the backend drops them, since they

@@ -97,10 +97,11 @@ var rules = [32]rule{
 type Dissector struct{}
 
 // Dissect maps a datagram from a client (peer) to an OpenVPN server
-// (local) to its flow. A client's control packets are keyed by its session
-// ID, and create the session if none has it: a hard reset starts it, and
-// any other finds it again on a udpmux that never saw it, on the backend
-// the hard reset went to (the proxy balances by the key). A
+// (local) to its flow. A client hard reset creates a session keyed by the
+// client's session ID; its other control packets look that session up (or,
+// for a session that does not know its client's session ID, such as one a
+// udpmux recovered from the client's data, the session their 4-tuple
+// finds). A
 // data packet looks its 4-tuple up and, for P_DATA_V2, carries the
 // peer-id the server assigned as the ID. Anything a client never sends,
 // or too short to be what its opcode says, is dropped. The key-id bits
@@ -124,7 +125,11 @@ func (d *Dissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) 
 			return d.drop()
 		}
 		k, _ := flowtable.CIDKey(scope, sid) // 8 bytes: never fails
-		return session.Dissection{Key: k, Verdict: session.Create}
+		v := session.Lookup
+		if r.class == classHardReset {
+			v = session.Create
+		}
+		return session.Dissection{Key: k, Verdict: v}
 	case classDataV1:
 		return session.Dissection{Key: flowtable.TupleKey(scope, local, peer), Verdict: session.Lookup}
 	case classDataV2:

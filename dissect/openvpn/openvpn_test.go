@@ -21,7 +21,7 @@ const testScope = 3
 // to either shows up as a failure.
 type opSpec struct {
 	name    string
-	kind    string // "create" (a hard reset), "control", "data-v1", "data-v2" or "drop"
+	kind    string // "create", "lookup-cid", "data-v1", "data-v2" or "drop"
 	minimum int    // shortest accepted length; 0 for "drop"
 }
 
@@ -29,15 +29,15 @@ var opSpecs = [32]opSpec{
 	0:  {"opcode 0", "drop", 0},
 	1:  {"P_CONTROL_HARD_RESET_CLIENT_V1", "drop", 0},
 	2:  {"P_CONTROL_HARD_RESET_SERVER_V1", "drop", 0},
-	3:  {"P_CONTROL_SOFT_RESET_V1", "control", 14},
-	4:  {"P_CONTROL_V1", "control", 14},
-	5:  {"P_ACK_V1", "control", 22},
+	3:  {"P_CONTROL_SOFT_RESET_V1", "lookup-cid", 14},
+	4:  {"P_CONTROL_V1", "lookup-cid", 14},
+	5:  {"P_ACK_V1", "lookup-cid", 22},
 	6:  {"P_DATA_V1", "data-v1", 2},
 	7:  {"P_CONTROL_HARD_RESET_CLIENT_V2", "create", 14},
 	8:  {"P_CONTROL_HARD_RESET_SERVER_V2", "drop", 0},
 	9:  {"P_DATA_V2", "data-v2", 5},
 	10: {"P_CONTROL_HARD_RESET_CLIENT_V3", "create", 344},
-	11: {"P_CONTROL_WKC_V1", "control", 344},
+	11: {"P_CONTROL_WKC_V1", "lookup-cid", 344},
 }
 
 func init() {
@@ -110,11 +110,15 @@ func want(t testing.TB, p []byte) session.Dissection {
 	}
 	tuple := flowtable.TupleKey(testScope, testLocal, testPeer)
 	switch s.kind {
-	case "create", "control":
+	case "create", "lookup-cid":
 		if bytes.Equal(p[1:9], make([]byte, 8)) {
 			return drop
 		}
-		return session.Dissection{Key: mustCID(t, p[1:9]), Verdict: session.Create}
+		v := session.Lookup
+		if s.kind == "create" {
+			v = session.Create
+		}
+		return session.Dissection{Key: mustCID(t, p[1:9]), Verdict: v}
 	case "data-v1":
 		return session.Dissection{Key: tuple, Verdict: session.Lookup}
 	case "data-v2":
@@ -203,11 +207,11 @@ func TestDissectExamples(t *testing.T) {
 		{"hard reset v2, zero session ID", pad(hdr(0x38), 14), session.Dissection{Verdict: session.Drop}},
 		{"hard reset v3, 353 bytes", pad(hdr(0x50, sid...), 353), session.Dissection{Key: cid, Verdict: session.Create}},
 		{"hard reset v3, 343 bytes", pad(hdr(0x50, sid...), 343), session.Dissection{Verdict: session.Drop}},
-		{"soft reset, key-id 1", pad(hdr(0x19, sid...), 54), session.Dissection{Key: cid, Verdict: session.Create}},
-		{"control", pad(hdr(0x20, sid...), 100), session.Dissection{Key: cid, Verdict: session.Create}},
-		{"ack, 22 bytes", pad(hdr(0x28, sid...), 22), session.Dissection{Key: cid, Verdict: session.Create}},
+		{"soft reset, key-id 1", pad(hdr(0x19, sid...), 54), session.Dissection{Key: cid, Verdict: session.Lookup}},
+		{"control", pad(hdr(0x20, sid...), 100), session.Dissection{Key: cid, Verdict: session.Lookup}},
+		{"ack, 22 bytes", pad(hdr(0x28, sid...), 22), session.Dissection{Key: cid, Verdict: session.Lookup}},
 		{"ack, 21 bytes", pad(hdr(0x28, sid...), 21), session.Dissection{Verdict: session.Drop}},
-		{"control wkc", pad(hdr(0x58, sid...), 642), session.Dissection{Key: cid, Verdict: session.Create}},
+		{"control wkc", pad(hdr(0x58, sid...), 642), session.Dissection{Key: cid, Verdict: session.Lookup}},
 		{"server hard reset", pad(hdr(0x40, sid...), 26), session.Dissection{Verdict: session.Drop}},
 		{"key method 1 client reset", pad(hdr(0x08, sid...), 26), session.Dissection{Verdict: session.Drop}},
 		{"data v1", hdr(0x30, 0xaa), session.Dissection{Key: tuple, Verdict: session.Lookup}},

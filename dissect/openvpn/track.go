@@ -54,10 +54,10 @@ type track struct {
 	// carry, once one has (used).
 	peerID uint32
 	used   bool
-	client [keyIDs]struct {
-		last uint32
-		set  bool
-	}
+	// client and server are the client's packet-ids per key, as it sends
+	// them from its own address, and the server's, as they reach the
+	// session's own socket: either address may be forged.
+	client [keyIDs]seq
 	server [keyIDs]seq
 	// heard is set once the Track has seen a data packet of the server's
 	// (Server). Until then there is no sequence to continue, as in a
@@ -69,34 +69,37 @@ type track struct {
 	probeKey uint8
 }
 
-// seq follows the server's packet-ids on one key, as seen on the session's
-// own socket, where anyone may forge a packet: est is the sequence found,
+// seq follows the packet-ids of one side on one key, as seen from the
+// side's own address, which anyone may forge: est is the sequence found,
 // which moves only forward and by at most serverWindow; cand is a sequence
 // that packets outside est's form, run the steps it took. A run of startRun
 // steps founds est; one of replaceRun, with est not moving meanwhile,
 // replaces it. A forger must keep up a sequence of its own over several
-// packets, each a hit of the session's upstream port, with none of the
-// server's in between.
+// packets, with none of the real side's in between (and for the server's,
+// each a hit of the session's upstream port).
 type seq struct {
 	est, cand       uint32
 	estSet, candSet bool
 	run             uint8
 }
 
-// note notes packet-id n.
-func (q *seq) note(n uint32) {
+// note notes packet-id n and reports whether it is in the sequence: est
+// now.
+func (q *seq) note(n uint32) bool {
 	if q.estSet && n > q.est && n-q.est <= serverWindow {
 		q.est, q.candSet, q.run = n, false, 0
-		return
+		return true
 	}
 	if !q.candSet || n <= q.cand || n-q.cand > serverWindow {
 		q.cand, q.candSet, q.run = n, true, 0
-		return
+		return false
 	}
 	q.cand, q.run = n, q.run+1
 	if (!q.estSet && q.run >= startRun) || q.run >= replaceRun {
 		q.est, q.estSet, q.candSet, q.run = q.cand, true, false, 0
+		return true
 	}
+	return false
 }
 
 // Track returns the protocol state of a new session on listener scope
@@ -113,13 +116,14 @@ func data(p []byte) (peer uint32, key uint8, pid uint32, ok bool) {
 }
 
 // Client notes a packet of the session's client. From its own address, a
-// data packet tells the peer-id the client uses and its packet-id on its
-// key, and a control packet names the client's session ID, the key its
-// control packets find the session by (a session recovered from a data
-// packet learns it so); a data packet from another address may be the
-// client's only if its packet-id is ahead of the last the client used on
-// the key, and by less than clientWindow (a client never sends a packet-id
-// twice).
+// data packet in the client's sequence of packet-ids on its key (see seq:
+// its address may be forged), or any before there is one, tells the
+// peer-id the client uses, and a
+// control packet names the client's session ID, the key its control
+// packets find the session by (a session recovered from a data packet
+// learns it so); a data packet from another address may be the client's
+// only if its packet-id is ahead of the client's sequence on the key, and
+// by less than clientWindow (a client never sends a packet-id twice).
 func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, bool) {
 	peer, key, pid, ok := data(p)
 	if !ok {
@@ -133,34 +137,37 @@ func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, 
 	}
 	c := &t.client[key]
 	if moved {
-		return flowtable.Key{}, !c.set || (pid > c.last && pid-c.last <= clientWindow)
+		return flowtable.Key{}, !c.estSet || (pid > c.est && pid-c.est <= clientWindow)
 	}
-	if peer != noPeerID {
+	was := *c
+	inSeq := c.note(pid)
+	if inSeq && was.estSet && c.est < was.est {
+		// A sequence that starts again: the key-id came round (seven
+		// renegotiations later), and the server's starts again too.
+		t.server[key] = seq{}
+	}
+	// Until the sequence is found, each packet says: one forged in the
+	// client's name holds until the client's next.
+	if (inSeq || !c.estSet) && peer != noPeerID {
 		t.peerID, t.used = peer, true
-	}
-	switch {
-	case !c.set || pid > c.last:
-		c.last, c.set = pid, true
-	case pid < clientWindow && c.last-pid > clientWindow:
-		// The key-id came round again (seven renegotiations later), and
-		// with it both sequences start again.
-		c.last, t.server[key] = pid, seq{}
 	}
 	return flowtable.Key{}, true
 }
 
-// Server returns the peer-id a server's data packet carries: a server sends
-// to a client with the client's own peer-id. Once the client has used one,
-// a packet with another was not its server's and teaches nothing. A data
-// packet on a key the client uses also shows the server's sequence on it.
+// Server returns the peer-id a server's data packet carries, if it is the
+// one the client uses: a server sends to a client with the client's own
+// peer-id, and a packet with another, or before the client has used one,
+// was not its server's (an attacker may send any to the session's socket)
+// and teaches nothing. A data packet on a key the client uses also shows
+// the server's sequence on it.
 func (t *track) Server(s session.Session, p []byte) flowtable.Key {
 	k, ok := reply(p, t.scope)
-	if !ok || (t.used && peerID(p[1:4]) != t.peerID) {
+	if !ok || !t.used || peerID(p[1:4]) != t.peerID {
 		return flowtable.Key{}
 	}
 	if _, key, pid, ok := data(p); ok {
 		t.heard = true
-		if t.client[key].set {
+		if c := &t.client[key]; c.estSet || c.candSet {
 			t.server[key].note(pid)
 		}
 	}

@@ -31,6 +31,15 @@ func dataV2(key uint8, peer, pid uint32) []byte {
 	return p
 }
 
+// clientSends has tr note the client's data packets on key with peer-id
+// peer from its own address, packet-ids 1 to last or the run of
+// replaceRun+1 that ends at last.
+func clientSends(tr session.Track, held *sessiontest.Session, key uint8, peer, last uint32) {
+	for pid := max(last, replaceRun+1) - replaceRun; pid <= last; pid++ {
+		tr.Client(held, dataV2(key, peer, pid), false)
+	}
+}
+
 // TestTrack: what a session's client and server teach its Track, and what
 // the Track believes of a packet on a new path.
 func TestTrack(t *testing.T) {
@@ -42,8 +51,12 @@ func TestTrack(t *testing.T) {
 			if _, ok := tr.Client(held, dataV2(1, 5, 77), true); !ok {
 				t.Error("nothing known of the key yet: not plausible")
 			}
-			tr.Client(held, dataV2(1, 5, 100), false)
-			tr.Client(held, dataV2(1, 5, 90), false) // reordered: the latest stays
+			// Reordered (90) and forged in the client's name, out of its
+			// sequence (0xFFFFFF00, which would make every move
+			// implausible): the sequence stays.
+			for _, pid := range []uint32{98, 99, 100, 90, 0xFFFFFF00} {
+				tr.Client(held, dataV2(1, 5, pid), false)
+			}
 			for _, c := range []struct {
 				key      uint8
 				pid      uint32
@@ -74,19 +87,26 @@ func TestTrack(t *testing.T) {
 				}
 			}
 		}},
-		{"the peer-id: any the server sends until the client uses one, then only that", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+		{"the peer-id: the one the client uses, in its sequence once there is one", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			for _, c := range []struct {
 				p      []byte
 				client bool
 				want   uint32 // 0xFFFFFF: none
 			}{
-				{dataV2(0, 7, 1), false, 7},
-				{dataV2(0, 8, 2), false, 8}, // forged, maybe: the client has not spoken
-				{dataV2(0, noPeerID, 3), false, noPeerID},
-				{packet(0x20, 100, testSIDs[0]), false, noPeerID},
+				{dataV2(0, 7, 1), false, noPeerID}, // forged, maybe: the client has not spoken
 				{dataV2(0, 7, 1), true, noPeerID},
-				{dataV2(0, 8, 4), false, noPeerID}, // not the client's
-				{dataV2(0, 7, 5), false, 7},
+				{dataV2(0, 7, 2), true, noPeerID},
+				{dataV2(0, 7, 3), false, 7},
+				{dataV2(0, noPeerID, 4), false, noPeerID},
+				{packet(0x20, 100, testSIDs[0]), false, noPeerID},
+				{dataV2(0, 8, 5), false, noPeerID},    // not the client's
+				{dataV2(0, 7, 3), true, noPeerID},     // the third in sequence founds it
+				{dataV2(0, 9, 90000), true, noPeerID}, // forged in its name, out of its sequence
+				{dataV2(0, 7, 6), false, 7},
+				{dataV2(0, 9, 4), true, noPeerID}, // and in it: the peer-id changes...
+				{dataV2(0, 7, 7), false, noPeerID},
+				{dataV2(0, 7, 5), true, noPeerID}, // ...until the client's next packet
+				{dataV2(0, 7, 8), false, 7},
 			} {
 				if c.client {
 					tr.Client(held, c.p, false)
@@ -103,7 +123,7 @@ func TestTrack(t *testing.T) {
 		}},
 		{"what vouches: the next packet-ids of the server's sequence on the session's own socket", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			held.AddKey(mustPeerID(t, 7))
-			tr.Client(held, dataV2(2, 7, 1), false)
+			clientSends(tr, held, 2, 7, 1)
 			for pid := uint32(10); pid < 12; pid++ {
 				tr.Server(held, dataV2(2, 7, pid))
 				if tr.Vouches(held, dataV2(2, 7, pid+1)) {
@@ -133,7 +153,7 @@ func TestTrack(t *testing.T) {
 		}},
 		{"forged packets on the session's socket do not move the server's sequence", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			held.AddKey(mustPeerID(t, 7))
-			tr.Client(held, dataV2(0, 7, 1), false)
+			clientSends(tr, held, 0, 7, 1)
 			for pid := uint32(1); pid <= 3; pid++ {
 				tr.Server(held, dataV2(0, 7, pid))
 			}
@@ -179,6 +199,7 @@ func TestTrack(t *testing.T) {
 					t.Errorf("% x: Vouches = %v, want %v", c.p[:8], got, c.want)
 				}
 			}
+			clientSends(tr, held, 2, 7, 1)
 			tr.Server(held, dataV2(2, 7, 505)) // the server's, on a trusted path: a sequence to continue from now on
 			if tr.Vouches(held, dataV2(2, 7, 900)) {
 				t.Error("a packet that continues no sequence vouched once the Track had heard the server")
@@ -203,12 +224,13 @@ func TestTrack(t *testing.T) {
 		}},
 		{"a key-id that comes round again starts both sequences again", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			held.AddKey(mustPeerID(t, 7))
-			tr.Client(held, dataV2(1, 7, 3*clientWindow), false)
+			clientSends(tr, held, 1, 7, 3*clientWindow)
 			for pid := uint32(1); pid <= 3; pid++ {
 				tr.Server(held, dataV2(1, 7, 4*clientWindow+pid))
 			}
-			tr.Client(held, dataV2(1, 7, 1), false) // seven renegotiations later
-			if _, ok := tr.Client(held, dataV2(1, 7, 2), true); !ok {
+			// Seven renegotiations later, a run of replaceRun steps.
+			clientSends(tr, held, 1, 7, 1+replaceRun)
+			if _, ok := tr.Client(held, dataV2(1, 7, 2+replaceRun), true); !ok {
 				t.Error("the client's sequence did not start again")
 			}
 			for pid := uint32(1); pid <= 3; pid++ {
@@ -240,6 +262,7 @@ func TestCaptureTrack(t *testing.T) {
 			vouched, data := map[string]int{}, map[string]int{}
 			early := map[string]int{} // the server's packets on a key before its client's first
 			used := map[string]bool{}
+			spoke := map[int]bool{} // clients that sent data
 			for i, g := range c.grams {
 				tr, held := tracks[g.client], helds[g.client]
 				if tr == nil {
@@ -252,6 +275,7 @@ func TestCaptureTrack(t *testing.T) {
 				if g.toServer {
 					isData := g.payload[0]>>opcodeShift == opDataV2
 					used[key] = used[key] || isData
+					spoke[g.client] = spoke[g.client] || isData
 					moved := g.client == 1 && i == len(c.grams)/2
 					own, ok := tr.Client(held, g.payload, moved)
 					want := mustCID(t, c.clients[g.client].sessionID)
@@ -282,7 +306,11 @@ func TestCaptureTrack(t *testing.T) {
 					vouched[key]++
 				}
 				k := tr.Server(held, g.payload)
-				if want := mustPeerID(t, uint32(c.clients[g.client].peerID)); k != want {
+				want := mustPeerID(t, uint32(c.clients[g.client].peerID))
+				if !spoke[g.client] {
+					want = flowtable.Key{} // the client has used no peer-id yet
+				}
+				if k != want {
 					t.Errorf("%s: Server = %v, want %v", where, k, want)
 				}
 				held.AddKey(k)
@@ -308,7 +336,7 @@ func TestCaptureTrack(t *testing.T) {
 }
 
 // FuzzTrack: whatever a session's client and server send, a Track never
-// changes a datagram, learns only a P_DATA_V2 packet's peer-id, and
+// changes a datagram, learns only a P_DATA_V2 packet's peer-id, if any, and
 // vouches only for a P_DATA_V2 packet with a peer-id the session holds.
 func FuzzTrack(f *testing.F) {
 	addFuzzSeeds(f, false)
@@ -328,7 +356,7 @@ func FuzzTrack(f *testing.F) {
 		}
 		for range 3 {
 			k := tr.Server(held, p)
-			if w, _ := reply(p, testScope); k != w {
+			if w, _ := reply(p, testScope); k != w && k.Kind() != flowtable.KindNone {
 				t.Fatalf("Server = %v; the packet's peer-id key is %v", k, w)
 			}
 			held.AddKey(k)

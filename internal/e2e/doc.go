@@ -17,6 +17,14 @@
 // forge the backends' datagrams too, from a raw socket, at every ephemeral
 // port of udpmux's upstream side.
 //
+// The recovery tests (recovery_e2e_test.go) kill udpmux with SIGKILL while
+// WireGuard and OpenVPN tunnels carry pings through it, and have a udpmux
+// that never saw the tunnels take over: a fresh one in the same namespace,
+// or a standby in another namespace that takes over the service address
+// (gratuitous ARP); one variant sprays forged tunnel IDs at it meanwhile.
+// Each tunnel must answer again within 2 s, on its backend, without a new
+// handshake or renegotiation. They need what the roaming tests need.
+//
 // The QUIC test (quic_e2e_test.go) runs quic-go servers and clients
 // (quicgo's quicecho and quicclient, built from the quicgo module) through
 // udpmux with dissector quic: clients migrate while udpmux is upgraded and

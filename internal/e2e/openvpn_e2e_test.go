@@ -54,7 +54,8 @@ type vpnLab struct {
 	mux     *netlab.Namespace
 	backend *netlab.Namespace
 	bridge  string
-	direct  bool // clients are routed straight to the backends, not through udpmux
+	back    string // the backends' bridge in mux, if any (vpnOptions.backBridge)
+	direct  bool   // clients are routed straight to the backends, not through udpmux
 	servers []*ovpnServer
 	clients []*ovpnClient
 	logs    []string  // files to print if the test fails
@@ -81,6 +82,10 @@ func newVPNLab(t *testing.T, direct bool) *vpnLab {
 type vpnOptions struct {
 	direct     bool     // see newVPNLab
 	serverArgs []string // extra options of both servers, e.g. "--float"
+	// backBridge puts the backend namespace on a bridge in the udpmux
+	// namespace, which holds udpmux's backend-side address, instead of
+	// a veth pair: other namespaces can join it.
+	backBridge bool
 }
 
 // newVPNLabWith is newVPNLab with more choices.
@@ -101,7 +106,14 @@ func newVPNLabWith(t *testing.T, o vpnOptions) *vpnLab {
 	v.backend.DisableIPv6()
 	v.bridge = v.mux.AddBridge("br0")
 	v.mux.AddAddr(v.bridge, netip.PrefixFrom(muxFrontAddr, 24).String())
-	lab.Connect(v.mux, netip.PrefixFrom(muxBackAddr, 24).String(), v.backend, netip.PrefixFrom(backendAddr, 24).String())
+	if o.backBridge {
+		v.back = v.mux.AddBridge("br1")
+		v.mux.AddAddr(v.back, netip.PrefixFrom(muxBackAddr, 24).String())
+		_, muxIf := lab.Connect(v.backend, netip.PrefixFrom(backendAddr, 24).String(), v.mux, "")
+		v.mux.SetMaster(muxIf, v.back)
+	} else {
+		lab.Connect(v.mux, netip.PrefixFrom(muxBackAddr, 24).String(), v.backend, netip.PrefixFrom(backendAddr, 24).String())
+	}
 	if direct {
 		v.mux.EnableForwarding()
 		v.backend.AddRoute("198.18.0.0/24", muxBackAddr.String())
@@ -308,15 +320,16 @@ func (v *vpnLab) checkServers(ups []upResult, wantSource func(c *ovpnClient, src
 // list in their status files.
 func (v *vpnLab) checkUpstreamSockets(status map[*ovpnServer][]statusClient) {
 	v.t.Helper()
-	v.checkSessionSockets(status, false)
+	v.checkSessionSockets(v.mux, status, false)
 }
 
-// checkSessionSockets is checkUpstreamSockets; with others set, udpmux may
-// also hold upstream sockets of sessions that no backend lists (opened by
-// datagrams that were not OpenVPN's, such as a spoofing test's).
-func (v *vpnLab) checkSessionSockets(status map[*ovpnServer][]statusClient, others bool) {
+// checkSessionSockets is checkUpstreamSockets for the udpmux in namespace
+// ns; with others set, udpmux may also hold upstream sockets of sessions
+// that no backend lists (opened by datagrams that were not OpenVPN's, such
+// as a spoofing test's).
+func (v *vpnLab) checkSessionSockets(ns *netlab.Namespace, status map[*ovpnServer][]statusClient, others bool) {
 	v.t.Helper()
-	socks, err := udpSockets(v.mux)
+	socks, err := udpSockets(ns)
 	if err != nil {
 		v.t.Error(err)
 		return
@@ -352,7 +365,7 @@ func (v *vpnLab) checkSessionSockets(status map[*ovpnServer][]statusClient, othe
 		}
 	}
 	if v.t.Failed() {
-		v.t.Logf("UDP sockets in the udpmux namespace: %v", socks)
+		v.t.Logf("UDP sockets in the udpmux namespace %s: %v", ns.Label(), socks)
 	}
 }
 

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
 	"github.com/udpmux/udpmux/internal/prereq"
 )
@@ -421,7 +420,7 @@ func checkQUICConnections(t *testing.T, reps []quicReport, servers []*quicServer
 // sessions`: its PEER and BACKEND columns).
 func quicSessions(t *testing.T, sock string) map[string][]netip.AddrPort {
 	t.Helper()
-	rows, err := daemonSessions(sock)
+	rows, _, err := daemonSessions(sock)
 	if err != nil {
 		t.Fatalf("udpmux sessions: %v", err)
 	}
@@ -430,7 +429,7 @@ func quicSessions(t *testing.T, sock string) map[string][]netip.AddrPort {
 		if !r.Backend.IsValid() {
 			t.Fatalf("udpmux sessions: no backend in %q", r.Line)
 		}
-		m[r.Peer] = append(m[r.Peer], r.Backend)
+		m[r.Peer.String()] = append(m[r.Peer.String()], r.Backend)
 	}
 	return m
 }
@@ -438,15 +437,9 @@ func quicSessions(t *testing.T, sock string) map[string][]netip.AddrPort {
 // quicRouted returns the proxy's Routed and RouteFallbacks counters of the
 // udpmux whose control socket is sock.
 func quicRouted(sock string) (routed, fallbacks uint64, err error) {
-	out, err := controlRequest(sock, handoff.TypeStatus)
+	st, err := daemonStatus(sock)
 	if err != nil {
 		return 0, 0, err
-	}
-	var st struct {
-		Proxies map[string]struct{ Routed, RouteFallbacks uint64 }
-	}
-	if err := json.Unmarshal(out, &st); err != nil {
-		return 0, 0, fmt.Errorf("status %q: %v", out, err)
 	}
 	p := st.Proxies["quic"]
 	return p.Routed, p.RouteFallbacks, nil

@@ -9,13 +9,17 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/udpmux/udpmux/internal/netlab"
 )
 
 // ovpnRoamOptions choose an OpenVPN roaming test's variant.
 type ovpnRoamOptions struct {
-	direct  bool // clients talk to the servers directly, no udpmux
-	float   bool // start the servers with --float
-	upgrade bool // upgrade udpmux (SIGUSR2) in the middle of the moves
+	direct     bool // clients talk to the servers directly, no udpmux
+	float      bool // start the servers with --float
+	upgrade    bool // upgrade udpmux (SIGUSR2) in the middle of the moves
+	backBridge bool // the servers' namespace hangs off a bridge (vpnOptions)
+	spread     bool // more clients, if need be, until both servers have some
 }
 
 // ovpnBackends are the OpenVPN lab's servers' listening addresses.
@@ -75,6 +79,14 @@ type ovpnRun struct {
 	rs     []*roamer
 	before map[string]statusClient // by common name
 	start  time.Time
+	// configFor is udpmux's config with the control socket sock.
+	configFor func(sock string) string
+	// via is, once a udpmux that never saw the sessions has recovered
+	// them, the upstream socket of each client's session there, by common
+	// name, which its server must list it at; muxNS is that udpmux's
+	// namespace (see check).
+	via   map[string]netip.AddrPort
+	muxNS *netlab.Namespace
 }
 
 // setupOpenVPN builds the OpenVPN lab with roamClients clients, through
@@ -87,17 +99,19 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 	r := &ovpnRun{o: o, start: time.Now()}
 	requireRoaming(t, false)
 	r.sock = filepath.Join(t.TempDir(), "ctl.sock")
+	r.configFor = func(sock string) string { return roamingConfig(muxListen, ovpnBackends(), "openvpn", "", sock) }
 	var config string
 	if !o.direct {
-		config = roamingConfig(muxListen, ovpnBackends(), "openvpn", "", r.sock)
+		config = r.configFor(r.sock)
 		requireDissector(t, config, "openvpn")
 	}
 	var serverArgs []string
 	if o.float {
 		serverArgs = append(serverArgs, "--float")
 	}
-	v := newVPNLabWith(t, vpnOptions{direct: o.direct, serverArgs: serverArgs})
+	v := newVPNLabWith(t, vpnOptions{direct: o.direct, serverArgs: serverArgs, backBridge: o.backBridge})
 	r.v = v
+	r.muxNS = v.mux
 	remote := func(i int) netip.AddrPort { return v.servers[i%2].Listen }
 	if !o.direct {
 		r.d = startRoamingDaemon(t, v.lab, v.mux, v.dir, config, "openvpn", muxListen.Port())
@@ -105,6 +119,13 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 		remote = func(int) netip.AddrPort { return muxListen }
 	}
 	r.ups = v.waitUp(v.addClients(roamClients, remote))
+	for o.spread && backendsUsed(r.ups) < 2 {
+		if len(r.ups) >= clientBatch {
+			t.Fatalf("all %d clients landed on %s", len(r.ups), r.ups[0].server.Name)
+		}
+		t.Logf("all %d clients landed on %s; adding one", len(r.ups), r.ups[0].server.Name)
+		r.ups = append(r.ups, v.waitUp(v.addClients(1, remote))...)
+	}
 	if o.direct {
 		for i, u := range r.ups {
 			if want := v.servers[i%2]; u.server != want {
@@ -142,11 +163,11 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 // check compares the tunnels now with the start (the pings have been
 // stopped): each client keeps its tunnel address (so its server: their
 // subnets differ), never restarted or renegotiated, and its server lists it
-// once, at its last mapping (direct: the server floated it) or at udpmux's
-// unchanged upstream socket, having seen it connect once; through udpmux,
-// udpmux holds exactly the sessions' upstream sockets (with others set,
-// and others besides). during names the interval for the messages ("the
-// moves").
+// once, at its last mapping (direct: the server floated it), at udpmux's
+// unchanged upstream socket, or at the one a udpmux that recovered the
+// session uses (via), having seen it connect once; through udpmux, udpmux
+// holds exactly the sessions' upstream sockets (with others set, and others
+// besides). during names the interval for the messages ("the moves").
 func (r *ovpnRun) check(t *testing.T, during string, others bool) {
 	t.Helper()
 	v := r.v
@@ -172,6 +193,12 @@ func (r *ovpnRun) check(t *testing.T, during string, others bool) {
 			if row.Real != want {
 				return fmt.Errorf("seen from %v after %s; want its last mapping %v (the server did not float it)", row.Real, during, want)
 			}
+		} else if r.via != nil {
+			if want := r.via[u.client.Name]; !want.IsValid() {
+				return fmt.Errorf("seen from %v after %s: udpmux recovered no session for it", row.Real, during)
+			} else if row.Real != want {
+				return fmt.Errorf("seen from %v after %s; want the recovered session's upstream socket %v", row.Real, during, want)
+			}
 		} else if row.Real != was.Real {
 			return fmt.Errorf("seen from %v after %s; it was %v: udpmux changed the session's upstream socket", row.Real, during, was.Real)
 		}
@@ -194,7 +221,7 @@ func (r *ovpnRun) check(t *testing.T, during string, others bool) {
 		for _, u := range r.ups {
 			byServer[u.server] = append(byServer[u.server], status[u.client.Name])
 		}
-		v.checkSessionSockets(byServer, others)
+		v.checkSessionSockets(r.muxNS, byServer, others)
 	}
 }
 

@@ -217,6 +217,26 @@ func parsePingLog(out string) (pingLog, error) {
 		return l, fmt.Errorf("no summary in ping's output:\n%s", tail(out, 2000))
 	}
 	l.Sent, _ = strconv.Atoi(m[1])
+	var err error
+	if l.Replies, err = parsePingReplies(out); err != nil {
+		return l, err
+	}
+	seen := map[int]bool{}
+	for _, r := range l.Replies {
+		seen[r.Seq] = true
+	}
+	for seq := 1; seq < l.Sent; seq++ {
+		if !seen[seq] {
+			l.Lost = append(l.Lost, seq)
+		}
+	}
+	return l, nil
+}
+
+// parsePingReplies parses the answers in the output of `ping -n -D` so
+// far, in arrival order, duplicates left out.
+func parsePingReplies(out string) ([]pingReply, error) {
+	var replies []pingReply
 	seen := map[int]bool{}
 	for _, m := range pingLineRE.FindAllStringSubmatch(out, -1) {
 		if strings.Contains(m[5], "DUP!") {
@@ -228,20 +248,23 @@ func parsePingLog(out string) (pingLog, error) {
 		seq, _ := strconv.Atoi(m[3])
 		ms, err := strconv.ParseFloat(m[4], 64)
 		if err != nil {
-			return l, fmt.Errorf("ping: bad time in %q", m[0])
+			return nil, fmt.Errorf("ping: bad time in %q", m[0])
 		}
 		if seen[seq] {
 			continue
 		}
 		seen[seq] = true
-		l.Replies = append(l.Replies, pingReply{Seq: seq, Recv: time.Unix(sec, nsec), RTT: time.Duration(ms * float64(time.Millisecond))})
+		replies = append(replies, pingReply{Seq: seq, Recv: time.Unix(sec, nsec), RTT: time.Duration(ms * float64(time.Millisecond))})
 	}
-	for seq := 1; seq < l.Sent; seq++ {
-		if !seen[seq] {
-			l.Lost = append(l.Lost, seq)
-		}
-	}
-	return l, nil
+	return replies, nil
+}
+
+// answeredSince reports whether an echo request sent at or after at has
+// been answered yet (see pingLog.recovery).
+func (p *tsPing) answeredSince(at time.Time) bool {
+	replies, _ := parsePingReplies(p.out.String())
+	_, ok := pingLog{Replies: replies}.recovery(at)
+	return ok
 }
 
 // recovery returns how long after at the first answer to an echo request

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"os"
@@ -63,6 +64,7 @@ type wgLab struct {
 	direct   bool
 	mux      *netlab.Namespace
 	front    string // the clients' bridge in mux
+	back     string // the backends' bridge in mux
 	key      wgKey  // the backends' key
 	KeyFile  string // the backends' private key file
 	backends []*wgBackend
@@ -100,6 +102,7 @@ func newWGLab(t *testing.T, direct bool, n int, key wgKey, keyFile, dir string, 
 	w.front = front
 	w.mux.AddAddr(front, netip.PrefixFrom(muxFrontAddr, 24).String())
 	back := w.mux.AddBridge("br1")
+	w.back = back
 	w.mux.AddAddr(back, netip.PrefixFrom(muxBackAddr, 24).String())
 	if direct {
 		w.mux.EnableForwarding()
@@ -231,6 +234,7 @@ type wgRoamOptions struct {
 	direct  bool // clients talk to the backends directly, no udpmux
 	key     bool // give udpmux the backends' private key (wireguard: {private_key: FILE})
 	upgrade bool // upgrade udpmux (SIGUSR2) in the middle of the moves
+	clients int  // tunnels; 0 means roamClients
 }
 
 // wgListenerExtra is the listener's WireGuard options in the config: with
@@ -289,9 +293,16 @@ type wgRun struct {
 	rs     []*roamer
 	before wgState
 	start  time.Time
+	// configFor is udpmux's config with the control socket sock.
+	configFor func(sock string) string
+	// via is, once a udpmux that never saw the sessions has recovered
+	// them, the upstream socket of each client's session there, which its
+	// backend must see it at (see check).
+	via []netip.AddrPort
 }
 
-// setupWireGuard builds the WireGuard lab with roamClients clients, through
+// setupWireGuard builds the WireGuard lab with roamClients clients (or
+// o.clients), through
 // udpmux (which it starts) or direct, starts each client's continuous ping
 // and records which backend serves each client: backend i%2 from the
 // client's own address (direct) or any backend from udpmux's address.
@@ -303,12 +314,15 @@ func setupWireGuard(t *testing.T, o wgRoamOptions) *wgRun {
 	key := newWGKey(t)
 	keyFile := key.writeKey(t, dir, "backend.key")
 	r.sock = filepath.Join(dir, "ctl.sock")
+	r.configFor = func(sock string) string {
+		return roamingConfig(wgListen, wgBackends, "wireguard", wgListenerExtra(o.key, keyFile), sock)
+	}
 	var config string
 	if !o.direct {
-		config = roamingConfig(wgListen, wgBackends, "wireguard", wgListenerExtra(o.key, keyFile), r.sock)
+		config = r.configFor(r.sock)
 		requireDissector(t, config, "wireguard")
 	}
-	r.w = newWGLab(t, o.direct, roamClients, key, keyFile, dir, r.start)
+	r.w = newWGLab(t, o.direct, cmp.Or(o.clients, roamClients), key, keyFile, dir, r.start)
 	if !o.direct {
 		r.d = startRoamingDaemon(t, r.w.lab, r.w.mux, dir, config, "wireguard", wgListen.Port())
 		r.w.logs = append(r.w.logs, r.d.Config, r.d.Log)
@@ -337,7 +351,8 @@ func setupWireGuard(t *testing.T, o wgRoamOptions) *wgRun {
 // check compares the devices' state now with the start (the pings have
 // been stopped): the same backend serves each client, no new handshake,
 // traffic reached that backend, which sees the client at its last mapping
-// (direct: WireGuard follows it) or at udpmux's unchanged upstream socket.
+// (direct: WireGuard follows it), at udpmux's unchanged upstream socket, or
+// at the one a udpmux that recovered the session uses (via).
 // during names the interval for the messages ("the moves").
 func (r *wgRun) check(t *testing.T, during string) {
 	t.Helper()
@@ -371,6 +386,12 @@ func (r *wgRun) check(t *testing.T, during string) {
 			}
 			if is.Endpoint != want {
 				t.Errorf("%s sees %s at %v after %s; want its last mapping %v (WireGuard follows a roaming peer)", bname, c.Name, is.Endpoint, during, want)
+			}
+		} else if r.via != nil {
+			if !r.via[i].IsValid() {
+				t.Errorf("%s sees %s at %v after %s: udpmux recovered no session for it", bname, c.Name, is.Endpoint, during)
+			} else if is.Endpoint != r.via[i] {
+				t.Errorf("%s sees %s at %v after %s; want the recovered session's upstream socket %v", bname, c.Name, is.Endpoint, during, r.via[i])
 			}
 		} else if is.Endpoint != was.Endpoint {
 			t.Errorf("%s sees %s at %v after %s; it was %v: udpmux changed the session's upstream socket", bname, c.Name, is.Endpoint, during, was.Endpoint)

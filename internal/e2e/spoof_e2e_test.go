@@ -73,9 +73,11 @@ type attacker struct {
 const attackerTable = "spoofcount"
 
 // newAttacker adds the attacker's namespace to bridge in mux, with
-// spoofAddrs addresses and spoofPorts sockets on each (ports picked by the
-// kernel), and starts counting what they, and the namespace, receive.
-func newAttacker(t *testing.T, lab *netlab.Lab, mux *netlab.Namespace, bridge string) *attacker {
+// spoofAddrs addresses and ports sockets on each (ports picked by the
+// kernel), and starts counting what they, and the namespace, receive. The
+// sockets take turns by address: one on each address, then the next on
+// each.
+func newAttacker(t *testing.T, lab *netlab.Lab, mux *netlab.Namespace, bridge string, ports int) *attacker {
 	t.Helper()
 	a := &attacker{seed: uint64(time.Now().UnixNano())}
 	a.rnd = rand.New(rand.NewPCG(a.seed, a.seed>>1|1))
@@ -88,8 +90,8 @@ func newAttacker(t *testing.T, lab *netlab.Lab, mux *netlab.Namespace, bridge st
 		a.ns.AddAddr(link, netip.PrefixFrom(spoofAddr(k), 24).String())
 	}
 	if err := a.ns.Do(func() error {
-		for k := range spoofAddrs {
-			for range spoofPorts {
+		for range ports {
+			for k := range spoofAddrs {
 				c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(spoofAddr(k), 0)))
 				if err != nil {
 					return err
@@ -165,21 +167,23 @@ func (a *attacker) Inbound(t *testing.T) int {
 	return n
 }
 
-// spray sends burst() from the attacker's sockets in turn, one burst per
-// spoofRound, to target until ctx is done.
-func (a *attacker) spray(ctx context.Context, t *testing.T, target netip.AddrPort, burst func(r *rand.Rand) [][]byte) {
+// spray sends burst() from the attacker's sockets in turn, from perRound
+// of them each spoofRound, to target until ctx is done.
+func (a *attacker) spray(ctx context.Context, t *testing.T, target netip.AddrPort, perRound int, burst func(r *rand.Rand) [][]byte) {
 	t.Helper()
 	tick := time.NewTicker(spoofRound)
 	defer tick.Stop()
 	errs := 0
-	for i := 0; ; i++ {
-		c := a.conns[i%len(a.conns)]
-		for _, p := range burst(a.rnd) {
-			if _, err := c.WriteToUDPAddrPort(p, target); err != nil {
-				errs++
-				continue
+	for i := 0; ; i += perRound {
+		for j := range perRound {
+			c := a.conns[(i+j)%len(a.conns)]
+			for _, p := range burst(a.rnd) {
+				if _, err := c.WriteToUDPAddrPort(p, target); err != nil {
+					errs++
+					continue
+				}
+				a.sent++
 			}
-			a.sent++
 		}
 		select {
 		case <-ctx.Done():
@@ -384,12 +388,12 @@ func (a *attacker) sweep(ctx context.Context, f *netlab.Forger, srcs []netip.Add
 
 // checkSpoofed checks the attacker's and the tunnels' side of a spray that
 // ran from sprayStart to sprayEnd: the attacker received nothing
-// (checkAttacker); each tunnel's continuous ping lost at most
+// (checkGotNothing); each tunnel's continuous ping lost at most
 // maxLossPerMille and never went unanswered for longer than spoofMaxGap
 // during the spray.
 func checkSpoofed(t *testing.T, a *attacker, rs []*roamer, logs []pingLog, sprayStart, sprayEnd time.Time) {
 	t.Helper()
-	checkAttacker(t, a)
+	a.checkGotNothing(t)
 	for i, r := range rs {
 		l := logs[i]
 		gap := l.maxGap(sprayStart, sprayEnd)
@@ -403,10 +407,10 @@ func checkSpoofed(t *testing.T, a *attacker, rs []*roamer, logs []pingLog, spray
 	}
 }
 
-// checkAttacker checks that nothing reached the attacker: neither its
-// sockets (where a session moved to one of its addresses would send) nor
-// any other port of its namespace.
-func checkAttacker(t *testing.T, a *attacker) {
+// checkGotNothing checks, once the sprays are over, that nothing reached
+// the attacker: neither its sockets (where a session moved to one of its
+// addresses would send) nor any other port of its namespace.
+func (a *attacker) checkGotNothing(t *testing.T) {
 	t.Helper()
 	n, first := a.Received()
 	in := a.Inbound(t)
@@ -420,6 +424,16 @@ func checkAttacker(t *testing.T, a *attacker) {
 	if in != 0 {
 		t.Errorf("%d UDP datagrams reached the attacker's namespace; want none", in)
 	}
+}
+
+// isAttacker reports whether addr is one of the attacker's.
+func isAttacker(addr netip.Addr) bool {
+	for k := range spoofAddrs {
+		if addr == spoofAddr(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // logSessions logs how many sessions udpmux holds (the attacker's
@@ -441,11 +455,11 @@ func logSessions(t *testing.T, sock string, clients int) {
 // backend, no new handshake, the same upstream socket (see wgRun.check).
 func TestWireGuardSpoofThroughUdpmux(t *testing.T) {
 	r := setupWireGuard(t, wgRoamOptions{key: true})
-	a := newAttacker(t, r.w.lab, r.w.mux, r.w.front)
+	a := newAttacker(t, r.w.lab, r.w.mux, r.w.front, spoofPorts)
 	sprayStart := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), spoofDuration)
 	defer cancel()
-	a.spray(ctx, t, wgListen, wgSpoofBurst(nil))
+	a.spray(ctx, t, wgListen, 1, wgSpoofBurst(nil))
 	sprayEnd := time.Now()
 	time.Sleep(spoofLinger)
 	logs := stopRoamPings(t, r.rs)
@@ -461,11 +475,11 @@ func TestWireGuardSpoofThroughUdpmux(t *testing.T) {
 // and control packets with random session IDs (see ovpnRun.check).
 func TestOpenVPNSpoofThroughUdpmux(t *testing.T) {
 	r := setupOpenVPN(t, ovpnRoamOptions{})
-	a := newAttacker(t, r.v.lab, r.v.mux, r.v.bridge)
+	a := newAttacker(t, r.v.lab, r.v.mux, r.v.bridge, spoofPorts)
 	sprayStart := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), spoofDuration)
 	defer cancel()
-	a.spray(ctx, t, muxListen, ovpnSpoofBurst)
+	a.spray(ctx, t, muxListen, 1, ovpnSpoofBurst)
 	sprayEnd := time.Now()
 	time.Sleep(spoofLinger)
 	logs := stopRoamPings(t, r.rs)

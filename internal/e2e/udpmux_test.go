@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -321,6 +322,98 @@ type controlStatus struct {
 	Proxies map[string]proxy.Stats
 }
 
+// recoveryCounters renders a proxy listener's recovery counters, which the
+// recovery tests log.
+func recoveryCounters(p proxy.Stats) string {
+	return fmt.Sprintf("Recovered %d, RecoveryProbes %d, RecoveryRefused %d, RecoveryFailed %d, Recovering %d, RecoverySockets %d",
+		p.Recovered, p.RecoveryProbes, p.RecoveryRefused, p.RecoveryFailed, p.Recovering, p.RecoverySockets)
+}
+
+// sessionRow is one line of `udpmux sessions`.
+type sessionRow struct {
+	Listener string
+	Peer     netip.AddrPort
+	// Tx is the datagrams the session sent to its peer (TX_PKTS).
+	Tx uint64
+	// Backend and Upstream are a proxy session's backend and the source
+	// address of its socket there; both invalid for a session that is
+	// still recovering (no backend has proved it has it).
+	Backend, Upstream netip.AddrPort
+	// Keys are the keys the session is found by, its anchor first, as
+	// flowtable.Key.String renders them:
+	// "0/198.18.0.2:1194-198.18.0.10:40000", "0/cid:...", "0/id:2:000001".
+	Keys []string
+	// Line is the line as udpmux printed it, for messages.
+	Line string
+}
+
+// hasCID reports whether the session is found by a connection ID, such
+// as an OpenVPN client's session ID.
+func (r sessionRow) hasCID() bool {
+	for _, k := range r.Keys {
+		if strings.Contains(k, "/cid:") {
+			return true
+		}
+	}
+	return false
+}
+
+// parseSessionList parses `udpmux sessions`: a header line, then per
+// session LISTENER PEER LOCAL LOOP IDLE RX_PKTS RX_BYTES TX_PKTS TX_BYTES
+// BACKEND UPSTREAM KEYS, where a recovering session's BACKEND reads
+// "(recovering)" and its UPSTREAM "-".
+func parseSessionList(out string) ([]sessionRow, error) {
+	var rows []sessionRow
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] == "LISTENER" {
+			continue
+		}
+		if len(f) < 11 {
+			return nil, fmt.Errorf("udpmux sessions: short line %q", line)
+		}
+		peer, err := netip.ParseAddrPort(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("udpmux sessions: peer in %q: %v", line, err)
+		}
+		r := sessionRow{Listener: f[0], Peer: peer, Line: line}
+		if r.Tx, err = strconv.ParseUint(f[7], 10, 64); err != nil {
+			return nil, fmt.Errorf("udpmux sessions: TX_PKTS in %q: %v", line, err)
+		}
+		rest := f[9:]
+		for _, addr := range []*netip.AddrPort{&r.Backend, &r.Upstream} {
+			switch {
+			case len(rest) >= 1:
+				if rest[0] != "-" && rest[0] != "(recovering)" {
+					if *addr, err = netip.ParseAddrPort(rest[0]); err != nil {
+						return nil, fmt.Errorf("udpmux sessions: address in %q: %v", line, err)
+					}
+				}
+				rest = rest[1:]
+			default:
+				return nil, fmt.Errorf("udpmux sessions: short line %q", line)
+			}
+		}
+		if len(rest) != 1 {
+			return nil, fmt.Errorf("udpmux sessions: no keys, or more than the keys, after the upstream in %q", line)
+		}
+		r.Keys = strings.Split(rest[0], ",")
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// daemonSessions asks the daemon on its control socket sock for its
+// sessions, returning them parsed and as text.
+func daemonSessions(sock string) ([]sessionRow, string, error) {
+	out, err := controlRequest(sock, handoff.TypeSessionList)
+	if err != nil {
+		return nil, string(out), err
+	}
+	rows, err := parseSessionList(string(out))
+	return rows, string(out), err
+}
+
 // controlRequest sends one request to the daemon's control socket and
 // returns the reply's text (what `udpmux status` or `udpmux sessions -s`
 // print).
@@ -361,47 +454,6 @@ func daemonStatus(sock string) (controlStatus, error) {
 		return st, fmt.Errorf("control socket %s: status %q: %v", sock, out, err)
 	}
 	return st, nil
-}
-
-// sessionRow is one line of `udpmux sessions`.
-type sessionRow struct {
-	Listener string
-	Peer     string         // the client's address
-	Backend  netip.AddrPort // a proxy session's; invalid for others, and while it recovers
-	Tx       uint64         // datagrams sent to the peer
-	Keys     []string       // the keys the session is found by, its anchor first
-	Line     string
-}
-
-// daemonSessions lists the sessions of the udpmux whose control socket is
-// sock (`udpmux sessions`: a header line, then LISTENER PEER LOCAL LOOP
-// IDLE RX_PKTS RX_BYTES TX_PKTS TX_BYTES BACKEND UPSTREAM KEYS).
-func daemonSessions(sock string) ([]sessionRow, error) {
-	out, err := controlRequest(sock, handoff.TypeSessionList)
-	if err != nil {
-		return nil, err
-	}
-	var rows []sessionRow
-	for _, line := range strings.Split(string(out), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 10 {
-			continue
-		}
-		r := sessionRow{Listener: f[0], Peer: f[1], Line: line}
-		if r.Tx, err = strconv.ParseUint(f[7], 10, 64); err != nil {
-			return nil, fmt.Errorf("udpmux sessions: TX_PKTS %q in %q", f[7], line)
-		}
-		if b, err := netip.ParseAddrPort(f[9]); err == nil {
-			r.Backend = b
-		} else if f[9] != "-" && f[9] != "invalid" { // "invalid AddrPort": a recovering session's
-			return nil, fmt.Errorf("udpmux sessions: backend %q in %q", f[9], line)
-		}
-		if len(f) > 11 {
-			r.Keys = strings.Split(f[11], ",")
-		}
-		rows = append(rows, r)
-	}
-	return rows, nil
 }
 
 // upgrade is what Upgrade saw of one upgrade.
@@ -548,6 +600,46 @@ func TestHandlerRejected(t *testing.T) {
 	} {
 		if handlerRejected(s, "proxy") {
 			t.Errorf("wrongly recognised as a rejection of proxy: %q", s)
+		}
+	}
+}
+
+func TestParseSessionList(t *testing.T) {
+	const out = `LISTENER     PEER                                          LOCAL                                         LOOP IDLE                    RX_PKTS   RX_BYTES    TX_PKTS   TX_BYTES BACKEND                                       UPSTREAM                                      KEYS
+vpn          198.18.0.10:51900                             198.18.0.2:51820                                 1 12ms                        40       5120         38       4864 198.19.0.2:51820                              198.19.0.1:40312                              0/198.18.0.2:51820-198.18.0.10:51900,0/id:3:0a0b0c0d
+vpn          198.18.0.180:39000                            198.18.0.2:51820                                 0 1.5s                         1         48          0          0 (recovering)                                  -                                             0/198.18.0.2:51820-198.18.0.180:39000
+echo         198.18.0.11:4000                              198.18.0.2:9000                                  0 3ms                          1          1          1          1 -                                             -                                             1/198.18.0.2:9000-198.18.0.11:4000
+vpn          198.18.0.181:43163                            198.18.0.2:1194                                  0 4.229s                       10        650          0          0 198.19.0.2:1195                               198.19.0.1:60212                              0/cid:9d96ad67c76217af,0/198.18.0.2:1194-198.18.0.181:43163
+`
+	rows, err := parseSessionList(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort
+	want := []sessionRow{
+		{Listener: "vpn", Peer: ap("198.18.0.10:51900"), Tx: 38, Backend: ap("198.19.0.2:51820"), Upstream: ap("198.19.0.1:40312"),
+			Keys: []string{"0/198.18.0.2:51820-198.18.0.10:51900", "0/id:3:0a0b0c0d"}},
+		{Listener: "vpn", Peer: ap("198.18.0.180:39000"), Keys: []string{"0/198.18.0.2:51820-198.18.0.180:39000"}},
+		{Listener: "echo", Peer: ap("198.18.0.11:4000"), Tx: 1, Keys: []string{"1/198.18.0.2:9000-198.18.0.11:4000"}},
+		{Listener: "vpn", Peer: ap("198.18.0.181:43163"), Backend: ap("198.19.0.2:1195"), Upstream: ap("198.19.0.1:60212"),
+			Keys: []string{"0/cid:9d96ad67c76217af", "0/198.18.0.2:1194-198.18.0.181:43163"}},
+	}
+	lines := strings.Split(out, "\n")[1:]
+	if len(rows) != len(want) {
+		t.Fatalf("rows = %v; want %v", rows, want)
+	}
+	for i := range want {
+		want[i].Line = lines[i]
+		if !reflect.DeepEqual(rows[i], want[i]) {
+			t.Errorf("row %d = %+v; want %+v", i, rows[i], want[i])
+		}
+	}
+	if rows[0].hasCID() || !rows[3].hasCID() {
+		t.Errorf("hasCID wrong")
+	}
+	for _, bad := range []string{"vpn x\n", "vpn nope 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 k\n", "vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 bogus 198.19.0.1:2 k\n", "vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 x 1 198.19.0.2:1 198.19.0.1:2 k\n"} {
+		if _, err := parseSessionList(bad); err == nil {
+			t.Errorf("parseSessionList(%q) accepted it", bad)
 		}
 	}
 }

@@ -358,3 +358,67 @@ func TestSysctl(t *testing.T) {
 		t.Fatalf("disable_ipv6 in the namespace = %q; want 1", got)
 	}
 }
+
+func TestGratuitousARP(t *testing.T) {
+	mac := net.HardwareAddr{2, 1, 2, 3, 4, 5}
+	ip := netip.MustParseAddr("198.18.0.1")
+	req := gratuitousARP(arpRequest, mac, ip)
+	want := []byte{0, 1, 8, 0, 6, 4, 0, 1, 2, 1, 2, 3, 4, 5, 198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 198, 18, 0, 1}
+	if !slices.Equal(req, want) {
+		t.Errorf("request = % x\nwant      % x", req, want)
+	}
+	rep := gratuitousARP(arpReply, mac, ip)
+	copy(want[6:8], []byte{0, 2})
+	copy(want[18:24], broadcastMAC)
+	if !slices.Equal(rep, want) {
+		t.Errorf("reply = % x\nwant    % x", rep, want)
+	}
+	if htons(0x0806) != 0x0608 {
+		t.Errorf("htons(0x0806) = %#x", htons(0x0806))
+	}
+}
+
+// TestAnnounce moves an address from one namespace on a bridge to another,
+// which announces it: a neighbour that had resolved the address to the
+// first namespace's MAC address takes the second's at once.
+func TestAnnounce(t *testing.T) {
+	lab := New(t)
+	sw := lab.NewNamespace("sw")
+	br := sw.AddBridge("br0")
+	port := func(label, addr string) (*Namespace, string) {
+		n := lab.NewNamespace(label)
+		link, swIf := lab.Connect(n, addr, sw, "")
+		sw.SetMaster(swIf, br)
+		return n, link
+	}
+	old, oldIf := port("old", "198.18.0.1/24")
+	next, nextIf := port("next", "")
+	peer, _ := port("peer", "198.18.0.2/24")
+	peer.Run("ping", "-c", "1", "-W", "2", "198.18.0.1")
+	lladdr := func() string {
+		f := strings.Fields(peer.IP("neigh", "show", "198.18.0.1"))
+		if i := slices.Index(f, "lladdr"); i >= 0 && i+1 < len(f) {
+			return f[i+1]
+		}
+		return ""
+	}
+	ifMAC := func(n *Namespace, dev string) string {
+		_, rest, _ := strings.Cut(n.IP("-o", "link", "show", dev), "link/ether ")
+		return strings.Fields(rest)[0]
+	}
+	if got, want := lladdr(), ifMAC(old, oldIf); got != want {
+		t.Fatalf("peer resolved 198.18.0.1 to %q; want the old holder's %s", got, want)
+	}
+	old.IP("addr", "del", "198.18.0.1/24", "dev", oldIf)
+	next.AddAddr(nextIf, "198.18.0.1/24")
+	next.Announce(nextIf, netip.MustParseAddr("198.18.0.1"))
+	want := ifMAC(next, nextIf)
+	deadline := time.Now().Add(2 * time.Second)
+	for lladdr() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("peer resolves 198.18.0.1 to %q 2s after the announcement; want the new holder's %s", lladdr(), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	peer.Run("ping", "-c", "1", "-W", "2", "198.18.0.1")
+}

@@ -109,22 +109,28 @@ func (l *Loop) OpenKey(key, id flowtable.Key, peer netip.AddrPort, p []byte) (*S
 }
 
 // Recover creates the session of a datagram p from peer whose verdict is
-// session.Lookup and whose ID id no session holds, as the engine does for a
-// session.Recoverer: it runs the handler's MayRecover, and if it agrees,
-// files the session under p's 4-tuple and id and runs Recover in place of
-// Open. It fails as Open does, for a handler that is not a Recoverer, and
-// when MayRecover says no. As on the engine, Recover does not deliver p.
+// session.Lookup and whose ID id no session of the client's holds, as the
+// engine does for a session.Recoverer: it runs the handler's MayRecover,
+// and if it agrees, files the session under p's 4-tuple and id and runs
+// Recover in place of Open, with the loop's sessions that hold id as its
+// holders. It fails as Open does, for a handler that is not a Recoverer,
+// and when MayRecover says no. As on the engine, Recover does not deliver
+// p, to the new session or to the holders.
 func (l *Loop) Recover(peer netip.AddrPort, id flowtable.Key, p []byte) (*Session, error) {
 	r, ok := l.Handler.(session.Recoverer)
-	switch {
-	case !ok:
+	if !ok {
 		return nil, fmt.Errorf("sessiontest: %T is not a session.Recoverer", l.Handler)
-	case !r.MayRecover(unmap(peer)):
+	}
+	var holders []session.Session
+	for _, h := range l.table[id] {
+		holders = append(holders, h)
+	}
+	if !r.MayRecover(unmap(peer), holders) {
 		return nil, errors.New("sessiontest: the handler recovers no session for this datagram now")
 	}
 	key := flowtable.TupleKey(l.Scope, l.local(), peer)
 	return l.open(key, id, peer, func(s *Session) (err error) {
-		l.lend(p, func(q []byte) { err = r.Recover(s, q) })
+		l.lend(p, func(q []byte) { err = r.Recover(s, q, holders) })
 		return err
 	})
 }
