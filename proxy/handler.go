@@ -463,6 +463,19 @@ func (h *Handler) release(src netip.Addr) {
 	h.sources.Release(src)
 }
 
+// BackendUp reports whether any backend takes new sessions now (see
+// Balancer.Available): a proxy with none serves only the sessions it has,
+// and one that announces its address (a fleet host) should not attract
+// more. Safe from any goroutine.
+func (h *Handler) BackendUp() bool {
+	for b := range h.backends {
+		if h.bal.Available(b) {
+			return true
+		}
+	}
+	return false
+}
+
 // Stats returns the proxy's counters.
 func (h *Handler) Stats() Stats {
 	st := Stats{

@@ -561,3 +561,24 @@ func TestImportSession(t *testing.T) {
 		})
 	}
 }
+
+// TestBackendUp: a proxy has a backend up until every one is down, and
+// again when one's back-off ends.
+func TestBackendUp(t *testing.T) {
+	u := newUnit(t, 2, Config{})
+	if !u.h.BackendUp() {
+		t.Fatal("no backend up at the start")
+	}
+	u.h.bal.MarkDown(0, u.clk.Now())
+	if !u.h.BackendUp() {
+		t.Fatal("no backend up with one down")
+	}
+	u.h.bal.MarkDown(1, u.clk.Now())
+	if u.h.BackendUp() {
+		t.Fatal("a backend up with both down")
+	}
+	u.clk.Advance(time.Hour)
+	if !u.h.BackendUp() {
+		t.Error("no backend up after the back-off")
+	}
+}

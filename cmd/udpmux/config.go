@@ -42,6 +42,7 @@ type fileConfig struct {
 	Log         logConfig        `mapstructure:"log"`
 	Control     controlConfig    `mapstructure:"control"`
 	Metrics     metricsConfig    `mapstructure:"metrics"`
+	BGP         bgpFileConfig    `mapstructure:"bgp"`
 }
 
 type metricsConfig struct {
@@ -72,6 +73,7 @@ type listenerConfig struct {
 	IdleTimeout string          `mapstructure:"idle_timeout"`
 	Backends    []backendConfig `mapstructure:"backends"`
 	Balance     string          `mapstructure:"balance"`
+	Announce    *announceConfig `mapstructure:"announce"`
 }
 
 // backendConfig is one of a proxy's backends: "ip:port" in the file, or a
@@ -175,6 +177,9 @@ func parseConfig(text []byte) (*config, error) {
 	for k, val := range defaults {
 		v.SetDefault(k, val)
 	}
+	for k, val := range bgpDefaults {
+		v.SetDefault(k, val)
+	}
 	v.SetEnvPrefix("UDPMUX")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
@@ -223,7 +228,9 @@ type config struct {
 	// could not hand over.
 	drainTimeout   time.Duration
 	metricsAddress string
-	text           []byte
+	// fleet is the bgp section, nil without one.
+	fleet *fleetConfig
+	text  []byte
 }
 
 // proxyLimits are shared by every proxy listener: the bounds are per
@@ -253,16 +260,13 @@ func (fc *fileConfig) check() (*config, error) {
 		return nil, fmt.Errorf("control.socket: %d bytes is longer than a Unix socket path may be (107)", len(fc.Control.Socket))
 	}
 	c.controlSocket = fc.Control.Socket
-	d, err := time.ParseDuration(fc.Control.HandoffTimeout)
-	if err != nil || d <= 0 {
-		return nil, fmt.Errorf("control.handoff_timeout: %q is not a positive duration such as 10s", fc.Control.HandoffTimeout)
+	var err error
+	if c.handoffTimeout, err = positiveDuration("control.handoff_timeout", fc.Control.HandoffTimeout); err != nil {
+		return nil, err
 	}
-	c.handoffTimeout = d
-	d, err = time.ParseDuration(fc.Control.DrainTimeout)
-	if err != nil || d <= 0 {
-		return nil, fmt.Errorf("control.drain_timeout: %q is not a positive duration such as 5m", fc.Control.DrainTimeout)
+	if c.drainTimeout, err = positiveDuration("control.drain_timeout", fc.Control.DrainTimeout); err != nil {
+		return nil, err
 	}
-	c.drainTimeout = d
 	if fc.Metrics.Address != "" {
 		if _, err := parseAddress(fc.Metrics.Address); err != nil {
 			return nil, fmt.Errorf("metrics.address: %w", err)
@@ -318,6 +322,13 @@ func (fc *fileConfig) check() (*config, error) {
 			return nil, err
 		}
 		c.mux.Listeners = append(c.mux.Listeners, lc)
+	}
+	var addrs []netip.AddrPort
+	for _, lc := range c.mux.Listeners {
+		addrs = append(addrs, lc.Address)
+	}
+	if c.fleet, err = fc.BGP.check(fc.Listeners, addrs); err != nil {
+		return nil, err
 	}
 	// The engine's own rules: bounds that depend on the machine, listeners
 	// that would share datagrams, handlers and dissectors that cannot work

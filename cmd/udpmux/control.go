@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +33,13 @@ type control struct {
 	log     *slog.Logger
 	started time.Time
 	drained atomic.Bool // handed over, keeping sessions the successor could not take
+	// ann announces the listeners' VIPs, nil without a bgp section;
+	// handedOver closes when its speaker has handed the routes over to a
+	// successor's. stopServing ends Serve, for a drain.
+	ann         *announcer
+	handedOver  chan struct{}
+	stopServing context.CancelFunc
+	draining    atomic.Bool
 }
 
 // listenControl opens the control socket at path with mode 0600. A socket
@@ -147,6 +155,8 @@ func (c *control) handle(uc *net.UnixConn) {
 		c.reply(conn, c.status())
 	case handoff.TypeSessionList:
 		c.reply(conn, c.sessionList())
+	case handoff.TypeDrain:
+		c.reply(conn, c.drain())
 	default:
 		c.log.Warn("unknown control request", "type", typ, "peer_pid", cred.Pid)
 	}
@@ -176,6 +186,8 @@ type statusReport struct {
 	// Proxies are the proxy listeners' own counters and backend health, by
 	// listener name.
 	Proxies map[string]proxy.Stats `json:",omitempty"`
+	// BGP is the fleet host's speaker, absent without a bgp section.
+	BGP *bgpStatus `json:"bgp,omitempty"`
 }
 
 func (c *control) status() []byte {
@@ -191,6 +203,9 @@ func (c *control) status() []byte {
 			}
 			st.Proxies[lc.Name] = h.Stats()
 		}
+	}
+	if c.ann != nil {
+		st.BGP = c.ann.status()
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	return append(b, '\n')

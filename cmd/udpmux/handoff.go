@@ -36,6 +36,13 @@ func (c *control) handoff(uc *net.UnixConn) {
 			return nil
 		},
 	})
+	if err == nil && c.ann != nil {
+		// The successor's speaker takes the routes over.
+		go func() {
+			c.ann.handOver(successorDialDelay)
+			close(c.handedOver)
+		}()
+	}
 	if err == nil && st.Retained > 0 {
 		// The successor answers on the control socket now; this process
 		// serves the sessions it kept until they end, then exits.

@@ -42,17 +42,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
 	if len(args) > 0 {
 		switch args[0] {
-		case "validate", "version", "status", "sessions":
+		case "validate", "version", "status", "sessions", "drain":
 			cmd, args = args[0], args[1:]
 		}
 	}
 	fs := flag.NewFlagSet("udpmux "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("c", "", "config file (YAML)")
-	sock := fs.String("s", "", "control socket (status, sessions); default: control.socket of -c, or "+defaultControlSocket)
+	sock := fs.String("s", "", "control socket (status, sessions, drain); default: control.socket of -c, or "+defaultControlSocket)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage:\n  udpmux -c config.yaml\n  udpmux validate -c config.yaml\n"+
-			"  udpmux status [-c config.yaml | -s socket]\n  udpmux sessions [-c config.yaml | -s socket]\n  udpmux version\n")
+			"  udpmux status [-c config.yaml | -s socket]\n  udpmux sessions [-c config.yaml | -s socket]\n"+
+			"  udpmux drain -c config.yaml\n  udpmux version\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -67,7 +68,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "udpmux", buildVersion())
 		return 0
 	}
-	if cmd == "status" || cmd == "sessions" {
+	if cmd == "status" || cmd == "sessions" || cmd == "drain" {
 		return query(cmd, *path, *sock, stdout, stderr)
 	}
 	if *path == "" {
@@ -93,23 +94,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 const defaultControlSocket = "/run/udpmux/udpmux.sock"
 
-// query asks the running udpmux for its status or its sessions.
+// query asks the running udpmux for its status or its sessions, or to
+// drain.
 func query(cmd, path, sock string, stdout, stderr io.Writer) int {
-	if sock == "" && path != "" {
+	if cmd == "drain" && path == "" {
+		fmt.Fprintln(stderr, "udpmux drain: -c config.yaml is required: a drain withdraws what its bgp section announces")
+		return 2
+	}
+	if path != "" {
 		cfg, err := loadConfig(path)
 		if err != nil {
 			fmt.Fprintf(stderr, "udpmux: config: %v\n", err)
 			return 1
 		}
-		sock = cfg.controlSocket
+		if cmd == "drain" && cfg.fleet == nil {
+			fmt.Fprintf(stderr, "udpmux drain: %s has no bgp section: there is nothing to withdraw; stop udpmux with SIGTERM\n", path)
+			return 1
+		}
+		if sock == "" {
+			sock = cfg.controlSocket
+		}
 	}
 	if sock == "" {
 		sock = defaultControlSocket
 	}
-	t := handoff.TypeStatus
-	if cmd == "sessions" {
-		t = handoff.TypeSessionList
-	}
+	t := map[string]handoff.Type{"status": handoff.TypeStatus, "sessions": handoff.TypeSessionList, "drain": handoff.TypeDrain}[cmd]
 	if err := request(sock, t, stdout); err != nil {
 		fmt.Fprintf(stderr, "udpmux %s: %v\n", cmd, err)
 		return 1
@@ -221,15 +230,38 @@ func serve(cfg *config, stderr io.Writer) error {
 		log.Info("took over from predecessor", "sessions_restored", r.Restored, "sessions_dropped", r.Dropped,
 			"sessions_relayed", r.Relayed, "sessions_updated", r.Updated, "sessions_ended", r.Ended, "took", time.Since(start))
 	}
-	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start}
+	// ctx ends Serve: on SIGTERM or SIGINT, after the VIPs are withdrawn,
+	// or when a drain is over.
+	ctx, stopServing := context.WithCancel(context.Background())
+	defer stopServing()
+	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, stopServing: stopServing, handedOver: make(chan struct{})}
+	if cfg.fleet != nil {
+		if ctl.ann, err = startAnnouncer(cfg, inh != nil, log); err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			srv.Close()
+			return err
+		}
+		go ctl.ann.run(ctx)
+	}
 	if ln != nil {
 		go ctl.serve()
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	signals, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stopSignals()
+	go func() {
+		select {
+		case <-signals.Done():
+			if ctl.ann != nil {
+				ctl.ann.shutdown() // before the sockets close
+			}
+			stopServing()
+		case <-ctx.Done():
+		}
+	}()
 	if cfg.metricsAddress != "" {
-		if err := serveMetrics(ctx, cfg.metricsAddress, cfg, srv, log); err != nil {
+		if err := serveMetrics(ctx, cfg.metricsAddress, cfg, srv, ctl.ann, log); err != nil {
 			log.Error("metrics disabled", "err", err)
 		}
 	}
@@ -240,6 +272,10 @@ func serve(cfg *config, stderr io.Writer) error {
 		for range upgrade {
 			if ctl.drained.Load() {
 				log.Warn("SIGUSR2 ignored: this process has handed over and only drains; signal its successor")
+				continue
+			}
+			if ctl.draining.Load() {
+				log.Warn("SIGUSR2 ignored: this process drains (udpmux drain) and will exit; a successor would announce the VIPs again")
 				continue
 			}
 			if exeErr != nil {
@@ -264,6 +300,13 @@ func serve(cfg *config, stderr io.Writer) error {
 	handedOff := errors.Is(err, mux.ErrHandedOff)
 	if err != nil && !handedOff && !errors.Is(err, context.Canceled) {
 		return err
+	}
+	if ctl.ann != nil {
+		if handedOff {
+			<-ctl.handedOver
+		} else {
+			ctl.ann.shutdown()
+		}
 	}
 	if ln != nil {
 		// After a handoff the successor owns the control socket's file.

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/internal/bgp"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"
 )
@@ -25,6 +26,7 @@ import (
 type collector struct {
 	srv     *mux.Server
 	proxies map[string]*proxy.Handler
+	ann     *announcer // nil without a bgp section
 }
 
 var (
@@ -60,6 +62,10 @@ var (
 	descBackendD   = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
 	descUpstreams  = prometheus.NewDesc("udpmux_proxy_upstream_sockets", "Open upstream sockets.", []string{"listener"}, nil)
 	descProxyErr   = prometheus.NewDesc("udpmux_proxy_upstream_errors_total", "Upstream failures, by kind.", []string{"listener", "kind"}, nil)
+	descBGPPeer    = prometheus.NewDesc("udpmux_bgp_peer_established", "1 while the BGP session with the peer is established.", []string{"peer"}, nil)
+	descBGPBFD     = prometheus.NewDesc("udpmux_bgp_peer_bfd_up", "1 while the BFD session with the peer is up (peers with bfd only).", []string{"peer"}, nil)
+	descBGPRoutes  = prometheus.NewDesc("udpmux_bgp_prefixes_announced", "Prefixes (VIPs) announced now.", nil, nil)
+	descBGPWithdr  = prometheus.NewDesc("udpmux_bgp_withdrawals_total", "Routes withdrawn, by reason: backends_down, drain, shutdown, stop.", []string{"reason"}, nil)
 	descRouted     = prometheus.NewDesc("udpmux_proxy_sessions_routed_total", "New sessions whose first datagram named a backend's server ID (dissector quic): sent to it (server_id), or balanced by the hash because none healthy has it (fallback).", []string{"listener", "route"}, nil)
 )
 
@@ -146,6 +152,30 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descBackendD, b.Downs, name, addr)
 		}
 	}
+	if c.ann != nil {
+		c.collectBGP(ch)
+	}
+}
+
+// collectBGP reports the announcer's peers and announcements.
+func (c *collector) collectBGP(ch chan<- prometheus.Metric) {
+	st := c.ann.status()
+	bit := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	for _, p := range st.Peers {
+		ch <- prometheus.MustNewConstMetric(descBGPPeer, prometheus.GaugeValue, bit(p.State == "established"), p.Address)
+		if p.BFD != "" {
+			ch <- prometheus.MustNewConstMetric(descBGPBFD, prometheus.GaugeValue, bit(p.BFD == "up"), p.Address)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descBGPRoutes, prometheus.GaugeValue, float64(len(st.Announced)))
+	for _, r := range []string{reasonBackendsDown, reasonDrain, reasonShutdown, bgp.ReasonStop} {
+		ch <- prometheus.MustNewConstMetric(descBGPWithdr, prometheus.CounterValue, float64(st.Withdrawals[r]), r)
+	}
 }
 
 // metricsIdleTimeout closes a keep-alive connection of the metrics server
@@ -172,8 +202,8 @@ func metricsServer(h http.Handler, idle time.Duration) *http.Server {
 // serveMetrics serves /metrics on addr until ctx ends. The socket has
 // SO_REUSEPORT so that a successor can bind it while this process still
 // does during a handoff.
-func serveMetrics(ctx context.Context, addr string, cfg *config, srv *mux.Server, log *slog.Logger) error {
-	c := &collector{srv: srv, proxies: map[string]*proxy.Handler{}}
+func serveMetrics(ctx context.Context, addr string, cfg *config, srv *mux.Server, ann *announcer, log *slog.Logger) error {
+	c := &collector{srv: srv, proxies: map[string]*proxy.Handler{}, ann: ann}
 	for _, lc := range cfg.mux.Listeners {
 		if h, ok := lc.Handler.(*proxy.Handler); ok {
 			c.proxies[lc.Name] = h

@@ -57,6 +57,7 @@ const (
 	TypeDone                        // owner → successor: confirmed; the owner stops for good
 	TypeReady                       // successor → owner: built from the listeners, or restored the early copy; go on
 	TypeCopied                      // owner → successor: the early copy of the sessions is complete; answer Ready once restored
+	TypeDrain                       // client → owner: withdraw the announcements, serve on until quiet, then exit
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
