@@ -20,7 +20,9 @@ import (
 // The test protocol of this file: a datagram "c<name>" creates a session
 // (keyed by 4-tuple), "d<id>" is data that carries the 4-byte ID id, "e<id>"
 // data whose ID repeats across servers, "l<cid>" data looked up by a
-// connection ID, and "k<id>" asks the handler to learn id.
+// connection ID, "k<id>" asks the handler to learn id, and "m<addr:port>"
+// to move its session there, as a proxy whose backend proved the client
+// there does.
 const testIDClass = 7
 
 type idDissector struct{}
@@ -33,7 +35,7 @@ func testID(scope uint16, id []byte) flowtable.Key {
 func (idDissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) session.Dissection {
 	tuple := flowtable.TupleKey(scope, local, peer)
 	switch {
-	case len(p) >= 1 && (p[0] == 'c' || p[0] == 'k'):
+	case len(p) >= 1 && (p[0] == 'c' || p[0] == 'k' || p[0] == 'm'):
 		return session.Dissection{Key: tuple, Verdict: session.Create}
 	case len(p) >= 5 && p[0] == 'd':
 		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), Verdict: session.Lookup}
@@ -63,6 +65,15 @@ func (h *keyHandler) Datagram(s session.Session, p []byte) {
 		s.SetState(string(p[1:]))
 	case 'k':
 		if err := s.AddKey(testID(s.Key().Scope(), p[1:5])); err != nil {
+			s.Write([]byte("error " + err.Error()))
+			return
+		}
+	case 'm':
+		to, err := netip.ParseAddrPort(string(p[1:]))
+		if err == nil {
+			err = s.Move(to)
+		}
+		if err != nil {
 			s.Write([]byte("error " + err.Error()))
 			return
 		}
@@ -515,6 +526,47 @@ func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
 	}
 	if want := netip.MustParseAddrPort(a.LocalAddr().String()); len(h.holders) != 1 || !slices.Equal(h.holders[0], []netip.AddrPort{want}) {
 		t.Errorf("the recovering session's holders: %v; want [[%v]], the session that holds the ID", h.holders, want)
+	}
+}
+
+// TestRecoveryYieldsToAHolderThatMovesThere: a datagram from a new address
+// whose repeating ID a session holds goes to that session's handler, and
+// begins a recovery at the address as well, which takes the address's
+// 4-tuple. When the holder's handler then moves its session there (its
+// server proved the client there), the session goes on without the
+// 4-tuple, and the recovering session yields: the address's next datagrams
+// are the holder's, the recovering session ends, and no datagram from the
+// holder's own address begins another recovery.
+func TestRecoveryYieldsToAHolderThatMovesThere(t *testing.T) {
+	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}}
+	srv := startKeys(t, keyRoamerRecoverer{keyRoamer{h.keyHandler}, h})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	exchangeKeys(t, a, "k"+"rabc")
+	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0)) // a's client, moved
+	if got := exchangeKeys(t, b, "erabc"); got != "recovered erabc" {
+		t.Fatalf("the first datagram from the new address: %q; want the recovering session's answer", got)
+	}
+	to := b.LocalAddr().String()
+	a.Write([]byte("m" + to))
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	if n, err := b.Read(buf); err != nil || string(buf[:n]) != "a m"+to {
+		t.Fatalf("the move's answer at the new address: %q, %v", buf[:n], err)
+	}
+	if st := srv.Stats(); st.Listeners[0].MovesWithoutTuple != 1 {
+		t.Errorf("%d moves without the 4-tuple; want 1: the recovering session holds it", st.Listeners[0].MovesWithoutTuple)
+	}
+	for i := range 3 {
+		if got := exchangeKeys(t, b, "erabc"); got != "a erabc" {
+			t.Fatalf("datagram %d from the address the holder moved to: %q; want the holder's answer", i+1, got)
+		}
+	}
+	waitFor(t, 5*time.Second, "the recovering session ended", func() bool { return srv.Stats().Sessions == 1 })
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.recovered) != 1 || h.asked != 1 {
+		t.Errorf("recovered %q, MayRecover asked %d times; want one recovery, asked once", h.recovered, h.asked)
 	}
 }
 

@@ -150,15 +150,28 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 	switch {
 	case claimed:
 		s = e.Value
+		if o := s.yieldTo(peer); o != nil {
+			// s recovers a session for a datagram whose ID o held, and
+			// o's handler has since moved o here: this address's client
+			// is o's. s, which holds the 4-tuple o could not take (see
+			// move), ends.
+			s.Close()
+			s, held = o, nil
+			if hasID {
+				held, _ = o.claims(id)
+			}
+		}
 		if held != nil && peer == s.PeerAddr() {
 			s.noteUse(held)
 		}
 	case hasID && l.resolve(ls, id, peer, p):
 		// Its ID's sessions have it; one of another server's that nobody
 		// here has seen may have it too if the ID repeats across servers,
-		// and the handler asks the servers none of them is on.
+		// and the handler asks the servers none of them is on. Not if one
+		// of them is at the datagram's address: the datagram is that
+		// session's, which moved here without the 4-tuple (see move).
 		defer l.dropHolders()
-		if e != nil || !l.repeats[i] || !l.mayRecover(ls, peer, l.holders) {
+		if e != nil || !l.repeats[i] || heldAt(l.holders, peer) || !l.mayRecover(ls, peer, l.holders) {
 			return
 		}
 		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, l.holders); s == nil {
@@ -239,6 +252,16 @@ func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p 
 	clear(pick)
 	l.pick = pick[:0]
 	return true
+}
+
+// heldAt reports whether one of holders is at peer.
+func heldAt(holders []session.Session, peer netip.AddrPort) bool {
+	for _, s := range holders {
+		if s.PeerAddr() == peer {
+			return true
+		}
+	}
+	return false
 }
 
 // dropHolders forgets the sessions resolve left in l.holders.
@@ -336,6 +359,9 @@ func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.Add
 		key: key, scope: ln.scope, local: local, peer: peer, loop: l, handler: ln.handler,
 		idle: ln.idle, now: l.now,
 	})
+	for _, h := range holders {
+		s.rivals = append(s.rivals, h.(*sess))
+	}
 	e, err := l.srv.table.Insert(s.anchorEntry())
 	if err != nil {
 		ls.stats.refusedFull.inc()
