@@ -41,7 +41,8 @@ import (
 //
 // Only an answer on a probe that the session's Track vouches for moves a
 // session (see proxy/roam.go), which no forgery carries: every move
-// completes within roamRecovery all the same, nothing reaches the
+// completes within roamRecovery all the same, no tunnel goes unanswered
+// for longer than spoofMaxGap but for its moves, nothing reaches the
 // attacker, no tunnel makes a new handshake, each client stays on its
 // backend with one session, and udpmux's counters show where the sprays
 // arrived.
@@ -84,9 +85,9 @@ type spoofRoamCase struct {
 // "backend" datagrams reach probes, moves the clients (spoofRoamRounds
 // rounds) while the sprays go on, and stops the sprays roamSettle after
 // the last move. Then it checks the moves' recoveries (checkRecoveries),
-// that nothing reached the attacker, the tunnels (c.check), udpmux's
-// sessions (one per client, at its last mapping, on its backend) and
-// counters.
+// that no tunnel froze between them (checkNotFrozen), that nothing reached
+// the attacker, the tunnels (c.check), udpmux's sessions (one per client,
+// at its last mapping, on its backend) and counters.
 func runSpoofRoaming(t *testing.T, c spoofRoamCase) {
 	// The forged datagrams come in on the clients' bridge from an address
 	// that udpmux's namespace routes to the backends' side. Where a host
@@ -141,6 +142,7 @@ func runSpoofRoaming(t *testing.T, c spoofRoamCase) {
 		t.Errorf("%d sweeps of udpmux's ephemeral ports, %d sends failed; want at least 3 (every kind of forgery at every port), none", swept.sweeps, swept.errs)
 	}
 	checkRecoveries(t, c.rs, moves, logs, stopped)
+	checkNotFrozen(t, c.rs, moves, logs, sprayStart, stopped)
 	a.checkGotNothing(t)
 	checkForgeriesRelayed(t, c)
 	c.check(t, "the sprays and the moves")
@@ -161,6 +163,45 @@ func runSpoofRoaming(t *testing.T, c spoofRoamCase) {
 	c.arrived(t, st, mine)
 	c.d.Stop(t)
 	t.Logf("%d %s tunnels, %d moves under sprays in %v", len(c.rs), c.name, len(moves), time.Since(c.start).Round(time.Millisecond))
+}
+
+// checkNotFrozen checks that no tunnel went unanswered for longer than
+// spoofMaxGap from from to stopped but for its moves: before its first,
+// and from the first answer after each (whose delay checkRecoveries
+// checks) to the next, or to stopped. A session that the sprays, or the
+// engine, froze after the first datagrams from its client's new address
+// passes checkRecoveries; not this.
+func checkNotFrozen(t *testing.T, rs []*roamer, moves []move, logs []pingLog, from, stopped time.Time) {
+	t.Helper()
+	var gaps []string
+	for i, r := range rs {
+		l := logs[i]
+		start, longest := from, time.Duration(0)
+		check := func(end time.Time, what string) {
+			gap := l.maxGap(start, end)
+			longest = max(longest, gap)
+			if gap > spoofMaxGap {
+				t.Errorf("%s: the tunnel went %v without an answer %s; want at most %v", r.Name, gap.Round(time.Millisecond), what, spoofMaxGap)
+			}
+		}
+		for _, m := range moves {
+			if m.Client != i {
+				continue
+			}
+			check(m.At, fmt.Sprintf("before its %v", m))
+			rec, ok := l.recovery(m.At)
+			if !ok {
+				start = stopped // checkRecoveries reports it
+				break
+			}
+			start = m.At.Add(rec)
+		}
+		if start.Before(stopped) {
+			check(stopped, "after its last move")
+		}
+		gaps = append(gaps, fmt.Sprintf("%s %v", r.Name, longest.Round(time.Millisecond)))
+	}
+	t.Logf("longest time without an answer but for the moves: %s", strings.Join(gaps, ", "))
 }
 
 // roamListener is the name of the listener in roamingConfig.
