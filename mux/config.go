@@ -53,6 +53,17 @@ type Config struct {
 	// replace the ones New would open (and fix the number of loops), and its
 	// sessions are restored.
 	Inherit *Inheritance
+	// SessionEnded, when set, hears of every session that ends after its
+	// handler accepted it, and why: it is called right after the handler's
+	// Close, on the session's loop (or for it while that loop is paused by
+	// a restart), so that the session's addresses, keys, Stats and State
+	// still answer, as they do not once it is gone. It runs once per
+	// session, on the loop's time and on several loops at once: it must be
+	// safe for concurrent use, must not block, and must not keep the
+	// session. A session handed to a
+	// successor process ends here with session.ReasonHandoff and lives on
+	// there.
+	SessionEnded func(s session.Session, r session.Reason)
 }
 
 // ListenerConfig is one served address.

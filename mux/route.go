@@ -409,5 +409,8 @@ func (l *loop) end(s *sess, r session.Reason) {
 		l.srv.live.Add(-1)
 		l.socks[s.scope].stats.closedFor(r).inc()
 		l.ended(s)
+		if fn := l.srv.cfg.SessionEnded; fn != nil {
+			fn(s, r)
+		}
 	}
 }

@@ -42,70 +42,91 @@ var reasonIndex = [...]session.Reason{
 	session.ReasonRefused, session.ReasonError, session.ReasonHandoff,
 }
 
-// ListenerStats are a listener's counters summed over all loops.
+// ListenerStats are a listener's counters summed over all loops. The JSON
+// keys are the fields' names in snake_case, as udpmux's config and metrics
+// spell theirs.
 type ListenerStats struct {
 	// Name and Address are the listener's, as configured and as bound.
-	Name    string
-	Address string
+	Name    string `json:"name"`
+	Address string `json:"address"`
 	// RxDatagrams and RxBytes count datagrams read from the listener's
 	// sockets; TxDatagrams and TxBytes those sent to clients.
-	RxDatagrams, RxBytes, TxDatagrams, TxBytes uint64
+	RxDatagrams uint64 `json:"rx_datagrams"`
+	RxBytes     uint64 `json:"rx_bytes"`
+	TxDatagrams uint64 `json:"tx_datagrams"`
+	TxBytes     uint64 `json:"tx_bytes"`
 	// RxCoalesced counts the datagrams that arrived coalesced with others
 	// of their flow (UDP GRO; a receive cuts them apart), of RxDatagrams;
 	// UpstreamCoalesced the same of UpstreamRx.
-	RxCoalesced, UpstreamCoalesced uint64
+	RxCoalesced       uint64 `json:"rx_coalesced"`
+	UpstreamCoalesced uint64 `json:"upstream_coalesced"`
 	// Truncated counts datagrams larger than the read buffer (MSG_TRUNC),
 	// dropped rather than delivered cut.
-	Truncated uint64
+	Truncated uint64 `json:"truncated"`
 	// Malformed counts datagrams the dissector rejected; UnknownFlow those it
 	// allowed only for an existing session that did not exist; UnknownID
 	// those whose ID (session.Dissection) no session held; StatelessDrops
 	// those it handed over without a session to a handler that serves
 	// sessions only.
-	Malformed, UnknownFlow, UnknownID, StatelessDrops uint64
+	Malformed      uint64 `json:"malformed"`
+	UnknownFlow    uint64 `json:"unknown_flow"`
+	UnknownID      uint64 `json:"unknown_id"`
+	StatelessDrops uint64 `json:"stateless_drops"`
 	// Roamed counts datagrams of a session from an address other than its
 	// peer's, handed to its handler's Roam; RoamRefused those dropped
 	// because the handler cannot follow a client (it is no
 	// session.Roamer); Moved the sessions handlers moved to a new address,
 	// of which MovesWithoutTuple could not take the new 4-tuple (a stale
 	// session held it) and were found by their other keys.
-	Roamed, RoamRefused, Moved, MovesWithoutTuple uint64
+	Roamed            uint64 `json:"roamed"`
+	RoamRefused       uint64 `json:"roam_refused"`
+	Moved             uint64 `json:"moved"`
+	MovesWithoutTuple uint64 `json:"moves_without_tuple"`
 	// KeysRefused counts keys handlers asked sessions to be found by
 	// (Session.AddKey, such as an ID learned from a server) that the table
 	// could not take (full, or another session's).
-	KeysRefused uint64
+	KeysRefused uint64 `json:"keys_refused"`
 	// KernelDrops is the growth of the sockets' receive-queue overflow
 	// counters (SO_RXQ_OVFL) while udpmux ran.
-	KernelDrops uint64
+	KernelDrops uint64 `json:"kernel_drops"`
 	// SessionsOpened counts sessions created; RefusedFull the new flows
 	// refused because the session table was full; RefusedOpen those the
 	// handler's Open refused.
-	SessionsOpened, RefusedFull, RefusedOpen uint64
+	SessionsOpened uint64 `json:"sessions_opened"`
+	RefusedFull    uint64 `json:"refused_full"`
+	RefusedOpen    uint64 `json:"refused_open"`
 	// SessionsClosed counts ended sessions by reason.
-	SessionsClosed map[string]uint64
+	SessionsClosed map[string]uint64 `json:"sessions_closed"`
 	// Forwarded counts datagrams passed to the loop owning their session;
 	// ForwardDrops those lost because that loop's inbox was full.
-	Forwarded, ForwardDrops uint64
+	Forwarded    uint64 `json:"forwarded"`
+	ForwardDrops uint64 `json:"forward_drops"`
 	// SendErrors counts datagrams the kernel refused to send; SendDrops those
 	// dropped after the send buffer stayed full; TooLarge writes larger than a
 	// datagram can be.
-	SendErrors, SendDrops, TooLarge uint64
+	SendErrors uint64 `json:"send_errors"`
+	SendDrops  uint64 `json:"send_drops"`
+	TooLarge   uint64 `json:"too_large"`
 	// UpstreamRx counts datagrams read from sessions' own sockets (a
 	// proxy's backend replies); UpstreamKernelDrops those the kernel dropped
 	// because such a socket's receive queue was full (SO_RXQ_OVFL).
-	UpstreamRx, UpstreamKernelDrops uint64
-	// UpstreamTx counts datagrams sent on sessions' own sockets (a proxy's
-	// to its backends); UpstreamSendDrops those dropped because such a
+	UpstreamRx          uint64 `json:"upstream_rx"`
+	UpstreamKernelDrops uint64 `json:"upstream_kernel_drops"`
+	// UpstreamTx counts datagrams sent on sessions' own sockets (a
+	// proxy's to its backends); UpstreamSendDrops those dropped because such a
 	// socket's send buffer stayed full and too many waited for it;
 	// UpstreamSendErrors those the kernel refused.
-	UpstreamTx, UpstreamSendDrops, UpstreamSendErrors uint64
+	UpstreamTx         uint64 `json:"upstream_tx"`
+	UpstreamSendDrops  uint64 `json:"upstream_send_drops"`
+	UpstreamSendErrors uint64 `json:"upstream_send_errors"`
 	// Relayed counts datagrams of sessions a predecessor kept across a
 	// restart (see Server.Drain): in the successor, those passed to the
 	// predecessor; in the draining predecessor, those received from the
 	// successor. RelayDrops counts such datagrams lost: the relay socket
 	// was full or the predecessor gone (successor), or the session had
 	// already ended (predecessor).
-	Relayed, RelayDrops uint64
+	Relayed    uint64 `json:"relayed"`
+	RelayDrops uint64 `json:"relay_drops"`
 }
 
 func (st *socketStats) addTo(ls *ListenerStats) {
@@ -168,14 +189,17 @@ func (st *socketStats) closedFor(r session.Reason) *counter {
 	return &st.closed[len(reasonIndex)-1]
 }
 
-// Stats is a snapshot of a Server's counters.
+// Stats is a snapshot of a Server's counters, with JSON keys in
+// snake_case as ListenerStats has.
 type Stats struct {
 	// Listeners are the listeners' counters, in configuration order.
-	Listeners []ListenerStats
+	Listeners []ListenerStats `json:"listeners"`
 	// Sessions is the number of live sessions; Keys the keys they are filed
 	// under (each has one or more); Capacity the table's bound on keys.
-	Sessions, Keys, Capacity int
+	Sessions int `json:"sessions"`
+	Keys     int `json:"keys"`
+	Capacity int `json:"capacity"`
 	// HandlerPanics counts handler callbacks that panicked; each ended the
 	// session it served.
-	HandlerPanics uint64
+	HandlerPanics uint64 `json:"handler_panics"`
 }

@@ -273,14 +273,15 @@ func (b *Balancer) Closed(backend int) {
 func (b *Balancer) Len() int { return len(b.addrs) }
 
 // BackendStatus is a point-in-time view of one backend, for metrics and
-// status pages.
+// status pages; its JSON keys are in snake_case, the address's "address"
+// as a listener's is.
 type BackendStatus struct {
-	Addr     netip.AddrPort // as configured
-	Healthy  bool           // currently eligible for new sessions
-	Sessions int64          // live sessions (Opened minus Closed)
-	Failures int            // consecutive failures since the last success
-	Downs    uint64         // transitions to down
-	Ups      uint64         // transitions back to healthy, after back-off or on success
+	Addr     netip.AddrPort `json:"address"`  // as configured
+	Healthy  bool           `json:"healthy"`  // currently eligible for new sessions
+	Sessions int64          `json:"sessions"` // live sessions (Opened minus Closed)
+	Failures int            `json:"failures"` // consecutive failures since the last success
+	Downs    uint64         `json:"downs"`    // transitions to down
+	Ups      uint64         `json:"ups"`      // transitions back to healthy, after back-off or on success
 }
 
 // Status returns the current status of backend without taking a lock; the

@@ -105,45 +105,52 @@ type handlerStats struct {
 	pending, recovering                                                atomic.Int64
 }
 
-// Stats are the proxy's own counters.
+// Stats are the proxy's own counters. The JSON keys are the fields' names
+// in snake_case, as mux.Stats has.
 type Stats struct {
 	// NoBackend counts new sessions refused because every backend was down.
-	NoBackend uint64
+	NoBackend uint64 `json:"no_backend"`
 	// SourceLimited counts new sessions refused by sessions.max_per_source;
 	// SocketLimited those refused by the upstream socket bound.
-	SourceLimited, SocketLimited uint64
+	SourceLimited uint64 `json:"source_limited"`
+	SocketLimited uint64 `json:"socket_limited"`
 	// DialErrors counts upstream sockets that could not be opened.
-	DialErrors uint64
+	DialErrors uint64 `json:"dial_errors"`
 	// UpstreamErrors counts failed sends and receives on upstream sockets
 	// other than refusals (datagrams the engine dropped for a full send
 	// buffer are mux's UpstreamSendDrops); RefusedByBackend ICMP
 	// port-unreachable reports, of which IgnoredRefusals did not mark a
 	// backend down (see Balancer.Refused).
-	UpstreamErrors, RefusedByBackend, IgnoredRefusals uint64
+	UpstreamErrors   uint64 `json:"upstream_errors"`
+	RefusedByBackend uint64 `json:"refused_by_backend"`
+	IgnoredRefusals  uint64 `json:"ignored_refusals"`
 	// Abandoned counts sessions closed because their backend was down and
 	// had not answered them (for their idle timeout, or ever), so that
 	// their clients' next datagrams open sessions on a healthy backend.
-	Abandoned uint64
+	Abandoned uint64 `json:"abandoned"`
 	// Moved counts sessions that followed their client to a new address,
 	// confirmed by the backend (see Roam); MovesRefused new addresses given
 	// no probe (no Tracker, a failed dial, no probe of the event loop's to
 	// take the place of) or refused by sessions.max_per_source;
 	// MovesPending is the number of probes open now, each a new address
 	// waiting for the backend's word.
-	Moved, MovesRefused uint64
-	MovesPending        int64
+	Moved        uint64 `json:"moved"`
+	MovesRefused uint64 `json:"moves_refused"`
+	MovesPending int64  `json:"moves_pending"`
 	// MovesImplausible counts datagrams from a new address that the
 	// session's Tracker found impossible for its client, dropped;
 	// UnvouchedAnswers datagrams on a pending probe that it did not vouch
 	// for (forged, or a backend message that proves nothing), dropped;
 	// ProbesEvicted pending probes closed for a newer address (a session's
 	// fifth, or one the probe budget had no room for).
-	MovesImplausible, UnvouchedAnswers, ProbesEvicted uint64
+	MovesImplausible uint64 `json:"moves_implausible"`
+	UnvouchedAnswers uint64 `json:"unvouched_answers"`
+	ProbesEvicted    uint64 `json:"probes_evicted"`
 	// LateDatagrams counts datagrams dropped because they came from the
 	// address a session had left less than a second before: overtaken by
 	// the client's datagrams from its new address, they would take the
 	// session back.
-	LateDatagrams uint64
+	LateDatagrams uint64 `json:"late_datagrams"`
 	// Recovered counts sessions nobody here knew (a crash, another host)
 	// adopted on the backend that proved it had them (see Recover);
 	// RecoveryProbes the datagrams sent to backends to ask; RecoveryRefused
@@ -151,19 +158,24 @@ type Stats struct {
 	// healthy backend); RecoveryFailed recovering sessions no backend proved
 	// by the deadline; Recovering is the number recovering now, and
 	// RecoverySockets the sockets they hold.
-	Recovered, RecoveryProbes, RecoveryRefused, RecoveryFailed uint64
-	Recovering                                                 int64
-	RecoverySockets                                            int
+	Recovered       uint64 `json:"recovered"`
+	RecoveryProbes  uint64 `json:"recovery_probes"`
+	RecoveryRefused uint64 `json:"recovery_refused"`
+	RecoveryFailed  uint64 `json:"recovery_failed"`
+	Recovering      int64  `json:"recovering"`
+	RecoverySockets int    `json:"recovery_sockets"`
 	// Routed counts new sessions sent to the backend whose server ID their
 	// first datagram named (Config.Router); RouteFallbacks those whose
 	// datagram named a server ID that no healthy backend has, balanced by
 	// the Router's hash key instead.
-	Routed, RouteFallbacks uint64
+	Routed         uint64 `json:"routed"`
+	RouteFallbacks uint64 `json:"route_fallbacks"`
 	// UpstreamSockets is the number of upstream sockets open now, and
 	// ProbeSockets the number of probes among them.
-	UpstreamSockets, ProbeSockets int
+	UpstreamSockets int `json:"upstream_sockets"`
+	ProbeSockets    int `json:"probe_sockets"`
 	// Backends is each backend's health and live sessions.
-	Backends []BackendStatus
+	Backends []BackendStatus `json:"backends"`
 }
 
 // upstream is a session's proxy state.

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -256,5 +258,48 @@ func BenchmarkNewMaglev(b *testing.B) {
 		if _, err := NewMaglev(names, 0, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// placementEnv makes the test binary print placements and exit (see
+// TestMaglevSameAcrossProcesses).
+const placementEnv = "UDPMUX_TEST_PLACEMENTS"
+
+// placements returns the backend a proxy with three backends gives each of
+// 2000 clients' sessions, as one string.
+func placements(t *testing.T) string {
+	t.Helper()
+	u := newUnit(t, 3, Config{})
+	var b strings.Builder
+	for i := range 2000 {
+		s := u.open(fmt.Sprintf("198.51.%d.%d:%d", i/250, i%250, 1024+i))
+		b.WriteString(upstreamOf(s).RemoteAddr().String())
+		b.WriteByte(' ')
+	}
+	return b.String()
+}
+
+// TestMaglevSameAcrossProcesses: another process with the same backends,
+// such as another host of a fleet, places every client on the same backend
+// (nothing in the hash or the table is seeded per process), so a flow that
+// ECMP moves to it finds its backend again.
+func TestMaglevSameAcrossProcesses(t *testing.T) {
+	if os.Getenv(placementEnv) != "" {
+		fmt.Println(placements(t))
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMaglevSameAcrossProcesses$")
+	cmd.Env = append(os.Environ(), placementEnv+"=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("the other process: %v", err)
+	}
+	mine := placements(t)
+	theirs, _, _ := strings.Cut(string(out), "\n")
+	if theirs != mine {
+		t.Fatalf("the other process placed the clients differently:\n%.200s\n%.200s", theirs, mine)
+	}
+	if n := len(strings.Fields(mine)); n != 2000 {
+		t.Fatalf("%d placements", n)
 	}
 }

@@ -183,9 +183,12 @@ func runPrograms(t *testing.T, l lab) {
 		stdout, stderr bytes.Buffer
 	}
 	var runs []*run
-	for _, s := range servers {
-		r := &run{cmd: l.command(l.clientNS, clientBin, "-server", s.addr, "-conns", "3", "-duration", "4s",
-			"-interval", "50ms", "-migrate-at", "1s,2s,3s")}
+	for i, s := range servers {
+		args := []string{"-server", s.addr, "-conns", "3", "-duration", "4s", "-interval", "50ms", "-migrate-at", "1s,2s,3s"}
+		if i == 0 {
+			args = append(args, "-echoes")
+		}
+		r := &run{cmd: l.command(l.clientNS, clientBin, args...)}
 		r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
 		if err := r.cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -208,6 +211,9 @@ func runPrograms(t *testing.T, l lab) {
 		}
 		if len(rep.Connections) != 3 {
 			t.Fatalf("client %d: %d connections", i, len(rep.Connections))
+		}
+		if i == 0 {
+			checkEchoLines(t, lines, rep)
 		}
 		for _, c := range rep.Connections {
 			if len(c.Migrations) != 4 || len(c.Local) != 5 {
@@ -236,6 +242,46 @@ func runPrograms(t *testing.T, l lab) {
 		// Each connection's server saw its client at 5 addresses.
 		if sum.Connections != 3 || sum.PeerMoves < 3*4 || sum.Echoed < 3*60 {
 			t.Errorf("quicecho %s: %+v", s.sid, sum)
+		}
+	}
+}
+
+// checkEchoLines checks quicclient's -echoes output against its report: a
+// dialed line per connection, then an echo line per echo, each in its
+// connection's order, answered after it was sent, by a server the report
+// names.
+func checkEchoLines(t *testing.T, lines []string, rep clientReport) {
+	t.Helper()
+	dialed := map[int]bool{}
+	echoes := map[int]int{}
+	lastSeq := map[int]uint64{}
+	for _, line := range lines {
+		var e struct {
+			Event, Local, Server string
+			Conn                 int
+			Seq                  uint64
+			Sent, Recv           int64
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		switch e.Event {
+		case "dialed":
+			dialed[e.Conn] = e.Local != ""
+		case "echo":
+			if !dialed[e.Conn] || e.Seq <= lastSeq[e.Conn] || e.Recv < e.Sent || e.Sent == 0 {
+				t.Errorf("echo line %q: before its connection's dialed line, out of order, or answered before it was sent", line)
+			}
+			lastSeq[e.Conn] = e.Seq
+			echoes[e.Conn]++
+			if _, ok := rep.Connections[e.Conn].Servers[e.Server]; !ok {
+				t.Errorf("echo line %q names a server the report does not", line)
+			}
+		}
+	}
+	for _, c := range rep.Connections {
+		if !dialed[c.Conn] || echoes[c.Conn] != c.Echoed {
+			t.Errorf("conn %d: dialed line %v, %d echo lines; want one, and %d (its echoes)", c.Conn, dialed[c.Conn], echoes[c.Conn], c.Echoed)
 		}
 	}
 }

@@ -124,7 +124,13 @@ type recoveryConfig struct {
 }
 
 type logConfig struct {
-	Level string `mapstructure:"level"`
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+	// Sessions logs a line per ended session, at most SessionsRate a
+	// second with bursts of SessionsBurst.
+	Sessions      bool `mapstructure:"sessions"`
+	SessionsRate  int  `mapstructure:"sessions_rate"`
+	SessionsBurst int  `mapstructure:"sessions_burst"`
 }
 
 // defaults are the values of keys a config file leaves out. Every scalar key
@@ -149,6 +155,10 @@ var defaults = map[string]any{
 	"recovery.max_sockets":          proxy.DefaultRecoverySockets,
 	"recovery.timeout":              proxy.DefaultRecoveryTimeout.String(),
 	"log.level":                     "info",
+	"log.format":                    "text",
+	"log.sessions":                  false,
+	"log.sessions_rate":             defaultSessionsRate,
+	"log.sessions_burst":            defaultSessionsBurst,
 	"control.socket":                defaultControlSocket,
 	"control.handoff_timeout":       "10s",
 	"control.drain_timeout":         "5m",
@@ -213,6 +223,10 @@ func cleanDecodeError(err error) error {
 type config struct {
 	mux      mux.Config
 	logLevel string
+	// logJSON is log.format: json.
+	logJSON bool
+	// sessionLog is the log.sessions settings, nil while off.
+	sessionLog *sessionLogConfig
 	// backends and balance per listener, for handlers that need them.
 	listeners []listenerConfig
 	limits    proxyLimits
@@ -248,10 +262,9 @@ type proxyLimits struct {
 // problem found is returned as "key: what is wrong".
 func (fc *fileConfig) check() (*config, error) {
 	c := &config{logLevel: fc.Log.Level, listeners: fc.Listeners}
-	switch fc.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return nil, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", fc.Log.Level)
+	var err error
+	if c.logJSON, c.sessionLog, err = fc.Log.check(); err != nil {
+		return nil, err
 	}
 	if fc.Control.Socket == "" || !filepath.IsAbs(fc.Control.Socket) {
 		return nil, fmt.Errorf("control.socket: %q is not an absolute path", fc.Control.Socket)
@@ -260,7 +273,6 @@ func (fc *fileConfig) check() (*config, error) {
 		return nil, fmt.Errorf("control.socket: %d bytes is longer than a Unix socket path may be (107)", len(fc.Control.Socket))
 	}
 	c.controlSocket = fc.Control.Socket
-	var err error
 	if c.handoffTimeout, err = positiveDuration("control.handoff_timeout", fc.Control.HandoffTimeout); err != nil {
 		return nil, err
 	}
@@ -337,6 +349,46 @@ func (fc *fileConfig) check() (*config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Defaults and bounds of the session log (log.sessions): a line is some
+// 400 bytes, so the default rate writes at most 40 kB a second. The burst
+// is also the queue's length, which it bounds for the memory's sake.
+const (
+	defaultSessionsRate  = 100
+	defaultSessionsBurst = 200
+	maxSessionsRate      = 100_000
+	maxSessionsBurst     = 100_000
+)
+
+// check validates the log section: it returns whether the format is JSON,
+// and the session log's settings, nil while log.sessions is off.
+func (l *logConfig) check() (jsonFormat bool, sessions *sessionLogConfig, err error) {
+	switch l.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return false, nil, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", l.Level)
+	}
+	switch l.Format {
+	case "text", "json":
+	default:
+		return false, nil, fmt.Errorf("log.format: %q is not one of text, json", l.Format)
+	}
+	if l.SessionsRate < 1 || l.SessionsRate > maxSessionsRate {
+		return false, nil, fmt.Errorf("log.sessions_rate: %d is not within 1..%d lines per second", l.SessionsRate, maxSessionsRate)
+	}
+	if l.SessionsBurst < 1 || l.SessionsBurst > maxSessionsBurst {
+		return false, nil, fmt.Errorf("log.sessions_burst: %d is not within 1..%d lines", l.SessionsBurst, maxSessionsBurst)
+	}
+	if l.Sessions {
+		// The lines are at level info; warn or error would drop every
+		// one of them, silently.
+		if l.Level != "debug" && l.Level != "info" {
+			return false, nil, fmt.Errorf("log.sessions: the session lines are at level info, which log.level %s leaves out; set log.level to info", l.Level)
+		}
+		sessions = &sessionLogConfig{rate: l.SessionsRate, burst: l.SessionsBurst}
+	}
+	return l.Format == "json", sessions, nil
 }
 
 // check validates the recovery section and returns the proxies' recovery

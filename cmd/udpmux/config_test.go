@@ -53,6 +53,36 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
+// TestLogConfig: log.format and the session log's keys, their defaults
+// (text, off, 100 lines a second in bursts of 200) and what they set.
+func TestLogConfig(t *testing.T) {
+	tests := []struct {
+		name, log   string
+		json        bool
+		rate, burst int // 0: the session log is off
+	}{
+		{"defaults", "", false, 0, 0},
+		{"json", "log: {format: json}\n", true, 0, 0},
+		{"sessions", "log: {sessions: true}\n", false, defaultSessionsRate, defaultSessionsBurst},
+		{"sessions bounded", "log: {sessions: true, sessions_rate: 5, sessions_burst: 7, level: debug}\n", false, 5, 7},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := loadConfig(writeConfig(t, tc.log+goodConfig))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rate, burst int
+			if cfg.sessionLog != nil {
+				rate, burst = cfg.sessionLog.rate, cfg.sessionLog.burst
+			}
+			if cfg.logJSON != tc.json || rate != tc.rate || burst != tc.burst {
+				t.Errorf("json %v, session log %d/s burst %d; want %v, %d, %d", cfg.logJSON, rate, burst, tc.json, tc.rate, tc.burst)
+			}
+		})
+	}
+}
+
 func TestEnvironmentOverrides(t *testing.T) {
 	t.Setenv("UDPMUX_WORKERS", "1")
 	t.Setenv("UDPMUX_SESSIONS_MAX", "77")
@@ -110,6 +140,11 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"proxy duplicate backend", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [\"127.0.0.1:2\", \"127.0.0.1:2\"]}", "listeners[0].backends[1]: 127.0.0.1:2 is already backends[0]"},
 		{"proxy bad balance", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [\"127.0.0.1:2\"], balance: random}", `listeners[0].balance: "random" is not one of maglev, least-sessions, round-robin`},
 		{"log level", "log:\n  level: loud\n" + listener(`    address: "127.0.0.1:1"`), `log.level: "loud" is not one of debug, info, warn, error`},
+		{"log format", "log:\n  format: xml\n" + listener(`    address: "127.0.0.1:1"`), `log.format: "xml" is not one of text, json`},
+		{"session log rate", "log:\n  sessions: true\n  sessions_rate: 0\n" + listener(`    address: "127.0.0.1:1"`), "log.sessions_rate: 0 is not within 1..100000 lines per second"},
+		{"session log burst", "log:\n  sessions_burst: 1000000\n" + listener(`    address: "127.0.0.1:1"`), "log.sessions_burst: 1000000 is not within 1..100000 lines"},
+		{"session log hidden", "log:\n  sessions: true\n  level: warn\n" + listener(`    address: "127.0.0.1:1"`), "log.sessions: the session lines are at level info, which log.level warn leaves out"},
+		{"session log not a bool", "log:\n  sessions: sometimes\n" + listener(`    address: "127.0.0.1:1"`), "log.sessions"},
 		{"drain timeout", "control:\n  drain_timeout: 0s\n" + listener(`    address: "127.0.0.1:1"`), `control.drain_timeout: "0s" is not a positive duration`},
 		{"not yaml", "listeners: [", "read"},
 	}

@@ -36,8 +36,10 @@ type control struct {
 	// ann announces the listeners' VIPs, nil without a bgp section;
 	// handedOver closes when its speaker has handed the routes over to a
 	// successor's. stopServing ends Serve, for a drain.
-	ann         *announcer
-	handedOver  chan struct{}
+	ann        *announcer
+	handedOver chan struct{}
+	// sessions is the session log, nil while log.sessions is off.
+	sessions    *sessionLog
 	stopServing context.CancelFunc
 	draining    atomic.Bool
 }
@@ -174,10 +176,15 @@ func (c *control) reply(conn *handoff.Conn, text []byte) {
 	conn.Send(handoff.TypeTextEnd, nil, nil)
 }
 
-// statusReport is what `udpmux status` prints.
+// statusReport is what `udpmux status -o json` prints, and what the
+// control socket answers a status request with. Every key is snake_case,
+// as the config's and the metrics' are (docs/operations.md lists them).
 type statusReport struct {
-	PID      int       `json:"pid"`
-	Version  string    `json:"version"`
+	PID     int    `json:"pid"`
+	Version string `json:"version"`
+	// Revision is the VCS revision the binary was built from, with
+	// "+modified" if the tree had changes; absent when unknown.
+	Revision string    `json:"revision,omitempty"`
 	Started  time.Time `json:"started"`
 	Workers  int       `json:"workers"`
 	Restored int       `json:"sessions_restored"`
@@ -185,14 +192,17 @@ type statusReport struct {
 	mux.Stats
 	// Proxies are the proxy listeners' own counters and backend health, by
 	// listener name.
-	Proxies map[string]proxy.Stats `json:",omitempty"`
+	Proxies map[string]proxy.Stats `json:"proxies,omitempty"`
 	// BGP is the fleet host's speaker, absent without a bgp section.
 	BGP *bgpStatus `json:"bgp,omitempty"`
+	// SessionLog is the session log's counters, absent while log.sessions
+	// is off.
+	SessionLog *sessionLogStatus `json:"session_log,omitempty"`
 }
 
 func (c *control) status() []byte {
 	st := statusReport{
-		PID: os.Getpid(), Version: buildVersion(), Started: c.started,
+		PID: os.Getpid(), Version: buildVersion(), Revision: buildRevision(), Started: c.started,
 		Workers: c.srv.Workers(), Restored: c.srv.Restored().Restored, Relayed: c.srv.Restored().Relayed,
 		Stats: c.srv.Stats(),
 	}
@@ -206,6 +216,9 @@ func (c *control) status() []byte {
 	}
 	if c.ann != nil {
 		st.BGP = c.ann.status()
+	}
+	if c.sessions != nil {
+		st.SessionLog = c.sessions.status()
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	return append(b, '\n')
@@ -228,14 +241,12 @@ func (c *control) sessionList() []byte {
 	c.srv.Sessions(func(s session.Session) bool {
 		st := s.Stats()
 		scope := s.Key().Scope()
-		backend, upstream := "-", "-"
+		var info proxy.SessionInfo
+		var proxied bool
 		if h := proxies[scope]; h != nil {
-			if info, ok := h.Session(s); ok && info.Backend.IsValid() {
-				backend, upstream = info.Backend.String(), info.Source.String()
-			} else if ok {
-				backend = "(recovering)"
-			}
+			info, proxied = h.Session(s)
 		}
+		backend, upstream := proxyEndpoints(info, proxied)
 		b = fmt.Appendf(b, "%-12s %-45s %-45s %4d %-20s %10d %10d %10d %10d %-45s %-45s ",
 			names[scope], s.PeerAddr(), s.LocalAddr(), st.Loop, now.Sub(st.LastSeen).Truncate(time.Millisecond),
 			st.RxPackets, st.RxBytes, st.TxPackets, st.TxBytes, backend, upstream)

@@ -166,20 +166,7 @@ func TestDaemonServesWithoutControlSocket(t *testing.T) {
 // upstream socket's) and every key it is found by.
 func TestSessionsListsBackendUpstreamAndKeys(t *testing.T) {
 	bin := buildDaemon(t)
-	backend, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backend.Close()
-	seen := make(chan netip.AddrPort, 1)
-	go func() {
-		buf := make([]byte, 64)
-		n, from, err := backend.ReadFromUDPAddrPort(buf)
-		if err == nil {
-			seen <- from
-			backend.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
+	backend, seen := echoBackend(t)
 	cfg := writeConfig(t, "workers: 1\ncontrol: {socket: "+filepath.Join(t.TempDir(), "ctl.sock")+"}\n"+
 		"listeners:\n  - {name: vpn, handler: proxy, address: \"127.0.0.1:0\", backends: [\""+backend.LocalAddr().String()+"\"]}\n")
 	cmd := exec.Command(bin, "-c", cfg)
@@ -225,4 +212,32 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// echoBackend is a backend on loopback that echoes every datagram and
+// sends the source address of the first to seen; it closes when the test
+// ends.
+func echoBackend(t *testing.T) (backend *net.UDPConn, seen <-chan netip.AddrPort) {
+	t.Helper()
+	backend, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { backend.Close() })
+	first := make(chan netip.AddrPort, 1)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := backend.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case first <- from:
+			default:
+			}
+			backend.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	return backend, first
 }

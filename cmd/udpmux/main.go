@@ -5,7 +5,10 @@
 //
 //	udpmux -c config.yaml            run in the foreground until SIGTERM or SIGINT
 //	udpmux validate -c config.yaml   check a config file and exit
-//	udpmux version                   print the version
+//	udpmux status [-o text|json]     a running udpmux's counters (-c or -s names it)
+//	udpmux sessions                  a running udpmux's sessions, one a line
+//	udpmux drain -c config.yaml      withdraw the VIPs, serve until quiet, exit
+//	udpmux version                   the version, VCS revision and Go version
 package main
 
 import (
@@ -29,10 +32,6 @@ import (
 	"github.com/udpmux/udpmux/mux"
 )
 
-// version is set at build time with -ldflags "-X main.version=…"; otherwise
-// the module version from the build info is used.
-var version = ""
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -50,9 +49,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	path := fs.String("c", "", "config file (YAML)")
 	sock := fs.String("s", "", "control socket (status, sessions, drain); default: control.socket of -c, or "+defaultControlSocket)
+	format := fs.String("o", "text", "status: text (a summary) or json (every counter)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage:\n  udpmux -c config.yaml\n  udpmux validate -c config.yaml\n"+
-			"  udpmux status [-c config.yaml | -s socket]\n  udpmux sessions [-c config.yaml | -s socket]\n"+
+			"  udpmux status [-c config.yaml | -s socket] [-o text|json]\n  udpmux sessions [-c config.yaml | -s socket]\n"+
 			"  udpmux drain -c config.yaml\n  udpmux version\n")
 		fs.PrintDefaults()
 	}
@@ -65,11 +65,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if cmd == "version" {
-		fmt.Fprintln(stdout, "udpmux", buildVersion())
+		bi, _ := debug.ReadBuildInfo()
+		io.WriteString(stdout, versionText(bi))
 		return 0
 	}
+	if *format != "text" && *format != "json" {
+		fmt.Fprintf(stderr, "udpmux %s: -o %q is not one of text, json\n", cmd, *format)
+		return 2
+	}
+	if cmd != "status" && *format != "text" {
+		fmt.Fprintf(stderr, "udpmux %s: -o is for udpmux status only\n", cmd)
+		return 2
+	}
 	if cmd == "status" || cmd == "sessions" || cmd == "drain" {
-		return query(cmd, *path, *sock, stdout, stderr)
+		return query(cmd, *path, *sock, *format == "json", stdout, stderr)
 	}
 	if *path == "" {
 		fmt.Fprintln(stderr, "udpmux: -c config.yaml is required")
@@ -94,9 +103,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 const defaultControlSocket = "/run/udpmux/udpmux.sock"
 
-// query asks the running udpmux for its status or its sessions, or to
-// drain.
-func query(cmd, path, sock string, stdout, stderr io.Writer) int {
+// query asks the running udpmux for its status (as JSON if asJSON, else
+// summed up as text) or its sessions, or to drain.
+func query(cmd, path, sock string, asJSON bool, stdout, stderr io.Writer) int {
 	if cmd == "drain" && path == "" {
 		fmt.Fprintln(stderr, "udpmux drain: -c config.yaml is required: a drain withdraws what its bgp section announces")
 		return 2
@@ -119,21 +128,17 @@ func query(cmd, path, sock string, stdout, stderr io.Writer) int {
 		sock = defaultControlSocket
 	}
 	t := map[string]handoff.Type{"status": handoff.TypeStatus, "sessions": handoff.TypeSessionList, "drain": handoff.TypeDrain}[cmd]
-	if err := request(sock, t, stdout); err != nil {
+	var err error
+	if cmd == "status" && !asJSON {
+		err = printStatusText(sock, stdout)
+	} else {
+		err = request(sock, t, stdout)
+	}
+	if err != nil {
 		fmt.Fprintf(stderr, "udpmux %s: %v\n", cmd, err)
 		return 1
 	}
 	return 0
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }
 
 // adoptActivated gives each listener the sockets systemd passed for its
@@ -173,8 +178,22 @@ func serve(cfg *config, stderr io.Writer) error {
 	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
 		return fmt.Errorf("log.level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	var handler slog.Handler = slog.NewTextHandler(stderr, opts)
+	if cfg.logJSON {
+		handler = slog.NewJSONHandler(stderr, opts)
+	}
+	log := slog.New(handler)
 	cfg.mux.Logger = log
+	var sessions *sessionLog
+	if cfg.sessionLog != nil {
+		sessions = newSessionLog(*cfg.sessionLog, cfg.mux.Listeners, log)
+		cfg.mux.SessionEnded = sessions.ended
+		go sessions.run()
+		// After Serve, when no session can end any more; on every return
+		// before it, nothing has ended.
+		defer sessions.close()
+	}
 	// The binary as it is on disk now, for SIGUSR2: resolved before anyone
 	// replaces it.
 	exe, exeErr := os.Executable()
@@ -234,7 +253,7 @@ func serve(cfg *config, stderr io.Writer) error {
 	// or when a drain is over.
 	ctx, stopServing := context.WithCancel(context.Background())
 	defer stopServing()
-	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, stopServing: stopServing, handedOver: make(chan struct{})}
+	ctl := &control{ln: ln, srv: srv, cfg: cfg, log: log, started: start, stopServing: stopServing, handedOver: make(chan struct{}), sessions: sessions}
 	if cfg.fleet != nil {
 		if ctl.ann, err = startAnnouncer(cfg, inh != nil, log); err != nil {
 			if ln != nil {
@@ -261,7 +280,7 @@ func serve(cfg *config, stderr io.Writer) error {
 		}
 	}()
 	if cfg.metricsAddress != "" {
-		if err := serveMetrics(ctx, cfg.metricsAddress, cfg, srv, ctl.ann, log); err != nil {
+		if err := serveMetrics(ctx, cfg.metricsAddress, cfg, srv, ctl.ann, sessions, log); err != nil {
 			log.Error("metrics disabled", "err", err)
 		}
 	}
@@ -319,6 +338,13 @@ func serve(cfg *config, stderr io.Writer) error {
 			"sessions_opened", ls.SessionsOpened, "kernel_drops", ls.KernelDrops, "truncated", ls.Truncated,
 			"forward_drops", ls.ForwardDrops, "send_drops", ls.SendDrops, "send_errors", ls.SendErrors,
 			"relayed", ls.Relayed, "relay_drops", ls.RelayDrops)
+	}
+	if sessions != nil {
+		// The sessions the shutdown ended are queued by now: their lines
+		// first, then what the log wrote and dropped in all.
+		sessions.close()
+		sl := sessions.status()
+		log.Info("session log stopped", "lines", sl.Lines, "dropped_rate", sl.Dropped[droppedRate], "dropped_queue_full", sl.Dropped[droppedQueueFull])
 	}
 	if ctl.drained.Load() {
 		log.Info("drained: no session left for this process; exiting")

@@ -24,9 +24,10 @@ import (
 // collector exposes the engine's and the proxies' counters, read at scrape
 // time: the packet path keeps its own counters and knows nothing of this.
 type collector struct {
-	srv     *mux.Server
-	proxies map[string]*proxy.Handler
-	ann     *announcer // nil without a bgp section
+	srv      *mux.Server
+	proxies  map[string]*proxy.Handler
+	ann      *announcer  // nil without a bgp section
+	sessions *sessionLog // nil while log.sessions is off
 }
 
 var (
@@ -66,6 +67,8 @@ var (
 	descBGPBFD     = prometheus.NewDesc("udpmux_bgp_peer_bfd_up", "1 while the BFD session with the peer is up (peers with bfd only).", []string{"peer"}, nil)
 	descBGPRoutes  = prometheus.NewDesc("udpmux_bgp_prefixes_announced", "Prefixes (VIPs) announced now.", nil, nil)
 	descBGPWithdr  = prometheus.NewDesc("udpmux_bgp_withdrawals_total", "Routes withdrawn, by reason: backends_down, drain, shutdown, stop.", []string{"reason"}, nil)
+	descLogLines   = prometheus.NewDesc("udpmux_session_log_lines_total", "Session-ended lines written (log.sessions).", nil, nil)
+	descLogDropped = prometheus.NewDesc("udpmux_session_log_dropped_total", "Session-ended lines dropped, by reason: rate (log.sessions_rate), queue_full (the log's writer fell behind).", []string{"reason"}, nil)
 	descRouted     = prometheus.NewDesc("udpmux_proxy_sessions_routed_total", "New sessions whose first datagram named a backend's server ID (dissector quic): sent to it (server_id), or balanced by the hash because none healthy has it (fallback).", []string{"listener", "route"}, nil)
 )
 
@@ -98,16 +101,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRelayed, l.Relayed, n)
 		counter(descMoved, l.Moved, n)
 		counter(descRoamed, l.Roamed, n)
-		for reason, v := range map[string]uint64{
-			"truncated": l.Truncated, "malformed": l.Malformed, "unknown_flow": l.UnknownFlow,
-			"kernel_queue_full": l.KernelDrops, "loop_inbox_full": l.ForwardDrops,
-			"send_buffer_full": l.SendDrops, "send_error": l.SendErrors, "too_large": l.TooLarge,
-			"relay_full": l.RelayDrops, "stateless_unserved": l.StatelessDrops,
-			"upstream_kernel_queue_full": l.UpstreamKernelDrops, "upstream_send_buffer_full": l.UpstreamSendDrops,
-			"upstream_send_error": l.UpstreamSendErrors,
-			"unknown_id":          l.UnknownID, "roam_refused": l.RoamRefused,
-		} {
-			counter(descDropped, v, n, reason)
+		for _, d := range drops(&l) {
+			counter(descDropped, d.n, n, d.reason)
 		}
 		counter(descRefused, l.RefusedFull, n, "table_full")
 		counter(descRefused, l.RefusedOpen, n, "handler")
@@ -154,6 +149,34 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.ann != nil {
 		c.collectBGP(ch)
+	}
+	if c.sessions != nil {
+		st := c.sessions.status()
+		counter(descLogLines, st.Lines)
+		for reason, v := range st.Dropped {
+			counter(descLogDropped, v, reason)
+		}
+	}
+}
+
+// drop is a count of a listener's datagrams dropped for one reason.
+type drop struct {
+	reason string
+	n      uint64
+}
+
+// drops returns l's dropped datagrams by reason, as the metric
+// udpmux_datagrams_dropped_total labels them and `udpmux status` sums
+// them up.
+func drops(l *mux.ListenerStats) []drop {
+	return []drop{
+		{"truncated", l.Truncated}, {"malformed", l.Malformed}, {"unknown_flow", l.UnknownFlow},
+		{"unknown_id", l.UnknownID}, {"stateless_unserved", l.StatelessDrops}, {"roam_refused", l.RoamRefused},
+		{"kernel_queue_full", l.KernelDrops}, {"loop_inbox_full", l.ForwardDrops},
+		{"send_buffer_full", l.SendDrops}, {"send_error", l.SendErrors}, {"too_large", l.TooLarge},
+		{"relay_full", l.RelayDrops},
+		{"upstream_kernel_queue_full", l.UpstreamKernelDrops}, {"upstream_send_buffer_full", l.UpstreamSendDrops},
+		{"upstream_send_error", l.UpstreamSendErrors},
 	}
 }
 
@@ -202,8 +225,8 @@ func metricsServer(h http.Handler, idle time.Duration) *http.Server {
 // serveMetrics serves /metrics on addr until ctx ends. The socket has
 // SO_REUSEPORT so that a successor can bind it while this process still
 // does during a handoff.
-func serveMetrics(ctx context.Context, addr string, cfg *config, srv *mux.Server, ann *announcer, log *slog.Logger) error {
-	c := &collector{srv: srv, proxies: map[string]*proxy.Handler{}, ann: ann}
+func serveMetrics(ctx context.Context, addr string, cfg *config, srv *mux.Server, ann *announcer, sessions *sessionLog, log *slog.Logger) error {
+	c := &collector{srv: srv, proxies: map[string]*proxy.Handler{}, ann: ann, sessions: sessions}
 	for _, lc := range cfg.mux.Listeners {
 		if h, ok := lc.Handler.(*proxy.Handler); ok {
 			c.proxies[lc.Name] = h

@@ -21,7 +21,7 @@ type fleet struct {
 	t      *testing.T
 	lab    *netlab.Lab
 	sw     *netlab.Namespace
-	r      *router
+	r      *netlab.FRR
 	spk    []*netlab.Namespace // speaker i is spk[i-1]
 	swPort []string            // speaker i's port on the switch is swPort[i-1]
 }
@@ -30,7 +30,7 @@ type fleet struct {
 func newFleet(t *testing.T, o routerOpts) *fleet {
 	t.Helper()
 	lab := netlab.New(t)
-	requireFRR(t)
+	netlab.RequireFRR(t)
 	f := &fleet{t: t, lab: lab}
 	f.sw = lab.NewNamespace("sw")
 	f.sw.DisableIPv6()
@@ -64,7 +64,7 @@ func newFleet(t *testing.T, o routerOpts) *fleet {
 		cmd.Stdout, cmd.Stderr = out, out
 		lab.Start(cmd)
 	}
-	f.r = startRouter(t, lab, rns, routerConfig(o))
+	f.r = lab.StartFRR(rns, routerConfig(o))
 	return f
 }
 
@@ -104,7 +104,7 @@ func (f *fleet) waitKernel(timeout time.Duration, speakers ...int) time.Duration
 	var err error
 	deadline := start.Add(timeout)
 	for {
-		got, err = f.r.kernelNextHops(vip)
+		got, err = f.r.Namespace().RouteNextHops(vip)
 		if err == nil && slices.Equal(got, want) {
 			return time.Since(start)
 		}
@@ -120,11 +120,8 @@ func (f *fleet) waitKernel(timeout time.Duration, speakers ...int) time.Duration
 func (f *fleet) waitBFDUp(timeout time.Duration, speakers ...int) {
 	f.t.Helper()
 	waitFor(f.t, timeout, "the router's BFD sessions to be up", func() bool {
-		var peers []struct {
-			Peer   string `json:"peer"`
-			Status string `json:"status"`
-		}
-		if err := f.r.vtyshJSON("show bfd peers json", &peers); err != nil {
+		peers, err := f.r.BFDPeers()
+		if err != nil {
 			return false
 		}
 		up := 0
@@ -156,7 +153,7 @@ func TestAnnounceWithdraw(t *testing.T) {
 	}
 	took := f.waitKernel(10*time.Second, 1)
 	t.Logf("kernel route via the speaker %v after the session came up", took)
-	paths, err := f.r.bgpPaths(vip)
+	paths, err := f.r.BGPPaths(vip)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +161,7 @@ func TestAnnounceWithdraw(t *testing.T) {
 		paths[0].MED == nil || *paths[0].MED != 50 || !paths[0].Best {
 		t.Fatalf("router's BGP paths for %s: %+v, want one best path via %s with community 65000:100 and MED 50", vip, paths, speakerAddr(1))
 	}
-	rib, err := f.r.ribNextHops(vip)
+	rib, err := f.r.RIBNextHops(vip)
 	if err != nil || !slices.Equal(rib, []netip.Addr{speakerAddr(1)}) {
 		t.Fatalf("router's RIB next hops for %s: %v %v, want %s", vip, rib, err, speakerAddr(1))
 	}
@@ -184,7 +181,7 @@ func TestAnnounceWithdraw(t *testing.T) {
 	took = f.waitKernel(10 * time.Second)
 	t.Logf("kernel route gone %v after Withdraw", took)
 	waitFor(t, 5*time.Second, "the router's BGP table to drop the VIP", func() bool {
-		p, err := f.r.bgpPaths(vip)
+		p, err := f.r.BGPPaths(vip)
 		return err == nil && len(p) == 0
 	})
 	var counts map[string]uint64
@@ -214,11 +211,11 @@ func TestECMP(t *testing.T) {
 	}
 	took := f.waitKernel(20*time.Second, 1, 2, 3)
 	t.Logf("ECMP route over 3 speakers %v after they started", took)
-	rib, err := f.r.ribNextHops(vip)
+	rib, err := f.r.RIBNextHops(vip)
 	if err != nil || len(rib) != n {
 		t.Fatalf("router's RIB next hops for %s: %v %v, want %d", vip, rib, err, n)
 	}
-	paths, err := f.r.bgpPaths(vip)
+	paths, err := f.r.BGPPaths(vip)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +228,7 @@ func TestECMP(t *testing.T) {
 	if len(paths) != n || multi != n {
 		t.Fatalf("router's BGP paths: %+v, want %d, all multipath", paths, n)
 	}
-	out := f.r.ns.Run("ip", "route", "show", "exact", vip.String())
+	out := f.r.Namespace().Run("ip", "route", "show", "exact", vip.String())
 	t.Logf("router: ip route show %s:\n%s", vip, out)
 
 	sps[1].stop(false)
@@ -296,7 +293,7 @@ func TestGracefulRestart(t *testing.T) {
 	type miss struct {
 		at     time.Duration
 		kernel []netip.Addr
-		paths  []bgpPath
+		paths  []netlab.BGPPath
 		err    error
 	}
 	var (
@@ -318,8 +315,8 @@ func TestGracefulRestart(t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			kernel, kerr := f.r.kernelNextHops(vip)
-			paths, perr := f.r.bgpPaths(vip)
+			kernel, kerr := f.r.Namespace().RouteNextHops(vip)
+			paths, perr := f.r.BGPPaths(vip)
 			inBGP := false
 			stale := false
 			for _, p := range paths {
@@ -347,7 +344,7 @@ func TestGracefulRestart(t *testing.T) {
 	// The successor announces community 65000:11 instead of 65000:1: the
 	// router's path showing it, not stale, is the refresh.
 	waitFor(t, 20*time.Second, "the successor's route to replace the stale one", func() bool {
-		paths, err := f.r.bgpPaths(vip)
+		paths, err := f.r.BGPPaths(vip)
 		if err != nil {
 			return false
 		}

@@ -31,5 +31,23 @@
 // while a second udpmux takes their new flows. It needs root, iproute2 and
 // nft, and the quic-go module in the module cache or from GOPROXY.
 //
+// The fleet tests (fleet_e2e_test.go, lab in fleet_test.go) run udpmux on
+// three hosts behind an FRR router (zebra, bgpd, bfdd) that spreads the
+// clients' flows over them by ECMP, each host with the service address on
+// its loopback and configs/fleet/udpmux.yaml, announcing it over BGP to
+// the router, which runs configs/fleet/frr.conf; two backend namespaces on
+// a segment of their own each run wireguard-go, an OpenVPN server and a
+// quicecho. Four WireGuard, four OpenVPN and two quic-go clients (two
+// connections each) send throughout while, one at a time, a host is
+// killed (SIGKILL), brought back, drained (`udpmux drain`) and upgraded
+// (SIGUSR2). Each event is measured and logged per flow (how soon it
+// answered again, its longest gap, requests lost), with the router's
+// route change (the detection time), WireGuard handshakes, OpenVPN
+// renegotiations and tunnel addresses, QUIC connections lost and backend
+// changes; the criteria are in TestFleet's scenarios. TestFleetMaglevAgrees
+// has three udpmux processes place the same 256 flows on the same of
+// eight backends. They need what the roaming tests need (but nft and
+// conntrack) and FRR (frr).
+//
 // Run them with: go test -race -v ./internal/e2e
 package e2e

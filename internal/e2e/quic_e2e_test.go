@@ -71,12 +71,32 @@ type quicServer struct {
 	log  string      // the file of its standard error
 }
 
+// quicBackend is a quicecho to start: its server ID, its address and its
+// namespace.
+type quicBackend struct {
+	SID  string
+	Addr netip.AddrPort
+	NS   *netlab.Namespace
+}
+
 // startQUICServers starts a quicecho in ns for each of quicBackends and
 // waits until they listen.
 func startQUICServers(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, bin, dir string) []*quicServer {
 	t.Helper()
-	var servers []*quicServer
+	var bs []quicBackend
 	for _, b := range quicBackends {
+		bs = append(bs, quicBackend{b.SID, b.Addr, ns})
+	}
+	return startQUICBackends(t, lab, bs, bin, dir)
+}
+
+// startQUICBackends starts a quicecho for each of bs, with the lab's QUIC-LB
+// configuration, and waits until they listen.
+func startQUICBackends(t *testing.T, lab *netlab.Lab, bs []quicBackend, bin, dir string) []*quicServer {
+	t.Helper()
+	var servers []*quicServer
+	for _, b := range bs {
+		ns := b.NS
 		s := &quicServer{SID: b.SID, Addr: b.Addr, out: &syncBuffer{}, log: filepath.Join(dir, "quicecho-"+b.SID+".log")}
 		f, err := os.Create(s.log)
 		if err != nil {

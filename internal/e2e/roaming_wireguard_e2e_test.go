@@ -120,13 +120,7 @@ func newWGLab(t *testing.T, direct bool, n int, key wgKey, keyFile, dir string, 
 		if direct {
 			ns.AddRoute("198.18.0.0/24", muxBackAddr.String())
 		}
-		dev := startWireGuard(t, lab, ns, dir, name)
-		args := []string{"listen-port", strconv.Itoa(int(listen.Port())), "private-key", w.KeyFile}
-		for c, k := range clientKeys {
-			args = append(args, "peer", k.Public, "allowed-ips", netip.PrefixFrom(wgClientTunnel(c).Addr(), 32).String())
-		}
-		dev.Set(args...)
-		dev.Up(wgServerTunnel)
+		dev := startWGBackend(t, lab, ns, dir, name, listen.Port(), w.KeyFile, clientKeys)
 		w.backends = append(w.backends, &wgBackend{Name: name, NS: ns, Dev: dev, Listen: listen})
 		w.logs = append(w.logs, dev.Log)
 	}
@@ -141,15 +135,40 @@ func newWGLab(t *testing.T, direct bool, n int, key wgKey, keyFile, dir string, 
 			ns.AddRoute("198.19.0.0/24", muxFrontAddr.String())
 			ep = wgBackends[i%len(wgBackends)]
 		}
-		keyFile := clientKeys[i].writeKey(t, dir, name+".key")
-		dev := startWireGuard(t, lab, ns, dir, name)
-		dev.Set("listen-port", strconv.Itoa(wgClientPort), "private-key", keyFile,
-			"peer", key.Public, "endpoint", ep.String(), "allowed-ips", wgServerTunnel.Masked().String())
-		dev.Up(wgClientTunnel(i))
+		dev := startWGClient(t, lab, ns, dir, name, i, clientKeys[i], key.Public, ep)
 		w.clients = append(w.clients, &wgClient{Name: name, NS: ns, Dev: dev, Link: link, Key: clientKeys[i], Tunnel: wgClientTunnel(i), Endpoint: ep})
 		w.logs = append(w.logs, dev.Log)
 	}
 	return w
+}
+
+// startWGBackend runs a WireGuard backend in ns: wireguard-go listening
+// on port with the private key in keyFile (every backend has the same),
+// every client of clientKeys as a peer (client i's tunnel address its
+// allowed IPs), and the backends' tunnel address.
+func startWGBackend(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, dir, name string, port uint16, keyFile string, clientKeys []wgKey) *wgDev {
+	t.Helper()
+	dev := startWireGuard(t, lab, ns, dir, name)
+	args := []string{"listen-port", strconv.Itoa(int(port)), "private-key", keyFile}
+	for c, k := range clientKeys {
+		args = append(args, "peer", k.Public, "allowed-ips", netip.PrefixFrom(wgClientTunnel(c).Addr(), 32).String())
+	}
+	dev.Set(args...)
+	dev.Up(wgServerTunnel)
+	return dev
+}
+
+// startWGClient runs WireGuard client i in ns: wireguard-go on
+// wgClientPort with key, the backends' public key as its peer at endpoint
+// ep, and its tunnel address. Nothing is sent until its first datagram.
+func startWGClient(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, dir, name string, i int, key wgKey, backendPub string, ep netip.AddrPort) *wgDev {
+	t.Helper()
+	keyFile := key.writeKey(t, dir, name+".key")
+	dev := startWireGuard(t, lab, ns, dir, name)
+	dev.Set("listen-port", strconv.Itoa(wgClientPort), "private-key", keyFile,
+		"peer", backendPub, "endpoint", ep.String(), "allowed-ips", wgServerTunnel.Masked().String())
+	dev.Up(wgClientTunnel(i))
+	return dev
 }
 
 func (w *wgLab) devs() []*wgDev {

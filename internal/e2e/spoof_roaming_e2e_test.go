@@ -158,7 +158,7 @@ func runSpoofRoaming(t *testing.T, c spoofRoamCase) {
 		t.Errorf("udpmux moved sessions %d times; want %d, once per move of a client", p.Moved, len(moves))
 	}
 	if p.UnvouchedAnswers == 0 || p.ProbesEvicted == 0 {
-		t.Errorf("UnvouchedAnswers %d, ProbesEvicted %d: the sprays did not reach the probes (want both > 0)", p.UnvouchedAnswers, p.ProbesEvicted)
+		t.Errorf("unvouched_answers %d, probes_evicted %d: the sprays did not reach the probes (want both > 0)", p.UnvouchedAnswers, p.ProbesEvicted)
 	}
 	c.arrived(t, st, mine)
 	c.d.Stop(t)
@@ -289,14 +289,14 @@ func mustStatus(t *testing.T, sock string) controlStatus {
 }
 
 // describeSpoofCounters renders the counters of roamListener that show
-// where sprays went.
+// where sprays went, under their keys in `udpmux status -o json`.
 func describeSpoofCounters(st controlStatus) string {
 	p := st.Proxies[roamListener]
-	s := fmt.Sprintf("sessions %d; proxy: Moved %d, MovesRefused %d, MovesPending %d, MovesImplausible %d, UnvouchedAnswers %d, ProbesEvicted %d, LateDatagrams %d, ProbeSockets %d",
+	s := fmt.Sprintf("sessions %d; proxy: moved %d, moves_refused %d, moves_pending %d, moves_implausible %d, unvouched_answers %d, probes_evicted %d, late_datagrams %d, probe_sockets %d",
 		st.Sessions, p.Moved, p.MovesRefused, p.MovesPending, p.MovesImplausible, p.UnvouchedAnswers, p.ProbesEvicted, p.LateDatagrams, p.ProbeSockets)
 	for _, l := range st.Listeners {
 		if l.Name == roamListener {
-			s += fmt.Sprintf("; listener: RxDatagrams %d, UnknownID %d, Malformed %d, Roamed %d, Moved %d, KeysRefused %d, SessionsOpened %d, UpstreamRx %d",
+			s += fmt.Sprintf("; listener: rx_datagrams %d, unknown_id %d, malformed %d, roamed %d, moved %d, keys_refused %d, sessions_opened %d, upstream_rx %d",
 				l.RxDatagrams, l.UnknownID, l.Malformed, l.Roamed, l.Moved, l.KeysRefused, l.SessionsOpened, l.UpstreamRx)
 		}
 	}
@@ -416,7 +416,7 @@ func TestWireGuardSpoofRoamingThroughUdpmux(t *testing.T) {
 		clientLogs: logs, dropped: "Received packet with invalid mac1",
 		arrived: func(t *testing.T, st controlStatus, clients []sessionRow) {
 			if l := st.Listeners[0]; l.UnknownID == 0 {
-				t.Errorf("listener UnknownID 0: the random receiver indexes did not reach udpmux")
+				t.Errorf("listener unknown_id 0: the random receiver indexes did not reach udpmux")
 			}
 			var held []string
 			for _, s := range clients {
@@ -455,7 +455,7 @@ func TestOpenVPNSpoofRoamingThroughUdpmux(t *testing.T) {
 		check: func(t *testing.T, during string) { r.check(t, during, true) },
 		arrived: func(t *testing.T, st controlStatus, _ []sessionRow) {
 			if p := st.Proxies[roamListener]; p.MovesImplausible == 0 {
-				t.Errorf("MovesImplausible 0: no forged data packet with a used packet-id reached a session")
+				t.Errorf("moves_implausible 0: no forged data packet with a used packet-id reached a session")
 			}
 		},
 	})

@@ -4,7 +4,9 @@
 // network namespaces joined by veth pairs (and optionally bridges), with
 // addresses, routes and processes inside them.
 //
-// Everything is done with the iproute2 `ip` command. A Lab registers its own
+// Everything is done with the iproute2 `ip` command; StartFRR runs FRR
+// (zebra, bfdd, bgpd) as a router in a namespace, for tests of what
+// announces routes to it. A Lab registers its own
 // teardown with t.Cleanup: processes it started are stopped, any other
 // process still living in one of its namespaces is killed, and the
 // namespaces (with every interface inside them) are deleted, whether the test

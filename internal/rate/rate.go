@@ -24,10 +24,14 @@ type Limiter struct {
 
 // Init sets the limiter to rate events per second, with bursts of a tenth
 // of that (at least one).
-func (l *Limiter) Init(rate int) {
+func (l *Limiter) Init(rate int) { l.InitBurst(rate, rate/10) }
+
+// InitBurst sets the limiter to rate events per second, with bursts of
+// burst events (at least one), for callers whose events come in bunches
+// larger than a tenth of a second's worth.
+func (l *Limiter) InitBurst(rate, burst int) {
 	l.interval = max(1e9/int64(rate), 1)
-	burst := max(int64(rate)/10, 1)
-	l.tolerance = (burst - 1) * l.interval
+	l.tolerance = (max(int64(burst), 1) - 1) * l.interval
 }
 
 // Allow reports whether an event at now (nanoseconds, monotonic) is within

@@ -41,6 +41,35 @@ func TestLimiter(t *testing.T) {
 	}
 }
 
+// TestLimiterBurst: InitBurst lets exactly burst events through at once,
+// then one per interval; a burst below one is one.
+func TestLimiterBurst(t *testing.T) {
+	tests := []struct {
+		rate, burst int
+		want        int   // events allowed at once
+		next        int64 // when the next one is
+	}{
+		{rate: 10, burst: 25, want: 25, next: 1e8},
+		{rate: 1, burst: 3, want: 3, next: 1e9},
+		{rate: 1000, burst: 1, want: 1, next: 1e6},
+		{rate: 5, burst: 0, want: 1, next: 2e8},
+	}
+	for _, tc := range tests {
+		var l Limiter
+		l.InitBurst(tc.rate, tc.burst)
+		n := 0
+		for l.Allow(0) {
+			n++
+		}
+		if n != tc.want {
+			t.Errorf("rate %d burst %d: %d at once, want %d", tc.rate, tc.burst, n, tc.want)
+		}
+		if l.Allow(tc.next-1) || !l.Allow(tc.next) || l.Allow(tc.next) {
+			t.Errorf("rate %d burst %d: want exactly one more at %d ns", tc.rate, tc.burst, tc.next)
+		}
+	}
+}
+
 // TestPerAddr: each address has its own ration (unless it collides with
 // another's cell); an IPv4-mapped address is its IPv4 address.
 func TestPerAddr(t *testing.T) {

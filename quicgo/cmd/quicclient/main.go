@@ -22,6 +22,7 @@
 //	-migrate-timeout D  how long a path may take to validate (default 5s)
 //	-versions LIST      QUIC versions to offer, in order of preference, of 1 and 2 (default 1)
 //	-fail-late          count late echoes as failures
+//	-echoes             print a line per connection when it is up and per echo (see Output)
 //
 // SIGUSR1 migrates every connection once more, at any time. SIGINT and
 // SIGTERM end the run early, as if -duration had passed.
@@ -31,6 +32,12 @@
 //	{"event":"connected","connections":4}                     every connection is up
 //	{"event":"migrated","conn":0,"migration":{...}}            one migration, as in the report
 //	{"event":"report","ok":true,"connections":[...]}           last: the result
+//
+// and with -echoes also, so that a test can tell when each connection went
+// unanswered and for how long (times in Unix nanoseconds):
+//
+//	{"event":"dialed","conn":0,"local":"198.18.2.20:40123"}   connection 0 is up, from this socket
+//	{"event":"echo","conn":0,"seq":7,"sent":...,"recv":...,"server":"0a01"}   one echo
 //
 // The report has, per connection: "conn" (its index), "local" (each local
 // address it used, in order), "sent", "echoed", "lost" (no echo by the
@@ -94,6 +101,17 @@ type options struct {
 	interval, late time.Duration
 	migrateTimeout time.Duration
 	versions       []quic.Version
+	echoes         bool // emit a line per dialed connection and per echo
+}
+
+// Echo is one echo, as -echoes prints it.
+type Echo struct {
+	Event  string `json:"event"` // "echo"
+	Conn   int    `json:"conn"`
+	Seq    uint64 `json:"seq"`
+	Sent   int64  `json:"sent"` // Unix nanoseconds
+	Recv   int64  `json:"recv"`
+	Server string `json:"server"`
 }
 
 var (
@@ -120,6 +138,7 @@ func main() {
 	migrateTimeout := flag.Duration("migrate-timeout", 5*time.Second, "path validation timeout")
 	versions := flag.String("versions", "1", "QUIC versions to offer: 1, 2, 1,2 or 2,1")
 	failLate := flag.Bool("fail-late", false, "count late echoes as failures")
+	echoes := flag.Bool("echoes", false, "print a line per dialed connection and per echo")
 	flag.Parse()
 	usage := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "quicclient: "+format+"\n", args...)
@@ -134,7 +153,7 @@ func main() {
 	if *conns < 1 || *interval <= 0 || *late <= 0 || *duration < 0 {
 		usage("-conns, -interval and -late must be positive, -duration not negative")
 	}
-	o := options{interval: *interval, late: *late, migrateTimeout: *migrateTimeout}
+	o := options{interval: *interval, late: *late, migrateTimeout: *migrateTimeout, echoes: *echoes}
 	var err error
 	if o.server, err = net.ResolveUDPAddr("udp", *server); err != nil {
 		usage("-server: %v", err)
@@ -303,6 +322,9 @@ func (c *client) dial(ctx context.Context) error {
 		return fmt.Errorf("open stream: %w", err)
 	}
 	c.conn, c.str = conn, str
+	if c.o.echoes {
+		emit(map[string]any{"event": "dialed", "conn": c.rep.Conn, "local": conn.LocalAddr().String()})
+	}
 	return nil
 }
 
@@ -395,6 +417,9 @@ func (c *client) read() error {
 		c.mu.Unlock()
 		if !known {
 			return fmt.Errorf("echo of %d, which is not outstanding", seq)
+		}
+		if c.o.echoes {
+			emit(Echo{Event: "echo", Conn: c.rep.Conn, Seq: seq, Sent: sent.UnixNano(), Recv: now.UnixNano(), Server: label})
 		}
 	}
 	if err := sc.Err(); err != nil {
