@@ -496,11 +496,7 @@ func TestRecovererGetsUnknownIDs(t *testing.T) {
 // across servers, a session nobody here knew may have it too, and the
 // Recoverer gets it as well.
 func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
-	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}}
-	srv := startKeys(t, keyRoamerRecoverer{keyRoamer{h.keyHandler}, h})
-	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
-	exchangeKeys(t, a, "ca")
-	exchangeKeys(t, a, "k"+"rabc")
+	h, srv, a := startRecoveryHolder(t)
 	for _, p := range []string{"drabc", "erabc"} {
 		b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
 		if p == "erabc" {
@@ -529,6 +525,19 @@ func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
 	}
 }
 
+// startRecoveryHolder starts a server whose handler follows its clients
+// and recovers sessions (keyRoamerRecoverer) with a session, "a", that
+// holds the ID "rabc", and returns the handler, the server and a's client.
+func startRecoveryHolder(t *testing.T) (*recoveringHandler, *Server, *net.UDPConn) {
+	t.Helper()
+	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}}
+	srv := startKeys(t, keyRoamerRecoverer{keyRoamer{h.keyHandler}, h})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	exchangeKeys(t, a, "k"+"rabc")
+	return h, srv, a
+}
+
 // TestRecoveryYieldsToAHolderThatMovesThere: a datagram from a new address
 // whose repeating ID a session holds goes to that session's handler, and
 // begins a recovery at the address as well, which takes the address's
@@ -538,11 +547,7 @@ func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
 // are the holder's, the recovering session ends, and no datagram from the
 // holder's own address begins another recovery.
 func TestRecoveryYieldsToAHolderThatMovesThere(t *testing.T) {
-	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}}
-	srv := startKeys(t, keyRoamerRecoverer{keyRoamer{h.keyHandler}, h})
-	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
-	exchangeKeys(t, a, "ca")
-	exchangeKeys(t, a, "k"+"rabc")
+	h, srv, a := startRecoveryHolder(t)
 	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0)) // a's client, moved
 	if got := exchangeKeys(t, b, "erabc"); got != "recovered erabc" {
 		t.Fatalf("the first datagram from the new address: %q; want the recovering session's answer", got)
