@@ -70,6 +70,10 @@ type Server struct {
 	// restart is everything of a restart: restore, early copy, freeze,
 	// handoff, drain and relay (restart.go).
 	restart restart
+
+	// sources are the sessions' sockets that send from their client's
+	// address (source.go).
+	sources sources
 }
 
 // New validates cfg and opens every socket, so that a bad address or a port

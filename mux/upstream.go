@@ -30,6 +30,10 @@ type socket struct {
 	// was queued for it is dropped. closed is set once its descriptor is
 	// closed.
 	gone, closed bool
+	// sourced is set while it holds pair in the server's sources: it
+	// sends from an address not the host's.
+	sourced bool
+	pair    sourcePair
 	// blocked is set while the send buffer is full (send.go); waiting
 	// holds copies of what waits for room, waitBytes their size.
 	blocked   bool
@@ -63,6 +67,9 @@ func (k *socket) close() error {
 		return nil
 	}
 	k.closed = true
+	if k.sourced {
+		k.s.loop.srv.sources.release(k.pair)
+	}
 	return udpsys.Close(k.fd)
 }
 
@@ -98,16 +105,26 @@ func (l *loop) dial(s *sess, addr netip.AddrPort, opts session.DialOptions) (*so
 	if _, ok := s.handler.(session.UpstreamHandler); !ok {
 		return nil, fmt.Errorf("%w (%T)", errNotUpstream, s.handler)
 	}
-	sock, err := udpsys.DialUDP(addr, udpsys.ListenConfig{RecvBuffer: opts.RecvBuffer, SendBuffer: opts.SendBuffer})
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	var pair sourcePair
+	if opts.Source.IsValid() {
+		pair = sourcePair{unmapped(opts.Source), unmapped(addr)}
+		if !l.srv.sources.take(pair) {
+			return nil, fmt.Errorf("dial %s from %s: %w", addr, opts.Source, session.ErrSourceInUse)
+		}
 	}
-	k, err := l.attach(s, sock)
-	if err != nil {
+	sock, err := udpsys.DialUDP(addr, udpsys.ListenConfig{RecvBuffer: opts.RecvBuffer, SendBuffer: opts.SendBuffer, Source: opts.Source})
+	if err == nil {
+		var k *socket
+		if k, err = l.attach(s, sock); err == nil {
+			k.sourced, k.pair = opts.Source.IsValid(), pair
+			return k, nil
+		}
 		sock.Close()
-		return nil, err
 	}
-	return k, nil
+	if opts.Source.IsValid() {
+		l.srv.sources.release(pair)
+	}
+	return nil, fmt.Errorf("dial %s: %w", addr, err)
 }
 
 // adoptUpstream makes fd, a session's socket inherited from a predecessor
@@ -117,6 +134,10 @@ func (l *loop) adoptUpstream(s *sess, fd int) (*socket, error) {
 	if err == nil {
 		var k *socket
 		if k, err = l.attach(s, sock); err == nil {
+			// A transparent socket holds its pair here too, for the dials
+			// to come; the predecessor's held each pair once.
+			k.pair = sourcePair{k.local, k.remote}
+			k.sourced = sock.Transparent && l.srv.sources.take(k.pair)
 			return k, nil
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,9 @@ import (
 type Config struct {
 	// Backends are the backend addresses.
 	Backends []netip.AddrPort
+	// Weights are the backends' weights, in the order of Backends (see
+	// BalancerConfig.Weights); nil means 1 each.
+	Weights []int
 	// Balance picks new sessions' backends.
 	Balance Policy
 	// Router, if not nil, routes each new session by the datagram that
@@ -60,8 +64,22 @@ type Config struct {
 	// need; nil means DefaultProbes. Share one among listeners for a
 	// process-wide bound.
 	Probes *Budget
-	// Health tunes how long a refusing backend is left out.
+	// Health tunes how long a refusing backend is left out, and the runs
+	// of health probes that take a backend out and bring it back.
 	Health HealthConfig
+	// Check, if not nil, probes the backends actively (RunChecks runs the
+	// probes); nil leaves the passive signal alone.
+	Check *CheckConfig
+	// ClientSource sends each session's datagrams to its backend from the
+	// session's client address instead of this host's (a transparent
+	// proxy; session.DialOptions.Source), so that the backend sees its
+	// clients: its probes from the client's new address, its recovery
+	// sockets from the client's. It needs CAP_NET_ADMIN or CAP_NET_RAW, and
+	// routes that bring the backends' replies to clients back to this
+	// host, where policy routing delivers them locally (docs/operations.md).
+	// A second session of one client address:port to one backend (from
+	// another listener) is refused: the backend could not tell them apart.
+	ClientSource bool
 	// RecvBuffer and SendBuffer size each upstream socket's kernel buffers,
 	// in bytes; 0 keeps the kernel's default. A burst of replies larger
 	// than the receive buffer is dropped by the kernel (and counted, as
@@ -78,16 +96,19 @@ const DefaultProbes = 1024
 type Handler struct {
 	backends []netip.AddrPort
 	buffers  session.DialOptions
-	bal      *Balancer
-	routes   *routes // nil without a Router
-	tracker  session.Tracker
-	sources  *SourceLimiter
-	sockets  *Budget
-	probes   *Budget
-	queues   loopQueues[*probe] // the pending probes of each event loop
-	recovery *recovery          // nil: no session is recovered
-	log      *slog.Logger
-	stats    handlerStats
+	// clientSource is Config.ClientSource.
+	clientSource bool
+	bal          *Balancer
+	routes       *routes // nil without a Router
+	tracker      session.Tracker
+	sources      *SourceLimiter
+	sockets      *Budget
+	probes       *Budget
+	queues       loopQueues[*probe] // the pending probes of each event loop
+	recovery     *recovery          // nil: no session is recovered
+	checker      *checker           // nil: no active health checks
+	log          *slog.Logger
+	stats        handlerStats
 	// refusalWindow is the balancer's: a session reports a refusal at
 	// most once per window.
 	refusalWindow time.Duration
@@ -108,7 +129,8 @@ type handlerStats struct {
 // Stats are the proxy's own counters. The JSON keys are the fields' names
 // in snake_case, as mux.Stats has.
 type Stats struct {
-	// NoBackend counts new sessions refused because every backend was down.
+	// NoBackend counts new sessions refused because no backend took new
+	// sessions: every one was down, drained or of weight 0.
 	NoBackend uint64 `json:"no_backend"`
 	// SourceLimited counts new sessions refused by sessions.max_per_source;
 	// SocketLimited those refused by the upstream socket bound.
@@ -174,7 +196,9 @@ type Stats struct {
 	// ProbeSockets the number of probes among them.
 	UpstreamSockets int `json:"upstream_sockets"`
 	ProbeSockets    int `json:"probe_sockets"`
-	// Backends is each backend's health and live sessions.
+	// Backends is each backend's health, drained state, weight and live
+	// sessions: the configured ones in their order, then the retired ones
+	// (see ImportSession).
 	Backends []BackendStatus `json:"backends"`
 }
 
@@ -219,7 +243,7 @@ type settled struct {
 
 // Errors returned by Open; the engine counts them as refused sessions.
 var (
-	ErrNoBackend     = errors.New("proxy: every backend is down")
+	ErrNoBackend     = errors.New("proxy: no backend takes new sessions (down, drained or of weight 0)")
 	ErrSourceLimited = errors.New("proxy: too many sessions from this source")
 	ErrSocketLimited = errors.New("proxy: upstream socket limit reached")
 )
@@ -234,7 +258,8 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{backends: cfg.Backends, routes: routes, tracker: cfg.Tracker, sources: cfg.Sources, sockets: cfg.Sockets,
-		probes: cfg.Probes, log: cfg.Logger, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer}}
+		probes: cfg.Probes, log: cfg.Logger, buffers: session.DialOptions{RecvBuffer: cfg.RecvBuffer, SendBuffer: cfg.SendBuffer},
+		clientSource: cfg.ClientSource}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -253,9 +278,15 @@ func New(cfg Config) (*Handler, error) {
 	health := cfg.Health
 	userChange := health.OnChange
 	health.OnChange = func(ev HealthEvent) {
-		if ev.Up {
+		switch {
+		case ev.Up && ev.Check:
+			h.log.Info("backend up: it answered its health probes", "backend", ev.Addr)
+		case ev.Up:
 			h.log.Info("backend up", "backend", ev.Addr)
-		} else {
+		case ev.Check:
+			h.log.Warn("backend down: its health probes went unanswered; no new sessions until it answers again",
+				"backend", ev.Addr, "reason", ev.Reason)
+		default:
 			h.log.Warn("backend down: its sessions' datagrams were refused (ICMP port unreachable) while it answered none; no new sessions until back-off ends",
 				"backend", ev.Addr, "failures", ev.Failures, "backoff", ev.Backoff)
 		}
@@ -263,11 +294,22 @@ func New(cfg Config) (*Handler, error) {
 			userChange(ev)
 		}
 	}
-	bal, err := NewBalancer(BalancerConfig{Backends: cfg.Backends, Policy: cfg.Balance, Health: health})
+	bal, err := NewBalancer(BalancerConfig{Backends: cfg.Backends, Weights: cfg.Weights, Policy: cfg.Balance, Health: health})
 	if err != nil {
 		return nil, err
 	}
 	h.bal = bal
+	if cfg.Check != nil {
+		cc, err := cfg.Check.normalize()
+		if err != nil {
+			return nil, err
+		}
+		h.checker = &checker{cfg: cc, bal: bal}
+		bal.checking.Store(true) // up until the probes say otherwise
+		for _, b := range cfg.Backends {
+			h.checker.backends = append(h.checker.backends, *net.UDPAddrFromAddrPort(b))
+		}
+	}
 	h.refusalWindow = bal.health.RefusalWindow
 	h.now = bal.now
 	return h, nil
@@ -321,16 +363,21 @@ func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
 		h.stats.noBackend.Add(1)
 		return nil, ErrNoBackend
 	}
-	k, err := h.dialBackend(s, b)
+	k, err := h.dialBackend(s, b, s.PeerAddr())
 	if err != nil {
 		return nil, err
 	}
 	return h.newUpstream(s, k, b), nil
 }
 
-// dialBackend opens a socket of s's to backend b, counting a failure.
-func (h *Handler) dialBackend(s session.Session, b int) (session.Socket, error) {
-	k, err := s.Dial(h.backends[b], h.buffers)
+// dialBackend opens a socket of s's to backend b for the client at from,
+// which it sends from with Config.ClientSource, counting a failure.
+func (h *Handler) dialBackend(s session.Session, b int, from netip.AddrPort) (session.Socket, error) {
+	opts := h.buffers
+	if h.clientSource {
+		opts.Source = from
+	}
+	k, err := s.Dial(h.backends[b], opts)
 	if err != nil {
 		h.stats.dialErrors.Add(1)
 		return nil, fmt.Errorf("proxy: backend %s: %w", h.backends[b], err)
@@ -520,10 +567,58 @@ func (h *Handler) Stats() Stats {
 		st.RecoverySockets = h.recovery.sockets.InUse()
 		st.UpstreamSockets += st.RecoverySockets
 	}
-	for i := range h.backends {
+	for i := range h.bal.count() {
 		st.Backends = append(st.Backends, h.bal.Status(i))
 	}
 	return st
+}
+
+// Drain stops new sessions from going to the backend at addr; its sessions
+// stay until they end (see Balancer.Drain). A drained backend is still
+// asked by recoveries, and still gets the sessions whose first datagram
+// names it by its server ID (Config.Router): those are sessions it has,
+// which a udpmux that never saw them finds again. It reports whether the
+// backend took new sessions before. Safe from any goroutine.
+func (h *Handler) Drain(addr netip.AddrPort) (bool, error) {
+	b, err := h.configured(addr)
+	if err != nil {
+		return false, err
+	}
+	return h.bal.Drain(b), nil
+}
+
+// Enable undoes Drain; it reports whether the backend was drained.
+func (h *Handler) Enable(addr netip.AddrPort) (bool, error) {
+	b, err := h.configured(addr)
+	if err != nil {
+		return false, err
+	}
+	return h.bal.Enable(b), nil
+}
+
+// SetWeight sets the weight of the backend at addr (see
+// BalancerConfig.Weights).
+func (h *Handler) SetWeight(addr netip.AddrPort, weight int) error {
+	b, err := h.configured(addr)
+	if err != nil {
+		return err
+	}
+	if err := h.bal.SetWeight(b, weight); err != nil {
+		return fmt.Errorf("proxy: backend %s: %w", addr, err)
+	}
+	return nil
+}
+
+// configured returns the index of the configured backend at addr.
+func (h *Handler) configured(addr netip.AddrPort) (int, error) {
+	b, ok := h.bal.index(addr)
+	switch {
+	case !ok:
+		return -1, fmt.Errorf("proxy: %s is not a backend of this listener", addr)
+	case b >= h.bal.Len():
+		return -1, fmt.Errorf("proxy: backend %s is retired (no longer configured): it takes no new sessions, and its sessions stay until they end", addr)
+	}
+	return b, nil
 }
 
 // ExportSession returns the session's backend address, which the successor
@@ -533,7 +628,7 @@ func (h *Handler) ExportSession(s session.Session) ([]byte, error) {
 	if st == nil {
 		return nil, nil // recovering: the successor refuses it (see ImportSession)
 	}
-	return h.backends[st.backend].MarshalBinary()
+	return h.bal.addr(st.backend).MarshalBinary()
 }
 
 // StateFixed reports true: a session keeps the backend Open chose, so a
@@ -542,8 +637,10 @@ func (h *Handler) StateFixed() bool { return true }
 
 // ImportSession adopts a predecessor's session: its upstream socket is the
 // same kernel socket, so the backend sees the same source address:port. A
-// session whose backend the new configuration dropped, or that the new limits
-// refuse, is refused.
+// session whose backend the new configuration dropped stays on it: the
+// backend is retired, drained for good, and the session
+// ends when it idles out, as a drained backend's do. A session the new
+// limits refuse is refused.
 func (h *Handler) ImportSession(s session.Session, state []byte, sock session.Socket) error {
 	if len(state) == 0 {
 		return errors.New("proxy: the session was still recovering: its client's next datagram recovers it here")
@@ -551,15 +648,6 @@ func (h *Handler) ImportSession(s session.Session, state []byte, sock session.So
 	var addr netip.AddrPort
 	if err := addr.UnmarshalBinary(state); err != nil {
 		return fmt.Errorf("proxy: session state: %w", err)
-	}
-	backend := -1
-	for i, b := range h.backends {
-		if b == addr {
-			backend = i
-		}
-	}
-	if backend < 0 {
-		return fmt.Errorf("proxy: backend %s is no longer configured", addr)
 	}
 	if sock == nil {
 		return errors.New("proxy: session arrived without its upstream socket")
@@ -570,6 +658,11 @@ func (h *Handler) ImportSession(s session.Session, state []byte, sock session.So
 	src := s.PeerAddr().Addr()
 	if err := h.acquire(src); err != nil {
 		return err
+	}
+	backend, ok := h.bal.index(addr)
+	if !ok {
+		backend, _ = h.bal.retire(addr)
+		h.log.Info("backend no longer configured: retired, its sessions stay on it until they idle out", "backend", addr)
 	}
 	u := h.newUpstream(s, sock, backend)
 	u.source = src
@@ -601,7 +694,7 @@ func (h *Handler) Session(s session.Session) (SessionInfo, bool) {
 	if st == nil {
 		return SessionInfo{}, true // recovering
 	}
-	return SessionInfo{Backend: h.backends[st.backend], Source: st.sock.LocalAddr()}, true
+	return SessionInfo{Backend: h.bal.addr(st.backend), Source: st.sock.LocalAddr()}, true
 }
 
 // Interface checks.

@@ -32,7 +32,13 @@ type echoBackend struct {
 
 func startBackend(t *testing.T, name string) *echoBackend {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return startBackendAt(t, name, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+}
+
+// startBackendAt is startBackend on the address at.
+func startBackendAt(t *testing.T, name string, at *net.UDPAddr) *echoBackend {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +81,12 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // handler the server gets.
 func startProxy(t *testing.T, cfg Config, idle time.Duration, maxSessions int, wrap ...func(*Handler) session.Handler) (*mux.Server, *Handler) {
 	t.Helper()
+	return startProxyAt(t, netip.MustParseAddrPort("127.0.0.1:0"), cfg, idle, maxSessions, wrap...)
+}
+
+// startProxyAt is startProxy on the listener address addr.
+func startProxyAt(t *testing.T, addr netip.AddrPort, cfg Config, idle time.Duration, maxSessions int, wrap ...func(*Handler) session.Handler) (*mux.Server, *Handler) {
+	t.Helper()
 	cfg.Logger = quiet()
 	h, err := New(cfg)
 	if err != nil {
@@ -87,7 +99,7 @@ func startProxy(t *testing.T, cfg Config, idle time.Duration, maxSessions int, w
 	srv, err := mux.New(mux.Config{
 		Workers: 2, MaxSessions: maxSessions, Logger: quiet(),
 		Listeners: []mux.ListenerConfig{{
-			Name: "proxy", Address: netip.MustParseAddrPort("127.0.0.1:0"), Handler: served, IdleTimeout: idle,
+			Name: "proxy", Address: addr, Handler: served, IdleTimeout: idle,
 		}},
 	})
 	if err != nil {
@@ -505,8 +517,8 @@ func TestCloseReleasesEverything(t *testing.T) {
 }
 
 // TestImportSession: a predecessor's session is adopted only on its
-// backend, still configured, with its socket, connected there, and within
-// the limits.
+// backend, with its socket, connected there, and within the limits; a
+// backend no longer configured is retired, and its session stays on it.
 func TestImportSession(t *testing.T) {
 	u := newUnit(t, 2, Config{Sources: NewSourceLimiter(1)})
 	held := u.open("198.51.100.1:1000")
@@ -519,7 +531,8 @@ func TestImportSession(t *testing.T) {
 	if elsewhere == info.Backend {
 		elsewhere = u.h.backends[1]
 	}
-	gone, _ := netip.MustParseAddrPort("127.0.0.1:9").MarshalBinary()
+	goneAddr := netip.MustParseAddrPort("127.0.0.1:9")
+	gone, _ := goneAddr.MarshalBinary()
 	tests := []struct {
 		name     string
 		client   string
@@ -529,7 +542,8 @@ func TestImportSession(t *testing.T) {
 	}{
 		{"adopted", "198.51.100.2:1000", state, info.Backend, ""},
 		{"a state of no backend", "198.51.100.3:1000", []byte("x"), info.Backend, "session state"},
-		{"a backend no longer configured", "198.51.100.3:1000", gone, info.Backend, "no longer configured"},
+		{"a backend no longer configured", "198.51.100.3:1000", gone, goneAddr, ""},
+		{"a socket connected elsewhere than the state says", "198.51.100.3:1000", gone, info.Backend, "connected to"},
 		{"no socket", "198.51.100.3:1000", state, netip.AddrPort{}, "without its upstream socket"},
 		{"a socket connected elsewhere", "198.51.100.3:1000", state, elsewhere, "connected to"},
 		{"a source at its limit", "198.51.100.1:2000", state, info.Backend, ErrSourceLimited.Error()},
@@ -551,8 +565,15 @@ func TestImportSession(t *testing.T) {
 				t.Fatal(err)
 			}
 			sock := upstreamOf(s)
-			if got, _ := u.h.Session(s); got.Backend != info.Backend || got.Source != sock.LocalAddr() || u.h.Stats().UpstreamSockets != 2 {
-				t.Errorf("adopted on %v from %v; want %v from %v", got.Backend, got.Source, info.Backend, sock.LocalAddr())
+			if got, _ := u.h.Session(s); got.Backend != sock.RemoteAddr() || got.Source != sock.LocalAddr() || u.h.Stats().UpstreamSockets != 2 {
+				t.Errorf("adopted on %v from %v; want %v from %v", got.Backend, got.Source, sock.RemoteAddr(), sock.LocalAddr())
+			}
+			bs := u.h.Stats().Backends
+			if retired := tt.upstream == goneAddr; retired {
+				want := BackendStatus{Addr: goneAddr, Healthy: true, Drained: true, Retired: true, Sessions: 1}
+				if len(bs) != 3 || bs[2] != want {
+					t.Errorf("backends %+v, want the configured two and %+v", bs, want)
+				}
 			}
 			s.End(session.ReasonShutdown)
 			if !sock.Closed() {

@@ -19,18 +19,28 @@ const (
 	DefaultMaxBackoff = time.Minute
 )
 
+// Defaults of the runs of health probes that change a backend's state
+// (Balancer.Checked): three unanswered probes are not one lost datagram,
+// and two answered ones are not a backend that answered once on its way
+// down.
+const (
+	DefaultRise = 2
+	DefaultFall = 3
+)
+
 // Defaults of the corroboration Refused asks for.
 const (
 	DefaultRefusalQuorum = 3
 	DefaultRefusalWindow = 2 * time.Second
 )
 
-// HealthConfig configures the passive health tracking of a Balancer. A
+// HealthConfig configures the health tracking of a Balancer. A
 // backend is marked down when it refuses traffic (ICMP port unreachable,
 // surfacing as ECONNREFUSED on an upstream socket), reported by several of
 // its sessions while it sends nothing (see Refused), and is kept out of new
 // picks for a back-off period that doubles with each consecutive failure;
-// any sign of life resets the back-off.
+// any sign of life resets the back-off. Active health checks (Checked)
+// take a backend out on their own account, whatever the refusals say.
 type HealthConfig struct {
 	// RefusalQuorum is how many sessions' reports (fewer if the backend has
 	// fewer sessions, but never one alone) mark a backend down; 0 means
@@ -45,12 +55,16 @@ type HealthConfig struct {
 	// MaxBackoff caps the back-off after repeated failures; 0 means
 	// DefaultMaxBackoff (or Backoff, if that is larger).
 	MaxBackoff time.Duration
+	// Rise and Fall are the runs of answered and unanswered health probes
+	// (Checked) that bring a backend back and take it out; 0 means
+	// DefaultRise and DefaultFall.
+	Rise, Fall int
 	// OnChange, if non-nil, is called once for every health transition of a
 	// backend, including automatic returns after a back-off, so that the
 	// caller can log each transition exactly once. Calls are made in
 	// transition order while the Balancer's health lock is held: OnChange
-	// must be quick and must not call MarkDown, MarkUp or Refresh (Pick and
-	// Status are fine).
+	// must be quick and must not call MarkDown, MarkUp, Refresh or Checked
+	// (Pick and Status are fine).
 	OnChange func(HealthEvent)
 	// Now is the clock Pick uses to notice that a back-off has ended, and
 	// a Handler's clock; nil means time.Now. It exists for tests; times
@@ -71,11 +85,21 @@ type HealthEvent struct {
 	Failures int
 	// Backoff is how long the backend is excluded, for down events.
 	Backoff time.Duration
+	// Check is true for a transition the active health check made; Reason
+	// is then, for a down event, why the last probe failed.
+	Check  bool
+	Reason string
 }
 
 func (h HealthConfig) normalize() (HealthConfig, error) {
-	if h.Backoff < 0 || h.MaxBackoff < 0 || h.RefusalWindow < 0 || h.RefusalQuorum < 0 {
+	if h.Backoff < 0 || h.MaxBackoff < 0 || h.RefusalWindow < 0 || h.RefusalQuorum < 0 || h.Rise < 0 || h.Fall < 0 {
 		return h, errors.New("proxy: negative health setting")
+	}
+	if h.Rise == 0 {
+		h.Rise = DefaultRise
+	}
+	if h.Fall == 0 {
+		h.Fall = DefaultFall
 	}
 	if h.RefusalQuorum == 0 {
 		h.RefusalQuorum = DefaultRefusalQuorum
@@ -122,6 +146,9 @@ const maxFailures = 1 << 20
 // no lock; a transition rebuilds the Maglev table, which takes about a
 // millisecond at the default table size.
 func (b *Balancer) MarkDown(backend int, now time.Time) bool {
+	if backend >= len(b.backends) {
+		return false // retired: its sessions are left to end, whatever it does
+	}
 	st := &b.backends[backend]
 	t := b.clock(now)
 	if st.down.Load() && t < st.downUntil.Load() {
@@ -143,11 +170,12 @@ func (b *Balancer) MarkDown(backend int, now time.Time) bool {
 		return false
 	}
 	st.down.Store(true)
-	st.downs.Add(1)
-	b.rebuildLocked(true)
-	if b.health.OnChange != nil {
-		b.health.OnChange(HealthEvent{Backend: backend, Addr: b.addrs[backend], Failures: int(f), Backoff: d})
+	if !b.setOutLocked(backend) {
+		b.rebuildLocked(false) // out for its checks already: only retryAt changes
+		return true
 	}
+	b.rebuildLocked(true)
+	b.changed(HealthEvent{Backend: backend, Addr: b.addrs[backend], Failures: int(f), Backoff: d})
 	return true
 }
 
@@ -167,6 +195,10 @@ func (b *Balancer) MarkDown(backend int, now time.Time) bool {
 // backend's address. A backend that answers any session within the window
 // is never marked down by them, and a report never ends a session.
 func (b *Balancer) Refused(backend int, now time.Time) bool {
+	if backend >= len(b.backends) {
+		b.ignored.Add(1)
+		return false
+	}
 	st := &b.backends[backend]
 	t := b.clock(now)
 	if st.heard.Swap(false) {
@@ -186,8 +218,11 @@ func (b *Balancer) Refused(backend int, now time.Time) bool {
 // IgnoredRefusals counts the Refused reports that marked no backend down.
 func (b *Balancer) IgnoredRefusals() uint64 { return b.ignored.Load() }
 
-// Down reports whether backend is out of new picks now.
-func (b *Balancer) Down(backend int) bool { return b.backends[backend].down.Load() }
+// Down reports whether backend is out of new picks now, for either
+// signal: refusals or failed health checks (a retired backend never is).
+func (b *Balancer) Down(backend int) bool {
+	return backend < len(b.backends) && b.backends[backend].out.Load()
+}
 
 // MarkUp records a sign of life from backend, normally a datagram received
 // from it: the consecutive-failure count is reset and, if the backend was
@@ -196,6 +231,9 @@ func (b *Balancer) Down(backend int) bool { return b.backends[backend].down.Load
 // backend: when the backend is healthy with no failures on record, it costs
 // three atomic loads.
 func (b *Balancer) MarkUp(backend int) bool {
+	if backend >= len(b.backends) {
+		return false
+	}
 	st := &b.backends[backend]
 	if !st.heard.Load() {
 		st.heard.Store(true)
@@ -210,11 +248,12 @@ func (b *Balancer) MarkUp(backend int) bool {
 		return false
 	}
 	st.down.Store(false)
-	st.ups.Add(1)
-	b.rebuildLocked(true)
-	if b.health.OnChange != nil {
-		b.health.OnChange(HealthEvent{Backend: backend, Addr: b.addrs[backend], Up: true})
+	if !b.setOutLocked(backend) {
+		b.rebuildLocked(false) // still out for its checks: only retryAt changes
+		return true
 	}
+	b.rebuildLocked(true)
+	b.changed(HealthEvent{Backend: backend, Addr: b.addrs[backend], Up: true})
 	return true
 }
 
@@ -237,24 +276,50 @@ func (b *Balancer) Refresh(now time.Time) int {
 func (b *Balancer) refreshLocked(now time.Time) int {
 	t := b.clock(now)
 	var back []int
+	cleared := 0
 	for i := range b.backends {
 		st := &b.backends[i]
 		if !st.down.Load() || t < st.downUntil.Load() {
 			continue
 		}
+		cleared++
 		st.down.Store(false)
-		st.ups.Add(1)
-		back = append(back, i)
-	}
-	if len(back) == 0 {
-		return 0
-	}
-	b.rebuildLocked(true)
-	if b.health.OnChange != nil {
-		for _, i := range back {
-			b.health.OnChange(HealthEvent{Backend: i, Addr: b.addrs[i], Up: true,
-				Failures: int(b.backends[i].failures.Load())})
+		if b.setOutLocked(i) {
+			back = append(back, i)
 		}
 	}
+	if cleared == 0 {
+		return 0
+	}
+	// The snapshot's retryAt changes even when every backend whose
+	// back-off ended is still out for its health checks.
+	b.rebuildLocked(len(back) > 0)
+	for _, i := range back {
+		b.changed(HealthEvent{Backend: i, Addr: b.addrs[i], Up: true,
+			Failures: int(b.backends[i].failures.Load())})
+	}
 	return len(back)
+}
+
+// setOutLocked sets backend's out flag from its two signals and reports
+// whether that changed it, counting the transition.
+func (b *Balancer) setOutLocked(backend int) bool {
+	st := &b.backends[backend]
+	out := st.down.Load() || st.checkDown.Load()
+	if st.out.Swap(out) == out {
+		return false
+	}
+	if out {
+		st.downs.Add(1)
+	} else {
+		st.ups.Add(1)
+	}
+	return true
+}
+
+// changed reports a transition to OnChange, if set.
+func (b *Balancer) changed(ev HealthEvent) {
+	if b.health.OnChange != nil {
+		b.health.OnChange(ev)
+	}
 }

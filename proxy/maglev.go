@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -43,9 +44,12 @@ const (
 // a backend leaves the set only a little more than the keys it owned move,
 // which keeps sessions sticky across health changes.
 //
-// The table depends only on the set of backend names (not on their order in
-// the configuration), so separate udpmux instances, or the same instance after
-// a restart, agree on the mapping. A Maglev is safe for concurrent use.
+// The table depends only on the set of backend names and their weights (not
+// on their order in the configuration), so separate udpmux instances, or the
+// same instance after a restart, agree on the mapping. A Balancer builds
+// weighted tables, in which a backend's share of the slots follows its
+// weight; with equal weights the table is the unweighted one. A Maglev is
+// safe for concurrent use.
 type Maglev struct {
 	// lookup holds, for each slot, the index of the owning backend in the
 	// list passed to NewMaglev. uint16 halves the cache footprint of the
@@ -86,46 +90,70 @@ func NewMaglev(backends []string, size int, down []bool) (*Maglev, error) {
 	if len(up) == 0 {
 		return nil, errors.New("proxy: maglev: no backend is up")
 	}
-	return buildMaglev(backends, up, size), nil
+	return buildMaglev(backends, up, nil, size), nil
+}
+
+// member is one backend of a table being built: its index in the list of
+// names and its weight.
+type member struct {
+	index  int
+	weight uint64
 }
 
 // buildMaglev builds the table for the backends whose indexes are in up
-// (non-empty, reordered in place); inputs must already be validated.
-func buildMaglev(backends []string, up []int, size int) *Maglev {
+// (non-empty), each with the weight at the same position in weights (nil:
+// all equal); inputs must already be validated, and weights be positive.
+func buildMaglev(backends []string, up, weights []int, size int) *Maglev {
+	ms := make([]member, len(up))
+	for k, bi := range up {
+		ms[k] = member{index: bi, weight: 1}
+		if weights != nil {
+			ms[k].weight = uint64(weights[k])
+		}
+	}
 	// Fill in name order so that the result does not depend on how the
 	// operator ordered the list: turns in the fill decide which backend gets
 	// a contested slot, so the order has to be canonical for instances to agree.
-	slices.SortFunc(up, func(a, b int) int {
-		switch {
-		case backends[a] < backends[b]:
-			return -1
-		case backends[a] > backends[b]:
-			return 1
-		}
-		return 0
-	})
-	return &Maglev{lookup: fill(backends, up, uint64(size))}
+	slices.SortFunc(ms, func(a, b member) int { return strings.Compare(backends[a.index], backends[b.index]) })
+	return &Maglev{lookup: fill(backends, ms, uint64(size))}
 }
 
 // fill runs the population loop of the paper: backends take turns claiming
-// the next free slot of their own permutation of the table, so every backend
-// ends up with ⌊M/n⌋ or ⌈M/n⌉ slots. The permutation of backend i is
-// offset_i, offset_i+skip_i, offset_i+2·skip_i, … (mod M), which visits every
-// slot exactly once because M is prime and 0 < skip_i < M.
-func fill(backends []string, up []int, m uint64) []uint16 {
+// the next free slot of their own permutation of the table. The permutation
+// of backend i is offset_i, offset_i+skip_i, offset_i+2·skip_i, … (mod M),
+// which visits every slot exactly once because M is prime and
+// 0 < skip_i < M.
+//
+// Weights change how often a backend takes a turn (§3.4 of the paper
+// leaves the method open; this is Envoy's): in round r a backend of weight
+// w takes its turn if r·w has reached the turns it has had times the
+// largest weight, so that the heaviest backends claim a slot every round
+// and one of half their weight every other round, and the shares of the
+// table follow the weights. With equal weights every backend takes every
+// turn, exactly as the unweighted loop, so that tables built before
+// weights existed stay as they were; every backend claims in the first
+// round, so none of weight > 0 is left without a slot.
+func fill(backends []string, ms []member, m uint64) []uint16 {
 	lookup := make([]uint16, m)
 	for i := range lookup {
 		lookup[i] = emptySlot
 	}
-	cur := make([]uint64, len(up))  // next candidate slot of each backend
-	skip := make([]uint64, len(up)) // step of each backend's permutation
-	for k, bi := range up {
-		cur[k] = hashString(seedOffset, backends[bi]) % m
-		skip[k] = hashString(seedSkip, backends[bi])%(m-1) + 1
+	cur := make([]uint64, len(ms))    // next candidate slot of each backend
+	skip := make([]uint64, len(ms))   // step of each backend's permutation
+	target := make([]uint64, len(ms)) // turns had, times maxWeight
+	var maxWeight uint64
+	for k, mb := range ms {
+		cur[k] = hashString(seedOffset, backends[mb.index]) % m
+		skip[k] = hashString(seedSkip, backends[mb.index])%(m-1) + 1
+		maxWeight = max(maxWeight, mb.weight)
 	}
 	filled := uint64(0)
-	for {
-		for k, bi := range up {
+	for round := uint64(1); ; round++ {
+		for k, mb := range ms {
+			if round*mb.weight < target[k] {
+				continue
+			}
+			target[k] += maxWeight
 			c := cur[k]
 			for lookup[c] != emptySlot {
 				c += skip[k]
@@ -133,7 +161,7 @@ func fill(backends []string, up []int, m uint64) []uint16 {
 					c -= m
 				}
 			}
-			lookup[c] = uint16(bi)
+			lookup[c] = uint16(mb.index)
 			c += skip[k]
 			if c >= m {
 				c -= m

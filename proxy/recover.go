@@ -29,7 +29,10 @@ import (
 // backend: its IDs are learned again from the next datagrams. Datagrams
 // that create a session by a stable identity (a WireGuard client's static
 // key, an OpenVPN client's session ID, a QUIC server ID) need no asking:
-// they route as their session first did.
+// they route as their session first did. A drained backend is asked as
+// any healthy one: its sessions live on, and a recovery looks for one of
+// them; a retired backend (no longer configured) is not, since a udpmux
+// that crashed knew nothing of it either.
 //
 // Recoveries cost the backends datagrams and the proxy sockets, so they
 // are rationed: per second in all and per client address, Fanout sockets
@@ -243,7 +246,7 @@ func (h *Handler) recoverySocket(q *loopQueue[*upstream]) bool {
 
 // ask opens a socket to backend b for s, with a Track of its own.
 func (h *Handler) ask(s session.Session, b int) (*asking, error) {
-	k, err := h.dialBackend(s, b)
+	k, err := h.dialBackend(s, b, s.PeerAddr())
 	if err != nil {
 		return nil, err
 	}

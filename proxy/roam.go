@@ -38,6 +38,10 @@ import (
 // session's own upstream socket again, and the backend follows them back
 // there, so that it sees one source address per session for good; the
 // probe stays open until it does, for the replies on their way to it.
+// With Config.ClientSource the backend sees the client's own address
+// instead, and the probe, which sends from the new one, becomes the
+// session's socket at the move: the old socket, which sends from the
+// address the client left, closes.
 //
 // Probes are bounded so that no sprayer can pin them: a session waits on at
 // most maxProbes new addresses, the newest taking the place of the oldest
@@ -158,7 +162,7 @@ func (h *Handler) openProbe(s session.Session, u *upstream, from netip.AddrPort,
 		h.stats.probesEvicted.Add(1)
 		h.closeProbe(old)
 	}
-	k, err := h.dialBackend(s, u.backend)
+	k, err := h.dialBackend(s, u.backend, from)
 	if err != nil {
 		h.probes.Release()
 		h.stats.movesRefused.Add(1)
@@ -260,7 +264,25 @@ func (h *Handler) confirm(s session.Session, u *upstream, pr *probe) bool {
 	h.stats.pending.Add(-1)
 	pr.confirmed = true
 	h.stats.moved.Add(1)
+	if h.clientSource {
+		h.takeProbe(u, pr)
+	}
 	return true
+}
+
+// takeProbe makes pr, the one probe of u's left, confirmed, u's socket in
+// the place of the one that sends from the address its client left; the
+// probe's socket moves from the probe budget to the sessions'. The old
+// socket closes after what the session wrote to it in this batch, and the
+// engine takes the probe's for the session's socket in a restart (the
+// first still open).
+func (h *Handler) takeProbe(u *upstream, pr *probe) {
+	old := u.sock
+	u.probes = u.probes[:0]
+	h.probes.Release()
+	u.sock = pr.sock
+	u.settled.Store(&settled{u.backend, pr.sock})
+	old.Close()
 }
 
 // backOnSocket notes that the backend answers on the session's own socket

@@ -226,6 +226,9 @@ type wgClient struct {
 	// pinged are the messages ping sent again and again: their later
 	// answers are no surprise.
 	pinged map[string]bool
+	// reuse binds its sockets with SO_REUSEADDR, for a proxy that sends
+	// from the client's address (Config.ClientSource).
+	reuse bool
 }
 
 // move has the client send from a new socket bound to local.
@@ -234,12 +237,16 @@ func (c *wgClient) move(local string) {
 	if c.conn != nil {
 		c.conn.Close()
 	}
-	conn, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(local)), net.UDPAddrFromAddrPort(c.to))
+	d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.MustParseAddrPort(local))}
+	if c.reuse {
+		d.Control = reuseAddr
+	}
+	conn, err := d.Dial("udp4", c.to.String())
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.t.Cleanup(func() { conn.Close() })
-	c.conn = conn
+	c.conn = conn.(*net.UDPConn)
 }
 
 // addr returns the client's address.

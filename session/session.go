@@ -78,6 +78,10 @@ var (
 	// (an ICMP port unreachable came back; see UpstreamHandler), which an
 	// off-path attacker may forge.
 	ErrRefused = errors.New("session: refused by the peer")
+	// ErrSourceInUse: another socket of the process sends from the same
+	// DialOptions.Source to the same address; the kernel could not tell
+	// their replies apart.
+	ErrSourceInUse = errors.New("session: a socket from this source to this address is open already")
 )
 
 // MaxKeysPerClass bounds the ID keys of one class a session holds (see
@@ -171,6 +175,16 @@ type DialOptions struct {
 	// 0 keeps the kernel's default. A burst larger than the receive buffer
 	// is dropped by the kernel, and counted.
 	RecvBuffer, SendBuffer int
+	// Source, when valid, is the address the socket sends from instead of
+	// one of this host's: the session's client (PeerAddr), so that the
+	// peer sees the client's address (a transparent proxy). It needs
+	// CAP_NET_ADMIN or CAP_NET_RAW (Linux's IP_TRANSPARENT), and policy
+	// routing that delivers the peer's replies to Source to this host
+	// (docs/operations.md): the socket gets only those of the address it
+	// is connected to. Several sockets may send from one Source, each to
+	// another address; Dial fails with ErrSourceInUse for a second one to
+	// the same address. The zero AddrPort sends from this host.
+	Source netip.AddrPort
 }
 
 // Socket is a socket of a session's own (see Session.Dial). Its methods are

@@ -77,7 +77,7 @@ func TestFleetConfigErrorsNameTheKey(t *testing.T) {
 		return strings.Replace(fleetHost, old, new, 1)
 	}
 	noBGP := fleetHost[:strings.Index(fleetHost, "bgp:")]
-	tests := []struct{ name, body, want string }{
+	tests := []configError{
 		{"announce without bgp", noBGP, "listeners[0].announce: needs the bgp section"},
 		{"bgp without announce", strings.ReplaceAll(host("      prefix: 198.18.0.100/32\n", ""),
 			"    announce:\n      communities: [\"65000:100\", no-export]\n      med: 10\n", ""),
@@ -106,17 +106,7 @@ func TestFleetConfigErrorsNameTheKey(t *testing.T) {
 		{"drain quiet", fleetHost + "  drain_quiet: 1m\n", "bgp.drain_quiet: 1m0s is longer than bgp.drain_timeout (30s)"},
 		{"drain timeout", fleetHost + "  drain_timeout: never\n", `bgp.drain_timeout: "never" is not a positive duration`},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := loadConfig(writeConfig(t, tc.body))
-			if err == nil {
-				t.Fatalf("accepted:\n%s", tc.body)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q does not contain %q", err, tc.want)
-			}
-		})
-	}
+	testConfigErrors(t, tests)
 	// The IPv6 variant of the host with a peer of its family is fine.
 	v6 := strings.Replace(v6Host, "  graceful_restart:", "    - {address: \"2001:db8:1::1\", as: 65000}\n  graceful_restart:", 1)
 	cfg, err := loadConfig(writeConfig(t, v6))

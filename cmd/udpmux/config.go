@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/udpmux/udpmux/dissect/openvpn"
 	"github.com/udpmux/udpmux/dissect/quic"
 	"github.com/udpmux/udpmux/dissect/wireguard"
+	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"
 	"github.com/udpmux/udpmux/quiclb"
@@ -73,13 +75,23 @@ type listenerConfig struct {
 	IdleTimeout string          `mapstructure:"idle_timeout"`
 	Backends    []backendConfig `mapstructure:"backends"`
 	Balance     string          `mapstructure:"balance"`
-	Announce    *announceConfig `mapstructure:"announce"`
+	// Source is where a proxy's upstream sockets send from: "udpmux" (this
+	// host's address; empty means the same) or "client" (each session's
+	// client address: a transparent proxy).
+	Source   string          `mapstructure:"source"`
+	Announce *announceConfig `mapstructure:"announce"`
+	Health   healthConfig    `mapstructure:"health"`
+	// checked are a proxy's backends once check has read them.
+	checked backends
 }
 
 // backendConfig is one of a proxy's backends: "ip:port" in the file, or a
-// map with its address and the QUIC-LB server ID of dissector: quic.
+// map with its address, its weight and the QUIC-LB server ID of dissector:
+// quic.
 type backendConfig struct {
 	Address string `mapstructure:"address"`
+	// Weight is its share of new sessions, 1 when left out (nil).
+	Weight *int `mapstructure:"weight"`
 	// ServerID is what YAML made of the value: a string of hex digits, or
 	// whatever else an unquoted value reads as (0102 is a number), which
 	// check refuses rather than guess at.
@@ -448,11 +460,18 @@ func (l *listenerConfig) check(i int, limits proxyLimits) (mux.ListenerConfig, e
 	if l.Handler != "proxy" && l.Balance != "" {
 		return lc, fmt.Errorf("%s: only the proxy handler balances", key("balance"))
 	}
+	if l.Handler != "proxy" && l.Health != (healthConfig{}) {
+		return lc, fmt.Errorf("%s: only the proxy handler has backends to check", key("health"))
+	}
 	var bs backends
 	if l.Handler == "proxy" {
 		if bs, err = l.backends(key); err != nil {
 			return lc, err
 		}
+		l.checked = bs
+	}
+	if err := l.checkSource(key, addr, bs); err != nil {
+		return lc, err
 	}
 	d, err := l.dissector(key, bs)
 	if err != nil {
@@ -556,6 +575,8 @@ func parseAddress(s string) (netip.AddrPort, error) {
 // backends are a proxy listener's checked backends.
 type backends struct {
 	addrs []netip.AddrPort
+	// weights are their weights, in the order of addrs.
+	weights []int
 	// sids are the backends' QUIC-LB server IDs, in the order of addrs, the
 	// zero ServerID for a backend without one; nil when none has one.
 	sids []quiclb.ServerID
@@ -584,6 +605,14 @@ func (l *listenerConfig) backends(key func(string) string) (backends, error) {
 		}
 		seen[ap] = j
 		bs.addrs = append(bs.addrs, ap)
+		w := 1
+		if b.Weight != nil {
+			w = *b.Weight
+		}
+		if w < 0 || w > proxy.MaxWeight {
+			return bs, fmt.Errorf("%s: %d is not within 0..%d (0 takes no new sessions, as a drained backend)", bkey(".weight"), w, proxy.MaxWeight)
+		}
+		bs.weights = append(bs.weights, w)
 		if b.ServerID == nil {
 			continue
 		}
@@ -607,6 +636,9 @@ func (l *listenerConfig) backends(key func(string) string) (backends, error) {
 		}
 		bs.sids[j] = id
 	}
+	if !slices.ContainsFunc(bs.weights, func(w int) bool { return w > 0 }) {
+		return bs, fmt.Errorf("%s: every backend has weight 0: the listener could take no new session", key("backends"))
+	}
 	return bs, nil
 }
 
@@ -619,8 +651,11 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 		return nil, fmt.Errorf("%s: %q is not one of maglev, least-sessions, round-robin", key("balance"), l.Balance)
 	}
 	cfg := proxy.Config{
-		Backends: bs.addrs, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
-		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer,
+		Backends: bs.addrs, Weights: bs.weights, Balance: policy, Sources: limits.sources, Sockets: limits.sockets, Probes: limits.probes,
+		RecvBuffer: limits.recvBuffer, SendBuffer: limits.sendBuffer, ClientSource: l.Source == sourceClient,
+	}
+	if cfg.Check, cfg.Health, err = l.Health.check(key, l); err != nil {
+		return nil, err
 	}
 	cfg.Tracker, _ = d.(session.Tracker)
 	if cfg.Tracker != nil && limits.recovery != nil {
@@ -641,4 +676,51 @@ func (l *listenerConfig) proxyHandler(key func(string) string, limits proxyLimit
 		return nil, fmt.Errorf("%s: %w", key("backends"), err)
 	}
 	return h, nil
+}
+
+// The values of listeners[].source.
+const (
+	sourceUdpmux = "udpmux"
+	sourceClient = "client"
+)
+
+// canBindTransparent reports whether the process may send from its
+// clients' addresses; tests replace it.
+var canBindTransparent = udpsys.CanBindTransparent
+
+// checkSource checks listeners[].source: "client" needs a proxy whose
+// sessions are sessions (not dissector: noop), the capability that
+// IP_TRANSPARENT needs, and backends of the family of every client the
+// listener at addr takes, since a client can be the source of datagrams
+// to a backend of its own family only.
+func (l *listenerConfig) checkSource(key func(string) string, addr netip.AddrPort, bs backends) error {
+	switch l.Source {
+	case "", sourceUdpmux:
+		return nil
+	case sourceClient:
+	default:
+		return fmt.Errorf("%s: %q is not one of udpmux, client", key("source"), l.Source)
+	}
+	if l.Handler != "proxy" {
+		return fmt.Errorf("%s: client: only the proxy handler sends to backends", key("source"))
+	}
+	if l.Dissector == "noop" {
+		return fmt.Errorf("%s: client sends each session's datagrams from its client's address, and dissector: noop makes no sessions", key("source"))
+	}
+	ok, err := canBindTransparent()
+	if err != nil {
+		return fmt.Errorf("%s: client: %w", key("source"), err)
+	}
+	if !ok {
+		return fmt.Errorf("%s: client sends from clients' addresses (IP_TRANSPARENT), which needs CAP_NET_ADMIN (or CAP_NET_RAW), and this process has neither in its effective set", key("source"))
+	}
+	if a := addr.Addr(); a.Is6() && a.IsUnspecified() {
+		return fmt.Errorf("%s: client on %s, which takes IPv4 and IPv6 clients alike: a client can send only to backends of its own family; listen on an address of the backends' family", key("source"), addr)
+	}
+	for j, b := range bs.addrs {
+		if b.Addr().Is4() != addr.Addr().Is4() {
+			return fmt.Errorf("%s: %s: with source: client, a backend must be of the family of the clients of %s, which it is sent from", key(fmt.Sprintf("backends[%d]", j)), b, addr)
+		}
+	}
+	return nil
 }

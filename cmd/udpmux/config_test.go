@@ -99,9 +99,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	listener := func(fields string) string {
 		return "listeners:\n  - name: a\n    handler: echo\n" + fields
 	}
-	tests := []struct {
-		name, body, want string
-	}{
+	tests := []configError{
 		{"missing port", listener(`    address: "0.0.0.0"`), "listeners[0].address: missing port in address"},
 		{"name as host", listener(`    address: "localhost:9000"`), `listeners[0].address: "localhost" is not an IP address`},
 		{"bad port", listener(`    address: "127.0.0.1:70000"`), `listeners[0].address: port "70000" is not a number within 0..65535`},
@@ -138,6 +136,10 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"proxy without backends", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\"}", "listeners[0].backends: a proxy needs at least one backend"},
 		{"proxy bad backend", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [\"127.0.0.1:2\", \"10.0.0.1\"]}", "listeners[0].backends[1]: missing port in address"},
 		{"proxy duplicate backend", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [\"127.0.0.1:2\", \"127.0.0.1:2\"]}", "listeners[0].backends[1]: 127.0.0.1:2 is already backends[0]"},
+		{"negative weight", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [\"127.0.0.1:2\", {address: \"127.0.0.1:3\", weight: -1}]}", "listeners[0].backends[1].weight: -1 is not within 0..1000 (0 takes no new sessions, as a drained backend)"},
+		{"weight too large", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [{address: \"127.0.0.1:2\", weight: 1001}]}", "listeners[0].backends[0].weight: 1001 is not within 0..1000"},
+		{"weight not a number", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [{address: \"127.0.0.1:2\", weight: heavy}]}", "weight"},
+		{"every weight 0", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [{address: \"127.0.0.1:2\", weight: 0}, {address: \"127.0.0.1:3\", weight: 0}]}", "listeners[0].backends: every backend has weight 0: the listener could take no new session"},
 		{"proxy bad balance", "listeners:\n  - {name: a, handler: proxy, address: \"127.0.0.1:1\", backends: [\"127.0.0.1:2\"], balance: random}", `listeners[0].balance: "random" is not one of maglev, least-sessions, round-robin`},
 		{"log level", "log:\n  level: loud\n" + listener(`    address: "127.0.0.1:1"`), `log.level: "loud" is not one of debug, info, warn, error`},
 		{"log format", "log:\n  format: xml\n" + listener(`    address: "127.0.0.1:1"`), `log.format: "xml" is not one of text, json`},
@@ -148,6 +150,15 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"drain timeout", "control:\n  drain_timeout: 0s\n" + listener(`    address: "127.0.0.1:1"`), `control.drain_timeout: "0s" is not a positive duration`},
 		{"not yaml", "listeners: [", "read"},
 	}
+	testConfigErrors(t, tests)
+}
+
+// configError is a config that loadConfig must refuse with an error that
+// contains want.
+type configError struct{ name, body, want string }
+
+// testConfigErrors runs a subtest per config error.
+func testConfigErrors(t *testing.T, tests []configError) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := loadConfig(writeConfig(t, tc.body))
@@ -342,7 +353,7 @@ func TestQUICConfigErrors(t *testing.T) {
 		{"cid_len too short", quicListener(lb+", cid_len: 8", b(`"0a01"`)),
 			"listeners[0].quic.cid_len: 8 is shorter than the 9 octets"},
 		{"unknown setting", quicListener("lb_config: []", `"127.0.0.1:2"`), "lb_config"},
-		{"unknown backend key", quicListener(lb, `{address: "127.0.0.1:2", server_id: "0a01", weight: 2}`), "weight"},
+		{"unknown backend key", quicListener(lb, `{address: "127.0.0.1:2", server_id: "0a01", wieght: 2}`), "wieght"},
 		{"backend address", quicListener(lb, `{address: "127.0.0.1", server_id: "0a01"}`), "listeners[0].backends[0]: missing port in address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,11 @@ type control struct {
 	sessions    *sessionLog
 	stopServing context.CancelFunc
 	draining    atomic.Bool
+	// adminMu serializes backend commands, and holds them while a
+	// successor that took the backend state hands over (backend.go);
+	// handedOff is set once a successor has taken over.
+	adminMu   sync.Mutex
+	handedOff atomic.Bool
 }
 
 // listenControl opens the control socket at path with mode 0600. A socket
@@ -146,13 +152,21 @@ func (c *control) handle(uc *net.UnixConn) {
 		c.handoff(uc)
 		return
 	}
-	typ, _, fds, err := conn.Recv()
+	typ, payload, fds, err := conn.Recv()
 	closeFDs(fds)
 	if err != nil {
 		c.log.Warn("control request unreadable", "peer_pid", cred.Pid, "err", err)
 		return
 	}
 	switch typ {
+	case handoff.TypeBackend:
+		if b, err := c.backend(payload, cred.Pid); err != nil {
+			conn.Send(handoff.TypeFailed, []byte(err.Error()), nil)
+		} else {
+			c.reply(conn, b)
+		}
+	case handoff.TypeBackendState:
+		c.handBackendState(conn, uc)
 	case handoff.TypeStatus:
 		c.reply(conn, c.status())
 	case handoff.TypeSessionList:
@@ -263,24 +277,33 @@ func (c *control) sessionList() []byte {
 	return b
 }
 
-// request sends one request to the control socket and copies the reply.
-func request(path string, t handoff.Type, out io.Writer) error {
+// request sends one request, of type t with payload, to the control
+// socket and copies the reply.
+func request(path string, t handoff.Type, payload []byte, out io.Writer) error {
 	conn, err := handoff.Dial(path, 2*time.Second)
 	if err != nil {
 		return fmt.Errorf("control socket %s: %w", path, err)
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := conn.Send(t, nil, nil); err != nil {
+	if err := conn.Send(t, payload, nil); err != nil {
 		return err
 	}
+	return readReply(conn, out)
+}
+
+// readReply copies a text reply on conn to out; a TypeFailed reply is the
+// error it returns.
+func readReply(conn *handoff.Conn, out io.Writer) error {
 	for {
 		typ, p, fds, err := conn.Recv()
 		closeFDs(fds)
-		if err != nil {
-			return fmt.Errorf("control socket %s: %w", path, err)
-		}
-		if typ == handoff.TypeTextEnd {
+		switch {
+		case err != nil:
+			return fmt.Errorf("control socket: %w", err)
+		case typ == handoff.TypeFailed:
+			return errors.New(string(p))
+		case typ == handoff.TypeTextEnd:
 			return nil
 		}
 		out.Write(p)

@@ -14,7 +14,8 @@ import (
 
 // Descriptors udpmux needs besides the proxy's upstream sockets, which the
 // socket budget bounds, and its probe sockets, which sessions.max_probe_sockets
-// bounds: the standard streams, the control socket and a few
+// bounds, and its health probe sockets (one per checked backend): the
+// standard streams, the control socket and a few
 // of its connections, the metrics listener and its connections, and the
 // descriptors of one handoff message in flight; per loop its epoll and
 // eventfd, its socket of each listener and, during a handoff, a relay pair.
@@ -33,9 +34,11 @@ const (
 // the budget is what the limit leaves, at most sessions.max.
 func reserveDescriptors(cfg *config, workers int, log *slog.Logger) error {
 	var budget *proxy.Budget
+	checks := 0 // health probe sockets, at most one per checked backend
 	for _, lc := range cfg.mux.Listeners {
-		if _, ok := lc.Handler.(*proxy.Handler); ok {
+		if h, ok := lc.Handler.(*proxy.Handler); ok {
 			budget = cfg.limits.sockets
+			checks += h.CheckSockets()
 		}
 	}
 	if budget == nil {
@@ -46,7 +49,7 @@ func reserveDescriptors(cfg *config, workers int, log *slog.Logger) error {
 		return fmt.Errorf("descriptor limit: %w", err)
 	}
 	limit := int(min(rl.Cur, 1<<31-1))
-	reserve := fixedDescriptors + workers*(perLoopDescriptors+len(cfg.mux.Listeners))
+	reserve := fixedDescriptors + workers*(perLoopDescriptors+len(cfg.mux.Listeners)) + checks
 	// Probes and recoveries take at most a quarter each of what is left.
 	quarter := max((limit-reserve)/4, 1)
 	bounded := map[string]*proxy.Budget{"sessions.max_probe_sockets": cfg.limits.probes}

@@ -133,7 +133,7 @@ func TestHandoffDrainsRetainedSessions(t *testing.T) {
 
 	// The successor, as serve does it.
 	succCfg := setup("succ", addr)
-	inh, err := takeOver(succCfg)
+	inh, err := takeOver(succCfg, slog.New(slog.DiscardHandler))
 	if err != nil || inh == nil {
 		t.Fatalf("takeOver: %v, %v", inh, err)
 	}

@@ -3,8 +3,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"time"
@@ -36,6 +39,9 @@ func (c *control) handoff(uc *net.UnixConn) {
 			return nil
 		},
 	})
+	if err == nil {
+		c.handedOff.Store(true)
+	}
 	if err == nil && c.ann != nil {
 		// The successor's speaker takes the routes over.
 		go func() {
@@ -51,20 +57,66 @@ func (c *control) handoff(uc *net.UnixConn) {
 	}
 }
 
+// handBackendState answers a successor's TypeBackendState on conn with the
+// run-time backend state, and serves the handoff it asks for next on the
+// same connection. Backend commands wait until that handoff has ended, so
+// that what the successor took is what this process had to the last.
+func (c *control) handBackendState(conn *handoff.Conn, uc *net.UnixConn) {
+	c.adminMu.Lock()
+	defer c.adminMu.Unlock()
+	b, _ := json.Marshal(c.backendState())
+	c.reply(conn, b)
+	if typ, err := conn.PeekType(); err == nil && typ == handoff.TypeHello {
+		c.handoff(uc)
+	}
+}
+
 // takeOver asks the udpmux answering on the control socket to hand over.
 // It returns nil and no error when nobody answers: then this process starts
 // cold. Otherwise the Inheritance carries the predecessor's control socket,
-// which inheritControl adopts.
-func takeOver(cfg *config) (*mux.Inheritance, error) {
+// which inheritControl adopts, and this process's proxies have the
+// predecessor's run-time backend state (drained backends, weights).
+func takeOver(cfg *config, log *slog.Logger) (*mux.Inheritance, error) {
 	conn, err := handoff.Dial(cfg.controlSocket, time.Second)
 	if err != nil {
 		return nil, nil
+	}
+	st, err := askBackendState(conn, cfg.handoffTimeout)
+	if err != nil {
+		// A predecessor of a version without run-time backend state hangs
+		// up on the question: hand over without it.
+		log.Warn("the predecessor gave no backend state (a version without it?): its drained backends and run-time weights are not kept", "err", err)
+		conn.Close()
+		if conn, err = handoff.Dial(cfg.controlSocket, time.Second); err != nil {
+			return nil, fmt.Errorf("control socket %s: the predecessor hung up: %w", cfg.controlSocket, err)
+		}
+	} else {
+		applyBackendState(cfg, st, log)
 	}
 	inh, err := mux.Inherit(context.Background(), conn.UnixConn(), mux.InheritConfig{Meta: cfg.text, Timeout: cfg.handoffTimeout})
 	if err != nil {
 		return nil, err
 	}
 	return inh, nil
+}
+
+// askBackendState asks the predecessor on conn for its run-time backend
+// state, within timeout.
+func askBackendState(conn *handoff.Conn, timeout time.Duration) (backendState, error) {
+	var st backendState
+	conn.SetDeadline(time.Now().Add(timeout))
+	defer conn.SetDeadline(time.Time{})
+	if err := conn.Send(handoff.TypeBackendState, nil, nil); err != nil {
+		return st, err
+	}
+	var b bytes.Buffer
+	if err := readReply(conn, &b); err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b.Bytes(), &st); err != nil {
+		return st, fmt.Errorf("backend state: %w", err)
+	}
+	return st, nil
 }
 
 // inheritControl adopts the control socket a predecessor handed over.

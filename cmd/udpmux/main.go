@@ -8,11 +8,16 @@
 //	udpmux status [-o text|json]     a running udpmux's counters (-c or -s names it)
 //	udpmux sessions                  a running udpmux's sessions, one a line
 //	udpmux drain -c config.yaml      withdraw the VIPs, serve until quiet, exit
+//	udpmux backend drain|enable -c config.yaml LISTENER BACKEND
+//	                                 stop or resume new sessions to a backend
+//	udpmux backend weight -c config.yaml LISTENER BACKEND WEIGHT
+//	                                 set its share of new sessions
 //	udpmux version                   the version, VCS revision and Go version
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +28,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +36,7 @@ import (
 
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
+	"github.com/udpmux/udpmux/proxy"
 )
 
 func main() {
@@ -41,26 +48,64 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
 	if len(args) > 0 {
 		switch args[0] {
-		case "validate", "version", "status", "sessions", "drain":
+		case "validate", "version", "status", "sessions", "drain", "backend":
 			cmd, args = args[0], args[1:]
 		}
+	}
+	action := ""
+	if cmd == "backend" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		action, args = args[0], args[1:]
 	}
 	fs := flag.NewFlagSet("udpmux "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("c", "", "config file (YAML)")
-	sock := fs.String("s", "", "control socket (status, sessions, drain); default: control.socket of -c, or "+defaultControlSocket)
+	sock := fs.String("s", "", "control socket (status, sessions, drain, backend); default: control.socket of -c, or "+defaultControlSocket)
 	format := fs.String("o", "text", "status: text (a summary) or json (every counter)")
+	sessions := fs.String("sessions", "keep", "backend drain: keep the backend's live sessions until they idle out, or close them")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage:\n  udpmux -c config.yaml\n  udpmux validate -c config.yaml\n"+
 			"  udpmux status [-c config.yaml | -s socket] [-o text|json]\n  udpmux sessions [-c config.yaml | -s socket]\n"+
-			"  udpmux drain -c config.yaml\n  udpmux version\n")
+			"  udpmux drain -c config.yaml\n"+
+			"  udpmux backend drain [-sessions keep|close] -c config.yaml LISTENER BACKEND\n"+
+			"  udpmux backend enable -c config.yaml LISTENER BACKEND\n"+
+			"  udpmux backend weight -c config.yaml LISTENER BACKEND WEIGHT\n"+
+			"  udpmux version\n"+
+			"A drained backend takes no new sessions and keeps its live ones until they idle out\n"+
+			"(-sessions close ends them); WEIGHT (0..%d) is its share of new sessions. BACKEND is\n"+
+			"ip:port as in the config; an upgrade (SIGUSR2) keeps both.\n", proxy.MaxWeight)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	// Flags may follow the positional arguments (udpmux backend drain vpn
+	// 10.0.0.1:1194 -sessions close): parse what follows each one too.
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
+	if cmd == "backend" {
+		if *format != "text" {
+			fmt.Fprintln(stderr, "udpmux backend: -o is for udpmux status only")
+			return 2
+		}
+		return backendCommand(action, pos, *path, *sock, *sessions, stdout, stderr, fs.Usage)
+	}
+	misplaced := ""
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "sessions" {
+			misplaced = "-sessions goes with udpmux backend drain only"
+		}
+	})
+	if misplaced != "" {
+		fmt.Fprintf(stderr, "udpmux: %s\n", misplaced)
 		return 2
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "udpmux: unexpected argument %q\n", fs.Arg(0))
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "udpmux: unexpected argument %q\n", pos[0])
 		fs.Usage()
 		return 2
 	}
@@ -78,7 +123,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if cmd == "status" || cmd == "sessions" || cmd == "drain" {
-		return query(cmd, *path, *sock, *format == "json", stdout, stderr)
+		return query(cmd, *path, *sock, *format == "json", nil, stdout, stderr)
 	}
 	if *path == "" {
 		fmt.Fprintln(stderr, "udpmux: -c config.yaml is required")
@@ -104,8 +149,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 const defaultControlSocket = "/run/udpmux/udpmux.sock"
 
 // query asks the running udpmux for its status (as JSON if asJSON, else
-// summed up as text) or its sessions, or to drain.
-func query(cmd, path, sock string, asJSON bool, stdout, stderr io.Writer) int {
+// summed up as text) or its sessions, to drain, or to change a backend
+// (req, for cmd backend).
+func query(cmd, path, sock string, asJSON bool, req *backendRequest, stdout, stderr io.Writer) int {
 	if cmd == "drain" && path == "" {
 		fmt.Fprintln(stderr, "udpmux drain: -c config.yaml is required: a drain withdraws what its bgp section announces")
 		return 2
@@ -120,6 +166,12 @@ func query(cmd, path, sock string, asJSON bool, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "udpmux drain: %s has no bgp section: there is nothing to withdraw; stop udpmux with SIGTERM\n", path)
 			return 1
 		}
+		if req != nil {
+			if err := req.check(cfg); err != nil {
+				fmt.Fprintf(stderr, "udpmux backend %s: %s: %v\n", req.Action, path, err)
+				return 1
+			}
+		}
 		if sock == "" {
 			sock = cfg.controlSocket
 		}
@@ -127,18 +179,43 @@ func query(cmd, path, sock string, asJSON bool, stdout, stderr io.Writer) int {
 	if sock == "" {
 		sock = defaultControlSocket
 	}
-	t := map[string]handoff.Type{"status": handoff.TypeStatus, "sessions": handoff.TypeSessionList, "drain": handoff.TypeDrain}[cmd]
+	var payload []byte
+	if req != nil {
+		payload, _ = json.Marshal(req)
+	}
+	t := map[string]handoff.Type{"status": handoff.TypeStatus, "sessions": handoff.TypeSessionList, "drain": handoff.TypeDrain,
+		"backend": handoff.TypeBackend}[cmd]
 	var err error
 	if cmd == "status" && !asJSON {
 		err = printStatusText(sock, stdout)
 	} else {
-		err = request(sock, t, stdout)
+		err = request(sock, t, payload, stdout)
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "udpmux %s: %v\n", cmd, err)
+		name := cmd
+		if req != nil {
+			name += " " + req.Action
+		}
+		fmt.Fprintf(stderr, "udpmux %s: %v\n", name, err)
 		return 1
 	}
 	return 0
+}
+
+// backendCommand runs `udpmux backend ACTION`, with the positional
+// arguments pos and -sessions' value sessions.
+func backendCommand(action string, pos []string, path, sock, sessions string, stdout, stderr io.Writer, usage func()) int {
+	req, err := parseBackendArgs(action, pos, sessions)
+	if err != nil {
+		fmt.Fprintf(stderr, "udpmux backend: %v\n", err)
+		usage()
+		return 2
+	}
+	if path == "" && sock == "" {
+		fmt.Fprintf(stderr, "udpmux backend %s: -c config.yaml is required (or -s socket): it names the control socket and the listener's backends\n", action)
+		return 2
+	}
+	return query("backend", path, sock, false, &req, stdout, stderr)
 }
 
 // adoptActivated gives each listener the sockets systemd passed for its
@@ -185,6 +262,9 @@ func serve(cfg *config, stderr io.Writer) error {
 	}
 	log := slog.New(handler)
 	cfg.mux.Logger = log
+	// The proxies, built with the config before the log's format was known,
+	// log through the default logger: make it this one.
+	slog.SetDefault(log)
 	var sessions *sessionLog
 	if cfg.sessionLog != nil {
 		sessions = newSessionLog(*cfg.sessionLog, cfg.mux.Listeners, log)
@@ -199,7 +279,7 @@ func serve(cfg *config, stderr io.Writer) error {
 	exe, exeErr := os.Executable()
 
 	start := time.Now()
-	inh, err := takeOver(cfg)
+	inh, err := takeOver(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -266,6 +346,11 @@ func serve(cfg *config, stderr io.Writer) error {
 	}
 	if ln != nil {
 		go ctl.serve()
+	}
+	for _, lc := range cfg.mux.Listeners {
+		if h, ok := lc.Handler.(*proxy.Handler); ok {
+			go h.RunChecks(ctx)
+		}
 	}
 	signals, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()

@@ -58,9 +58,14 @@ var (
 	descRecovery   = prometheus.NewDesc("udpmux_proxy_recoveries_total", "Sessions nobody here had seen (a crash, another host): adopted where a backend proved them (recovered), not begun for the rates or sockets (refused), or proved by no backend in time (failed).", []string{"listener", "result"}, nil)
 	descRecProbes  = prometheus.NewDesc("udpmux_proxy_recovery_probes_total", "Datagrams sent to backends to ask whether they have a recovering session.", []string{"listener"}, nil)
 	descRecovering = prometheus.NewDesc("udpmux_proxy_recovering", "Sessions recovering now, and the sockets they hold (sockets).", []string{"listener", "what"}, nil)
-	descBackendUp  = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend takes new sessions, 0 while it is backing off.", []string{"listener", "backend"}, nil)
+	descBackendUp  = prometheus.NewDesc("udpmux_proxy_backend_up", "1 if the backend is healthy (it takes new sessions unless drained or of weight 0), 0 while it is backing off or fails its health checks.", []string{"listener", "backend"}, nil)
+	descBackendDr  = prometheus.NewDesc("udpmux_proxy_backend_drained", "1 while the backend takes no new sessions by the operator's word (udpmux backend drain), or for good once the configuration no longer lists it (retired) while sessions live on it.", []string{"listener", "backend"}, nil)
+	descBackendW   = prometheus.NewDesc("udpmux_proxy_backend_weight", "The backend's weight: its share of new sessions among the backends that take them (0 takes none).", []string{"listener", "backend"}, nil)
+	descCheckUp    = prometheus.NewDesc("udpmux_proxy_backend_check_up", "1 if the backend passes its active health checks, 0 if not (listeners with health.probe only).", []string{"listener", "backend"}, nil)
+	descCheckProbe = prometheus.NewDesc("udpmux_proxy_health_probes_total", "Active health probes, by result: answered (ok) or not (failed).", []string{"listener", "backend", "result"}, nil)
+	descCheckFail  = prometheus.NewDesc("udpmux_proxy_backend_check_failure_timestamp_seconds", "When the backend's latest failed health probe was sent, by why it failed: timeout, refused (ICMP port unreachable), unproven (answers that did not prove the backend) or error.", []string{"listener", "backend", "reason"}, nil)
 	descBackendS   = prometheus.NewDesc("udpmux_proxy_backend_sessions", "Live sessions on the backend.", []string{"listener", "backend"}, nil)
-	descBackendD   = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was marked down (ICMP port unreachable).", []string{"listener", "backend"}, nil)
+	descBackendD   = prometheus.NewDesc("udpmux_proxy_backend_down_total", "Times the backend was taken out of new picks (ICMP port unreachable, or failed health checks).", []string{"listener", "backend"}, nil)
 	descUpstreams  = prometheus.NewDesc("udpmux_proxy_upstream_sockets", "Open upstream sockets.", []string{"listener"}, nil)
 	descProxyErr   = prometheus.NewDesc("udpmux_proxy_upstream_errors_total", "Upstream failures, by kind.", []string{"listener", "kind"}, nil)
 	descBGPPeer    = prometheus.NewDesc("udpmux_bgp_peer_established", "1 while the BGP session with the peer is established.", []string{"peer"}, nil)
@@ -143,8 +148,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			addr := b.Addr.String()
 			gauge(descBackendUp, up, name, addr)
+			drained := 0.0
+			if b.Drained {
+				drained = 1
+			}
+			gauge(descBackendDr, drained, name, addr)
+			gauge(descBackendW, float64(b.Weight), name, addr)
 			gauge(descBackendS, float64(b.Sessions), name, addr)
 			counter(descBackendD, b.Downs, name, addr)
+			collectChecks(ch, name, b)
 		}
 	}
 	if c.ann != nil {
@@ -177,6 +189,25 @@ func drops(l *mux.ListenerStats) []drop {
 		{"relay_full", l.RelayDrops},
 		{"upstream_kernel_queue_full", l.UpstreamKernelDrops}, {"upstream_send_buffer_full", l.UpstreamSendDrops},
 		{"upstream_send_error", l.UpstreamSendErrors},
+	}
+}
+
+// collectChecks reports the active health checks of backend b of the
+// proxy listener name, if it has any.
+func collectChecks(ch chan<- prometheus.Metric, name string, b proxy.BackendStatus) {
+	if b.Check == "" {
+		return
+	}
+	addr := b.Addr.String()
+	up := 0.0
+	if b.Check == "up" {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descCheckUp, prometheus.GaugeValue, up, name, addr)
+	ch <- prometheus.MustNewConstMetric(descCheckProbe, prometheus.CounterValue, float64(b.ProbesOK), name, addr, "ok")
+	ch <- prometheus.MustNewConstMetric(descCheckProbe, prometheus.CounterValue, float64(b.ProbesFailed), name, addr, "failed")
+	if f := b.LastFailure; f != nil {
+		ch <- prometheus.MustNewConstMetric(descCheckFail, prometheus.GaugeValue, float64(f.At.UnixNano())/1e9, name, addr, f.Kind)
 	}
 }
 

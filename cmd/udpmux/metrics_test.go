@@ -9,8 +9,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/udpmux/udpmux/proxy"
 )
 
 // TestMetricsServerClosesIdleConnections: a scraper's keep-alive
@@ -76,5 +83,45 @@ func TestMetricsServerClosesIdleConnections(t *testing.T) {
 	// a little before the client has read it.
 	if waited < idle/2 {
 		t.Errorf("the connection was closed %v after the last response, before the idle timeout %v", waited, idle)
+	}
+}
+
+// checksCollector collects collectChecks of fixed backends.
+type checksCollector []proxy.BackendStatus
+
+func (c checksCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+func (c checksCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, b := range c {
+		collectChecks(ch, "vpn", b)
+	}
+}
+
+// TestCheckMetrics: a backend with health checks has its verdict, probe
+// counts and latest failure's time by reason; one without has none.
+func TestCheckMetrics(t *testing.T) {
+	at := time.Unix(1796620000, 500_000_000)
+	c := checksCollector{
+		{Addr: netip.MustParseAddrPort("10.0.0.1:1194"), Check: "down", ProbesOK: 7, ProbesFailed: 3,
+			LastFailure: &proxy.CheckFailure{Kind: "timeout", Reason: "check: no answer (timeout)", At: at}},
+		{Addr: netip.MustParseAddrPort("10.0.0.2:1194"), Check: "up", ProbesOK: 9},
+		{Addr: netip.MustParseAddrPort("10.0.0.3:1194")}, // no checks
+	}
+	want := `
+# HELP udpmux_proxy_backend_check_failure_timestamp_seconds When the backend's latest failed health probe was sent, by why it failed: timeout, refused (ICMP port unreachable), unproven (answers that did not prove the backend) or error.
+# TYPE udpmux_proxy_backend_check_failure_timestamp_seconds gauge
+udpmux_proxy_backend_check_failure_timestamp_seconds{backend="10.0.0.1:1194",listener="vpn",reason="timeout"} 1.7966200005e+09
+# HELP udpmux_proxy_backend_check_up 1 if the backend passes its active health checks, 0 if not (listeners with health.probe only).
+# TYPE udpmux_proxy_backend_check_up gauge
+udpmux_proxy_backend_check_up{backend="10.0.0.1:1194",listener="vpn"} 0
+udpmux_proxy_backend_check_up{backend="10.0.0.2:1194",listener="vpn"} 1
+# HELP udpmux_proxy_health_probes_total Active health probes, by result: answered (ok) or not (failed).
+# TYPE udpmux_proxy_health_probes_total counter
+udpmux_proxy_health_probes_total{backend="10.0.0.1:1194",listener="vpn",result="failed"} 3
+udpmux_proxy_health_probes_total{backend="10.0.0.1:1194",listener="vpn",result="ok"} 7
+udpmux_proxy_health_probes_total{backend="10.0.0.2:1194",listener="vpn",result="failed"} 0
+udpmux_proxy_health_probes_total{backend="10.0.0.2:1194",listener="vpn",result="ok"} 9
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
 	}
 }

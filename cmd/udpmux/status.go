@@ -23,7 +23,7 @@ import (
 // the summary is made here.
 func printStatusText(sock string, out io.Writer) error {
 	var buf bytes.Buffer
-	if err := request(sock, handoff.TypeStatus, &buf); err != nil {
+	if err := request(sock, handoff.TypeStatus, nil, &buf); err != nil {
 		return err
 	}
 	st, err := decodeStatus(buf.Bytes())
@@ -50,8 +50,8 @@ func decodeStatus(b []byte) (statusReport, error) {
 
 // writeStatusText writes the summary of st at now: the process, then a
 // line per listener (datagrams each way, live sessions, drops by reason),
-// per proxy backend (health, sessions), per BGP peer, and the session
-// log's counters. Every counter is in `udpmux status -o json`.
+// per proxy backend (health, drained or retired, weight, sessions, health
+// checks), per BGP peer, and the session log's counters. Every counter is in `udpmux status -o json`.
 func writeStatusText(out io.Writer, st *statusReport, now time.Time) error {
 	rev := ""
 	if st.Revision != "" {
@@ -89,14 +89,27 @@ func writeStatusText(out io.Writer, st *statusReport, now time.Time) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t\n", l.Name, l.Address, l.RxDatagrams, l.TxDatagrams, live, l.SessionsOpened, dropText)
 	}
 	if len(st.Proxies) > 0 {
-		fmt.Fprintln(tw, "\nPROXY\tBACKEND\tHEALTH\tSESSIONS\tDOWNS\t")
+		fmt.Fprintln(tw, "\nPROXY\tBACKEND\tHEALTH\tSTATE\tWEIGHT\tSESSIONS\tDOWNS\tCHECK\tLAST PROBE FAILURE\t")
 		for _, name := range slices.Sorted(maps.Keys(st.Proxies)) {
 			for _, b := range st.Proxies[name].Backends {
 				health := "up"
 				if !b.Healthy {
 					health = "down"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t\n", name, b.Addr, health, b.Sessions, b.Downs)
+				state := "enabled"
+				switch {
+				case b.Retired:
+					state = "retired" // no longer configured: drained for good
+				case b.Drained:
+					state = "drained"
+				}
+				// The active checks' own verdict, and why and how long ago
+				// a probe last failed: "-" without checks or failures.
+				last := "-"
+				if f := b.LastFailure; f != nil {
+					last = fmt.Sprintf("%s, %s ago", f.Kind, now.Sub(f.At).Truncate(100*time.Millisecond))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t\n", name, b.Addr, health, state, b.Weight, b.Sessions, b.Downs, cmp.Or(b.Check, "-"), last)
 			}
 		}
 	}

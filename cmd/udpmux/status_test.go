@@ -58,7 +58,7 @@ func TestStatusKeysAreSnakeCase(t *testing.T) {
 
 // TestStatusText: `udpmux status` sums the JSON up: the process, a line
 // per listener with its datagrams, live sessions and drops by reason, per
-// proxy backend with its health, per BGP peer, and the session log's
+// proxy backend with its health and health checks, per BGP peer, and the session log's
 // counters; what a config does not have is not printed.
 func TestStatusText(t *testing.T) {
 	started := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
@@ -69,8 +69,12 @@ func TestStatusText(t *testing.T) {
 		}}}}
 	withProxy := base
 	withProxy.Proxies = map[string]proxy.Stats{"vpn": {Backends: []proxy.BackendStatus{
-		{Addr: netip.MustParseAddrPort("10.0.0.2:1194"), Healthy: true, Sessions: 3},
-		{Addr: netip.MustParseAddrPort("10.0.0.3:1194"), Downs: 2},
+		{Addr: netip.MustParseAddrPort("10.0.0.2:1194"), Healthy: true, Weight: 1, Sessions: 3},
+		{Addr: netip.MustParseAddrPort("10.0.0.3:1194"), Weight: 3, Downs: 2},
+		{Addr: netip.MustParseAddrPort("10.0.0.4:1194"), Healthy: true, Drained: true, Weight: 1, Sessions: 1},
+		{Addr: netip.MustParseAddrPort("10.0.0.5:1194"), Healthy: true, Drained: true, Retired: true, Sessions: 2},
+		{Addr: netip.MustParseAddrPort("10.0.0.6:1194"), Weight: 1, Downs: 1, Check: "down", ProbesFailed: 3,
+			LastFailure: &proxy.CheckFailure{Kind: "timeout", Reason: "check: no answer (timeout)", At: started.Add(time.Hour - 2*time.Second)}},
 	}}}
 	withBGP := base
 	withBGP.BGP = &bgpStatus{Peers: []peerStatus{{Address: "10.0.1.1", AS: 65000, State: "established", BFD: "up", PrefixesSent: 1}},
@@ -91,8 +95,11 @@ func TestStatusText(t *testing.T) {
 		}, []string{"PROXY", "BGP", "session log", "announced"}},
 		{"proxy", withProxy, []*regexp.Regexp{
 			listenerLine,
-			regexp.MustCompile(`(?m)^vpn +10\.0\.0\.2:1194 +up +3 +0 *$`),
-			regexp.MustCompile(`(?m)^vpn +10\.0\.0\.3:1194 +down +0 +2 *$`),
+			regexp.MustCompile(`(?m)^vpn +10\.0\.0\.2:1194 +up +enabled +1 +3 +0 +- +- *$`),
+			regexp.MustCompile(`(?m)^vpn +10\.0\.0\.3:1194 +down +enabled +3 +0 +2 +- +- *$`),
+			regexp.MustCompile(`(?m)^vpn +10\.0\.0\.4:1194 +up +drained +1 +1 +0 +- +- *$`),
+			regexp.MustCompile(`(?m)^vpn +10\.0\.0\.5:1194 +up +retired +0 +2 +0 +- +- *$`),
+			regexp.MustCompile(`(?m)^vpn +10\.0\.0\.6:1194 +down +enabled +1 +0 +1 +down +timeout, 7\.3s ago *$`),
 		}, []string{"BGP", "session log"}},
 		{"bgp", withBGP, []*regexp.Regexp{
 			regexp.MustCompile(`(?m)^10\.0\.1\.1 +65000 +established +up +1 *$`),

@@ -87,11 +87,63 @@ func (b *recordingBackend) run() {
 	}
 }
 
+// startRecordingBackends starts a recordingBackend in ns on 127.0.0.1 at
+// each of ports, with socket buffers of buf bytes (0: the kernel's), until
+// the test ends.
+func startRecordingBackends(t *testing.T, ns *netlab.Namespace, buf int, ports ...int) []*recordingBackend {
+	t.Helper()
+	var backends []*recordingBackend
+	err := ns.Do(func() error {
+		for _, port := range ports {
+			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+			if err != nil {
+				return err
+			}
+			if buf > 0 {
+				c.SetReadBuffer(buf)
+				c.SetWriteBuffer(buf)
+			}
+			backends = append(backends, &recordingBackend{conn: c, sources: map[uint32]map[netip.AddrPort]bool{}})
+		}
+		return nil
+	})
+	for _, b := range backends {
+		go b.run()
+		t.Cleanup(func() { b.conn.Close() })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return backends
+}
+
+// startInNamespace runs the daemon bin with config file cfg in ns, its
+// log in dir, until the test ends, when it and its successors are killed;
+// the log is printed if the test failed, or with -v.
+func startInNamespace(t *testing.T, lab *netlab.Lab, ns *netlab.Namespace, bin, cfg, dir string) {
+	t.Helper()
+	logFile, err := os.Create(filepath.Join(dir, "udpmux.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := ns.Command(bin, "-c", cfg)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its successors too, for the kill
+	lab.Start(cmd)
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		logFile.Close()
+		if log, _ := os.ReadFile(logFile.Name()); t.Failed() || testing.Verbose() {
+			t.Logf("udpmux log:\n%s", log)
+		}
+	})
+}
+
 // statusOf asks the daemon on sock for its status.
 func statusOf(sock string) (statusReport, error) {
 	var out bytes.Buffer
 	var st statusReport
-	if err := request(sock, handoff.TypeStatus, &out); err != nil {
+	if err := request(sock, handoff.TypeStatus, nil, &out); err != nil {
 		return st, err
 	}
 	return st, json.Unmarshal(out.Bytes(), &st)
@@ -128,18 +180,9 @@ func TestUpgradesLoseNothing(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "ctl.sock")
 
-	backends := make([]*recordingBackend, 2)
+	backends := startRecordingBackends(t, ns, 8<<20, 7001, 7002)
 	var clientConns []*net.UDPConn
 	err := ns.Do(func() error {
-		for i := range backends {
-			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7001 + i})
-			if err != nil {
-				return err
-			}
-			c.SetReadBuffer(8 << 20)
-			c.SetWriteBuffer(8 << 20)
-			backends[i] = &recordingBackend{conn: c, sources: map[uint32]map[netip.AddrPort]bool{}}
-		}
 		for i := 0; i < clients; i++ {
 			c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9300})
 			if err != nil {
@@ -151,10 +194,6 @@ func TestUpgradesLoseNothing(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	for _, b := range backends {
-		go b.run()
-		defer b.conn.Close()
 	}
 	// The test is about the handoff, whose pause lasts milliseconds; the
 	// larger buffer (about 1.3 s of this traffic, against 0.2 s by default)
@@ -173,19 +212,7 @@ listeners:
     backends: ["127.0.0.1:7001", "127.0.0.1:7002"]
     idle_timeout: 60s
 `, sock))
-	logFile, _ := os.Create(filepath.Join(dir, "udpmux.log"))
-	defer logFile.Close()
-	cmd := ns.Command(bin, "-c", cfg)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	lab.Start(cmd)
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		log, _ := os.ReadFile(logFile.Name())
-		if t.Failed() || testing.Verbose() {
-			t.Logf("udpmux log:\n%s", log)
-		}
-	})
+	startInNamespace(t, lab, ns, bin, cfg, dir)
 	first := waitStatus(t, sock, func(st statusReport) bool { return true })
 	dropsBefore := rcvbufErrors(t, ns)
 

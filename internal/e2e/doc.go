@@ -17,6 +17,15 @@
 // forge the backends' datagrams too, from a raw socket, at every ephemeral
 // port of udpmux's upstream side.
 //
+// The transparent source tests (transparent_e2e_test.go) run the OpenVPN
+// and WireGuard roaming tests with `source: client`: the backends route
+// the clients' network through udpmux's namespace, which delivers their
+// replies to udpmux's sockets bound to the clients' addresses as
+// docs/operations.md sets it up (configs/transparent.nft, an ip rule and a
+// local route), and check that the backends see each client's own address,
+// and after its moves its last mapping, with an upgrade in the middle that
+// loses no echo request. They need what the roaming tests need.
+//
 // The recovery tests (recovery_e2e_test.go) kill udpmux with SIGKILL while
 // WireGuard and OpenVPN tunnels carry pings through it, and have a udpmux
 // that never saw the tunnels take over: a fresh one in the same namespace,
@@ -48,6 +57,15 @@
 // has three udpmux processes place the same 256 flows on the same of
 // eight backends. They need what the roaming tests need (but nft and
 // conntrack) and FRR (frr).
+//
+// The health check tests (health_e2e_test.go) run two backends of one kind
+// behind udpmux with active health checks (listeners[].health) -- udpmux's
+// own echo handler, OpenVPN with tls-crypt, wireguard-go with udpmux's
+// health peer, quic-go's quicecho -- and make one fail firewalled (nft
+// drop), hung (SIGSTOP) and stopped, then bring it back: udpmux must take
+// it out within fall probe intervals and back within rise, put every new
+// session on the other, and the other's live session must lose nothing.
+// They need root, ip, nft and ping, and each kind's programs as above.
 //
 // Run them with: go test -race -v ./internal/e2e
 package e2e

@@ -86,6 +86,10 @@ type vpnOptions struct {
 	// namespace, which holds udpmux's backend-side address, instead of
 	// a veth pair: other namespaces can join it.
 	backBridge bool
+	// transparent routes the backends' replies to clients through the
+	// udpmux namespace, which delivers them to udpmux's sockets bound to
+	// the clients' addresses (source: client; transparentRouting).
+	transparent bool
 }
 
 // newVPNLabWith is newVPNLab with more choices.
@@ -106,17 +110,22 @@ func newVPNLabWith(t *testing.T, o vpnOptions) *vpnLab {
 	v.backend.DisableIPv6()
 	v.bridge = v.mux.AddBridge("br0")
 	v.mux.AddAddr(v.bridge, netip.PrefixFrom(muxFrontAddr, 24).String())
+	backIf := ""
 	if o.backBridge {
 		v.back = v.mux.AddBridge("br1")
 		v.mux.AddAddr(v.back, netip.PrefixFrom(muxBackAddr, 24).String())
 		_, muxIf := lab.Connect(v.backend, netip.PrefixFrom(backendAddr, 24).String(), v.mux, "")
 		v.mux.SetMaster(muxIf, v.back)
+		backIf = v.back
 	} else {
-		lab.Connect(v.mux, netip.PrefixFrom(muxBackAddr, 24).String(), v.backend, netip.PrefixFrom(backendAddr, 24).String())
+		backIf, _ = lab.Connect(v.mux, netip.PrefixFrom(muxBackAddr, 24).String(), v.backend, netip.PrefixFrom(backendAddr, 24).String())
 	}
 	if direct {
 		v.mux.EnableForwarding()
 		v.backend.AddRoute("198.18.0.0/24", muxBackAddr.String())
+	}
+	if o.transparent {
+		transparentRouting(t, v.mux, backIf, v.backend)
 	}
 	for _, sn := range serverNets {
 		s := startServer(t, lab, v.backend, v.pki, v.dir, netip.AddrPortFrom(backendAddr, sn.port), sn.subnet, o.serverArgs...)

@@ -114,8 +114,10 @@ type ovpnClient struct {
 // clientDev is the tun device of every client (each is alone in its namespace).
 const clientDev = "tun0"
 
-// startClient runs an OpenVPN client named cn inside ns, connecting to remote.
-func startClient(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, p *pki, dir, cn string, remote netip.AddrPort) *ovpnClient {
+// startClient runs an OpenVPN client named cn inside ns, connecting to
+// remote; extra options (such as "--tls-crypt", FILE) are appended to its
+// command line.
+func startClient(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, p *pki, dir, cn string, remote netip.AddrPort, extra ...string) *ovpnClient {
 	t.Helper()
 	crt := p.Issue(cn, x509.ExtKeyUsageClientAuth)
 	c := &ovpnClient{Name: cn, NS: ns, Log: filepath.Join(dir, cn+".log"), Remote: remote}
@@ -136,6 +138,7 @@ func startClient(t testing.TB, lab *netlab.Lab, ns *netlab.Namespace, p *pki, di
 		"--verb", ovpnVerb(),
 		"--log", c.Log,
 	}
+	args = append(args, extra...)
 	c.proc = lab.Start(ns.Command(openvpnPath, args...))
 	return c
 }

@@ -73,22 +73,7 @@ func TestOpenVPNSurvivesUpgrade(t *testing.T) {
 		}
 	}
 	time.Sleep(pingSettle)
-	for _, p := range pings {
-		p.stop()
-	}
-	for i, p := range pings {
-		r, err := p.result()
-		if err != nil {
-			t.Errorf("%s: continuous ping: %v", ups[i].client.Name, err)
-			continue
-		}
-		t.Logf("%s (%s): continuous ping of %v during the upgrades: %d sent, %d answered, %d lost%s",
-			ups[i].client.Name, ups[i].server.Name, ups[i].server.Gateway, r.sent, r.answered, len(r.lost), r.describeLost())
-		if len(r.lost)*1000 > r.sent*maxLossPerMille || r.sent == 0 {
-			t.Errorf("%s: continuous ping lost %d of %d echo requests (seq %v); want at most %d‰",
-				ups[i].client.Name, len(r.lost), r.sent, r.lost, maxLossPerMille)
-		}
-	}
+	stopPings(t, pings, ups, "the upgrades")
 
 	v.pingAll(ups)
 	checkClientsUndisturbed(t, ups)
@@ -113,6 +98,28 @@ func TestOpenVPNSurvivesUpgrade(t *testing.T) {
 	}
 	d.Stop(t)
 	t.Logf("upgrade: %d tunnels through %d upgrades (pids %v) in %v", len(ups), upgrades, pids, time.Since(start).Round(time.Millisecond))
+}
+
+// stopPings stops the continuous pings of ups and checks that each lost
+// at most maxLossPerMille of its echo requests during what.
+func stopPings(t *testing.T, pings []*contPing, ups []upResult, what string) {
+	t.Helper()
+	for _, p := range pings {
+		p.stop()
+	}
+	for i, p := range pings {
+		r, err := p.result()
+		if err != nil {
+			t.Errorf("%s: continuous ping: %v", ups[i].client.Name, err)
+			continue
+		}
+		t.Logf("%s (%s): continuous ping of %v during %s: %d sent, %d answered, %d lost%s",
+			ups[i].client.Name, ups[i].server.Name, ups[i].server.Gateway, what, r.sent, r.answered, len(r.lost), r.describeLost())
+		if len(r.lost)*1000 > r.sent*maxLossPerMille || r.sent == 0 {
+			t.Errorf("%s: continuous ping lost %d of %d echo requests (seq %v); want at most %d‰",
+				ups[i].client.Name, len(r.lost), r.sent, r.lost, maxLossPerMille)
+		}
+	}
 }
 
 // contPing is a continuous ping from a client over its tunnel to its

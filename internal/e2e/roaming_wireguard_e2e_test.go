@@ -83,7 +83,11 @@ func (w *wgLab) wait(d time.Duration) time.Duration { return max(min(d, time.Unt
 // returns: a client's first handshake waits for its first datagram. The
 // backends' key is made by the caller (keyFile holds its private half),
 // since the config the daemon is checked with names the file.
-func newWGLab(t *testing.T, direct bool, n int, key wgKey, keyFile, dir string, start time.Time) *wgLab {
+//
+// With transparent, the backends route the clients' network through the
+// udpmux namespace, which delivers their replies to udpmux's sockets bound
+// to the clients' addresses (source: client; transparentRouting).
+func newWGLab(t *testing.T, direct, transparent bool, n int, key wgKey, keyFile, dir string, start time.Time) *wgLab {
 	t.Helper()
 	lab := netlab.New(t)
 	w := &wgLab{t: t, lab: lab, dir: dir, direct: direct, key: key, KeyFile: keyFile, end: start.Add(roamBudget)}
@@ -117,12 +121,15 @@ func newWGLab(t *testing.T, direct bool, n int, key wgKey, keyFile, dir string, 
 		ns.DisableIPv6()
 		_, muxIf := lab.Connect(ns, netip.PrefixFrom(listen.Addr(), 24).String(), w.mux, "")
 		w.mux.SetMaster(muxIf, back)
-		if direct {
+		if direct || transparent {
 			ns.AddRoute("198.18.0.0/24", muxBackAddr.String())
 		}
 		dev := startWGBackend(t, lab, ns, dir, name, listen.Port(), w.KeyFile, clientKeys)
 		w.backends = append(w.backends, &wgBackend{Name: name, NS: ns, Dev: dev, Listen: listen})
 		w.logs = append(w.logs, dev.Log)
+	}
+	if transparent {
+		transparentRouting(t, w.mux, back)
 	}
 	for i := range n {
 		name := fmt.Sprintf("wgclient%d", i)
@@ -254,6 +261,9 @@ type wgRoamOptions struct {
 	key     bool // give udpmux the backends' private key (wireguard: {private_key: FILE})
 	upgrade bool // upgrade udpmux (SIGUSR2) in the middle of the moves
 	clients int  // tunnels; 0 means roamClients
+	// transparent has udpmux send from the clients' addresses (source:
+	// client), so that the backends see them as directly.
+	transparent bool
 }
 
 // wgListenerExtra is the listener's WireGuard options in the config: with
@@ -264,6 +274,10 @@ func wgListenerExtra(key bool, keyFile string) string {
 	}
 	return fmt.Sprintf("    wireguard:\n      private_key: %q\n", keyFile)
 }
+
+// sourceClientKey is the listener key of udpmux's transparent source, in
+// the roaming config (see roamingConfig).
+const sourceClientKey = "    source: client\n"
 
 // runWireGuardRoaming is the WireGuard roaming test: roamClients tunnels,
 // each client behind its NAT rebinding its source port roamRounds-1 times
@@ -276,17 +290,20 @@ func wgListenerExtra(key bool, keyFile string) string {
 // throughout, and no other backend ever had a handshake with it; and the
 // backend's view of the client's endpoint: the client's last mapping
 // (direct: WireGuard follows it) or udpmux's unchanged upstream socket.
-// Through udpmux, it also checks that udpmux holds one session per client
-// afterwards and shuts down cleanly.
-func runWireGuardRoaming(t *testing.T, o wgRoamOptions) {
+// With transparent, the backend sees the client as direct. Through udpmux,
+// it also checks that udpmux holds one session per client afterwards and
+// shuts down cleanly, and with transparent and upgrade that no echo
+// request sent during the upgrade was lost. It returns the run, for more
+// checks.
+func runWireGuardRoaming(t *testing.T, o wgRoamOptions) *wgRun {
 	r := setupWireGuard(t, o)
 	sched := moveSchedule(roamAddrs(r.rs))
 	var after func(int, move)
+	var up *upgradeWindow
 	if o.upgrade {
 		after = func(k int, m move) {
 			if k == len(sched)/2-1 {
-				u := r.d.Upgrade(t, r.sock, len(r.rs), r.w.wait(upgradeTimeout))
-				t.Logf("upgrade after move %d: pid %d -> %d, %d sessions restored in %v", k+1, u.From, u.To, u.Restored, u.Took.Round(time.Millisecond))
+				up = upgradeAfterMove(t, r.d, r.sock, len(r.rs), k, m, r.w.wait(upgradeTimeout))
 			}
 		}
 	}
@@ -295,12 +312,16 @@ func runWireGuardRoaming(t *testing.T, o wgRoamOptions) {
 	stopped := time.Now()
 	logs := stopRoamPings(t, r.rs)
 	checkRecoveries(t, r.rs, moves, logs, stopped)
+	if o.transparent && up != nil {
+		up.checkLossless(t, r.rs, logs)
+	}
 	r.check(t, "the moves")
 	if r.d != nil {
 		checkSessionCount(t, r.sock, len(r.rs))
 		r.d.Stop(t)
 	}
 	t.Logf("%d WireGuard tunnels, %d moves in %v", len(r.rs), len(moves), time.Since(r.start).Round(time.Millisecond))
+	return r
 }
 
 // wgRun is a WireGuard test set up by setupWireGuard.
@@ -333,15 +354,19 @@ func setupWireGuard(t *testing.T, o wgRoamOptions) *wgRun {
 	key := newWGKey(t)
 	keyFile := key.writeKey(t, dir, "backend.key")
 	r.sock = filepath.Join(dir, "ctl.sock")
+	extra := wgListenerExtra(o.key, keyFile)
+	if o.transparent {
+		extra += sourceClientKey
+	}
 	r.configFor = func(sock string) string {
-		return roamingConfig(wgListen, wgBackends, "wireguard", wgListenerExtra(o.key, keyFile), sock)
+		return roamingConfig(wgListen, wgBackends, "wireguard", extra, sock)
 	}
 	var config string
 	if !o.direct {
 		config = r.configFor(r.sock)
 		requireDissector(t, config, "wireguard")
 	}
-	r.w = newWGLab(t, o.direct, cmp.Or(o.clients, roamClients), key, keyFile, dir, r.start)
+	r.w = newWGLab(t, o.direct, o.transparent, cmp.Or(o.clients, roamClients), key, keyFile, dir, r.start)
 	if !o.direct {
 		r.d = startRoamingDaemon(t, r.w.lab, r.w.mux, dir, config, "wireguard", wgListen.Port())
 		r.w.logs = append(r.w.logs, r.d.Config, r.d.Log)
@@ -355,7 +380,11 @@ func setupWireGuard(t *testing.T, o wgRoamOptions) *wgRun {
 		}
 		b := r.before.servedBy[i]
 		ep := r.before.backend[b][c.Key.Public].Endpoint
-		if o.direct {
+		if o.transparent {
+			if want := netip.AddrPortFrom(clientAddr(i), wgClientPort); ep != want {
+				t.Fatalf("at the start: %s reaches %s from %v; want its own address %v (source: client)", c.Name, r.w.backends[b].Name, ep, want)
+			}
+		} else if o.direct {
 			if want := netip.AddrPortFrom(clientAddr(i), wgClientPort); b != i%2 || ep != want {
 				t.Fatalf("at the start: %s is served by %s from %v; want %s from %v", c.Name, r.w.backends[b].Name, ep, r.w.backends[i%2].Name, want)
 			}
@@ -398,13 +427,13 @@ func (r *wgRun) check(t *testing.T, during string) {
 		if is.RX <= was.RX {
 			t.Errorf("%s received nothing from %s during %s (rx %d -> %d)", bname, c.Name, during, was.RX, is.RX)
 		}
-		if r.o.direct {
+		if r.o.direct || r.o.transparent {
 			want := r.rs[i].mapping
 			if !want.IsValid() {
 				want = netip.AddrPortFrom(r.rs[i].Addr, r.rs[i].SPort)
 			}
 			if is.Endpoint != want {
-				t.Errorf("%s sees %s at %v after %s; want its last mapping %v (WireGuard follows a roaming peer)", bname, c.Name, is.Endpoint, during, want)
+				t.Errorf("%s sees %s at %v after %s; want its last mapping %v (WireGuard follows a roaming peer; with source: client udpmux sends from it)", bname, c.Name, is.Endpoint, during, want)
 			}
 		} else if r.via != nil {
 			if !r.via[i].IsValid() {

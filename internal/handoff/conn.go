@@ -60,6 +60,14 @@ const (
 	TypeDrain                       // client → owner: withdraw the announcements, serve on until quiet, then exit
 )
 
+// Message types of backend commands, after the others so that theirs keep
+// their numbers (a block of their own, so that adding to it realigns none).
+const (
+	TypeBackend      Type = TypeDrain + 1 + iota // client → owner: drain, enable or weigh a backend (the application's request); a text reply or TypeFailed follows
+	TypeBackendState                             // successor → owner, before its Hello: the run-time backend state, as text; the owner keeps it unchanged until the handoff that follows ends
+	TypeFailed                                   // owner → client: the request failed, for the reason this text gives; ends the reply
+)
+
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 // Conn frames messages over a SOCK_SEQPACKET Unix connection.

@@ -476,3 +476,21 @@ func TestIdleTimeoutBoundsEachStep(t *testing.T) {
 		t.Errorf("with a deadline before the idle timeout: %v after %v", err, time.Since(start))
 	}
 }
+
+// TestTypeValues pins the message types' numbers: they are the wire's, and
+// a udpmux of another version must read them alike (new ones go at the
+// end).
+func TestTypeValues(t *testing.T) {
+	tests := []struct {
+		typ  Type
+		want uint8
+	}{
+		{TypeHello, 1}, {TypeStatus, 10}, {TypeSessionList, 11}, {TypeText, 12}, {TypeTextEnd, 13},
+		{TypeReady, 15}, {TypeDrain, 17}, {TypeBackend, 18}, {TypeBackendState, 19}, {TypeFailed, 20},
+	}
+	for _, tt := range tests {
+		if uint8(tt.typ) != tt.want {
+			t.Errorf("type %d, want %d", tt.typ, tt.want)
+		}
+	}
+}

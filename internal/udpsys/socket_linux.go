@@ -22,6 +22,12 @@ type ListenConfig struct {
 	// socket is dual-stack whatever the net.ipv6.bindv6only sysctl says, so
 	// that a [::] listener means the same on every host.
 	V6Only bool
+	// Source, for DialUDP only, is the address the socket sends from when
+	// it is not one of this host's own: the socket is bound to it with
+	// IP_TRANSPARENT and SO_REUSEADDR before it connects, and what it received
+	// before it was connected is dropped. The zero AddrPort lets the
+	// kernel pick a local address and port as usual.
+	Source netip.AddrPort
 	// Control, when set, is called for the socket once this package has set
 	// its options and before bind, as net.ListenConfig.Control is: network
 	// is "udp4" or "udp6", address the address to bind. Its error fails the
@@ -44,6 +50,9 @@ type Socket struct {
 	// GSO reports that the kernel segments UDP on this socket
 	// (UDP_SEGMENT), so a Batch sending on it may use Batch.EnableGSO.
 	GSO bool
+	// Transparent reports IP_TRANSPARENT (IPV6_TRANSPARENT): the socket may
+	// be bound to an address that is not this host's (ListenConfig.Source).
+	Transparent bool
 }
 
 // Close closes the socket.
@@ -188,10 +197,15 @@ func (s *Socket) sizeBuffers(recv, send int) error {
 // upstream path: the kernel then filters datagrams to that peer and reports
 // ICMP errors from it (ECONNREFUSED) on the socket. Its buffers are sized as
 // cfg says (IncomingCPU is ignored) and it reports its receive-queue drops
-// (SO_RXQ_OVFL), as a listening socket does.
+// (SO_RXQ_OVFL), as a listening socket does. With cfg.Source it sends from
+// that address, which need not be this host's and must be of remote's
+// family: see ListenConfig.Source.
 func DialUDP(remote netip.AddrPort, cfg ListenConfig) (*Socket, error) {
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	family := familyOf(remote.Addr())
+	if cfg.Source.IsValid() && familyOf(cfg.Source.Addr().Unmap()) != family {
+		return nil, fmt.Errorf("dial %s from %s: %w", remote, cfg.Source, errFamilies)
+	}
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
@@ -211,8 +225,16 @@ func (s *Socket) connect(remote netip.AddrPort, cfg ListenConfig) error {
 	if err := s.sizeBuffers(cfg.RecvBuffer, cfg.SendBuffer); err != nil {
 		return err
 	}
+	if cfg.Source.IsValid() {
+		if err := s.bindTransparent(cfg.Source); err != nil {
+			return err
+		}
+	}
 	if err := unix.Connect(s.FD, SockaddrFor(remote, s.Family)); err != nil {
 		return fmt.Errorf("connect %s: %w", remote, err)
+	}
+	if s.Transparent {
+		s.discardQueued()
 	}
 	sa, err := unix.Getsockname(s.FD)
 	if err != nil {
@@ -326,7 +348,7 @@ func fromFD(fd int) (*Socket, error) {
 		return nil, fmt.Errorf("descriptor %d: %w", fd, err)
 	}
 	unix.CloseOnExec(fd)
-	s := &Socket{FD: fd, Family: b.Family, Local: b.Local, Wildcard: b.Local.Addr().IsUnspecified(), GSO: SocketGSO(fd)}
+	s := &Socket{FD: fd, Family: b.Family, Local: b.Local, Wildcard: b.Local.Addr().IsUnspecified(), GSO: SocketGSO(fd), Transparent: transparent(fd, b.Family)}
 	if sa, err := unix.Getpeername(fd); err == nil {
 		s.Remote = AddrPortOf(sa)
 	}

@@ -149,7 +149,7 @@ func (l *Loop) Import(peer netip.AddrPort, state []byte, upstream netip.AddrPort
 	return l.open(key, flowtable.Key{}, peer, func(s *Session) error {
 		var sock session.Socket
 		if upstream.IsValid() {
-			k, err := s.socket(upstream)
+			k, err := s.socket(upstream, netip.AddrPort{})
 			if err != nil {
 				return err
 			}
@@ -267,6 +267,21 @@ func (l *Loop) unfile(k flowtable.Key, s *Session) {
 		l.table[k] = slices.Delete(held, i, i+1)
 	}
 	l.keys--
+}
+
+// sourceInUse reports whether an open socket of one of the loop's sessions
+// sends from local to remote.
+func (l *Loop) sourceInUse(local, remote netip.AddrPort) bool {
+	for _, holders := range l.table {
+		for _, s := range holders {
+			for _, k := range s.socks {
+				if !k.closed && k.local == local && k.remote == remote {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func (l *Loop) local() netip.AddrPort {
@@ -509,18 +524,21 @@ func (s *Session) Move(to netip.AddrPort) error {
 // Dial opens a Socket of the session's, connected to addr, as the engine
 // does, but in memory: what the handler writes to it is recorded (Sent), and
 // the test delivers what the peer sends (Deliver). Its local address is
-// made up, 198.51.100.1 with a port of its own. It fails for a handler that
-// is not a session.UpstreamHandler and for a session that has ended.
-func (s *Session) Dial(addr netip.AddrPort, _ session.DialOptions) (session.Socket, error) {
-	k, err := s.socket(addr)
+// opts.Source when valid, else made up, 198.51.100.1 with a port of its
+// own. It fails for a handler that is not a session.UpstreamHandler, for a
+// session that has ended, and, as the engine does, with
+// session.ErrSourceInUse for a Source and addr that an open socket of the
+// Loop's has already.
+func (s *Session) Dial(addr netip.AddrPort, opts session.DialOptions) (session.Socket, error) {
+	k, err := s.socket(addr, opts.Source)
 	if err != nil {
 		return nil, err // not a nil *Socket in a non-nil interface
 	}
 	return k, nil
 }
 
-// socket opens a Socket of s's connected to remote.
-func (s *Session) socket(remote netip.AddrPort) (*Socket, error) {
+// socket opens a Socket of s's connected to remote, from source if valid.
+func (s *Session) socket(remote, source netip.AddrPort) (*Socket, error) {
 	l := s.loop
 	if _, ok := l.Handler.(session.UpstreamHandler); !ok {
 		return nil, fmt.Errorf("dial: %T does not implement session.UpstreamHandler", l.Handler)
@@ -528,8 +546,16 @@ func (s *Session) socket(remote netip.AddrPort) (*Socket, error) {
 	if s.ended {
 		return nil, session.ErrClosed
 	}
+	remote = unmap(remote)
 	l.lastPort++
-	k := &Socket{s: s, remote: unmap(remote), local: netip.AddrPortFrom(socketAddr, 1024+l.lastPort%60000)}
+	local := netip.AddrPortFrom(socketAddr, 1024+l.lastPort%60000)
+	if source.IsValid() {
+		local = unmap(source)
+		if l.sourceInUse(local, remote) {
+			return nil, fmt.Errorf("dial %s from %s: %w", remote, local, session.ErrSourceInUse)
+		}
+	}
+	k := &Socket{s: s, remote: remote, local: local}
 	s.socks = append(s.socks, k)
 	return k, nil
 }

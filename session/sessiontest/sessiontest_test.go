@@ -523,6 +523,54 @@ func TestSockets(t *testing.T) {
 	}
 }
 
+// TestSocketsFromSource: a socket dialed with a Source has it as its
+// local address, and only one open socket of the loop's sessions sends
+// from a source to an address, as in the engine.
+func TestSocketsFromSource(t *testing.T) {
+	client := netip.MustParseAddrPort("198.18.0.7:5000")
+	mapped := netip.MustParseAddrPort("[::ffff:198.18.0.7]:5000")
+	l := &sessiontest.Loop{Handler: upstream{&recorder{}}}
+	s1, s2 := mustOpen(t, l, peer), mustOpen(t, l, other)
+	first, err := s1.Dial(backend, session.DialOptions{Source: client})
+	must(t, err)
+	for _, tc := range []struct {
+		name   string
+		s      *sessiontest.Session
+		to     netip.AddrPort
+		source netip.AddrPort
+		inUse  bool
+	}{
+		{"same session, same backend", s1, backend, client, true},
+		{"other session, same backend", s2, backend, client, true},
+		{"v4-mapped source, same backend", s2, backend, mapped, true},
+		{"other backend", s2, other, client, false},
+		{"other source", s2, backend, peer, false},
+		{"no source", s2, backend, netip.AddrPort{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k, err := tc.s.Dial(tc.to, session.DialOptions{Source: tc.source})
+			if tc.inUse {
+				if !errors.Is(err, session.ErrSourceInUse) {
+					t.Errorf("Dial: %v; want %v", err, session.ErrSourceInUse)
+				}
+				return
+			}
+			must(t, err)
+			defer k.Close()
+			if want := netip.AddrPortFrom(tc.source.Addr().Unmap(), tc.source.Port()); tc.source.IsValid() && k.LocalAddr() != want {
+				t.Errorf("local address %v; want the source %v", k.LocalAddr(), tc.source)
+			}
+		})
+	}
+	if first.LocalAddr() != client {
+		t.Errorf("local address %v; want the source %v", first.LocalAddr(), client)
+	}
+	first.Close()
+	k, err := s2.Dial(backend, session.DialOptions{Source: client})
+	must(t, err)
+	k.Close()
+}
+
 // keeper is an Echo that keeps its Responder, and tries to answer with too
 // large a datagram too.
 type keeper struct {
