@@ -103,7 +103,7 @@ func (l *loop) removeKey(s *sess, k flowtable.Key) bool {
 // the address's previous user, or one that the datagram which brought s
 // here began to recover), s goes on without it, found by its other keys,
 // until that session ends; one that recovers yields to s at once (see
-// sess.yieldTo).
+// loop.contest).
 func (l *loop) move(s *sess, to netip.AddrPort) error {
 	if s.closed.Load() {
 		return fmt.Errorf("move: %w", session.ErrClosed)

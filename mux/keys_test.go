@@ -60,6 +60,9 @@ type keyHandler struct {
 func (h *keyHandler) Open(s session.Session) error          { return nil }
 func (h *keyHandler) Close(session.Session, session.Reason) {}
 func (h *keyHandler) Datagram(s session.Session, p []byte) {
+	if s.State() == quietState {
+		return
+	}
 	switch p[0] {
 	case 'c':
 		s.SetState(string(p[1:]))
@@ -80,6 +83,10 @@ func (h *keyHandler) Datagram(s session.Session, p []byte) {
 	}
 	s.Write(fmt.Appendf(nil, "%v %s", s.State(), p))
 }
+
+// quietState is the state of a session whose handler answers nothing, as
+// a proxy's recovering session does until a backend proves it.
+const quietState = "quiet"
 
 // keyRoamer is a keyHandler that is a session.Roamer.
 type keyRoamer struct{ *keyHandler }
@@ -430,6 +437,8 @@ func TestEndedSessionTakesNoKeys(t *testing.T) {
 // whose first byte is 'r', and refuses the rest in MayRecover.
 type recoveringHandler struct {
 	*keyHandler
+	// quiet makes the sessions it recovers answer nothing.
+	quiet     bool
 	mu        sync.Mutex
 	recovered []string
 	asked     int
@@ -451,6 +460,9 @@ func (h *recoveringHandler) Recover(s session.Session, p []byte, holders []sessi
 		return errors.New("not recoverable")
 	}
 	s.SetState("recovered")
+	if h.quiet {
+		s.SetState(quietState)
+	}
 	var peers []netip.AddrPort
 	for _, o := range holders {
 		peers = append(peers, o.PeerAddr())
@@ -496,7 +508,7 @@ func TestRecovererGetsUnknownIDs(t *testing.T) {
 // across servers, a session nobody here knew may have it too, and the
 // Recoverer gets it as well.
 func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
-	h, srv, a := startRecoveryHolder(t)
+	h, srv, a := startRecoveryHolder(t, false)
 	for _, p := range []string{"drabc", "erabc"} {
 		b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
 		if p == "erabc" {
@@ -526,11 +538,12 @@ func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
 }
 
 // startRecoveryHolder starts a server whose handler follows its clients
-// and recovers sessions (keyRoamerRecoverer) with a session, "a", that
-// holds the ID "rabc", and returns the handler, the server and a's client.
-func startRecoveryHolder(t *testing.T) (*recoveringHandler, *Server, *net.UDPConn) {
+// and recovers sessions (keyRoamerRecoverer; the sessions it recovers
+// answer nothing if quiet) with a session, "a", that holds the ID "rabc",
+// and returns the handler, the server and a's client.
+func startRecoveryHolder(t *testing.T, quiet bool) (*recoveringHandler, *Server, *net.UDPConn) {
 	t.Helper()
-	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}}
+	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}, quiet: quiet}
 	srv := startKeys(t, keyRoamerRecoverer{keyRoamer{h.keyHandler}, h})
 	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
 	exchangeKeys(t, a, "ca")
@@ -541,17 +554,33 @@ func startRecoveryHolder(t *testing.T) (*recoveringHandler, *Server, *net.UDPCon
 // TestRecoveryYieldsToAHolderThatMovesThere: a datagram from a new address
 // whose repeating ID a session holds goes to that session's handler, and
 // begins a recovery at the address as well, which takes the address's
-// 4-tuple. When the holder's handler then moves its session there (its
-// server proved the client there), the session goes on without the
-// 4-tuple, and the recovering session yields: the address's next datagrams
-// are the holder's, the recovering session ends, and no datagram from the
-// holder's own address begins another recovery.
+// 4-tuple. While the recovering session answers nothing, the address's
+// next datagrams go to the holder's handler too. When that handler moves
+// its session there (its server proved the client there), the session
+// goes on without the 4-tuple, and the recovering session yields: the
+// address's next datagrams are the holder's, the recovering session ends,
+// and no datagram from the holder's own address begins another recovery.
 func TestRecoveryYieldsToAHolderThatMovesThere(t *testing.T) {
-	h, srv, a := startRecoveryHolder(t)
+	h, srv, a := startRecoveryHolder(t, true)
 	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0)) // a's client, moved
-	if got := exchangeKeys(t, b, "erabc"); got != "recovered erabc" {
-		t.Fatalf("the first datagram from the new address: %q; want the recovering session's answer", got)
+	roamed := func(n int) func() bool {
+		return func() bool {
+			h.keyHandler.mu.Lock()
+			defer h.keyHandler.mu.Unlock()
+			return len(h.keyHandler.roamed["a"]) == n
+		}
 	}
+	b.Write([]byte("erabc"))
+	waitFor(t, 5*time.Second, "the recovery begun and the holder's handler asked", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.recovered) == 1 && roamed(1)()
+	})
+	// The recovering session, filed under the 4-tuple, gets the next ones.
+	b.Write([]byte("erabc"))
+	b.Write([]byte("erabc"))
+	waitFor(t, 5*time.Second, "the holder's handler asked about the next datagrams", roamed(3))
+	silent(t, b, "the client of a session that recovers")
 	to := b.LocalAddr().String()
 	a.Write([]byte("m" + to))
 	b.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -572,6 +601,9 @@ func TestRecoveryYieldsToAHolderThatMovesThere(t *testing.T) {
 	defer h.mu.Unlock()
 	if len(h.recovered) != 1 || h.asked != 1 {
 		t.Errorf("recovered %q, MayRecover asked %d times; want one recovery, asked once", h.recovered, h.asked)
+	}
+	if !roamed(3)() {
+		t.Errorf("the holder's handler got %d datagrams as Roams; want 3, none after its move", len(h.keyHandler.roamed["a"]))
 	}
 }
 

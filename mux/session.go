@@ -68,9 +68,10 @@ type sess struct {
 
 	// rivals are, for a session opened to recover one that nobody here
 	// knew alongside the sessions that held its first datagram's ID
-	// (session.Recoverer), those sessions: one of them that its handler
-	// moves to this session's address takes the address's datagrams from
-	// it (see yieldTo). Set before the session is in the table, never
+	// (session.Recoverer), those of them the datagram went to first: they
+	// get its client's datagrams too until it recovers, and one that its
+	// handler moves to this session's address takes them from it (see
+	// loop.contest). Set before the session is in the table, never
 	// changed.
 	rivals []*sess
 
@@ -138,19 +139,6 @@ func newID() uint64 {
 		lastID.CompareAndSwap(0, binary.LittleEndian.Uint64(b[:])|1)
 	}
 	return lastID.Add(2)
-}
-
-// yieldTo returns the rival of s (see sess.rivals) that its handler has
-// moved to peer, s's own address, if there is one, for s to yield to: the
-// datagram that began s's recovery went to the rival too, whose handler
-// then proved that its client is at peer. Safe from any goroutine.
-func (s *sess) yieldTo(peer netip.AddrPort) *sess {
-	for _, o := range s.rivals {
-		if o.PeerAddr() == peer && !o.closed.Load() {
-			return o
-		}
-	}
-	return nil
 }
 
 // The methods of session.Session.
