@@ -100,8 +100,10 @@ func (l *loop) removeKey(s *sess, k flowtable.Key) bool {
 
 // move moves s to to (Session.Move): s's 4-tuple with to replaces the one with
 // its peer. When another session holds the new 4-tuple (a stale session of
-// the address's previous user), s goes on without it, found by its other
-// keys, until that session ends.
+// the address's previous user, or one that the datagram which brought s
+// here began to recover), s goes on without it, found by its other keys,
+// until that session ends; one that recovers yields to s at once (see
+// loop.contest).
 func (l *loop) move(s *sess, to netip.AddrPort) error {
 	if s.closed.Load() {
 		return fmt.Errorf("move: %w", session.ErrClosed)

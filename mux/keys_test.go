@@ -20,7 +20,9 @@ import (
 // The test protocol of this file: a datagram "c<name>" creates a session
 // (keyed by 4-tuple), "d<id>" is data that carries the 4-byte ID id, "e<id>"
 // data whose ID repeats across servers, "l<cid>" data looked up by a
-// connection ID, and "k<id>" asks the handler to learn id.
+// connection ID, "k<id>" asks the handler to learn id, and "m<addr:port>"
+// to move its session there, as a proxy whose backend proved the client
+// there does.
 const testIDClass = 7
 
 type idDissector struct{}
@@ -33,7 +35,7 @@ func testID(scope uint16, id []byte) flowtable.Key {
 func (idDissector) Dissect(p []byte, local, peer netip.AddrPort, scope uint16) session.Dissection {
 	tuple := flowtable.TupleKey(scope, local, peer)
 	switch {
-	case len(p) >= 1 && (p[0] == 'c' || p[0] == 'k'):
+	case len(p) >= 1 && (p[0] == 'c' || p[0] == 'k' || p[0] == 'm'):
 		return session.Dissection{Key: tuple, Verdict: session.Create}
 	case len(p) >= 5 && p[0] == 'd':
 		return session.Dissection{Key: tuple, ID: testID(scope, p[1:5]), Verdict: session.Lookup}
@@ -58,6 +60,9 @@ type keyHandler struct {
 func (h *keyHandler) Open(s session.Session) error          { return nil }
 func (h *keyHandler) Close(session.Session, session.Reason) {}
 func (h *keyHandler) Datagram(s session.Session, p []byte) {
+	if s.State() == quietState {
+		return
+	}
 	switch p[0] {
 	case 'c':
 		s.SetState(string(p[1:]))
@@ -66,9 +71,22 @@ func (h *keyHandler) Datagram(s session.Session, p []byte) {
 			s.Write([]byte("error " + err.Error()))
 			return
 		}
+	case 'm':
+		to, err := netip.ParseAddrPort(string(p[1:]))
+		if err == nil {
+			err = s.Move(to)
+		}
+		if err != nil {
+			s.Write([]byte("error " + err.Error()))
+			return
+		}
 	}
 	s.Write(fmt.Appendf(nil, "%v %s", s.State(), p))
 }
+
+// quietState is the state of a session whose handler answers nothing, as
+// a proxy's recovering session does until a backend proves it.
+const quietState = "quiet"
 
 // keyRoamer is a keyHandler that is a session.Roamer.
 type keyRoamer struct{ *keyHandler }
@@ -419,6 +437,8 @@ func TestEndedSessionTakesNoKeys(t *testing.T) {
 // whose first byte is 'r', and refuses the rest in MayRecover.
 type recoveringHandler struct {
 	*keyHandler
+	// quiet makes the sessions it recovers answer nothing.
+	quiet     bool
 	mu        sync.Mutex
 	recovered []string
 	asked     int
@@ -440,6 +460,9 @@ func (h *recoveringHandler) Recover(s session.Session, p []byte, holders []sessi
 		return errors.New("not recoverable")
 	}
 	s.SetState("recovered")
+	if h.quiet {
+		s.SetState(quietState)
+	}
 	var peers []netip.AddrPort
 	for _, o := range holders {
 		peers = append(peers, o.PeerAddr())
@@ -485,11 +508,7 @@ func TestRecovererGetsUnknownIDs(t *testing.T) {
 // across servers, a session nobody here knew may have it too, and the
 // Recoverer gets it as well.
 func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
-	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}}
-	srv := startKeys(t, keyRoamerRecoverer{keyRoamer{h.keyHandler}, h})
-	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
-	exchangeKeys(t, a, "ca")
-	exchangeKeys(t, a, "k"+"rabc")
+	h, srv, a := startRecoveryHolder(t, false)
 	for _, p := range []string{"drabc", "erabc"} {
 		b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
 		if p == "erabc" {
@@ -515,6 +534,76 @@ func TestRepeatingIDsAreRecoveredToo(t *testing.T) {
 	}
 	if want := netip.MustParseAddrPort(a.LocalAddr().String()); len(h.holders) != 1 || !slices.Equal(h.holders[0], []netip.AddrPort{want}) {
 		t.Errorf("the recovering session's holders: %v; want [[%v]], the session that holds the ID", h.holders, want)
+	}
+}
+
+// startRecoveryHolder starts a server whose handler follows its clients
+// and recovers sessions (keyRoamerRecoverer; the sessions it recovers
+// answer nothing if quiet) with a session, "a", that holds the ID "rabc",
+// and returns the handler, the server and a's client.
+func startRecoveryHolder(t *testing.T, quiet bool) (*recoveringHandler, *Server, *net.UDPConn) {
+	t.Helper()
+	h := &recoveringHandler{keyHandler: &keyHandler{roamed: map[string][]netip.AddrPort{}}, quiet: quiet}
+	srv := startKeys(t, keyRoamerRecoverer{keyRoamer{h.keyHandler}, h})
+	a := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0))
+	exchangeKeys(t, a, "ca")
+	exchangeKeys(t, a, "k"+"rabc")
+	return h, srv, a
+}
+
+// TestRecoveryYieldsToAHolderThatMovesThere: a datagram from a new address
+// whose repeating ID a session holds goes to that session's handler, and
+// begins a recovery at the address as well, which takes the address's
+// 4-tuple. While the recovering session answers nothing, the address's
+// next datagrams go to the holder's handler too. When that handler moves
+// its session there (its server proved the client there), the session
+// goes on without the 4-tuple, and the recovering session yields: the
+// address's next datagrams are the holder's, the recovering session ends,
+// and no datagram from the holder's own address begins another recovery.
+func TestRecoveryYieldsToAHolderThatMovesThere(t *testing.T) {
+	h, srv, a := startRecoveryHolder(t, true)
+	b := dial(t, "udp4", netip.AddrPort{}, srv.Addr(0)) // a's client, moved
+	roamed := func(n int) func() bool {
+		return func() bool {
+			h.keyHandler.mu.Lock()
+			defer h.keyHandler.mu.Unlock()
+			return len(h.keyHandler.roamed["a"]) == n
+		}
+	}
+	b.Write([]byte("erabc"))
+	waitFor(t, 5*time.Second, "the recovery begun and the holder's handler asked", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.recovered) == 1 && roamed(1)()
+	})
+	// The recovering session, filed under the 4-tuple, gets the next ones.
+	b.Write([]byte("erabc"))
+	b.Write([]byte("erabc"))
+	waitFor(t, 5*time.Second, "the holder's handler asked about the next datagrams", roamed(3))
+	silent(t, b, "the client of a session that recovers")
+	to := b.LocalAddr().String()
+	a.Write([]byte("m" + to))
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	if n, err := b.Read(buf); err != nil || string(buf[:n]) != "a m"+to {
+		t.Fatalf("the move's answer at the new address: %q, %v", buf[:n], err)
+	}
+	if st := srv.Stats(); st.Listeners[0].MovesWithoutTuple != 1 {
+		t.Errorf("%d moves without the 4-tuple; want 1: the recovering session holds it", st.Listeners[0].MovesWithoutTuple)
+	}
+	for i := range 3 {
+		if got := exchangeKeys(t, b, "erabc"); got != "a erabc" {
+			t.Fatalf("datagram %d from the address the holder moved to: %q; want the holder's answer", i+1, got)
+		}
+	}
+	waitFor(t, 5*time.Second, "the recovering session ended", func() bool { return srv.Stats().Sessions == 1 })
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.recovered) != 1 || h.asked != 1 {
+		t.Errorf("recovered %q, MayRecover asked %d times; want one recovery, asked once", h.recovered, h.asked)
+	}
+	if !roamed(3)() {
+		t.Errorf("the holder's handler got %d datagrams as Roams; want 3, none after its move", len(h.keyHandler.roamed["a"]))
 	}
 }
 

@@ -4,6 +4,7 @@ package mux
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/udpmux/udpmux/flowtable"
 	"github.com/udpmux/udpmux/internal/udpsys"
@@ -150,23 +151,33 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 	switch {
 	case claimed:
 		s = e.Value
+		if len(s.rivals) > 0 {
+			if s = l.contest(ls, s, peer, p); s != e.Value {
+				held = nil
+				if hasID {
+					held, _ = s.claims(id)
+				}
+			}
+		}
 		if held != nil && peer == s.PeerAddr() {
 			s.noteUse(held)
 		}
 	case hasID && l.resolve(ls, id, peer, p):
 		// Its ID's sessions have it; one of another server's that nobody
 		// here has seen may have it too if the ID repeats across servers,
-		// and the handler asks the servers none of them is on.
+		// and the handler asks the servers none of them is on. Not if one
+		// of them is at the datagram's address: the datagram is that
+		// session's, which moved here without the 4-tuple (see move).
 		defer l.dropHolders()
-		if e != nil || !l.repeats[i] || !l.mayRecover(ls, peer, l.holders) {
+		if e != nil || !l.repeats[i] || heldAt(l.holders, peer) || !l.mayRecover(ls, peer, l.holders) {
 			return
 		}
-		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, l.holders); s == nil {
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, l.holders, l.pick); s == nil {
 			return
 		}
 	case e == nil && hasID && l.mayRecover(ls, peer, nil):
 		// A session nobody here has seen: the handler finds it.
-		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, nil); s == nil {
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, nil, nil); s == nil {
 			return
 		}
 	case e == nil && verdict == session.Lookup && !hasID && !isTuple(l.keys[i]) && l.byTuple(ls, i):
@@ -181,7 +192,7 @@ func (l *loop) route(ls *loopSocket, m *udpsys.Message, i int, e *entry) {
 		}
 		return
 	default:
-		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, nil); s == nil {
+		if s = l.open(ls, l.keys[i], id, l.locals[i], peer, p, verdict, nil, nil); s == nil {
 			// Refused. (A flow whose session an earlier datagram of this
 			// batch opened is not refused: open's insert finds and
 			// returns it.)
@@ -202,8 +213,8 @@ const maxCandidates = 16
 // datagram's source address (a NAT that rebinds keeps it), or else all of
 // them: each one's handler decides (session.Roamer), and a proxy's backend
 // accepts the datagram only if it belongs there. It leaves the live ones
-// in l.holders, for a session to recover (see session.Recoverer), until
-// dropHolders.
+// in l.holders, for a session to recover (see session.Recoverer), and
+// those it passed the datagram to in l.pick, until dropHolders.
 func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p []byte) bool {
 	l.cands = l.cands[:0]
 	l.srv.table.LookupEach(id, l.collect)
@@ -236,15 +247,50 @@ func (l *loop) resolve(ls *loopSocket, id flowtable.Key, from netip.AddrPort, p 
 		}
 	}
 	clear(cands)
-	clear(pick)
-	l.pick = pick[:0]
+	l.pick = pick
 	return true
 }
 
-// dropHolders forgets the sessions resolve left in l.holders.
+// heldAt reports whether one of holders is at peer.
+func heldAt(holders []session.Session, peer netip.AddrPort) bool {
+	for _, s := range holders {
+		if s.PeerAddr() == peer {
+			return true
+		}
+	}
+	return false
+}
+
+// dropHolders forgets the sessions resolve left in l.holders and l.pick.
 func (l *loop) dropHolders() {
 	clear(l.holders)
 	l.holders = l.holders[:0]
+	clear(l.pick)
+	l.pick = l.pick[:0]
+}
+
+// contest passes p, a datagram from peer that the 4-tuple of s finds, on
+// to the rivals of s (sess.rivals), and returns the session that is to
+// have it. If the handler of a rival has moved it to peer (its server
+// proved the client there), the client is the rival's: s, which holds the
+// 4-tuple the rival could not take (see move), ends, and the rival is
+// returned. Until then, while s has sent its client nothing (it has not
+// recovered), p goes to the rivals too, as the datagram that began s did:
+// a rival's handler follows its client to peer only on its server's word,
+// which takes the client's datagrams there. Otherwise s is returned.
+func (l *loop) contest(ls *loopSocket, s *sess, peer netip.AddrPort, p []byte) *sess {
+	for _, o := range s.rivals {
+		if o.PeerAddr() == peer && !o.closed.Load() {
+			s.Close()
+			return o
+		}
+	}
+	if s.txPackets.Load() == 0 {
+		for _, o := range s.rivals {
+			l.toOwner(ls, o, peer, p)
+		}
+	}
+	return s
 }
 
 // collectCandidate is LookupEach's callback for resolve (l.collect, made
@@ -330,12 +376,15 @@ func (l *loop) deliver(s *sess, peer netip.AddrPort, p []byte) {
 // decides. It returns nil when
 // the flow is refused, and another loop's session when that loop created the
 // same flow first.
-func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort, p []byte, verdict session.Verdict, holders []session.Session) *sess {
+func (l *loop) open(ls *loopSocket, key, id flowtable.Key, local, peer netip.AddrPort, p []byte, verdict session.Verdict, holders []session.Session, rivals []*sess) *sess {
 	ln := ls.ln
 	s := newSess(sessConfig{
 		key: key, scope: ln.scope, local: local, peer: peer, loop: l, handler: ln.handler,
 		idle: ln.idle, now: l.now,
 	})
+	if len(rivals) > 0 {
+		s.rivals = slices.Clone(rivals)
+	}
 	e, err := l.srv.table.Insert(s.anchorEntry())
 	if err != nil {
 		ls.stats.refusedFull.inc()

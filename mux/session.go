@@ -68,6 +68,15 @@ type sess struct {
 	// (restart.go).
 	restart sessRestart
 
+	// rivals are, for a session opened to recover one that nobody here
+	// knew alongside the sessions that held its first datagram's ID
+	// (session.Recoverer), those of them the datagram went to first: they
+	// get its client's datagrams too until it recovers, and one that its
+	// handler moves to this session's address takes them from it (see
+	// loop.contest). Set before the session is in the table, never
+	// changed.
+	rivals []*sess
+
 	id uint64
 }
 

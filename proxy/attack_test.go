@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,10 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmux/udpmux/dissect/wireguard"
 	"github.com/udpmux/udpmux/flowtable"
+	"github.com/udpmux/udpmux/internal/netlab"
 	"github.com/udpmux/udpmux/internal/prereq"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/mux"
@@ -34,44 +32,26 @@ import (
 // network namespaces of their own.)
 
 // forger sends UDP datagrams over IPv4 with any source address.
-type forger struct{ fd int }
+type forger struct{ *netlab.Forger }
 
 func newForger(t *testing.T) *forger {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		prereq.Missing(t, "needs root: forges source addresses from a raw socket")
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+	f, err := netlab.NewForger()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unix.Close(fd) })
-	return &forger{fd: fd}
+	t.Cleanup(func() { f.Close() })
+	return &forger{f}
 }
 
 // send sends payload from src to dst.
 func (f *forger) send(t *testing.T, src, dst netip.AddrPort, payload []byte) {
-	if err := f.sendErr(src, dst, payload); err != nil {
+	if err := f.Send(src, dst, payload); err != nil {
 		t.Fatalf("forged datagram %v -> %v: %v", src, dst, err)
 	}
-}
-
-// sendErr is send for a goroutine other than the test's.
-func (f *forger) sendErr(src, dst netip.AddrPort, payload []byte) error {
-	pkt := make([]byte, 28+len(payload))
-	ip := pkt[:20]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(pkt)))
-	ip[8], ip[9] = 64, unix.IPPROTO_UDP
-	s4, d4 := src.Addr().As4(), dst.Addr().As4()
-	copy(ip[12:], s4[:])
-	copy(ip[16:], d4[:])
-	udp := pkt[20:28]
-	binary.BigEndian.PutUint16(udp[0:], src.Port())
-	binary.BigEndian.PutUint16(udp[2:], dst.Port())
-	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload))) // checksum 0: none, as IPv4 allows
-	copy(pkt[28:], payload)
-	return unix.Sendto(f.fd, pkt, 0, &unix.SockaddrInet4{Addr: d4})
 }
 
 // spray sends payload() from src to every socket connected to src: what a
@@ -231,7 +211,7 @@ func TestSpoofedAddressesCannotFreezeRoaming(t *testing.T) {
 		defer close(done)
 		for n := uint64(1); ; n++ {
 			for _, c := range spoofed {
-				f.sendErr(c.LocalAddr().(*net.UDPAddr).AddrPort(), srv.Addr(0), wgTransport(index, counter+n, "pin", []byte("guess")))
+				f.Send(c.LocalAddr().(*net.UDPAddr).AddrPort(), srv.Addr(0), wgTransport(index, counter+n, "pin", []byte("guess")))
 			}
 			select {
 			case <-stop:

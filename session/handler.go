@@ -43,7 +43,11 @@ type DatagramOpener interface {
 // after handing it to those sessions (see Roamer): the session may be
 // another server's. The handler finds where the session belongs (a proxy
 // asks its backends, and adopts the session where one proves it has it) or
-// refuses it. A restored session still gets ImportSession (see Migrator).
+// refuses it. Until it has sent its client anything, the address's next
+// datagrams go to those sessions as well; if the handler of one of them
+// moves it to the address (Session.Move: its server proved its client
+// there), the session to recover ends, and the address's datagrams go to
+// the moved one. A restored session still gets ImportSession (see Migrator).
 type Recoverer interface {
 	Handler
 	// MayRecover reports whether a datagram from peer may create a session

@@ -13,7 +13,9 @@
 // emulated NAT to new source ports and addresses while their tunnels carry
 // pings, directly to the backends (checking the harness) and through
 // udpmux; the spoofing tests (spoof_e2e_test.go) spray forged tunnel
-// packets at udpmux.
+// packets at udpmux, and, while clients move (spoof_roaming_e2e_test.go),
+// forge the backends' datagrams too, from a raw socket, at every ephemeral
+// port of udpmux's upstream side.
 //
 // The fast path variants (TestWireGuardRoamingFastPath, its upgrade
 // variant, TestWireGuardSpoofFastPath) run the WireGuard roaming and

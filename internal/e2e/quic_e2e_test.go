@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
 	"github.com/udpmux/udpmux/internal/prereq"
 )
@@ -441,21 +440,16 @@ func checkQUICConnections(t *testing.T, reps []quicReport, servers []*quicServer
 // sessions`: its PEER and BACKEND columns).
 func quicSessions(t *testing.T, sock string) map[string][]netip.AddrPort {
 	t.Helper()
-	out, err := controlRequest(sock, handoff.TypeSessionList)
+	rows, _, err := daemonSessions(sock)
 	if err != nil {
 		t.Fatalf("udpmux sessions: %v", err)
 	}
 	m := map[string][]netip.AddrPort{}
-	for _, line := range strings.Split(string(out), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 10 {
-			continue
+	for _, r := range rows {
+		if !r.Backend.IsValid() {
+			t.Fatalf("udpmux sessions: no backend in %q", r.Line)
 		}
-		b, err := netip.ParseAddrPort(f[9])
-		if err != nil {
-			t.Fatalf("udpmux sessions: backend %q in %q", f[9], line)
-		}
-		m[f[1]] = append(m[f[1]], b)
+		m[r.Peer.String()] = append(m[r.Peer.String()], r.Backend)
 	}
 	return m
 }

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -123,9 +124,11 @@ func runRecovery(t *testing.T, c *recoveryCase, o recoveryOptions) recoveryResul
 		// Cleanups run last first: the spray is over before the
 		// attacker's sockets close, even if the test ends early.
 		t.Cleanup(func() { <-sprayed })
+		ctx, cancel := context.WithTimeout(context.Background(), recoverySpray)
 		go func() {
 			defer close(sprayed)
-			a.spray(t, c.listen, recoverySpray, spoofAddrs, freshBurst(c.burst))
+			defer cancel()
+			a.spray(ctx, t, c.listen, spoofAddrs, freshBurst(c.burst))
 		}()
 	} else {
 		close(sprayed)
@@ -459,7 +462,7 @@ func (c *recoveryCase) checkCounters(t *testing.T, sock string, caps *capSampler
 func runWireGuardRecovery(t *testing.T, key bool, o recoveryOptions) {
 	r := setupWireGuard(t, wgRoamOptions{key: key, clients: wgRecoveryClients})
 	c := &recoveryCase{lab: r.w.lab, mux: r.w.mux, front: r.w.front, back: r.w.back, dir: r.w.dir, configFor: r.configFor,
-		dissector: "wireguard", listen: wgListen, d: r.d, sock: r.sock, rs: r.rs, burst: wgSpoofBurst, logs: &r.w.logs}
+		dissector: "wireguard", listen: wgListen, d: r.d, sock: r.sock, rs: r.rs, burst: wgSpoofBurst(nil), logs: &r.w.logs}
 	for i := range r.rs {
 		c.backend = append(c.backend, wgBackends[r.before.servedBy[i]])
 	}

@@ -3,12 +3,16 @@
 package e2e
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -27,13 +31,21 @@ import (
 
 // Parameters of the spoofing tests.
 const (
-	spoofAddrs    = 4                     // attacker addresses on the bridge
-	spoofPorts    = 2                     // sockets per address
-	spoofDuration = 4 * time.Second       // of spraying
-	spoofRound    = 40 * time.Millisecond // one socket sends one burst per round (about 1 500 datagrams/s)
-	spoofPeerIDs  = 64                    // OpenVPN peer-ids sprayed: 0..63 (the servers give 0, 1, ...)
-	spoofLinger   = time.Second           // after the spray, for late replies to reach the attacker
-	spoofMaxGap   = time.Second           // longest a real tunnel may go unanswered during the spray
+	spoofAddrs     = 4                     // attacker addresses on the bridge
+	spoofPorts     = 2                     // sockets per address
+	spoofDuration  = 4 * time.Second       // of spraying
+	spoofRound     = 40 * time.Millisecond // one socket sends one burst per round (about 1 500 datagrams/s)
+	spoofPeerIDs   = 64                    // OpenVPN peer-ids sprayed: 0..63 (the servers give 0, 1, ...)
+	spoofPacketIDs = 1024                  // OpenVPN packet-ids sprayed: 1..1024, a young tunnel's
+	spoofLinger    = time.Second           // after the spray, for late replies to reach the attacker
+	spoofMaxGap    = time.Second           // longest a real tunnel may go unanswered during the spray
+
+	// The backend-spoofing attacker's sweeps of udpmux's ephemeral ports
+	// (see sweep).
+	spoofSweep          = time.Second           // one sweep of the range, from each backend's address
+	spoofSweepTick      = 10 * time.Millisecond // a slice of the range every tick
+	spoofBackendPeerIDs = 8                     // OpenVPN peer-ids forged: 0..7, more than these servers give
+	spoofIndexPool      = 16                    // WireGuard indexes the forged initiations teach
 )
 
 // spoofAddr is the attacker's k-th address, on the clients' bridge.
@@ -44,26 +56,34 @@ func spoofAddr(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 0, by
 type attacker struct {
 	ns    *netlab.Namespace
 	conns []*net.UDPConn
-	rnd   *rand.Rand
+	rnd   *rand.Rand // spray's: one goroutine at a time
 	seed  uint64
-	sent  int
+	sent  int // by spray
 
 	mu       sync.Mutex
 	received int
-	first    string // the first datagram received, described
+	first    string      // the first datagram received, described
+	sizes    map[int]int // datagrams received by size
 	wg       sync.WaitGroup
 }
 
+// attackerTable is the nftables table (family inet) in the attacker's
+// namespace that counts every UDP datagram arriving there, whatever its
+// port: what reaches the attacker beyond its sockets too.
+const attackerTable = "spoofcount"
+
 // newAttacker adds the attacker's namespace to bridge in mux, with
 // spoofAddrs addresses and ports sockets on each (ports picked by the
-// kernel), and starts counting what they receive. The sockets take turns
-// by address: one on each address, then the next on each.
+// kernel), and starts counting what they, and the namespace, receive. The
+// sockets take turns by address: one on each address, then the next on
+// each.
 func newAttacker(t *testing.T, lab *netlab.Lab, mux *netlab.Namespace, bridge string, ports int) *attacker {
 	t.Helper()
 	a := &attacker{seed: uint64(time.Now().UnixNano())}
 	a.rnd = rand.New(rand.NewPCG(a.seed, a.seed>>1|1))
 	a.ns = lab.NewNamespace("attacker")
 	a.ns.DisableIPv6()
+	a.ns.Nft(fmt.Sprintf("table inet %s {\n\tchain input { type filter hook input priority filter; policy accept; meta l4proto udp counter; }\n}\n", attackerTable))
 	link, muxIf := lab.Connect(a.ns, netip.PrefixFrom(spoofAddr(0), 24).String(), mux, "")
 	mux.SetMaster(muxIf, bridge)
 	for k := 1; k < spoofAddrs; k++ {
@@ -105,6 +125,10 @@ func (a *attacker) read(c *net.UDPConn) {
 		}
 		a.mu.Lock()
 		a.received++
+		if a.sizes == nil {
+			a.sizes = map[int]int{}
+		}
+		a.sizes[n]++
 		if a.first == "" {
 			a.first = fmt.Sprintf("%d bytes from %v to %v: % x", n, from, c.LocalAddr(), buf[:min(n, 32)])
 		}
@@ -128,14 +152,29 @@ func (a *attacker) Received() (int, string) {
 	return a.received, a.first
 }
 
-// spray sends burst() from the attacker's sockets in turn, from perRound
-// of them each spoofRound, to target for d.
-func (a *attacker) spray(t *testing.T, target netip.AddrPort, d time.Duration, perRound int, burst func(r *rand.Rand) [][]byte) {
+var nftCounterRE = regexp.MustCompile(`counter packets (\d+) bytes`)
+
+// Inbound returns how many UDP datagrams reached the attacker's namespace,
+// at any port (its nftables counter).
+func (a *attacker) Inbound(t *testing.T) int {
 	t.Helper()
-	end := time.Now().Add(d)
-	next := time.Now()
+	out := a.ns.Run("nft", "list", "chain", "inet", attackerTable, "input")
+	m := nftCounterRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("attacker: no counter in\n%s", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// spray sends burst() from the attacker's sockets in turn, from perRound
+// of them each spoofRound, to target until ctx is done.
+func (a *attacker) spray(ctx context.Context, t *testing.T, target netip.AddrPort, perRound int, burst func(r *rand.Rand) [][]byte) {
+	t.Helper()
+	tick := time.NewTicker(spoofRound)
+	defer tick.Stop()
 	errs := 0
-	for i := 0; time.Now().Before(end); i += perRound {
+	for i := 0; ; i += perRound {
 		for j := range perRound {
 			c := a.conns[(i+j)%len(a.conns)]
 			for _, p := range burst(a.rnd) {
@@ -146,11 +185,14 @@ func (a *attacker) spray(t *testing.T, target netip.AddrPort, d time.Duration, p
 				a.sent++
 			}
 		}
-		next = next.Add(spoofRound)
-		time.Sleep(time.Until(next))
-	}
-	if errs > 0 {
-		t.Logf("attacker: %d sends failed", errs)
+		select {
+		case <-ctx.Done():
+			if errs > 0 {
+				t.Logf("attacker: %d sends failed", errs)
+			}
+			return
+		case <-tick.C:
+		}
 	}
 }
 
@@ -173,16 +215,26 @@ const (
 	ovpnDataV2           = 9
 )
 
+// ovpnData is a forged P_DATA_V2 of an AEAD cipher on key-id 0 (a
+// tunnel's first key): the first byte 9<<3, the 3-byte peer-id, the
+// packet-id pid, then a random tag and payload.
+func ovpnData(r *rand.Rand, peer, pid uint32) []byte {
+	p := []byte{ovpnDataV2 << 3, byte(peer >> 16), byte(peer >> 8), byte(peer)}
+	p = binary.BigEndian.AppendUint32(p, pid)
+	return append(p, randBytes(r, 16+40)...)
+}
+
 // ovpnSpoofBurst is one burst of forged OpenVPN packets: P_DATA_V2 for every
-// peer-id 0..spoofPeerIDs-1 (first byte 9<<3, the 3-byte peer-id, then a
-// random packet id, tag and payload), and control-channel packets (control,
-// ack, soft reset) and P_DATA_V1 with random session IDs. No hard resets:
-// those open new sessions by design, and a server answers them.
+// peer-id 0..spoofPeerIDs-1 with a packet-id such as a young tunnel's
+// (1..spoofPacketIDs: most are ahead of what the tunnel's client used, so
+// that udpmux finds them plausible and asks the backend on a probe; the
+// rest it has used already), and control-channel packets (control, ack,
+// soft reset) and P_DATA_V1 with random session IDs. No hard resets: those
+// open new sessions by design, and a server answers them.
 func ovpnSpoofBurst(r *rand.Rand) [][]byte {
 	var out [][]byte
-	for id := range spoofPeerIDs {
-		p := []byte{ovpnDataV2 << 3, byte(id >> 16), byte(id >> 8), byte(id)}
-		out = append(out, append(p, randBytes(r, 4+16+40)...))
+	for id := range uint32(spoofPeerIDs) {
+		out = append(out, ovpnData(r, id, 1+r.Uint32N(spoofPacketIDs)))
 	}
 	sid := func() []byte { return randBytes(r, 8) }
 	control := append([]byte{ovpnControl << 3}, sid()...)
@@ -199,32 +251,146 @@ func ovpnSpoofBurst(r *rand.Rand) [][]byte {
 	return append(out, control, ack, soft, data1)
 }
 
-// wgSpoofBurst is one burst of forged WireGuard messages: transport data
-// (type 4, three zero bytes, a random 4-byte receiver index, an 8-byte
-// counter, 32 random bytes) to 48 random receiver indexes, and handshake
-// responses (type 2, 92 bytes) and cookie replies (type 3, 64 bytes) with
-// random indexes and contents. No initiations: a backend answers an
-// initiation only if it authenticates, but under load it answers with a
-// cookie reply, which would be a legitimate reply to the attacker.
-func wgSpoofBurst(r *rand.Rand) [][]byte {
-	var out [][]byte
-	for range 48 {
-		p := []byte{4, 0, 0, 0}
-		p = binary.LittleEndian.AppendUint32(p, r.Uint32())
-		p = binary.LittleEndian.AppendUint64(p, r.Uint64()>>40) // a plausible counter
-		out = append(out, append(p, randBytes(r, 32)...))
+// WireGuard message types and sizes (the first byte; three zero bytes
+// follow).
+const (
+	wgInitiation, wgResponse, wgCookie, wgTransport = 1, 2, 3, 4
+	wgInitiationSize, wgResponseSize, wgCookieSize  = 148, 92, 64
+)
+
+// wgMessage is a forged WireGuard message of type typ, size bytes long
+// (at least 8): the index idx (the sender's of an initiation or response,
+// the receiver's of a cookie reply or transport message) and random bytes
+// after it.
+func wgMessage(r *rand.Rand, typ byte, size int, idx uint32) []byte {
+	p := binary.LittleEndian.AppendUint32([]byte{typ, 0, 0, 0}, idx)
+	return append(p, randBytes(r, size-8)...)
+}
+
+// wgData is a forged transport message to receiver index idx: a plausible
+// counter, then 32 random bytes (a tag and 16 bytes of payload).
+func wgData(r *rand.Rand, idx uint32) []byte {
+	p := binary.LittleEndian.AppendUint32([]byte{wgTransport, 0, 0, 0}, idx)
+	p = binary.LittleEndian.AppendUint64(p, r.Uint64()>>40)
+	return append(p, randBytes(r, 32)...)
+}
+
+// wgSpoofBurst returns a burster of forged WireGuard messages: transport
+// data to 48 receiver indexes, every index of pool first and random ones
+// after, and handshake responses and cookie replies with random indexes
+// and contents. No initiations: a backend answers an initiation only if it
+// authenticates, but under load it answers with a cookie reply, which
+// would be a legitimate reply to the attacker. The pool is the indexes the
+// attacker's forged "backend" initiations make sessions learn (see
+// wgBackendForgery): its transport messages to them reach those sessions,
+// from the attacker's addresses, and open probes.
+func wgSpoofBurst(pool []uint32) func(r *rand.Rand) [][]byte {
+	return func(r *rand.Rand) [][]byte {
+		var out [][]byte
+		for i := range max(48, len(pool)) {
+			idx := r.Uint32()
+			if i < len(pool) {
+				idx = pool[i]
+			}
+			out = append(out, wgData(r, idx))
+		}
+		for range 4 {
+			out = append(out, wgMessage(r, wgResponse, wgResponseSize, r.Uint32()))
+			out = append(out, wgMessage(r, wgCookie, wgCookieSize, r.Uint32()))
+		}
+		return out
 	}
-	for range 4 {
-		out = append(out, append([]byte{2, 0, 0, 0}, randBytes(r, 88)...))
-		out = append(out, append([]byte{3, 0, 0, 0}, randBytes(r, 60)...))
+}
+
+// forgery returns the datagram a sweep of the backend-spoofing attacker
+// sends to port in its sweep-th sweep of the range.
+type forgery func(r *rand.Rand, sweep int, port uint16) []byte
+
+// wgBackendForgery returns the WireGuard "backend" datagrams of the sweep,
+// each port getting each in turn, sweep after sweep: transport messages
+// with random receiver indexes, handshake responses with random indexes,
+// and initiations with sender indexes from pool, which the sessions whose
+// upstream sockets they hit learn (a backend may start a handshake).
+func wgBackendForgery(pool []uint32) forgery {
+	return func(r *rand.Rand, sweep int, port uint16) []byte {
+		switch (sweep + int(port)) % 3 {
+		case 0:
+			return wgData(r, r.Uint32())
+		case 1:
+			return wgMessage(r, wgResponse, wgResponseSize, r.Uint32()) // a random receiver index too
+		default:
+			return wgMessage(r, wgInitiation, wgInitiationSize, pool[r.IntN(len(pool))])
+		}
+	}
+}
+
+// ovpnBackendForgery is the OpenVPN "backend" datagrams of the sweep:
+// P_DATA_V2 with random packet-ids, each port getting every peer-id below
+// spoofBackendPeerIDs in turn, sweep after sweep.
+func ovpnBackendForgery(r *rand.Rand, sweep int, port uint16) []byte {
+	return ovpnData(r, uint32(sweep+int(port))%spoofBackendPeerIDs, r.Uint32())
+}
+
+// spoofIndexes returns n random WireGuard indexes.
+func spoofIndexes(r *rand.Rand, n int) []uint32 {
+	out := make([]uint32, n)
+	for i := range out {
+		out[i] = r.Uint32()
 	}
 	return out
 }
 
+// sweepResult is what sweep sent.
+type sweepResult struct {
+	sweeps, sent, errs int
+	err                error // the first failed send
+}
+
+// sweep forges datagrams from each of srcs (the backends' addresses and
+// ports) to every port from lo to hi of dst (udpmux's upstream-side
+// address, where its sessions' upstream sockets and probes are bound):
+// forge(r, k, port) in the k-th sweep of the range. Each sweep takes
+// spoofSweep, its ports sent a slice every spoofSweepTick, until ctx is
+// done; swept is closed once the first is complete.
+func (a *attacker) sweep(ctx context.Context, f *netlab.Forger, srcs []netip.AddrPort, dst netip.Addr, lo, hi uint16, forge forgery, swept chan<- struct{}) sweepResult {
+	r := rand.New(rand.NewPCG(a.seed, 2)) // a.rnd is spray's
+	n := int(hi) - int(lo) + 1
+	perTick := (n*int(spoofSweepTick) + int(spoofSweep) - 1) / int(spoofSweep)
+	tick := time.NewTicker(spoofSweepTick)
+	defer tick.Stop()
+	var res sweepResult
+	next := 0 // ports of the current sweep sent
+	for {
+		for range perTick {
+			port := lo + uint16(next)
+			for _, src := range srcs {
+				if err := f.Send(src, netip.AddrPortFrom(dst, port), forge(r, res.sweeps, port)); err != nil {
+					if res.errs++; res.err == nil {
+						res.err = err
+					}
+					continue
+				}
+				res.sent++
+			}
+			if next++; next == n {
+				if next, res.sweeps = 0, res.sweeps+1; res.sweeps == 1 {
+					close(swept)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return res
+		case <-tick.C:
+		}
+	}
+}
+
 // checkSpoofed checks the attacker's and the tunnels' side of a spray that
-// ran from sprayStart to sprayEnd: the attacker received nothing; each
-// tunnel's continuous ping lost at most maxLossPerMille and never went
-// unanswered for longer than spoofMaxGap during the spray.
+// ran from sprayStart to sprayEnd: the attacker received nothing
+// (checkGotNothing); each tunnel's continuous ping lost at most
+// maxLossPerMille and never went unanswered for longer than spoofMaxGap
+// during the spray.
 func checkSpoofed(t *testing.T, a *attacker, rs []*roamer, logs []pingLog, sprayStart, sprayEnd time.Time) {
 	t.Helper()
 	a.checkGotNothing(t)
@@ -241,14 +407,22 @@ func checkSpoofed(t *testing.T, a *attacker, rs []*roamer, logs []pingLog, spray
 	}
 }
 
-// checkGotNothing checks, once the spray is over, that the attacker's
-// sockets received nothing.
+// checkGotNothing checks, once the sprays are over, that nothing reached
+// the attacker: neither its sockets (where a session moved to one of its
+// addresses would send) nor any other port of its namespace.
 func (a *attacker) checkGotNothing(t *testing.T) {
 	t.Helper()
 	n, first := a.Received()
-	t.Logf("attacker: %d forged datagrams sent from %d sockets on %d addresses (seed %d); %d received", a.sent, len(a.conns), spoofAddrs, a.seed, n)
+	in := a.Inbound(t)
+	t.Logf("attacker: %d forged datagrams sent from %d sockets on %d addresses (seed %d); %d received, %d UDP datagrams into its namespace", a.sent, len(a.conns), spoofAddrs, a.seed, n, in)
 	if n != 0 {
-		t.Errorf("the attacker's sockets received %d datagrams (first: %s); want none: udpmux sent a session's traffic, or a backend's reply to a forged datagram, to the attacker", n, first)
+		a.mu.Lock()
+		sizes := fmt.Sprint(a.sizes)
+		a.mu.Unlock()
+		t.Errorf("the attacker's sockets received %d datagrams (first: %s; by size: %s); want none: udpmux sent a session's traffic, or a backend's reply to a forged datagram, to the attacker", n, first, sizes)
+	}
+	if in != 0 {
+		t.Errorf("%d UDP datagrams reached the attacker's namespace; want none", in)
 	}
 }
 
@@ -301,7 +475,9 @@ func runWireGuardSpoof(t *testing.T, o wgRoamOptions) {
 	}
 	a := newAttacker(t, r.w.lab, r.w.mux, r.w.front, spoofPorts)
 	sprayStart := time.Now()
-	a.spray(t, wgListen, spoofDuration, 1, wgSpoofBurst)
+	ctx, cancel := context.WithTimeout(context.Background(), spoofDuration)
+	defer cancel()
+	a.spray(ctx, t, wgListen, 1, wgSpoofBurst(nil))
 	sprayEnd := time.Now()
 	time.Sleep(spoofLinger)
 	logs := stopRoamPings(t, r.rs)
@@ -322,7 +498,9 @@ func TestOpenVPNSpoofThroughUdpmux(t *testing.T) {
 	r := setupOpenVPN(t, ovpnRoamOptions{})
 	a := newAttacker(t, r.v.lab, r.v.mux, r.v.bridge, spoofPorts)
 	sprayStart := time.Now()
-	a.spray(t, muxListen, spoofDuration, 1, ovpnSpoofBurst)
+	ctx, cancel := context.WithTimeout(context.Background(), spoofDuration)
+	defer cancel()
+	a.spray(ctx, t, muxListen, 1, ovpnSpoofBurst)
 	sprayEnd := time.Now()
 	time.Sleep(spoofLinger)
 	logs := stopRoamPings(t, r.rs)
@@ -340,7 +518,7 @@ func TestSpoofBursts(t *testing.T) {
 		t.Fatalf("OpenVPN burst has %d packets; want %d", len(ov), spoofPeerIDs+4)
 	}
 	for id, p := range ov[:spoofPeerIDs] {
-		if p[0] != 9<<3 || int(p[1])<<16|int(p[2])<<8|int(p[3]) != id || len(p) < 4+4+16 {
+		if peer, pid, ok := parseOVPNData(p); !ok || peer != uint32(id) || pid < 1 || pid > spoofPacketIDs {
 			t.Fatalf("P_DATA_V2 %d = % x", id, p[:8])
 		}
 	}
@@ -351,28 +529,77 @@ func TestSpoofBursts(t *testing.T) {
 			t.Errorf("control packet with opcode %d (a hard reset?)", op)
 		}
 	}
-	wg := wgSpoofBurst(r)
+	pool := spoofIndexes(r, spoofIndexPool)
 	idx := map[uint32]bool{}
-	for _, p := range wg {
-		switch p[0] {
-		case 4:
-			if len(p) < 16+16 || p[1]|p[2]|p[3] != 0 {
-				t.Fatalf("type 4 = % x", p)
-			}
+	for _, p := range wgSpoofBurst(pool)(r) {
+		switch checkWGMessage(t, p) {
+		case wgTransport:
 			idx[binary.LittleEndian.Uint32(p[4:8])] = true
-		case 2:
-			if len(p) != 92 {
-				t.Errorf("type 2 of %d bytes; want 92", len(p))
-			}
-		case 3:
-			if len(p) != 64 {
-				t.Errorf("type 3 of %d bytes; want 64", len(p))
-			}
+		case wgResponse, wgCookie:
 		default:
-			t.Errorf("message type %d", p[0])
+			t.Errorf("message type %d in a burst to udpmux's listener", p[0])
 		}
 	}
 	if len(idx) < 40 {
 		t.Errorf("only %d distinct receiver indexes in a burst", len(idx))
 	}
+	for _, x := range pool {
+		if !idx[x] {
+			t.Errorf("no transport message to pool index %08x", x)
+		}
+	}
+	// Every port gets every kind of "backend" forgery within three sweeps
+	// (WireGuard), every small peer-id within spoofBackendPeerIDs
+	// (OpenVPN).
+	forge := wgBackendForgery(pool)
+	for _, port := range []uint16{32768, 32769, 45000, 60999} {
+		kinds := map[byte]bool{}
+		for sweep := range 3 {
+			p := forge(r, sweep, port)
+			kinds[checkWGMessage(t, p)] = true
+			if p[0] == wgInitiation && !slices.Contains(pool, binary.LittleEndian.Uint32(p[4:8])) {
+				t.Errorf("initiation with sender index %08x, not from the pool", binary.LittleEndian.Uint32(p[4:8]))
+			}
+		}
+		if len(kinds) != 3 || !kinds[wgTransport] || !kinds[wgResponse] || !kinds[wgInitiation] {
+			t.Errorf("port %d: forged message types %v in three sweeps; want transport, response and initiation", port, kinds)
+		}
+		peers := map[uint32]bool{}
+		for sweep := range spoofBackendPeerIDs {
+			peer, _, ok := parseOVPNData(ovpnBackendForgery(r, sweep, port))
+			if !ok {
+				t.Fatalf("port %d: forged OpenVPN datagram is no P_DATA_V2", port)
+			}
+			peers[peer] = true
+		}
+		if len(peers) != spoofBackendPeerIDs {
+			t.Errorf("port %d: peer-ids %v in %d sweeps; want every one below %d", port, peers, spoofBackendPeerIDs, spoofBackendPeerIDs)
+		}
+	}
+}
+
+// parseOVPNData returns the peer-id and packet-id of a forged P_DATA_V2 on
+// key-id 0 with a tag.
+func parseOVPNData(p []byte) (peer, pid uint32, ok bool) {
+	if len(p) < 8+16 || p[0] != ovpnDataV2<<3 {
+		return 0, 0, false
+	}
+	return uint32(p[1])<<16 | uint32(p[2])<<8 | uint32(p[3]), binary.BigEndian.Uint32(p[4:8]), true
+}
+
+// checkWGMessage checks that p has the header and size of a WireGuard
+// message of its type, and returns the type.
+func checkWGMessage(t *testing.T, p []byte) byte {
+	t.Helper()
+	if len(p) < 4 || p[1]|p[2]|p[3] != 0 {
+		t.Fatalf("not a WireGuard message: % x", p)
+	}
+	size := map[byte]int{wgInitiation: wgInitiationSize, wgResponse: wgResponseSize, wgCookie: wgCookieSize}[p[0]]
+	switch {
+	case p[0] == wgTransport && (len(p) < 32 || (len(p)-32)%16 != 0):
+		t.Errorf("transport message of %d bytes", len(p))
+	case p[0] != wgTransport && len(p) != size:
+		t.Errorf("message type %d of %d bytes; want %d", p[0], len(p), size)
+	}
+	return p[0]
 }

@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -340,17 +341,22 @@ func recoveryCounters(p proxy.Stats) string {
 
 // sessionRow is one line of `udpmux sessions`.
 type sessionRow struct {
-	Peer netip.AddrPort
+	Listener string
+	Peer     netip.AddrPort
+	// Tx is the datagrams the session sent to its peer (TX_PKTS).
+	Tx uint64
 	// Backend and Upstream are a proxy session's backend and the source
 	// address of its socket there; both invalid for a session that is
 	// still recovering (no backend has proved it has it).
 	Backend, Upstream netip.AddrPort
 	// Kernel says the kernel forwards the session's data (PATH kernel).
 	Kernel bool
-	// Keys are the keys the session is found by, as flowtable.Key.String
-	// renders them: "0/198.18.0.2:1194-198.18.0.10:40000", "0/cid:...",
-	// "0/id:2:000001".
+	// Keys are the keys the session is found by, its anchor first, as
+	// flowtable.Key.String renders them:
+	// "0/198.18.0.2:1194-198.18.0.10:40000", "0/cid:...", "0/id:2:000001".
 	Keys []string
+	// Line is the line as udpmux printed it, for messages.
+	Line string
 }
 
 // hasCID reports whether the session is found by a connection ID, such
@@ -382,7 +388,10 @@ func parseSessionList(out string) ([]sessionRow, error) {
 		if err != nil {
 			return nil, fmt.Errorf("udpmux sessions: peer in %q: %v", line, err)
 		}
-		r := sessionRow{Peer: peer}
+		r := sessionRow{Listener: f[0], Peer: peer, Line: line}
+		if r.Tx, err = strconv.ParseUint(f[7], 10, 64); err != nil {
+			return nil, fmt.Errorf("udpmux sessions: TX_PKTS in %q: %v", line, err)
+		}
 		rest := f[9:]
 		for _, addr := range []*netip.AddrPort{&r.Backend, &r.Upstream} {
 			switch {
@@ -620,18 +629,21 @@ vpn          198.18.0.181:43163                            198.18.0.2:1194      
 	if err != nil {
 		t.Fatal(err)
 	}
+	ap := netip.MustParseAddrPort
 	want := []sessionRow{
-		{netip.MustParseAddrPort("198.18.0.10:51900"), netip.MustParseAddrPort("198.19.0.2:51820"), netip.MustParseAddrPort("198.19.0.1:40312"),
-			true, []string{"0/198.18.0.2:51820-198.18.0.10:51900", "0/id:3:0a0b0c0d"}},
-		{Peer: netip.MustParseAddrPort("198.18.0.180:39000"), Keys: []string{"0/198.18.0.2:51820-198.18.0.180:39000"}},
-		{Peer: netip.MustParseAddrPort("198.18.0.11:4000"), Keys: []string{"1/198.18.0.2:9000-198.18.0.11:4000"}},
-		{netip.MustParseAddrPort("198.18.0.181:43163"), netip.MustParseAddrPort("198.19.0.2:1195"), netip.MustParseAddrPort("198.19.0.1:60212"),
-			false, []string{"0/cid:9d96ad67c76217af", "0/198.18.0.2:1194-198.18.0.181:43163"}},
+		{Listener: "vpn", Peer: ap("198.18.0.10:51900"), Tx: 38, Backend: ap("198.19.0.2:51820"), Upstream: ap("198.19.0.1:40312"),
+			Kernel: true, Keys: []string{"0/198.18.0.2:51820-198.18.0.10:51900", "0/id:3:0a0b0c0d"}},
+		{Listener: "vpn", Peer: ap("198.18.0.180:39000"), Keys: []string{"0/198.18.0.2:51820-198.18.0.180:39000"}},
+		{Listener: "echo", Peer: ap("198.18.0.11:4000"), Tx: 1, Keys: []string{"1/198.18.0.2:9000-198.18.0.11:4000"}},
+		{Listener: "vpn", Peer: ap("198.18.0.181:43163"), Backend: ap("198.19.0.2:1195"), Upstream: ap("198.19.0.1:60212"),
+			Keys: []string{"0/cid:9d96ad67c76217af", "0/198.18.0.2:1194-198.18.0.181:43163"}},
 	}
+	lines := strings.Split(out, "\n")[1:]
 	if len(rows) != len(want) {
 		t.Fatalf("rows = %v; want %v", rows, want)
 	}
 	for i := range want {
+		want[i].Line = lines[i]
 		if !reflect.DeepEqual(rows[i], want[i]) {
 			t.Errorf("row %d = %+v; want %+v", i, rows[i], want[i])
 		}
@@ -640,7 +652,8 @@ vpn          198.18.0.181:43163                            198.18.0.2:1194      
 		t.Errorf("hasCID wrong")
 	}
 	for _, bad := range []string{"vpn x\n", "vpn nope 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 user k\n",
-		"vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 bogus 198.19.0.1:2 user k\n", "vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 k\n"} {
+		"vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 bogus 198.19.0.1:2 user k\n", "vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 x 1 198.19.0.2:1 198.19.0.1:2 user k\n",
+		"vpn 198.18.0.1:1 198.18.0.2:1 0 1ms 1 1 1 1 198.19.0.2:1 198.19.0.1:2 k\n"} {
 		if _, err := parseSessionList(bad); err == nil {
 			t.Errorf("parseSessionList(%q) accepted it", bad)
 		}

@@ -241,15 +241,7 @@ func TestDo(t *testing.T) {
 	b := lab.NewNamespace("b")
 	lab.Connect(a, "198.18.0.1/24", b, "198.18.0.2/24")
 
-	var srv *net.UDPConn
-	if err := b.Do(func() error {
-		var err error
-		srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 4000})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := listenIn(t, b, "198.18.0.2:4000")
 
 	// Outside the namespaces the address does not exist.
 	if c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 4000}); err == nil {
@@ -269,19 +261,41 @@ func TestDo(t *testing.T) {
 	if _, err := cli.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	srv.SetReadDeadline(time.Now().Add(2 * time.Second))
-	buf := make([]byte, 64)
-	nr, from, err := srv.ReadFromUDP(buf)
-	if err != nil {
-		t.Fatalf("read in b: %v", err)
-	}
-	if string(buf[:nr]) != "hello" || !from.IP.Equal(net.IPv4(198, 18, 0, 1)) {
-		t.Fatalf("got %q from %v; want hello from 198.18.0.1", buf[:nr], from)
+	if got, from := readIn(t, srv); got != "hello" || from.Addr() != netip.MustParseAddr("198.18.0.1") {
+		t.Fatalf("got %q from %v; want hello from 198.18.0.1", got, from)
 	}
 
 	if err := a.Do(func() error { return errors.New("boom") }); err == nil || err.Error() != "boom" {
 		t.Fatalf("Do returned %v; want fn's error", err)
 	}
+}
+
+// listenIn returns a UDP socket bound to addr in ns (see Do), closed when
+// the test ends.
+func listenIn(t *testing.T, ns *Namespace, addr string) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	if err := ns.Do(func() (err error) {
+		c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// readIn reads a datagram from c, waiting at most 2 s, and returns it and
+// its source.
+func readIn(t *testing.T, c *net.UDPConn) (string, netip.AddrPort) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 2048)
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("read at %v: %v", c.LocalAddr(), err)
+	}
+	return string(buf[:n]), from
 }
 
 func TestRandomMAC(t *testing.T) {
