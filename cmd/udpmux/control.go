@@ -51,6 +51,12 @@ type control struct {
 	// handedOff is set once a successor has taken over.
 	adminMu   sync.Mutex
 	handedOff atomic.Bool
+	// handing, while a handoff runs, is the channel that closes when it
+	// ends; this process accepts no control connection meanwhile, so that
+	// the connections that queue are the successor's to answer once it
+	// has taken over (or this process's again if the handoff fails).
+	handingMu sync.Mutex
+	handing   chan struct{}
 }
 
 // listenControl opens the control socket at path with mode 0600. A socket
@@ -104,7 +110,45 @@ func describeMode(m os.FileMode) string {
 }
 
 // serve accepts control connections until the listener closes.
-func (c *control) serve() { serveAccepts(c.ln.AcceptUnix, c.handle, c.log) }
+func (c *control) serve() { serveAccepts(c.accept, c.handle, c.log) }
+
+// accept accepts a control connection, waiting while a handoff runs; once
+// a successor has taken over it accepts nothing more (net.ErrClosed).
+func (c *control) accept() (*net.UnixConn, error) {
+	for {
+		uc, err := c.ln.AcceptUnix()
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return uc, err
+		}
+		c.handingMu.Lock()
+		handing := c.handing
+		c.handingMu.Unlock()
+		if handing != nil {
+			<-handing
+		}
+		if c.handedOff.Load() {
+			return nil, net.ErrClosed
+		}
+	}
+}
+
+// pauseAccepts stops accepting control connections until the returned
+// function runs, with whether the handoff succeeded.
+func (c *control) pauseAccepts() (resume func(handedOff bool)) {
+	handing := make(chan struct{})
+	c.handingMu.Lock()
+	c.handing = handing
+	c.handingMu.Unlock()
+	c.ln.SetDeadline(time.Now()) // wakes a pending Accept
+	return func(handedOff bool) {
+		if handedOff {
+			c.handedOff.Store(true)
+		} else {
+			c.ln.SetDeadline(time.Time{})
+		}
+		close(handing)
+	}
+}
 
 // Back-off bounds after a failed accept, as net/http's Server uses.
 const (

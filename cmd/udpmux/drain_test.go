@@ -163,14 +163,14 @@ func TestHandoffDrainsRetainedSessions(t *testing.T) {
 	if err != nil || st.Relayed != 1 || st.Restored != 0 {
 		t.Errorf("status on the control socket: %+v, %v; want the successor's, with 1 relayed session", st, err)
 	}
-	if !ownerCtl.drained.Load() {
-		t.Error("the owner does not say it drains")
-	}
 
 	select {
 	case <-ownerDone:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the owner still serves 10s after the handoff with a drain timeout of 1.5s")
+	}
+	if !ownerCtl.drained.Load() {
+		t.Error("the owner does not say it drained")
 	}
 	for _, want := range []string{"handed over to successor", "retained=1", "draining: serving retained sessions", "drain timeout passed"} {
 		if !strings.Contains(logs.String(), want) {

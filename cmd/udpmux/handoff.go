@@ -30,6 +30,7 @@ func (c *control) handoff(uc *net.UnixConn) {
 		return
 	}
 	defer ctl.Close()
+	resume := c.pauseAccepts()
 	st, err := c.srv.HandOff(context.Background(), uc, mux.HandoffConfig{
 		Timeout: c.cfg.handoffTimeout, DrainTimeout: c.cfg.drainTimeout, Files: []*os.File{ctl},
 		Check: func(meta []byte) error {
@@ -39,9 +40,7 @@ func (c *control) handoff(uc *net.UnixConn) {
 			return nil
 		},
 	})
-	if err == nil {
-		c.handedOff.Store(true)
-	}
+	resume(err == nil)
 	if err == nil && c.ann != nil {
 		// The successor's speaker takes the routes over.
 		go func() {
