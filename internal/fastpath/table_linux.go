@@ -422,8 +422,8 @@ type change struct {
 	refused bool // for clashing keys
 }
 
-// apply turns the queue into one transaction (and, should that fail, one
-// per entry, so that one bad entry fails alone).
+// apply turns the queue into transactions of at most maxTransaction
+// changes.
 func (t *Table) apply(now time.Time) {
 	t.mu.Lock()
 	queue := t.pending
@@ -438,9 +438,23 @@ func (t *Table) apply(now time.Time) {
 		}
 	}
 	t.mu.Unlock()
-	if len(changes) == 0 {
-		return
+	for len(changes) > 0 {
+		n := min(len(changes), maxTransaction)
+		t.commit(changes[:n])
+		changes = changes[n:]
 	}
+}
+
+// maxTransaction bounds the changes in one transaction: netlink refuses a
+// larger message than its socket buffers hold ("message too long"), and
+// the acknowledgements of a larger one overflow the receive buffer
+// (ENOBUFS), both seen with thousands of changes at once (a burst of
+// idle sessions ending, BenchmarkInstall at an unbounded rate).
+const maxTransaction = 64
+
+// commit applies changes in one transaction (and, should that fail, one
+// per entry, so that one bad entry fails alone).
+func (t *Table) commit(changes []change) {
 	for _, c := range changes {
 		t.batch(c)
 	}
@@ -527,8 +541,12 @@ func (t *Table) plan(changes []change, e *Entry, now time.Time) (out []change, r
 	return changes, false
 }
 
-// release forgets f's keys where they are e's. t.mu is held.
+// release forgets f's keys where they are e's; a zero f (what a removal
+// wants) has none. t.mu is held.
 func (t *Table) release(e *Entry, f Flow) {
+	if !f.Client.IsValid() {
+		return
+	}
 	for _, el := range t.elements(f) {
 		if t.byKey[el.key] == e {
 			delete(t.byKey, el.key)

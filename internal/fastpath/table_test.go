@@ -446,3 +446,36 @@ func TestLimits(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestManyChangesAtOnce installs and then removes thousands of sessions
+// with no rate to spread them: each queue goes to the kernel in
+// transactions netlink takes (one of thousands of changes fails with
+// "message too long" or ENOBUFS), so that none fails.
+func TestManyChangesAtOnce(t *testing.T) {
+	l := newLab(t)
+	const n = 3000
+	tb := l.open(t, Config{Rate: 1 << 30, Max: n, Kinds: []Kind{Any}})
+	defer tb.Close(false)
+	base := l.flow(Any, l.udp(t, l.client, "", l.vip.String()))
+	entries := make([]*Entry, n)
+	for i := range entries {
+		f := base
+		f.Client = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 2, byte(i % 200)}), uint16(1024+i))
+		f.Source = netip.AddrPortFrom(f.Source.Addr(), uint16(20000+i))
+		var err error
+		if entries[i], err = tb.Offload(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitState(t, entries[n-1], Installed)
+	for _, e := range entries {
+		waitState(t, e, Installed)
+		tb.Remove(e)
+	}
+	for _, e := range entries {
+		waitState(t, e, Removed)
+	}
+	if st := tb.Stats(); st.Errors != 0 || st.Installs != n || st.Removals != n {
+		t.Fatalf("stats %+v, want %d installs and removals and no failed transaction", st, n)
+	}
+}
