@@ -356,6 +356,9 @@ func (fc *fileConfig) check() (*config, error) {
 		c.mux.Listeners = append(c.mux.Listeners, lc)
 		if fc.Listeners[i].FastPath == "nftables" {
 			c.fast.idle = max(c.fast.idle, lc.IdleTimeout)
+			if c.fast.minIdle == 0 || lc.IdleTimeout < c.fast.minIdle {
+				c.fast.minIdle = lc.IdleTimeout
+			}
 		}
 	}
 	var addrs []netip.AddrPort

@@ -24,6 +24,9 @@ type fastPaths struct {
 	// a crashed predecessor left in the kernel stays without traffic while
 	// no session claims it.
 	idle time.Duration
+	// minIdle is the shortest: the kernel's counters must be read well
+	// within it, or the sessions it carries would idle out.
+	minIdle time.Duration
 }
 
 // fastPathKind checks a listener's fast_path key: nil when off, otherwise
@@ -100,7 +103,7 @@ func (c *config) openFastPath(log *slog.Logger) *fastpath.Table {
 	if c.fast == nil || len(c.fast.paths) == 0 {
 		return nil
 	}
-	cfg := fastpath.Config{Name: c.fastPathTable(), Max: c.mux.MaxSessions, OrphanIdle: c.fast.idle}
+	cfg := fastpath.Config{Name: c.fastPathTable(), Max: c.mux.MaxSessions, OrphanIdle: c.fast.idle, MaxPoll: c.fast.minIdle / 4}
 	for _, p := range c.fast.paths {
 		cfg.Kinds = append(cfg.Kinds, p.Kind)
 	}

@@ -47,43 +47,60 @@ func meminfo(b *testing.B) (slab, percpu int64) {
 //
 //	go test -run XXX -bench BenchmarkInstall -benchtime 20000x ./internal/fastpath/
 func BenchmarkInstall(b *testing.B) {
-	netlab.RequireRoot(b)
-	lab := netlab.New(b)
-	ns := lab.NewNamespace("bench")
-	var tb *Table
-	if err := ns.Do(func() (err error) {
-		tb, err = Open(Config{Rate: 1 << 30, Max: b.N + 1, Kinds: []Kind{Any}}, nil)
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer tb.Close(false)
-	flow := func(i int) Flow {
-		c := netip.AddrFrom4([4]byte{198, 18, byte(i >> 16), byte(i >> 8)})
-		return Flow{Kind: Any, Client: netip.AddrPortFrom(c, uint16(1024+i&0xff)),
-			Local:   netip.MustParseAddrPort("198.18.255.1:51820"),
-			Source:  netip.AddrPortFrom(netip.MustParseAddr("198.19.0.1"), uint16(1024+i%60000)),
-			Backend: netip.AddrPortFrom(netip.MustParseAddr("198.19.0.2"), uint16(51820+i/60000))}
-	}
+	tb := benchTable(b, Config{Rate: 1 << 30, Max: b.N + 1})
 	slab0, pcpu0 := meminfo(b)
 	b.ResetTimer()
-	entries := make([]*Entry, b.N)
-	for i := range b.N {
-		e, err := tb.Offload(flow(i))
-		if err != nil {
-			b.Fatal(err)
-		}
-		entries[i] = e
-	}
-	deadline := time.Now().Add(time.Minute)
-	for tb.Stats().Installs < uint64(b.N) {
-		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d installed after a minute", tb.Stats().Installs, b.N)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	install(b, tb, b.N)
 	b.StopTimer()
 	slab1, pcpu1 := meminfo(b)
 	b.ReportMetric(float64(slab1-slab0)/float64(b.N), "slab-bytes/session")
 	b.ReportMetric(float64(pcpu1-pcpu0)/float64(b.N), "percpu-bytes/session")
+}
+
+// benchTable opens a table of kind Any in a namespace of its own.
+func benchTable(b *testing.B, cfg Config) *Table {
+	netlab.RequireRoot(b)
+	ns := netlab.New(b).NewNamespace("bench")
+	cfg.Kinds = []Kind{Any}
+	var tb *Table
+	if err := ns.Do(func() (err error) { tb, err = Open(cfg, nil); return err }); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tb.Close(false) })
+	return tb
+}
+
+// install offloads n sessions of distinct 4-tuples and waits until the
+// kernel has them all.
+func install(b *testing.B, tb *Table, n int) {
+	for i := range n {
+		c := netip.AddrFrom4([4]byte{198, 18, byte(i >> 16), byte(i >> 8)})
+		f := Flow{Kind: Any, Client: netip.AddrPortFrom(c, uint16(1024+i&0xff)),
+			Local:   netip.MustParseAddrPort("198.18.255.1:51820"),
+			Source:  netip.AddrPortFrom(netip.MustParseAddr("198.19.0.1"), uint16(1024+i%60000)),
+			Backend: netip.AddrPortFrom(netip.MustParseAddr("198.19.0.2"), uint16(51820+i/60000))}
+		if _, err := tb.Offload(f); err != nil {
+			b.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for tb.Stats().Installs < uint64(n) {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d installed after a minute", tb.Stats().Installs, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// BenchmarkPoll reads the counters of 10 000 offloaded sessions, as the
+// table's goroutine does every Poll (ns/op is one reading of them all).
+//
+//	go test -run XXX -bench BenchmarkPoll ./internal/fastpath/
+func BenchmarkPoll(b *testing.B) {
+	tb := benchTable(b, Config{Rate: 1 << 30, Max: 10000, Poll: time.Hour})
+	install(b, tb, 10000)
+	b.ResetTimer()
+	for range b.N {
+		tb.poll(time.Now())
+	}
 }

@@ -184,8 +184,18 @@ type Config struct {
 	// matches the type bytes of these only (and of those it adopts).
 	Kinds []Kind
 	// Poll is how often element counters are read (and the table
-	// reconciled with the kernel); 0 means DefaultPoll.
+	// reconciled with the kernel); 0 means DefaultPoll. A reading takes
+	// time that grows with the table (about 12 ms per 1000 sessions, most
+	// of it the kernel's dump), so the table waits at least pollShare
+	// times as long as the last reading took: its goroutine never spends
+	// more than a twentieth of a core on them, and reads less often than
+	// Poll beyond about 5000 sessions — but never less often than MaxPoll.
 	Poll time.Duration
+	// MaxPoll, if positive, bounds the wait between two readings however
+	// long they take: what renews the idle deadline of the sessions the
+	// kernel carries (the daemon sets a quarter of the shortest idle
+	// timeout of its fast-path listeners).
+	MaxPoll time.Duration
 	// OrphanIdle is how long an adopted element that no session claims
 	// stays while the kernel forwards nothing for it; 0 means
 	// DefaultOrphanIdle.
@@ -227,7 +237,8 @@ type Stats struct {
 	// RefusedFull counts offloads refused by Max, RefusedConflict those
 	// whose keys another session's elements hold, RefusedLocal those of
 	// sessions whose backend is on this host or that are not IPv4;
-	// Deferred installs put off by Rate (they go in later).
+	// Deferred counts installs Rate put off (each once; they go in
+	// later).
 	RefusedFull     uint64 `json:"refused_full"`
 	RefusedConflict uint64 `json:"refused_conflict"`
 	RefusedLocal    uint64 `json:"refused_local"`

@@ -32,10 +32,11 @@ type Entry struct {
 	// wants it gone, whether the entry waits in the queue, and whether a
 	// session of this process holds it (an adopted one that none claimed
 	// is an orphan).
-	want    Flow
-	gone    bool
-	queued  bool
-	claimed bool
+	want     Flow
+	gone     bool
+	queued   bool
+	claimed  bool
+	deferred bool // counted once in Stats.Deferred
 
 	// What the kernel has (have, once installed), the counters of its
 	// elements as last read, what earlier elements (before a move) had
@@ -94,6 +95,14 @@ type Table struct {
 	stop chan struct{}
 	done chan struct{}
 	gen  atomic.Uint64 // polls done
+	// sweepSrc makes the next poll read the map of source rewrites too,
+	// for strays (it has no counters, and the kernel's dump of a map costs
+	// time that grows with the square of its size): after Open, after a
+	// failed transaction, and every srcSweepEvery polls. The table's
+	// goroutine's.
+	sweepSrc bool
+	// rateSpent, within one apply, says the rate has refused an install.
+	rateSpent bool
 
 	st struct {
 		installs, moves, removals, errors                   atomic.Uint64
@@ -394,7 +403,7 @@ func (t *Table) Close(keep bool) error {
 // run applies what is queued as it comes, and polls the counters.
 func (t *Table) run() {
 	defer close(t.done)
-	tick := time.NewTicker(t.cfg.Poll)
+	tick := time.NewTimer(t.cfg.Poll)
 	defer tick.Stop()
 	// Installs put off by the rate go in at the next tenth of a second.
 	retry := time.NewTicker(100 * time.Millisecond)
@@ -407,6 +416,7 @@ func (t *Table) run() {
 		case <-retry.C:
 		case now := <-tick.C:
 			t.poll(now)
+			tick.Reset(t.pollWait(time.Since(now)))
 		}
 		t.apply(time.Now())
 	}
@@ -429,14 +439,21 @@ func (t *Table) apply(now time.Time) {
 	queue := t.pending
 	t.pending = nil
 	var changes []change
+	var deferred []*Entry
+	t.rateSpent = false
 	for _, e := range queue {
-		e.queued = false
 		var requeue bool
 		changes, requeue = t.plan(changes, e, now)
 		if requeue {
-			t.queue(e)
+			deferred = append(deferred, e) // still queued
+			continue
 		}
+		e.queued = false
 	}
+	// Installs the rate put off wait for the goroutine's next tick, ahead
+	// of what came since; requeueing them with a wake-up would spin the
+	// goroutine through the whole queue until the rate allows them.
+	t.pending = append(deferred, t.pending...)
 	t.mu.Unlock()
 	for len(changes) > 0 {
 		n := min(len(changes), maxTransaction)
@@ -460,6 +477,7 @@ func (t *Table) commit(changes []change) {
 	}
 	if err := t.conn.Flush(); err != nil {
 		t.st.errors.Add(1)
+		t.sweepSrc = true
 		t.log.Warn("fast path: a transaction failed; applying its changes one by one", "changes", len(changes), "err", err)
 		for _, c := range changes {
 			t.batch(c)
@@ -501,8 +519,12 @@ func (t *Table) plan(changes []change, e *Entry, now time.Time) (out []change, r
 	if e.installed && e.have == e.want {
 		return changes, false
 	}
-	if !e.installed && !t.limit.Allow(now.UnixNano()) {
-		t.st.deferred.Add(1)
+	if !e.installed && (t.rateSpent || !t.limit.Allow(now.UnixNano())) {
+		t.rateSpent = true // for the rest of this apply
+		if !e.deferred {
+			e.deferred = true
+			t.st.deferred.Add(1)
+		}
 		return changes, true
 	}
 	for _, el := range t.elements(e.want) {
@@ -696,13 +718,18 @@ func (t *Table) poll(now time.Time) {
 	for _, set := range t.fwd {
 		complete = read(set) && complete
 	}
-	complete = read(t.src) && complete
+	if t.sweepSrc || t.st.polls.Load()%srcSweepEvery == 0 {
+		ok := read(t.src)
+		complete = ok && complete
+		t.sweepSrc = !ok
+	}
 	if len(stray) > 0 {
 		for _, el := range stray {
 			t.conn.SetDeleteElements(el.set, []nftables.SetElement{{Key: el.key[:]}})
 		}
 		if err := t.conn.Flush(); err != nil {
 			t.st.errors.Add(1)
+			t.sweepSrc = true
 		}
 		t.st.strays.Add(uint64(len(stray)))
 	}
@@ -740,6 +767,25 @@ func (t *Table) poll(now time.Time) {
 	t.st.polls.Add(1)
 	t.gen.Add(1)
 }
+
+// pollShare bounds the table goroutine's time spent reading counters: it
+// waits at least pollShare times as long as a reading took before the
+// next (Config.Poll).
+const pollShare = 20
+
+// pollWait is how long to wait for the next reading after one that took
+// took.
+func (t *Table) pollWait(took time.Duration) time.Duration {
+	d := max(t.cfg.Poll, pollShare*took)
+	if t.cfg.MaxPoll > 0 {
+		d = min(d, t.cfg.MaxPoll)
+	}
+	return d
+}
+
+// srcSweepEvery is how often, in polls, a poll reads the source rewrites
+// for strays when nothing failed.
+const srcSweepEvery = 10
 
 // hasKey reports whether k is one of the keys of the elements the kernel
 // has for e. t.mu is held.

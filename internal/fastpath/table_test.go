@@ -479,3 +479,44 @@ func TestManyChangesAtOnce(t *testing.T) {
 		t.Fatalf("stats %+v, want %d installs and removals and no failed transaction", st, n)
 	}
 }
+
+func TestPollWait(t *testing.T) {
+	for _, tc := range []struct {
+		poll, maxPoll, took, want time.Duration
+	}{
+		{time.Second, 0, 10 * time.Millisecond, time.Second},
+		{time.Second, 0, 100 * time.Millisecond, 2 * time.Second},
+		{time.Second, 15 * time.Second, time.Second, 15 * time.Second},
+		{time.Second, 15 * time.Second, 0, time.Second},
+	} {
+		tb := &Table{cfg: Config{Poll: tc.poll, MaxPoll: tc.maxPoll}}
+		if got := tb.pollWait(tc.took); got != tc.want {
+			t.Errorf("Poll %v, MaxPoll %v, a reading of %v: wait %v, want %v", tc.poll, tc.maxPoll, tc.took, got, tc.want)
+		}
+	}
+}
+
+// TestDeferredInstallsWait offloads more sessions at once than the rate
+// allows: the rest wait for the table's next tick, each counted once as
+// deferred, rather than spinning the table's goroutine through the queue.
+func TestDeferredInstallsWait(t *testing.T) {
+	l := newLab(t)
+	const n, rate = 100, 200 // bursts of 20
+	tb := l.open(t, Config{Rate: rate, Max: n, Kinds: []Kind{Any}})
+	defer tb.Close(false)
+	base := l.flow(Any, l.udp(t, l.client, "", l.vip.String()))
+	var last *Entry
+	for i := range n {
+		f := base
+		f.Client = netip.AddrPortFrom(f.Client.Addr(), uint16(1024+i))
+		f.Source = netip.AddrPortFrom(f.Source.Addr(), uint16(20000+i))
+		var err error
+		if last, err = tb.Offload(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitState(t, last, Installed)
+	if st := tb.Stats(); st.Installs != n || st.Deferred == 0 || st.Deferred > n {
+		t.Fatalf("stats %+v: want %d installs, some deferred, each at most once", st, n)
+	}
+}
