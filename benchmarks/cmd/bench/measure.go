@@ -170,6 +170,11 @@ func (h *harness) runPeer(sc scenario, peer string) {
 			h.logResult(res, 0)
 			continue
 		}
+		if peer == "connected" && c.Flows > connectedLimit() {
+			res.Err = fmt.Sprintf("not measured: %d sessions need a descriptor each, and RLIMIT_NOFILE's hard limit here leaves room for %d", c.Flows, connectedLimit())
+			h.logResult(res, 0)
+			continue
+		}
 		if !warm[c.Flows] {
 			// Let the server see every flow once before measuring, so that
 			// runs measure established sessions, not their creation.
@@ -439,14 +444,14 @@ const floodLead = 500 * time.Millisecond
 
 // flood starts c's flood of new sources (config.Flood): a second generator
 // in sink mode on the same core, floodRate datagrams a second from
-// c.Flood new flows, from floodLead before the measured run to floodLead
+// c.Flood new flows (after the measured ones' source ports), from floodLead before the measured run to floodLead
 // after. The returned stop waits for it. Without a flood it does nothing.
 func (h *harness) flood(srv *server, c config) (stop func(), err error) {
 	if c.Flood == 0 {
 		return func() {}, nil
 	}
 	cmd := exec.Command("ip", "netns", "exec", nsClient, "taskset", "-c", cpuClient, h.binary("loadgen"),
-		"-dst", srv.dst, "-src", clientSrcs, "-mode", kindSink, "-flows", strconv.Itoa(c.Flood), "-size", strconv.Itoa(c.Size),
+		"-dst", srv.dst, "-src", clientSrcs, "-mode", kindSink, "-flows", strconv.Itoa(c.Flood), "-flow-base", strconv.Itoa(c.Flows), "-size", strconv.Itoa(c.Size),
 		"-rate", strconv.Itoa(floodRate), "-burst", "1", "-duration", (h.opts.duration + 2*floodLead).String())
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("flood: %w", err)

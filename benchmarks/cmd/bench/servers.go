@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -90,7 +91,7 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 		args = append(args, "-mode", sc.kind, "-addr", serverAddr,
 			"-rcvbuf", strconv.Itoa(sockBuf), "-sndbuf", strconv.Itoa(sockBuf))
 		if peer == "connected" {
-			args = append(args, "-max-sessions", strconv.Itoa(cmp.Or(sc.capacity, connectedMax)))
+			args = append(args, "-max-sessions", strconv.Itoa(min(cmp.Or(sc.capacity, connectedMax), connectedLimit())))
 		}
 	case peer == "nginx":
 		conf, err := h.nginxConf()
@@ -134,6 +135,18 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 // series: the growth series' 100 000 sessions and room to spare, within
 // the kernel's fs.nr_open.
 const connectedMax = 200000
+
+// connectedLimit is how many sessions the connected peer can hold here: a
+// descriptor each, within the hard RLIMIT_NOFILE that it inherits from the
+// harness (which a root without CAP_SYS_RESOURCE cannot raise), less a
+// reserve for its other descriptors.
+func connectedLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Max > uint64(connectedMax)+64 {
+		return connectedMax
+	}
+	return max(int(rl.Max)-64, 0)
+}
 
 // udpmuxPeers are the peers that are the udpmux daemon: with dissector
 // flow or wireguard, in userspace or with the fast path (the kernel
