@@ -7,7 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/udpmux/udpmux/internal/fastpath"
+	"github.com/udpmux/udpmux/fastpath"
 	"github.com/udpmux/udpmux/session"
 )
 

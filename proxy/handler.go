@@ -20,8 +20,8 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/udpmux/udpmux/fastpath"
 	"github.com/udpmux/udpmux/flowtable"
-	"github.com/udpmux/udpmux/internal/fastpath"
 	"github.com/udpmux/udpmux/session"
 )
 

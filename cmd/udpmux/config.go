@@ -24,7 +24,7 @@ import (
 	"github.com/udpmux/udpmux/dissect/openvpn"
 	"github.com/udpmux/udpmux/dissect/quic"
 	"github.com/udpmux/udpmux/dissect/wireguard"
-	"github.com/udpmux/udpmux/internal/fastpath"
+	"github.com/udpmux/udpmux/fastpath"
 	"github.com/udpmux/udpmux/internal/udpsys"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"

@@ -18,8 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/fastpath"
 	"github.com/udpmux/udpmux/flowtable"
-	"github.com/udpmux/udpmux/internal/fastpath"
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/mux"
 	"github.com/udpmux/udpmux/proxy"

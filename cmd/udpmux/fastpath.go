@@ -8,7 +8,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
-	"github.com/udpmux/udpmux/internal/fastpath"
+	"github.com/udpmux/udpmux/fastpath"
 	"github.com/udpmux/udpmux/proxy"
 )
 

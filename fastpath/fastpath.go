@@ -23,6 +23,10 @@
 // table outlives the process that made it, so that the kernel keeps
 // forwarding across an upgrade or a crash; the next process adopts it (see
 // Open) and one that stops for good removes it (Table.Close).
+//
+// The udpmux daemon opens one Table for its listeners with `fast_path:
+// nftables`; a program that embeds the proxy does the same and sets it in
+// each such listener's proxy.Config (FastPath).
 package fastpath
 
 import (
@@ -84,6 +88,7 @@ func IsData(k Kind, p []byte) bool {
 // Flow is what the kernel needs to forward one session both ways with the
 // userspace path's addresses.
 type Flow struct {
+	// Kind says which of the session's datagrams are data.
 	Kind Kind
 	// Client is the session's client; Local the listener address it
 	// writes to.

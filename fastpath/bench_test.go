@@ -45,7 +45,7 @@ func meminfo(b *testing.B) (slab, percpu int64) {
 // (slab-bytes/session, percpu-bytes/session, read from /proc/meminfo, which
 // other processes move too: use a large -benchtime, such as 20000x).
 //
-//	go test -run XXX -bench BenchmarkInstall -benchtime 20000x ./internal/fastpath/
+//	go test -run XXX -bench BenchmarkInstall -benchtime 20000x ./fastpath/
 func BenchmarkInstall(b *testing.B) {
 	tb := benchTable(b, Config{Rate: 1 << 30, Max: b.N + 1})
 	slab0, pcpu0 := meminfo(b)
@@ -95,7 +95,7 @@ func install(b *testing.B, tb *Table, n int) {
 // BenchmarkPoll reads the counters of 10 000 offloaded sessions, as the
 // table's goroutine does every Poll (ns/op is one reading of them all).
 //
-//	go test -run XXX -bench BenchmarkPoll ./internal/fastpath/
+//	go test -run XXX -bench BenchmarkPoll ./fastpath/
 func BenchmarkPoll(b *testing.B) {
 	tb := benchTable(b, Config{Rate: 1 << 30, Max: 10000, Poll: time.Hour})
 	install(b, tb, 10000)
