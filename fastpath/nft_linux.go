@@ -199,12 +199,19 @@ func preRule(k Kind, fwd *nftables.Set) []expr.Any {
 		&expr.Notrack{},
 	)
 	e = append(e, setMark(true)...)
-	return append(e,
+	return append(e, rewrite(16, 2)...) // destination address and port
+}
+
+// rewrite writes the address:port of the lookup's data (regData) into the
+// datagram at the IPv4 header's addrOffset and the UDP header's portOffset,
+// updating the IPv4 and UDP checksums.
+func rewrite(addrOffset, portOffset uint32) []expr.Any {
+	return []expr.Any{
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regData, Base: expr.PayloadBaseNetworkHeader,
-			Offset: 16, Len: 4, CsumType: expr.CsumTypeInet, CsumOffset: 10, CsumFlags: l4csumPseudoHeader},
+			Offset: addrOffset, Len: 4, CsumType: expr.CsumTypeInet, CsumOffset: 10, CsumFlags: l4csumPseudoHeader},
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regData + 1, Base: expr.PayloadBaseTransportHeader,
-			Offset: 2, Len: 2, CsumType: expr.CsumTypeInet, CsumOffset: 6},
-	)
+			Offset: portOffset, Len: 2, CsumType: expr.CsumTypeInet, CsumOffset: 6},
+	}
 }
 
 // postRule rewrites the source of a datagram marked in prerouting.
@@ -212,11 +219,8 @@ func postRule(src *nftables.Set, ttl uint8) []expr.Any {
 	e := append(marked(), loadTuple()...)
 	e = append(e, &expr.Lookup{SourceRegister: regKey, DestRegister: regData, IsDestRegSet: true, SetName: src.Name, SetID: src.ID})
 	e = append(e, setMark(false)...)
+	e = append(e, rewrite(12, 0)...) // source address and port
 	return append(e,
-		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regData, Base: expr.PayloadBaseNetworkHeader,
-			Offset: 12, Len: 4, CsumType: expr.CsumTypeInet, CsumOffset: 10, CsumFlags: l4csumPseudoHeader},
-		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regData + 1, Base: expr.PayloadBaseTransportHeader,
-			Offset: 0, Len: 2, CsumType: expr.CsumTypeInet, CsumOffset: 6},
 		// The TTL the userspace path's sockets send with, rather than the
 		// client's less one, so that the backend cannot tell the paths apart.
 		&expr.Immediate{Register: regVerdict, Data: []byte{ttl}},
