@@ -257,6 +257,9 @@ type Stats struct {
 	// Reinstalls counts sessions whose elements were found missing from
 	// the kernel and put back.
 	Reinstalls uint64 `json:"reinstalls"`
+	// Remade counts the times the table was found deleted (a firewall
+	// reload that flushes the rule set) and made again.
+	Remade uint64 `json:"remade"`
 	// Forwarded is what the kernel forwarded for the sessions it forwards
 	// now (and those it forwarded since this process started).
 	RxPackets uint64 `json:"rx_datagrams"`

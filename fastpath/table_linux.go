@@ -103,11 +103,15 @@ type Table struct {
 	sweepSrc bool
 	// rateSpent, within one apply, says the rate has refused an install.
 	rateSpent bool
+	// kinds are those the chains match, to make the table again if it
+	// goes (remake).
+	kinds []Kind
 
 	st struct {
 		installs, moves, removals, errors                   atomic.Uint64
 		refusedFull, refusedConflict, refusedLocal          atomic.Uint64
 		deferred, orphansRemoved, strays, reinstalls, polls atomic.Uint64
+		remade                                              atomic.Uint64
 		rx, rxBytes, tx, txBytes                            atomic.Uint64
 		offloaded, adopted                                  atomic.Int64
 	}
@@ -159,7 +163,8 @@ func Open(cfg Config, log *slog.Logger) (*Table, error) {
 	for _, f := range adopted {
 		kinds = append(kinds, f.flow.Kind)
 	}
-	if err := t.schema(conn, uniqueKinds(kinds)); err != nil {
+	t.kinds = uniqueKinds(kinds)
+	if err := t.schema(conn, t.kinds); err != nil {
 		conn.CloseLasting()
 		return nil, fmt.Errorf("fastpath: table %s: %w", cfg.Name, err)
 	}
@@ -376,7 +381,7 @@ func (t *Table) Stats() Stats {
 		Offloaded: int(t.st.offloaded.Load()), Adopted: int(t.st.adopted.Load()),
 		Installs: t.st.installs.Load(), Moves: t.st.moves.Load(), Removals: t.st.removals.Load(), Errors: t.st.errors.Load(),
 		RefusedFull: t.st.refusedFull.Load(), RefusedConflict: t.st.refusedConflict.Load(), RefusedLocal: t.st.refusedLocal.Load(),
-		Deferred: t.st.deferred.Load(), OrphansRemoved: t.st.orphansRemoved.Load(), Strays: t.st.strays.Load(), Reinstalls: t.st.reinstalls.Load(), Polls: t.st.polls.Load(),
+		Deferred: t.st.deferred.Load(), OrphansRemoved: t.st.orphansRemoved.Load(), Strays: t.st.strays.Load(), Reinstalls: t.st.reinstalls.Load(), Remade: t.st.remade.Load(), Polls: t.st.polls.Load(),
 		RxPackets: t.st.rx.Load(), RxBytes: t.st.rxBytes.Load(), TxPackets: t.st.tx.Load(), TxBytes: t.st.txBytes.Load(),
 	}
 }
@@ -676,11 +681,15 @@ func (t *Table) failed(c change, err error) {
 func (t *Table) poll(now time.Time) {
 	var stray []element
 	seen := make(map[*Entry]bool)
-	complete := true
+	complete, gone := true, false
 	read := func(set *nftables.Set) bool {
 		els, err := t.conn.GetSetElements(set)
 		if err != nil {
 			t.st.errors.Add(1)
+			if !t.exists() {
+				gone = true
+				return false
+			}
 			t.log.Warn("fast path: reading the counters failed", "map", set.Name, "err", err)
 			return false
 		}
@@ -717,6 +726,10 @@ func (t *Table) poll(now time.Time) {
 	}
 	for _, set := range t.fwd {
 		complete = read(set) && complete
+	}
+	if gone {
+		t.remake()
+		return
 	}
 	if t.sweepSrc || t.st.polls.Load()%srcSweepEvery == 0 {
 		ok := read(t.src)
@@ -781,6 +794,52 @@ func (t *Table) pollWait(took time.Duration) time.Duration {
 		d = min(d, t.cfg.MaxPoll)
 	}
 	return d
+}
+
+// exists reports whether the kernel has the table (true when it cannot
+// say): google/nftables does not wrap its errors, so a failed reading does
+// not tell a deleted table from other failures.
+func (t *Table) exists() bool {
+	tables, err := t.conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return true
+	}
+	for _, tb := range tables {
+		if tb.Name == t.cfg.Name {
+			return true
+		}
+	}
+	return false
+}
+
+// remake makes the table again after someone deleted it (a firewall
+// reload whose rule set begins with "flush ruleset" takes every table),
+// and has every session's elements installed again, at the install rate:
+// meanwhile their datagrams reach udpmux's sockets, as without the fast
+// path. The table's goroutine's.
+func (t *Table) remake() {
+	t.log.Warn("fast path: the table is gone (deleted by another program, such as a firewall reload); making it again", "table", t.cfg.Name)
+	if err := t.schema(t.conn, t.kinds); err != nil {
+		t.log.Warn("fast path: making the table again failed", "table", t.cfg.Name, "err", err)
+		return
+	}
+	if err := t.conn.Flush(); err != nil {
+		t.log.Warn("fast path: making the table again failed", "table", t.cfg.Name, "err", err)
+		return
+	}
+	t.st.remade.Add(1)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, e := range t.byKey {
+		if k != tupleKey(e.want.Client, e.want.Local) || !e.installed {
+			continue // each entry once, by its first key
+		}
+		e.installed = false
+		t.installed--
+		t.st.reinstalls.Add(1)
+		t.queue(e)
+	}
+	t.st.offloaded.Store(int64(t.installed))
 }
 
 // srcSweepEvery is how often, in polls, a poll reads the source rewrites

@@ -520,3 +520,35 @@ func TestDeferredInstallsWait(t *testing.T) {
 		t.Fatalf("stats %+v: want %d installs, some deferred, each at most once", st, n)
 	}
 }
+
+// TestTableDeletedUnderIt deletes the table as a firewall reload with
+// "flush ruleset" does: the Table makes it again and installs its session
+// again, and the kernel forwards its data again.
+func TestTableDeletedUnderIt(t *testing.T) {
+	l := newLab(t)
+	tb := l.open(t, Config{Kinds: []Kind{Any}, Poll: 50 * time.Millisecond})
+	defer tb.Close(false)
+	cli := l.udp(t, l.client, "", l.vip.String())
+	f := l.flow(Any, cli)
+	e, err := tb.Offload(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, e, Installed)
+	l.host.Run("nft", "flush", "ruleset")
+	cli.Write([]byte("while the table is gone"))
+	if _, from := recv(t, l.listener, "listener, no table"); from != f.Client {
+		t.Fatalf("listener got a datagram from %s, want %s", from, f.Client)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tb.Stats().Remade == 0 || tb.Stats().Offloaded != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v 5 s after the table was deleted; want it made again with the session", tb.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cli.Write([]byte("again"))
+	if p, from := recv(t, l.back, "backend, table made again"); string(p) != "again" || from != f.Source {
+		t.Fatalf("backend got %q from %s, want \"again\" from %s", p, from, f.Source)
+	}
+}
