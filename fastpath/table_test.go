@@ -196,6 +196,34 @@ func waitState(t *testing.T, e *Entry, want State) {
 	}
 }
 
+// offloadInstalled offloads f and waits until the kernel has it.
+func offloadInstalled(t *testing.T, tb *Table, f Flow) *Entry {
+	t.Helper()
+	e, err := tb.Offload(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, e, Installed)
+	return e
+}
+
+// offloadMany offloads n flows like base, each with a client address:port
+// and an upstream port of its own, without waiting for them.
+func offloadMany(t *testing.T, tb *Table, base Flow, n int) []*Entry {
+	t.Helper()
+	entries := make([]*Entry, n)
+	for i := range entries {
+		f := base
+		f.Client = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 2, byte(i % 200)}), uint16(1024+i))
+		f.Source = netip.AddrPortFrom(f.Source.Addr(), uint16(20000+i))
+		var err error
+		if entries[i], err = tb.Offload(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return entries
+}
+
 // waitPoll waits, up to 5 s, for the table's next poll of the counters.
 func waitPoll(t *testing.T, tb *Table) {
 	t.Helper()
@@ -230,11 +258,7 @@ func TestKernelForwardsData(t *testing.T) {
 		t.Run(tc.kind.String(), func(t *testing.T) {
 			cli := l.udp(t, l.client, "", l.vip.String())
 			f := l.flow(tc.kind, cli)
-			e, err := tb.Offload(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			waitState(t, e, Installed)
+			e := offloadInstalled(t, tb, f)
 
 			cli.Write(tc.data)
 			t.Cleanup(func() {
@@ -294,11 +318,7 @@ func TestForgedDatagramsAreNotRewritten(t *testing.T) {
 	defer tb.Close(false)
 	cli := l.udp(t, l.client, "", l.vip.String())
 	f := l.flow(Any, cli)
-	e, err := tb.Offload(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitState(t, e, Installed)
+	offloadInstalled(t, tb, f)
 
 	// The client's own address and port, straight to the backend: the
 	// 4-tuple the prerouting rewrite makes of the session's datagrams. A
@@ -326,11 +346,7 @@ func TestMove(t *testing.T) {
 	old := l.udp(t, l.client, "", l.vip.String())
 	moved := l.udp(t, l.client, "", l.vip.String())
 	f := l.flow(Any, old)
-	e, err := tb.Offload(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitState(t, e, Installed)
+	e := offloadInstalled(t, tb, f)
 	movesBefore := tb.Stats().Moves
 	to := moved.LocalAddr().(*net.UDPAddr).AddrPort()
 	tb.Move(e, to)
@@ -363,11 +379,7 @@ func TestAdoptAndRemove(t *testing.T) {
 	tb := l.open(t, Config{Kinds: []Kind{WireGuard}})
 	cli := l.udp(t, l.client, "", l.vip.String())
 	f := l.flow(WireGuard, cli)
-	e, err := tb.Offload(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitState(t, e, Installed)
+	offloadInstalled(t, tb, f)
 	if err := tb.Close(true); err != nil {
 		t.Fatal(err)
 	}
@@ -457,16 +469,7 @@ func TestManyChangesAtOnce(t *testing.T) {
 	tb := l.open(t, Config{Rate: 1 << 30, Max: n, Kinds: []Kind{Any}})
 	defer tb.Close(false)
 	base := l.flow(Any, l.udp(t, l.client, "", l.vip.String()))
-	entries := make([]*Entry, n)
-	for i := range entries {
-		f := base
-		f.Client = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 2, byte(i % 200)}), uint16(1024+i))
-		f.Source = netip.AddrPortFrom(f.Source.Addr(), uint16(20000+i))
-		var err error
-		if entries[i], err = tb.Offload(f); err != nil {
-			t.Fatal(err)
-		}
-	}
+	entries := offloadMany(t, tb, base, n)
 	waitState(t, entries[n-1], Installed)
 	for _, e := range entries {
 		waitState(t, e, Installed)
@@ -505,17 +508,8 @@ func TestDeferredInstallsWait(t *testing.T) {
 	tb := l.open(t, Config{Rate: rate, Max: n, Kinds: []Kind{Any}})
 	defer tb.Close(false)
 	base := l.flow(Any, l.udp(t, l.client, "", l.vip.String()))
-	var last *Entry
-	for i := range n {
-		f := base
-		f.Client = netip.AddrPortFrom(f.Client.Addr(), uint16(1024+i))
-		f.Source = netip.AddrPortFrom(f.Source.Addr(), uint16(20000+i))
-		var err error
-		if last, err = tb.Offload(f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitState(t, last, Installed)
+	entries := offloadMany(t, tb, base, n)
+	waitState(t, entries[n-1], Installed)
 	if st := tb.Stats(); st.Installs != n || st.Deferred == 0 || st.Deferred > n {
 		t.Fatalf("stats %+v: want %d installs, some deferred, each at most once", st, n)
 	}
@@ -530,11 +524,7 @@ func TestTableDeletedUnderIt(t *testing.T) {
 	defer tb.Close(false)
 	cli := l.udp(t, l.client, "", l.vip.String())
 	f := l.flow(Any, cli)
-	e, err := tb.Offload(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitState(t, e, Installed)
+	offloadInstalled(t, tb, f)
 	l.host.Run("nft", "flush", "ruleset")
 	cli.Write([]byte("while the table is gone"))
 	if _, from := recv(t, l.listener, "listener, no table"); from != f.Client {
