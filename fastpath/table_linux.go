@@ -79,6 +79,7 @@ type Table struct {
 	fwd   [numKinds]*nftables.Set
 	src   *nftables.Set
 	limit rate.Limiter
+	epoch time.Time // origin of limit's clock, which is monotonic: a step of the wall clock neither freezes nor floods installs
 
 	mu      sync.Mutex
 	pending []*Entry
@@ -152,7 +153,7 @@ func Open(cfg Config, log *slog.Logger) (*Table, error) {
 		return nil, fmt.Errorf("fastpath: netlink: %w", err)
 	}
 	t := &Table{cfg: cfg, log: log, conn: conn, byKey: make(map[key]*Entry),
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), epoch: time.Now()}
 	t.limit.Init(cfg.Rate)
 	adopted, err := t.adopt()
 	if err != nil {
@@ -524,7 +525,7 @@ func (t *Table) plan(changes []change, e *Entry, now time.Time) (out []change, r
 	if e.installed && e.have == e.want {
 		return changes, false
 	}
-	if !e.installed && (t.rateSpent || !t.limit.Allow(now.UnixNano())) {
+	if !e.installed && (t.rateSpent || !t.limit.Allow(int64(now.Sub(t.epoch)))) {
 		t.rateSpent = true // for the rest of this apply
 		if !e.deferred {
 			e.deferred = true

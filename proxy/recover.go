@@ -150,7 +150,7 @@ func (h *Handler) MayRecover(peer netip.AddrPort, holders []session.Session) boo
 	if r == nil || !h.anyToAsk(holders) {
 		return false
 	}
-	now := h.now().UnixNano()
+	now := h.bal.clock(h.now()) // monotonic: a step of the wall clock neither freezes nor floods the rates
 	if !r.perSource.Allow(peer.Addr(), now) || !r.all.Allow(now) {
 		h.stats.recoveryRefused.Add(1)
 		return false

@@ -198,7 +198,7 @@ func setupFleet(t *testing.T) *fleetRun {
 	for i, p := range pingers {
 		ping := startTSPing(lab, p.ns, p.dev, p.target)
 		r.flows[i].replies = func() []pingReply {
-			replies, _ := parsePingReplies(ping.out.String())
+			replies, _ := parsePingReplies(ping.out.Lines())
 			return replies
 		}
 		t.Cleanup(ping.stop) // before the lab's teardown: ping prints its summary

@@ -449,36 +449,33 @@ type fleetQUICClient struct {
 	stdout, stderr *syncBuffer
 
 	mu     sync.Mutex
-	parsed int                 // bytes of stdout parsed
+	parsed int                 // lines of stdout parsed
 	local  map[int]string      // each connection's socket
 	echoes map[int][]pingReply // each connection's echoes, in arrival order
 	server map[int][]string    // and who answered each
 }
 
-// parse reads the output's new complete lines. Holding q.mu.
+// parse reads the output's new complete lines. An echo's arrival is when
+// the test read its line (syncBuffer), in the clock of the events it is
+// compared with. Holding q.mu.
 func (q *fleetQUICClient) parse() {
-	out := q.stdout.String()[q.parsed:]
-	end := strings.LastIndexByte(out, '\n')
-	if end < 0 {
-		return
-	}
-	q.parsed += end + 1
-	for _, line := range strings.Split(out[:end], "\n") {
+	lines := q.stdout.Lines()[q.parsed:]
+	q.parsed += len(lines)
+	for _, line := range lines {
 		var e struct {
 			Event, Local, Server string
 			Conn                 int
 			Seq                  int
 			Sent, Recv           int64
 		}
-		if json.Unmarshal([]byte(line), &e) != nil {
+		if json.Unmarshal([]byte(line.Text), &e) != nil {
 			continue
 		}
 		switch e.Event {
 		case "dialed":
 			q.local[e.Conn] = e.Local
 		case "echo":
-			recv := time.Unix(0, e.Recv)
-			q.echoes[e.Conn] = append(q.echoes[e.Conn], pingReply{Seq: e.Seq, Recv: recv, RTT: recv.Sub(time.Unix(0, e.Sent))})
+			q.echoes[e.Conn] = append(q.echoes[e.Conn], pingReply{Seq: e.Seq, Recv: line.At, RTT: time.Duration(e.Recv - e.Sent)})
 			q.server[e.Conn] = append(q.server[e.Conn], e.Server)
 		}
 	}

@@ -141,14 +141,39 @@ func runMoves(t *testing.T, rs []*roamer, sched []move, after func(k int, m move
 }
 
 // syncBuffer is a bytes.Buffer that a process writes while the test reads.
+// It also keeps each complete line with the time the test read it: the
+// test's own monotonic clock, which a step of the wall clock (a fresh
+// machine's time sync steps it by seconds) does not move, unlike the
+// timestamps a process prints.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	lines   []stampedLine
+	partial []byte // the last line, until its newline arrives
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+// stampedLine is a line of a process's output and when the test read it.
+type stampedLine struct {
+	At   time.Time
+	Text string
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { return s.writeAt(time.Now(), p) }
+
+// writeAt is Write at time now.
+func (s *syncBuffer) writeAt(now time.Time, p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	rest := p
+	for {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			break
+		}
+		s.lines = append(s.lines, stampedLine{now, string(append(s.partial, rest[:i]...))})
+		s.partial, rest = s.partial[:0], rest[i+1:]
+	}
+	s.partial = append(s.partial, rest...)
 	return s.b.Write(p)
 }
 
@@ -158,18 +183,25 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// tsPing is a continuous ping over a tunnel whose answers carry their
-// arrival times (ping -D).
+// Lines returns the complete lines so far, each with when it was read.
+func (s *syncBuffer) Lines() []stampedLine {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.lines)
+}
+
+// tsPing is a continuous ping over a tunnel whose answers carry the times
+// the test read them (syncBuffer).
 type tsPing struct {
 	proc *netlab.Process
 	out  syncBuffer
 }
 
-// startTSPing starts `ping -n -D -i 0.2` from ns over dev to target.
+// startTSPing starts `ping -n -i 0.2` from ns over dev to target.
 func startTSPing(lab *netlab.Lab, ns *netlab.Namespace, dev string, target netip.Addr) *tsPing {
 	p := &tsPing{}
 	// -c bounds a ping the test fails to stop; stop ends it long before.
-	cmd := ns.Command("ping", "-n", "-D", "-i", roamPingIntv, "-W", "1", "-c", "100000", "-I", dev, target.String())
+	cmd := ns.Command("ping", "-n", "-i", roamPingIntv, "-W", "1", "-c", "100000", "-I", dev, target.String())
 	cmd.Stdout, cmd.Stderr = &p.out, &p.out
 	p.proc = lab.Start(cmd)
 	return p
@@ -188,13 +220,13 @@ func (p *tsPing) result() (pingLog, error) {
 	case <-time.After(5 * time.Second):
 		return pingLog{}, fmt.Errorf("ping did not exit after SIGINT")
 	}
-	return parsePingLog(p.out.String())
+	return parsePingLog(p.out.Lines())
 }
 
 // pingReply is one answered echo request.
 type pingReply struct {
 	Seq  int
-	Recv time.Time     // when the answer arrived (ping -D)
+	Recv time.Time     // when the test read the answer (syncBuffer)
 	RTT  time.Duration // so it was sent at Recv-RTT
 }
 
@@ -208,18 +240,23 @@ type pingLog struct {
 	Lost    []int       // sequence numbers never answered (the last one excepted: it may have been in flight at the SIGINT)
 }
 
-var pingLineRE = regexp.MustCompile(`(?m)^\[(\d+)\.(\d{1,9})\] \d+ bytes from [^:]+: icmp_seq=(\d+) ttl=\d+ time=([0-9.]+) ms(.*)$`)
+var pingLineRE = regexp.MustCompile(`^\d+ bytes from [^:]+: icmp_seq=(\d+) ttl=\d+ time=([0-9.]+) ms(.*)$`)
 
-// parsePingLog parses the output of `ping -n -D` stopped with SIGINT.
-func parsePingLog(out string) (pingLog, error) {
+// parsePingLog parses the output of `ping -n` stopped with SIGINT.
+func parsePingLog(lines []stampedLine) (pingLog, error) {
 	var l pingLog
-	m := pingRecvRE.FindStringSubmatch(out)
+	var m []string
+	for _, line := range lines {
+		if m = pingRecvRE.FindStringSubmatch(line.Text); m != nil {
+			break
+		}
+	}
 	if m == nil {
-		return l, fmt.Errorf("no summary in ping's output:\n%s", tail(out, 2000))
+		return l, fmt.Errorf("no summary in ping's output:\n%s", tail(joinLines(lines), 2000))
 	}
 	l.Sent, _ = strconv.Atoi(m[1])
 	var err error
-	if l.Replies, err = parsePingReplies(out); err != nil {
+	if l.Replies, err = parsePingReplies(lines); err != nil {
 		return l, err
 	}
 	seen := map[int]bool{}
@@ -234,20 +271,28 @@ func parsePingLog(out string) (pingLog, error) {
 	return l, nil
 }
 
-// parsePingReplies parses the answers in the output of `ping -n -D` so
-// far, in arrival order, duplicates left out.
-func parsePingReplies(out string) ([]pingReply, error) {
+// joinLines is lines' text.
+func joinLines(lines []stampedLine) string {
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString(l.Text)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// parsePingReplies parses the answers in the output of `ping -n` so far,
+// in arrival order, duplicates left out.
+func parsePingReplies(lines []stampedLine) ([]pingReply, error) {
 	var replies []pingReply
 	seen := map[int]bool{}
-	for _, m := range pingLineRE.FindAllStringSubmatch(out, -1) {
-		if strings.Contains(m[5], "DUP!") {
+	for _, line := range lines {
+		m := pingLineRE.FindStringSubmatch(line.Text)
+		if m == nil || strings.Contains(m[3], "DUP!") {
 			continue
 		}
-		sec, _ := strconv.ParseInt(m[1], 10, 64)
-		frac := m[2] + strings.Repeat("0", 9-len(m[2]))
-		nsec, _ := strconv.ParseInt(frac, 10, 64)
-		seq, _ := strconv.Atoi(m[3])
-		ms, err := strconv.ParseFloat(m[4], 64)
+		seq, _ := strconv.Atoi(m[1])
+		ms, err := strconv.ParseFloat(m[2], 64)
 		if err != nil {
 			return nil, fmt.Errorf("ping: bad time in %q", m[0])
 		}
@@ -255,7 +300,7 @@ func parsePingReplies(out string) ([]pingReply, error) {
 			continue
 		}
 		seen[seq] = true
-		replies = append(replies, pingReply{Seq: seq, Recv: time.Unix(sec, nsec), RTT: time.Duration(ms * float64(time.Millisecond))})
+		replies = append(replies, pingReply{Seq: seq, Recv: line.At, RTT: time.Duration(ms * float64(time.Millisecond))})
 	}
 	return replies, nil
 }
@@ -263,7 +308,7 @@ func parsePingReplies(out string) ([]pingReply, error) {
 // answeredSince reports whether an echo request sent at or after at has
 // been answered yet (see pingLog.recovery).
 func (p *tsPing) answeredSince(at time.Time) bool {
-	replies, _ := parsePingReplies(p.out.String())
+	replies, _ := parsePingReplies(p.out.Lines())
 	_, ok := pingLog{Replies: replies}.recovery(at)
 	return ok
 }
@@ -580,42 +625,52 @@ func TestMoveSchedule(t *testing.T) {
 }
 
 func TestParsePingLog(t *testing.T) {
-	const out = `PING 10.77.0.1 (10.77.0.1) from 10.77.0.10 wg0: 56(84) bytes of data.
-[1796161415.768941] 64 bytes from 10.77.0.1: icmp_seq=1 ttl=64 time=0.581 ms
-[1796161415.972252] 64 bytes from 10.77.0.1: icmp_seq=2 ttl=64 time=0.604 ms
-[1796161415.972300] 64 bytes from 10.77.0.1: icmp_seq=2 ttl=64 time=0.650 ms (DUP!)
-[1796161417.0] 64 bytes from 10.77.0.1: icmp_seq=6 ttl=64 time=200 ms
-[1796161417.2] 64 bytes from 10.77.0.1: icmp_seq=7 ttl=64 time=1.5 ms
-
---- 10.77.0.1 ping statistics ---
-8 packets transmitted, 4 received, +1 duplicates, 50% packet loss, time 1400ms
-`
-	l, err := parsePingLog(out)
+	// The output comes in pieces that split lines, as a pipe delivers it;
+	// each line is stamped when its newline arrives.
+	t0 := time.Now()
+	chunks := []struct {
+		at   time.Duration
+		text string
+	}{
+		{0, "PING 10.77.0.1 (10.77.0.1) from 10.77.0.10 wg0: 56(84) bytes of data.\n64 bytes from 10.77.0.1: icmp_seq=1 ttl=64 time=0.581 ms\n64 bytes from 10.77.0.1: icmp"},
+		{204 * time.Millisecond, "_seq=2 ttl=64 time=0.604 ms\n64 bytes from 10.77.0.1: icmp_seq=2 ttl=64 time=0.650 ms (DUP!)\n"},
+		{1232 * time.Millisecond, "64 bytes from 10.77.0.1: icmp_seq=6 ttl=64 time=200 ms\n"},
+		{1432 * time.Millisecond, "64 bytes from 10.77.0.1: icmp_seq=7 ttl=64 time=1.5 ms\n\n--- 10.77.0.1 ping statistics ---\n"},
+		{1500 * time.Millisecond, "8 packets transmitted, 4 received, +1 duplicates, 50% packet loss, time 1400ms\n"},
+	}
+	var b syncBuffer
+	for _, c := range chunks {
+		b.writeAt(t0.Add(c.at), []byte(c.text))
+	}
+	l, err := parsePingLog(b.Lines())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if l.Sent != 8 || len(l.Replies) != 4 || !slices.Equal(l.Lost, []int{3, 4, 5}) {
 		t.Fatalf("parsePingLog = %+v", l)
 	}
-	if r := l.Replies[0]; r.Seq != 1 || r.Recv != time.Unix(1796161415, 768941000) || r.RTT != 581*time.Microsecond {
+	if r := l.Replies[0]; r.Seq != 1 || !r.Recv.Equal(t0) || r.RTT != 581*time.Microsecond {
 		t.Errorf("first reply = %+v", r)
 	}
-	// Seq 6 was sent at 417.0-0.2 = 416.8.
-	rec, ok := l.recovery(time.Unix(1796161416, 500000000))
-	if !ok || rec != 500*time.Millisecond {
-		t.Errorf("recovery after 416.5 = %v, %v; want 500ms (seq 6)", rec, ok)
+	if r := l.Replies[1]; r.Seq != 2 || !r.Recv.Equal(t0.Add(204*time.Millisecond)) {
+		t.Errorf("second reply = %+v; want seq 2 stamped when its line ended", r)
 	}
-	rec, ok = l.recovery(time.Unix(1796161416, 900000000))
-	if !ok || rec != 300*time.Millisecond {
-		t.Errorf("recovery after 416.9 = %v, %v; want 300ms (seq 7)", rec, ok)
+	// Seq 6 was sent at 1232-200 = 1032 ms.
+	rec, ok := l.recovery(t0.Add(time.Second))
+	if !ok || rec != 232*time.Millisecond {
+		t.Errorf("recovery after 1000 ms = %v, %v; want 232ms (seq 6)", rec, ok)
 	}
-	if _, ok := l.recovery(time.Unix(1796161418, 0)); ok {
+	rec, ok = l.recovery(t0.Add(1100 * time.Millisecond))
+	if !ok || rec != 332*time.Millisecond {
+		t.Errorf("recovery after 1100 ms = %v, %v; want 332ms (seq 7)", rec, ok)
+	}
+	if _, ok := l.recovery(t0.Add(1500 * time.Millisecond)); ok {
 		t.Error("recovery after the last answer found one")
 	}
-	if g := l.maxGap(time.Unix(1796161415, 700000000), time.Unix(1796161417, 500000000)); g != time.Second+27748*time.Microsecond {
-		t.Errorf("maxGap = %v; want 1.027748s (from seq 2 to seq 6)", g)
+	if g := l.maxGap(t0.Add(-100*time.Millisecond), t0.Add(2*time.Second)); g != 1028*time.Millisecond {
+		t.Errorf("maxGap = %v; want 1.028s (from seq 2 to seq 6)", g)
 	}
-	if _, err := parsePingLog("PING x\n"); err == nil {
+	if _, err := parsePingLog([]stampedLine{{t0, "PING x"}}); err == nil {
 		t.Error("parsePingLog accepted output without a summary")
 	}
 }
