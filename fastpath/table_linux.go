@@ -625,6 +625,9 @@ func (t *Table) done1(c change) {
 		} else {
 			t.installed--
 		}
+		// Now, not at the next poll, which a slow reading (or one that
+		// found the table gone and made it again) puts off by seconds.
+		t.st.offloaded.Store(int64(t.installed))
 	}
 	if c.removed {
 		t.retire(e)
@@ -658,6 +661,7 @@ func (t *Table) failed(c change, err error) {
 		t.release(e, e.have)
 		e.installed = false
 		t.installed--
+		t.st.offloaded.Store(int64(t.installed))
 	}
 	e.gone = true
 	if !c.removed {
