@@ -67,6 +67,15 @@ type track struct {
 	heard    bool
 	probe    seq
 	probeKey uint8
+	// Per key, while the kernel forwards the session's data (Skipped):
+	// skipped is how many of the server's data packets it forwarded in the
+	// last count (the server's pace: how far it may have gone since, by
+	// the time the next count comes); unsure how far behind the server the
+	// sequence may be, from a count that the Track's own sighting of a
+	// packet of the server's (or, for sawClient, the client's) fell within,
+	// so that which of its packets came before the sighting is unknown.
+	skipped, unsure      [keyIDs]uint32
+	sawServer, sawClient [keyIDs]bool
 }
 
 // seq follows the packet-ids of one side on one key, as seen from the
@@ -141,6 +150,7 @@ func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, 
 	}
 	was := *c
 	inSeq := c.note(pid)
+	t.sawClient[key] = true
 	if inSeq && was.estSet && c.est < was.est {
 		// A sequence that starts again: the key-id came round (seven
 		// renegotiations later), and the server's starts again too.
@@ -168,7 +178,9 @@ func (t *track) Server(s session.Session, p []byte) flowtable.Key {
 	if _, key, pid, ok := data(p); ok {
 		t.heard = true
 		if c := &t.client[key]; c.estSet || c.candSet {
-			t.server[key].note(pid)
+			if t.server[key].note(pid) {
+				t.sawServer[key], t.unsure[key] = true, 0
+			}
 		}
 	}
 	return k
@@ -193,7 +205,42 @@ func (t *track) Vouches(s session.Session, p []byte) bool {
 		return t.run(key, pid)
 	}
 	q := &t.server[key]
-	return q.estSet && pid > q.est && pid-q.est <= vouchWindow
+	return q.estSet && pid > q.est && pid-q.est <= vouchWindow+2*t.skipped[key]+t.unsure[key]
+}
+
+// Skipped moves the client's and the server's sequences on the key that
+// first names on by the data packets the kernel forwarded for them
+// (session.Skipper), and notes the server's count: while the kernel
+// forwards a session, the server's sequence as last counted is behind by
+// what it sent since, and a packet on a new path vouches if it continues
+// the sequence by at most vouchWindow plus twice the last count (the
+// server's pace over two counts), plus what a count left unsure. A count
+// within which the Track saw a packet of the side's itself (on a probe
+// during a move, say) does not move that side's sequence, which the
+// sighting set, since which of the counted packets came before it is not
+// known: for the server, the count is how far behind the sequence may be
+// until the next sighting. A forger's packet-id must land in a window that
+// grows with the session's traffic: at a thousand packets per count, about
+// one in a million of 2³² values, on a probe's port.
+func (t *track) Skipped(first byte, client, server uint64) {
+	if first>>opcodeShift != opDataV2 {
+		return
+	}
+	key := first & (keyIDs - 1)
+	advance := func(q *seq, n uint64, saw *bool) {
+		if q.estSet && n > 0 && !*saw {
+			q.est += uint32(min(n, 1<<31))
+			q.candSet, q.run = false, 0
+		}
+	}
+	n := uint32(min(server, 1<<30))
+	if t.sawServer[key] {
+		t.unsure[key] = n
+	}
+	advance(&t.client[key], client, &t.sawClient[key])
+	advance(&t.server[key], server, &t.sawServer[key])
+	t.sawClient[key], t.sawServer[key] = false, false
+	t.skipped[key] = n
 }
 
 // run notes packet-id pid of the server's on key, on a new path, and
@@ -223,4 +270,7 @@ func (t *track) Recovers(s session.Session, p []byte) (flowtable.Key, bool) {
 	return flowtable.Key{}, t.run(key, pid)
 }
 
-var _ session.Tracker = (*Dissector)(nil)
+var (
+	_ session.Tracker = (*Dissector)(nil)
+	_ session.Skipper = (*track)(nil)
+)

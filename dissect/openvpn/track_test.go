@@ -222,6 +222,45 @@ func TestTrack(t *testing.T) {
 				}
 			}
 		}},
+		{"while the kernel forwards the data, its counts move both sequences on (Skipped)", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			clientSends(tr, held, 2, 7, 100)
+			for pid := uint32(10); pid <= 12; pid++ {
+				tr.Server(held, dataV2(2, 7, pid))
+			}
+			sk := tr.(session.Skipper)
+			sk.Skipped(opDataV2<<opcodeShift|3, 50, 50)    // another key: nothing known of it
+			sk.Skipped(opControlV1<<opcodeShift|2, 50, 50) // not data: ignored
+			// The first count on key 2 holds the sightings above: which of
+			// its 10 came before them is unknown, and the sequences stay.
+			sk.Skipped(opDataV2<<opcodeShift|2, 10, 10)
+			type vc = struct {
+				pid  uint32
+				want bool
+			}
+			vouches := func(when string, cases ...vc) {
+				t.Helper()
+				for _, c := range cases {
+					if got := tr.Vouches(held, dataV2(2, 7, c.pid)); got != c.want {
+						t.Errorf("%s: server packet-id %d: Vouches = %v, want %v", when, c.pid, got, c.want)
+					}
+				}
+			}
+			// vouchWindow, twice the pace (10), and the 10 left unsure.
+			vouches("after a count that held a sighting", vc{12, false}, vc{13, true}, vc{12 + vouchWindow + 30, true}, vc{13 + vouchWindow + 30, false})
+			sk.Skipped(opDataV2<<opcodeShift|2, 1000, 100) // the server went on to 112, the client to 1100
+			vouches("after a count of 100", vc{13, false}, vc{112, false}, vc{113, true},
+				vc{112 + vouchWindow + 200 + 10, true}, vc{113 + vouchWindow + 200 + 10, false})
+			if _, ok := tr.Client(held, dataV2(2, 7, 1100), true); ok {
+				t.Error("client packet-id 1100 from elsewhere: plausible, though the kernel forwarded it")
+			}
+			if _, ok := tr.Client(held, dataV2(2, 7, 1101), true); !ok {
+				t.Error("client packet-id 1101 from elsewhere: not plausible")
+			}
+			if tr.Vouches(held, dataV2(3, 7, 51)) {
+				t.Error("a key the Track never saw vouches after Skipped")
+			}
+		}},
 		{"a key-id that comes round again starts both sequences again", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			held.AddKey(mustPeerID(t, 7))
 			clientSends(tr, held, 1, 7, 3*clientWindow)

@@ -17,12 +17,14 @@
 // forge the backends' datagrams too, from a raw socket, at every ephemeral
 // port of udpmux's upstream side.
 //
-// The fast path variants (TestWireGuardRoamingFastPath, its upgrade
-// variant, TestWireGuardSpoofFastPath) run the WireGuard roaming and
-// spoofing tests with fast_path: nftables and IPv4 forwarding on in
-// udpmux's namespace: the tunnels' transport messages go through the
-// kernel, and every session must be in it at the end, the kernel having
-// forwarded datagrams both ways (checkOffloaded).
+// The fast path variants (TestWireGuardRoamingFastPath,
+// TestOpenVPNRoamingFastPath, their upgrade variants,
+// TestWireGuardSpoofFastPath, TestOpenVPNSpoofFastPath) run the WireGuard
+// and OpenVPN roaming and spoofing tests with fast_path: nftables and IPv4
+// forwarding on in udpmux's namespace: the tunnels' data datagrams
+// (WireGuard transport messages, OpenVPN P_DATA_V2) go through the kernel,
+// and every session must be in it at the end, the kernel having forwarded
+// datagrams both ways (checkOffloaded).
 //
 // The transparent source tests (transparent_e2e_test.go) run the OpenVPN
 // and WireGuard roaming tests with `source: client`: the backends route

@@ -18,6 +18,7 @@ type ovpnRoamOptions struct {
 	direct     bool // clients talk to the servers directly, no udpmux
 	float      bool // start the servers with --float
 	upgrade    bool // upgrade udpmux (SIGUSR2) in the middle of the moves
+	fast       bool // fast_path: nftables (the udpmux namespace forwards)
 	backBridge bool // the servers' namespace hangs off a bridge (vpnOptions)
 	spread     bool // more clients, if need be, until both servers have some
 	// transparent has udpmux send from the clients' addresses (source:
@@ -48,35 +49,13 @@ func ovpnBackends() []netip.AddrPort {
 // the server floated the client) or udpmux's unchanged upstream socket,
 // one per session (with transparent: the client's last mapping, as
 // direct). Through udpmux, it also checks that udpmux holds one session per
-// client afterwards and shuts down cleanly, and with transparent and
-// upgrade that no echo request sent during the upgrade was lost. It
-// returns the run, for more checks.
+// client afterwards, with fast all of them in the kernel, and shuts down
+// cleanly, and with transparent and upgrade that no echo request sent
+// during the upgrade was lost (see runRoaming). It returns the run, for
+// more checks.
 func runOpenVPNRoaming(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 	r := setupOpenVPN(t, o)
-	sched := moveSchedule(roamAddrs(r.rs))
-	var after func(int, move)
-	var up *upgradeWindow
-	if o.upgrade {
-		after = func(k int, m move) {
-			if k == len(sched)/2-1 {
-				up = upgradeAfterMove(t, r.d, r.sock, len(r.rs), k, m, r.v.wait(upgradeTimeout))
-			}
-		}
-	}
-	moves := runMoves(t, r.rs, sched, after)
-	time.Sleep(roamSettle)
-	stopped := time.Now()
-	logs := stopRoamPings(t, r.rs)
-	checkRecoveries(t, r.rs, moves, logs, stopped)
-	if o.transparent && up != nil {
-		up.checkLossless(t, r.rs, logs)
-	}
-	r.check(t, "the moves", false)
-	if r.d != nil {
-		checkSessionCount(t, r.sock, len(r.rs))
-		r.d.Stop(t)
-	}
-	t.Logf("%d OpenVPN tunnels, %d moves in %v", len(r.rs), len(moves), time.Since(r.start).Round(time.Millisecond))
+	runRoaming(t, r.tunnelCase())
 	return r
 }
 
@@ -101,6 +80,14 @@ type ovpnRun struct {
 	// connectDir holds the servers' --client-connect environments
 	// (transparent only).
 	connectDir string
+}
+
+// tunnelCase is r as the roaming and spoofing runners see it: check
+// wants udpmux to hold the sessions' upstream sockets and no others.
+func (r *ovpnRun) tunnelCase() *tunnelCase {
+	return &tunnelCase{name: "OpenVPN", lab: r.v.lab, mux: r.v.mux, bridge: r.v.bridge, listen: muxListen, d: r.d, sock: r.sock,
+		rs: r.rs, start: r.start, wait: r.v.wait, upgrade: r.o.upgrade, transparent: r.o.transparent, fast: r.o.fast,
+		burst: ovpnSpoofBurst, check: func(t *testing.T, during string) { r.check(t, during, false) }}
 }
 
 // setupOpenVPN builds the OpenVPN lab with roamClients clients, through
@@ -128,12 +115,14 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 		top = "recovery:\n  enabled: false\n"
 	}
 	r.configFor = func(sock string) string {
-		return roamingConfig(muxListen, ovpnBackends(), "openvpn", extra, sock) + top
+		return roamingConfig(muxListen, ovpnBackends(), "openvpn", extra+fastPathExtra(o.fast), sock) + top
 	}
 	var config string
 	if !o.direct {
 		config = r.configFor(r.sock)
-		requireDissector(t, config, "openvpn")
+		if !o.fast { // validate checks this host's forwarding, not the lab's
+			requireDissector(t, config, "openvpn")
+		}
 	}
 	var serverArgs []string
 	if o.float {
@@ -146,6 +135,9 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 	v := newVPNLabWith(t, vpnOptions{direct: o.direct, serverArgs: serverArgs, backBridge: o.backBridge, transparent: o.transparent})
 	r.v = v
 	r.muxNS = v.mux
+	if o.fast {
+		v.mux.EnableForwarding()
+	}
 	remote := func(i int) netip.AddrPort { return v.servers[i%2].Listen }
 	if !o.direct {
 		r.d = startRoamingDaemon(t, v.lab, v.mux, v.dir, config, "openvpn", muxListen.Port())
@@ -341,4 +333,23 @@ func TestOpenVPNRoamingThroughUdpmux(t *testing.T) {
 // must survive it.
 func TestOpenVPNRoamingThroughUpgrade(t *testing.T) {
 	runOpenVPNRoaming(t, ovpnRoamOptions{upgrade: true})
+}
+
+// TestOpenVPNRoamingFastPath is TestOpenVPNRoamingThroughUdpmux with
+// fast_path: nftables: the tunnels' data packets (P_DATA_V2) go through
+// the kernel, and their moves still through udpmux (a moved client's
+// packets match no kernel element), which must prove each move by the
+// backend's packet-id although the kernel carried the backend's packets
+// before it, and move the kernel's elements with the session. Every
+// session must be in the kernel at the end, and the kernel must have
+// carried their pings.
+func TestOpenVPNRoamingFastPath(t *testing.T) {
+	runOpenVPNRoaming(t, ovpnRoamOptions{fast: true})
+}
+
+// TestOpenVPNRoamingFastPathThroughUpgrade is
+// TestOpenVPNRoamingThroughUpgrade with the fast path: the successor
+// claims the kernel's elements of the sessions it takes over.
+func TestOpenVPNRoamingFastPathThroughUpgrade(t *testing.T) {
+	runOpenVPNRoaming(t, ovpnRoamOptions{fast: true, upgrade: true})
 }

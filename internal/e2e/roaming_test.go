@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -428,6 +429,68 @@ func checkRecoveries(t *testing.T, rs []*roamer, moves []move, logs []pingLog, s
 		t.Logf("%s: ping %d sent, %d answered, %d lost%s; after each move traffic again in: %s",
 			r.Name, l.Sent, len(l.Replies), len(l.Lost), seqList(l.Lost), strings.Join(parts, ", "))
 	}
+}
+
+// tunnelCase is a running tunnel test (see setupWireGuard, setupOpenVPN)
+// as the roaming and spoofing runners (runRoaming, runSpoof) see it.
+type tunnelCase struct {
+	name   string // the tunnels' protocol, for the log
+	lab    *netlab.Lab
+	mux    *netlab.Namespace // udpmux's
+	bridge string            // the clients' bridge in mux
+	listen netip.AddrPort    // udpmux's listener
+	d      *daemon           // nil when direct
+	sock   string            // udpmux's control socket
+	rs     []*roamer
+	start  time.Time
+	wait   func(time.Duration) time.Duration // the lab's budget
+	// upgrade, transparent and fast are the test's options of those
+	// names: upgrade udpmux in the middle of the moves; source: client,
+	// so that no echo request may be lost to the upgrade; fast_path:
+	// nftables, so that every session must be in the kernel.
+	upgrade, transparent, fast bool
+	burst                      func(r *rand.Rand) [][]byte // forged datagrams of the protocol (see spoof_e2e_test.go)
+	// check compares the tunnels with the start, the pings stopped;
+	// during names the interval ("the moves").
+	check func(t *testing.T, during string)
+}
+
+// runRoaming moves c's clients (roamRounds rounds, see moveSchedule), with
+// c.upgrade upgrading udpmux after the middle move, and stops their pings
+// roamSettle after the last. It checks the moves' recoveries
+// (checkRecoveries), with c.transparent and c.upgrade that no echo request
+// sent during the upgrade was lost, and the tunnels (c.check); through
+// udpmux, with c.fast that every session is in the kernel
+// (checkOffloaded), and that udpmux holds one session per client and
+// shuts down cleanly.
+func runRoaming(t *testing.T, c *tunnelCase) {
+	sched := moveSchedule(roamAddrs(c.rs))
+	var after func(int, move)
+	var up *upgradeWindow
+	if c.upgrade {
+		after = func(k int, m move) {
+			if k == len(sched)/2-1 {
+				up = upgradeAfterMove(t, c.d, c.sock, len(c.rs), k, m, c.wait(upgradeTimeout))
+			}
+		}
+	}
+	moves := runMoves(t, c.rs, sched, after)
+	time.Sleep(roamSettle)
+	stopped := time.Now()
+	logs := stopRoamPings(t, c.rs)
+	checkRecoveries(t, c.rs, moves, logs, stopped)
+	if c.transparent && up != nil {
+		up.checkLossless(t, c.rs, logs)
+	}
+	c.check(t, "the moves")
+	if c.fast {
+		checkOffloaded(t, c.sock, len(c.rs))
+	}
+	if c.d != nil {
+		checkSessionCount(t, c.sock, len(c.rs))
+		c.d.Stop(t)
+	}
+	t.Logf("%d %s tunnels, %d moves in %v", len(c.rs), c.name, len(moves), time.Since(c.start).Round(time.Millisecond))
 }
 
 // seqList renders lost sequence numbers for a log line.
