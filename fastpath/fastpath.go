@@ -50,9 +50,10 @@ const (
 	// handshake initiation, response and cookie reply (types 1–3) go to
 	// udpmux.
 	WireGuard
-	// QUIC: short-header packets (header form 0, fixed bit 1); long headers
-	// (Initial, Handshake, 0-RTT, Retry) and version negotiation go to
-	// udpmux.
+	// QUIC: short-header packets (header form 0, the fixed bit either way:
+	// a peer that got the grease_quic_bit transport parameter clears it at
+	// random, RFC 9287, as quic-go does); long headers (Initial,
+	// Handshake, 0-RTT, Retry) and version negotiation go to udpmux.
 	QUIC
 	// OpenVPN: P_DATA_V2 (opcode 9) on key ID 0, and OpenVPN+k on key ID k
 	// (OpenVPNKey); control packets, acks, P_DATA_V1 and data on the
@@ -129,7 +130,7 @@ func KindOf(f Kind, p []byte) (Kind, bool) {
 			return OpenVPNKey(p[0] & (openVPNKeys - 1)), true
 		}
 	case QUIC:
-		return QUIC, len(p) >= 1 && p[0]&0xc0 == 0x40
+		return QUIC, len(p) >= 1 && p[0]&0x80 == 0
 	}
 	return f, false
 }

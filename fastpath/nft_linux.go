@@ -184,7 +184,7 @@ func dataByte(k Kind) []expr.Any {
 	case WireGuard:
 		return []expr.Any{load(4), &expr.Cmp{Op: expr.CmpOpEq, Register: regVerdict, Data: []byte{4, 0, 0, 0}}}
 	case QUIC:
-		return masked(0xc0, 0x40) // header form 0 (short), fixed bit 1
+		return masked(0x80, 0) // header form 0 (short), the fixed bit either way
 	}
 	return nil
 }

@@ -69,8 +69,9 @@ func TestKindOf(t *testing.T) {
 		{OpenVPN, nil, no},
 		{QUIC, []byte{0x40}, QUIC},
 		{QUIC, []byte{0x7f}, QUIC},
-		{QUIC, []byte{0xc0}, no}, // long header
-		{QUIC, []byte{0x00}, no}, // fixed bit clear
+		{QUIC, []byte{0xc0}, no},   // long header
+		{QUIC, []byte{0x00}, QUIC}, // fixed bit greased (RFC 9287)
+		{QUIC, []byte{0x80}, no},   // long header, fixed bit greased
 		{numKinds, []byte{4, 0, 0, 0}, no},
 	} {
 		k, ok := KindOf(tc.family, tc.p)
@@ -271,6 +272,7 @@ func TestKernelForwardsData(t *testing.T) {
 		// learns the new key's packet-ids from it.
 		{OpenVPNKey(5), []byte{9<<3 | 5, 0, 0, 1, 0xaa}, []byte{9<<3 | 2, 0, 0, 1, 0xbb}},
 		{QUIC, []byte{0x41, 1, 2, 3}, []byte{0xc0, 0, 0, 0, 1}},
+		{QUIC, []byte{0x01, 1, 2, 3}, []byte{0x80, 0, 0, 0, 1}}, // the fixed bit greased (RFC 9287)
 	} {
 		t.Run(tc.kind.String(), func(t *testing.T) {
 			cli := l.udp(t, l.client, "", l.vip.String())
