@@ -747,8 +747,10 @@ func (t *Table) poll(now time.Time) {
 		}
 		return true
 	}
-	for _, set := range t.fwd {
-		complete = read(set) && complete
+	// Only the maps of this process's kinds: the others have no elements
+	// (adopt adds the kinds of those a predecessor left to t.kinds).
+	for _, k := range t.kinds {
+		complete = read(t.fwd[k]) && complete
 	}
 	if gone {
 		t.remake()
