@@ -76,6 +76,9 @@ type track struct {
 	// so that which of its packets came before the sighting is unknown.
 	skipped, unsure      [keyIDs]uint32
 	sawServer, sawClient [keyIDs]bool
+	// keys has a bit per key ID that the client's control packets from its
+	// own address named: keys the client negotiates.
+	keys uint8
 }
 
 // seq follows the packet-ids of one side on one key, as seen from the
@@ -130,7 +133,7 @@ func data(p []byte) (peer uint32, key uint8, pid uint32, ok bool) {
 // peer-id the client uses, and a
 // control packet names the client's session ID, the key its control
 // packets find the session by (a session recovered from a data packet
-// learns it so); a data packet from another address may be the client's
+// learns it so), and the key ID it negotiates; a data packet from another address may be the client's
 // only if its packet-id is ahead of the client's sequence on the key, and
 // by less than clientWindow (a client never sends a packet-id twice).
 func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, bool) {
@@ -139,6 +142,11 @@ func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, 
 		if !moved {
 			// The key Dissect gives a control packet is its session ID.
 			if d := (&Dissector{}).Dissect(p, netip.AddrPort{}, netip.AddrPort{}, t.scope); d.Key.Kind() == flowtable.KindCID {
+				// A control packet names the key it negotiates: the server's
+				// data on it may found a sequence before the client sends
+				// data on it (a server sends on a renegotiated key at once;
+				// its client goes on with the old one for seconds).
+				t.keys |= 1 << (p[0] & (keyIDs - 1))
 				return d.Key, true
 			}
 		}
@@ -168,16 +176,22 @@ func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, 
 // one the client uses: a server sends to a client with the client's own
 // peer-id, and a packet with another, or before the client has used one,
 // was not its server's (an attacker may send any to the session's socket)
-// and teaches nothing. A data packet on a key the client uses also shows
-// the server's sequence on it.
+// and teaches nothing. A data packet on a key the client uses, in data or
+// in control packets from its own address, also shows the server's
+// sequence on it.
 func (t *track) Server(s session.Session, p []byte) flowtable.Key {
 	k, ok := reply(p, t.scope)
 	if !ok || !t.used || peerID(p[1:4]) != t.peerID {
 		return flowtable.Key{}
 	}
 	if _, key, pid, ok := data(p); ok {
-		t.heard = true
-		if c := &t.client[key]; c.estSet || c.candSet {
+		if !t.heard {
+			// Runs on new paths count from now on: those before may be
+			// what made a probe run (a successor's), not what the server
+			// sends on a key whose sequence it has not shown yet.
+			t.heard, t.probe = true, seq{}
+		}
+		if t.named(key) {
 			if t.server[key].note(pid) {
 				t.sawServer[key], t.unsure[key] = true, 0
 			}
@@ -201,11 +215,22 @@ func (t *track) Vouches(s session.Session, p []byte) bool {
 	if k, _ := flowtable.IDKey(t.scope, ClassPeerID, p[1:4]); !s.Holds(k) {
 		return false
 	}
-	if !t.heard {
+	q := &t.server[key]
+	if !t.heard || !q.estSet && t.named(key) {
+		// No sequence to continue: nothing heard yet (a successor), or a
+		// key the client negotiates whose data the server has sent
+		// nowhere but on the new path (a client that moved as the
+		// renegotiation ended).
 		return t.run(key, pid)
 	}
-	q := &t.server[key]
 	return q.estSet && pid > q.est && pid-q.est <= vouchWindow+2*t.skipped[key]+t.unsure[key]
+}
+
+// named reports whether the client named key from its own address, in a
+// control packet or in data.
+func (t *track) named(key uint8) bool {
+	c := &t.client[key]
+	return c.estSet || c.candSet || t.keys&(1<<key) != 0
 }
 
 // Skipped moves the client's and the server's sequences on the key that

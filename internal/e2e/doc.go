@@ -26,6 +26,19 @@
 // and every session must be in it at the end, the kernel having forwarded
 // datagrams both ways (checkOffloaded).
 //
+// The OpenVPN fast path tests (fastpath_openvpn_e2e_test.go) go further:
+// TestOpenVPNFastPathRenegotiation has the clients renegotiate every 10 s
+// (--reneg-sec), which puts their data on the next key ID, and move, once
+// both ends use the new key and right after a renegotiation; the kernel
+// must forward every session on its new key's map (fwd_openvpnN, N not 0:
+// read from the table), and each move carry traffic again within 2 s.
+// TestOpenVPNRenegotiationThroughUdpmux is the same without the fast
+// path. The clients' packets by key ID are counted by an nft table in
+// their namespaces. TestOpenVPNFastPathAfterCrash kills udpmux (SIGKILL)
+// with every session in the kernel, which forwards on (at most one echo
+// request lost), starts a fresh one that adopts the table, and moves the
+// clients, whose sessions the fresh udpmux recovers from the backends.
+//
 // The transparent source tests (transparent_e2e_test.go) run the OpenVPN
 // and WireGuard roaming tests with `source: client`: the backends route
 // the clients' network through udpmux's namespace, which delivers their

@@ -67,6 +67,15 @@ type roamer struct {
 	mapping netip.AddrPort // the NAT's current mapping; invalid: none yet (its own address and port)
 }
 
+// peer returns the client's address as udpmux sees it: its NAT's mapping
+// once it has moved, else its own address and port.
+func (r *roamer) peer() netip.AddrPort {
+	if r.mapping.IsValid() {
+		return r.mapping
+	}
+	return netip.AddrPortFrom(r.Addr, r.SPort)
+}
+
 // addAlt adds the roamer's second address to its link.
 func (r *roamer) addAlt() {
 	r.NS.AddAddr(r.Link, netip.PrefixFrom(r.Alt, 24).String())
@@ -113,10 +122,15 @@ func moveSchedule(addrs, alts []netip.Addr, rounds int) []move {
 // roamAddrs returns the roamers' own and second addresses, for
 // moveSchedule, with roamRounds rounds.
 func roamAddrs(rs []*roamer) (addrs, alts []netip.Addr, rounds int) {
+	return roamAddrsRounds(rs, roamRounds)
+}
+
+// roamAddrsRounds is roamAddrs with rounds rounds.
+func roamAddrsRounds(rs []*roamer, rounds int) (addrs, alts []netip.Addr, _ int) {
 	for _, r := range rs {
 		addrs, alts = append(addrs, r.Addr), append(alts, r.Alt)
 	}
-	return addrs, alts, roamRounds
+	return addrs, alts, rounds
 }
 
 // runMoves carries the schedule out, roamGap apart, and returns it with
@@ -127,10 +141,7 @@ func runMoves(t *testing.T, rs []*roamer, sched []move, after func(k int, m move
 	done := slices.Clone(sched)
 	for k := range done {
 		m := &done[k]
-		r := rs[m.Client]
-		r.NS.SNAT(r.Link, r.SPort, m.To)
-		m.At = time.Now()
-		r.mapping = m.To
+		m.do(rs)
 		if after != nil {
 			after(k, *m)
 		}
@@ -139,6 +150,15 @@ func runMoves(t *testing.T, rs []*roamer, sched []move, after func(k int, m move
 		}
 	}
 	return done
+}
+
+// do carries m out: the client's NAT maps its tunnel's flow to m.To from
+// now on (m.At), and the roamer records the mapping.
+func (m *move) do(rs []*roamer) {
+	r := rs[m.Client]
+	r.NS.SNAT(r.Link, r.SPort, m.To)
+	m.At = time.Now()
+	r.mapping = m.To
 }
 
 // syncBuffer is a bytes.Buffer that a process writes while the test reads.
@@ -453,6 +473,10 @@ type tunnelCase struct {
 	// check compares the tunnels with the start, the pings stopped;
 	// during names the interval ("the moves").
 	check func(t *testing.T, during string)
+	// more, if not nil, checks more through udpmux at the end, after
+	// the sessions were found in the kernel (with fast) and before
+	// udpmux stops.
+	more func(t *testing.T)
 }
 
 // runRoaming moves c's clients (roamRounds rounds, see moveSchedule), with
@@ -475,12 +499,27 @@ func runRoaming(t *testing.T, c *tunnelCase) {
 		}
 	}
 	moves := runMoves(t, c.rs, sched, after)
+	finishRoaming(t, c, moves, func(logs []pingLog) {
+		if c.transparent && up != nil {
+			up.checkLossless(t, c.rs, logs)
+		}
+	})
+}
+
+// finishRoaming ends a run of c whose clients made moves: it stops their
+// pings roamSettle after the last move and checks the moves' recoveries
+// (checkRecoveries), what inspect (if not nil) checks in the pings' logs,
+// and the tunnels (c.check); through udpmux, with c.fast that every
+// session is in the kernel (checkOffloaded), that udpmux holds one session
+// per client, what c.more checks, and that udpmux shuts down cleanly.
+func finishRoaming(t *testing.T, c *tunnelCase, moves []move, inspect func(logs []pingLog)) {
+	t.Helper()
 	time.Sleep(roamSettle)
 	stopped := time.Now()
 	logs := stopRoamPings(t, c.rs)
 	checkRecoveries(t, c.rs, moves, logs, stopped)
-	if c.transparent && up != nil {
-		up.checkLossless(t, c.rs, logs)
+	if inspect != nil {
+		inspect(logs)
 	}
 	c.check(t, "the moves")
 	if c.fast {
@@ -488,6 +527,9 @@ func runRoaming(t *testing.T, c *tunnelCase) {
 	}
 	if c.d != nil {
 		checkSessionCount(t, c.sock, len(c.rs))
+		if c.more != nil {
+			c.more(t)
+		}
 		c.d.Stop(t)
 	}
 	t.Logf("%d %s tunnels, %d moves in %v", len(c.rs), c.name, len(moves), time.Since(c.start).Round(time.Millisecond))
