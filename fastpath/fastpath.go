@@ -37,7 +37,9 @@ import (
 )
 
 // Kind says which datagrams of a session are data, forwarded by the
-// kernel; the others go to udpmux.
+// kernel; the others go to udpmux. A listener's dissector gives its
+// sessions' family of kinds (Family): one kind, but for OpenVPN, whose
+// sessions each have the kind of the key their data is on.
 type Kind uint8
 
 // The kinds, by the listener's dissector.
@@ -48,41 +50,89 @@ const (
 	// handshake initiation, response and cookie reply (types 1–3) go to
 	// udpmux.
 	WireGuard
-	// OpenVPN: P_DATA_V2 (opcode 9, any key ID); control packets, acks and
-	// P_DATA_V1 go to udpmux.
-	OpenVPN
-	// QUIC: short-header packets (header form 0, fixed bit 1); long headers
-	// (Initial, Handshake, 0-RTT, Retry) and version negotiation go to
-	// udpmux.
+	// QUIC: short-header packets (header form 0, the fixed bit either way:
+	// a peer that got the grease_quic_bit transport parameter clears it at
+	// random, RFC 9287, as quic-go does); long headers (Initial,
+	// Handshake, 0-RTT, Retry) and version negotiation go to udpmux.
 	QUIC
-	numKinds
+	// OpenVPN: P_DATA_V2 (opcode 9) on key ID 0, and OpenVPN+k on key ID k
+	// (OpenVPNKey); control packets, acks, P_DATA_V1 and data on the
+	// session's other key IDs go to udpmux. A key ID of its own per kind
+	// lets udpmux see the first packets of a renegotiated key, and so the
+	// packet-ids that vouch for a moving client (package
+	// dissect/openvpn) on every key; the family is OpenVPN.
+	OpenVPN
+	numKinds = OpenVPN + openVPNKeys
 )
 
-var kindNames = [numKinds]string{"any", "wireguard", "openvpn", "quic"}
+// openVPNKeys is the number of OpenVPN key IDs: the low three bits of the
+// first byte.
+const openVPNKeys = 8
+
+// OpenVPNKey returns the kind of OpenVPN data on key ID id.
+func OpenVPNKey(id uint8) Kind { return OpenVPN + Kind(id%openVPNKeys) }
+
+// Family returns k's family: OpenVPN for every OpenVPN key, k otherwise.
+func (k Kind) Family() Kind {
+	if k >= OpenVPN && k < numKinds {
+		return OpenVPN
+	}
+	return k
+}
+
+// kinds returns the kinds of family f.
+func (f Kind) kinds() []Kind {
+	if f == OpenVPN {
+		ks := make([]Kind, openVPNKeys)
+		for i := range ks {
+			ks[i] = OpenVPNKey(uint8(i))
+		}
+		return ks
+	}
+	return []Kind{f}
+}
 
 // String returns the kind's name, as the table's map names use it.
 func (k Kind) String() string {
-	if k < numKinds {
-		return kindNames[k]
+	switch {
+	case k >= OpenVPN && k < numKinds:
+		return fmt.Sprintf("openvpn%d", k-OpenVPN)
+	case k < OpenVPN:
+		return [...]string{"any", "wireguard", "quic"}[k]
 	}
 	return fmt.Sprintf("kind%d", uint8(k))
 }
 
-// IsData reports whether the kernel forwards p, a UDP payload of a session
-// of kind k, once the session is in the table: the type-byte match of the
-// table's rules (nft_linux.go, dataByte), in Go.
-func IsData(k Kind, p []byte) bool {
-	switch k {
-	case Any:
-		return true
-	case WireGuard:
-		return len(p) >= 4 && p[0] == 4 && p[1] == 0 && p[2] == 0 && p[3] == 0
-	case OpenVPN:
-		return len(p) >= 1 && p[0]&0xf8 == 9<<3
-	case QUIC:
-		return len(p) >= 1 && p[0]&0xc0 == 0x40
+// TypeByte returns the first byte of every datagram of kind k (an OpenVPN
+// key's), and false for a kind whose datagrams do not share one.
+func (k Kind) TypeByte() (byte, bool) {
+	if k.Family() == OpenVPN {
+		return opDataV2<<3 | byte(k-OpenVPN), true
 	}
-	return false
+	return 0, false
+}
+
+// opDataV2 is OpenVPN's P_DATA_V2 opcode.
+const opDataV2 = 9
+
+// KindOf returns the kind of p, a UDP payload of a session of family f,
+// and whether the kernel forwards it once the session is in the table with
+// that kind: the type-byte match of the table's rules (nft_linux.go,
+// dataByte), in Go.
+func KindOf(f Kind, p []byte) (Kind, bool) {
+	switch f {
+	case Any:
+		return Any, true
+	case WireGuard:
+		return WireGuard, len(p) >= 4 && p[0] == 4 && p[1] == 0 && p[2] == 0 && p[3] == 0
+	case OpenVPN:
+		if len(p) >= 1 && p[0]>>3 == opDataV2 {
+			return OpenVPNKey(p[0] & (openVPNKeys - 1)), true
+		}
+	case QUIC:
+		return QUIC, len(p) >= 1 && p[0]&0x80 == 0
+	}
+	return f, false
 }
 
 // Flow is what the kernel needs to forward one session both ways with the
@@ -115,6 +165,12 @@ func (f Flow) valid() error {
 		return ErrLocalBackend
 	}
 	return nil
+}
+
+// family returns f with its kind's family.
+func (f Flow) family() Flow {
+	f.Kind = f.Kind.Family()
+	return f
 }
 
 // unmap returns f with IPv4-mapped IPv6 addresses as IPv4 ones.
@@ -185,8 +241,9 @@ type Config struct {
 	// a flood of new sessions never becomes a flood of netlink messages;
 	// 0 means DefaultRate. Moves and removals are not rationed.
 	Rate int
-	// Kinds are the kinds of sessions this process offloads; the table
-	// matches the type bytes of these only (and of those it adopts).
+	// Kinds are the families of kinds (Kind.Family) of the sessions this
+	// process offloads; the table matches the type bytes of these only (and
+	// of those it adopts).
 	Kinds []Kind
 	// Poll is how often element counters are read (and the table
 	// reconciled with the kernel); 0 means DefaultPoll. A reading takes

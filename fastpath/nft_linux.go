@@ -177,13 +177,14 @@ func dataByte(k Kind) []expr.Any {
 			&expr.Bitwise{SourceRegister: regVerdict, DestRegister: regVerdict, Len: 1, Mask: []byte{mask}, Xor: []byte{0}},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: regVerdict, Data: []byte{want}}}
 	}
+	if b, ok := k.TypeByte(); ok {
+		return []expr.Any{load(1), &expr.Cmp{Op: expr.CmpOpEq, Register: regVerdict, Data: []byte{b}}}
+	}
 	switch k {
 	case WireGuard:
 		return []expr.Any{load(4), &expr.Cmp{Op: expr.CmpOpEq, Register: regVerdict, Data: []byte{4, 0, 0, 0}}}
-	case OpenVPN:
-		return masked(0xf8, 9<<3) // opcode 9 in the top five bits, the key ID below
 	case QUIC:
-		return masked(0xc0, 0x40) // header form 0 (short), fixed bit 1
+		return masked(0x80, 0) // header form 0 (short), the fixed bit either way
 	}
 	return nil
 }

@@ -197,10 +197,12 @@ func Open(cfg Config, log *slog.Logger) (*Table, error) {
 func uniqueKinds(ks []Kind) []Kind {
 	var seen [numKinds]bool
 	var out []Kind
-	for _, k := range ks {
-		if k < numKinds && !seen[k] {
-			seen[k] = true
-			out = append(out, k)
+	for _, f := range ks {
+		for _, k := range f.Family().kinds() {
+			if k < numKinds && !seen[k] {
+				seen[k] = true
+				out = append(out, k)
+			}
 		}
 	}
 	return out
@@ -317,8 +319,10 @@ var ErrFull = errors.New("fastpath: the table is full (sessions.max)")
 
 // Claim returns the entry of a session this process has taken over (an
 // upgrade's), if the kernel forwards it already: one found at Open, or
-// installed by the predecessor since, which the next poll finds. It
-// returns nil if the table has no such session.
+// installed by the predecessor since, which the next poll finds. f's kind
+// may be another of the entry's family (the predecessor's session may have
+// been on another OpenVPN key). It returns nil if the table has no such
+// session.
 func (t *Table) Claim(f Flow) *Entry {
 	if f.valid() != nil {
 		return nil
@@ -327,7 +331,7 @@ func (t *Table) Claim(f Flow) *Entry {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.byKey[tupleKey(f.Client, f.Local)]
-	if e == nil || e.claimed || e.gone || e.want != f {
+	if e == nil || e.claimed || e.gone || e.want.family() != f.family() {
 		return nil
 	}
 	e.claimed = true
@@ -345,6 +349,20 @@ func (t *Table) Move(e *Entry, to netip.AddrPort) {
 		return
 	}
 	e.want.Client = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	t.queue(e)
+}
+
+// SetKind has the kernel forward e's session's datagrams of kind k, of the
+// same family, instead of those of the kind it has (an OpenVPN session
+// whose data went on to another key): the old kind's elements go in the
+// same transaction as the new ones come.
+func (t *Table) SetKind(e *Entry, k Kind) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e.gone || k.Family() != e.want.Kind.Family() {
+		return
+	}
+	e.want.Kind = k
 	t.queue(e)
 }
 
@@ -729,8 +747,10 @@ func (t *Table) poll(now time.Time) {
 		}
 		return true
 	}
-	for _, set := range t.fwd {
-		complete = read(set) && complete
+	// Only the maps of this process's kinds: the others have no elements
+	// (adopt adds the kinds of those a predecessor left to t.kinds).
+	for _, k := range t.kinds {
+		complete = read(t.fwd[k]) && complete
 	}
 	if gone {
 		t.remake()

@@ -45,34 +45,49 @@ func TestFlowValid(t *testing.T) {
 	}
 }
 
-func TestIsData(t *testing.T) {
+func TestKindOf(t *testing.T) {
+	const no = numKinds // not data: KindOf's kind is not looked at
 	for _, tc := range []struct {
-		kind Kind
-		p    []byte
-		want bool
+		family Kind
+		p      []byte
+		want   Kind
 	}{
-		{Any, nil, true},
-		{Any, []byte{1}, true},
-		{WireGuard, []byte{4, 0, 0, 0, 1}, true},
-		{WireGuard, []byte{1, 0, 0, 0}, false}, // initiation
-		{WireGuard, []byte{2, 0, 0, 0}, false}, // response
-		{WireGuard, []byte{3, 0, 0, 0}, false}, // cookie reply
-		{WireGuard, []byte{4, 0, 0, 1}, false}, // reserved bytes set
-		{WireGuard, []byte{4, 0, 0}, false},
-		{OpenVPN, []byte{9<<3 | 0}, true}, // P_DATA_V2, key 0
-		{OpenVPN, []byte{9<<3 | 7}, true},
-		{OpenVPN, []byte{6 << 3}, false}, // P_DATA_V1
-		{OpenVPN, []byte{4 << 3}, false}, // P_CONTROL_V1
-		{OpenVPN, []byte{7 << 3}, false}, // P_CONTROL_HARD_RESET_CLIENT_V2
-		{OpenVPN, nil, false},
-		{QUIC, []byte{0x40}, true},
-		{QUIC, []byte{0x7f}, true},
-		{QUIC, []byte{0xc0}, false}, // long header
-		{QUIC, []byte{0x00}, false}, // fixed bit clear
-		{numKinds, []byte{4, 0, 0, 0}, false},
+		{Any, nil, Any},
+		{Any, []byte{1}, Any},
+		{WireGuard, []byte{4, 0, 0, 0, 1}, WireGuard},
+		{WireGuard, []byte{1, 0, 0, 0}, no}, // initiation
+		{WireGuard, []byte{2, 0, 0, 0}, no}, // response
+		{WireGuard, []byte{3, 0, 0, 0}, no}, // cookie reply
+		{WireGuard, []byte{4, 0, 0, 1}, no}, // reserved bytes set
+		{WireGuard, []byte{4, 0, 0}, no},
+		{OpenVPN, []byte{9<<3 | 0}, OpenVPN}, // P_DATA_V2, key 0
+		{OpenVPN, []byte{9<<3 | 3}, OpenVPNKey(3)},
+		{OpenVPN, []byte{9<<3 | 7}, OpenVPNKey(7)},
+		{OpenVPN, []byte{6 << 3}, no}, // P_DATA_V1
+		{OpenVPN, []byte{4 << 3}, no}, // P_CONTROL_V1
+		{OpenVPN, []byte{7 << 3}, no}, // P_CONTROL_HARD_RESET_CLIENT_V2
+		{OpenVPN, nil, no},
+		{QUIC, []byte{0x40}, QUIC},
+		{QUIC, []byte{0x7f}, QUIC},
+		{QUIC, []byte{0xc0}, no},   // long header
+		{QUIC, []byte{0x00}, QUIC}, // fixed bit greased (RFC 9287)
+		{QUIC, []byte{0x80}, no},   // long header, fixed bit greased
+		{numKinds, []byte{4, 0, 0, 0}, no},
 	} {
-		if got := IsData(tc.kind, tc.p); got != tc.want {
-			t.Errorf("IsData(%s, % x) = %v, want %v", tc.kind, tc.p, got, tc.want)
+		k, ok := KindOf(tc.family, tc.p)
+		if ok != (tc.want != no) || ok && k != tc.want {
+			t.Errorf("KindOf(%s, % x) = %s, %v; want %s", tc.family, tc.p, k, ok, tc.want)
+		}
+		if b, isByte := tc.want.TypeByte(); ok && isByte && b != tc.p[0] {
+			t.Errorf("%s.TypeByte() = %#x; want %#x, the first byte of its data", tc.want, b, tc.p[0])
+		}
+	}
+	for k := range numKinds {
+		if k.Family() != OpenVPN && k >= OpenVPN || k.Family() == OpenVPN && k < OpenVPN {
+			t.Errorf("%s.Family() = %s", k, k.Family())
+		}
+		if _, ok := k.TypeByte(); ok != (k.Family() == OpenVPN) {
+			t.Errorf("%s.TypeByte() ok = %v; want it for OpenVPN's keys only", k, ok)
 		}
 	}
 }
@@ -252,8 +267,12 @@ func TestKernelForwardsData(t *testing.T) {
 	}{
 		{Any, []byte("anything"), nil},
 		{WireGuard, []byte{4, 0, 0, 0, 1, 2, 3, 4}, []byte{1, 0, 0, 0, 9, 9, 9, 9}},
-		{OpenVPN, []byte{9<<3 | 2, 0, 0, 1, 0xaa}, []byte{4 << 3, 1, 2, 3}},
+		{OpenVPNKey(2), []byte{9<<3 | 2, 0, 0, 1, 0xaa}, []byte{4 << 3, 1, 2, 3}},
+		// Data on another key than the session's goes to udpmux, which
+		// learns the new key's packet-ids from it.
+		{OpenVPNKey(5), []byte{9<<3 | 5, 0, 0, 1, 0xaa}, []byte{9<<3 | 2, 0, 0, 1, 0xbb}},
 		{QUIC, []byte{0x41, 1, 2, 3}, []byte{0xc0, 0, 0, 0, 1}},
+		{QUIC, []byte{0x01, 1, 2, 3}, []byte{0x80, 0, 0, 0, 1}}, // the fixed bit greased (RFC 9287)
 	} {
 		t.Run(tc.kind.String(), func(t *testing.T) {
 			cli := l.udp(t, l.client, "", l.vip.String())
@@ -368,6 +387,44 @@ func TestMove(t *testing.T) {
 	old.Write([]byte("old"))
 	if p, from := recv(t, l.listener, "listener"); string(p) != "old" || from != f.Client {
 		t.Fatalf("listener got %q from %s, want the old address's datagram", p, from)
+	}
+}
+
+// TestSetKind moves an OpenVPN session's elements to another key: data on
+// the old key reaches udpmux again, the new key's is forwarded both ways.
+func TestSetKind(t *testing.T) {
+	l := newLab(t)
+	tb := l.open(t, Config{Kinds: []Kind{OpenVPN}})
+	defer tb.Close(false)
+	cli := l.udp(t, l.client, "", l.vip.String())
+	f := l.flow(OpenVPNKey(0), cli)
+	e := offloadInstalled(t, tb, f)
+	movesBefore := tb.Stats().Moves
+	tb.SetKind(e, OpenVPNKey(1))
+	tb.SetKind(e, WireGuard) // another family: ignored
+	deadline := time.Now().Add(5 * time.Second)
+	for tb.Stats().Moves == movesBefore {
+		if time.Now().After(deadline) {
+			t.Fatal("no new kind in 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	key0, key1 := []byte{9 << 3, 0, 0, 1, 0xaa}, []byte{9<<3 | 1, 0, 0, 1, 0xbb}
+	cli.Write(key1)
+	if p, from := recv(t, l.back, "backend"); string(p) != string(key1) || from != f.Source {
+		t.Fatalf("backend got %x from %s, want key 1's data from %s", p, from, f.Source)
+	}
+	l.back.WriteToUDPAddrPort(key1, f.Source)
+	if p, from := recv(t, cli, "client"); string(p) != string(key1) || from != l.vip {
+		t.Fatalf("client got %x from %s, want key 1's data from %s", p, from, l.vip)
+	}
+	cli.Write(key0)
+	if p, _ := recv(t, l.listener, "listener"); string(p) != string(key0) {
+		t.Fatalf("listener got %x, want key 0's data", p)
+	}
+	l.back.WriteToUDPAddrPort(key0, f.Source)
+	if p, _ := recv(t, l.upstream, "upstream socket"); string(p) != string(key0) {
+		t.Fatalf("upstream socket got %x, want key 0's data", p)
 	}
 }
 

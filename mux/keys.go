@@ -126,6 +126,7 @@ func (l *loop) move(s *sess, to netip.AddrPort) error {
 		} else {
 			// The anchor, and with it the old 4-tuple, has to stay.
 			ls.stats.movesWithoutTuple.inc()
+			yieldTo(s, got)
 		}
 	} else {
 		l.replaceTuple(s, next)
@@ -152,8 +153,25 @@ func (l *loop) replaceTuple(s *sess, next flowtable.Key) {
 		keep = append(keep, e)
 	} else {
 		l.socks[s.scope].stats.movesWithoutTuple.inc()
+		yieldTo(s, got)
 	}
 	s.setKeyEntries(keep)
+}
+
+// yieldTo closes the session of held, the entry of the 4-tuple that s has
+// just moved to, if that session began to recover s's client there (s is
+// one of its rivals): it yields to s now, as it would at its client's next
+// datagram (loop.contest), which never comes while the kernel forwards the
+// client's datagrams for s (a proxy's fast path). Safe from s's loop: a
+// session's rivals never change once it is in the table, and Close is a
+// request to its own loop.
+func yieldTo(s *sess, held *entry) {
+	if held == nil || held.Value == s {
+		return
+	}
+	if o := held.Value; slices.Contains(o.rivals, s) {
+		o.Close()
+	}
 }
 
 func isTuple(k flowtable.Key) bool {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/udpmux/udpmux/fastpath"
 	"github.com/udpmux/udpmux/session"
@@ -77,29 +78,48 @@ func (h *Handler) fastLoop(loop int) *fastLoop {
 
 // countReply counts a backend datagram p on the session's own socket, if
 // the kernel would forward it, and lists the session for offloading at the
-// offloadAfter-th.
+// offloadAfter-th. Such a datagram of an offloaded session is of another
+// kind than its elements' (the next OpenVPN key's, after a
+// renegotiation): at the offloadAfter-th, once its Track has learned the
+// new key's packet-ids from them, the elements change to that kind.
 func (h *Handler) countReply(s session.Session, u *upstream, p []byte) {
-	if !h.fastOn() || u.fast != nil || len(u.probes) > 0 || !fastpath.IsData(h.fast.Kind, p) {
+	if !h.fastOn() || len(u.probes) > 0 {
 		return
+	}
+	k, ok := fastpath.KindOf(h.fast.Kind, p)
+	fs := u.fast
+	if !ok || fs != nil && (fs.e == nil || k == u.kind) {
+		return // not data; or waiting to go in, or from before it went in
+	}
+	if k != u.next {
+		u.next, u.replies = k, 0
 	}
 	if u.replies++; u.replies < offloadAfter {
 		return
 	}
-	fs := &fastSess{s: s, u: u}
+	if fs != nil {
+		h.report(fs) // what the old kind's elements counted, as the old kind's
+		u.kind, u.replies = k, 0
+		h.fast.Table.SetKind(fs.e, k)
+		return
+	}
+	u.kind = k
+	fs = &fastSess{s: s, u: u}
 	u.fast = fs
 	fs.node = h.fastLoop(s.Stats().Loop).ready.push(fs)
 }
 
 // flow returns the session's flow as the kernel would forward it.
 func (h *Handler) flow(s session.Session, u *upstream) fastpath.Flow {
-	return fastpath.Flow{Kind: h.fast.Kind, Client: s.PeerAddr(), Local: s.LocalAddr(),
+	return fastpath.Flow{Kind: u.kind, Client: s.PeerAddr(), Local: s.LocalAddr(),
 		Source: u.sock.LocalAddr(), Backend: h.bal.addr(u.backend)}
 }
 
 // tickFast offloads loop's ready sessions, takes in its adopted ones, and,
 // after each poll of the table, reports what the kernel forwarded to each
-// session.
-func (h *Handler) tickFast(loop int) {
+// session and closes its idle probes: the client's datagrams, which close
+// them without the fast path, pass udpmux by.
+func (h *Handler) tickFast(loop int, now time.Time) {
 	if !h.fastOn() {
 		return
 	}
@@ -125,6 +145,9 @@ func (h *Handler) tickFast(loop int) {
 			fs := q.v
 			q = q.newer
 			h.report(fs)
+			if len(fs.u.probes) > 0 {
+				h.closeIdleProbes(fs.u, now)
+			}
 		}
 	}
 }
@@ -173,7 +196,19 @@ func (h *Handler) report(fs *fastSess) {
 		return
 	}
 	fs.reported = c
-	fs.stale = true
+	if d.TxPackets > 0 {
+		// The backend sends to the session's socket (its elements): it has
+		// left a confirmed probe for it, as a reply there shows without the
+		// fast path.
+		fs.u.backOnSocket()
+	}
+	if sk, ok := fs.u.track.(session.Skipper); ok {
+		if b, ok := fs.u.kind.TypeByte(); ok {
+			sk.Skipped(b, d.RxPackets, d.TxPackets)
+		}
+	} else {
+		fs.stale = true
+	}
 	fs.s.Forwarded(d.RxPackets, d.RxBytes, d.TxPackets, d.TxBytes)
 	h.fastStats.rx.Add(d.RxPackets)
 	h.fastStats.rxBytes.Add(d.RxBytes)
@@ -258,6 +293,14 @@ func (h *Handler) adoptFast(s session.Session, u *upstream) {
 	if e == nil {
 		return
 	}
+	if _, ok := u.track.(session.Skipper); ok {
+		// Its Track knows nothing yet of the sequences that the kernel's
+		// counts would move on (a restart carries no Track): the session's
+		// data comes back to udpmux, on the same sockets, until the Track
+		// has found them, and goes in again after offloadAfter replies.
+		h.fast.Table.Remove(e)
+		return
+	}
 	fs := &fastSess{s: s, u: u, e: e, reported: e.Counts()}
 	u.fast, u.replies = fs, offloadAfter
 	u.offloaded.Store(e)
@@ -277,7 +320,7 @@ func (h *Handler) orphanFor(s session.Session) (fastpath.Flow, int, bool) {
 		return fastpath.Flow{}, 0, false
 	}
 	f, ok := h.fast.Table.Orphan(s.PeerAddr(), s.LocalAddr())
-	if !ok || f.Kind != h.fast.Kind {
+	if !ok || f.Kind.Family() != h.fast.Kind {
 		return fastpath.Flow{}, 0, false
 	}
 	b, ok := h.bal.index(f.Backend)

@@ -256,13 +256,16 @@ type upstream struct {
 	probes []*probe
 	left   netip.AddrPort
 	leftAt time.Time
-	// replies counts the backend's datagrams on the session's own socket up
-	// to offloadAfter; fast is the session's place in the fast path (nil
-	// without one), and offloaded its entry once in the table, for other
-	// goroutines (Session).
-	replies   int
-	fast      *fastSess
-	offloaded atomic.Pointer[fastpath.Entry]
+	// replies counts the backend's data datagrams of kind next on the
+	// session's own socket up to offloadAfter; kind is the kind of the
+	// session's elements (another OpenVPN key's, once its data goes on to
+	// it); fast is the session's place in the fast path (nil without one),
+	// and offloaded its entry once in the table, for other goroutines
+	// (Session).
+	replies    int
+	kind, next fastpath.Kind
+	fast       *fastSess
+	offloaded  atomic.Pointer[fastpath.Entry]
 }
 
 // settled is a session's backend and socket.
@@ -380,6 +383,9 @@ func (h *Handler) OpenDatagram(s session.Session, p []byte) error {
 // newUpstream returns the state of session s, with its socket k to backend.
 func (h *Handler) newUpstream(s session.Session, k session.Socket, backend int) *upstream {
 	u := &upstream{h: h, sock: k, backend: backend}
+	if h.fast != nil {
+		u.kind = h.fast.Kind
+	}
 	if h.tracker != nil {
 		u.track = h.tracker.Track(s.Key().Scope())
 	}
@@ -396,6 +402,7 @@ func (h *Handler) dial(s session.Session, p []byte) (*upstream, error) {
 		opts.Local = f.Source
 		if k, err := s.Dial(f.Backend, opts); err == nil {
 			u := h.newUpstream(s, k, b)
+			u.kind = f.Kind
 			h.adoptFast(s, u)
 			return u, nil
 		}

@@ -355,7 +355,7 @@ func (h *Handler) endRecovery(u *upstream, keep *asking) {
 // passed for probeIdle close, so that neither holds sockets for sessions
 // whose clients, or forgers, went silent.
 func (h *Handler) Tick(loop int, now time.Time) {
-	h.tickFast(loop)
+	h.tickFast(loop, now)
 	if r := h.recovery; r != nil {
 		q := r.queues.of(loop)
 		for old := q.oldest(); old != nil && now.After(old.rec.deadline); old = q.oldest() {

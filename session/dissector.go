@@ -131,6 +131,20 @@ type Forgetter interface {
 	Forget()
 }
 
+// Skipper is a Track that follows its session's sequence numbers while the
+// kernel forwards the session's data (a proxy's fast path), from the
+// kernel's counts: where each of a side's data datagrams on a key takes the
+// next number, what passed by is how far the side went. A Track that is a
+// Skipper is never told to Forget. Its method runs on the session's loop,
+// as the Track's other methods do.
+type Skipper interface {
+	// Skipped tells the Track that, since it last saw a data datagram or
+	// was told, client data datagrams from the client and server ones from
+	// the server passed it by, each beginning with the byte first (which
+	// names the key).
+	Skipped(first byte, client, server uint64)
+}
+
 // Flow keys sessions by 4-tuple: one session per peer address and port.
 type Flow struct{}
 

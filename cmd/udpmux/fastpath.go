@@ -57,13 +57,7 @@ func (l *listenerConfig) fastPathKind(key func(string) string, addr netip.AddrPo
 	case "wireguard":
 		k = fastpath.WireGuard
 	case "openvpn":
-		// The kernel could forward P_DATA_V2 (fastpath.OpenVPN), but a moving
-		// client's session is proved by the backend's packet-id continuing
-		// where udpmux last saw it (docs/tunnels.md), which forwarding in
-		// the kernel hides; the proof after a restart (a run of three on the
-		// probe) loses the race with recovery, which peer-ids that repeat
-		// across backends start for the same datagrams.
-		return nil, fmt.Errorf("%s: not with dissector openvpn yet: the backend's packet-ids that prove a moving client's session would pass udpmux by", key("fast_path"))
+		k = fastpath.OpenVPN
 	case "quic":
 		k = fastpath.QUIC
 	default:

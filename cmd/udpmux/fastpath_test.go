@@ -376,7 +376,6 @@ func TestFastPathConfigErrorsNameTheKey(t *testing.T) {
 	for _, tc := range []struct{ name, body, want string }{
 		{"bad value", proxy(", fast_path: ebpf"), `listeners[0].fast_path: "ebpf" is not one of off, nftables`},
 		{"echo", "listeners:\n  - {name: a, handler: echo, address: \"127.0.0.1:9\", fast_path: nftables}", "listeners[0].fast_path: only the proxy handler has a fast path"},
-		{"openvpn", proxy(", fast_path: nftables, dissector: openvpn"), "listeners[0].fast_path: not with dissector openvpn yet"},
 		{"source client", proxy(", fast_path: nftables, source: client"), "listeners[0].fast_path: not with source: client"},
 		{"IPv6", "listeners:\n  - {name: a, handler: proxy, address: \"[2001:db8::1]:9\", backends: [\"[2001:db8::2]:7\"], fast_path: nftables}", "listeners[0].fast_path: the fast path forwards IPv4 only"},
 	} {
@@ -393,6 +392,7 @@ func TestFastPathConfigErrorsNameTheKey(t *testing.T) {
 	}{
 		{proxy(", fast_path: nftables"), "any"},
 		{proxy(", fast_path: nftables, dissector: wireguard"), "wireguard"},
+		{proxy(", fast_path: nftables, dissector: openvpn"), "openvpn0"},
 		{proxy(", fast_path: off"), ""},
 		{proxy(""), ""},
 	} {

@@ -67,6 +67,18 @@ type track struct {
 	heard    bool
 	probe    seq
 	probeKey uint8
+	// Per key, while the kernel forwards the session's data (Skipped):
+	// skipped is how many of the server's data packets it forwarded in the
+	// last count (the server's pace: how far it may have gone since, by
+	// the time the next count comes); unsure how far behind the server the
+	// sequence may be, from a count that the Track's own sighting of a
+	// packet of the server's (or, for sawClient, the client's) fell within,
+	// so that which of its packets came before the sighting is unknown.
+	skipped, unsure      [keyIDs]uint32
+	sawServer, sawClient [keyIDs]bool
+	// keys has a bit per key ID that the client's control packets from its
+	// own address named: keys the client negotiates.
+	keys uint8
 }
 
 // seq follows the packet-ids of one side on one key, as seen from the
@@ -121,7 +133,7 @@ func data(p []byte) (peer uint32, key uint8, pid uint32, ok bool) {
 // peer-id the client uses, and a
 // control packet names the client's session ID, the key its control
 // packets find the session by (a session recovered from a data packet
-// learns it so); a data packet from another address may be the client's
+// learns it so), and the key ID it negotiates; a data packet from another address may be the client's
 // only if its packet-id is ahead of the client's sequence on the key, and
 // by less than clientWindow (a client never sends a packet-id twice).
 func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, bool) {
@@ -130,6 +142,11 @@ func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, 
 		if !moved {
 			// The key Dissect gives a control packet is its session ID.
 			if d := (&Dissector{}).Dissect(p, netip.AddrPort{}, netip.AddrPort{}, t.scope); d.Key.Kind() == flowtable.KindCID {
+				// A control packet names the key it negotiates: the server's
+				// data on it may found a sequence before the client sends
+				// data on it (a server sends on a renegotiated key at once;
+				// its client goes on with the old one for seconds).
+				t.keys |= 1 << (p[0] & (keyIDs - 1))
 				return d.Key, true
 			}
 		}
@@ -141,6 +158,7 @@ func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, 
 	}
 	was := *c
 	inSeq := c.note(pid)
+	t.sawClient[key] = true
 	if inSeq && was.estSet && c.est < was.est {
 		// A sequence that starts again: the key-id came round (seven
 		// renegotiations later), and the server's starts again too.
@@ -158,17 +176,25 @@ func (t *track) Client(s session.Session, p []byte, moved bool) (flowtable.Key, 
 // one the client uses: a server sends to a client with the client's own
 // peer-id, and a packet with another, or before the client has used one,
 // was not its server's (an attacker may send any to the session's socket)
-// and teaches nothing. A data packet on a key the client uses also shows
-// the server's sequence on it.
+// and teaches nothing. A data packet on a key the client uses, in data or
+// in control packets from its own address, also shows the server's
+// sequence on it.
 func (t *track) Server(s session.Session, p []byte) flowtable.Key {
 	k, ok := reply(p, t.scope)
 	if !ok || !t.used || peerID(p[1:4]) != t.peerID {
 		return flowtable.Key{}
 	}
 	if _, key, pid, ok := data(p); ok {
-		t.heard = true
-		if c := &t.client[key]; c.estSet || c.candSet {
-			t.server[key].note(pid)
+		if !t.heard {
+			// Runs on new paths count from now on: those before may be
+			// what made a probe run (a successor's), not what the server
+			// sends on a key whose sequence it has not shown yet.
+			t.heard, t.probe = true, seq{}
+		}
+		if t.named(key) {
+			if t.server[key].note(pid) {
+				t.sawServer[key], t.unsure[key] = true, 0
+			}
 		}
 	}
 	return k
@@ -189,11 +215,57 @@ func (t *track) Vouches(s session.Session, p []byte) bool {
 	if k, _ := flowtable.IDKey(t.scope, ClassPeerID, p[1:4]); !s.Holds(k) {
 		return false
 	}
-	if !t.heard {
+	q := &t.server[key]
+	if !t.heard || !q.estSet && t.named(key) {
+		// No sequence to continue: nothing heard yet (a successor), or a
+		// key the client negotiates whose data the server has sent
+		// nowhere but on the new path (a client that moved as the
+		// renegotiation ended).
 		return t.run(key, pid)
 	}
-	q := &t.server[key]
-	return q.estSet && pid > q.est && pid-q.est <= vouchWindow
+	return q.estSet && pid > q.est && pid-q.est <= vouchWindow+2*t.skipped[key]+t.unsure[key]
+}
+
+// named reports whether the client named key from its own address, in a
+// control packet or in data.
+func (t *track) named(key uint8) bool {
+	c := &t.client[key]
+	return c.estSet || c.candSet || t.keys&(1<<key) != 0
+}
+
+// Skipped moves the client's and the server's sequences on the key that
+// first names on by the data packets the kernel forwarded for them
+// (session.Skipper), and notes the server's count: while the kernel
+// forwards a session, the server's sequence as last counted is behind by
+// what it sent since, and a packet on a new path vouches if it continues
+// the sequence by at most vouchWindow plus twice the last count (the
+// server's pace over two counts), plus what a count left unsure. A count
+// within which the Track saw a packet of the side's itself (on a probe
+// during a move, say) does not move that side's sequence, which the
+// sighting set, since which of the counted packets came before it is not
+// known: for the server, the count is how far behind the sequence may be
+// until the next sighting. A forger's packet-id must land in a window that
+// grows with the session's traffic: at a thousand packets per count, about
+// one in a million of 2³² values, on a probe's port.
+func (t *track) Skipped(first byte, client, server uint64) {
+	if first>>opcodeShift != opDataV2 {
+		return
+	}
+	key := first & (keyIDs - 1)
+	advance := func(q *seq, n uint64, saw *bool) {
+		if q.estSet && n > 0 && !*saw {
+			q.est += uint32(min(n, 1<<31))
+			q.candSet, q.run = false, 0
+		}
+	}
+	n := uint32(min(server, 1<<30))
+	if t.sawServer[key] {
+		t.unsure[key] = n
+	}
+	advance(&t.client[key], client, &t.sawClient[key])
+	advance(&t.server[key], server, &t.sawServer[key])
+	t.sawClient[key], t.sawServer[key] = false, false
+	t.skipped[key] = n
 }
 
 // run notes packet-id pid of the server's on key, on a new path, and
@@ -223,4 +295,7 @@ func (t *track) Recovers(s session.Session, p []byte) (flowtable.Key, bool) {
 	return flowtable.Key{}, t.run(key, pid)
 }
 
-var _ session.Tracker = (*Dissector)(nil)
+var (
+	_ session.Tracker = (*Dissector)(nil)
+	_ session.Skipper = (*track)(nil)
+)

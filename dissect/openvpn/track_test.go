@@ -5,6 +5,8 @@ package openvpn
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/udpmux/udpmux/flowtable"
@@ -222,6 +224,104 @@ func TestTrack(t *testing.T) {
 				}
 			}
 		}},
+		{"while the kernel forwards the data, its counts move both sequences on (Skipped)", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			clientSends(tr, held, 2, 7, 100)
+			for pid := uint32(10); pid <= 12; pid++ {
+				tr.Server(held, dataV2(2, 7, pid))
+			}
+			sk := tr.(session.Skipper)
+			sk.Skipped(opDataV2<<opcodeShift|3, 50, 50)    // another key: nothing known of it
+			sk.Skipped(opControlV1<<opcodeShift|2, 50, 50) // not data: ignored
+			// The first count on key 2 holds the sightings above: which of
+			// its 10 came before them is unknown, and the sequences stay.
+			sk.Skipped(opDataV2<<opcodeShift|2, 10, 10)
+			type vc = struct {
+				pid  uint32
+				want bool
+			}
+			vouches := func(when string, cases ...vc) {
+				t.Helper()
+				for _, c := range cases {
+					if got := tr.Vouches(held, dataV2(2, 7, c.pid)); got != c.want {
+						t.Errorf("%s: server packet-id %d: Vouches = %v, want %v", when, c.pid, got, c.want)
+					}
+				}
+			}
+			// vouchWindow, twice the pace (10), and the 10 left unsure.
+			vouches("after a count that held a sighting", vc{12, false}, vc{13, true}, vc{12 + vouchWindow + 30, true}, vc{13 + vouchWindow + 30, false})
+			sk.Skipped(opDataV2<<opcodeShift|2, 1000, 100) // the server went on to 112, the client to 1100
+			vouches("after a count of 100", vc{13, false}, vc{112, false}, vc{113, true},
+				vc{112 + vouchWindow + 200 + 10, true}, vc{113 + vouchWindow + 200 + 10, false})
+			if _, ok := tr.Client(held, dataV2(2, 7, 1100), true); ok {
+				t.Error("client packet-id 1100 from elsewhere: plausible, though the kernel forwarded it")
+			}
+			if _, ok := tr.Client(held, dataV2(2, 7, 1101), true); !ok {
+				t.Error("client packet-id 1101 from elsewhere: not plausible")
+			}
+			if tr.Vouches(held, dataV2(3, 7, 51)) {
+				t.Error("a key the Track never saw vouches after Skipped")
+			}
+		}},
+		{"a renegotiated key: the server's data on it vouches before the client sends data on it", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			clientSends(tr, held, 1, 7, 100)
+			for pid := uint32(1); pid <= 3; pid++ {
+				tr.Server(held, dataV2(1, 7, pid))
+			}
+			// Before the client negotiates key 2, the server's data on it
+			// (forged, or not) founds nothing.
+			for pid := uint32(1); pid <= 3; pid++ {
+				tr.Server(held, dataV2(2, 7, pid))
+			}
+			if tr.Vouches(held, dataV2(2, 7, 4)) {
+				t.Fatal("key 2's data vouches before the client negotiated key 2")
+			}
+			// From another address, the client's soft reset names nothing.
+			tr.Client(held, packet(opSoftResetV1<<opcodeShift|2, 14, testSIDs[0]), true)
+			for pid := uint32(4); pid <= 6; pid++ {
+				tr.Server(held, dataV2(2, 7, pid))
+			}
+			if tr.Vouches(held, dataV2(2, 7, 7)) {
+				t.Fatal("key 2's data vouches after a soft reset from another address")
+			}
+			// The client's soft reset from its own address: the server
+			// sends on key 2 at once, the client stays on key 1 for a while.
+			tr.Client(held, packet(opSoftResetV1<<opcodeShift|2, 14, testSIDs[0]), false)
+			for pid := uint32(7); pid <= 9; pid++ {
+				tr.Server(held, dataV2(2, 7, pid))
+			}
+			if !tr.Vouches(held, dataV2(2, 7, 10)) {
+				t.Error("the server's next packet on the renegotiated key does not vouch")
+			}
+			if tr.Vouches(held, dataV2(3, 7, 10)) {
+				t.Error("a key nobody negotiated vouches")
+			}
+		}},
+		{"a client that moved as a renegotiation ended: a run on the new path vouches on the key it named", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
+			held.AddKey(mustPeerID(t, 7))
+			clientSends(tr, held, 1, 7, 100)
+			for pid := uint32(1); pid <= 3; pid++ {
+				tr.Server(held, dataV2(1, 7, pid))
+			}
+			tr.Client(held, packet(opSoftResetV1<<opcodeShift|2, 14, testSIDs[0]), false)
+			// The server's first packets on key 2 go to the probe only.
+			for _, c := range []struct {
+				p    []byte
+				want bool
+			}{
+				{dataV2(3, 7, 1), false}, // a key nobody named: never a run
+				{dataV2(3, 7, 2), false},
+				{dataV2(3, 7, 3), false},
+				{dataV2(2, 7, 1), false},
+				{dataV2(2, 7, 2), false},
+				{dataV2(2, 7, 3), true},
+			} {
+				if got := tr.Vouches(held, c.p); got != c.want {
+					t.Errorf("% x: Vouches = %v, want %v", c.p[:8], got, c.want)
+				}
+			}
+		}},
 		{"a key-id that comes round again starts both sequences again", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
 			held.AddKey(mustPeerID(t, 7))
 			clientSends(tr, held, 1, 7, 3*clientWindow)
@@ -247,6 +347,15 @@ func TestTrack(t *testing.T) {
 	}
 }
 
+// atoi is strconv.Atoi for a number the test made.
+func atoi(t *testing.T, s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // TestCaptureTrack replays the captures of real OpenVPN 2.6 through a
 // session's Track per client: the server's data packets form a sequence
 // per key that vouches for its next packets (on a new path, after a move),
@@ -260,7 +369,8 @@ func TestCaptureTrack(t *testing.T) {
 			recovered := map[int]int{} // the server's data packets it took
 			helds := map[int]*sessiontest.Session{}
 			vouched, data := map[string]int{}, map[string]int{}
-			early := map[string]int{} // the server's packets on a key before its client's first
+			early := map[string]int{}    // the server's packets on a key before its client named it
+			firstKey := map[int]string{} // each client's first key with the server's data
 			used := map[string]bool{}
 			spoke := map[int]bool{} // clients that sent data
 			for i, g := range c.grams {
@@ -274,10 +384,12 @@ func TestCaptureTrack(t *testing.T) {
 				key := fmt.Sprintf("%d/%d", g.client, g.payload[0]&7)
 				if g.toServer {
 					isData := g.payload[0]>>opcodeShift == opDataV2
-					used[key] = used[key] || isData
 					spoke[g.client] = spoke[g.client] || isData
 					moved := g.client == 1 && i == len(c.grams)/2
 					own, ok := tr.Client(held, g.payload, moved)
+					// Data on the key, or a control packet from the client's
+					// own address, which names it.
+					used[key] = used[key] || isData || !moved && own.Kind() == flowtable.KindCID
 					want := mustCID(t, c.clients[g.client].sessionID)
 					if isData || moved {
 						want = flowtable.Key{}
@@ -299,8 +411,11 @@ func TestCaptureTrack(t *testing.T) {
 					}
 				}
 				data[key]++
-				if !used[key] {
-					early[key]++
+				if _, ok := firstKey[g.client]; !ok {
+					firstKey[g.client] = key
+				}
+				if !used[key] || !spoke[g.client] {
+					early[key]++ // the key not named yet, or no peer-id: teaches nothing
 				}
 				if tr.Vouches(held, g.payload) {
 					vouched[key]++
@@ -316,15 +431,23 @@ func TestCaptureTrack(t *testing.T) {
 				held.AddKey(k)
 			}
 			// Every packet of the server's vouches but those that find the
-			// sequence (startRun + 1) and those before the client used
-			// the key (a server begins a renegotiated key first).
+			// sequence (startRun + 1; on a renegotiated key, whose sequence
+			// a run founds, startRun) and those before the client named the
+			// key, in a control packet or data, or sent data at all (no
+			// peer-id to check yet); those on a renegotiated key before the
+			// client's first data on it vouch (a server begins a
+			// renegotiated key first).
 			for n := range c.clients {
 				if recovering[n] != nil || recovered[n] != startRun+1 {
 					t.Errorf("client %d: recovered after %d of the server's data packets; want %d", n, recovered[n], startRun+1)
 				}
 			}
 			for key, n := range data {
-				if want := n - early[key] - startRun - 1; want < 3 || vouched[key] != want {
+				want := n - early[key] - startRun - 1
+				if c, _, _ := strings.Cut(key, "/"); firstKey[atoi(t, c)] != key {
+					want++ // a renegotiated key: the run that founds its sequence vouches
+				}
+				if want < 3 || vouched[key] != want {
 					t.Errorf("client/key %s: %d of the server's %d data packets vouch (%d before the client's first); want %d", key, vouched[key], n, early[key], want)
 				}
 			}

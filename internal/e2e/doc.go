@@ -17,12 +17,27 @@
 // forge the backends' datagrams too, from a raw socket, at every ephemeral
 // port of udpmux's upstream side.
 //
-// The fast path variants (TestWireGuardRoamingFastPath, its upgrade
-// variant, TestWireGuardSpoofFastPath) run the WireGuard roaming and
-// spoofing tests with fast_path: nftables and IPv4 forwarding on in
-// udpmux's namespace: the tunnels' transport messages go through the
-// kernel, and every session must be in it at the end, the kernel having
-// forwarded datagrams both ways (checkOffloaded).
+// The fast path variants (TestWireGuardRoamingFastPath,
+// TestOpenVPNRoamingFastPath, their upgrade variants,
+// TestWireGuardSpoofFastPath, TestOpenVPNSpoofFastPath) run the WireGuard
+// and OpenVPN roaming and spoofing tests with fast_path: nftables and IPv4
+// forwarding on in udpmux's namespace: the tunnels' data datagrams
+// (WireGuard transport messages, OpenVPN P_DATA_V2) go through the kernel,
+// and every session must be in it at the end, the kernel having forwarded
+// datagrams both ways (checkOffloaded).
+//
+// The OpenVPN fast path tests (fastpath_openvpn_e2e_test.go) go further:
+// TestOpenVPNFastPathRenegotiation has the clients renegotiate every 10 s
+// (--reneg-sec), which puts their data on the next key ID, and move, once
+// both ends use the new key and right after a renegotiation; the kernel
+// must forward every session on its new key's map (fwd_openvpnN, N not 0:
+// read from the table), and each move carry traffic again within 2 s.
+// TestOpenVPNRenegotiationThroughUdpmux is the same without the fast
+// path. The clients' packets by key ID are counted by an nft table in
+// their namespaces. TestOpenVPNFastPathAfterCrash kills udpmux (SIGKILL)
+// with every session in the kernel, which forwards on (at most one echo
+// request lost), starts a fresh one that adopts the table, and moves the
+// clients, whose sessions the fresh udpmux recovers from the backends.
 //
 // The transparent source tests (transparent_e2e_test.go) run the OpenVPN
 // and WireGuard roaming tests with `source: client`: the backends route

@@ -58,8 +58,10 @@ type vpnLab struct {
 	direct  bool   // clients are routed straight to the backends, not through udpmux
 	servers []*ovpnServer
 	clients []*ovpnClient
-	logs    []string  // files to print if the test fails
-	end     time.Time // the test's overall deadline (vpnBudget from its start)
+	// clientArgs are extra options of every client (vpnOptions).
+	clientArgs []string
+	logs       []string  // files to print if the test fails
+	end        time.Time // the test's overall deadline (vpnBudget from its start)
 }
 
 // wait returns d, or less if the test's overall budget ends sooner.
@@ -82,6 +84,7 @@ func newVPNLab(t *testing.T, direct bool) *vpnLab {
 type vpnOptions struct {
 	direct     bool     // see newVPNLab
 	serverArgs []string // extra options of both servers, e.g. "--float"
+	clientArgs []string // extra options of every client, e.g. "--reneg-sec", "6"
 	// backBridge puts the backend namespace on a bridge in the udpmux
 	// namespace, which holds udpmux's backend-side address, instead of
 	// a veth pair: other namespaces can join it.
@@ -98,7 +101,7 @@ func newVPNLabWith(t *testing.T, o vpnOptions) *vpnLab {
 	requireOpenVPN(t)
 	direct := o.direct
 	lab := netlab.New(t)
-	v := &vpnLab{t: t, lab: lab, dir: t.TempDir(), direct: direct, end: time.Now().Add(vpnBudget)}
+	v := &vpnLab{t: t, lab: lab, dir: t.TempDir(), direct: direct, clientArgs: o.clientArgs, end: time.Now().Add(vpnBudget)}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("UDPMUX_E2E_DUMP") == "1" {
 			dumpLogs(t, v.logs...)
@@ -158,7 +161,7 @@ func (v *vpnLab) addClients(n int, remote func(i int) netip.AddrPort) []*ovpnCli
 		if v.direct {
 			ns.AddRoute("198.19.0.0/24", muxFrontAddr.String())
 		}
-		c := startClient(v.t, v.lab, ns, v.pki, v.dir, fmt.Sprintf("client%d", i), remote(i))
+		c := startClient(v.t, v.lab, ns, v.pki, v.dir, fmt.Sprintf("client%d", i), remote(i), v.clientArgs...)
 		c.Link = link
 		v.clients = append(v.clients, c)
 		v.logs = append(v.logs, c.Log)

@@ -57,6 +57,7 @@ const (
 	quicMoves    = 5                       // migrations per connection, as many as in quicMigrate
 	quicUpgrade  = 5500 * time.Millisecond // udpmux's upgrade, between the second and third migrations
 	quicMove     = 8500 * time.Millisecond // the DNAT to udpmux 2, between the third and fourth
+	quicLastSend = time.Second             // before the clients stop: the fast path's counters are read (TestQUICFastPath)
 	// quicFirst is how many of a connection's sockets (its first and its
 	// first three migrations') talk to udpmux; the later ones to udpmux 2.
 	quicFirst = 4
@@ -160,8 +161,9 @@ func quicPrograms(t *testing.T, dir string) (echo, client string) {
 
 // quicMuxConfig is the config of both udpmux processes: a proxy listener
 // on listen with dissector quic, the lab's QUIC-LB configuration and the
-// servers with their server IDs, and a control socket at sock.
-func quicMuxConfig(listen netip.AddrPort, sock string) string {
+// servers with their server IDs, with fast the fast path, and a control
+// socket at sock.
+func quicMuxConfig(listen netip.AddrPort, sock string, fast bool) string {
 	var bs []string
 	for _, s := range quicBackends {
 		bs = append(bs, fmt.Sprintf("      - {address: %q, server_id: %q}\n", s.Addr, s.SID))
@@ -175,13 +177,13 @@ listeners:
     quic:
       lb_configs: [%q]
     idle_timeout: 60s
-    backends:
+%s    backends:
 %ssessions:
   max: 10000
 control:
   socket: %q
   handoff_timeout: 10s
-`, listen, quicLBConfig, strings.Join(bs, ""), sock)
+`, listen, quicLBConfig, fastPathExtra(fast), strings.Join(bs, ""), sock)
 }
 
 // quicReport is quicclient's report (its last line).
@@ -226,18 +228,33 @@ type quicSummary struct {
 // and that every session of every client socket, on either udpmux, went to
 // that server's backend, routed by the server ID of the connection IDs
 // (the proxies' Routed counters) and never by a fallback.
-func TestQUICThroughUdpmux(t *testing.T) {
+func TestQUICThroughUdpmux(t *testing.T) { runQUICThroughUdpmux(t, false) }
+
+// TestQUICFastPath is TestQUICThroughUdpmux with the fast path on: the
+// kernel forwards the short-header packets of established sessions on
+// both udpmux processes (checkQUICOffloaded), and the same must hold: no
+// connection broke or lost an echo through the upgrade, the migrations and
+// the second udpmux.
+func TestQUICFastPath(t *testing.T) { runQUICThroughUdpmux(t, true) }
+
+// runQUICThroughUdpmux is TestQUICThroughUdpmux, with fast the fast path.
+func runQUICThroughUdpmux(t *testing.T, fast bool) {
 	start := time.Now()
 	lab := netlab.New(t)
 	netlab.RequireTools(t, netlab.ToolNft)
 	dir := t.TempDir()
 	echoBin, clientBin := quicPrograms(t, dir)
 	sock, sock2 := filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "ctl2.sock")
-	config := quicMuxConfig(quicListen, sock)
-	requireDissector(t, config, "quic")
+	// Validated here without the fast path, which the host's namespace
+	// may not forward for.
+	requireDissector(t, quicMuxConfig(quicListen, sock, false), "quic")
+	config := quicMuxConfig(quicListen, sock, fast)
 
 	mux := lab.NewNamespace("mux")
 	mux.DisableIPv6()
+	if fast {
+		mux.EnableForwarding()
+	}
 	front := mux.AddBridge("br0")
 	mux.AddAddr(front, netip.PrefixFrom(quicListen.Addr(), 24).String())
 	mux.AddAddr(front, netip.PrefixFrom(quicListen2.Addr(), 24).String())
@@ -275,7 +292,7 @@ func TestQUICThroughUdpmux(t *testing.T) {
 	if err := os.Mkdir(dir2, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d2 := startRoamingDaemon(t, lab, mux, dir2, quicMuxConfig(quicListen2, sock2), "quic", quicListen2.Port())
+	d2 := startRoamingDaemon(t, lab, mux, dir2, quicMuxConfig(quicListen2, sock2, fast), "quic", quicListen2.Port())
 	logs = append(logs, d.Log, d2.Log)
 
 	type client struct {
@@ -307,6 +324,14 @@ func TestQUICThroughUdpmux(t *testing.T) {
 		ns.Nft(fmt.Sprintf("add rule ip quicmove output ip daddr %s udp dport %d counter dnat to %s\n", quicListen.Addr(), quicListen.Port(), quicListen2))
 	}
 	t.Logf("new flows to udpmux 2 (%v) from %v on", quicListen2, time.Since(t0).Round(time.Millisecond))
+
+	if fast {
+		// While the clients still send, after their last migration: udpmux
+		// 2 has their sessions too.
+		time.Sleep(time.Until(t0.Add(quicDuration*time.Second - quicLastSend)))
+		checkQUICOffloaded(t, "udpmux", sock)
+		checkQUICOffloaded(t, "udpmux 2", sock2)
+	}
 
 	// The reports.
 	var reps []quicReport
@@ -463,4 +488,22 @@ func quicRouted(sock string) (routed, fallbacks uint64, err error) {
 	}
 	p := st.Proxies["quic"]
 	return p.Routed, p.RouteFallbacks, nil
+}
+
+// checkQUICOffloaded checks that the udpmux called name, on control socket
+// sock, has QUIC sessions in the kernel and the kernel forwarded datagrams
+// both ways for them.
+func checkQUICOffloaded(t *testing.T, name, sock string) {
+	t.Helper()
+	st, err := daemonStatus(sock)
+	if err != nil {
+		t.Errorf("%s status: %v", name, err)
+		return
+	}
+	p := st.Proxies["quic"]
+	t.Logf("%s: fast path: %d of %d sessions in the kernel, %d offloads; it forwarded %d datagrams from the clients, %d to them",
+		name, p.Offloaded, st.Sessions, p.Offloads, p.KernelRxDatagrams, p.KernelTxDatagrams)
+	if p.Offloaded == 0 || p.KernelRxDatagrams == 0 || p.KernelTxDatagrams == 0 {
+		t.Errorf("%s: fast path: %d sessions offloaded, kernel rx %d tx %d; want sessions in the kernel, datagrams both ways", name, p.Offloaded, p.KernelRxDatagrams, p.KernelTxDatagrams)
+	}
 }

@@ -139,13 +139,7 @@ func runRecovery(t *testing.T, c *recoveryCase, o recoveryOptions) recoveryResul
 		serving = sb.takeOver(c)
 		res.d, res.ns, res.sock = sb.d, sb.ns, sb.sock
 	} else {
-		dir := filepath.Join(c.dir, "restarted")
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		res.d = startRoamingDaemon(t, c.lab, c.mux, dir, c.configFor(c.sock), c.dissector, c.listen.Port())
-		serving = time.Now()
-		*c.logs = append(*c.logs, res.d.Config, res.d.Log)
+		res.d, serving = c.restart(t)
 	}
 	t.Logf("udpmux pid %d killed at %s; udpmux pid %d in %s serves %v from %s, %v after the kill",
 		c.d.PID(), killed.Format("15:04:05.000"), res.d.PID(), res.ns.Label(), c.listen, serving.Format("15:04:05.000"), serving.Sub(killed).Round(time.Millisecond))
@@ -185,6 +179,20 @@ func (c *recoveryCase) kill(t *testing.T) time.Time {
 		t.Fatalf("udpmux pid %d still runs %v after SIGKILL", pid, killTimeout)
 	}
 	return at
+}
+
+// restart starts a fresh udpmux in the dead one's namespace, with the same
+// config and control socket, and returns it with when it serves (bound its
+// listener).
+func (c *recoveryCase) restart(t *testing.T) (*daemon, time.Time) {
+	t.Helper()
+	dir := filepath.Join(c.dir, "restarted")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := startRoamingDaemon(t, c.lab, c.mux, dir, c.configFor(c.sock), c.dissector, c.listen.Port())
+	*c.logs = append(*c.logs, d.Config, d.Log)
+	return d, time.Now()
 }
 
 // standby is a second udpmux host: a namespace on the clients' and the
@@ -293,14 +301,14 @@ func checkRecoveryTimes(t *testing.T, rs []*roamer, logs []pingLog, killed, serv
 }
 
 // checkSessions checks the new udpmux's sessions: one per client, at the
-// client's address, adopted on the backend that served the client before,
-// with an upstream socket on the new udpmux's own backend-side address;
-// and no other, but, sprayed, the attacker's that are still recovering
-// (none adopted) and those that a forged OpenVPN control packet opened,
-// found by its session ID (verdict Create: by design, the session a udpmux
-// that never saw it opens again, on the backend the Maglev hash of the ID
-// names). It returns each client's upstream socket (invalid where there is
-// none).
+// client's address (its NAT's mapping if it moved), adopted on the backend
+// that served the client before, with an upstream socket on the new
+// udpmux's own backend-side address; and no other, but, sprayed, the
+// attacker's that are still recovering (none adopted) and those that a
+// forged OpenVPN control packet opened, found by its session ID (verdict
+// Create: by design, the session a udpmux that never saw it opens again, on
+// the backend the Maglev hash of the ID names). It returns each client's
+// upstream socket (invalid where there is none).
 func (c *recoveryCase) checkSessions(t *testing.T, res recoveryResult, sprayed bool) []netip.AddrPort {
 	t.Helper()
 	upstream := make([]netip.AddrPort, len(c.rs))
@@ -318,7 +326,7 @@ func (c *recoveryCase) checkSessions(t *testing.T, res recoveryResult, sprayed b
 		byPeer[r.Peer] = append(byPeer[r.Peer], r)
 	}
 	for i, r := range c.rs {
-		peer := netip.AddrPortFrom(r.Addr, r.SPort)
+		peer := r.peer()
 		mine := byPeer[peer]
 		delete(byPeer, peer)
 		switch {
@@ -481,21 +489,39 @@ func runWireGuardRecovery(t *testing.T, key bool, o recoveryOptions) {
 // server lists its clients at their recovered sessions' upstream sockets
 // (ovpnRun.check).
 func runOpenVPNRecovery(t *testing.T, o recoveryOptions) {
-	r := setupOpenVPN(t, ovpnRoamOptions{float: true, backBridge: true, spread: true})
+	r := setupOpenVPN(t, ovpnRecoveryOptions(false))
+	res := runRecovery(t, r.recoveryCase(), o)
+	r.recovered(res)
+	r.check(t, "the recovery", o.spray)
+	r.d.Stop(t)
+	t.Logf("%d OpenVPN tunnels recovered in %v", len(r.rs), time.Since(r.start).Round(time.Millisecond))
+}
+
+// ovpnRecoveryOptions are the OpenVPN recovery tests' lab: the servers
+// with --float, on a bridge, each with clients of its own; fast chooses
+// fast_path: nftables.
+func ovpnRecoveryOptions(fast bool) ovpnRoamOptions {
+	return ovpnRoamOptions{float: true, backBridge: true, spread: true, fast: fast}
+}
+
+// recoveryCase is r as the recovery harness sees it.
+func (r *ovpnRun) recoveryCase() *recoveryCase {
 	c := &recoveryCase{lab: r.v.lab, mux: r.v.mux, front: r.v.bridge, back: r.v.back, dir: r.v.dir, configFor: r.configFor,
 		dissector: "openvpn", listen: muxListen, d: r.d, sock: r.sock, rs: r.rs, burst: ovpnSpoofBurst, logs: &r.v.logs}
 	for _, u := range r.ups {
 		c.backend = append(c.backend, u.server.Listen)
 	}
-	res := runRecovery(t, c, o)
+	return c
+}
+
+// recovered makes res, the udpmux that recovered r's sessions, the one
+// that r's checks look at (ovpnRun.check).
+func (r *ovpnRun) recovered(res recoveryResult) {
 	r.d, r.sock, r.muxNS = res.d, res.sock, res.ns
 	r.via = map[string]netip.AddrPort{}
 	for i, u := range r.ups {
 		r.via[u.client.Name] = res.upstream[i]
 	}
-	r.check(t, "the recovery", o.spray)
-	r.d.Stop(t)
-	t.Logf("%d OpenVPN tunnels recovered in %v", len(r.rs), time.Since(r.start).Round(time.Millisecond))
 }
 
 // TestWireGuardRecoveryAfterCrash kills udpmux (dissector wireguard, with

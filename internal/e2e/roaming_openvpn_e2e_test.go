@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -18,12 +19,17 @@ type ovpnRoamOptions struct {
 	direct     bool // clients talk to the servers directly, no udpmux
 	float      bool // start the servers with --float
 	upgrade    bool // upgrade udpmux (SIGUSR2) in the middle of the moves
+	fast       bool // fast_path: nftables (the udpmux namespace forwards)
 	backBridge bool // the servers' namespace hangs off a bridge (vpnOptions)
 	spread     bool // more clients, if need be, until both servers have some
 	// transparent has udpmux send from the clients' addresses (source:
 	// client), so that the servers see them as directly, and records the
 	// servers' --client-connect environments (connectEnvs).
 	transparent bool
+	// reneg, if not zero, is the clients' --reneg-sec: each renegotiates
+	// its data channel key (a TLS soft reset, onto the next key ID) that
+	// often, which the checks then allow.
+	reneg time.Duration
 }
 
 // ovpnBackends are the OpenVPN lab's servers' listening addresses.
@@ -48,35 +54,13 @@ func ovpnBackends() []netip.AddrPort {
 // the server floated the client) or udpmux's unchanged upstream socket,
 // one per session (with transparent: the client's last mapping, as
 // direct). Through udpmux, it also checks that udpmux holds one session per
-// client afterwards and shuts down cleanly, and with transparent and
-// upgrade that no echo request sent during the upgrade was lost. It
-// returns the run, for more checks.
+// client afterwards, with fast all of them in the kernel, and shuts down
+// cleanly, and with transparent and upgrade that no echo request sent
+// during the upgrade was lost (see runRoaming). It returns the run, for
+// more checks.
 func runOpenVPNRoaming(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 	r := setupOpenVPN(t, o)
-	sched := moveSchedule(roamAddrs(r.rs))
-	var after func(int, move)
-	var up *upgradeWindow
-	if o.upgrade {
-		after = func(k int, m move) {
-			if k == len(sched)/2-1 {
-				up = upgradeAfterMove(t, r.d, r.sock, len(r.rs), k, m, r.v.wait(upgradeTimeout))
-			}
-		}
-	}
-	moves := runMoves(t, r.rs, sched, after)
-	time.Sleep(roamSettle)
-	stopped := time.Now()
-	logs := stopRoamPings(t, r.rs)
-	checkRecoveries(t, r.rs, moves, logs, stopped)
-	if o.transparent && up != nil {
-		up.checkLossless(t, r.rs, logs)
-	}
-	r.check(t, "the moves", false)
-	if r.d != nil {
-		checkSessionCount(t, r.sock, len(r.rs))
-		r.d.Stop(t)
-	}
-	t.Logf("%d OpenVPN tunnels, %d moves in %v", len(r.rs), len(moves), time.Since(r.start).Round(time.Millisecond))
+	runRoaming(t, r.tunnelCase())
 	return r
 }
 
@@ -101,6 +85,14 @@ type ovpnRun struct {
 	// connectDir holds the servers' --client-connect environments
 	// (transparent only).
 	connectDir string
+}
+
+// tunnelCase is r as the roaming and spoofing runners see it: check
+// wants udpmux to hold the sessions' upstream sockets and no others.
+func (r *ovpnRun) tunnelCase() *tunnelCase {
+	return &tunnelCase{name: "OpenVPN", lab: r.v.lab, mux: r.v.mux, bridge: r.v.bridge, listen: muxListen, d: r.d, sock: r.sock,
+		rs: r.rs, start: r.start, wait: r.v.wait, upgrade: r.o.upgrade, transparent: r.o.transparent, fast: r.o.fast,
+		burst: ovpnSpoofBurst, check: func(t *testing.T, during string) { r.check(t, during, false) }}
 }
 
 // setupOpenVPN builds the OpenVPN lab with roamClients clients, through
@@ -128,12 +120,14 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 		top = "recovery:\n  enabled: false\n"
 	}
 	r.configFor = func(sock string) string {
-		return roamingConfig(muxListen, ovpnBackends(), "openvpn", extra, sock) + top
+		return roamingConfig(muxListen, ovpnBackends(), "openvpn", extra+fastPathExtra(o.fast), sock) + top
 	}
 	var config string
 	if !o.direct {
 		config = r.configFor(r.sock)
-		requireDissector(t, config, "openvpn")
+		if !o.fast { // validate checks this host's forwarding, not the lab's
+			requireDissector(t, config, "openvpn")
+		}
 	}
 	var serverArgs []string
 	if o.float {
@@ -143,9 +137,16 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 		r.connectDir = t.TempDir()
 		serverArgs = append(serverArgs, clientConnectArgs(t, r.connectDir)...)
 	}
-	v := newVPNLabWith(t, vpnOptions{direct: o.direct, serverArgs: serverArgs, backBridge: o.backBridge, transparent: o.transparent})
+	var clientArgs []string
+	if o.reneg > 0 {
+		clientArgs = append(clientArgs, "--reneg-sec", strconv.Itoa(int(o.reneg/time.Second)))
+	}
+	v := newVPNLabWith(t, vpnOptions{direct: o.direct, serverArgs: serverArgs, clientArgs: clientArgs, backBridge: o.backBridge, transparent: o.transparent})
 	r.v = v
 	r.muxNS = v.mux
+	if o.fast {
+		v.mux.EnableForwarding()
+	}
 	remote := func(i int) netip.AddrPort { return v.servers[i%2].Listen }
 	if !o.direct {
 		r.d = startRoamingDaemon(t, v.lab, v.mux, v.dir, config, "openvpn", muxListen.Port())
@@ -196,12 +197,13 @@ func setupOpenVPN(t *testing.T, o ovpnRoamOptions) *ovpnRun {
 
 // check compares the tunnels now with the start (the pings have been
 // stopped): each client keeps its tunnel address (so its server: their
-// subnets differ), never restarted or renegotiated, and its server lists it
-// once, at its last mapping (direct: the server floated it), at udpmux's
-// unchanged upstream socket, or at the one a udpmux that recovered the
-// session uses (via), having seen it connect once; through udpmux, udpmux
-// holds exactly the sessions' upstream sockets (with others set, and others
-// besides). during names the interval for the messages ("the moves").
+// subnets differ), never restarted or (but with reneg set) renegotiated,
+// and its server lists it once, at its last mapping (direct: the server
+// floated it), at udpmux's unchanged upstream socket, or at the one a
+// udpmux that recovered the session uses (via), having seen it connect
+// once; through udpmux, udpmux holds exactly the sessions' upstream sockets
+// (with others set, and others besides). during names the interval for the
+// messages ("the moves").
 func (r *ovpnRun) check(t *testing.T, during string, others bool) {
 	t.Helper()
 	v := r.v
@@ -215,7 +217,7 @@ func (r *ovpnRun) check(t *testing.T, during string, others bool) {
 			t.Errorf("%s: tunnel address %v (%v) after %s; it was %v: the tunnel was set up again", u.client.Name, now, err, during, u.tunnel)
 		}
 	}
-	checkClientsUndisturbed(t, r.ups)
+	checkClientLogs(t, r.ups, r.o.reneg > 0)
 	status := v.serverRows(r.ups, func(u upResult, row statusClient) error {
 		was := r.before[u.client.Name]
 		if r.o.direct || r.o.transparent {
@@ -341,4 +343,23 @@ func TestOpenVPNRoamingThroughUdpmux(t *testing.T) {
 // must survive it.
 func TestOpenVPNRoamingThroughUpgrade(t *testing.T) {
 	runOpenVPNRoaming(t, ovpnRoamOptions{upgrade: true})
+}
+
+// TestOpenVPNRoamingFastPath is TestOpenVPNRoamingThroughUdpmux with
+// fast_path: nftables: the tunnels' data packets (P_DATA_V2) go through
+// the kernel, and their moves still through udpmux (a moved client's
+// packets match no kernel element), which must prove each move by the
+// backend's packet-id although the kernel carried the backend's packets
+// before it, and move the kernel's elements with the session. Every
+// session must be in the kernel at the end, and the kernel must have
+// carried their pings.
+func TestOpenVPNRoamingFastPath(t *testing.T) {
+	runOpenVPNRoaming(t, ovpnRoamOptions{fast: true})
+}
+
+// TestOpenVPNRoamingFastPathThroughUpgrade is
+// TestOpenVPNRoamingThroughUpgrade with the fast path: the successor
+// claims the kernel's elements of the sessions it takes over.
+func TestOpenVPNRoamingFastPathThroughUpgrade(t *testing.T) {
+	runOpenVPNRoaming(t, ovpnRoamOptions{fast: true, upgrade: true})
 }

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -66,6 +67,15 @@ type roamer struct {
 	mapping netip.AddrPort // the NAT's current mapping; invalid: none yet (its own address and port)
 }
 
+// peer returns the client's address as udpmux sees it: its NAT's mapping
+// once it has moved, else its own address and port.
+func (r *roamer) peer() netip.AddrPort {
+	if r.mapping.IsValid() {
+		return r.mapping
+	}
+	return netip.AddrPortFrom(r.Addr, r.SPort)
+}
+
 // addAlt adds the roamer's second address to its link.
 func (r *roamer) addAlt() {
 	r.NS.AddAddr(r.Link, netip.PrefixFrom(r.Alt, 24).String())
@@ -112,10 +122,15 @@ func moveSchedule(addrs, alts []netip.Addr, rounds int) []move {
 // roamAddrs returns the roamers' own and second addresses, for
 // moveSchedule, with roamRounds rounds.
 func roamAddrs(rs []*roamer) (addrs, alts []netip.Addr, rounds int) {
+	return roamAddrsRounds(rs, roamRounds)
+}
+
+// roamAddrsRounds is roamAddrs with rounds rounds.
+func roamAddrsRounds(rs []*roamer, rounds int) (addrs, alts []netip.Addr, _ int) {
 	for _, r := range rs {
 		addrs, alts = append(addrs, r.Addr), append(alts, r.Alt)
 	}
-	return addrs, alts, roamRounds
+	return addrs, alts, rounds
 }
 
 // runMoves carries the schedule out, roamGap apart, and returns it with
@@ -126,10 +141,7 @@ func runMoves(t *testing.T, rs []*roamer, sched []move, after func(k int, m move
 	done := slices.Clone(sched)
 	for k := range done {
 		m := &done[k]
-		r := rs[m.Client]
-		r.NS.SNAT(r.Link, r.SPort, m.To)
-		m.At = time.Now()
-		r.mapping = m.To
+		m.do(rs)
 		if after != nil {
 			after(k, *m)
 		}
@@ -138,6 +150,15 @@ func runMoves(t *testing.T, rs []*roamer, sched []move, after func(k int, m move
 		}
 	}
 	return done
+}
+
+// do carries m out: the client's NAT maps its tunnel's flow to m.To from
+// now on (m.At), and the roamer records the mapping.
+func (m *move) do(rs []*roamer) {
+	r := rs[m.Client]
+	r.NS.SNAT(r.Link, r.SPort, m.To)
+	m.At = time.Now()
+	r.mapping = m.To
 }
 
 // syncBuffer is a bytes.Buffer that a process writes while the test reads.
@@ -428,6 +449,90 @@ func checkRecoveries(t *testing.T, rs []*roamer, moves []move, logs []pingLog, s
 		t.Logf("%s: ping %d sent, %d answered, %d lost%s; after each move traffic again in: %s",
 			r.Name, l.Sent, len(l.Replies), len(l.Lost), seqList(l.Lost), strings.Join(parts, ", "))
 	}
+}
+
+// tunnelCase is a running tunnel test (see setupWireGuard, setupOpenVPN)
+// as the roaming and spoofing runners (runRoaming, runSpoof) see it.
+type tunnelCase struct {
+	name   string // the tunnels' protocol, for the log
+	lab    *netlab.Lab
+	mux    *netlab.Namespace // udpmux's
+	bridge string            // the clients' bridge in mux
+	listen netip.AddrPort    // udpmux's listener
+	d      *daemon           // nil when direct
+	sock   string            // udpmux's control socket
+	rs     []*roamer
+	start  time.Time
+	wait   func(time.Duration) time.Duration // the lab's budget
+	// upgrade, transparent and fast are the test's options of those
+	// names: upgrade udpmux in the middle of the moves; source: client,
+	// so that no echo request may be lost to the upgrade; fast_path:
+	// nftables, so that every session must be in the kernel.
+	upgrade, transparent, fast bool
+	burst                      func(r *rand.Rand) [][]byte // forged datagrams of the protocol (see spoof_e2e_test.go)
+	// check compares the tunnels with the start, the pings stopped;
+	// during names the interval ("the moves").
+	check func(t *testing.T, during string)
+	// more, if not nil, checks more through udpmux at the end, after
+	// the sessions were found in the kernel (with fast) and before
+	// udpmux stops.
+	more func(t *testing.T)
+}
+
+// runRoaming moves c's clients (roamRounds rounds, see moveSchedule), with
+// c.upgrade upgrading udpmux after the middle move, and stops their pings
+// roamSettle after the last. It checks the moves' recoveries
+// (checkRecoveries), with c.transparent and c.upgrade that no echo request
+// sent during the upgrade was lost, and the tunnels (c.check); through
+// udpmux, with c.fast that every session is in the kernel
+// (checkOffloaded), and that udpmux holds one session per client and
+// shuts down cleanly.
+func runRoaming(t *testing.T, c *tunnelCase) {
+	sched := moveSchedule(roamAddrs(c.rs))
+	var after func(int, move)
+	var up *upgradeWindow
+	if c.upgrade {
+		after = func(k int, m move) {
+			if k == len(sched)/2-1 {
+				up = upgradeAfterMove(t, c.d, c.sock, len(c.rs), k, m, c.wait(upgradeTimeout))
+			}
+		}
+	}
+	moves := runMoves(t, c.rs, sched, after)
+	finishRoaming(t, c, moves, func(logs []pingLog) {
+		if c.transparent && up != nil {
+			up.checkLossless(t, c.rs, logs)
+		}
+	})
+}
+
+// finishRoaming ends a run of c whose clients made moves: it stops their
+// pings roamSettle after the last move and checks the moves' recoveries
+// (checkRecoveries), what inspect (if not nil) checks in the pings' logs,
+// and the tunnels (c.check); through udpmux, with c.fast that every
+// session is in the kernel (checkOffloaded), that udpmux holds one session
+// per client, what c.more checks, and that udpmux shuts down cleanly.
+func finishRoaming(t *testing.T, c *tunnelCase, moves []move, inspect func(logs []pingLog)) {
+	t.Helper()
+	time.Sleep(roamSettle)
+	stopped := time.Now()
+	logs := stopRoamPings(t, c.rs)
+	checkRecoveries(t, c.rs, moves, logs, stopped)
+	if inspect != nil {
+		inspect(logs)
+	}
+	c.check(t, "the moves")
+	if c.fast {
+		checkOffloaded(t, c.sock, len(c.rs))
+	}
+	if c.d != nil {
+		checkSessionCount(t, c.sock, len(c.rs))
+		if c.more != nil {
+			c.more(t)
+		}
+		c.d.Stop(t)
+	}
+	t.Logf("%d %s tunnels, %d moves in %v", len(c.rs), c.name, len(moves), time.Since(c.start).Round(time.Millisecond))
 }
 
 // seqList renders lost sequence numbers for a log line.

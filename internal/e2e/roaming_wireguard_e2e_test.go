@@ -300,39 +300,13 @@ const sourceClientKey = "    source: client\n"
 // backend's view of the client's endpoint: the client's last mapping
 // (direct: WireGuard follows it) or udpmux's unchanged upstream socket.
 // With transparent, the backend sees the client as direct. Through udpmux,
-// it also checks that udpmux holds one session per client afterwards and
-// shuts down cleanly, and with transparent and upgrade that no echo
-// request sent during the upgrade was lost. It returns the run, for more
-// checks.
+// it also checks that udpmux holds one session per client afterwards, with
+// fast all of them in the kernel, and shuts down cleanly, and with
+// transparent and upgrade that no echo request sent during the upgrade was
+// lost (see runRoaming). It returns the run, for more checks.
 func runWireGuardRoaming(t *testing.T, o wgRoamOptions) *wgRun {
 	r := setupWireGuard(t, o)
-	sched := moveSchedule(roamAddrs(r.rs))
-	var after func(int, move)
-	var up *upgradeWindow
-	if o.upgrade {
-		after = func(k int, m move) {
-			if k == len(sched)/2-1 {
-				up = upgradeAfterMove(t, r.d, r.sock, len(r.rs), k, m, r.w.wait(upgradeTimeout))
-			}
-		}
-	}
-	moves := runMoves(t, r.rs, sched, after)
-	time.Sleep(roamSettle)
-	stopped := time.Now()
-	logs := stopRoamPings(t, r.rs)
-	checkRecoveries(t, r.rs, moves, logs, stopped)
-	if o.transparent && up != nil {
-		up.checkLossless(t, r.rs, logs)
-	}
-	r.check(t, "the moves")
-	if o.fast {
-		checkOffloaded(t, r.sock, len(r.rs))
-	}
-	if r.d != nil {
-		checkSessionCount(t, r.sock, len(r.rs))
-		r.d.Stop(t)
-	}
-	t.Logf("%d WireGuard tunnels, %d moves in %v", len(r.rs), len(moves), time.Since(r.start).Round(time.Millisecond))
+	runRoaming(t, r.tunnelCase())
 	return r
 }
 
@@ -351,6 +325,13 @@ type wgRun struct {
 	// them, the upstream socket of each client's session there, which its
 	// backend must see it at (see check).
 	via []netip.AddrPort
+}
+
+// tunnelCase is r as the roaming and spoofing runners see it.
+func (r *wgRun) tunnelCase() *tunnelCase {
+	return &tunnelCase{name: "WireGuard", lab: r.w.lab, mux: r.w.mux, bridge: r.w.front, listen: wgListen, d: r.d, sock: r.sock,
+		rs: r.rs, start: r.start, wait: r.w.wait, upgrade: r.o.upgrade, transparent: r.o.transparent, fast: r.o.fast,
+		burst: wgSpoofBurst(nil), check: r.check}
 }
 
 // setupWireGuard builds the WireGuard lab with roamClients clients (or

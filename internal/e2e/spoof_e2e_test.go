@@ -469,46 +469,63 @@ func TestWireGuardSpoofFastPath(t *testing.T) {
 
 // runWireGuardSpoof is the WireGuard spoofing test with options o.
 func runWireGuardSpoof(t *testing.T, o wgRoamOptions) {
-	r := setupWireGuard(t, o)
-	if o.fast {
-		checkOffloaded(t, r.sock, len(r.rs))
-	}
-	a := newAttacker(t, r.w.lab, r.w.mux, r.w.front, spoofPorts)
-	sprayStart := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), spoofDuration)
-	defer cancel()
-	a.spray(ctx, t, wgListen, 1, wgSpoofBurst(nil))
-	sprayEnd := time.Now()
-	time.Sleep(spoofLinger)
-	logs := stopRoamPings(t, r.rs)
-	checkSpoofed(t, a, r.rs, logs, sprayStart, sprayEnd)
-	r.check(t, "the spray")
-	if o.fast {
-		checkOffloaded(t, r.sock, len(r.rs))
-	}
-	logSessions(t, r.sock, len(r.rs))
-	r.d.Stop(t)
-	t.Logf("%d WireGuard tunnels under a spray of %d forged datagrams in %v", len(r.rs), a.sent, time.Since(r.start).Round(time.Millisecond))
+	runSpoof(t, setupWireGuard(t, o).tunnelCase())
 }
 
 // TestOpenVPNSpoofThroughUdpmux is TestWireGuardSpoofThroughUdpmux for
 // OpenVPN (dissector openvpn): forged P_DATA_V2 for every small peer-id
 // and control packets with random session IDs (see ovpnRun.check).
 func TestOpenVPNSpoofThroughUdpmux(t *testing.T) {
-	r := setupOpenVPN(t, ovpnRoamOptions{})
-	a := newAttacker(t, r.v.lab, r.v.mux, r.v.bridge, spoofPorts)
+	runOpenVPNSpoof(t, ovpnRoamOptions{})
+}
+
+// TestOpenVPNSpoofFastPath is TestOpenVPNSpoofThroughUdpmux with
+// fast_path: nftables, as TestWireGuardSpoofFastPath: the forged
+// P_DATA_V2, whose peer-ids include the clients' but which come from the
+// attacker's own addresses, match no kernel element and reach udpmux,
+// which must treat them as it does without the fast path, although the
+// kernel carried the packets whose packet-ids it judges them by, and leave
+// every session in the kernel.
+func TestOpenVPNSpoofFastPath(t *testing.T) {
+	runOpenVPNSpoof(t, ovpnRoamOptions{fast: true})
+}
+
+// runOpenVPNSpoof is the OpenVPN spoofing test with options o. The
+// attacker's datagrams may have opened sessions of their own: udpmux may
+// hold upstream sockets besides the clients' sessions'.
+func runOpenVPNSpoof(t *testing.T, o ovpnRoamOptions) {
+	r := setupOpenVPN(t, o)
+	c := r.tunnelCase()
+	c.check = func(t *testing.T, during string) { r.check(t, during, true) }
+	runSpoof(t, c)
+}
+
+// runSpoof is the spoofing test of c, whose tunnels run through udpmux:
+// the attacker sprays c.burst at udpmux's listener for spoofDuration, and
+// spoofLinger later the pings stop. It checks the attacker's and the
+// tunnels' side (checkSpoofed) and the tunnels (c.check); with c.fast,
+// that every session is in the kernel before the spray and after it
+// (checkOffloaded). udpmux must shut down cleanly.
+func runSpoof(t *testing.T, c *tunnelCase) {
+	if c.fast {
+		checkOffloaded(t, c.sock, len(c.rs))
+	}
+	a := newAttacker(t, c.lab, c.mux, c.bridge, spoofPorts)
 	sprayStart := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), spoofDuration)
 	defer cancel()
-	a.spray(ctx, t, muxListen, 1, ovpnSpoofBurst)
+	a.spray(ctx, t, c.listen, 1, c.burst)
 	sprayEnd := time.Now()
 	time.Sleep(spoofLinger)
-	logs := stopRoamPings(t, r.rs)
-	checkSpoofed(t, a, r.rs, logs, sprayStart, sprayEnd)
-	r.check(t, "the spray", true)
-	logSessions(t, r.sock, len(r.rs))
-	r.d.Stop(t)
-	t.Logf("%d OpenVPN tunnels under a spray of %d forged datagrams in %v", len(r.rs), a.sent, time.Since(r.start).Round(time.Millisecond))
+	logs := stopRoamPings(t, c.rs)
+	checkSpoofed(t, a, c.rs, logs, sprayStart, sprayEnd)
+	c.check(t, "the spray")
+	if c.fast {
+		checkOffloaded(t, c.sock, len(c.rs))
+	}
+	logSessions(t, c.sock, len(c.rs))
+	c.d.Stop(t)
+	t.Logf("%d %s tunnels under a spray of %d forged datagrams in %v", len(c.rs), c.name, a.sent, time.Since(c.start).Round(time.Millisecond))
 }
 
 func TestSpoofBursts(t *testing.T) {

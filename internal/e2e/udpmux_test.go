@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmux/udpmux/fastpath"
 	"github.com/udpmux/udpmux/internal/handoff"
 	"github.com/udpmux/udpmux/internal/netlab"
 	"github.com/udpmux/udpmux/internal/udpsys"
@@ -330,6 +331,9 @@ type controlStatus struct {
 	mux.Stats
 	// Proxies are the proxy listeners' own counters, by listener name.
 	Proxies map[string]proxy.Stats `json:"proxies"`
+	// FastPath is the fast path's table (fast_path: nftables), nil
+	// without one.
+	FastPath *fastpath.Stats `json:"fast_path"`
 }
 
 // recoveryCounters renders a proxy listener's recovery counters, which the

@@ -120,6 +120,10 @@ func (h *harness) goals() []goal {
 			h.throughputChecks(seriesMatrix, kindProxy, "udpmux-fast", "nat", goalFastVsNATThroughput)},
 		{fmt.Sprintf("fast path: WireGuard transport messages, CPU per round trip ≤ %.1f× kernel NAT's", goalFastVsNATCPU),
 			h.cpuChecks(seriesTunnel, kindProxy, "udpmux-wg-fast", "nat", goalFastVsNATCPU, false)},
+		{fmt.Sprintf("fast path: OpenVPN data packets, CPU per round trip ≤ %.1f× kernel NAT's", goalFastVsNATCPU),
+			h.cpuChecks(seriesOpenVPN, kindProxy, "udpmux-ovpn-fast", "nat", goalFastVsNATCPU, false)},
+		{fmt.Sprintf("fast path: OpenVPN data packets, throughput ≥ %.2f× kernel NAT's", goalFastVsNATThroughput),
+			h.throughputChecks(seriesOpenVPN, kindProxy, "udpmux-ovpn-fast", "nat", goalFastVsNATThroughput)},
 	}
 }
 

@@ -124,3 +124,49 @@ BenchmarkLookup/1M/sharded-map-2       100  90 ns/op  0 B/op  0 allocs/op
 		t.Errorf("lookup goal with an allocation = %s, want missed", got)
 	}
 }
+
+// The OpenVPN tunnel series: udpmux-ovpn-fast against kernel NAT, CPU at
+// the fixed rate and throughput from the searches.
+func TestOpenVPNFastPathGoals(t *testing.T) {
+	session := func(fastCPU, fastTP float64, fastAtMax bool) *harness {
+		fixed := config{Kind: kindProxy, Flows: 256, Size: 64, Rate: 20000, Burst: 4, Series: seriesOpenVPN, Proto: protoOpenVPN}
+		atMax := fixed
+		atMax.Rate = 0
+		h := &harness{}
+		add := func(peer string, cpu, tp float64, bound bool) {
+			h.rec.Results = append(h.rec.Results,
+				&result{Config: fixed, Peer: peer, Runs: runsOf(3, cpu, 0)},
+				&result{Config: atMax, Peer: peer, Runs: runsOf(3, cpu, 0), Search: &searchRec{Throughput: tp, AtMax: bound}})
+		}
+		add("udpmux-ovpn-fast", fastCPU, fastTP, fastAtMax)
+		add("nat", 20, 60000, true)
+		// The WireGuard series' peer of the same name and shape must not
+		// count for OpenVPN.
+		wg := fixed
+		wg.Series, wg.Proto = seriesTunnel, protoWireGuard
+		h.rec.Results = append(h.rec.Results, &result{Config: wg, Peer: "nat", Runs: runsOf(3, 1, 0)})
+		return h
+	}
+	const cpuGoal, tpGoal = "fast path: OpenVPN data packets, CPU", "fast path: OpenVPN data packets, throughput"
+	tests := []struct {
+		name    string
+		h       *harness
+		cpu, tp string
+	}{
+		{"met", session(23, 70000, false), statusMet, statusMet},
+		{"CPU 1.3x", session(26, 70000, false), statusMissed, statusMet},
+		{"throughput 0.9x", session(20, 54000, false), statusMet, statusMissed},
+		{"throughput 0.9x at the generator's maximum", session(20, 54000, true), statusMet, statusNotMeasured},
+	}
+	for _, tt := range tests {
+		if got, g := goalStatus(t, tt.h, cpuGoal); got != tt.cpu {
+			t.Errorf("%s: CPU goal %s (%s), want %s", tt.name, got, g.measured(), tt.cpu)
+		}
+		if got, g := goalStatus(t, tt.h, tpGoal); got != tt.tp {
+			t.Errorf("%s: throughput goal %s (%s), want %s", tt.name, got, g.measured(), tt.tp)
+		}
+	}
+	if got, _ := goalStatus(t, &harness{}, cpuGoal); got != statusNotMeasured {
+		t.Errorf("without the series: CPU goal %s", got)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -97,7 +98,7 @@ func TestTopSymbols(t *testing.T) {
 func TestScenarios(t *testing.T) {
 	h := &harness{opts: options{rates: []float64{20000}}}
 	want := map[string]int{"sink/matrix": 4, "echo/matrix": 8, "echo/growth": 3, "proxy/matrix": 8,
-		"echo/listener": 8, "proxy/tunnel": 8, "echo/gro": 4, "proxy/gro": 4, "echo/flood": 1}
+		"echo/listener": 8, "proxy/tunnel": 8, "proxy/tunnel-openvpn": 8, "echo/gro": 4, "proxy/gro": 4, "echo/flood": 1}
 	type measured struct {
 		c    config
 		peer string
@@ -118,11 +119,47 @@ func TestScenarios(t *testing.T) {
 			if sc.series != seriesGrowth && sc.series != seriesFlood && (i%2 == 0) != (c.Rate > 0) {
 				t.Errorf("%s: %v out of order (fixed rate first, then the maximum)", key, c)
 			}
+			// The sizes loadgen takes for each protocol (its parseFlags).
+			switch c.Proto {
+			case protoWireGuard:
+				if c.Size < 16+24 || (c.Size-32)%16 != 0 {
+					t.Errorf("%s: %v: not a WireGuard transport message's size", key, c)
+				}
+			case protoOpenVPN:
+				if c.Size < 8+24 || c.Flows > 0xFFFFFF {
+					t.Errorf("%s: %v: too small for the P_DATA_V2 header and the wire header, or too many peer-ids", key, c)
+				}
+			}
+		}
+		for _, p := range sc.peers {
+			if (strings.HasPrefix(p, "udpmux-") || p == "udpmux") && !udpmuxPeers[p] {
+				t.Errorf("%s: peer %s is not a udpmux peer that startServer knows", key, p)
+			}
 		}
 		for p := range sc.searched {
 			if !slices.Contains(sc.peers, p) {
 				t.Errorf("%s: searched peer %s is not a peer", key, p)
 			}
 		}
+	}
+}
+
+// ONLY=tunnel runs both tunnel series, each with its protocol.
+func TestTunnelPart(t *testing.T) {
+	h := &harness{opts: options{rates: []float64{20000}, only: map[string]bool{partTunnel: true}}}
+	protos := map[string]string{}
+	for _, sc := range h.scenarios() {
+		if sc.part != partTunnel {
+			continue
+		}
+		for _, c := range sc.configs {
+			protos[sc.series] = c.Proto
+		}
+		if sc.series == seriesOpenVPN && !slices.Equal(sc.peers, []string{"udpmux", "udpmux-ovpn", "udpmux-ovpn-fast", "nat"}) {
+			t.Errorf("OpenVPN tunnel peers %v", sc.peers)
+		}
+	}
+	if want := map[string]string{seriesTunnel: protoWireGuard, seriesOpenVPN: protoOpenVPN}; !maps.Equal(protos, want) {
+		t.Errorf("tunnel part: series and protocols %v, want %v", protos, want)
 	}
 }

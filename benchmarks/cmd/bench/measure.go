@@ -56,6 +56,7 @@ type result struct {
 	Search     *searchRec  `json:"search,omitempty"`      // at the maximum: the throughput search
 	CrossCheck *run        `json:"cross_check,omitempty"` // at a fixed rate: the spinner's run
 	Profile    *profileRec `json:"profile,omitempty"`     // at a fixed rate: where CPU 1's time went
+	Kernel     *kernelRec  `json:"kernel,omitempty"`      // udpmux's fast path: what the kernel forwarded
 }
 
 // searchRec is the RFC 2544 throughput search of one peer and shape.
@@ -85,6 +86,9 @@ type harness struct {
 	started time.Time
 	rec     record
 	groOn   string // the server-side veth with GRO on, "" for none
+	// gens, sent and received count the generator's runs of the session,
+	// and the datagrams they sent and got back (kernel.go).
+	gens, sent, received uint64
 }
 
 // record is everything a session measured, saved as results.json so that
@@ -160,6 +164,7 @@ func (h *harness) runPeer(sc scenario, peer string) {
 	defer srv.stop()
 	warm := map[int]bool{}
 	crossChecked := false
+	var mark *kernelMark        // the fast path's counters, last read
 	held := map[shape]float64{} // per shape, the highest fixed rate that held
 	for _, c := range sc.configs {
 		res := &result{Config: c, Peer: peer}
@@ -190,6 +195,14 @@ func (h *harness) runPeer(sc scenario, peer string) {
 				continue
 			}
 		}
+		var from *kernelMark
+		if srv.status != nil {
+			var err error
+			if from, err = h.kernelMark(srv, mark); err != nil {
+				res.Kernel = &kernelRec{Err: err.Error()}
+			}
+			mark = from
+		}
 		res.Runs, res.Err = h.runsAt(srv, c, c.Rate)
 		sh := shape{c.Flows, c.Size}
 		switch {
@@ -209,6 +222,9 @@ func (h *harness) runPeer(sc scenario, peer string) {
 			}
 		case sc.searched[peer]:
 			res.Search = h.search(srv, c, res.Runs, held[sh])
+		}
+		if from != nil {
+			res.Kernel = h.kernelSince(srv, from, &mark)
 		}
 		h.logResult(res, time.Since(start))
 	}
@@ -302,6 +318,11 @@ func (h *harness) logResult(res *result, took time.Duration) {
 	if s := res.Search; s != nil {
 		msg += fmt.Sprintf(" throughput %8.0f/s (%d trials)", s.Throughput, len(s.Trials))
 	}
+	if k := res.Kernel; k != nil && k.Err == "" {
+		msg += fmt.Sprintf(" kernel: %d sessions, %.1f%% of sent", k.Offloaded, k.rxShare())
+	} else if k != nil {
+		msg += " kernel: " + k.Err
+	}
 	h.logf("%-9s %-40s %s [%v]", res.Peer, res.Config, msg, took.Round(100*time.Millisecond))
 }
 
@@ -325,11 +346,15 @@ func (h *harness) settle(srv *server, c config) error {
 }
 
 // warmup returns how long to send before measuring c: long enough for every
-// flow to send at least once, at least a second, at most three.
+// flow to send at least once, at least a second, at most three. Every run
+// of the generator starts again at the first flow, and at a fixed rate a
+// flow's turn sends up to a burst: a warm-up shorter than flows × burst ÷
+// rate leaves the last flows out of every warm-up, and a fast path that
+// needs a session's backend to answer a few times never offloads them.
 func warmup(c config) time.Duration {
 	d := time.Duration(c.Flows) * 20 * time.Microsecond // the generator's maximum is about 100-300k/s
 	if c.Rate > 0 {
-		d = time.Duration(float64(c.Flows) / c.Rate * float64(time.Second))
+		d = time.Duration(float64(c.Flows*max(c.Burst, 1)) / c.Rate * float64(time.Second))
 	}
 	return min(max(d, time.Second), 3*time.Second)
 }
@@ -478,6 +503,7 @@ func (h *harness) loadgen(srv *server, c config, rate float64, d time.Duration) 
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	var rep loadgenReport
+	h.gens++ // even if it fails: it may have sent
 	if err := cmd.Run(); err != nil {
 		return rep, fmt.Errorf("loadgen: %v: %s", err, strings.TrimSpace(stderr.String()))
 	}
@@ -487,6 +513,8 @@ func (h *harness) loadgen(srv *server, c config, rate float64, d time.Duration) 
 	if rep.DurationS <= 0 {
 		return rep, errors.New("loadgen reported no sending time")
 	}
+	h.sent += rep.Sent
+	h.received += rep.Received
 	return rep, nil
 }
 

@@ -117,6 +117,7 @@ func writeResults(h *harness) error {
 		if t := h.tableOf(s.series, s.kind); len(t.configs) > 0 {
 			w("## %s\n\n%s\n\n", s.title, s.about)
 			h.writeTable(w, t)
+			h.writeKernel(w, t)
 		}
 	}
 	h.writeGrowth(w)
@@ -134,6 +135,7 @@ var sections = []struct{ series, kind, title, about string }{
 	{seriesMatrix, kindProxy, "Proxy", "Client → proxy in bs → two bare echo backends in bb (CPU 0) → proxy → client. Delivered = replies back at the generator. nat: nftables DNAT (numgen over the two backends) with conntrack in bs, no process; route: no NAT, the generator sends to the backends' addresses and bs routes (the floor of the path)."},
 	{seriesListener, kindEcho, "Listeners: a net.Conn per peer", "Echo servers that accept one net.Conn per client flow and echo on it: pion/transport's udp.Listener (v5.1.5) and udpmux's mux.Listen, each in a program of its own on CPU 1."},
 	{seriesTunnel, kindProxy, "Tunnel: WireGuard transport messages through the proxy", "The proxy scenario with WireGuard-shaped datagrams (type 4, receiver index = flow id, counter = sequence; each flow sends one 148-byte initiation first, which makes its session): udpmux with `dissector: flow` and with `dissector: wireguard` (no private key)."},
+	{seriesOpenVPN, kindProxy, "Tunnel: OpenVPN data packets through the proxy", "The proxy scenario with OpenVPN-shaped datagrams (P_DATA_V2 as an AEAD cipher sends it: 0x48 = opcode 9, key ID 0; peer-id = flow id; packet-id = sequence + 1, big-endian; each flow sends one 14-byte P_CONTROL_HARD_RESET_CLIENT_V2 with a session ID of its own first, which makes its session; the echo backends reflect every packet, which is what the server's data to that client looks like: same peer-id, packet-ids in sequence): udpmux with `dissector: flow` and with `dissector: openvpn` (no keys), in userspace and with `fast_path: nftables`, and kernel NAT."},
 	{seriesGRO, kindEcho, "GRO, listener direction: bursts of 1400-byte datagrams", "Echo, 256 flows sending bursts of 16 datagrams each, with GRO off and on on vs (bs's veth from the clients). bare-gro is the bare loop with UDP_GRO on its socket and GSO replies: what a receiver that uses GRO gets."},
 	{seriesGRO, kindProxy, "GRO, upstream direction: bursts of 1400-byte datagrams", "The proxy, 256 flows sending bursts of 16, with GRO off and on on vsb (bs's veth from the backends)."},
 	{seriesFlood, kindEcho, "Flood: established sessions while new sources exceed capacity", "Echo at 256, 10 000 and 100 000 established flows (50 000 datagrams/s in all, one per flow per send, sessions made by a warm-up), while a second generator on the same core sends 50 000 datagrams/s from 20 000 new source ports, from 0.5 s before to 0.5 s after each run; the server holds at most the established flows + 1000 sessions (udpmux: `sessions.max`; connected: `-max-sessions`), so most of the flood finds it full. Delivered and loss are the established flows'; CPU 1 per datagram divides the whole cost, flood included, by the established flows' replies. connected: a socket per peer bound to the service address and connected to the peer (the seeds' \"UDP accept\"), one epoll loop."},
@@ -228,6 +230,34 @@ func (h *harness) writeTable(w func(string, ...any), t table) {
 			w(" %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", cell(r.Runs, mOffered), cell(r.Runs, mDelivered), cell(r.Runs, mLoss),
 				cell(r.Runs, mCore), spin, proc, p99, cell(r.Runs, mDrops), cell(r.Runs, mBacklog), ratio(r, refRes, mCore))
 		}
+	}
+	w("\n")
+}
+
+// writeKernel writes, for the fast-path peers of a table, what the kernel
+// forwarded while each configuration was measured.
+func (h *harness) writeKernel(w func(string, ...any), t table) {
+	var rows []*result
+	for _, c := range t.configs {
+		for _, peer := range t.peers {
+			if r := h.find(c, peer); r != nil && r.Kernel != nil {
+				rows = append(rows, r)
+			}
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	w("What the kernel forwarded for the fast-path peers while each configuration was measured (its runs, and its cross-check, profile or throughput search), from the daemon's counters (`udpmux status`: the table's readings of the kernel's, each end read after two readings that followed the generator's last run), against the datagrams the generator sent meanwhile (not counting each flow's first message, which udpmux handles):\n\n")
+	w("| flows | bytes | rate | peer | sessions in the kernel | sent | forwarded client → backend | share of sent | forwarded backend → client | replies received |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		c, k := r.Config, r.Kernel
+		w("| %d | %d | %s | %s |", c.Flows, c.Size, rateName(c), r.Peer)
+		if k.Err != "" {
+			w(" %s | | | | | |\n", short(k.Err))
+			continue
+		}
+		w(" %d | %d | %d | %.1f %% | %d | %d |\n", k.Offloaded, k.Sent, k.Rx, k.rxShare(), k.Tx, k.Received)
 	}
 	w("\n")
 }

@@ -14,18 +14,20 @@ const (
 
 // Series: which table of RESULTS.md a configuration belongs to.
 const (
-	seriesMatrix   = "matrix"   // the sink, echo and proxy tables
-	seriesGrowth   = "growth"   // echo cost as concurrent flows grow
-	seriesListener = "listener" // net.Conn-per-peer listeners (pion, mux.Listen)
-	seriesTunnel   = "tunnel"   // the proxy with WireGuard transport messages
-	seriesGRO      = "gro"      // bursts of 1400-byte datagrams, with and without GRO on the veths
-	seriesFlood    = "flood"    // established sessions while new sources flood the server beyond its capacity
+	seriesMatrix   = "matrix"         // the sink, echo and proxy tables
+	seriesGrowth   = "growth"         // echo cost as concurrent flows grow
+	seriesListener = "listener"       // net.Conn-per-peer listeners (pion, mux.Listen)
+	seriesTunnel   = "tunnel"         // the proxy with WireGuard transport messages
+	seriesOpenVPN  = "tunnel-openvpn" // the proxy with OpenVPN P_DATA_V2 packets
+	seriesGRO      = "gro"            // bursts of 1400-byte datagrams, with and without GRO on the veths
+	seriesFlood    = "flood"          // established sessions while new sources flood the server beyond its capacity
 )
 
 // Generator protocols (loadgen -proto).
 const (
 	protoPlain     = ""          // the wire header at offset 0
 	protoWireGuard = "wireguard" // WireGuard type-4 messages around it
+	protoOpenVPN   = "openvpn"   // OpenVPN P_DATA_V2 packets around it
 )
 
 // config is one point of the matrix.
@@ -116,6 +118,10 @@ const (
 // plus a multiple of 16.
 var tunnelSizes = []int{64, 1392}
 
+// Sizes of the OpenVPN tunnel series: a P_DATA_V2 packet of an AEAD cipher
+// is its 8-byte header, the ciphertext (any length) and a 16-byte tag.
+var tunnelOpenVPNSizes = []int{64, 1400}
+
 // groBurst is the burst per flow of the GRO series: bulk tunnel traffic.
 const groBurst = 16
 
@@ -127,6 +133,7 @@ var (
 	proxyPeers    = []string{"nginx", "udpmux", "udpmux-fast", "nat", "route"}
 	listenerPeers = []string{"pion", "muxlisten"}
 	tunnelPeers   = []string{"udpmux", "udpmux-wg", "udpmux-wg-fast", "nat"}
+	ovpnPeers     = []string{"udpmux", "udpmux-ovpn", "udpmux-ovpn-fast", "nat"}
 	groEchoPeers  = []string{"udpmux", "bare-gro"}
 	groProxyPeers = []string{"udpmux"}
 	floodPeers    = []string{"udpmux", "connected"}
@@ -146,9 +153,10 @@ func (h *harness) scenarios() []scenario {
 	full := []shape{{256, 64}, {256, 1400}, {10000, 64}, {10000, 1400}}
 	sink := []shape{{256, 64}, {256, 1400}}
 	tunnel := []shape{{256, tunnelSizes[0]}, {256, tunnelSizes[1]}, {10000, tunnelSizes[0]}, {10000, tunnelSizes[1]}}
+	ovpn := []shape{{256, tunnelOpenVPNSizes[0]}, {256, tunnelOpenVPNSizes[1]}, {10000, tunnelOpenVPNSizes[0]}, {10000, tunnelOpenVPNSizes[1]}}
 	if h.opts.quick {
 		full = []shape{{256, 64}, {10000, 64}}
-		sink, tunnel = full[:1], tunnel[:2]
+		sink, tunnel, ovpn = full[:1], tunnel[:2], ovpn[:2]
 	}
 	plain := func(series, kind string, shapes []shape) []config {
 		return h.configs(config{Kind: kind, Burst: 4, Series: series}, shapes)
@@ -164,6 +172,7 @@ func (h *harness) scenarios() []scenario {
 		growth = append(growth, config{Kind: kindEcho, Flows: f, Size: 64, Rate: growthRate, Burst: 1, Series: seriesGrowth})
 	}
 	wg := config{Kind: kindProxy, Burst: 4, Series: seriesTunnel, Proto: protoWireGuard}
+	ov := config{Kind: kindProxy, Burst: 4, Series: seriesOpenVPN, Proto: protoOpenVPN}
 	all := []scenario{
 		{part: kindSink, series: seriesMatrix, kind: kindSink, peers: sinkPeers, crossCk: true, configs: plain(seriesMatrix, kindSink, sink)},
 		{part: kindEcho, series: seriesMatrix, kind: kindEcho, peers: echoPeers, crossCk: true,
@@ -174,6 +183,9 @@ func (h *harness) scenarios() []scenario {
 		{part: partListener, series: seriesListener, kind: kindEcho, peers: listenerPeers, crossCk: true,
 			searched: set(listenerPeers...), profiled: set("muxlisten"), configs: plain(seriesListener, kindEcho, full)},
 		{part: partTunnel, series: seriesTunnel, kind: kindProxy, peers: tunnelPeers, crossCk: true, profiled: set("udpmux-wg"), configs: h.configs(wg, tunnel)},
+		// Searched for the fast path's throughput goal against kernel NAT.
+		{part: partTunnel, series: seriesOpenVPN, kind: kindProxy, peers: ovpnPeers, crossCk: true,
+			searched: set(ovpnPeers...), profiled: set("udpmux-ovpn"), configs: h.configs(ov, ovpn)},
 		{part: partGRO, series: seriesGRO, kind: kindEcho, peers: groEchoPeers, configs: groCfgs(kindEcho, "vs")},
 		{part: partGRO, series: seriesGRO, kind: kindProxy, peers: groProxyPeers, configs: groCfgs(kindProxy, "vsb")},
 	}

@@ -43,6 +43,8 @@ type server struct {
 	// ready for measuring (udpmux's fast path: every session in the
 	// kernel), after a warm-up run.
 	settled func(flows int) (bool, error)
+	// status, if set, reads the daemon's fast-path counters (kernel.go).
+	status func() (daemonStatus, error)
 }
 
 // stop ends the server or removes its configuration.
@@ -104,11 +106,7 @@ func (h *harness) startServer(sc scenario, peer string) (*server, error) {
 		if _, err := os.Stat(bin); err != nil {
 			return nil, fmt.Errorf("udpmux %s: not available (the daemon was not built)", sc.kind)
 		}
-		dissector := "flow"
-		if strings.HasPrefix(peer, "udpmux-wg") {
-			dissector = "wireguard"
-		}
-		fast := strings.HasSuffix(peer, "-fast")
+		dissector, fast := udpmuxMode(peer)
 		conf, err := h.udpmuxConf(sc.kind, dissector, fast, sc.capacity)
 		if err != nil {
 			return nil, err
@@ -149,9 +147,24 @@ func connectedLimit() int {
 }
 
 // udpmuxPeers are the peers that are the udpmux daemon: with dissector
-// flow or wireguard, in userspace or with the fast path (the kernel
-// forwards established sessions' data, fast_path: nftables).
-var udpmuxPeers = map[string]bool{"udpmux": true, "udpmux-wg": true, "udpmux-fast": true, "udpmux-wg-fast": true}
+// flow, wireguard (-wg) or openvpn (-ovpn), in userspace or with the fast
+// path (-fast: the kernel forwards established sessions' data, fast_path:
+// nftables).
+var udpmuxPeers = map[string]bool{"udpmux": true, "udpmux-wg": true, "udpmux-ovpn": true,
+	"udpmux-fast": true, "udpmux-wg-fast": true, "udpmux-ovpn-fast": true}
+
+// udpmuxMode returns the dissector of a udpmux peer, and whether it has the
+// fast path.
+func udpmuxMode(peer string) (dissector string, fast bool) {
+	dissector = "flow"
+	switch {
+	case strings.HasPrefix(peer, "udpmux-wg"):
+		dissector = "wireguard"
+	case strings.HasPrefix(peer, "udpmux-ovpn"):
+		dissector = "openvpn"
+	}
+	return dissector, strings.HasSuffix(peer, "-fast")
+}
 
 // startFastPath starts the daemon (args) with fast_path: nftables, which
 // needs IPv4 forwarding in bs, as the NAT and routing peers do; its
@@ -171,22 +184,22 @@ func (h *harness) startFastPath(sc scenario, peer string, args []string) (*serve
 		return nil, fmt.Errorf("%s %s: not available (%v)", peer, sc.kind, err)
 	}
 	sock := h.controlSocket()
-	settled := func(flows int) (bool, error) {
+	status := func() (daemonStatus, error) {
+		var st daemonStatus
 		out, err := exec.Command(h.binary("udpmux"), "status", "-s", sock, "-o", "json").Output()
 		if err != nil {
-			return false, fmt.Errorf("udpmux status: %v", err)
-		}
-		var st struct {
-			Proxies map[string]struct {
-				Offloaded int `json:"offloaded"`
-			} `json:"proxies"`
+			return st, fmt.Errorf("udpmux status: %v", err)
 		}
 		if err := json.Unmarshal(out, &st); err != nil {
-			return false, fmt.Errorf("udpmux status: %v", err)
+			return st, fmt.Errorf("udpmux status: %v", err)
 		}
-		return st.Proxies["bench"].Offloaded >= flows, nil
+		return st, nil
 	}
-	return &server{proc: p, undo: func() { forwarding(false) }, dst: serverAddr, settled: settled}, nil
+	settled := func(flows int) (bool, error) {
+		st, err := status()
+		return err == nil && st.offloaded() >= int64(flows), err
+	}
+	return &server{proc: p, undo: func() { forwarding(false) }, dst: serverAddr, settled: settled, status: status}, nil
 }
 
 // controlSocket is the daemon's control socket, in the session's work
@@ -388,7 +401,7 @@ func (h *harness) udpmuxConf(kind, dissector string, fast bool, capacity int) (s
 	handler := map[string]string{kindSink: "discard", kindEcho: "echo", kindProxy: "proxy"}[kind]
 	var b strings.Builder
 	fmt.Fprintf(&b, "workers: 1\nbatch: 64\nsocket:\n  recv_buffer: %d\n  send_buffer: %d\n", sockBuf, sockBuf)
-	fmt.Fprintf(&b, "listeners:\n  - name: bench\n")
+	fmt.Fprintf(&b, "listeners:\n  - name: %s\n", benchListener)
 	fmt.Fprintf(&b, "    address: %q\n    handler: %s\n    dissector: %s\n    idle_timeout: 60s\n", serverAddr, handler, dissector)
 	if kind == kindProxy {
 		fmt.Fprintf(&b, "    backends: [%q, %q]\n    balance: maglev\n", backendAddrs[0], backendAddrs[1])

@@ -18,6 +18,15 @@
 // WireGuard-aware proxy make its session, and waits up to a second for the
 // echoes of all of them; those are counted apart (handshakes).
 //
+// With -proto openvpn every datagram is an OpenVPN P_DATA_V2 packet as an
+// AEAD cipher sends it: byte 0 is 0x48 (opcode 9, key ID 0), 1-3 the peer-id
+// (the flow id, big-endian), 4-7 the packet-id (big-endian, the sequence
+// number plus one: 1, 2, 3, ... per flow), then the wire header and padding;
+// its -size must be at least 32. Before sending any, each flow sends one
+// P_CONTROL_HARD_RESET_CLIENT_V2 (opcode 7, 14 bytes, a session ID of its
+// own), which lets an OpenVPN-aware proxy make its session (a data packet
+// only looks one up), and waits for the echoes as with wireguard.
+//
 // -dst may list several servers: flow i then sends to the (i mod n)-th.
 //
 // With -rate 0 it sends as fast as it can (the generator's maximum); with
@@ -68,7 +77,7 @@ type config struct {
 	echo         bool
 	burst        int
 	rcvbuf       int
-	wireguard    bool // -proto wireguard
+	proto        string // -proto: protoWireGuard, protoOpenVPN or "" (plain)
 }
 
 // report is the JSON printed at the end of a run.
@@ -94,7 +103,7 @@ type report struct {
 	RTTP999us   float64 `json:"rtt_p999_us"`
 	RTTMaxus    float64 `json:"rtt_max_us"`
 	Procs       int     `json:"procs"`                // generator processes
-	Handshakes  uint64  `json:"handshakes,omitempty"` // echoed initiations (-proto wireguard)
+	Handshakes  uint64  `json:"handshakes,omitempty"` // echoed first messages (-proto wireguard, openvpn)
 
 	// Set by child processes only, for the parent to merge.
 	RTTHist  []hist.Bucket `json:"rtt_hist,omitempty"`
@@ -133,7 +142,7 @@ func parseFlags() (config, error) {
 	var (
 		cfg  config
 		dst  = flag.String("dst", "198.18.0.2:9000", "server address:port; a comma-separated list spreads the flows over them")
-		prot = flag.String("proto", "", `"" (the wire header at offset 0) or wireguard (WireGuard transport messages)`)
+		prot = flag.String("proto", "", `"" (the wire header at offset 0), wireguard (WireGuard transport messages) or openvpn (OpenVPN P_DATA_V2 packets)`)
 		srcs = flag.String("src", "198.18.0.1", "comma-separated source addresses; flows fill -ports-per-addr ports on each in turn")
 		mode = flag.String("mode", "echo", "echo (expect a reply per datagram) or sink (send only)")
 	)
@@ -157,15 +166,22 @@ func parseFlags() (config, error) {
 		}
 		cfg.dsts = append(cfg.dsts, ap)
 	}
+	cfg.proto = *prot
 	switch *prot {
 	case "":
-	case "wireguard":
-		cfg.wireguard = true
+	case protoWireGuard:
 		if cfg.size < wgHeaderLen+wire.HeaderLen || (cfg.size-wgMinTransport)%16 != 0 {
 			return cfg, fmt.Errorf("-proto wireguard: -size must be 32 plus a multiple of 16, at least %d", wgHeaderLen+wire.HeaderLen)
 		}
+	case protoOpenVPN:
+		if cfg.size < ovpnDataHeaderLen+wire.HeaderLen {
+			return cfg, fmt.Errorf("-proto openvpn: -size must be at least %d", ovpnDataHeaderLen+wire.HeaderLen)
+		}
+		if cfg.flowBase+cfg.flows > ovpnMaxPeerID+1 {
+			return cfg, fmt.Errorf("-proto openvpn: a flow's peer-id is its id, so at most %d flows", ovpnMaxPeerID+1)
+		}
 	default:
-		return cfg, fmt.Errorf("-proto %q: want wireguard or nothing", *prot)
+		return cfg, fmt.Errorf("-proto %q: want wireguard, openvpn or nothing", *prot)
 	}
 	for s := range strings.SplitSeq(*srcs, ",") {
 		a, err := netip.ParseAddr(strings.TrimSpace(s))
@@ -227,7 +243,7 @@ func run(cfg config) (*report, error) {
 		return nil, err
 	}
 	g.epoch = time.Now()
-	if cfg.wireguard {
+	if cfg.proto != "" {
 		g.handshake()
 		g.epoch = time.Now()
 	}
@@ -406,9 +422,7 @@ func (g *generator) sendBurst(flow, n int) uint64 {
 	id := uint32(g.cfg.flowBase + flow)
 	off := g.payloadOffset()
 	for k := range n {
-		if g.cfg.wireguard {
-			putTransport(g.out.Bufs[k], id, seq+uint64(k))
-		}
+		g.putProto(g.out.Bufs[k], id, seq+uint64(k))
 		wire.Put(g.out.Bufs[k][off:], wire.Header{Flow: id, Seq: seq + uint64(k), Sent: ts})
 	}
 	sent, err := g.out.Send(g.fds[flow], n, 0)
@@ -451,7 +465,7 @@ func (g *generator) readFlow(flow int) {
 		off := g.payloadOffset()
 		for i := range n {
 			b := g.in.Bufs[i][:g.in.Len(i)]
-			if g.cfg.wireguard && len(b) == wgInitiationLen && b[0] == wgInitiation {
+			if g.isHello(b) {
 				g.r.Handshakes++
 				continue
 			}

@@ -1,11 +1,6 @@
 package main
 
-import (
-	"encoding/binary"
-	"time"
-
-	"golang.org/x/sys/unix"
-)
+import "encoding/binary"
 
 // WireGuard message layout (whitepaper, section 5.4), as much of it as a
 // proxy's dissector reads.
@@ -33,30 +28,4 @@ func initiation(sender uint32) []byte {
 	b[0] = wgInitiation
 	binary.LittleEndian.PutUint32(b[4:], sender)
 	return b
-}
-
-// payloadOffset is where the wire header sits in the generator's datagrams.
-func (g *generator) payloadOffset() int {
-	if g.cfg.wireguard {
-		return wgHeaderLen
-	}
-	return 0
-}
-
-// handshake sends one initiation per flow and collects their echoes for up
-// to a second, or until every flow's has come back.
-func (g *generator) handshake() {
-	for i, fd := range g.fds {
-		p := initiation(uint32(g.cfg.flowBase + i))
-		for range 3 { // a full send buffer is retried, a lost initiation is not
-			if _, err := unix.Write(fd, p); err == nil {
-				break
-			}
-			g.poll(int64(time.Millisecond))
-		}
-	}
-	deadline := g.now() + int64(time.Second)
-	for now := g.now(); now < deadline && g.r.Handshakes < uint64(len(g.fds)); now = g.now() {
-		g.poll(deadline - now)
-	}
 }

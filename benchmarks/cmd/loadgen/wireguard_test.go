@@ -6,11 +6,13 @@ import (
 
 	"github.com/udpmux/udpmux/benchmarks/internal/wire"
 	"github.com/udpmux/udpmux/dissect/wireguard"
+	"github.com/udpmux/udpmux/fastpath"
 	"github.com/udpmux/udpmux/session"
 )
 
 // The generator's WireGuard messages are what udpmux's dissector accepts:
-// the initiation may create a session, transport messages look one up.
+// the initiation may create a session, transport messages look one up, and
+// only they are data for the fast path.
 func TestWireGuardMessagesDissect(t *testing.T) {
 	d, err := wireguard.New(wireguard.Config{})
 	if err != nil {
@@ -31,5 +33,11 @@ func TestWireGuardMessagesDissect(t *testing.T) {
 		if h, err := wire.Parse(b[wgHeaderLen:]); err != nil || h.Flow != 7 || h.Seq != 42 {
 			t.Errorf("transport of %d bytes: header %+v, %v", size, h, err)
 		}
+		if _, ok := fastpath.KindOf(fastpath.WireGuard, b); !ok {
+			t.Errorf("transport of %d bytes: not data for the fast path", size)
+		}
+	}
+	if _, ok := fastpath.KindOf(fastpath.WireGuard, initiation(7)); ok {
+		t.Error("the initiation counts as data for the fast path")
 	}
 }
