@@ -42,6 +42,20 @@ func clientSends(tr session.Track, held *sessiontest.Session, key uint8, peer, l
 	}
 }
 
+// onKey1 has tr's session hold peer-id 7, its client send on key 1 and its
+// server answer three times on key 1: both sequences found.
+func onKey1(t *testing.T, tr session.Track, held *sessiontest.Session) {
+	t.Helper()
+	held.AddKey(mustPeerID(t, 7))
+	clientSends(tr, held, 1, 7, 100)
+	for pid := uint32(1); pid <= 3; pid++ {
+		tr.Server(held, dataV2(1, 7, pid))
+	}
+}
+
+// softReset2 is the client's soft reset to key 2.
+var softReset2 = packet(opSoftResetV1<<opcodeShift|2, 14, testSIDs[0])
+
 // TestTrack: what a session's client and server teach its Track, and what
 // the Track believes of a packet on a new path.
 func TestTrack(t *testing.T) {
@@ -264,11 +278,7 @@ func TestTrack(t *testing.T) {
 			}
 		}},
 		{"a renegotiated key: the server's data on it vouches before the client sends data on it", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
-			held.AddKey(mustPeerID(t, 7))
-			clientSends(tr, held, 1, 7, 100)
-			for pid := uint32(1); pid <= 3; pid++ {
-				tr.Server(held, dataV2(1, 7, pid))
-			}
+			onKey1(t, tr, held)
 			// Before the client negotiates key 2, the server's data on it
 			// (forged, or not) founds nothing.
 			for pid := uint32(1); pid <= 3; pid++ {
@@ -278,7 +288,7 @@ func TestTrack(t *testing.T) {
 				t.Fatal("key 2's data vouches before the client negotiated key 2")
 			}
 			// From another address, the client's soft reset names nothing.
-			tr.Client(held, packet(opSoftResetV1<<opcodeShift|2, 14, testSIDs[0]), true)
+			tr.Client(held, softReset2, true)
 			for pid := uint32(4); pid <= 6; pid++ {
 				tr.Server(held, dataV2(2, 7, pid))
 			}
@@ -287,7 +297,7 @@ func TestTrack(t *testing.T) {
 			}
 			// The client's soft reset from its own address: the server
 			// sends on key 2 at once, the client stays on key 1 for a while.
-			tr.Client(held, packet(opSoftResetV1<<opcodeShift|2, 14, testSIDs[0]), false)
+			tr.Client(held, softReset2, false)
 			for pid := uint32(7); pid <= 9; pid++ {
 				tr.Server(held, dataV2(2, 7, pid))
 			}
@@ -299,12 +309,8 @@ func TestTrack(t *testing.T) {
 			}
 		}},
 		{"a client that moved as a renegotiation ended: a run on the new path vouches on the key it named", func(t *testing.T, tr session.Track, held *sessiontest.Session) {
-			held.AddKey(mustPeerID(t, 7))
-			clientSends(tr, held, 1, 7, 100)
-			for pid := uint32(1); pid <= 3; pid++ {
-				tr.Server(held, dataV2(1, 7, pid))
-			}
-			tr.Client(held, packet(opSoftResetV1<<opcodeShift|2, 14, testSIDs[0]), false)
+			onKey1(t, tr, held)
+			tr.Client(held, softReset2, false)
 			// The server's first packets on key 2 go to the probe only.
 			for _, c := range []struct {
 				p    []byte
