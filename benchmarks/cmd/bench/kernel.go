@@ -34,7 +34,7 @@ func (st daemonStatus) offloaded() int64 { return st.Proxies[benchListener].Offl
 // near 0 rather than passing unnoticed.
 type kernelRec struct {
 	Offloaded int64  `json:"offloaded"`    // the listener's sessions in the kernel's table at the end
-	Sent      uint64 `json:"sent"`         // datagrams the generator sent (its hellos not counted)
+	Sent      uint64 `json:"sent"`         // datagrams the generator sent (data: measured runs send no hellos)
 	Received  uint64 `json:"received"`     // replies it got on their flows
 	Rx        uint64 `json:"rx_datagrams"` // forwarded by the kernel, client → backend
 	Tx        uint64 `json:"tx_datagrams"` // forwarded by the kernel, backend → client

@@ -182,9 +182,13 @@ func (h *harness) runPeer(sc scenario, peer string) {
 		}
 		if !warm[c.Flows] {
 			// Let the server see every flow once before measuring, so that
-			// runs measure established sessions, not their creation.
+			// runs measure established sessions, not their creation: only
+			// the warm-ups send the tunnel protocols' hellos (each flow's
+			// first message, which makes its session), and every later
+			// run's flows, from the same source addresses and ports, find
+			// the sessions they made.
 			warm[c.Flows] = true
-			if _, err := h.loadgen(srv, c, c.Rate, warmup(c)); err != nil {
+			if _, err := h.loadgen(srv, c, c.Rate, warmup(c), true); err != nil {
 				res.Err = "warm-up: " + err.Error()
 				h.logResult(res, time.Since(start))
 				continue
@@ -338,7 +342,7 @@ func (h *harness) settle(srv *server, c config) error {
 		if err != nil || ok {
 			return err
 		}
-		if _, err := h.loadgen(srv, c, c.Rate, warmup(c)); err != nil {
+		if _, err := h.loadgen(srv, c, c.Rate, warmup(c), true); err != nil {
 			return err
 		}
 	}
@@ -401,7 +405,8 @@ func (h *harness) take(srv *server, sp *spinner) (snapshot, error) {
 
 // measure runs the generator once at rate (0: its maximum) and reads the
 // server's counters around it. With a cross-checker, CPU 1's cost per
-// datagram is the spinner's measure instead of the idle time's.
+// datagram is the spinner's measure instead of the idle time's. The
+// generator sends no hellos: the warm-up's made the sessions.
 func (h *harness) measure(srv *server, c config, rate float64, xc *crossChecker) (run, error) {
 	r := run{Target: rate, CrossCheck: xc != nil}
 	var spin *spinner
@@ -419,7 +424,7 @@ func (h *harness) measure(srv *server, c config, rate float64, xc *crossChecker)
 		stopFlood()
 		return r, err
 	}
-	gen, err := h.loadgen(srv, c, rate, h.opts.duration)
+	gen, err := h.loadgen(srv, c, rate, h.opts.duration, false)
 	stopFlood()
 	if err != nil {
 		return r, err
@@ -486,21 +491,12 @@ func (h *harness) flood(srv *server, c config) (stop func(), err error) {
 }
 
 // loadgen runs the generator in bc on CPU 0 at rate for d and decodes its
-// report.
-func (h *harness) loadgen(srv *server, c config, rate float64, d time.Duration) (loadgenReport, error) {
-	mode := kindEcho
-	if c.Kind == kindSink {
-		mode = kindSink
-	}
-	args := []string{"netns", "exec", nsClient, "taskset", "-c", cpuClient, h.binary("loadgen"),
-		"-dst", srv.dst, "-src", clientSrcs, "-mode", mode,
-		"-flows", strconv.Itoa(c.Flows), "-size", strconv.Itoa(c.Size),
-		"-rate", strconv.FormatFloat(rate, 'f', 0, 64), "-burst", strconv.Itoa(c.Burst), "-duration", d.String()}
-	if c.Proto != "" {
-		args = append(args, "-proto", c.Proto)
-	}
+// report. With hello, each flow of a tunnel protocol first sends the
+// message that makes its session (a warm-up); without, only data, to the
+// sessions an earlier warm-up made (a measured run).
+func (h *harness) loadgen(srv *server, c config, rate float64, d time.Duration, hello bool) (loadgenReport, error) {
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command("ip", args...)
+	cmd := exec.Command("ip", h.loadgenArgs(srv.dst, c, rate, d, hello)...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	var rep loadgenReport
 	h.gens++ // even if it fails: it may have sent
@@ -516,6 +512,29 @@ func (h *harness) loadgen(srv *server, c config, rate float64, d time.Duration) 
 	h.sent += rep.Sent
 	h.received += rep.Received
 	return rep, nil
+}
+
+// loadgenArgs returns the arguments of ip(8) that run the generator (see
+// loadgen). Every run gives each flow the same source address and port
+// (loadgen binds flow i to the i-th of -src's addresses × ports from its
+// -port-base) and the same server, so a session a warm-up made is the one
+// later runs' flows reach.
+func (h *harness) loadgenArgs(dst string, c config, rate float64, d time.Duration, hello bool) []string {
+	mode := kindEcho
+	if c.Kind == kindSink {
+		mode = kindSink
+	}
+	args := []string{"netns", "exec", nsClient, "taskset", "-c", cpuClient, h.binary("loadgen"),
+		"-dst", dst, "-src", clientSrcs, "-mode", mode,
+		"-flows", strconv.Itoa(c.Flows), "-size", strconv.Itoa(c.Size),
+		"-rate", strconv.FormatFloat(rate, 'f', 0, 64), "-burst", strconv.Itoa(c.Burst), "-duration", d.String()}
+	if c.Proto != "" {
+		args = append(args, "-proto", c.Proto)
+		if !hello {
+			args = append(args, "-hello=false")
+		}
+	}
+	return args
 }
 
 // waitQuiet waits (up to 10 s) until both CPUs are nearly idle, so that runs

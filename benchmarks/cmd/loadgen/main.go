@@ -27,6 +27,12 @@
 // own), which lets an OpenVPN-aware proxy make its session (a data packet
 // only looks one up), and waits for the echoes as with wireguard.
 //
+// With -hello=false the flows send no such first message and start with
+// data: for runs that follow one with hellos (a warm-up) and find the
+// sessions it made still there. That needs the same flows from run to run,
+// which they are: flow i always binds the same source address and port
+// (see -src, -port-base, -ports-per-addr) and sends to the same -dst.
+//
 // -dst may list several servers: flow i then sends to the (i mod n)-th.
 //
 // With -rate 0 it sends as fast as it can (the generator's maximum); with
@@ -78,6 +84,7 @@ type config struct {
 	burst        int
 	rcvbuf       int
 	proto        string // -proto: protoWireGuard, protoOpenVPN or "" (plain)
+	hello        bool   // -hello: with a proto, each flow's first message before its data
 }
 
 // report is the JSON printed at the end of a run.
@@ -103,7 +110,7 @@ type report struct {
 	RTTP999us   float64 `json:"rtt_p999_us"`
 	RTTMaxus    float64 `json:"rtt_max_us"`
 	Procs       int     `json:"procs"`                // generator processes
-	Handshakes  uint64  `json:"handshakes,omitempty"` // echoed first messages (-proto wireguard, openvpn)
+	Handshakes  uint64  `json:"handshakes,omitempty"` // echoed first messages (-proto wireguard, openvpn; none with -hello=false)
 
 	// Set by child processes only, for the parent to merge.
 	RTTHist  []hist.Bucket `json:"rtt_hist,omitempty"`
@@ -111,7 +118,7 @@ type report struct {
 }
 
 func main() {
-	cfg, err := parseFlags()
+	cfg, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(2)
@@ -138,26 +145,30 @@ func main() {
 	}
 }
 
-func parseFlags() (config, error) {
+// parseFlags reads the command line's arguments (without the command's
+// name).
+func parseFlags(args []string) (config, error) {
+	fs := flag.NewFlagSet("loadgen", flag.ExitOnError)
 	var (
 		cfg  config
-		dst  = flag.String("dst", "198.18.0.2:9000", "server address:port; a comma-separated list spreads the flows over them")
-		prot = flag.String("proto", "", `"" (the wire header at offset 0), wireguard (WireGuard transport messages) or openvpn (OpenVPN P_DATA_V2 packets)`)
-		srcs = flag.String("src", "198.18.0.1", "comma-separated source addresses; flows fill -ports-per-addr ports on each in turn")
-		mode = flag.String("mode", "echo", "echo (expect a reply per datagram) or sink (send only)")
+		dst  = fs.String("dst", "198.18.0.2:9000", "server address:port; a comma-separated list spreads the flows over them")
+		prot = fs.String("proto", "", `"" (the wire header at offset 0), wireguard (WireGuard transport messages) or openvpn (OpenVPN P_DATA_V2 packets)`)
+		srcs = fs.String("src", "198.18.0.1", "comma-separated source addresses; flows fill -ports-per-addr ports on each in turn")
+		mode = fs.String("mode", "echo", "echo (expect a reply per datagram) or sink (send only)")
 	)
-	flag.IntVar(&cfg.portBase, "port-base", 10000, "first source port of every source address")
-	flag.IntVar(&cfg.portsPerAddr, "ports-per-addr", 50000, "source ports used per source address")
-	flag.IntVar(&cfg.flows, "flows", 256, "number of flows (sockets, distinct source address:port)")
-	flag.IntVar(&cfg.flowBase, "flow-base", 0, "id of the first flow (set for child processes)")
-	flag.BoolVar(&cfg.child, "child", false, "run as one of several generator processes (internal)")
-	flag.IntVar(&cfg.size, "size", 64, fmt.Sprintf("UDP payload bytes (>= %d)", wire.HeaderLen))
-	flag.DurationVar(&cfg.duration, "duration", 3*time.Second, "how long to send")
-	flag.DurationVar(&cfg.drain, "drain", 300*time.Millisecond, "how long to wait for replies after sending stops")
-	flag.Float64Var(&cfg.rate, "rate", 0, "datagrams per second over all flows; 0 = as fast as possible")
-	flag.IntVar(&cfg.burst, "burst", 4, "datagrams sent per flow per sendmmsg call (1-64)")
-	flag.IntVar(&cfg.rcvbuf, "rcvbuf", 1<<18, "receive buffer bytes per flow socket (SO_RCVBUFFORCE)")
-	flag.Parse()
+	fs.IntVar(&cfg.portBase, "port-base", 10000, "first source port of every source address")
+	fs.IntVar(&cfg.portsPerAddr, "ports-per-addr", 50000, "source ports used per source address")
+	fs.IntVar(&cfg.flows, "flows", 256, "number of flows (sockets, distinct source address:port)")
+	fs.IntVar(&cfg.flowBase, "flow-base", 0, "id of the first flow (set for child processes)")
+	fs.BoolVar(&cfg.child, "child", false, "run as one of several generator processes (internal)")
+	fs.IntVar(&cfg.size, "size", 64, fmt.Sprintf("UDP payload bytes (>= %d)", wire.HeaderLen))
+	fs.DurationVar(&cfg.duration, "duration", 3*time.Second, "how long to send")
+	fs.DurationVar(&cfg.drain, "drain", 300*time.Millisecond, "how long to wait for replies after sending stops")
+	fs.Float64Var(&cfg.rate, "rate", 0, "datagrams per second over all flows; 0 = as fast as possible")
+	fs.IntVar(&cfg.burst, "burst", 4, "datagrams sent per flow per sendmmsg call (1-64)")
+	fs.IntVar(&cfg.rcvbuf, "rcvbuf", 1<<18, "receive buffer bytes per flow socket (SO_RCVBUFFORCE)")
+	fs.BoolVar(&cfg.hello, "hello", true, "with -proto, each flow first sends the message that makes its session (false: data only, for sessions an earlier run made)")
+	fs.Parse(args) // exits on an error
 
 	for s := range strings.SplitSeq(*dst, ",") {
 		ap, err := netip.ParseAddrPort(strings.TrimSpace(s))
@@ -243,7 +254,7 @@ func run(cfg config) (*report, error) {
 		return nil, err
 	}
 	g.epoch = time.Now()
-	if cfg.proto != "" {
+	if g.sendsHello() {
 		g.handshake()
 		g.epoch = time.Now()
 	}

@@ -35,6 +35,11 @@ func (g *generator) putProto(b []byte, id uint32, seq uint64) {
 	}
 }
 
+// sendsHello reports whether each flow sends its hello before its data:
+// with a tunnel protocol, unless -hello=false leaves the sessions to an
+// earlier run's hellos.
+func (g *generator) sendsHello() bool { return g.cfg.proto != "" && g.cfg.hello }
+
 // hello returns the message that flow id sends before its data: the
 // one that makes its session at a proxy that knows the protocol.
 func (g *generator) hello(id uint32) []byte {
