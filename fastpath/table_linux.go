@@ -331,12 +331,33 @@ func (t *Table) Claim(f Flow) *Entry {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.byKey[tupleKey(f.Client, f.Local)]
-	if e == nil || e.claimed || e.gone || e.want.family() != f.family() {
+	if e == nil {
+		// The predecessor moved the session's client after the kernel's
+		// elements were read here (a move it had not applied yet): the
+		// entry is the one of the session's upstream socket, and moves to
+		// the client's address. Left as an orphan, its elements would
+		// send the backend's datagrams to the old address.
+		e = t.byKey[tupleKey(f.Backend, f.Source)]
+	}
+	if e == nil || e.claimed || e.gone || !sameSession(e.want, f) {
 		return nil
 	}
 	e.claimed = true
 	t.orphans--
+	if e.want.Client != f.Client {
+		e.want.Client = f.Client
+		t.queue(e)
+	}
 	return e
+}
+
+// sameSession reports whether flows a and b are of one session: the same
+// family of kinds, listener address, upstream socket and backend; the
+// client may have moved.
+func sameSession(a, b Flow) bool {
+	a, b = a.family(), b.family()
+	a.Client = b.Client
+	return a == b
 }
 
 // Move has the kernel forward e's session for its client's new address

@@ -456,10 +456,23 @@ func TestAdoptAndRemove(t *testing.T) {
 	if next.Claim(other) != nil {
 		t.Fatal("claimed a session by another upstream address")
 	}
+	// The predecessor's client moved after the successor read the kernel's
+	// elements: the session is found by its upstream socket, and its
+	// elements move to the client's new address.
+	moved := l.udp(t, l.client, "", l.vip.String())
+	f.Client = moved.LocalAddr().(*net.UDPAddr).AddrPort()
+	movesBefore := next.Stats().Moves
 	got := next.Claim(f)
 	if got == nil || got.State() != Installed {
-		t.Fatal("the successor did not find the session")
+		t.Fatal("the successor did not find the session by its upstream socket")
 	}
+	for deadline := time.Now().Add(5 * time.Second); next.Stats().Moves == movesBefore; {
+		if time.Now().After(deadline) {
+			t.Fatal("the claimed session's elements did not move to the client's new address in 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cli = moved
 	waitPoll(t, next)
 	if c := got.Counts(); c.RxPackets != 1 {
 		t.Fatalf("adopted counts %+v, want the datagram forwarded without a process", c)
